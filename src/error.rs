@@ -1,0 +1,90 @@
+//! Error types and their wire codes.
+//!
+//! Library code returns these enums; the edges map them exactly once: [`RequestError::code`]
+//! gives the `code` string of the wire error shape, `http.rs` picks the HTTP status.
+
+use thiserror::Error;
+
+use crate::topic::MAX_TOPIC_BYTES;
+
+/// Why a topic name or pattern was rejected.
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum TopicError {
+    #[error("topic must be 1 to {MAX_TOPIC_BYTES} bytes, got {0}")]
+    Length(usize),
+    #[error("token {0:?} is empty or has characters outside [A-Za-z0-9_:-]")]
+    Token(String),
+    #[error("wildcards (* and >) are only allowed in subscriptions")]
+    Wildcard,
+    #[error("'>' is only allowed as the last token")]
+    TailWildcard,
+}
+
+/// A request that cannot be carried out, from a WebSocket client or an HTTP publisher.
+/// Never fatal to the connection that sent it.
+#[derive(Debug, Error)]
+pub enum RequestError {
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("unknown op {0:?}")]
+    UnknownOp(String),
+    #[error("invalid topic {topic:?}: {reason}")]
+    InvalidTopic { topic: String, reason: TopicError },
+    #[error("not allowed to publish to {0:?}")]
+    Forbidden(String),
+    #[error("subscription limit of {0} per connection exceeded")]
+    TooManySubscriptions(usize),
+    #[error("request rate limit exceeded")]
+    RateLimited,
+    #[error("body larger than {0} bytes")]
+    PayloadTooLarge(usize),
+    #[error("topic {0:?} not found")]
+    TopicNotFound(String),
+    #[error("no route for {0}")]
+    NoRoute(String),
+    #[error("method not allowed")]
+    MethodNotAllowed,
+}
+
+impl RequestError {
+    /// The stable `code` string clients match on.
+    pub fn code(&self) -> &'static str {
+        match self {
+            RequestError::BadRequest(_) => "bad_request",
+            RequestError::UnknownOp(_) => "unknown_op",
+            RequestError::InvalidTopic { .. } => "invalid_topic",
+            RequestError::Forbidden(_) => "forbidden",
+            RequestError::TooManySubscriptions(_) => "too_many_subscriptions",
+            RequestError::RateLimited => "rate_limited",
+            RequestError::PayloadTooLarge(_) => "payload_too_large",
+            RequestError::TopicNotFound(_) | RequestError::NoRoute(_) => "not_found",
+            RequestError::MethodNotAllowed => "method_not_allowed",
+        }
+    }
+
+    pub fn invalid_topic(topic: &str, reason: TopicError) -> RequestError {
+        // Cap the echoed name: the topic came from the client and may be huge.
+        let topic: String = topic.chars().take(MAX_TOPIC_BYTES + 1).collect();
+        RequestError::InvalidTopic { topic, reason }
+    }
+}
+
+/// Invalid configuration, naming the offending key.
+#[derive(Debug, Error)]
+pub enum SettingsError {
+    #[error("configuration: {0}")]
+    Load(#[from] config::ConfigError),
+    #[error("configuration key `{key}`: {message}")]
+    Invalid { key: &'static str, message: String },
+}
+
+/// Why the server could not start or stopped with an error.
+#[derive(Debug, Error)]
+pub enum ServerError {
+    #[error("cannot bind {addr}: {source}")]
+    Bind { addr: String, source: std::io::Error },
+    #[error("listener failed: {0}")]
+    Io(#[from] std::io::Error),
+    #[error(transparent)]
+    Settings(#[from] SettingsError),
+}

@@ -1,0 +1,192 @@
+//! HTTP routing: the WebSocket upgrade at `/ws`, the publish API and the topic API.
+//!
+//! This is the edge where [`RequestError`]s become HTTP statuses and the
+//! `{"error":{"code","message"}}` shape.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::header::{HeaderValue, CONNECTION, CONTENT_LENGTH, CONTENT_TYPE, UPGRADE};
+use hyper::{Method, Request, Response, StatusCode};
+use serde::Serialize;
+use serde_json::value::RawValue;
+use tracing::debug;
+
+use crate::error::RequestError;
+use crate::hub::Hub;
+use crate::protocol;
+use crate::session;
+use crate::settings::Settings;
+use crate::topic::Topic;
+
+pub type Body = Full<Bytes>;
+
+/// What every request handler needs; shared by all connections.
+pub struct App {
+    pub hub: Arc<Hub>,
+    pub settings: Arc<Settings>,
+}
+
+fn status_of(e: &RequestError) -> StatusCode {
+    match e {
+        RequestError::BadRequest(_) | RequestError::InvalidTopic { .. } | RequestError::UnknownOp(_) => {
+            StatusCode::BAD_REQUEST
+        }
+        RequestError::Forbidden(_) => StatusCode::FORBIDDEN,
+        RequestError::TooManySubscriptions(_) | RequestError::RateLimited => StatusCode::TOO_MANY_REQUESTS,
+        RequestError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+        RequestError::TopicNotFound(_) | RequestError::NoRoute(_) => StatusCode::NOT_FOUND,
+        RequestError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+    }
+}
+
+fn json<T: Serialize>(status: StatusCode, value: &T) -> Response<Body> {
+    let body = serde_json::to_vec(value).expect("serializing to a Vec cannot fail");
+    let mut resp = Response::new(Full::new(Bytes::from(body)));
+    *resp.status_mut() = status;
+    resp.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    resp
+}
+
+fn error(e: &RequestError) -> Response<Body> {
+    #[derive(Serialize)]
+    struct Detail<'a> {
+        code: &'a str,
+        message: String,
+    }
+    #[derive(Serialize)]
+    struct Wrapper<'a> {
+        error: Detail<'a>,
+    }
+    let detail = Detail {
+        code: e.code(),
+        message: e.to_string(),
+    };
+    json(status_of(e), &Wrapper { error: detail })
+}
+
+/// Routes one request.
+pub async fn handle(req: Request<Incoming>, app: Arc<App>) -> Result<Response<Body>, Infallible> {
+    let path = req.uri().path().to_owned();
+    let result = match (req.method(), path.as_str()) {
+        (_, "/ws") => Ok(upgrade(req, &app)),
+        (&Method::POST, "/api/v1/publish") => publish(req, &app).await,
+        (_, "/api/v1/publish") => Err(RequestError::MethodNotAllowed),
+        (&Method::GET, "/api/v1/topics") => Ok(list_topics(&app)),
+        (&Method::GET, p) if p.starts_with("/api/v1/topics/") => {
+            get_topic(&p["/api/v1/topics/".len()..], &app)
+        }
+        (_, p) if p.starts_with("/api/v1/topics") => Err(RequestError::MethodNotAllowed),
+        (_, p) => Err(RequestError::NoRoute(p.chars().take(256).collect())),
+    };
+    Ok(result.unwrap_or_else(|e| error(&e)))
+}
+
+fn upgrade(mut req: Request<Incoming>, app: &App) -> Response<Body> {
+    if req.method() != Method::GET || !fastwebsockets::upgrade::is_upgrade_request(&req) {
+        let e = RequestError::BadRequest("this endpoint only accepts WebSocket upgrades".into());
+        let mut resp = error(&e);
+        *resp.status_mut() = StatusCode::UPGRADE_REQUIRED;
+        resp.headers_mut()
+            .insert(UPGRADE, HeaderValue::from_static("websocket"));
+        resp.headers_mut()
+            .insert(CONNECTION, HeaderValue::from_static("Upgrade"));
+        return resp;
+    }
+    match fastwebsockets::upgrade::upgrade(&mut req) {
+        Ok((resp, fut)) => {
+            tokio::spawn(session::run(fut, app.hub.clone(), app.settings.clone()));
+            resp.map(|_| Full::new(Bytes::new()))
+        }
+        Err(e) => {
+            debug!(error = %e, "bad websocket handshake");
+            error(&RequestError::BadRequest(format!("bad WebSocket handshake: {e}")))
+        }
+    }
+}
+
+async fn read_body(req: Request<Incoming>, limit: usize) -> Result<Bytes, RequestError> {
+    let too_large = RequestError::PayloadTooLarge(limit);
+    let declared = (req.headers().get(CONTENT_LENGTH))
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return Err(too_large);
+    }
+    match Limited::new(req.into_body(), limit).collect().await {
+        Ok(body) => Ok(body.to_bytes()),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(too_large),
+        Err(e) => Err(RequestError::BadRequest(format!("cannot read body: {e}"))),
+    }
+}
+
+async fn publish(req: Request<Incoming>, app: &App) -> Result<Response<Body>, RequestError> {
+    #[derive(Serialize)]
+    struct Published<'a> {
+        topic: &'a Topic,
+        seq: u64,
+    }
+    #[derive(Serialize)]
+    struct Batch<'a> {
+        results: Vec<Published<'a>>,
+    }
+    let body = read_body(req, app.settings.http.max_body_bytes).await?;
+    let (messages, batch) = protocol::parse_publish(&body)?;
+    let results: Vec<Published<'_>> = (messages.iter())
+        .map(|(topic, data)| Published {
+            topic,
+            seq: app.hub.publish(topic, data.clone()),
+        })
+        .collect();
+    if batch {
+        return Ok(json(StatusCode::OK, &Batch { results }));
+    }
+    Ok(json(StatusCode::OK, &results[0]))
+}
+
+fn list_topics(app: &App) -> Response<Body> {
+    #[derive(Serialize)]
+    struct Row {
+        topic: Topic,
+        seq: u64,
+        subscribers: usize,
+    }
+    #[derive(Serialize)]
+    struct Listing {
+        topics: Vec<Row>,
+    }
+    let topics = (app.hub.list().into_iter())
+        .map(|t| Row {
+            topic: t.topic,
+            seq: t.seq,
+            subscribers: t.subscribers,
+        })
+        .collect();
+    json(StatusCode::OK, &Listing { topics })
+}
+
+fn get_topic(name: &str, app: &App) -> Result<Response<Body>, RequestError> {
+    #[derive(Serialize)]
+    struct Last<'a> {
+        topic: &'a Topic,
+        seq: u64,
+        ts: u64,
+        data: &'a RawValue,
+    }
+    let topic = Topic::parse(name).map_err(|e| RequestError::invalid_topic(name, e))?;
+    let p = app
+        .hub
+        .last(&topic)
+        .ok_or_else(|| RequestError::TopicNotFound(name.to_string()))?;
+    let body = Last {
+        topic: &p.topic,
+        seq: p.seq,
+        ts: p.ts,
+        data: &p.data,
+    };
+    Ok(json(StatusCode::OK, &body))
+}

@@ -1,0 +1,354 @@
+//! The hub: every topic's sequence number, last value and subscribers, and the fan-out of each
+//! publication to the outboxes of local connections.
+//!
+//! Pattern subscriptions are materialized onto topics: when a client subscribes to `prices.*`,
+//! it is recorded on every existing matching topic, and a topic created later picks up matching
+//! patterns from the [`PatternIndex`]. Publishing is then a lookup plus one pass over the topic's
+//! subscribers, each client at most once however many of its subscriptions match.
+//!
+//! Locks, always taken in this order and never held across an await:
+//! pattern index → topic map shard → topic state → outbox. A publication is encoded once and
+//! pushed to every outbox while its topic's lock is held, which is what keeps per-topic order,
+//! makes snapshots race-free (no update lost or repeated around a snapshot) and guarantees that
+//! nothing arrives through a subscription after its `unsubscribed` reply.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use dashmap::DashMap;
+
+use crate::outbox::{Outbox, TopicKey};
+use crate::patterns::PatternIndex;
+use crate::protocol::{self, Data};
+use crate::settings::{Policy, TopicRules};
+use crate::topic::{Pattern, Topic};
+
+/// Identifies a connection inside the hub.
+pub type ClientId = u64;
+
+/// A connection as the hub sees it: where to deliver.
+#[derive(Clone)]
+pub struct Subscriber {
+    pub id: ClientId,
+    pub outbox: Arc<Outbox>,
+}
+
+/// The latest publication of a topic.
+#[derive(Debug, Clone)]
+pub struct Publication {
+    pub topic: Topic,
+    pub seq: u64,
+    /// Accept time, milliseconds since the Unix epoch.
+    pub ts: u64,
+    pub data: Data,
+}
+
+/// One row of the topic listing.
+#[derive(Debug, Clone)]
+pub struct TopicInfo {
+    pub topic: Topic,
+    pub seq: u64,
+    pub subscribers: usize,
+}
+
+pub struct Hub {
+    topics: DashMap<Topic, Arc<TopicEntry>>,
+    patterns: RwLock<PatternIndex<Arc<Outbox>>>,
+    rules: TopicRules,
+    next_key: AtomicU64,
+    next_client: AtomicU64,
+}
+
+struct TopicEntry {
+    key: TopicKey,
+    policy: Policy,
+    state: Mutex<TopicState>,
+}
+
+struct TopicState {
+    seq: u64,
+    last: Option<(u64, Data)>,
+    subscribers: HashMap<ClientId, Subscription>,
+    /// Set when the entry left the map; holders of a stale `Arc` must look the topic up again.
+    removed: bool,
+}
+
+/// A client's presence on one topic, with the subscriptions (exact or pattern) that put it there.
+struct Subscription {
+    outbox: Arc<Outbox>,
+    reasons: Vec<Pattern>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+impl TopicState {
+    fn add(&mut self, who: &Subscriber, reason: &Pattern) {
+        let sub = (self.subscribers.entry(who.id)).or_insert_with(|| Subscription {
+            outbox: who.outbox.clone(),
+            reasons: Vec::with_capacity(1),
+        });
+        if !sub.reasons.contains(reason) {
+            sub.reasons.push(reason.clone());
+        }
+    }
+
+    /// Drops one reason; returns true when the topic is left with nothing worth keeping.
+    fn remove(&mut self, id: ClientId, reason: &Pattern) -> bool {
+        if let Some(sub) = self.subscribers.get_mut(&id) {
+            sub.reasons.retain(|r| r != reason);
+            if sub.reasons.is_empty() {
+                self.subscribers.remove(&id);
+            }
+        }
+        self.is_idle()
+    }
+
+    fn is_idle(&self) -> bool {
+        self.subscribers.is_empty() && self.last.is_none()
+    }
+}
+
+impl Hub {
+    pub fn new(rules: TopicRules) -> Hub {
+        Hub {
+            topics: DashMap::new(),
+            patterns: RwLock::default(),
+            rules,
+            next_key: AtomicU64::new(1),
+            next_client: AtomicU64::new(1),
+        }
+    }
+
+    pub fn rules(&self) -> &TopicRules {
+        &self.rules
+    }
+
+    /// A fresh identity for a new connection.
+    pub fn new_subscriber(&self, outbox: Arc<Outbox>) -> Subscriber {
+        let id = self.next_client.fetch_add(1, Ordering::Relaxed);
+        Subscriber { id, outbox }
+    }
+
+    /// The topic's entry, created (with the pattern subscribers it matches) when missing.
+    fn entry(&self, topic: &Topic) -> Arc<TopicEntry> {
+        if let Some(entry) = self.topics.get(topic) {
+            return entry.clone();
+        }
+        let patterns = self.patterns.read().unwrap_or_else(|e| e.into_inner());
+        let entry = self.topics.entry(topic.clone()).or_insert_with(|| {
+            let mut state = TopicState {
+                seq: 0,
+                last: None,
+                subscribers: HashMap::new(),
+                removed: false,
+            };
+            patterns.for_each_match(topic, |pattern, id, outbox| {
+                let who = Subscriber {
+                    id,
+                    outbox: outbox.clone(),
+                };
+                state.add(&who, pattern);
+            });
+            Arc::new(TopicEntry {
+                key: self.next_key.fetch_add(1, Ordering::Relaxed),
+                policy: self.rules.policy_for(topic),
+                state: Mutex::new(state),
+            })
+        });
+        entry.clone()
+    }
+
+    /// Runs `f` on the live state of `topic`, creating the topic if needed.
+    fn with_topic<R>(&self, topic: &Topic, mut f: impl FnMut(&TopicEntry, &mut TopicState) -> R) -> R {
+        loop {
+            let entry = self.entry(topic);
+            let mut state = lock(&entry.state);
+            if !state.removed {
+                return f(&entry, &mut state);
+            }
+        }
+    }
+
+    /// Assigns the next seq, encodes the update once and queues it for every subscriber.
+    pub fn publish(&self, topic: &Topic, data: Data) -> u64 {
+        let ts = now_ms();
+        self.with_topic(topic, |entry, state| {
+            state.seq += 1;
+            let frame = protocol::update_frame(topic, state.seq, ts, &data);
+            for sub in state.subscribers.values() {
+                sub.outbox.push_topic(&frame, entry.key, entry.policy);
+            }
+            state.last = Some((ts, data.clone()));
+            state.seq
+        })
+    }
+
+    /// Adds subscriptions, then queues one snapshot per existing topic with a last value that
+    /// any of them matches.
+    pub fn subscribe(&self, who: &Subscriber, subscriptions: &[Pattern]) {
+        let mut snapshotted = HashSet::new();
+        let mut add = |topic: &Topic, entry: &TopicEntry, state: &mut TopicState, reason: &Pattern| {
+            state.add(who, reason);
+            if let Some((ts, data)) = &state.last {
+                if snapshotted.insert(entry.key) {
+                    let frame = protocol::snapshot_frame(topic, state.seq, *ts, data);
+                    who.outbox.push_topic(&frame, entry.key, entry.policy);
+                }
+            }
+        };
+        for sub in subscriptions {
+            if let Some(topic) = sub.as_exact() {
+                self.with_topic(&topic, |entry, state| add(&topic, entry, state, sub));
+                continue;
+            }
+            let mut patterns = self.patterns.write().unwrap_or_else(|e| e.into_inner());
+            patterns.insert(sub, who.id, who.outbox.clone());
+            for item in self.topics.iter() {
+                if sub.matches(item.key()) {
+                    let mut state = lock(&item.value().state);
+                    add(item.key(), item.value(), &mut state, sub);
+                }
+            }
+        }
+    }
+
+    /// Removes subscriptions. Once this returns, nothing more is queued through them.
+    pub fn unsubscribe(&self, who: ClientId, subscriptions: &[Pattern]) {
+        let mut idle = Vec::new();
+        for sub in subscriptions {
+            if let Some(topic) = sub.as_exact() {
+                let entry = self.topics.get(&topic).map(|e| e.clone());
+                if let Some(entry) = entry {
+                    if lock(&entry.state).remove(who, sub) {
+                        idle.push(topic);
+                    }
+                }
+                continue;
+            }
+            let mut patterns = self.patterns.write().unwrap_or_else(|e| e.into_inner());
+            patterns.remove(sub, who);
+            for item in self.topics.iter() {
+                if sub.matches(item.key()) && lock(&item.value().state).remove(who, sub) {
+                    idle.push(item.key().clone());
+                }
+            }
+        }
+        for topic in idle {
+            self.topics.remove_if(&topic, |_, entry| {
+                let mut state = lock(&entry.state);
+                state.removed = state.is_idle();
+                state.removed
+            });
+        }
+    }
+
+    /// The latest publication of `topic`, if it has one.
+    pub fn last(&self, topic: &Topic) -> Option<Publication> {
+        let entry = self.topics.get(topic).map(|e| e.clone())?;
+        let state = lock(&entry.state);
+        let (ts, data) = state.last.clone()?;
+        Some(Publication {
+            topic: topic.clone(),
+            seq: state.seq,
+            ts,
+            data,
+        })
+    }
+
+    /// Every known topic, sorted by name.
+    pub fn list(&self) -> Vec<TopicInfo> {
+        let mut out: Vec<TopicInfo> = (self.topics.iter())
+            .map(|item| {
+                let state = lock(&item.value().state);
+                TopicInfo {
+                    topic: item.key().clone(),
+                    seq: state.seq,
+                    subscribers: state.subscribers.len(),
+                }
+            })
+            .collect();
+        out.sort_by(|a, b| a.topic.cmp(&b.topic));
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::outbox::Next;
+    use crate::settings::Settings;
+    use serde_json::value::RawValue;
+
+    fn hub() -> Hub {
+        Hub::new(Settings::from_toml("").unwrap().topic_rules().unwrap())
+    }
+
+    fn data(s: &str) -> Data {
+        Arc::from(RawValue::from_string(s.to_string()).unwrap())
+    }
+
+    fn pats(list: &[&str]) -> Vec<Pattern> {
+        list.iter().map(|p| Pattern::parse(p).unwrap()).collect()
+    }
+
+    fn topic(s: &str) -> Topic {
+        Topic::parse(s).unwrap()
+    }
+
+    async fn frames(o: &Outbox) -> Vec<String> {
+        if o.queued_bytes() == 0 {
+            return vec![];
+        }
+        let mut out = Vec::new();
+        assert!(matches!(o.next(&mut out).await, Next::Frames));
+        out.iter()
+            .map(|f| String::from_utf8_lossy(&f[2..]).into_owned())
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn overlapping_subscriptions_deliver_once_and_snapshot_once() {
+        let hub = hub();
+        assert_eq!(hub.publish(&topic("prices.A"), data("1")), 1);
+        let who = hub.new_subscriber(Arc::new(Outbox::new(1 << 20)));
+        hub.subscribe(&who, &pats(&["prices.A", "prices.*", "prices.>"]));
+        let snaps = frames(&who.outbox).await;
+        assert_eq!(snaps.len(), 1, "{snaps:?}");
+        assert!(snaps[0].contains(r#""type":"snapshot""#) && snaps[0].contains(r#""seq":1"#));
+        assert_eq!(hub.publish(&topic("prices.A"), data("2")), 2);
+        assert_eq!(frames(&who.outbox).await.len(), 1);
+        // a topic created after the pattern subscription picks it up
+        hub.publish(&topic("prices.B"), data("3"));
+        assert_eq!(frames(&who.outbox).await.len(), 1);
+        hub.unsubscribe(who.id, &pats(&["prices.*", "prices.>"]));
+        hub.publish(&topic("prices.B"), data("4"));
+        assert!(frames(&who.outbox).await.is_empty());
+        hub.publish(&topic("prices.A"), data("5"));
+        assert_eq!(frames(&who.outbox).await.len(), 1, "exact subscription remains");
+    }
+
+    #[tokio::test]
+    async fn idle_topics_are_dropped() {
+        let hub = hub();
+        let who = hub.new_subscriber(Arc::new(Outbox::new(1 << 20)));
+        hub.subscribe(&who, &pats(&["a.b", "x.*"]));
+        assert_eq!(hub.list().len(), 1);
+        hub.unsubscribe(who.id, &pats(&["a.b", "x.*"]));
+        assert!(hub.list().is_empty());
+        hub.publish(&topic("a.b"), data("1"));
+        hub.subscribe(&who, &pats(&["a.b"]));
+        hub.unsubscribe(who.id, &pats(&["a.b"]));
+        assert_eq!(hub.list().len(), 1, "a topic with a last value stays");
+        assert_eq!(hub.last(&topic("a.b")).unwrap().seq, 1);
+    }
+}

@@ -1,0 +1,34 @@
+//! tickwire: a real-time data push server.
+//!
+//! Publishers (HTTP, WebSocket clients, the built-in price feed) produce updates on topics;
+//! tickwire fans every update out to the WebSocket clients subscribed to it.
+//!
+//! # Layout
+//!
+//! Data flows one way: transport → protocol → hub → outbox → socket.
+//!
+//! - [`settings`]: the typed configuration, its layering and validation.
+//! - [`server`]: the TCP accept loop and the process-level set-up (fd limit).
+//! - [`http`]: HTTP routing, the publish and topic APIs, the WebSocket upgrade.
+//! - [`session`]: one WebSocket connection: reads requests, writes queued frames.
+//! - [`protocol`]: the JSON wire format: parsing requests, encoding replies.
+//! - [`topic`]: topic names and subscription patterns (validation and matching).
+//! - [`hub`]: topic registry, sequence numbers, last values and fan-out.
+//! - [`patterns`]: the token trie that finds the pattern subscriptions matching a topic.
+//! - [`outbox`]: a connection's bounded outbound queue, with conflation.
+//! - [`wire`]: WebSocket frame encoding for server frames.
+//! - [`feed`]: the built-in simulated price feed.
+//! - [`error`]: error types and their wire codes.
+
+pub mod error;
+pub mod feed;
+pub mod http;
+pub mod hub;
+pub mod outbox;
+pub mod patterns;
+pub mod protocol;
+pub mod server;
+pub mod session;
+pub mod settings;
+pub mod topic;
+pub mod wire;

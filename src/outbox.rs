@@ -1,0 +1,333 @@
+//! A connection's outbound queue: bounded, shared by the hub (producer) and the connection's
+//! writer (consumer).
+//!
+//! Producers never wait: a push takes a short std mutex (never held across an await) and
+//! returns. The writer takes *all* waiting frames at once and sends them in one write, so a
+//! client that keeps up receives every frame, bursts included.
+//!
+//! Conflation applies only to frames that are actually waiting because the client is behind:
+//! while the writer's last write is pending on the socket (`stalled`) or the queue is over its
+//! byte bound, an update for a topic replaces the waiting update for the same topic in place. A
+//! conflating client's memory is thus bounded by `max_bytes` plus one frame per subscribed topic.
+//! Topics with the `queue` policy are never replaced; overflowing the bound with them ends the
+//! connection as a slow consumer (close 4008).
+
+use std::collections::HashMap;
+use std::sync::{Mutex, MutexGuard};
+
+use bytes::Bytes;
+use tokio::sync::Notify;
+
+use crate::settings::Policy;
+use crate::wire;
+
+/// Close code and reason sent to a client that cannot keep up with a `queue` topic.
+pub const SLOW_CONSUMER: (u16, &str) = (4008, "slow consumer");
+
+/// Identifies a topic inside outboxes: conflation replaces frames with equal keys.
+pub type TopicKey = u64;
+
+/// What happened to a pushed frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pushed {
+    /// Appended to the queue.
+    Queued,
+    /// Replaced an older waiting frame of the same topic.
+    Conflated,
+    /// The connection is closing; the frame was dropped.
+    Closed,
+    /// This push overflowed the queue and closed the connection as a slow consumer.
+    Overflow,
+}
+
+/// What the writer should do next.
+#[derive(Debug)]
+pub enum Next {
+    /// Frames were moved into the writer's buffer: write them, in order.
+    Frames,
+    /// Nothing more will come: write this close frame (if any) and end the connection.
+    End(Option<Bytes>),
+}
+
+pub struct Outbox {
+    state: Mutex<State>,
+    max_bytes: usize,
+    /// Wakes the writer when the queue turns non-empty or the outbox closes.
+    ready: Notify,
+    /// Wakes everyone waiting in [`Outbox::closed`].
+    closing: Notify,
+}
+
+struct Waiting {
+    frame: Bytes,
+    /// Set only for frames that may be conflated.
+    key: Option<TopicKey>,
+}
+
+#[derive(Default)]
+struct State {
+    waiting: Vec<Waiting>,
+    bytes: usize,
+    /// Position of the newest waiting conflatable frame per topic. Built only once conflation
+    /// is needed, so a client that keeps up never pays for a hash map insert per frame.
+    index: Option<HashMap<TopicKey, usize>>,
+    stalled: bool,
+    close: Close,
+}
+
+#[derive(Default)]
+enum Close {
+    #[default]
+    Open,
+    /// Deliver what is waiting, then this close frame (if any), then end.
+    Pending(Option<Bytes>),
+    /// The writer has been told to end.
+    Done,
+}
+
+impl Outbox {
+    pub fn new(max_bytes: usize) -> Outbox {
+        Outbox {
+            state: Mutex::default(),
+            max_bytes,
+            ready: Notify::new(),
+            closing: Notify::new(),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic while holding this lock leaves the queue itself consistent; keep going.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Queues an update or snapshot of the topic `key`, applying its delivery `policy`.
+    pub fn push_topic(&self, frame: &Bytes, key: TopicKey, policy: Policy) -> Pushed {
+        let mut st = self.lock();
+        if !matches!(st.close, Close::Open) {
+            return Pushed::Closed;
+        }
+        let over = st.bytes + frame.len() > self.max_bytes;
+        match policy {
+            Policy::Conflate => {
+                if st.stalled || over {
+                    if let Some(i) = st.conflation_index().get(&key).copied() {
+                        let old = std::mem::replace(&mut st.waiting[i].frame, frame.clone());
+                        st.bytes = st.bytes - old.len() + frame.len();
+                        return Pushed::Conflated;
+                    }
+                }
+                self.append(&mut st, frame.clone(), Some(key))
+            }
+            Policy::Queue if over => self.overflow(&mut st),
+            Policy::Queue => self.append(&mut st, frame.clone(), None),
+        }
+    }
+
+    /// Queues a reply or control frame. These are never conflated; a client that lets them
+    /// pile up past the bound is a slow consumer.
+    pub fn push(&self, frame: Bytes) -> Pushed {
+        let mut st = self.lock();
+        if !matches!(st.close, Close::Open) {
+            return Pushed::Closed;
+        }
+        if st.bytes + frame.len() > self.max_bytes {
+            return self.overflow(&mut st);
+        }
+        self.append(&mut st, frame, None)
+    }
+
+    fn append(&self, st: &mut State, frame: Bytes, key: Option<TopicKey>) -> Pushed {
+        let was_empty = st.waiting.is_empty();
+        st.bytes += frame.len();
+        if let (Some(index), Some(key)) = (st.index.as_mut(), key) {
+            index.insert(key, st.waiting.len());
+        }
+        st.waiting.push(Waiting { frame, key });
+        if was_empty {
+            self.ready.notify_one();
+        }
+        Pushed::Queued
+    }
+
+    fn overflow(&self, st: &mut State) -> Pushed {
+        st.waiting.clear();
+        st.bytes = 0;
+        st.index = None;
+        let (code, reason) = SLOW_CONSUMER;
+        self.begin_close(st, Some(wire::close_frame(code, reason)));
+        Pushed::Overflow
+    }
+
+    /// Ends the connection after the waiting frames: then `frame` (a close frame, or `None`
+    /// when the close handshake was already answered). The first close wins.
+    pub fn close(&self, frame: Option<Bytes>) {
+        let mut st = self.lock();
+        if matches!(st.close, Close::Open) {
+            self.begin_close(&mut st, frame);
+        }
+    }
+
+    fn begin_close(&self, st: &mut State, frame: Option<Bytes>) {
+        st.close = Close::Pending(frame);
+        self.ready.notify_one();
+        self.closing.notify_waiters();
+    }
+
+    pub fn is_closing(&self) -> bool {
+        !matches!(self.lock().close, Close::Open)
+    }
+
+    /// Resolves once the outbox has started closing.
+    pub async fn closed(&self) {
+        loop {
+            let notified = self.closing.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.is_closing() {
+                return;
+            }
+            notified.await;
+        }
+    }
+
+    /// Marks whether the writer is blocked on a socket that does not accept more bytes.
+    pub fn set_stalled(&self, stalled: bool) {
+        self.lock().stalled = stalled;
+    }
+
+    /// Bytes currently waiting (not yet handed to the writer).
+    pub fn queued_bytes(&self) -> usize {
+        self.lock().bytes
+    }
+
+    /// Waits for work, then moves every waiting frame into `out` (in order).
+    pub async fn next(&self, out: &mut Vec<Bytes>) -> Next {
+        loop {
+            {
+                let mut st = self.lock();
+                if !st.waiting.is_empty() {
+                    out.extend(st.waiting.drain(..).map(|w| w.frame));
+                    if st.waiting.capacity() > 1024 {
+                        st.waiting = Vec::new(); // do not pin the memory of a burst
+                    }
+                    st.bytes = 0;
+                    st.index = None;
+                    return Next::Frames;
+                }
+                match std::mem::replace(&mut st.close, Close::Done) {
+                    Close::Open => st.close = Close::Open,
+                    Close::Pending(frame) => return Next::End(frame),
+                    Close::Done => return Next::End(None),
+                }
+            }
+            self.ready.notified().await;
+        }
+    }
+}
+
+impl State {
+    fn conflation_index(&mut self) -> &HashMap<TopicKey, usize> {
+        let waiting = &self.waiting;
+        self.index.get_or_insert_with(|| {
+            (waiting.iter().enumerate())
+                .filter_map(|(i, w)| w.key.map(|k| (k, i)))
+                .collect()
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frame(s: &str) -> Bytes {
+        wire::json_frame(s)
+    }
+
+    async fn drain(o: &Outbox) -> Vec<Bytes> {
+        let mut out = Vec::new();
+        assert!(matches!(o.next(&mut out).await, Next::Frames));
+        out
+    }
+
+    #[tokio::test]
+    async fn keeps_every_frame_while_flowing() {
+        let o = Outbox::new(1 << 20);
+        for i in 0..500 {
+            assert_eq!(
+                o.push_topic(&frame(&i.to_string()), 1, Policy::Conflate),
+                Pushed::Queued
+            );
+        }
+        assert_eq!(drain(&o).await.len(), 500);
+    }
+
+    #[tokio::test]
+    async fn conflates_per_topic_while_stalled() {
+        let o = Outbox::new(1 << 20);
+        o.push_topic(&frame("a1"), 1, Policy::Conflate);
+        o.set_stalled(true);
+        o.push_topic(&frame("b1"), 2, Policy::Conflate);
+        assert_eq!(o.push_topic(&frame("a2"), 1, Policy::Conflate), Pushed::Conflated);
+        assert_eq!(o.push_topic(&frame("a3"), 1, Policy::Conflate), Pushed::Conflated);
+        assert_eq!(o.push_topic(&frame("b2"), 2, Policy::Conflate), Pushed::Conflated);
+        o.push(frame("reply"));
+        assert_eq!(o.push_topic(&frame("q1"), 3, Policy::Queue), Pushed::Queued);
+        assert_eq!(o.push_topic(&frame("q2"), 3, Policy::Queue), Pushed::Queued);
+        let got = drain(&o).await;
+        let want: Vec<Bytes> = ["a3", "b2", "reply", "q1", "q2"]
+            .iter()
+            .map(|s| frame(s))
+            .collect();
+        assert_eq!(got, want);
+        assert_eq!(o.queued_bytes(), 0);
+    }
+
+    #[tokio::test]
+    async fn conflates_when_over_bound_even_if_not_stalled() {
+        let o = Outbox::new(1024);
+        let big = frame(&"x".repeat(600));
+        o.push_topic(&big, 1, Policy::Conflate);
+        o.push_topic(&big, 2, Policy::Conflate);
+        assert_eq!(o.push_topic(&big, 1, Policy::Conflate), Pushed::Conflated);
+        assert!(o.queued_bytes() <= 2 * big.len());
+    }
+
+    #[tokio::test]
+    async fn queue_overflow_closes_with_4008() {
+        let o = Outbox::new(1024);
+        let big = frame(&"x".repeat(600));
+        assert_eq!(o.push_topic(&big, 1, Policy::Queue), Pushed::Queued);
+        assert_eq!(o.push_topic(&big, 1, Policy::Queue), Pushed::Overflow);
+        assert_eq!(o.push(frame("late")), Pushed::Closed);
+        let mut out = Vec::new();
+        match o.next(&mut out).await {
+            Next::End(Some(f)) => assert_eq!(f, wire::close_frame(4008, "slow consumer")),
+            other => panic!("expected End(4008), got {other:?}"),
+        }
+        assert!(out.is_empty(), "waiting frames of a slow consumer are dropped");
+    }
+
+    #[tokio::test]
+    async fn waits_while_open_and_empty() {
+        let o = Outbox::new(1024);
+        let mut out = Vec::new();
+        let waited = tokio::time::timeout(std::time::Duration::from_millis(50), o.next(&mut out)).await;
+        assert!(
+            waited.is_err(),
+            "an open, empty outbox has nothing for the writer"
+        );
+        assert!(!o.is_closing());
+    }
+
+    #[tokio::test]
+    async fn graceful_close_flushes_first() {
+        let o = Outbox::new(1024);
+        o.push(frame("last words"));
+        o.close(Some(wire::close_frame(1001, "bye")));
+        assert_eq!(drain(&o).await, vec![frame("last words")]);
+        let mut out = Vec::new();
+        assert!(matches!(o.next(&mut out).await, Next::End(Some(_))));
+        assert!(matches!(o.next(&mut out).await, Next::End(None)));
+    }
+}

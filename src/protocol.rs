@@ -1,0 +1,327 @@
+//! The JSON wire format (protocol v1): requests clients send, and the frames the server sends.
+//!
+//! Parsing turns text into validated [`Request`]s or a [`RequestError`]; nothing past this
+//! module sees raw JSON. `data` payloads stay raw (`RawValue`): they are passed through
+//! byte-for-byte and never re-encoded.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use serde_json::value::RawValue;
+
+use crate::error::RequestError;
+use crate::topic::{Pattern, Topic};
+use crate::wire;
+
+/// A publication's payload: any JSON value, kept as its original text.
+pub type Data = Arc<RawValue>;
+
+/// A validated client request.
+#[derive(Debug)]
+pub enum Request {
+    Subscribe(Vec<Pattern>),
+    Unsubscribe(Vec<Pattern>),
+    Publish { topic: Topic, data: Data },
+    Ping,
+}
+
+/// Every field any request may carry; each is checked by the op that uses it.
+#[derive(Deserialize)]
+struct Envelope<'a> {
+    #[serde(borrow)]
+    op: Option<&'a RawValue>,
+    #[serde(borrow)]
+    id: Option<&'a RawValue>,
+    #[serde(borrow)]
+    topics: Option<&'a RawValue>,
+    #[serde(borrow)]
+    topic: Option<&'a RawValue>,
+    #[serde(default, borrow, deserialize_with = "present")]
+    data: Option<&'a RawValue>,
+    #[serde(borrow)]
+    messages: Option<&'a RawValue>,
+}
+
+/// Makes `"data": null` count as present (null is a valid payload), unlike a plain `Option`.
+fn present<'de, D: Deserializer<'de>>(d: D) -> Result<Option<&'de RawValue>, D::Error> {
+    <&RawValue>::deserialize(d).map(Some)
+}
+
+fn bad(message: impl Into<String>) -> RequestError {
+    RequestError::BadRequest(message.into())
+}
+
+fn envelope(text: &str) -> Result<Envelope<'_>, RequestError> {
+    serde_json::from_str(text).map_err(|e| {
+        if e.is_syntax() || e.is_eof() {
+            bad(format!("not valid JSON: {e}"))
+        } else {
+            bad(format!("expected a JSON object with known fields: {e}"))
+        }
+    })
+}
+
+fn field<'a, T: Deserialize<'a>>(
+    raw: Option<&'a RawValue>,
+    name: &str,
+    expected: &str,
+) -> Result<T, RequestError> {
+    let raw = raw.ok_or_else(|| bad(format!("missing field `{name}`")))?;
+    serde_json::from_str(raw.get()).map_err(|_| bad(format!("field `{name}` must be {expected}")))
+}
+
+fn data(raw: Option<&RawValue>) -> Result<Data, RequestError> {
+    let raw = raw.ok_or_else(|| bad("missing field `data`"))?;
+    Ok(Arc::from(raw.to_owned()))
+}
+
+fn topic(raw: Option<&RawValue>) -> Result<Topic, RequestError> {
+    let name: &str = field(raw, "topic", "a string")?;
+    Topic::parse(name).map_err(|e| RequestError::invalid_topic(name, e))
+}
+
+/// Parses one client message. Returns the request `id` (when it is an integer) separately so
+/// that even a failed request's error reply can echo it.
+pub fn parse_request(text: &str, max_topics: usize) -> (Option<i64>, Result<Request, RequestError>) {
+    let env = match envelope(text) {
+        Ok(env) => env,
+        Err(e) => return (None, Err(e)),
+    };
+    let id = match env.id.map(|raw| serde_json::from_str::<i64>(raw.get())) {
+        None => None,
+        Some(Ok(id)) => Some(id),
+        Some(Err(_)) => return (None, Err(bad("field `id` must be an integer"))),
+    };
+    (id, request(&env, max_topics))
+}
+
+fn request(env: &Envelope<'_>, max_topics: usize) -> Result<Request, RequestError> {
+    let op: &str = field(env.op, "op", "a string")?;
+    match op {
+        "subscribe" => Ok(Request::Subscribe(patterns(env.topics, max_topics)?)),
+        "unsubscribe" => Ok(Request::Unsubscribe(patterns(env.topics, max_topics)?)),
+        "publish" => Ok(Request::Publish {
+            topic: topic(env.topic)?,
+            data: data(env.data)?,
+        }),
+        "ping" => Ok(Request::Ping),
+        other => Err(RequestError::UnknownOp(other.chars().take(64).collect())),
+    }
+}
+
+fn patterns(raw: Option<&RawValue>, max_topics: usize) -> Result<Vec<Pattern>, RequestError> {
+    let names: Vec<&str> = field(raw, "topics", "an array of strings")?;
+    if names.is_empty() {
+        return Err(bad("field `topics` must not be empty"));
+    }
+    if names.len() > max_topics {
+        return Err(RequestError::TooManySubscriptions(max_topics));
+    }
+    names
+        .iter()
+        .map(|name| Pattern::parse(name).map_err(|e| RequestError::invalid_topic(name, e)))
+        .collect()
+}
+
+/// Parses an HTTP publish body: one `{"topic","data"}` or a batch `{"messages":[...]}`.
+/// Returns the messages and whether the body was a batch. Any invalid message fails the whole
+/// body, so that a batch publishes all or nothing.
+pub fn parse_publish(body: &[u8]) -> Result<(Vec<(Topic, Data)>, bool), RequestError> {
+    let text = std::str::from_utf8(body).map_err(|_| bad("body is not UTF-8"))?;
+    let env = envelope(text)?;
+    let Some(messages) = env.messages else {
+        return Ok((vec![(topic(env.topic)?, data(env.data)?)], false));
+    };
+    let messages: Vec<Envelope<'_>> = serde_json::from_str(messages.get()).map_err(|e| {
+        bad(format!(
+            "field `messages` must be an array of {{\"topic\",\"data\"}} objects: {e}"
+        ))
+    })?;
+    let parsed = (messages.iter())
+        .map(|m| Ok((topic(m.topic)?, data(m.data)?)))
+        .collect::<Result<Vec<_>, RequestError>>()?;
+    Ok((parsed, true))
+}
+
+/// Replies to requests, one per request.
+#[derive(Serialize)]
+#[serde(tag = "type", rename_all = "lowercase")]
+pub enum Reply<'a> {
+    Subscribed {
+        #[serde(skip_serializing_if = "Option::is_none")]
+        id: Option<i64>,
+        topics: &'a [Pattern],
+    },
+    Unsubscribed {
+        #[serde(skip_serializing_if = "Option::is_none")]
+        id: Option<i64>,
+        topics: &'a [Pattern],
+    },
+    Published {
+        #[serde(skip_serializing_if = "Option::is_none")]
+        id: Option<i64>,
+        topic: &'a Topic,
+        seq: u64,
+    },
+    Pong {
+        #[serde(skip_serializing_if = "Option::is_none")]
+        id: Option<i64>,
+    },
+    Error {
+        #[serde(skip_serializing_if = "Option::is_none")]
+        id: Option<i64>,
+        code: &'static str,
+        message: String,
+    },
+}
+
+impl Reply<'_> {
+    pub fn error(id: Option<i64>, err: &RequestError) -> Reply<'static> {
+        Reply::Error {
+            id,
+            code: err.code(),
+            message: err.to_string(),
+        }
+    }
+
+    pub fn frame(&self) -> Bytes {
+        wire::json_frame(self)
+    }
+}
+
+/// An `update` or `snapshot` frame: a publication as clients receive it.
+#[derive(Serialize)]
+struct Delivery<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    topic: &'a Topic,
+    seq: u64,
+    ts: u64,
+    data: &'a RawValue,
+}
+
+pub fn update_frame(topic: &Topic, seq: u64, ts: u64, data: &RawValue) -> Bytes {
+    let kind = "update";
+    wire::json_frame(&Delivery {
+        kind,
+        topic,
+        seq,
+        ts,
+        data,
+    })
+}
+
+pub fn snapshot_frame(topic: &Topic, seq: u64, ts: u64, data: &RawValue) -> Bytes {
+    let kind = "snapshot";
+    wire::json_frame(&Delivery {
+        kind,
+        topic,
+        seq,
+        ts,
+        data,
+    })
+}
+
+impl Serialize for Topic {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
+impl Serialize for Pattern {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn code(text: &str) -> (Option<i64>, &'static str) {
+        let (id, r) = parse_request(text, 10);
+        (id, r.expect_err("should fail").code())
+    }
+
+    #[test]
+    fn parses_each_op() {
+        let (id, r) = parse_request(r#"{"op":"subscribe","id":1,"topics":["a.b","a.*"]}"#, 10);
+        assert_eq!(id, Some(1));
+        assert!(matches!(r, Ok(Request::Subscribe(t)) if t.len() == 2));
+        let (_, r) = parse_request(r#"{"op":"publish","topic":"chat.x","data":{"a":[1, 2]}}"#, 10);
+        match r {
+            Ok(Request::Publish { topic, data }) => {
+                assert_eq!(topic.as_str(), "chat.x");
+                assert_eq!(data.get(), r#"{"a":[1, 2]}"#, "data passes through unchanged");
+            }
+            other => panic!("{other:?}"),
+        }
+        let (_, r) = parse_request(r#"{"op":"publish","topic":"chat.x","data":null}"#, 10);
+        assert!(matches!(r, Ok(Request::Publish { data, .. }) if data.get() == "null"));
+        assert!(matches!(
+            parse_request(r#"{"op":"ping"}"#, 10),
+            (None, Ok(Request::Ping))
+        ));
+    }
+
+    #[test]
+    fn error_codes() {
+        assert_eq!(code("nope"), (None, "bad_request"));
+        assert_eq!(code("[1]"), (None, "bad_request"));
+        assert_eq!(code(r#"{"id":7}"#), (Some(7), "bad_request"));
+        assert_eq!(code(r#"{"op":5,"id":7}"#), (Some(7), "bad_request"));
+        assert_eq!(code(r#"{"op":"ping","id":"x"}"#), (None, "bad_request"));
+        assert_eq!(code(r#"{"op":"dance","id":2}"#), (Some(2), "unknown_op"));
+        assert_eq!(code(r#"{"op":"subscribe","topics":"a"}"#), (None, "bad_request"));
+        assert_eq!(code(r#"{"op":"subscribe","topics":[]}"#), (None, "bad_request"));
+        assert_eq!(
+            code(r#"{"op":"subscribe","topics":["a..b"]}"#),
+            (None, "invalid_topic")
+        );
+        assert_eq!(
+            code(r#"{"op":"publish","topic":"a.*","data":1}"#),
+            (None, "invalid_topic")
+        );
+        assert_eq!(code(r#"{"op":"publish","topic":"a"}"#), (None, "bad_request"));
+        let many = format!(
+            r#"{{"op":"subscribe","topics":[{}]}}"#,
+            vec!["\"a\""; 11].join(",")
+        );
+        assert_eq!(code(&many), (None, "too_many_subscriptions"));
+    }
+
+    #[test]
+    fn publish_bodies() {
+        let (m, batch) = parse_publish(br#"{"topic":"a","data":1}"#).unwrap();
+        assert!(!batch);
+        assert_eq!(m.len(), 1);
+        let (m, batch) =
+            parse_publish(br#"{"messages":[{"topic":"a","data":1},{"topic":"b","data":"x"}]}"#).unwrap();
+        assert!(batch);
+        assert_eq!(m[1].1.get(), r#""x""#);
+        let err = parse_publish(br#"{"messages":[{"topic":"a","data":1},{"topic":"b.>","data":1}]}"#);
+        assert_eq!(err.unwrap_err().code(), "invalid_topic");
+        assert_eq!(parse_publish(b"{").unwrap_err().code(), "bad_request");
+    }
+
+    #[test]
+    fn frames_are_exact() {
+        let t = Topic::parse("prices.BTC").unwrap();
+        let data = RawValue::from_string(r#"{"p": 1.50}"#.into()).unwrap();
+        let f = update_frame(&t, 42, 1700, &data);
+        assert_eq!(
+            &f[2..],
+            br#"{"type":"update","topic":"prices.BTC","seq":42,"ts":1700,"data":{"p": 1.50}}"#
+        );
+        let topics = [Pattern::parse("a.*").unwrap()];
+        let f = Reply::Subscribed {
+            id: Some(1),
+            topics: &topics,
+        }
+        .frame();
+        assert_eq!(&f[2..], br#"{"type":"subscribed","id":1,"topics":["a.*"]}"#);
+        let f = Reply::Pong { id: None }.frame();
+        assert_eq!(&f[2..], br#"{"type":"pong"}"#);
+    }
+}

@@ -1,0 +1,279 @@
+//! Configuration: one typed [`Settings`], its layering and its validation.
+//!
+//! Layers, later wins: the defaults compiled in from `config/default.toml` ← `config/default.toml`
+//! in the working directory (when present) ← `--config FILE` ← `TICKWIRE__SECTION__KEY` env vars.
+//! Unknown keys and invalid values are rejected here, before any port is bound, with a message
+//! naming the key.
+
+use std::net::SocketAddr;
+use std::path::Path;
+
+use config::{Config, Environment, File, FileFormat};
+use serde::Deserialize;
+
+use crate::error::SettingsError;
+use crate::topic::{Pattern, Topic};
+
+/// The shipped defaults; the same file users read and copy.
+pub const DEFAULTS_TOML: &str = include_str!("../config/default.toml");
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
+    pub server: ServerSettings,
+    pub http: HttpSettings,
+    pub queue: QueueSettings,
+    pub publish: PublishSettings,
+    pub feed: FeedSettings,
+    pub log: LogSettings,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerSettings {
+    pub listen: SocketAddr,
+    pub max_message_bytes: usize,
+    pub max_subscriptions_per_connection: usize,
+    pub requests_per_second: f64,
+    pub request_burst: u32,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpSettings {
+    pub max_body_bytes: usize,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QueueSettings {
+    pub max_bytes: usize,
+    pub policies: Vec<PolicyRule>,
+}
+
+/// How a connection's outbound queue treats a topic's updates when the client is behind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Policy {
+    /// Keep only the newest waiting update per topic.
+    Conflate,
+    /// Keep every update; disconnect the client when the queue overflows.
+    Queue,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyRule {
+    pub pattern: String,
+    pub policy: Policy,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PublishSettings {
+    pub client_topics: Vec<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FeedSettings {
+    pub enabled: bool,
+    pub symbols: Vec<String>,
+    pub updates_per_second: f64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogSettings {
+    pub level: String,
+}
+
+/// Validated, parsed forms of the pattern lists, built once at start-up.
+#[derive(Debug, Clone)]
+pub struct TopicRules {
+    pub policies: Vec<(Pattern, Policy)>,
+    pub client_publish: Vec<Pattern>,
+}
+
+impl TopicRules {
+    pub fn policy_for(&self, topic: &Topic) -> Policy {
+        self.policies
+            .iter()
+            .find(|(p, _)| p.matches(topic))
+            .map_or(Policy::Conflate, |(_, policy)| *policy)
+    }
+
+    pub fn client_may_publish(&self, topic: &Topic) -> bool {
+        self.client_publish.iter().any(|p| p.matches(topic))
+    }
+}
+
+impl Settings {
+    /// The full layering used by the binary: defaults ← ./config/default.toml ← `file` ← env.
+    pub fn load(file: Option<&Path>) -> Result<Settings, SettingsError> {
+        let mut builder = Config::builder()
+            .add_source(File::from_str(DEFAULTS_TOML, FileFormat::Toml))
+            .add_source(File::new("config/default.toml", FileFormat::Toml).required(false));
+        if let Some(file) = file {
+            builder = builder.add_source(File::from(file).format(FileFormat::Toml));
+        }
+        let env = Environment::with_prefix("TICKWIRE")
+            .prefix_separator("__")
+            .separator("__")
+            .try_parsing(true)
+            .list_separator(",")
+            .with_list_parse_key("feed.symbols")
+            .with_list_parse_key("publish.client_topics");
+        Self::finish(builder.add_source(env).build()?)
+    }
+
+    /// Built-in defaults overlaid with `extra` TOML text; no files, no environment.
+    /// For embedding and tests.
+    pub fn from_toml(extra: &str) -> Result<Settings, SettingsError> {
+        let cfg = Config::builder()
+            .add_source(File::from_str(DEFAULTS_TOML, FileFormat::Toml))
+            .add_source(File::from_str(extra, FileFormat::Toml))
+            .build()?;
+        Self::finish(cfg)
+    }
+
+    fn finish(cfg: Config) -> Result<Settings, SettingsError> {
+        let settings: Settings = cfg.try_deserialize()?;
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    fn validate(&self) -> Result<(), SettingsError> {
+        fn check(ok: bool, key: &'static str, message: &str) -> Result<(), SettingsError> {
+            if ok {
+                return Ok(());
+            }
+            Err(SettingsError::Invalid {
+                key,
+                message: message.to_string(),
+            })
+        }
+        let s = &self.server;
+        check(
+            (128..=64 << 20).contains(&s.max_message_bytes),
+            "server.max_message_bytes",
+            "must be between 128 and 67108864",
+        )?;
+        check(
+            s.max_subscriptions_per_connection >= 1,
+            "server.max_subscriptions_per_connection",
+            "must be at least 1",
+        )?;
+        check(
+            s.requests_per_second.is_finite() && s.requests_per_second > 0.0,
+            "server.requests_per_second",
+            "must be a positive number",
+        )?;
+        check(s.request_burst >= 1, "server.request_burst", "must be at least 1")?;
+        check(
+            self.http.max_body_bytes >= 1024,
+            "http.max_body_bytes",
+            "must be at least 1024",
+        )?;
+        check(
+            self.queue.max_bytes >= 1024,
+            "queue.max_bytes",
+            "must be at least 1024",
+        )?;
+        let f = &self.feed;
+        check(
+            f.updates_per_second.is_finite() && f.updates_per_second > 0.0 && f.updates_per_second <= 1000.0,
+            "feed.updates_per_second",
+            "must be a number in (0, 1000]",
+        )?;
+        check(
+            !f.enabled || !f.symbols.is_empty(),
+            "feed.symbols",
+            "must not be empty while the feed is enabled",
+        )?;
+        for symbol in &f.symbols {
+            let ok = !symbol.contains('.') && Topic::parse(&format!("prices.{symbol}")).is_ok();
+            check(
+                ok,
+                "feed.symbols",
+                &format!("{symbol:?} is not a valid topic token"),
+            )?;
+        }
+        check(
+            tracing_subscriber::EnvFilter::try_new(&self.log.level).is_ok(),
+            "log.level",
+            "is not a valid level filter (e.g. info, debug, tickwire=debug)",
+        )?;
+        self.topic_rules()?;
+        Ok(())
+    }
+
+    /// Parses the pattern lists; every failure names its key.
+    pub fn topic_rules(&self) -> Result<TopicRules, SettingsError> {
+        fn parse(key: &'static str, p: &str) -> Result<Pattern, SettingsError> {
+            Pattern::parse(p).map_err(|e| SettingsError::Invalid {
+                key,
+                message: format!("{p:?}: {e}"),
+            })
+        }
+        Ok(TopicRules {
+            policies: (self.queue.policies.iter())
+                .map(|r| Ok((parse("queue.policies", &r.pattern)?, r.policy)))
+                .collect::<Result<_, SettingsError>>()?,
+            client_publish: (self.publish.client_topics.iter())
+                .map(|p| parse("publish.client_topics", p))
+                .collect::<Result<_, _>>()?,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid() {
+        let s = Settings::from_toml("").unwrap();
+        assert_eq!(s.server.listen.to_string(), "0.0.0.0:8080");
+        assert_eq!(s.server.max_message_bytes, 65536);
+        assert_eq!(s.queue.max_bytes, 1 << 20);
+        assert!(s.feed.enabled);
+        let rules = s.topic_rules().unwrap();
+        assert_eq!(
+            rules.policy_for(&Topic::parse("chat.lobby").unwrap()),
+            Policy::Queue
+        );
+        assert_eq!(
+            rules.policy_for(&Topic::parse("prices.X").unwrap()),
+            Policy::Conflate
+        );
+        assert!(rules.client_may_publish(&Topic::parse("chat.lobby").unwrap()));
+        assert!(!rules.client_may_publish(&Topic::parse("prices.X").unwrap()));
+    }
+
+    #[test]
+    fn unknown_keys_are_rejected() {
+        let err = Settings::from_toml("[server]\nlisten_addr = \"1.2.3.4:5\"").unwrap_err();
+        assert!(err.to_string().contains("listen_addr"), "{err}");
+        let err = Settings::from_toml("[nope]\nx = 1").unwrap_err();
+        assert!(err.to_string().contains("nope"), "{err}");
+    }
+
+    #[test]
+    fn invalid_values_name_their_key() {
+        for (toml, key) in [
+            ("[server]\nlisten = \"nowhere\"", "listen"),
+            ("[queue]\nmax_bytes = 10", "queue.max_bytes"),
+            ("[publish]\nclient_topics = [\"a..b\"]", "publish.client_topics"),
+            (
+                "[queue]\npolicies = [{pattern = \"x\", policy = \"drop\"}]",
+                "policy",
+            ),
+            ("[feed]\nsymbols = [\"A.B\"]", "feed.symbols"),
+            ("[feed]\nupdates_per_second = 0", "feed.updates_per_second"),
+        ] {
+            let err = Settings::from_toml(toml).unwrap_err().to_string();
+            assert!(err.contains(key), "{toml:?} gave {err:?}");
+        }
+    }
+}
