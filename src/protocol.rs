@@ -284,10 +284,7 @@ mod tests {
             (None, "invalid_topic")
         );
         assert_eq!(code(r#"{"op":"publish","topic":"a"}"#), (None, "bad_request"));
-        let many = format!(
-            r#"{{"op":"subscribe","topics":[{}]}}"#,
-            vec!["\"a\""; 11].join(",")
-        );
+        let many = format!(r#"{{"op":"subscribe","topics":[{}]}}"#, ["\"a\""; 11].join(","));
         assert_eq!(code(&many), (None, "too_many_subscriptions"));
     }
 

@@ -201,11 +201,11 @@ impl Session<'_> {
 
     /// Serves one request; every outcome, error included, is one reply queued on the outbox.
     fn handle(&mut self, text: &str) {
-        let (id, request) = if self.limiter.take() {
-            parse_request(text, self.settings.server.max_subscriptions_per_connection)
-        } else {
-            (None, Err(RequestError::RateLimited))
-        };
+        let (id, mut request) = parse_request(text, self.settings.server.max_subscriptions_per_connection);
+        // Parsed first so that even a refused request gets its id echoed.
+        if !self.limiter.take() {
+            request = Err(RequestError::RateLimited);
+        }
         let outbox = &self.who.outbox;
         let request = match request {
             Ok(r) => r,

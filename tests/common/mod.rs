@@ -1,0 +1,573 @@
+//! Shared harness for the black-box integration tests.
+//!
+//! Every test starts its own in-process server on 127.0.0.1:0 and talks to it only through its
+//! public surface: WebSocket (`GET /ws`) and the HTTP API.
+
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{json, Value};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::WebSocketStream;
+
+/// A client WebSocket connection.
+pub type Ws = WebSocketStream<TcpStream>;
+
+/// How long any single expected message may take to arrive.
+pub const RECV_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long we listen to conclude that "nothing arrives".
+pub const SILENCE: Duration = Duration::from_millis(300);
+
+/// A running in-process server. Dropping it fires the shutdown signal.
+pub struct TestServer {
+    pub addr: SocketAddr,
+    shutdown: Option<oneshot::Sender<()>>,
+    handle: Option<JoinHandle<Result<(), String>>>,
+}
+
+impl TestServer {
+    /// Fires the shutdown signal and waits (bounded) for `run` to return.
+    pub async fn stop(mut self) -> Result<(), String> {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        let handle = self.handle.take().expect("server handle");
+        match tokio::time::timeout(Duration::from_secs(10), handle).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(join)) => Err(format!("server task panicked: {join}")),
+            Err(_) => Err("server::run did not return within 10 s of shutdown".into()),
+        }
+    }
+
+    /// `ws://` URL of the WebSocket endpoint.
+    pub fn ws_url(&self) -> String {
+        format!("ws://{}/ws", self.addr)
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+/// With `TEST_LOG=<filter>` set (e.g. `TEST_LOG=tickwire=debug`), server logs go to the test
+/// output.
+fn init_logging() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        if let Ok(filter) = std::env::var("TEST_LOG") {
+            let _ = tracing_subscriber::fmt()
+                .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+                .with_test_writer()
+                .try_init();
+        }
+    });
+}
+
+/// Builds the settings for a test: the built-in defaults with the feed disabled (unless the
+/// test configures `[feed]` itself), overlaid with `extra`.
+pub fn settings(extra: &str) -> tickwire::settings::Settings {
+    let toml = if extra.contains("[feed]") {
+        extra.to_string()
+    } else {
+        format!("[feed]\nenabled = false\n\n{extra}")
+    };
+    tickwire::settings::Settings::from_toml(&toml)
+        .unwrap_or_else(|e| panic!("Settings::from_toml rejected test config: {e:?}\n---\n{toml}"))
+}
+
+/// Starts a server with the defaults overlaid by `extra_toml` (feed disabled unless `extra_toml`
+/// has a `[feed]` section).
+pub async fn start(extra_toml: &str) -> TestServer {
+    init_logging();
+    let settings = settings(extra_toml);
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind 127.0.0.1:0");
+    let addr = listener.local_addr().expect("local_addr");
+    let (tx, rx) = oneshot::channel::<()>();
+    let shutdown = async move {
+        let _ = rx.await;
+    };
+    let handle = tokio::spawn(async move {
+        tickwire::server::run(listener, settings, shutdown)
+            .await
+            .map_err(|e| format!("{e:?}"))
+    });
+    TestServer {
+        addr,
+        shutdown: Some(tx),
+        handle: Some(handle),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// WebSocket client
+// ---------------------------------------------------------------------------------------------
+
+fn client_config() -> WebSocketConfig {
+    // Generous limits: the server may legitimately send large frames to us.
+    WebSocketConfig::default()
+        .read_buffer_size(16 * 1024)
+        .max_message_size(Some(256 << 20))
+        .max_frame_size(Some(256 << 20))
+}
+
+async fn handshake(addr: SocketAddr, stream: TcpStream) -> Ws {
+    stream.set_nodelay(true).expect("set_nodelay");
+    let url = format!("ws://{addr}/ws");
+    let handshake = tokio_tungstenite::client_async_with_config(url, stream, Some(client_config()));
+    match tokio::time::timeout(RECV_TIMEOUT, handshake).await {
+        Ok(Ok((ws, _resp))) => ws,
+        Ok(Err(e)) => panic!("WebSocket handshake with {addr} failed: {e}"),
+        Err(_) => panic!("WebSocket handshake with {addr} timed out"),
+    }
+}
+
+/// Opens a WebSocket to `GET /ws`.
+pub async fn connect(addr: SocketAddr) -> Ws {
+    let stream = tokio::time::timeout(RECV_TIMEOUT, TcpStream::connect(addr))
+        .await
+        .unwrap_or_else(|_| panic!("TCP connect to {addr} timed out"))
+        .unwrap_or_else(|e| panic!("TCP connect to {addr} failed: {e}"));
+    handshake(addr, stream).await
+}
+
+/// Opens a WebSocket whose TCP receive buffer is tiny, so that a client that stops reading makes
+/// the server's writes back up quickly.
+pub async fn connect_small_rcvbuf(addr: SocketAddr, rcvbuf: u32) -> Ws {
+    let socket = TcpSocket::new_v4().expect("socket");
+    socket.set_recv_buffer_size(rcvbuf).expect("SO_RCVBUF");
+    let stream = tokio::time::timeout(RECV_TIMEOUT, socket.connect(addr))
+        .await
+        .unwrap_or_else(|_| panic!("TCP connect to {addr} timed out"))
+        .unwrap_or_else(|e| panic!("TCP connect to {addr} failed: {e}"));
+    handshake(addr, stream).await
+}
+
+pub async fn send_msg(ws: &mut Ws, msg: Message) {
+    tokio::time::timeout(RECV_TIMEOUT, ws.send(msg))
+        .await
+        .expect("sending a WebSocket message timed out")
+        .expect("sending a WebSocket message failed");
+}
+
+pub async fn send_text(ws: &mut Ws, text: &str) {
+    send_msg(ws, Message::text(text)).await;
+}
+
+pub async fn send_json(ws: &mut Ws, value: Value) {
+    send_text(ws, &value.to_string()).await;
+}
+
+/// What the next data message turned out to be.
+#[derive(Debug)]
+pub enum Incoming {
+    Json(Value),
+    Close(Option<(u16, String)>),
+    Ended(String),
+    Timeout,
+}
+
+/// Next text message (parsed), close, end of stream, or timeout. Pings/pongs are skipped.
+pub async fn next_incoming(ws: &mut Ws, wait: Duration) -> Incoming {
+    let deadline = tokio::time::Instant::now() + wait;
+    loop {
+        let next = match tokio::time::timeout_at(deadline, ws.next()).await {
+            Err(_) => return Incoming::Timeout,
+            Ok(n) => n,
+        };
+        match next {
+            None => return Incoming::Ended("stream ended".into()),
+            Some(Err(e)) => return Incoming::Ended(format!("error: {e}")),
+            Some(Ok(Message::Text(t))) => {
+                let v: Value = serde_json::from_str(t.as_str())
+                    .unwrap_or_else(|e| panic!("server sent a text frame that is not JSON ({e}): {t}"));
+                return Incoming::Json(v);
+            }
+            Some(Ok(Message::Close(frame))) => {
+                return Incoming::Close(frame.map(|f| (u16::from(f.code), f.reason.as_str().to_string())))
+            }
+            Some(Ok(Message::Binary(b))) => {
+                panic!("server sent an unexpected binary frame of {} bytes", b.len())
+            }
+            Some(Ok(_)) => continue, // ping / pong / raw frame
+        }
+    }
+}
+
+/// Receives the next JSON message, panicking with a clear message on timeout or close.
+pub async fn recv_json(ws: &mut Ws) -> Value {
+    recv_json_within(ws, RECV_TIMEOUT).await
+}
+
+pub async fn recv_json_within(ws: &mut Ws, wait: Duration) -> Value {
+    match next_incoming(ws, wait).await {
+        Incoming::Json(v) => v,
+        Incoming::Timeout => panic!("no message from the server within {wait:?}"),
+        Incoming::Close(c) => panic!("connection closed by the server ({c:?}) while awaiting a message"),
+        Incoming::Ended(e) => panic!("connection ended ({e}) while awaiting a message"),
+    }
+}
+
+/// Asserts nothing (no data message, no close) arrives within `wait`.
+pub async fn expect_silence(ws: &mut Ws, wait: Duration) {
+    match next_incoming(ws, wait).await {
+        Incoming::Timeout => {}
+        Incoming::Json(v) => panic!("expected silence, but the server sent {v}"),
+        Incoming::Close(c) => panic!("expected silence, but the server closed the connection: {c:?}"),
+        Incoming::Ended(e) => panic!("expected silence, but the connection ended: {e}"),
+    }
+}
+
+/// Reads (discarding data messages) until the server's close frame; returns (code, reason).
+pub async fn recv_close(ws: &mut Ws) -> (u16, String) {
+    recv_close_within(ws, RECV_TIMEOUT).await.1
+}
+
+/// Like [`recv_close`], also returning the data messages read before the close.
+pub async fn recv_close_within(ws: &mut Ws, wait: Duration) -> (Vec<Value>, (u16, String)) {
+    let deadline = tokio::time::Instant::now() + wait;
+    let mut before = Vec::new();
+    loop {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        match next_incoming(ws, left).await {
+            Incoming::Json(v) => before.push(v),
+            Incoming::Close(Some(c)) => return (before, c),
+            Incoming::Close(None) => panic!("server closed the connection without a close code"),
+            Incoming::Ended(e) => panic!(
+                "connection ended ({e}) without a close frame after {} messages",
+                before.len()
+            ),
+            Incoming::Timeout => panic!(
+                "no close frame within {wait:?} ({} messages received meanwhile)",
+                before.len()
+            ),
+        }
+    }
+}
+
+/// Sends `request` and returns the next message.
+pub async fn request(ws: &mut Ws, request: Value) -> Value {
+    send_json(ws, request).await;
+    recv_json(ws).await
+}
+
+/// Subscribes and asserts the `subscribed` reply. Snapshots (if any) are left unread.
+pub async fn subscribe(ws: &mut Ws, id: i64, topics: &[&str]) {
+    let reply = request(ws, json!({"op": "subscribe", "id": id, "topics": topics})).await;
+    assert_eq!(
+        reply,
+        json!({"type": "subscribed", "id": id, "topics": topics}),
+        "unexpected reply to subscribe"
+    );
+}
+
+/// Unsubscribes and asserts the `unsubscribed` reply.
+pub async fn unsubscribe(ws: &mut Ws, id: i64, topics: &[&str]) {
+    let reply = request(ws, json!({"op": "unsubscribe", "id": id, "topics": topics})).await;
+    assert_eq!(
+        reply,
+        json!({"type": "unsubscribed", "id": id, "topics": topics}),
+        "unexpected reply to unsubscribe"
+    );
+}
+
+/// A ping round trip: proves the connection is still open and serving requests.
+pub async fn assert_usable(ws: &mut Ws, id: i64) {
+    let reply = request(ws, json!({"op": "ping", "id": id})).await;
+    assert_eq!(reply, json!({"type": "pong", "id": id}), "ping after an error");
+}
+
+/// Asserts `v` is an error message with the given code and id (None: no `id` key at all).
+#[track_caller]
+pub fn assert_error(v: &Value, code: &str, id: Option<i64>) {
+    assert_eq!(v["type"], "error", "expected an error message, got {v}");
+    assert_eq!(v["code"], code, "wrong error code in {v}");
+    assert!(v["message"].is_string(), "error without a string message: {v}");
+    match id {
+        Some(id) => assert_eq!(v["id"], json!(id), "error must echo the request id: {v}"),
+        None => assert!(
+            v.get("id").is_none(),
+            "error for a request without id has an id: {v}"
+        ),
+    }
+}
+
+/// Asserts `v` is an update on `topic` and returns its seq.
+#[track_caller]
+pub fn assert_update(v: &Value, topic: &str) -> u64 {
+    assert_eq!(v["type"], "update", "expected an update, got {v}");
+    assert_eq!(v["topic"], topic, "update on the wrong topic: {v}");
+    assert!(v["ts"].is_u64(), "update without an integer ts: {v}");
+    v["seq"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("update without an integer seq: {v}"))
+}
+
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+}
+
+/// Asserts a `ts` field is a plausible current Unix time in milliseconds.
+#[track_caller]
+pub fn assert_recent_ts(v: &Value) {
+    let ts = v["ts"].as_u64().unwrap_or_else(|| panic!("no integer ts in {v}"));
+    let now = now_ms();
+    assert!(
+        ts + 60_000 >= now && ts <= now + 60_000,
+        "ts {ts} is not a current Unix time in ms (now {now}): {v}"
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// HTTP client (minimal HTTP/1.1, one request per connection)
+// ---------------------------------------------------------------------------------------------
+
+#[derive(Debug)]
+pub struct HttpResponse {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl HttpResponse {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    pub fn json(&self) -> Value {
+        serde_json::from_slice(&self.body).unwrap_or_else(|e| {
+            panic!(
+                "HTTP {} body is not JSON ({e}): {:?}",
+                self.status,
+                String::from_utf8_lossy(&self.body)
+            )
+        })
+    }
+}
+
+/// Sends one raw HTTP/1.1 request with `Connection: close` and reads the whole response.
+pub async fn http_request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    extra_headers: &[(&str, &str)],
+    body: Option<&[u8]>,
+) -> HttpResponse {
+    let fut = async {
+        let mut stream = TcpStream::connect(addr).await.expect("HTTP connect");
+        stream.set_nodelay(true).ok();
+        let mut head = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+        for (k, v) in extra_headers {
+            head.push_str(&format!("{k}: {v}\r\n"));
+        }
+        if let Some(b) = body {
+            head.push_str(&format!("Content-Length: {}\r\n", b.len()));
+        }
+        head.push_str("\r\n");
+        let mut out = head.into_bytes();
+        if let Some(b) = body {
+            out.extend_from_slice(b);
+        }
+        // The server may answer (e.g. 413) and stop reading before the whole body is sent, so a
+        // write error is not fatal: the response is what counts.
+        let _ = stream.write_all(&out).await;
+        let mut raw = Vec::new();
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            match stream.read(&mut buf).await {
+                Ok(0) => break,
+                Ok(n) => raw.extend_from_slice(&buf[..n]),
+                Err(e) if raw.is_empty() => panic!("HTTP {method} {path}: read failed: {e}"),
+                Err(_) => break,
+            }
+            if let Some(resp) = parse_response(&raw) {
+                return resp;
+            }
+        }
+        parse_response(&raw).unwrap_or_else(|| {
+            panic!(
+                "HTTP {method} {path}: incomplete response: {:?}",
+                String::from_utf8_lossy(&raw)
+            )
+        })
+    };
+    tokio::time::timeout(Duration::from_secs(20), fut)
+        .await
+        .unwrap_or_else(|_| panic!("HTTP {method} {path} timed out"))
+}
+
+/// Parses a complete response out of `raw`, or None when more bytes are needed.
+fn parse_response(raw: &[u8]) -> Option<HttpResponse> {
+    let head_end = raw.windows(4).position(|w| w == b"\r\n\r\n")?;
+    let head = std::str::from_utf8(&raw[..head_end]).expect("response head is not UTF-8");
+    let mut lines = head.split("\r\n");
+    let status_line = lines.next().unwrap();
+    let status: u16 = status_line
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("bad status line {status_line:?}"));
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
+        .collect();
+    let rest = &raw[head_end + 4..];
+    let get = |name: &str| {
+        headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.clone())
+    };
+    let body = if let Some(len) = get("content-length") {
+        let len: usize = len.parse().expect("content-length");
+        if rest.len() < len {
+            return None;
+        }
+        rest[..len].to_vec()
+    } else if get("transfer-encoding").is_some_and(|te| te.eq_ignore_ascii_case("chunked")) {
+        let mut body = Vec::new();
+        let mut pos = 0;
+        loop {
+            let line_end = rest[pos..].windows(2).position(|w| w == b"\r\n")? + pos;
+            let size_str = std::str::from_utf8(&rest[pos..line_end]).ok()?;
+            let size = usize::from_str_radix(size_str.split(';').next()?.trim(), 16).ok()?;
+            pos = line_end + 2;
+            if size == 0 {
+                break;
+            }
+            if rest.len() < pos + size + 2 {
+                return None;
+            }
+            body.extend_from_slice(&rest[pos..pos + size]);
+            pos += size + 2;
+        }
+        body
+    } else if status == 204 || status == 304 || (100..200).contains(&status) {
+        Vec::new()
+    } else {
+        // Body delimited by EOF: only complete once the caller saw EOF.
+        return None;
+    };
+    Some(HttpResponse {
+        status,
+        headers,
+        body,
+    })
+}
+
+pub async fn http_get(addr: SocketAddr, path: &str) -> HttpResponse {
+    http_request(addr, "GET", path, &[], None).await
+}
+
+pub async fn http_post(addr: SocketAddr, path: &str, body: &[u8]) -> HttpResponse {
+    http_request(
+        addr,
+        "POST",
+        path,
+        &[("Content-Type", "application/json")],
+        Some(body),
+    )
+    .await
+}
+
+/// GET returning (status, JSON body).
+pub async fn get_json(addr: SocketAddr, path: &str) -> (u16, Value) {
+    let r = http_get(addr, path).await;
+    (r.status, r.json())
+}
+
+/// POST a JSON body returning (status, JSON body).
+pub async fn post_json(addr: SocketAddr, path: &str, body: &Value) -> (u16, Value) {
+    let r = http_post(addr, path, body.to_string().as_bytes()).await;
+    (r.status, r.json())
+}
+
+/// Publishes one message over HTTP, asserts success, returns its seq.
+pub async fn publish(addr: SocketAddr, topic: &str, data: Value) -> u64 {
+    let (status, body) = post_json(addr, "/api/v1/publish", &json!({"topic": topic, "data": data})).await;
+    assert_eq!(status, 200, "publish to {topic} failed: {body}");
+    assert_eq!(body["topic"], topic, "publish reply: {body}");
+    body["seq"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("publish reply without integer seq: {body}"))
+}
+
+/// Publishes a batch over HTTP, asserts success, returns the seqs in order.
+pub async fn publish_batch(addr: SocketAddr, messages: &[(&str, Value)]) -> Vec<u64> {
+    let msgs: Vec<Value> = messages
+        .iter()
+        .map(|(t, d)| json!({"topic": t, "data": d}))
+        .collect();
+    let (status, body) = post_json(addr, "/api/v1/publish", &json!({"messages": msgs})).await;
+    assert_eq!(status, 200, "batch publish failed: {body}");
+    let results = body["results"]
+        .as_array()
+        .unwrap_or_else(|| panic!("batch reply without results array: {body}"));
+    assert_eq!(results.len(), messages.len(), "one result per message: {body}");
+    results
+        .iter()
+        .zip(messages)
+        .map(|(r, (t, _))| {
+            assert_eq!(r["topic"], *t, "batch results out of order: {body}");
+            r["seq"]
+                .as_u64()
+                .unwrap_or_else(|| panic!("batch result without seq: {r}"))
+        })
+        .collect()
+}
+
+/// `GET /api/v1/topics/{topic}`: Some(body) on 200, None on 404 (asserting the error shape).
+pub async fn get_topic(addr: SocketAddr, topic: &str) -> Option<Value> {
+    let (status, body) = get_json(addr, &format!("/api/v1/topics/{topic}")).await;
+    match status {
+        200 => Some(body),
+        404 => {
+            assert!(
+                body["error"]["code"].is_string() && body["error"]["message"].is_string(),
+                "404 without the error shape: {body}"
+            );
+            None
+        }
+        s => panic!("GET /api/v1/topics/{topic}: unexpected status {s}: {body}"),
+    }
+}
+
+/// Entry for `topic` in `GET /api/v1/topics`, if listed.
+pub async fn topic_listing(addr: SocketAddr, topic: &str) -> Option<Value> {
+    let (status, body) = get_json(addr, "/api/v1/topics").await;
+    assert_eq!(status, 200, "GET /api/v1/topics: {body}");
+    body["topics"]
+        .as_array()
+        .unwrap_or_else(|| panic!("GET /api/v1/topics without topics array: {body}"))
+        .iter()
+        .find(|t| t["topic"] == topic)
+        .cloned()
+}
+
+/// Resident set size of this process in bytes (Linux).
+pub fn rss_bytes() -> u64 {
+    let statm = std::fs::read_to_string("/proc/self/statm").expect("read /proc/self/statm");
+    let pages: u64 = statm
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .expect("statm resident field");
+    pages * 4096
+}
