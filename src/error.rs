@@ -44,6 +44,8 @@ pub enum RequestError {
     NoRoute(String),
     #[error("method not allowed")]
     MethodNotAllowed,
+    #[error("{0}")]
+    Unavailable(&'static str),
 }
 
 impl RequestError {
@@ -59,6 +61,7 @@ impl RequestError {
             RequestError::PayloadTooLarge(_) => "payload_too_large",
             RequestError::TopicNotFound(_) | RequestError::NoRoute(_) => "not_found",
             RequestError::MethodNotAllowed => "method_not_allowed",
+            RequestError::Unavailable(_) => "unavailable",
         }
     }
 
@@ -87,4 +90,6 @@ pub enum ServerError {
     Io(#[from] std::io::Error),
     #[error(transparent)]
     Settings(#[from] SettingsError),
+    #[error("metrics registry: {0}")]
+    Metrics(#[from] prometheus::Error),
 }

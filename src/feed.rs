@@ -15,6 +15,7 @@ use serde_json::value::RawValue;
 use tokio::time::MissedTickBehavior;
 
 use crate::hub::Hub;
+use crate::metrics::Source;
 use crate::settings::FeedSettings;
 use crate::topic::Topic;
 
@@ -115,7 +116,7 @@ pub async fn run(hub: Arc<Hub>, settings: FeedSettings) {
             };
             let json = serde_json::to_string(&quote).expect("a quote always serializes");
             let data = RawValue::from_string(json).expect("serde_json output is valid JSON");
-            hub.publish(&inst.topic, Arc::from(data));
+            hub.publish(&inst.topic, Arc::from(data), Source::Feed);
         }
     }
 }

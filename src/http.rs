@@ -1,10 +1,12 @@
-//! HTTP routing: the WebSocket upgrade at `/ws`, the publish API and the topic API.
+//! HTTP routing: the WebSocket upgrade at `/ws`, the publish and topic APIs, and the operator
+//! endpoints `/metrics`, `/healthz`, `/readyz`.
 //!
 //! This is the edge where [`RequestError`]s become HTTP statuses and the
 //! `{"error":{"code","message"}}` shape.
 
 use std::convert::Infallible;
 use std::sync::Arc;
+use std::time::Instant;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
@@ -15,19 +17,24 @@ use serde::Serialize;
 use serde_json::value::RawValue;
 use tracing::debug;
 
+use crate::app::App;
 use crate::error::RequestError;
-use crate::hub::Hub;
+use crate::metrics::{Source, REJECT_BAD_HANDSHAKE, REJECT_LIMIT};
 use crate::protocol;
 use crate::session;
-use crate::settings::Settings;
 use crate::topic::Topic;
 
 pub type Body = Full<Bytes>;
 
-/// What every request handler needs; shared by all connections.
-pub struct App {
-    pub hub: Arc<Hub>,
-    pub settings: Arc<Settings>,
+/// Which routes a listener serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Routes {
+    /// Application and operator routes (no separate admin listener).
+    All,
+    /// Application routes only (`admin.listen` is set).
+    Public,
+    /// `/metrics`, `/healthz`, `/readyz` only.
+    Admin,
 }
 
 fn status_of(e: &RequestError) -> StatusCode {
@@ -40,6 +47,7 @@ fn status_of(e: &RequestError) -> StatusCode {
         RequestError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
         RequestError::TopicNotFound(_) | RequestError::NoRoute(_) => StatusCode::NOT_FOUND,
         RequestError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+        RequestError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
     }
 }
 
@@ -69,25 +77,85 @@ fn error(e: &RequestError) -> Response<Body> {
     json(status_of(e), &Wrapper { error: detail })
 }
 
-/// Routes one request.
-pub async fn handle(req: Request<Incoming>, app: Arc<App>) -> Result<Response<Body>, Infallible> {
-    let path = req.uri().path().to_owned();
-    let result = match (req.method(), path.as_str()) {
-        (_, "/ws") => Ok(upgrade(req, &app)),
-        (&Method::POST, "/api/v1/publish") => publish(req, &app).await,
-        (_, "/api/v1/publish") => Err(RequestError::MethodNotAllowed),
-        (&Method::GET, "/api/v1/topics") => Ok(list_topics(&app)),
-        (&Method::GET, p) if p.starts_with("/api/v1/topics/") => {
-            get_topic(&p["/api/v1/topics/".len()..], &app)
-        }
-        (_, p) if p.starts_with("/api/v1/topics") => Err(RequestError::MethodNotAllowed),
-        (_, p) => Err(RequestError::NoRoute(p.chars().take(256).collect())),
-    };
-    Ok(result.unwrap_or_else(|e| error(&e)))
+/// The `route` label for a path: fixed values, never the raw path.
+fn route_of(path: &str) -> &'static str {
+    match path {
+        "/ws" => "ws",
+        "/api/v1/publish" => "publish",
+        "/api/v1/topics" => "topics",
+        p if p.starts_with("/api/v1/topics/") => "topic",
+        "/metrics" => "metrics",
+        "/healthz" => "healthz",
+        "/readyz" => "readyz",
+        _ => "not_found",
+    }
 }
 
-fn upgrade(mut req: Request<Incoming>, app: &App) -> Response<Body> {
+/// Routes one request and records it in the HTTP metrics.
+pub async fn handle(
+    req: Request<Incoming>,
+    app: Arc<App>,
+    routes: Routes,
+) -> Result<Response<Body>, Infallible> {
+    let started = Instant::now();
+    let path = req.uri().path().to_owned();
+    let mut route = route_of(&path);
+    let operator = matches!(route, "metrics" | "healthz" | "readyz");
+    if (operator && routes == Routes::Public) || (!operator && routes == Routes::Admin) {
+        route = "not_found";
+    }
+    let result = match (req.method(), route) {
+        (_, "ws") => Ok(upgrade(req, &app)),
+        (&Method::POST, "publish") => publish(req, &app).await,
+        (&Method::GET, "topics") => Ok(list_topics(&app)),
+        (&Method::GET, "topic") => get_topic(&path["/api/v1/topics/".len()..], &app),
+        (&Method::GET, "metrics") => Ok(metrics(&app)),
+        (&Method::GET, "healthz") => Ok(text(StatusCode::OK, "ok\n")),
+        (&Method::GET, "readyz") if app.drain.is_cancelled() => {
+            Ok(text(StatusCode::SERVICE_UNAVAILABLE, "draining\n"))
+        }
+        (&Method::GET, "readyz") => Ok(text(StatusCode::OK, "ready\n")),
+        (_, "not_found") => Err(RequestError::NoRoute(path.chars().take(256).collect())),
+        _ => Err(RequestError::MethodNotAllowed),
+    };
+    let resp = result.unwrap_or_else(|e| error(&e));
+    let m = &app.metrics;
+    m.http_requests
+        .with_label_values(&[route, resp.status().as_str()])
+        .inc();
+    m.http_duration
+        .with_label_values(&[route])
+        .observe(started.elapsed().as_secs_f64());
+    Ok(resp)
+}
+
+fn text(status: StatusCode, body: &'static str) -> Response<Body> {
+    let mut resp = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
+    *resp.status_mut() = status;
+    resp.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+    resp
+}
+
+fn metrics(app: &App) -> Response<Body> {
+    app.metrics.topics.set(app.hub.topic_count() as i64);
+    let mut resp = Response::new(Full::new(Bytes::from(app.metrics.render())));
+    resp.headers_mut().insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+    );
+    resp
+}
+
+fn upgrade(mut req: Request<Incoming>, app: &Arc<App>) -> Response<Body> {
+    let rejected = |reason: &str| {
+        app.metrics
+            .connections_rejected
+            .with_label_values(&[reason])
+            .inc()
+    };
     if req.method() != Method::GET || !fastwebsockets::upgrade::is_upgrade_request(&req) {
+        rejected(REJECT_BAD_HANDSHAKE);
         let e = RequestError::BadRequest("this endpoint only accepts WebSocket upgrades".into());
         let mut resp = error(&e);
         *resp.status_mut() = StatusCode::UPGRADE_REQUIRED;
@@ -97,12 +165,20 @@ fn upgrade(mut req: Request<Incoming>, app: &App) -> Response<Body> {
             .insert(CONNECTION, HeaderValue::from_static("Upgrade"));
         return resp;
     }
+    if app.drain.is_cancelled() {
+        return error(&RequestError::Unavailable("server is shutting down"));
+    }
+    let Some(slot) = app.try_connection() else {
+        rejected(REJECT_LIMIT);
+        return error(&RequestError::Unavailable("connection limit reached"));
+    };
     match fastwebsockets::upgrade::upgrade(&mut req) {
         Ok((resp, fut)) => {
-            tokio::spawn(session::run(fut, app.hub.clone(), app.settings.clone()));
+            app.tasks.spawn(session::run(fut, app.clone(), slot));
             resp.map(|_| Full::new(Bytes::new()))
         }
         Err(e) => {
+            rejected(REJECT_BAD_HANDSHAKE);
             debug!(error = %e, "bad websocket handshake");
             error(&RequestError::BadRequest(format!("bad WebSocket handshake: {e}")))
         }
@@ -139,7 +215,7 @@ async fn publish(req: Request<Incoming>, app: &App) -> Result<Response<Body>, Re
     let results: Vec<Published<'_>> = (messages.iter())
         .map(|(topic, data)| Published {
             topic,
-            seq: app.hub.publish(topic, data.clone()),
+            seq: app.hub.publish(topic, data.clone(), Source::Http),
         })
         .collect();
     if batch {

@@ -15,11 +15,12 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use dashmap::DashMap;
 
-use crate::outbox::{Outbox, TopicKey};
+use crate::metrics::{Metrics, Source};
+use crate::outbox::{Outbox, Pushed, TopicKey};
 use crate::patterns::PatternIndex;
 use crate::protocol::{self, Data};
 use crate::settings::{Policy, TopicRules};
@@ -57,6 +58,7 @@ pub struct Hub {
     topics: DashMap<Topic, Arc<TopicEntry>>,
     patterns: RwLock<PatternIndex<Arc<Outbox>>>,
     rules: TopicRules,
+    metrics: Arc<Metrics>,
     next_key: AtomicU64,
     next_client: AtomicU64,
 }
@@ -119,11 +121,12 @@ impl TopicState {
 }
 
 impl Hub {
-    pub fn new(rules: TopicRules) -> Hub {
+    pub fn new(rules: TopicRules, metrics: Arc<Metrics>) -> Hub {
         Hub {
             topics: DashMap::new(),
             patterns: RwLock::default(),
             rules,
+            metrics,
             next_key: AtomicU64::new(1),
             next_client: AtomicU64::new(1),
         }
@@ -180,17 +183,31 @@ impl Hub {
     }
 
     /// Assigns the next seq, encodes the update once and queues it for every subscriber.
-    pub fn publish(&self, topic: &Topic, data: Data) -> u64 {
-        let ts = now_ms();
-        self.with_topic(topic, |entry, state| {
+    pub fn publish(&self, topic: &Topic, data: Data, source: Source) -> u64 {
+        let (ts, accepted) = (now_ms(), Instant::now());
+        let seq = self.with_topic(topic, |entry, state| {
             state.seq += 1;
             let frame = protocol::update_frame(topic, state.seq, ts, &data);
+            let mut conflated = 0;
             for sub in state.subscribers.values() {
-                sub.outbox.push_topic(&frame, entry.key, entry.policy);
+                let pushed = sub
+                    .outbox
+                    .push_topic(&frame, entry.key, entry.policy, Some(accepted));
+                conflated += u64::from(pushed == Pushed::Conflated);
+            }
+            if conflated > 0 {
+                self.metrics.conflated.inc_by(conflated);
             }
             state.last = Some((ts, data.clone()));
             state.seq
-        })
+        });
+        self.metrics.published(source).inc();
+        seq
+    }
+
+    /// How many topics the hub knows.
+    pub fn topic_count(&self) -> usize {
+        self.topics.len()
     }
 
     /// Adds subscriptions, then queues one snapshot per existing topic with a last value that
@@ -202,7 +219,7 @@ impl Hub {
             if let Some((ts, data)) = &state.last {
                 if snapshotted.insert(entry.key) {
                     let frame = protocol::snapshot_frame(topic, state.seq, *ts, data);
-                    who.outbox.push_topic(&frame, entry.key, entry.policy);
+                    who.outbox.push_topic(&frame, entry.key, entry.policy, None);
                 }
             }
         };
@@ -290,7 +307,8 @@ mod tests {
     use serde_json::value::RawValue;
 
     fn hub() -> Hub {
-        Hub::new(Settings::from_toml("").unwrap().topic_rules().unwrap())
+        let rules = Settings::from_toml("").unwrap().topic_rules().unwrap();
+        Hub::new(rules, Arc::new(Metrics::new().unwrap()))
     }
 
     fn data(s: &str) -> Data {
@@ -310,7 +328,7 @@ mod tests {
             return vec![];
         }
         let mut out = Vec::new();
-        assert!(matches!(o.next(&mut out).await, Next::Frames));
+        assert!(matches!(o.next(&mut out).await, Next::Frames { .. }));
         out.iter()
             .map(|f| String::from_utf8_lossy(&f[2..]).into_owned())
             .collect()
@@ -319,21 +337,21 @@ mod tests {
     #[tokio::test]
     async fn overlapping_subscriptions_deliver_once_and_snapshot_once() {
         let hub = hub();
-        assert_eq!(hub.publish(&topic("prices.A"), data("1")), 1);
+        assert_eq!(hub.publish(&topic("prices.A"), data("1"), Source::Http), 1);
         let who = hub.new_subscriber(Arc::new(Outbox::new(1 << 20)));
         hub.subscribe(&who, &pats(&["prices.A", "prices.*", "prices.>"]));
         let snaps = frames(&who.outbox).await;
         assert_eq!(snaps.len(), 1, "{snaps:?}");
         assert!(snaps[0].contains(r#""type":"snapshot""#) && snaps[0].contains(r#""seq":1"#));
-        assert_eq!(hub.publish(&topic("prices.A"), data("2")), 2);
+        assert_eq!(hub.publish(&topic("prices.A"), data("2"), Source::Http), 2);
         assert_eq!(frames(&who.outbox).await.len(), 1);
         // a topic created after the pattern subscription picks it up
-        hub.publish(&topic("prices.B"), data("3"));
+        hub.publish(&topic("prices.B"), data("3"), Source::Http);
         assert_eq!(frames(&who.outbox).await.len(), 1);
         hub.unsubscribe(who.id, &pats(&["prices.*", "prices.>"]));
-        hub.publish(&topic("prices.B"), data("4"));
+        hub.publish(&topic("prices.B"), data("4"), Source::Http);
         assert!(frames(&who.outbox).await.is_empty());
-        hub.publish(&topic("prices.A"), data("5"));
+        hub.publish(&topic("prices.A"), data("5"), Source::Http);
         assert_eq!(frames(&who.outbox).await.len(), 1, "exact subscription remains");
     }
 
@@ -345,7 +363,7 @@ mod tests {
         assert_eq!(hub.list().len(), 1);
         hub.unsubscribe(who.id, &pats(&["a.b", "x.*"]));
         assert!(hub.list().is_empty());
-        hub.publish(&topic("a.b"), data("1"));
+        hub.publish(&topic("a.b"), data("1"), Source::Http);
         hub.subscribe(&who, &pats(&["a.b"]));
         hub.unsubscribe(who.id, &pats(&["a.b"]));
         assert_eq!(hub.list().len(), 1, "a topic with a last value stays");

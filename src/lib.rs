@@ -8,8 +8,10 @@
 //! Data flows one way: transport → protocol → hub → outbox → socket.
 //!
 //! - [`settings`]: the typed configuration, its layering and validation.
-//! - [`server`]: the TCP accept loop and the process-level set-up (fd limit).
-//! - [`http`]: HTTP routing, the publish and topic APIs, the WebSocket upgrade.
+//! - [`server`]: the TCP accept loops, graceful drain and process-level set-up (fd limit).
+//! - [`app`]: the state shared by every connection handler (and the connection limit).
+//! - [`http`]: HTTP routing, the publish and topic APIs, the WebSocket upgrade, `/metrics`,
+//!   `/healthz`, `/readyz`.
 //! - [`session`]: one WebSocket connection: reads requests, writes queued frames.
 //! - [`protocol`]: the JSON wire format: parsing requests, encoding replies.
 //! - [`topic`]: topic names and subscription patterns (validation and matching).
@@ -18,12 +20,17 @@
 //! - [`outbox`]: a connection's bounded outbound queue, with conflation.
 //! - [`wire`]: WebSocket frame encoding for server frames.
 //! - [`feed`]: the built-in simulated price feed.
+//! - [`metrics`]: the Prometheus registry and every metric.
+//! - [`disconnect`]: why a connection closed (close codes and metric labels).
 //! - [`error`]: error types and their wire codes.
 
+pub mod app;
+pub mod disconnect;
 pub mod error;
 pub mod feed;
 pub mod http;
 pub mod hub;
+pub mod metrics;
 pub mod outbox;
 pub mod patterns;
 pub mod protocol;

@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use tickwire::server;
-use tickwire::settings::Settings;
+use tickwire::settings::{LogFormat, Settings};
 use tracing::{info, warn};
 use tracing_subscriber::EnvFilter;
 
@@ -59,7 +59,13 @@ fn main() -> ExitCode {
 
 fn serve(settings: Settings) -> anyhow::Result<()> {
     let filter = EnvFilter::try_from_default_env().or_else(|_| EnvFilter::try_new(&settings.log.level))?;
-    tracing_subscriber::fmt().with_env_filter(filter).init();
+    let logs = tracing_subscriber::fmt().with_env_filter(filter);
+    match settings.log.format {
+        LogFormat::Text => logs.init(),
+        LogFormat::Json => logs.json().init(),
+    }
+    // No secrets in the settings yet; redact them here once there are.
+    info!(version = env!("CARGO_PKG_VERSION"), settings = ?settings, "starting");
     match server::raise_fd_limit() {
         Ok(limit) => info!(limit, "open files limit"),
         Err(e) => warn!(error = %e, "could not raise the open files limit"),
@@ -67,7 +73,8 @@ fn serve(settings: Settings) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Runtime::new().context("starting the runtime")?;
     runtime.block_on(async {
         let listener = server::bind(settings.server.listen)?;
-        server::run(listener, settings, shutdown_signal()).await?;
+        let admin = settings.admin.listen.map(server::bind).transpose()?;
+        server::serve(listener, admin, settings, shutdown_signal()).await?;
         Ok(())
     })
 }

@@ -14,15 +14,14 @@
 
 use std::collections::HashMap;
 use std::sync::{Mutex, MutexGuard};
+use std::time::Instant;
 
 use bytes::Bytes;
 use tokio::sync::Notify;
 
+use crate::disconnect::Disconnect;
 use crate::settings::Policy;
 use crate::wire;
-
-/// Close code and reason sent to a client that cannot keep up with a `queue` topic.
-pub const SLOW_CONSUMER: (u16, &str) = (4008, "slow consumer");
 
 /// Identifies a topic inside outboxes: conflation replaces frames with equal keys.
 pub type TopicKey = u64;
@@ -43,8 +42,9 @@ pub enum Pushed {
 /// What the writer should do next.
 #[derive(Debug)]
 pub enum Next {
-    /// Frames were moved into the writer's buffer: write them, in order.
-    Frames,
+    /// Frames were moved into the writer's buffer: write them, in order. `bytes` is their total
+    /// size; `oldest` the accept time of the oldest publication among them.
+    Frames { bytes: usize, oldest: Option<Instant> },
     /// Nothing more will come: write this close frame (if any) and end the connection.
     End(Option<Bytes>),
 }
@@ -71,8 +71,12 @@ struct State {
     /// Position of the newest waiting conflatable frame per topic. Built only once conflation
     /// is needed, so a client that keeps up never pays for a hash map insert per frame.
     index: Option<HashMap<TopicKey, usize>>,
+    /// Accept time of the oldest publication waiting.
+    oldest: Option<Instant>,
     stalled: bool,
     close: Close,
+    /// Why the outbox closed, once it has.
+    reason: Option<Disconnect>,
 }
 
 #[derive(Default)]
@@ -100,11 +104,21 @@ impl Outbox {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Queues an update or snapshot of the topic `key`, applying its delivery `policy`.
-    pub fn push_topic(&self, frame: &Bytes, key: TopicKey, policy: Policy) -> Pushed {
+    /// Queues an update (with its accept time) or a snapshot (`None`) of the topic `key`,
+    /// applying its delivery `policy`.
+    pub fn push_topic(
+        &self,
+        frame: &Bytes,
+        key: TopicKey,
+        policy: Policy,
+        accepted: Option<Instant>,
+    ) -> Pushed {
         let mut st = self.lock();
         if !matches!(st.close, Close::Open) {
             return Pushed::Closed;
+        }
+        if st.oldest.is_none() {
+            st.oldest = accepted;
         }
         let over = st.bytes + frame.len() > self.max_bytes;
         match policy {
@@ -153,24 +167,40 @@ impl Outbox {
         st.waiting.clear();
         st.bytes = 0;
         st.index = None;
-        let (code, reason) = SLOW_CONSUMER;
-        self.begin_close(st, Some(wire::close_frame(code, reason)));
+        st.oldest = None;
+        self.begin_close(st, Disconnect::SlowConsumer, None);
         Pushed::Overflow
     }
 
-    /// Ends the connection after the waiting frames: then `frame` (a close frame, or `None`
-    /// when the close handshake was already answered). The first close wins.
-    pub fn close(&self, frame: Option<Bytes>) {
+    /// Ends the connection after the waiting frames, then the close frame `reason` calls for.
+    /// The first close wins.
+    pub fn close(&self, reason: Disconnect) {
+        self.close_with(reason, None);
+    }
+
+    /// Like [`Outbox::close`], but ends with `frame` (e.g. the echo of the client's close).
+    pub fn close_with(&self, reason: Disconnect, frame: Option<Bytes>) {
         let mut st = self.lock();
         if matches!(st.close, Close::Open) {
-            self.begin_close(&mut st, frame);
+            self.begin_close(&mut st, reason, frame);
         }
     }
 
-    fn begin_close(&self, st: &mut State, frame: Option<Bytes>) {
+    fn begin_close(&self, st: &mut State, reason: Disconnect, frame: Option<Bytes>) {
+        let frame = frame.or_else(|| {
+            reason
+                .close_frame()
+                .map(|(code, text)| wire::close_frame(code, text))
+        });
         st.close = Close::Pending(frame);
+        st.reason = Some(reason);
         self.ready.notify_one();
         self.closing.notify_waiters();
+    }
+
+    /// Why the outbox closed, if it has.
+    pub fn reason(&self) -> Option<Disconnect> {
+        self.lock().reason
     }
 
     pub fn is_closing(&self) -> bool {
@@ -210,9 +240,10 @@ impl Outbox {
                     if st.waiting.capacity() > 1024 {
                         st.waiting = Vec::new(); // do not pin the memory of a burst
                     }
-                    st.bytes = 0;
                     st.index = None;
-                    return Next::Frames;
+                    let bytes = std::mem::take(&mut st.bytes);
+                    let oldest = st.oldest.take();
+                    return Next::Frames { bytes, oldest };
                 }
                 match std::mem::replace(&mut st.close, Close::Done) {
                     Close::Open => st.close = Close::Open,
@@ -246,7 +277,7 @@ mod tests {
 
     async fn drain(o: &Outbox) -> Vec<Bytes> {
         let mut out = Vec::new();
-        assert!(matches!(o.next(&mut out).await, Next::Frames));
+        assert!(matches!(o.next(&mut out).await, Next::Frames { .. }));
         out
     }
 
@@ -255,7 +286,7 @@ mod tests {
         let o = Outbox::new(1 << 20);
         for i in 0..500 {
             assert_eq!(
-                o.push_topic(&frame(&i.to_string()), 1, Policy::Conflate),
+                o.push_topic(&frame(&i.to_string()), 1, Policy::Conflate, None),
                 Pushed::Queued
             );
         }
@@ -265,15 +296,24 @@ mod tests {
     #[tokio::test]
     async fn conflates_per_topic_while_stalled() {
         let o = Outbox::new(1 << 20);
-        o.push_topic(&frame("a1"), 1, Policy::Conflate);
+        o.push_topic(&frame("a1"), 1, Policy::Conflate, None);
         o.set_stalled(true);
-        o.push_topic(&frame("b1"), 2, Policy::Conflate);
-        assert_eq!(o.push_topic(&frame("a2"), 1, Policy::Conflate), Pushed::Conflated);
-        assert_eq!(o.push_topic(&frame("a3"), 1, Policy::Conflate), Pushed::Conflated);
-        assert_eq!(o.push_topic(&frame("b2"), 2, Policy::Conflate), Pushed::Conflated);
+        o.push_topic(&frame("b1"), 2, Policy::Conflate, None);
+        assert_eq!(
+            o.push_topic(&frame("a2"), 1, Policy::Conflate, None),
+            Pushed::Conflated
+        );
+        assert_eq!(
+            o.push_topic(&frame("a3"), 1, Policy::Conflate, None),
+            Pushed::Conflated
+        );
+        assert_eq!(
+            o.push_topic(&frame("b2"), 2, Policy::Conflate, None),
+            Pushed::Conflated
+        );
         o.push(frame("reply"));
-        assert_eq!(o.push_topic(&frame("q1"), 3, Policy::Queue), Pushed::Queued);
-        assert_eq!(o.push_topic(&frame("q2"), 3, Policy::Queue), Pushed::Queued);
+        assert_eq!(o.push_topic(&frame("q1"), 3, Policy::Queue, None), Pushed::Queued);
+        assert_eq!(o.push_topic(&frame("q2"), 3, Policy::Queue, None), Pushed::Queued);
         let got = drain(&o).await;
         let want: Vec<Bytes> = ["a3", "b2", "reply", "q1", "q2"]
             .iter()
@@ -287,9 +327,9 @@ mod tests {
     async fn conflates_when_over_bound_even_if_not_stalled() {
         let o = Outbox::new(1024);
         let big = frame(&"x".repeat(600));
-        o.push_topic(&big, 1, Policy::Conflate);
-        o.push_topic(&big, 2, Policy::Conflate);
-        assert_eq!(o.push_topic(&big, 1, Policy::Conflate), Pushed::Conflated);
+        o.push_topic(&big, 1, Policy::Conflate, None);
+        o.push_topic(&big, 2, Policy::Conflate, None);
+        assert_eq!(o.push_topic(&big, 1, Policy::Conflate, None), Pushed::Conflated);
         assert!(o.queued_bytes() <= 2 * big.len());
     }
 
@@ -297,8 +337,8 @@ mod tests {
     async fn queue_overflow_closes_with_4008() {
         let o = Outbox::new(1024);
         let big = frame(&"x".repeat(600));
-        assert_eq!(o.push_topic(&big, 1, Policy::Queue), Pushed::Queued);
-        assert_eq!(o.push_topic(&big, 1, Policy::Queue), Pushed::Overflow);
+        assert_eq!(o.push_topic(&big, 1, Policy::Queue, None), Pushed::Queued);
+        assert_eq!(o.push_topic(&big, 1, Policy::Queue, None), Pushed::Overflow);
         assert_eq!(o.push(frame("late")), Pushed::Closed);
         let mut out = Vec::new();
         match o.next(&mut out).await {
@@ -306,6 +346,7 @@ mod tests {
             other => panic!("expected End(4008), got {other:?}"),
         }
         assert!(out.is_empty(), "waiting frames of a slow consumer are dropped");
+        assert_eq!(o.reason(), Some(Disconnect::SlowConsumer));
     }
 
     #[tokio::test]
@@ -324,7 +365,7 @@ mod tests {
     async fn graceful_close_flushes_first() {
         let o = Outbox::new(1024);
         o.push(frame("last words"));
-        o.close(Some(wire::close_frame(1001, "bye")));
+        o.close(Disconnect::Shutdown);
         assert_eq!(drain(&o).await, vec![frame("last words")]);
         let mut out = Vec::new();
         assert!(matches!(o.next(&mut out).await, Next::End(Some(_))));

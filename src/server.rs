@@ -1,26 +1,35 @@
-//! The TCP accept loop and process-level set-up.
+//! The TCP accept loops, the graceful drain, and process-level set-up.
 //!
-//! [`run`] takes a bound listener and a shutdown future, so the binary passes Ctrl-C/SIGTERM
+//! [`run`] takes bound listeners and a shutdown future, so the binary passes Ctrl-C/SIGTERM
 //! and tests pass their own signal after binding port 0.
+//!
+//! Drain: when `shutdown` resolves, `/readyz` turns 503, the main listener stops accepting,
+//! every WebSocket gets its queued messages and then close 1001, HTTP keep-alive connections
+//! finish their request in flight, and `run` returns once all of them are done or
+//! `server.shutdown_timeout` has passed, whichever comes first.
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tracing::{debug, info, warn};
 
+use crate::app::App;
 use crate::error::ServerError;
 use crate::feed;
-use crate::http::{self, App};
+use crate::http::{self, Routes};
 use crate::hub::Hub;
+use crate::metrics::{Metrics, REJECT_HANDSHAKE_TIMEOUT};
 use crate::settings::Settings;
 
-/// Binds the listener, with a backlog sized for connection storms.
+/// Binds a listener, with a backlog sized for connection storms.
 pub fn bind(addr: SocketAddr) -> Result<TcpListener, ServerError> {
     let bind_err = |source| ServerError::Bind {
         addr: addr.to_string(),
@@ -43,54 +52,116 @@ pub fn raise_fd_limit() -> std::io::Result<u64> {
     rlimit::increase_nofile_limit(u64::MAX)
 }
 
-/// Serves connections on `listener` until `shutdown` resolves.
+/// Serves every route on `listener` until `shutdown` resolves, then drains.
 pub async fn run(
     listener: TcpListener,
     settings: Settings,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ServerError> {
-    let rules = settings.topic_rules()?;
-    let hub = Arc::new(Hub::new(rules));
-    let settings = Arc::new(settings);
-    let feed = settings
-        .feed
-        .enabled
-        .then(|| tokio::spawn(feed::run(hub.clone(), settings.feed.clone())));
-    let app = Arc::new(App { hub, settings });
-    info!(addr = %listener.local_addr()?, "listening");
+    serve(listener, None, settings, shutdown).await
+}
 
-    let mut shutdown = std::pin::pin!(shutdown);
-    loop {
-        let (stream, peer) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(conn) => conn,
-                Err(e) => {
-                    // Out of descriptors or similar: back off instead of spinning.
-                    warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            () = &mut shutdown => break,
-        };
-        if let Err(e) = stream.set_nodelay(true) {
-            debug!(%peer, error = %e, "set_nodelay failed");
+/// Like [`run`], with the operator routes on a separate `admin` listener when given.
+pub async fn serve(
+    listener: TcpListener,
+    admin: Option<TcpListener>,
+    settings: Settings,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), ServerError> {
+    let metrics = Arc::new(Metrics::new()?);
+    let hub = Arc::new(Hub::new(settings.topic_rules()?, metrics.clone()));
+    let settings = Arc::new(settings);
+    let app = Arc::new(App::new(hub.clone(), settings.clone(), metrics));
+    let feed = (settings.feed.enabled).then(|| tokio::spawn(feed::run(hub, settings.feed.clone())));
+    info!(addr = %listener.local_addr()?, "listening");
+    let admin = match admin {
+        Some(admin) => {
+            info!(addr = %admin.local_addr()?, "admin listening (/metrics, /healthz, /readyz)");
+            // Not tracked by the drain: probes and scrapes must keep working until exit.
+            tokio::spawn(accept_loop(admin, app.clone(), Routes::Admin, false));
+            Routes::Public
         }
-        let app = app.clone();
-        tokio::spawn(async move {
-            let service = service_fn(move |req| http::handle(req, app.clone()));
-            let conn = http1::Builder::new()
-                .timer(TokioTimer::new())
-                .serve_connection(TokioIo::new(stream), service)
-                .with_upgrades();
-            if let Err(e) = conn.await {
-                debug!(%peer, error = %e, "http connection ended with error");
-            }
-        });
+        None => Routes::All,
+    };
+
+    tokio::select! {
+        () = accept_loop(listener, app.clone(), admin, true) => {}
+        () = shutdown => {}
     }
+    info!("draining");
+    app.drain.cancel();
     if let Some(feed) = feed {
         feed.abort();
     }
-    info!("stopped accepting connections");
+    app.tasks.close();
+    let timeout = settings.server.shutdown_timeout;
+    match tokio::time::timeout(timeout, app.tasks.wait()).await {
+        Ok(()) => info!("drained"),
+        Err(_) => warn!(
+            open = app.tasks.len(),
+            "shutdown timeout: closing remaining connections"
+        ),
+    }
     Ok(())
+}
+
+/// Accepts connections until the task is dropped. `tracked` connections are waited for by the
+/// drain and asked to finish when it starts.
+async fn accept_loop(listener: TcpListener, app: Arc<App>, routes: Routes, tracked: bool) {
+    loop {
+        match listener.accept().await {
+            Ok((stream, peer)) => {
+                let conn = connection(stream, peer, app.clone(), routes, tracked);
+                if tracked {
+                    app.tasks.spawn(conn);
+                } else {
+                    tokio::spawn(conn);
+                }
+            }
+            Err(e) => {
+                // Out of descriptors or similar: back off instead of spinning.
+                warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+/// Serves HTTP/1.1 on one TCP connection (and hands WebSocket upgrades to their session).
+async fn connection(stream: TcpStream, peer: SocketAddr, app: Arc<App>, routes: Routes, tracked: bool) {
+    if let Err(e) = stream.set_nodelay(true) {
+        debug!(%peer, error = %e, "set_nodelay failed");
+    }
+    let served = Arc::new(AtomicBool::new(false));
+    let service = {
+        let (app, served) = (app.clone(), served.clone());
+        service_fn(move |req| {
+            served.store(true, Ordering::Relaxed);
+            http::handle(req, app.clone(), routes)
+        })
+    };
+    let mut conn = pin!(http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(app.settings.server.handshake_timeout)
+        .serve_connection(TokioIo::new(stream), service)
+        .with_upgrades());
+    let result = tokio::select! {
+        r = conn.as_mut() => r,
+        () = app.drain.cancelled(), if tracked => {
+            conn.as_mut().graceful_shutdown();
+            conn.await
+        }
+    };
+    match result {
+        // A connection that never completed a request head is a slowloris, not an idle client.
+        Err(e) if e.is_timeout() && !served.load(Ordering::Relaxed) => {
+            app.metrics
+                .connections_rejected
+                .with_label_values(&[REJECT_HANDSHAKE_TIMEOUT])
+                .inc();
+            debug!(%peer, "handshake timeout");
+        }
+        Err(e) => debug!(%peer, error = %e, "http connection ended with error"),
+        Ok(()) => {}
+    }
 }

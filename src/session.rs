@@ -3,6 +3,8 @@
 //! Reading and writing run as two tasks: the reader parses requests and hands them to the hub;
 //! the writer drains the connection's [`Outbox`] and writes every waiting frame in one write.
 //! Neither waits on the other, so a client flooding requests does not stall its deliveries.
+//! Beside the reader, the same task runs the heartbeat (pings, idle timeout) and watches the
+//! drain signal; all of them end the connection the same way, by closing the outbox.
 //!
 //! Frames are read with fastwebsockets (masking, control frames, ping → pong, close echo), but
 //! fragmented messages are reassembled here: fastwebsockets caps single frames, not reassembled
@@ -13,23 +15,26 @@ use std::convert::Infallible;
 use std::future::{poll_fn, Future};
 use std::io;
 use std::pin::pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use fastwebsockets::upgrade::UpgradeFut;
-use fastwebsockets::{Frame, OpCode, Role, WebSocketError, WebSocketRead};
+use fastwebsockets::{Frame, OpCode, Payload, Role, WebSocketError, WebSocketRead};
 use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncWrite, AsyncWriteExt, ReadHalf};
 use tracing::debug;
 
+use crate::app::{App, ConnectionSlot};
+use crate::disconnect::Disconnect;
 use crate::error::RequestError;
-use crate::hub::{Hub, Subscriber};
+use crate::hub::Subscriber;
+use crate::metrics::{Metrics, Source};
 use crate::outbox::{Next, Outbox};
 use crate::protocol::{parse_request, Reply, Request};
-use crate::settings::Settings;
 use crate::topic::Pattern;
 use crate::wire;
 
@@ -38,34 +43,27 @@ const CLOSE_GRACE: Duration = Duration::from_secs(5);
 /// How long to keep reading after our close frame, so the kernel does not reset the
 /// connection (and discard what the client has not read yet) while the client answers.
 const CLOSE_LINGER: Duration = Duration::from_secs(2);
+/// A client refused this many bursts' worth of requests in a row is closed with 4029.
+const ABUSE_FACTOR: u32 = 10;
 /// Write buffers that grew past this during a burst are released instead of kept.
 const KEEP_WRITE_BUFFER: usize = 64 << 10;
 
 type Stream = TokioIo<Upgraded>;
 type Reader = WebSocketRead<ReadHalf<Stream>>;
 
-/// Why a connection ended, as a close frame to send.
-struct Closing {
-    code: u16,
-    reason: &'static str,
-}
-
-impl Closing {
-    fn from_error(e: &WebSocketError) -> Option<Closing> {
-        let (code, reason) = match e {
-            WebSocketError::FrameTooLarge => (1009, "message too big"),
-            WebSocketError::InvalidUTF8 => (1007, "invalid UTF-8"),
-            WebSocketError::IoError(_) | WebSocketError::UnexpectedEOF | WebSocketError::ConnectionClosed => {
-                return None
-            }
-            _ => (1002, "protocol error"),
-        };
-        Some(Closing { code, reason })
+fn disconnect_for(e: &WebSocketError) -> Disconnect {
+    match e {
+        WebSocketError::FrameTooLarge => Disconnect::MessageTooBig,
+        WebSocketError::InvalidUTF8 => Disconnect::InvalidUtf8,
+        WebSocketError::IoError(_) | WebSocketError::UnexpectedEOF | WebSocketError::ConnectionClosed => {
+            Disconnect::ClientClose
+        }
+        _ => Disconnect::ProtocolError,
     }
 }
 
 /// Runs a connection after the HTTP upgrade until it closes.
-pub async fn run(upgrade: UpgradeFut, hub: Arc<Hub>, settings: Arc<Settings>) {
+pub async fn run(upgrade: UpgradeFut, app: Arc<App>, slot: ConnectionSlot) {
     let ws = match upgrade.await {
         Ok(ws) => ws,
         Err(e) => {
@@ -73,6 +71,7 @@ pub async fn run(upgrade: UpgradeFut, hub: Arc<Hub>, settings: Arc<Settings>) {
             return;
         }
     };
+    let settings = &app.settings;
     let (read, write) = tokio::io::split(ws.into_inner());
     // Only the read half of fastwebsockets is used: the writer sends pre-encoded frames.
     let (mut reader, _) = fastwebsockets::after_handshake_split(read, tokio::io::sink(), Role::Server);
@@ -80,37 +79,67 @@ pub async fn run(upgrade: UpgradeFut, hub: Arc<Hub>, settings: Arc<Settings>) {
     reader.set_max_message_size(settings.server.max_message_bytes + 1);
 
     let outbox = Arc::new(Outbox::new(settings.queue.max_bytes));
-    let writer = tokio::spawn(write_loop(write, outbox.clone()));
-    let who = hub.new_subscriber(outbox.clone());
+    let writer = tokio::spawn(write_loop(write, outbox.clone(), app.metrics.clone()));
+    let who = app.hub.new_subscriber(outbox.clone());
+    let started = Instant::now();
+    let last_seen = AtomicU64::new(0);
     let mut session = Session {
-        hub: &hub,
-        settings: &settings,
+        app: &app,
         who: &who,
         subscriptions: HashSet::new(),
         limiter: TokenBucket::new(settings.server.requests_per_second, settings.server.request_burst),
+        refused: 0,
+        started,
+        last_seen: &last_seen,
     };
 
     tokio::select! {
-        closing = session.read_loop(&mut reader) => {
-            if let Some(c) = closing {
-                outbox.close(Some(wire::close_frame(c.code, c.reason)));
-            } else {
-                outbox.close(None);
-            }
+        reason = session.read_loop(&mut reader) => outbox.close(reason),
+        reason = heartbeat(&outbox, started, &last_seen, settings.server.ping_interval, settings.server.idle_timeout) => {
+            outbox.close(reason)
         }
-        _ = outbox.closed() => {}
+        () = app.drain.cancelled() => outbox.close(Disconnect::Shutdown),
+        () = outbox.closed() => {}
     }
     let subscriptions: Vec<Pattern> = session.subscriptions.drain().collect();
-    hub.unsubscribe(who.id, &subscriptions);
+    app.hub.unsubscribe(who.id, &subscriptions);
+    app.metrics.subscriptions.sub(subscriptions.len() as i64);
 
-    let mut writer = pin!(writer);
-    let linger = async {
-        (&mut writer).await.ok();
-        tokio::time::timeout(CLOSE_LINGER, drain(&mut reader)).await.ok();
-    };
-    // A reader that never sees EOF must not keep the connection alive past the writer.
-    linger.await;
-    debug!(client = who.id, "connection closed");
+    writer.await.ok();
+    // Keep reading until the client closes its side, so unread bytes do not turn our close
+    // into a reset that could destroy what the client has not read yet.
+    tokio::time::timeout(CLOSE_LINGER, drain(&mut reader)).await.ok();
+    let reason = outbox.reason().unwrap_or(Disconnect::Error);
+    app.metrics.disconnected(reason);
+    debug!(client = who.id, reason = reason.label(), "connection closed");
+    drop(slot);
+}
+
+/// Pings the client every `interval`; resolves with [`Disconnect::IdleTimeout`] once nothing
+/// has arrived from it for `idle`.
+async fn heartbeat(
+    outbox: &Outbox,
+    started: Instant,
+    last_seen: &AtomicU64,
+    interval: Duration,
+    idle: Duration,
+) -> Disconnect {
+    let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let ping = wire::encode(Frame::new(true, OpCode::Ping, None, Payload::Borrowed(&[])));
+    loop {
+        let seen = started + Duration::from_millis(last_seen.load(Ordering::Relaxed));
+        let deadline = seen + idle;
+        tokio::select! {
+            _ = ticker.tick() => { outbox.push(ping.clone()); }
+            () = tokio::time::sleep_until(deadline.into()) => {
+                // Activity may have arrived while we slept: only time out if it did not.
+                if last_seen.load(Ordering::Relaxed) == (seen - started).as_millis() as u64 {
+                    return Disconnect::IdleTimeout;
+                }
+            }
+        }
+    }
 }
 
 /// Discards incoming frames until the client closes its side.
@@ -120,47 +149,49 @@ async fn drain(reader: &mut Reader) {
 }
 
 struct Session<'a> {
-    hub: &'a Hub,
-    settings: &'a Settings,
+    app: &'a App,
     who: &'a Subscriber,
     subscriptions: HashSet<Pattern>,
     limiter: TokenBucket,
+    /// Requests refused in a row by the rate limiter.
+    refused: u32,
+    started: Instant,
+    /// Milliseconds after `started` at which the client was last heard from.
+    last_seen: &'a AtomicU64,
 }
 
 impl Session<'_> {
-    /// Reads and serves messages until the connection should close; returns the close to send
-    /// (`None` when the client closed or vanished).
-    async fn read_loop(&mut self, reader: &mut Reader) -> Option<Closing> {
+    /// Reads and serves messages until the connection should close; returns why.
+    async fn read_loop(&mut self, reader: &mut Reader) -> Disconnect {
         let outbox = self.who.outbox.clone();
         // Control frames owed to the client (pong, close echo) go out through the outbox.
         let mut obligated = move |frame: Frame<'_>| {
             let bytes = wire::encode(frame);
             if wire::is_close(&bytes) {
-                outbox.close(Some(bytes));
+                outbox.close_with(Disconnect::ClientClose, Some(bytes));
             } else {
                 outbox.push(bytes);
             }
             std::future::ready(Ok::<(), Infallible>(()))
         };
-        let max = self.settings.server.max_message_bytes;
+        let metrics: &Metrics = &self.app.metrics;
+        let max = self.app.settings.server.max_message_bytes;
         let mut partial: Option<Vec<u8>> = None;
         loop {
             let frame = match reader.read_frame(&mut obligated).await {
                 Ok(frame) => frame,
                 Err(e) => {
                     debug!(error = %e, "read ended");
-                    return Closing::from_error(&e);
+                    return disconnect_for(&e);
                 }
             };
+            let millis = self.started.elapsed().as_millis() as u64;
+            self.last_seen.store(millis, Ordering::Relaxed);
+            metrics.bytes_received.inc_by(frame.payload.len() as u64);
             let message = match (frame.opcode, frame.fin, partial.as_mut()) {
-                (OpCode::Close, ..) => return None, // echoed by `obligated`
+                (OpCode::Close, ..) => return Disconnect::ClientClose, // echoed by `obligated`
                 (OpCode::Ping | OpCode::Pong, ..) => continue,
-                (OpCode::Binary, ..) => {
-                    return Some(Closing {
-                        code: 1003,
-                        reason: "binary messages are not supported",
-                    })
-                }
+                (OpCode::Binary, ..) => return Disconnect::Binary,
                 (OpCode::Text, true, None) => Bytes::from(frame.payload.to_vec()),
                 (OpCode::Text, false, None) => {
                     partial = Some(frame.payload.to_vec());
@@ -168,10 +199,7 @@ impl Session<'_> {
                 }
                 (OpCode::Continuation, fin, Some(buf)) => {
                     if buf.len() + frame.payload.len() > max {
-                        return Some(Closing {
-                            code: 1009,
-                            reason: "message too big",
-                        });
+                        return Disconnect::MessageTooBig;
                     }
                     buf.extend_from_slice(&frame.payload);
                     if !fin {
@@ -179,31 +207,33 @@ impl Session<'_> {
                     }
                     Bytes::from(partial.take().unwrap_or_default())
                 }
-                _ => {
-                    return Some(Closing {
-                        code: 1002,
-                        reason: "unexpected continuation frame",
-                    })
-                }
+                _ => return Disconnect::ProtocolError,
             };
             let Ok(text) = std::str::from_utf8(&message) else {
-                return Some(Closing {
-                    code: 1007,
-                    reason: "invalid UTF-8",
-                });
+                return Disconnect::InvalidUtf8;
             };
-            self.handle(text);
-            if self.who.outbox.is_closing() {
-                return None;
+            if let Some(reason) = self.handle(text) {
+                return reason;
+            }
+            if let Some(reason) = self.who.outbox.reason() {
+                return reason;
             }
         }
     }
 
     /// Serves one request; every outcome, error included, is one reply queued on the outbox.
-    fn handle(&mut self, text: &str) {
-        let (id, mut request) = parse_request(text, self.settings.server.max_subscriptions_per_connection);
+    /// Returns a reason to disconnect when the client abuses the rate limit.
+    fn handle(&mut self, text: &str) -> Option<Disconnect> {
+        let settings = &self.app.settings.server;
+        let (id, mut request) = parse_request(text, settings.max_subscriptions_per_connection);
         // Parsed first so that even a refused request gets its id echoed.
-        if !self.limiter.take() {
+        if self.limiter.take() {
+            self.refused = 0;
+        } else {
+            self.refused += 1;
+            if self.refused > settings.request_burst.saturating_mul(ABUSE_FACTOR) {
+                return Some(Disconnect::RateLimit);
+            }
             request = Err(RequestError::RateLimited);
         }
         let outbox = &self.who.outbox;
@@ -211,37 +241,41 @@ impl Session<'_> {
             Ok(r) => r,
             Err(e) => {
                 outbox.push(Reply::error(id, &e).frame());
-                return;
+                return None;
             }
         };
+        let hub = &self.app.hub;
         match request {
             Request::Subscribe(topics) => {
-                let new = topics.iter().filter(|t| !self.subscriptions.contains(*t)).count();
-                let limit = self.settings.server.max_subscriptions_per_connection;
-                if self.subscriptions.len() + new > limit {
+                let new: HashSet<&Pattern> = topics
+                    .iter()
+                    .filter(|t| !self.subscriptions.contains(*t))
+                    .collect();
+                let limit = settings.max_subscriptions_per_connection;
+                if self.subscriptions.len() + new.len() > limit {
                     let e = RequestError::TooManySubscriptions(limit);
                     outbox.push(Reply::error(id, &e).frame());
-                    return;
+                    return None;
                 }
+                self.app.metrics.subscriptions.add(new.len() as i64);
                 // The reply goes first; snapshots follow as the hub registers each topic.
                 outbox.push(Reply::Subscribed { id, topics: &topics }.frame());
-                self.hub.subscribe(self.who, &topics);
+                hub.subscribe(self.who, &topics);
                 self.subscriptions.extend(topics);
             }
             Request::Unsubscribe(topics) => {
-                self.hub.unsubscribe(self.who.id, &topics);
-                for t in &topics {
-                    self.subscriptions.remove(t);
-                }
+                hub.unsubscribe(self.who.id, &topics);
+                let removed = topics.iter().filter(|t| self.subscriptions.remove(*t)).count();
+                self.app.metrics.subscriptions.sub(removed as i64);
                 outbox.push(Reply::Unsubscribed { id, topics: &topics }.frame());
             }
             Request::Publish { topic, data } => {
-                if !self.hub.rules().client_may_publish(&topic) {
+                if !hub.rules().client_may_publish(&topic) {
                     let e = RequestError::Forbidden(topic.to_string());
                     outbox.push(Reply::error(id, &e).frame());
-                    return;
+                    return None;
                 }
-                let seq = self.hub.publish(&topic, data);
+                let seq = hub.publish(&topic, data, Source::Client);
                 outbox.push(
                     Reply::Published {
                         id,
@@ -255,31 +289,38 @@ impl Session<'_> {
                 outbox.push(Reply::Pong { id }.frame());
             }
         }
+        None
     }
 }
 
 /// Writes everything the outbox hands over until it ends, then closes the socket.
-async fn write_loop<W: AsyncWrite + Unpin>(mut socket: W, outbox: Arc<Outbox>) {
+async fn write_loop<W: AsyncWrite + Unpin>(mut socket: W, outbox: Arc<Outbox>, metrics: Arc<Metrics>) {
     let mut frames: Vec<Bytes> = Vec::new();
     let mut buf: Vec<u8> = Vec::new();
     loop {
         match outbox.next(&mut frames).await {
-            Next::Frames => {
+            Next::Frames { bytes, oldest } => {
+                metrics.queue_bytes.observe(bytes as f64);
                 let result = if let [single] = frames.as_slice() {
                     write(&mut socket, single, &outbox).await
                 } else {
                     frames.iter().for_each(|f| buf.extend_from_slice(f));
                     write(&mut socket, &buf, &outbox).await
                 };
+                if let Err(e) = result {
+                    debug!(error = %e, "write failed");
+                    outbox.close(Disconnect::Error);
+                    return;
+                }
+                if let Some(oldest) = oldest {
+                    metrics.delivery_latency.observe(oldest.elapsed().as_secs_f64());
+                }
+                metrics.delivered.inc_by(frames.len() as u64);
+                metrics.bytes_sent.inc_by(bytes as u64);
                 frames.clear();
                 buf.clear();
                 if buf.capacity() > KEEP_WRITE_BUFFER {
                     buf = Vec::new();
-                }
-                if let Err(e) = result {
-                    debug!(error = %e, "write failed");
-                    outbox.close(None);
-                    return;
                 }
             }
             Next::End(close) => {

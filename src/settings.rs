@@ -7,9 +7,10 @@
 
 use std::net::SocketAddr;
 use std::path::Path;
+use std::time::Duration;
 
 use config::{Config, Environment, File, FileFormat};
-use serde::Deserialize;
+use serde::{Deserialize, Deserializer};
 
 use crate::error::SettingsError;
 use crate::topic::{Pattern, Topic};
@@ -21,6 +22,7 @@ pub const DEFAULTS_TOML: &str = include_str!("../config/default.toml");
 #[serde(deny_unknown_fields)]
 pub struct Settings {
     pub server: ServerSettings,
+    pub admin: AdminSettings,
     pub http: HttpSettings,
     pub queue: QueueSettings,
     pub publish: PublishSettings,
@@ -36,6 +38,32 @@ pub struct ServerSettings {
     pub max_subscriptions_per_connection: usize,
     pub requests_per_second: f64,
     pub request_burst: u32,
+    pub max_connections: usize,
+    #[serde(with = "humantime_serde")]
+    pub ping_interval: Duration,
+    #[serde(with = "humantime_serde")]
+    pub idle_timeout: Duration,
+    #[serde(with = "humantime_serde")]
+    pub handshake_timeout: Duration,
+    #[serde(with = "humantime_serde")]
+    pub shutdown_timeout: Duration,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminSettings {
+    /// Separate listener for /metrics, /healthz and /readyz; `None` serves them on the main one.
+    #[serde(deserialize_with = "optional_addr")]
+    pub listen: Option<SocketAddr>,
+}
+
+/// An empty string means "not set": TOML has no null, and env vars cannot unset a key.
+fn optional_addr<'de, D: Deserializer<'de>>(d: D) -> Result<Option<SocketAddr>, D::Error> {
+    let s = String::deserialize(d)?;
+    if s.trim().is_empty() {
+        return Ok(None);
+    }
+    s.parse().map(Some).map_err(serde::de::Error::custom)
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -86,6 +114,14 @@ pub struct FeedSettings {
 #[serde(deny_unknown_fields)]
 pub struct LogSettings {
     pub level: String,
+    pub format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
 }
 
 /// Validated, parsed forms of the pattern lists, built once at start-up.
@@ -171,6 +207,26 @@ impl Settings {
         )?;
         check(s.request_burst >= 1, "server.request_burst", "must be at least 1")?;
         check(
+            s.max_connections >= 1,
+            "server.max_connections",
+            "must be at least 1",
+        )?;
+        check(
+            s.ping_interval >= Duration::from_millis(10),
+            "server.ping_interval",
+            "must be at least 10ms",
+        )?;
+        check(
+            s.idle_timeout > s.ping_interval,
+            "server.idle_timeout",
+            "must be longer than server.ping_interval, or clients answering pings would time out",
+        )?;
+        check(
+            s.handshake_timeout >= Duration::from_millis(10),
+            "server.handshake_timeout",
+            "must be at least 10ms",
+        )?;
+        check(
             self.http.max_body_bytes >= 1024,
             "http.max_body_bytes",
             "must be at least 1024",
@@ -238,6 +294,11 @@ mod tests {
         assert_eq!(s.server.max_message_bytes, 65536);
         assert_eq!(s.queue.max_bytes, 1 << 20);
         assert!(s.feed.enabled);
+        assert_eq!(s.server.ping_interval, Duration::from_secs(25));
+        assert_eq!(s.server.idle_timeout, Duration::from_secs(60));
+        assert_eq!(s.admin.listen, None);
+        let s = Settings::from_toml("[admin]\nlisten = \"127.0.0.1:9090\"").unwrap();
+        assert_eq!(s.admin.listen, Some("127.0.0.1:9090".parse().unwrap()));
         let rules = s.topic_rules().unwrap();
         assert_eq!(
             rules.policy_for(&Topic::parse("chat.lobby").unwrap()),
@@ -271,6 +332,13 @@ mod tests {
             ),
             ("[feed]\nsymbols = [\"A.B\"]", "feed.symbols"),
             ("[feed]\nupdates_per_second = 0", "feed.updates_per_second"),
+            (
+                "[server]\nidle_timeout = \"1s\"\nping_interval = \"2s\"",
+                "server.idle_timeout",
+            ),
+            ("[server]\nidle_timeout = \"soon\"", "idle_timeout"),
+            ("[admin]\nlisten = \"x\"", "listen"),
+            ("[log]\nformat = \"xml\"", "format"),
         ] {
             let err = Settings::from_toml(toml).unwrap_err().to_string();
             assert!(err.contains(key), "{toml:?} gave {err:?}");

@@ -1,0 +1,74 @@
+//! Why a connection ended: the close code and reason sent to the client, and the low-cardinality
+//! label counted in `tickwire_disconnects_total{reason}`.
+//!
+//! Codes 4000–4499 are tickwire's own. A client should reconnect after any of them except
+//! after fixing its own behaviour (4029).
+
+/// The reason a WebSocket connection was closed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Disconnect {
+    /// The client sent a close frame or went away.
+    ClientClose,
+    /// A `queue` topic overflowed the connection's outbound queue.
+    SlowConsumer,
+    /// Nothing arrived from the client for `server.idle_timeout`.
+    IdleTimeout,
+    /// The server is draining.
+    Shutdown,
+    /// The client kept sending requests while rate limited.
+    RateLimit,
+    /// A message over `server.max_message_bytes`.
+    MessageTooBig,
+    /// A text message that is not UTF-8.
+    InvalidUtf8,
+    /// A binary message.
+    Binary,
+    /// A frame sequence RFC 6455 forbids.
+    ProtocolError,
+    /// The socket failed.
+    Error,
+}
+
+impl Disconnect {
+    /// The close frame to send, if any: none when the client already closed or the socket broke.
+    pub fn close_frame(self) -> Option<(u16, &'static str)> {
+        Some(match self {
+            Disconnect::ClientClose | Disconnect::Error => return None,
+            Disconnect::SlowConsumer => (4008, "slow consumer"),
+            Disconnect::IdleTimeout => (4012, "idle timeout"),
+            Disconnect::Shutdown => (1001, "server shutting down"),
+            Disconnect::RateLimit => (4029, "rate limit exceeded"),
+            Disconnect::MessageTooBig => (1009, "message too big"),
+            Disconnect::InvalidUtf8 => (1007, "invalid UTF-8"),
+            Disconnect::Binary => (1003, "binary messages are not supported"),
+            Disconnect::ProtocolError => (1002, "protocol error"),
+        })
+    }
+
+    /// The `reason` label of `tickwire_disconnects_total`.
+    pub fn label(self) -> &'static str {
+        match self {
+            Disconnect::ClientClose => "client_close",
+            Disconnect::SlowConsumer => "slow_consumer",
+            Disconnect::IdleTimeout => "idle_timeout",
+            Disconnect::Shutdown => "shutdown",
+            Disconnect::RateLimit => "rate_limit",
+            Disconnect::MessageTooBig
+            | Disconnect::InvalidUtf8
+            | Disconnect::Binary
+            | Disconnect::ProtocolError => "protocol_error",
+            Disconnect::Error => "error",
+        }
+    }
+
+    /// Every label value, so that each series exists (at 0) from start-up.
+    pub const LABELS: [&'static str; 7] = [
+        "client_close",
+        "slow_consumer",
+        "idle_timeout",
+        "shutdown",
+        "rate_limit",
+        "protocol_error",
+        "error",
+    ];
+}

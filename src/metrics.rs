@@ -1,0 +1,196 @@
+//! Prometheus metrics, in the server's own registry (no global state: every server instance,
+//! and so every test, has its own).
+//!
+//! Hot-path cost: deliveries are counted once per socket write (`inc_by` of the frames and
+//! bytes written), not once per frame. The delivery latency and queue size histograms are
+//! sampled once per socket write too: the latency observed is that of the oldest publication in
+//! the write, the queue size is the bytes the write took. Publishing counts one atomic add per
+//! publication plus one per conflation.
+
+use prometheus::core::Collector;
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
+    TextEncoder,
+};
+
+use crate::disconnect::Disconnect;
+
+/// Where a publication came from (`source` label).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    Http,
+    Client,
+    Feed,
+}
+
+impl Source {
+    const ALL: [Source; 3] = [Source::Http, Source::Client, Source::Feed];
+
+    fn label(self) -> &'static str {
+        match self {
+            Source::Http => "http",
+            Source::Client => "client",
+            Source::Feed => "feed",
+        }
+    }
+}
+
+/// Reasons a connection attempt is refused (`reason` label of the rejected counter).
+pub const REJECT_LIMIT: &str = "limit";
+pub const REJECT_HANDSHAKE_TIMEOUT: &str = "handshake_timeout";
+pub const REJECT_BAD_HANDSHAKE: &str = "bad_handshake";
+
+const LATENCY_BUCKETS: [f64; 16] = [
+    0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    5.0,
+];
+const QUEUE_BUCKETS: [f64; 10] = [
+    256.0, 1024.0, 4096.0, 16384.0, 65536.0, 262144.0, 1048576.0, 4194304.0, 16777216.0, 67108864.0,
+];
+const HTTP_BUCKETS: [f64; 12] = [
+    0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 2.5,
+];
+
+pub struct Metrics {
+    registry: Registry,
+    pub connections: IntGauge,
+    pub connections_accepted: IntCounter,
+    pub connections_rejected: IntCounterVec,
+    disconnects: IntCounterVec,
+    pub subscriptions: IntGauge,
+    pub topics: IntGauge,
+    published: [IntCounter; 3],
+    pub delivered: IntCounter,
+    pub conflated: IntCounter,
+    pub bytes_sent: IntCounter,
+    pub bytes_received: IntCounter,
+    pub delivery_latency: Histogram,
+    pub queue_bytes: Histogram,
+    pub http_requests: IntCounterVec,
+    pub http_duration: HistogramVec,
+}
+
+fn reg<C: Collector + Clone + 'static>(registry: &Registry, c: C) -> prometheus::Result<C> {
+    registry.register(Box::new(c.clone()))?;
+    Ok(c)
+}
+
+impl Metrics {
+    pub fn new() -> prometheus::Result<Metrics> {
+        let r = Registry::new();
+        #[cfg(target_os = "linux")]
+        r.register(Box::new(
+            prometheus::process_collector::ProcessCollector::for_self(),
+        ))?;
+        let counter = |name: &str, help: &str| reg(&r, IntCounter::new(name, help)?);
+        let gauge = |name: &str, help: &str| reg(&r, IntGauge::new(name, help)?);
+        let counter_vec = |name: &str, help: &str, labels: &[&str]| {
+            reg(&r, IntCounterVec::new(Opts::new(name, help), labels)?)
+        };
+        let histogram = |name: &str, help: &str, buckets: &[f64]| {
+            reg(
+                &r,
+                Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets.to_vec()))?,
+            )
+        };
+
+        let published_vec = counter_vec(
+            "tickwire_messages_published_total",
+            "Publications accepted, by source.",
+            &["source"],
+        )?;
+        let published = Source::ALL.map(|s| published_vec.with_label_values(&[s.label()]));
+        let connections_rejected = counter_vec(
+            "tickwire_connections_rejected_total",
+            "Connection attempts refused before the WebSocket session started, by reason.",
+            &["reason"],
+        )?;
+        for reason in [REJECT_LIMIT, REJECT_HANDSHAKE_TIMEOUT, REJECT_BAD_HANDSHAKE] {
+            connections_rejected.with_label_values(&[reason]);
+        }
+        let disconnects = counter_vec(
+            "tickwire_disconnects_total",
+            "WebSocket connections ended, by reason.",
+            &["reason"],
+        )?;
+        for reason in Disconnect::LABELS {
+            disconnects.with_label_values(&[reason]);
+        }
+        let http_duration = reg(
+            &r,
+            HistogramVec::new(
+                HistogramOpts::new(
+                    "tickwire_http_request_duration_seconds",
+                    "HTTP request handling time, by route.",
+                )
+                .buckets(HTTP_BUCKETS.to_vec()),
+                &["route"],
+            )?,
+        )?;
+        Ok(Metrics {
+            connections: gauge("tickwire_connections", "Open WebSocket connections.")?,
+            connections_accepted: counter(
+                "tickwire_connections_accepted_total",
+                "WebSocket connections accepted.",
+            )?,
+            connections_rejected,
+            disconnects,
+            subscriptions: gauge(
+                "tickwire_subscriptions",
+                "Subscriptions (topics and patterns) held by open connections.",
+            )?,
+            topics: gauge("tickwire_topics", "Topics known to the hub.")?,
+            published,
+            delivered: counter(
+                "tickwire_messages_delivered_total",
+                "Frames written to WebSocket connections.",
+            )?,
+            conflated: counter(
+                "tickwire_messages_conflated_total",
+                "Updates replaced by a newer one of the same topic while waiting in a queue.",
+            )?,
+            bytes_sent: counter(
+                "tickwire_bytes_sent_total",
+                "Bytes written to WebSocket connections.",
+            )?,
+            bytes_received: counter(
+                "tickwire_bytes_received_total",
+                "WebSocket payload bytes received from clients.",
+            )?,
+            delivery_latency: histogram(
+                "tickwire_delivery_latency_seconds",
+                "Publish accepted to frame written to the socket; sampled once per socket write \
+                 (the oldest publication in the write).",
+                &LATENCY_BUCKETS,
+            )?,
+            queue_bytes: histogram(
+                "tickwire_outbound_queue_bytes",
+                "Bytes waiting in a connection's outbound queue, sampled at each socket write.",
+                &QUEUE_BUCKETS,
+            )?,
+            http_requests: counter_vec(
+                "tickwire_http_requests_total",
+                "HTTP requests, by route and status.",
+                &["route", "status"],
+            )?,
+            http_duration,
+            registry: r,
+        })
+    }
+
+    pub fn published(&self, source: Source) -> &IntCounter {
+        &self.published[source as usize]
+    }
+
+    pub fn disconnected(&self, reason: Disconnect) {
+        self.disconnects.with_label_values(&[reason.label()]).inc();
+    }
+
+    /// The text exposition of every metric.
+    pub fn render(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(16 << 10);
+        // Encoding into a Vec only fails on invalid metric families, which registration rules out.
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
+        out
+    }
+}
