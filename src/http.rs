@@ -5,6 +5,7 @@
 //! `{"error":{"code","message"}}` shape.
 
 use std::convert::Infallible;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -96,6 +97,7 @@ pub async fn handle(
     req: Request<Incoming>,
     app: Arc<App>,
     routes: Routes,
+    peer: SocketAddr,
 ) -> Result<Response<Body>, Infallible> {
     let started = Instant::now();
     let path = req.uri().path().to_owned();
@@ -105,7 +107,7 @@ pub async fn handle(
         route = "not_found";
     }
     let result = match (req.method(), route) {
-        (_, "ws") => Ok(upgrade(req, &app)),
+        (_, "ws") => Ok(upgrade(req, &app, peer)),
         (&Method::POST, "publish") => publish(req, &app).await,
         (&Method::GET, "topics") => Ok(list_topics(&app)),
         (&Method::GET, "topic") => get_topic(&path["/api/v1/topics/".len()..], &app),
@@ -147,7 +149,7 @@ fn metrics(app: &App) -> Response<Body> {
     resp
 }
 
-fn upgrade(mut req: Request<Incoming>, app: &Arc<App>) -> Response<Body> {
+fn upgrade(mut req: Request<Incoming>, app: &Arc<App>, peer: SocketAddr) -> Response<Body> {
     let rejected = |reason: &str| {
         app.metrics
             .connections_rejected
@@ -174,12 +176,12 @@ fn upgrade(mut req: Request<Incoming>, app: &Arc<App>) -> Response<Body> {
     };
     match fastwebsockets::upgrade::upgrade(&mut req) {
         Ok((resp, fut)) => {
-            app.tasks.spawn(session::run(fut, app.clone(), slot));
+            app.tasks.spawn(session::run(fut, app.clone(), slot, peer));
             resp.map(|_| Full::new(Bytes::new()))
         }
         Err(e) => {
             rejected(REJECT_BAD_HANDSHAKE);
-            debug!(error = %e, "bad websocket handshake");
+            debug!(%peer, error = %e, "bad websocket handshake");
             error(&RequestError::BadRequest(format!("bad WebSocket handshake: {e}")))
         }
     }

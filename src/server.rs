@@ -137,7 +137,7 @@ async fn connection(stream: TcpStream, peer: SocketAddr, app: Arc<App>, routes: 
         let (app, served) = (app.clone(), served.clone());
         service_fn(move |req| {
             served.store(true, Ordering::Relaxed);
-            http::handle(req, app.clone(), routes)
+            http::handle(req, app.clone(), routes, peer)
         })
     };
     let mut conn = pin!(http1::Builder::new()

@@ -14,6 +14,7 @@ use std::collections::HashSet;
 use std::convert::Infallible;
 use std::future::{poll_fn, Future};
 use std::io;
+use std::net::SocketAddr;
 use std::pin::pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -63,11 +64,11 @@ fn disconnect_for(e: &WebSocketError) -> Disconnect {
 }
 
 /// Runs a connection after the HTTP upgrade until it closes.
-pub async fn run(upgrade: UpgradeFut, app: Arc<App>, slot: ConnectionSlot) {
+pub async fn run(upgrade: UpgradeFut, app: Arc<App>, slot: ConnectionSlot, peer: SocketAddr) {
     let ws = match upgrade.await {
         Ok(ws) => ws,
         Err(e) => {
-            debug!(error = %e, "websocket upgrade failed");
+            debug!(%peer, error = %e, "websocket upgrade failed");
             return;
         }
     };
@@ -81,6 +82,7 @@ pub async fn run(upgrade: UpgradeFut, app: Arc<App>, slot: ConnectionSlot) {
     let outbox = Arc::new(Outbox::new(settings.queue.max_bytes));
     let writer = tokio::spawn(write_loop(write, outbox.clone(), app.metrics.clone()));
     let who = app.hub.new_subscriber(outbox.clone());
+    debug!(%peer, client = who.id, "connection opened");
     let started = Instant::now();
     let last_seen = AtomicU64::new(0);
     let mut session = Session {
@@ -111,7 +113,7 @@ pub async fn run(upgrade: UpgradeFut, app: Arc<App>, slot: ConnectionSlot) {
     tokio::time::timeout(CLOSE_LINGER, drain(&mut reader)).await.ok();
     let reason = outbox.reason().unwrap_or(Disconnect::Error);
     app.metrics.disconnected(reason);
-    debug!(client = who.id, reason = reason.label(), "connection closed");
+    debug!(%peer, client = who.id, reason = reason.label(), "connection closed");
     drop(slot);
 }
 
