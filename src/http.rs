@@ -84,6 +84,7 @@ fn route_of(path: &str) -> &'static str {
         "/ws" => "ws",
         "/api/v1/publish" => "publish",
         "/api/v1/topics" => "topics",
+        p if p.starts_with("/api/v1/topics/") && p.ends_with("/history") => "history",
         p if p.starts_with("/api/v1/topics/") => "topic",
         "/metrics" => "metrics",
         "/healthz" => "healthz",
@@ -111,6 +112,10 @@ pub async fn handle(
         (&Method::POST, "publish") => publish(req, &app).await,
         (&Method::GET, "topics") => Ok(list_topics(&app)),
         (&Method::GET, "topic") => get_topic(&path["/api/v1/topics/".len()..], &app),
+        (&Method::GET, "history") => {
+            let name = &path["/api/v1/topics/".len()..path.len() - "/history".len()];
+            get_history(name, req.uri().query().unwrap_or(""), &app)
+        }
         (&Method::GET, "metrics") => Ok(metrics(&app)),
         (&Method::GET, "healthz") => Ok(text(StatusCode::OK, "ok\n")),
         (&Method::GET, "readyz") if app.drain.is_cancelled() => {
@@ -265,6 +270,58 @@ fn get_topic(name: &str, app: &App) -> Result<Response<Body>, RequestError> {
         seq: p.seq,
         ts: p.ts,
         data: &p.data,
+    };
+    Ok(json(StatusCode::OK, &body))
+}
+
+/// Most publications one history request returns.
+const MAX_HISTORY_PAGE: usize = 1000;
+
+fn get_history(name: &str, query: &str, app: &App) -> Result<Response<Body>, RequestError> {
+    #[derive(Serialize)]
+    struct Stored<'a> {
+        seq: u64,
+        ts: u64,
+        data: &'a RawValue,
+    }
+    #[derive(Serialize)]
+    struct Page<'a> {
+        topic: &'a Topic,
+        seq: u64,
+        epoch: &'a str,
+        /// False when publications after `since` have already left history.
+        complete: bool,
+        publications: Vec<Stored<'a>>,
+    }
+    let topic = Topic::parse(name).map_err(|e| RequestError::invalid_topic(name, e))?;
+    let (mut since, mut limit) = (0u64, 100usize);
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+        let bad = |what: &str| RequestError::BadRequest(format!("query parameter `{key}` must be {what}"));
+        match key {
+            "since" => since = value.parse().map_err(|_| bad("a non-negative integer"))?,
+            "limit" => limit = value.parse().map_err(|_| bad("a non-negative integer"))?,
+            _ => {
+                return Err(RequestError::BadRequest(format!(
+                    "unknown query parameter `{key}`"
+                )))
+            }
+        }
+    }
+    let page = (app.hub.history(&topic, since, limit.min(MAX_HISTORY_PAGE)))
+        .ok_or_else(|| RequestError::TopicNotFound(name.to_string()))?;
+    let body = Page {
+        topic: &topic,
+        seq: page.position.seq,
+        epoch: &page.position.epoch,
+        complete: page.complete,
+        publications: (page.publications.iter())
+            .map(|e| Stored {
+                seq: e.seq,
+                ts: e.ts,
+                data: &e.data,
+            })
+            .collect(),
     };
     Ok(json(StatusCode::OK, &body))
 }

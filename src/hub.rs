@@ -12,13 +12,16 @@
 //! makes snapshots race-free (no update lost or repeated around a snapshot) and guarantees that
 //! nothing arrives through a subscription after its `unsubscribed` reply.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
+use bytes::Bytes;
 use dashmap::DashMap;
+use rand::distr::{Alphanumeric, SampleString};
 
+use crate::history::{self, History, Position};
 use crate::metrics::{Metrics, Source};
 use crate::outbox::{Outbox, Pushed, TopicKey};
 use crate::patterns::PatternIndex;
@@ -54,6 +57,28 @@ pub struct TopicInfo {
     pub subscribers: usize,
 }
 
+/// Length of a topic epoch: random alphanumerics, fixed when the topic's stream starts.
+const EPOCH_LEN: usize = 6;
+
+/// What a subscribe request produced, for its reply and the frames that follow it.
+#[derive(Debug, Default)]
+pub struct Subscribed {
+    /// The position of every topic the request matched, at the moment it was registered.
+    pub positions: BTreeMap<Topic, Position>,
+    /// For each topic the request carried a `since` for: whether the missed publications follow.
+    pub recovered: BTreeMap<Topic, bool>,
+    /// Recovered updates and snapshots, in the order they must reach the client.
+    pub frames: Vec<Bytes>,
+}
+
+/// A page of a topic's history.
+#[derive(Debug)]
+pub struct HistoryPage {
+    pub position: Position,
+    pub publications: Vec<history::Entry>,
+    pub complete: bool,
+}
+
 pub struct Hub {
     topics: DashMap<Topic, Arc<TopicEntry>>,
     patterns: RwLock<PatternIndex<Arc<Outbox>>>,
@@ -66,12 +91,15 @@ pub struct Hub {
 struct TopicEntry {
     key: TopicKey,
     policy: Policy,
+    /// Identifies this run of the topic's stream: seqs are only comparable within one epoch.
+    epoch: Arc<str>,
     state: Mutex<TopicState>,
 }
 
 struct TopicState {
     seq: u64,
     last: Option<(u64, Data)>,
+    history: History,
     subscribers: HashMap<ClientId, Subscription>,
     /// Set when the entry left the map; holders of a stale `Arc` must look the topic up again.
     removed: bool,
@@ -152,6 +180,7 @@ impl Hub {
             let mut state = TopicState {
                 seq: 0,
                 last: None,
+                history: History::new(self.rules.retention_for(topic)),
                 subscribers: HashMap::new(),
                 removed: false,
             };
@@ -165,6 +194,7 @@ impl Hub {
             Arc::new(TopicEntry {
                 key: self.next_key.fetch_add(1, Ordering::Relaxed),
                 policy: self.rules.policy_for(topic),
+                epoch: Alphanumeric.sample_string(&mut rand::rng(), EPOCH_LEN).into(),
                 state: Mutex::new(state),
             })
         });
@@ -198,6 +228,8 @@ impl Hub {
             if conflated > 0 {
                 self.metrics.conflated.inc_by(conflated);
             }
+            let stored = state.history.push(state.seq, ts, &data, accepted);
+            self.count_history(stored);
             state.last = Some((ts, data.clone()));
             state.seq
         });
@@ -210,17 +242,51 @@ impl Hub {
         self.topics.len()
     }
 
-    /// Adds subscriptions, then queues one snapshot per existing topic with a last value that
-    /// any of them matches.
-    pub fn subscribe(&self, who: &Subscriber, subscriptions: &[Pattern]) {
-        let mut snapshotted = HashSet::new();
+    /// Adds subscriptions. For every topic they match, returns the topic's position and the
+    /// frames that bring the client up to date: the publications it missed when `since` names a
+    /// position history can still serve, otherwise a snapshot of the last value.
+    ///
+    /// Live updates are queued on the client's outbox from the moment each topic is registered,
+    /// so the caller must hold the outbox corked and put the returned frames in front of them;
+    /// both are decided under the topic's lock, so nothing is lost or repeated in between.
+    pub fn subscribe(
+        &self,
+        who: &Subscriber,
+        subscriptions: &[Pattern],
+        since: &HashMap<Topic, Position>,
+    ) -> Subscribed {
+        let mut out = Subscribed::default();
+        let mut seen = HashSet::new();
+        let now = Instant::now();
         let mut add = |topic: &Topic, entry: &TopicEntry, state: &mut TopicState, reason: &Pattern| {
             state.add(who, reason);
-            if let Some((ts, data)) = &state.last {
-                if snapshotted.insert(entry.key) {
-                    let frame = protocol::snapshot_frame(topic, state.seq, *ts, data);
-                    who.outbox.push_topic(&frame, entry.key, entry.policy, None);
+            if !seen.insert(entry.key) {
+                return;
+            }
+            let position = Position {
+                seq: state.seq,
+                epoch: entry.epoch.clone(),
+            };
+            out.positions.insert(topic.clone(), position);
+            if let Some(from) = since.get(topic) {
+                let expired = state.history.expire(now);
+                self.count_history(expired);
+                let missed = (from.epoch == entry.epoch)
+                    .then(|| state.history.after(from.seq, state.seq))
+                    .flatten();
+                let recovered = missed.is_some();
+                if let Some(missed) = missed {
+                    (out.frames).extend(missed.map(|e| protocol::update_frame(topic, e.seq, e.ts, &e.data)));
                 }
+                self.metrics.recovery(recovered);
+                out.recovered.insert(topic.clone(), recovered);
+                if recovered {
+                    return;
+                }
+            }
+            if let Some((ts, data)) = &state.last {
+                out.frames
+                    .push(protocol::snapshot_frame(topic, state.seq, *ts, data));
             }
         };
         for sub in subscriptions {
@@ -236,6 +302,14 @@ impl Hub {
                     add(item.key(), item.value(), &mut state, sub);
                 }
             }
+        }
+        out
+    }
+
+    fn count_history(&self, delta: history::Delta) {
+        if delta != history::Delta::default() {
+            self.metrics.history_messages.add(delta.messages);
+            self.metrics.history_bytes.add(delta.bytes);
         }
     }
 
@@ -279,6 +353,24 @@ impl Hub {
             seq: state.seq,
             ts,
             data,
+        })
+    }
+
+    /// Up to `limit` stored publications of `topic` after `since`, with the topic's position
+    /// and whether history still holds everything after `since`.
+    pub fn history(&self, topic: &Topic, since: u64, limit: usize) -> Option<HistoryPage> {
+        let entry = self.topics.get(topic).map(|e| e.clone())?;
+        let mut state = lock(&entry.state);
+        let expired = state.history.expire(Instant::now());
+        self.count_history(expired);
+        let (publications, complete) = state.history.page(since, limit, state.seq);
+        Some(HistoryPage {
+            position: Position {
+                seq: state.seq,
+                epoch: entry.epoch.clone(),
+            },
+            publications,
+            complete,
         })
     }
 
@@ -339,10 +431,22 @@ mod tests {
         let hub = hub();
         assert_eq!(hub.publish(&topic("prices.A"), data("1"), Source::Http), 1);
         let who = hub.new_subscriber(Arc::new(Outbox::new(1 << 20)));
-        hub.subscribe(&who, &pats(&["prices.A", "prices.*", "prices.>"]));
-        let snaps = frames(&who.outbox).await;
-        assert_eq!(snaps.len(), 1, "{snaps:?}");
-        assert!(snaps[0].contains(r#""type":"snapshot""#) && snaps[0].contains(r#""seq":1"#));
+        let done = hub.subscribe(
+            &who,
+            &pats(&["prices.A", "prices.*", "prices.>"]),
+            &HashMap::new(),
+        );
+        assert_eq!(done.frames.len(), 1, "one snapshot per topic");
+        let snap = String::from_utf8_lossy(&done.frames[0][2..]).into_owned();
+        assert!(
+            snap.contains(r#""type":"snapshot""#) && snap.contains(r#""seq":1"#),
+            "{snap}"
+        );
+        assert_eq!(done.positions[&topic("prices.A")].seq, 1);
+        assert!(
+            frames(&who.outbox).await.is_empty(),
+            "snapshots are returned, not queued"
+        );
         assert_eq!(hub.publish(&topic("prices.A"), data("2"), Source::Http), 2);
         assert_eq!(frames(&who.outbox).await.len(), 1);
         // a topic created after the pattern subscription picks it up
@@ -356,15 +460,62 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn recovery_replays_exactly_the_missed_publications() {
+        let hub = hub();
+        let t = topic("chat.room");
+        for i in 1..=5 {
+            hub.publish(&t, data(&i.to_string()), Source::Http);
+        }
+        let who = hub.new_subscriber(Arc::new(Outbox::new(1 << 20)));
+        let at = hub
+            .subscribe(&who, &pats(&["chat.room"]), &HashMap::new())
+            .positions[&t]
+            .clone();
+        assert_eq!(at.seq, 5);
+        let since = HashMap::from([(
+            t.clone(),
+            Position {
+                seq: 2,
+                epoch: at.epoch.clone(),
+            },
+        )]);
+        let done = hub.subscribe(&who, &pats(&["chat.room"]), &since);
+        assert!(done.recovered[&t]);
+        let got: Vec<String> = done
+            .frames
+            .iter()
+            .map(|f| String::from_utf8_lossy(&f[2..]).into_owned())
+            .collect();
+        assert_eq!(got.len(), 3);
+        for (frame, seq) in got.iter().zip(3..) {
+            assert!(
+                frame.contains(&format!(r#""type":"update","topic":"chat.room","seq":{seq},"#)),
+                "{frame}"
+            );
+        }
+        let wrong = HashMap::from([(
+            t.clone(),
+            Position {
+                seq: 2,
+                epoch: "other".into(),
+            },
+        )]);
+        let done = hub.subscribe(&who, &pats(&["chat.room"]), &wrong);
+        assert!(!done.recovered[&t]);
+        assert_eq!(done.frames.len(), 1);
+        assert!(String::from_utf8_lossy(&done.frames[0]).contains(r#""type":"snapshot""#));
+    }
+
+    #[tokio::test]
     async fn idle_topics_are_dropped() {
         let hub = hub();
         let who = hub.new_subscriber(Arc::new(Outbox::new(1 << 20)));
-        hub.subscribe(&who, &pats(&["a.b", "x.*"]));
+        hub.subscribe(&who, &pats(&["a.b", "x.*"]), &HashMap::new());
         assert_eq!(hub.list().len(), 1);
         hub.unsubscribe(who.id, &pats(&["a.b", "x.*"]));
         assert!(hub.list().is_empty());
         hub.publish(&topic("a.b"), data("1"), Source::Http);
-        hub.subscribe(&who, &pats(&["a.b"]));
+        hub.subscribe(&who, &pats(&["a.b"]), &HashMap::new());
         hub.unsubscribe(who.id, &pats(&["a.b"]));
         assert_eq!(hub.list().len(), 1, "a topic with a last value stays");
         assert_eq!(hub.last(&topic("a.b")).unwrap().seq, 1);

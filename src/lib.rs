@@ -16,6 +16,7 @@
 //! - [`protocol`]: the JSON wire format: parsing requests, encoding replies.
 //! - [`topic`]: topic names and subscription patterns (validation and matching).
 //! - [`hub`]: topic registry, sequence numbers, last values and fan-out.
+//! - [`history`]: a topic's recent publications, for clients that recover after reconnecting.
 //! - [`patterns`]: the token trie that finds the pattern subscriptions matching a topic.
 //! - [`outbox`]: a connection's bounded outbound queue, with conflation.
 //! - [`wire`]: WebSocket frame encoding for server frames.
@@ -28,6 +29,7 @@ pub mod app;
 pub mod disconnect;
 pub mod error;
 pub mod feed;
+pub mod history;
 pub mod http;
 pub mod hub;
 pub mod metrics;

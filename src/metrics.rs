@@ -68,6 +68,9 @@ pub struct Metrics {
     pub queue_bytes: Histogram,
     pub http_requests: IntCounterVec,
     pub http_duration: HistogramVec,
+    pub history_messages: IntGauge,
+    pub history_bytes: IntGauge,
+    recoveries: [IntCounter; 2],
 }
 
 fn reg<C: Collector + Clone + 'static>(registry: &Registry, c: C) -> prometheus::Result<C> {
@@ -127,7 +130,23 @@ impl Metrics {
                 &["route"],
             )?,
         )?;
+        let recoveries = counter_vec(
+            "tickwire_recoveries_total",
+            "Subscriptions with `since`, by result: recovered (missed publications replayed) or reset \
+             (snapshot instead).",
+            &["result"],
+        )?;
+        let recoveries = ["reset", "recovered"].map(|r| recoveries.with_label_values(&[r]));
         Ok(Metrics {
+            history_messages: gauge(
+                "tickwire_history_messages",
+                "Publications held in topic histories.",
+            )?,
+            history_bytes: gauge(
+                "tickwire_history_bytes",
+                "Approximate memory held by topic histories (payload plus per-entry overhead).",
+            )?,
+            recoveries,
             connections: gauge("tickwire_connections", "Open WebSocket connections.")?,
             connections_accepted: counter(
                 "tickwire_connections_accepted_total",
@@ -180,6 +199,10 @@ impl Metrics {
 
     pub fn published(&self, source: Source) -> &IntCounter {
         &self.published[source as usize]
+    }
+
+    pub fn recovery(&self, recovered: bool) {
+        self.recoveries[usize::from(recovered)].inc();
     }
 
     pub fn disconnected(&self, reason: Disconnect) {

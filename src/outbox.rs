@@ -74,6 +74,9 @@ struct State {
     /// Accept time of the oldest publication waiting.
     oldest: Option<Instant>,
     stalled: bool,
+    /// While set, the writer gets nothing: frames pushed meanwhile wait behind this position,
+    /// where [`Outbox::uncork`] inserts the frames that must precede them.
+    cork: Option<usize>,
     close: Close,
     /// Why the outbox closed, once it has.
     reason: Option<Disconnect>,
@@ -220,6 +223,31 @@ impl Outbox {
         }
     }
 
+    /// Holds back everything pushed from now on until [`Outbox::uncork`].
+    pub fn cork(&self) {
+        let mut st = self.lock();
+        st.cork = Some(st.waiting.len());
+    }
+
+    /// Inserts `first` ahead of everything pushed since [`Outbox::cork`] and releases it all.
+    pub fn uncork(&self, first: impl IntoIterator<Item = Bytes>) {
+        let mut st = self.lock();
+        let Some(at) = st.cork.take() else { return };
+        if !matches!(st.close, Close::Open) {
+            return;
+        }
+        let at = at.min(st.waiting.len());
+        let first: Vec<Waiting> = (first.into_iter())
+            .map(|frame| Waiting { frame, key: None })
+            .collect();
+        st.bytes += first.iter().map(|w| w.frame.len()).sum::<usize>();
+        st.waiting.splice(at..at, first);
+        st.index = None;
+        if !st.waiting.is_empty() {
+            self.ready.notify_one();
+        }
+    }
+
     /// Marks whether the writer is blocked on a socket that does not accept more bytes.
     pub fn set_stalled(&self, stalled: bool) {
         self.lock().stalled = stalled;
@@ -235,7 +263,7 @@ impl Outbox {
         loop {
             {
                 let mut st = self.lock();
-                if !st.waiting.is_empty() {
+                if st.cork.is_none() && !st.waiting.is_empty() {
                     out.extend(st.waiting.drain(..).map(|w| w.frame));
                     if st.waiting.capacity() > 1024 {
                         st.waiting = Vec::new(); // do not pin the memory of a burst
@@ -359,6 +387,23 @@ mod tests {
             "an open, empty outbox has nothing for the writer"
         );
         assert!(!o.is_closing());
+    }
+
+    #[tokio::test]
+    async fn corked_frames_wait_behind_the_prefix() {
+        let o = Outbox::new(1 << 20);
+        o.push(frame("before"));
+        o.cork();
+        o.push_topic(&frame("live"), 1, Policy::Conflate, None);
+        let mut out = Vec::new();
+        let held = tokio::time::timeout(std::time::Duration::from_millis(20), o.next(&mut out)).await;
+        assert!(held.is_err(), "nothing is handed out while corked");
+        o.uncork([frame("reply"), frame("snapshot")]);
+        let want: Vec<Bytes> = ["before", "reply", "snapshot", "live"]
+            .iter()
+            .map(|s| frame(s))
+            .collect();
+        assert_eq!(drain(&o).await, want);
     }
 
     #[tokio::test]

@@ -4,6 +4,7 @@
 //! module sees raw JSON. `data` payloads stay raw (`RawValue`): they are passed through
 //! byte-for-byte and never re-encoded.
 
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -11,6 +12,7 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use serde_json::value::RawValue;
 
 use crate::error::RequestError;
+use crate::history::Position;
 use crate::topic::{Pattern, Topic};
 use crate::wire;
 
@@ -20,9 +22,16 @@ pub type Data = Arc<RawValue>;
 /// A validated client request.
 #[derive(Debug)]
 pub enum Request {
-    Subscribe(Vec<Pattern>),
+    Subscribe {
+        topics: Vec<Pattern>,
+        /// Positions the client already has, per concrete topic, for recovery.
+        since: HashMap<Topic, Position>,
+    },
     Unsubscribe(Vec<Pattern>),
-    Publish { topic: Topic, data: Data },
+    Publish {
+        topic: Topic,
+        data: Data,
+    },
     Ping,
 }
 
@@ -41,6 +50,8 @@ struct Envelope<'a> {
     data: Option<&'a RawValue>,
     #[serde(borrow)]
     messages: Option<&'a RawValue>,
+    #[serde(borrow)]
+    since: Option<&'a RawValue>,
 }
 
 /// Makes `"data": null` count as present (null is a valid payload), unlike a plain `Option`.
@@ -99,7 +110,10 @@ pub fn parse_request(text: &str, max_topics: usize) -> (Option<i64>, Result<Requ
 fn request(env: &Envelope<'_>, max_topics: usize) -> Result<Request, RequestError> {
     let op: &str = field(env.op, "op", "a string")?;
     match op {
-        "subscribe" => Ok(Request::Subscribe(patterns(env.topics, max_topics)?)),
+        "subscribe" => Ok(Request::Subscribe {
+            topics: patterns(env.topics, max_topics)?,
+            since: since(env.since)?,
+        }),
         "unsubscribe" => Ok(Request::Unsubscribe(patterns(env.topics, max_topics)?)),
         "publish" => Ok(Request::Publish {
             topic: topic(env.topic)?,
@@ -121,6 +135,24 @@ fn patterns(raw: Option<&RawValue>, max_topics: usize) -> Result<Vec<Pattern>, R
     names
         .iter()
         .map(|name| Pattern::parse(name).map_err(|e| RequestError::invalid_topic(name, e)))
+        .collect()
+}
+
+/// Longest accepted epoch in a `since` position; real ones are much shorter.
+const MAX_EPOCH_BYTES: usize = 64;
+
+fn since(raw: Option<&RawValue>) -> Result<HashMap<Topic, Position>, RequestError> {
+    let Some(raw) = raw else { return Ok(HashMap::new()) };
+    let expected = "an object of {\"seq\": integer, \"epoch\": string} by topic";
+    let positions: HashMap<&str, Position> = field(Some(raw), "since", expected)?;
+    (positions.into_iter())
+        .map(|(name, position)| {
+            let topic = Topic::parse(name).map_err(|e| RequestError::invalid_topic(name, e))?;
+            if position.epoch.len() > MAX_EPOCH_BYTES {
+                return Err(bad(format!("epoch longer than {MAX_EPOCH_BYTES} bytes")));
+            }
+            Ok((topic, position))
+        })
         .collect()
 }
 
@@ -152,6 +184,11 @@ pub enum Reply<'a> {
         #[serde(skip_serializing_if = "Option::is_none")]
         id: Option<i64>,
         topics: &'a [Pattern],
+        /// Where each matched topic's stream stands, so the client can recover from there later.
+        #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+        positions: &'a BTreeMap<Topic, Position>,
+        #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+        recovered: &'a BTreeMap<Topic, bool>,
     },
     Unsubscribed {
         #[serde(skip_serializing_if = "Option::is_none")]
@@ -248,7 +285,25 @@ mod tests {
     fn parses_each_op() {
         let (id, r) = parse_request(r#"{"op":"subscribe","id":1,"topics":["a.b","a.*"]}"#, 10);
         assert_eq!(id, Some(1));
-        assert!(matches!(r, Ok(Request::Subscribe(t)) if t.len() == 2));
+        assert!(
+            matches!(r, Ok(Request::Subscribe { topics, since }) if topics.len() == 2 && since.is_empty())
+        );
+        let (_, r) = parse_request(
+            r#"{"op":"subscribe","topics":["a.b"],"since":{"a.b":{"seq":4,"epoch":"x"}}}"#,
+            10,
+        );
+        match r {
+            Ok(Request::Subscribe { since, .. }) => {
+                assert_eq!(
+                    since[&Topic::parse("a.b").unwrap()],
+                    Position {
+                        seq: 4,
+                        epoch: "x".into()
+                    }
+                )
+            }
+            other => panic!("{other:?}"),
+        }
         let (_, r) = parse_request(r#"{"op":"publish","topic":"chat.x","data":{"a":[1, 2]}}"#, 10);
         match r {
             Ok(Request::Publish { topic, data }) => {
@@ -284,6 +339,18 @@ mod tests {
             (None, "invalid_topic")
         );
         assert_eq!(code(r#"{"op":"publish","topic":"a"}"#), (None, "bad_request"));
+        assert_eq!(
+            code(r#"{"op":"subscribe","topics":["a"],"since":{"a":{"seq":-1,"epoch":"x"}}}"#),
+            (None, "bad_request")
+        );
+        assert_eq!(
+            code(r#"{"op":"subscribe","topics":["a"],"since":{"a.*":{"seq":1,"epoch":"x"}}}"#),
+            (None, "invalid_topic")
+        );
+        assert_eq!(
+            code(r#"{"op":"subscribe","topics":["a"],"since":[1]}"#),
+            (None, "bad_request")
+        );
         let many = format!(r#"{{"op":"subscribe","topics":[{}]}}"#, ["\"a\""; 11].join(","));
         assert_eq!(code(&many), (None, "too_many_subscriptions"));
     }
@@ -312,12 +379,34 @@ mod tests {
             br#"{"type":"update","topic":"prices.BTC","seq":42,"ts":1700,"data":{"p": 1.50}}"#
         );
         let topics = [Pattern::parse("a.*").unwrap()];
+        let none = BTreeMap::new();
         let f = Reply::Subscribed {
             id: Some(1),
             topics: &topics,
+            positions: &none,
+            recovered: &BTreeMap::new(),
         }
         .frame();
         assert_eq!(&f[2..], br#"{"type":"subscribed","id":1,"topics":["a.*"]}"#);
+        let a = Topic::parse("a.b").unwrap();
+        let positions = BTreeMap::from([(
+            a.clone(),
+            Position {
+                seq: 40,
+                epoch: "k3j2".into(),
+            },
+        )]);
+        let f = Reply::Subscribed {
+            id: None,
+            topics: &topics,
+            positions: &positions,
+            recovered: &BTreeMap::from([(a, true)]),
+        }
+        .frame();
+        assert_eq!(
+            &f[2..],
+            br#"{"type":"subscribed","topics":["a.*"],"positions":{"a.b":{"seq":40,"epoch":"k3j2"}},"recovered":{"a.b":true}}"#
+        );
         let f = Reply::Pong { id: None }.frame();
         assert_eq!(&f[2..], br#"{"type":"pong"}"#);
     }

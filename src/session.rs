@@ -248,7 +248,7 @@ impl Session<'_> {
         };
         let hub = &self.app.hub;
         match request {
-            Request::Subscribe(topics) => {
+            Request::Subscribe { topics, since } => {
                 let new: HashSet<&Pattern> = topics
                     .iter()
                     .filter(|t| !self.subscriptions.contains(*t))
@@ -260,9 +260,17 @@ impl Session<'_> {
                     return None;
                 }
                 self.app.metrics.subscriptions.add(new.len() as i64);
-                // The reply goes first; snapshots follow as the hub registers each topic.
-                outbox.push(Reply::Subscribed { id, topics: &topics }.frame());
-                hub.subscribe(self.who, &topics);
+                // Updates published while the hub registers us wait behind the reply and the
+                // catch-up frames (see `Hub::subscribe`).
+                outbox.cork();
+                let done = hub.subscribe(self.who, &topics, &since);
+                let reply = Reply::Subscribed {
+                    id,
+                    topics: &topics,
+                    positions: &done.positions,
+                    recovered: &done.recovered,
+                };
+                outbox.uncork(std::iter::once(reply.frame()).chain(done.frames));
                 self.subscriptions.extend(topics);
             }
             Request::Unsubscribe(topics) => {

@@ -15,6 +15,9 @@ use serde::{Deserialize, Deserializer};
 use crate::error::SettingsError;
 use crate::topic::{Pattern, Topic};
 
+/// Largest per-topic history accepted: recovery replays at most this many messages.
+pub const MAX_HISTORY_SIZE: usize = 100_000;
+
 /// The shipped defaults; the same file users read and copy.
 pub const DEFAULTS_TOML: &str = include_str!("../config/default.toml");
 
@@ -25,9 +28,34 @@ pub struct Settings {
     pub admin: AdminSettings,
     pub http: HttpSettings,
     pub queue: QueueSettings,
+    pub history: HistorySettings,
     pub publish: PublishSettings,
     pub feed: FeedSettings,
     pub log: LogSettings,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HistorySettings {
+    pub size: usize,
+    pub ttl_seconds: u64,
+    pub policies: Vec<HistoryRule>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HistoryRule {
+    pub pattern: String,
+    pub size: usize,
+    pub ttl_seconds: u64,
+}
+
+/// How much of a topic's stream is kept for recovery.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Retention {
+    /// Publications kept; 0 keeps none.
+    pub size: usize,
+    pub ttl: Duration,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -129,6 +157,8 @@ pub enum LogFormat {
 pub struct TopicRules {
     pub policies: Vec<(Pattern, Policy)>,
     pub client_publish: Vec<Pattern>,
+    pub retention: Retention,
+    pub retention_policies: Vec<(Pattern, Retention)>,
 }
 
 impl TopicRules {
@@ -141,6 +171,12 @@ impl TopicRules {
 
     pub fn client_may_publish(&self, topic: &Topic) -> bool {
         self.client_publish.iter().any(|p| p.matches(topic))
+    }
+
+    pub fn retention_for(&self, topic: &Topic) -> Retention {
+        (self.retention_policies.iter())
+            .find(|(p, _)| p.matches(topic))
+            .map_or(self.retention, |(_, r)| *r)
     }
 }
 
@@ -260,6 +296,12 @@ impl Settings {
             "log.level",
             "is not a valid level filter (e.g. info, debug, tickwire=debug)",
         )?;
+        let sizes = std::iter::once(self.history.size).chain(self.history.policies.iter().map(|r| r.size));
+        check(
+            sizes.into_iter().all(|n| n <= MAX_HISTORY_SIZE),
+            "history.size",
+            &format!("history sizes (history.size, history.policies) must be at most {MAX_HISTORY_SIZE}"),
+        )?;
         self.topic_rules()?;
         Ok(())
     }
@@ -279,6 +321,19 @@ impl Settings {
             client_publish: (self.publish.client_topics.iter())
                 .map(|p| parse("publish.client_topics", p))
                 .collect::<Result<_, _>>()?,
+            retention: Retention {
+                size: self.history.size,
+                ttl: Duration::from_secs(self.history.ttl_seconds),
+            },
+            retention_policies: (self.history.policies.iter())
+                .map(|r| {
+                    let retention = Retention {
+                        size: r.size,
+                        ttl: Duration::from_secs(r.ttl_seconds),
+                    };
+                    Ok((parse("history.policies", &r.pattern)?, retention))
+                })
+                .collect::<Result<_, SettingsError>>()?,
         })
     }
 }
@@ -310,6 +365,13 @@ mod tests {
         );
         assert!(rules.client_may_publish(&Topic::parse("chat.lobby").unwrap()));
         assert!(!rules.client_may_publish(&Topic::parse("prices.X").unwrap()));
+        let chat = rules.retention_for(&Topic::parse("chat.x").unwrap());
+        assert_eq!((chat.size, chat.ttl), (100, Duration::from_secs(300)));
+        let s = Settings::from_toml("[history]\npolicies = [{pattern = \"a.>\", size = 5, ttl_seconds = 9}]")
+            .unwrap();
+        let rules = s.topic_rules().unwrap();
+        assert_eq!(rules.retention_for(&Topic::parse("a.b").unwrap()).size, 5);
+        assert_eq!(rules.retention_for(&Topic::parse("b.b").unwrap()).size, 100);
     }
 
     #[test]
@@ -339,6 +401,11 @@ mod tests {
             ("[server]\nidle_timeout = \"soon\"", "idle_timeout"),
             ("[admin]\nlisten = \"x\"", "listen"),
             ("[log]\nformat = \"xml\"", "format"),
+            ("[history]\nsize = 1000000", "history.size"),
+            (
+                "[history]\npolicies = [{pattern = \"a..b\", size = 1, ttl_seconds = 1}]",
+                "history.policies",
+            ),
         ] {
             let err = Settings::from_toml(toml).unwrap_err().to_string();
             assert!(err.contains(key), "{toml:?} gave {err:?}");
