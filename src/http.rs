@@ -84,13 +84,20 @@ fn route_of(path: &str) -> &'static str {
         "/ws" => "ws",
         "/api/v1/publish" => "publish",
         "/api/v1/topics" => "topics",
-        p if p.starts_with("/api/v1/topics/") && p.ends_with("/history") => "history",
+        p if history_topic(p).is_some() => "history",
         p if p.starts_with("/api/v1/topics/") => "topic",
         "/metrics" => "metrics",
         "/healthz" => "healthz",
         "/readyz" => "readyz",
         _ => "not_found",
     }
+}
+
+/// The topic of a `/api/v1/topics/{topic}/history` path. Topic names have no `/`, so
+/// `/api/v1/topics/history` is the topic named `history`, not its history.
+fn history_topic(path: &str) -> Option<&str> {
+    let name = path.strip_prefix("/api/v1/topics/")?.strip_suffix("/history")?;
+    (!name.is_empty()).then_some(name)
 }
 
 /// Routes one request and records it in the HTTP metrics.
@@ -113,7 +120,7 @@ pub async fn handle(
         (&Method::GET, "topics") => Ok(list_topics(&app)),
         (&Method::GET, "topic") => get_topic(&path["/api/v1/topics/".len()..], &app),
         (&Method::GET, "history") => {
-            let name = &path["/api/v1/topics/".len()..path.len() - "/history".len()];
+            let name = history_topic(&path).unwrap_or_default();
             get_history(name, req.uri().query().unwrap_or(""), &app)
         }
         (&Method::GET, "metrics") => Ok(metrics(&app)),

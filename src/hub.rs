@@ -122,14 +122,17 @@ fn now_ms() -> u64 {
 }
 
 impl TopicState {
-    fn add(&mut self, who: &Subscriber, reason: &Pattern) {
+    /// Records `reason` for `who`; returns true when `who` was not receiving this topic before.
+    fn add(&mut self, who: &Subscriber, reason: &Pattern) -> bool {
         let sub = (self.subscribers.entry(who.id)).or_insert_with(|| Subscription {
             outbox: who.outbox.clone(),
             reasons: Vec::with_capacity(1),
         });
+        let fresh = sub.reasons.is_empty();
         if !sub.reasons.contains(reason) {
             sub.reasons.push(reason.clone());
         }
+        fresh
     }
 
     /// Drops one reason; returns true when the topic is left with nothing worth keeping.
@@ -244,7 +247,8 @@ impl Hub {
 
     /// Adds subscriptions. For every topic they match, returns the topic's position and the
     /// frames that bring the client up to date: the publications it missed when `since` names a
-    /// position history can still serve, otherwise a snapshot of the last value.
+    /// position history can still serve, otherwise a snapshot of the last value (unless the
+    /// client was already receiving the topic, so that subscribing again repeats nothing).
     ///
     /// Live updates are queued on the client's outbox from the moment each topic is registered,
     /// so the caller must hold the outbox corked and put the returned frames in front of them;
@@ -259,7 +263,7 @@ impl Hub {
         let mut seen = HashSet::new();
         let now = Instant::now();
         let mut add = |topic: &Topic, entry: &TopicEntry, state: &mut TopicState, reason: &Pattern| {
-            state.add(who, reason);
+            let fresh = state.add(who, reason);
             if !seen.insert(entry.key) {
                 return;
             }
@@ -284,7 +288,10 @@ impl Hub {
                     return;
                 }
             }
-            if let Some((ts, data)) = &state.last {
+            // A client already receiving the topic has its value, so a snapshot would repeat it;
+            // unless it asked to recover and could not be, which always resets it.
+            let reset = since.contains_key(topic);
+            if let (true, Some((ts, data))) = (fresh || reset, &state.last) {
                 out.frames
                     .push(protocol::snapshot_frame(topic, state.seq, *ts, data));
             }
@@ -493,6 +500,9 @@ mod tests {
                 "{frame}"
             );
         }
+        let again = hub.subscribe(&who, &pats(&["chat.room", "chat.*"]), &HashMap::new());
+        assert!(again.frames.is_empty(), "already receiving: no second snapshot");
+        assert_eq!(again.positions[&t].seq, 5);
         let wrong = HashMap::from([(
             t.clone(),
             Position {

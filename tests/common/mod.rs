@@ -579,3 +579,83 @@ pub fn rss_bytes() -> u64 {
         .expect("statm resident field");
     pages * 4096
 }
+
+// ---------------------------------------------------------------------------------------------
+// History / recovery helpers
+// ---------------------------------------------------------------------------------------------
+
+/// `(seq, epoch)` of `topic` in the `positions` of a `subscribed` reply.
+#[track_caller]
+pub fn position(reply: &Value, topic: &str) -> (u64, String) {
+    let p = &reply["positions"][topic];
+    let seq = p["seq"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no integer positions.{topic}.seq in {reply}"));
+    let epoch = p["epoch"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no string positions.{topic}.epoch in {reply}"));
+    assert!(!epoch.is_empty(), "empty epoch for {topic} in {reply}");
+    (seq, epoch.to_string())
+}
+
+/// A `since` entry: `{"seq": seq, "epoch": epoch}`.
+pub fn pos(seq: u64, epoch: &str) -> Value {
+    json!({"seq": seq, "epoch": epoch})
+}
+
+/// Sends a subscribe request carrying `since` and returns the `subscribed` reply.
+pub async fn subscribe_since(ws: &mut Ws, id: i64, topics: &[&str], since: Value) -> Value {
+    let reply = request(
+        ws,
+        json!({"op": "subscribe", "id": id, "topics": topics, "since": since}),
+    )
+    .await;
+    assert_eq!(reply["type"], "subscribed", "subscribe with since: {reply}");
+    assert_eq!(reply["id"], json!(id), "subscribe with since: {reply}");
+    reply
+}
+
+/// Every data message that arrives until `quiet` passes without one.
+pub async fn recv_until_silence(ws: &mut Ws, quiet: Duration) -> Vec<Value> {
+    let mut out = Vec::new();
+    loop {
+        match next_incoming(ws, quiet).await {
+            Incoming::Json(v) => out.push(v),
+            Incoming::Timeout => return out,
+            other => panic!("connection ended after {} messages: {other:?}", out.len()),
+        }
+    }
+}
+
+/// Asserts `v` is a `snapshot` of `topic` with `seq` and `data`.
+#[track_caller]
+pub fn assert_snapshot(v: &Value, topic: &str, seq: u64, data: &Value) {
+    assert_eq!(v["type"], "snapshot", "expected a snapshot, got {v}");
+    assert_eq!(v["topic"], topic, "snapshot of the wrong topic: {v}");
+    assert_eq!(v["seq"], json!(seq), "snapshot with the wrong seq: {v}");
+    assert_eq!(&v["data"], data, "snapshot with the wrong data: {v}");
+    assert!(v["ts"].is_u64(), "snapshot without an integer ts: {v}");
+}
+
+/// The value of one sample in `GET /metrics`, named exactly as exposed (labels included, e.g.
+/// `tickwire_recoveries_total{result="reset"}`); None when the sample is absent.
+pub async fn metric(addr: SocketAddr, sample: &str) -> Option<f64> {
+    let r = http_get(addr, "/metrics").await;
+    assert_eq!(r.status, 200, "GET /metrics");
+    let text = String::from_utf8(r.body).expect("metrics text is UTF-8");
+    text.lines().filter(|l| !l.starts_with('#')).find_map(|l| {
+        let (name, value) = l.rsplit_once(' ')?;
+        (name == sample).then(|| {
+            value
+                .parse::<f64>()
+                .unwrap_or_else(|e| panic!("metric {sample}: bad value {value:?}: {e}"))
+        })
+    })
+}
+
+/// Like [`metric`], panicking when the sample is absent.
+pub async fn metric_value(addr: SocketAddr, sample: &str) -> f64 {
+    metric(addr, sample)
+        .await
+        .unwrap_or_else(|| panic!("metric sample {sample} not exposed"))
+}
