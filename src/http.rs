@@ -170,21 +170,22 @@ fn upgrade(mut req: Request<Incoming>, app: &Arc<App>, peer: SocketAddr) -> Resp
     if app.drain.is_cancelled() {
         return error(&RequestError::Unavailable("server is shutting down"));
     }
+    // Validate the handshake before taking a place, so a malformed request is a 400, not a
+    // connection that counts as accepted.
+    let (resp, fut) = match fastwebsockets::upgrade::upgrade(&mut req) {
+        Ok(upgrade) => upgrade,
+        Err(e) => {
+            rejected(REJECT_BAD_HANDSHAKE);
+            debug!(%peer, error = %e, "bad websocket handshake");
+            return error(&RequestError::BadRequest(format!("bad WebSocket handshake: {e}")));
+        }
+    };
     let Some(slot) = app.try_connection() else {
         rejected(REJECT_LIMIT);
         return error(&RequestError::Unavailable("connection limit reached"));
     };
-    match fastwebsockets::upgrade::upgrade(&mut req) {
-        Ok((resp, fut)) => {
-            app.tasks.spawn(session::run(fut, app.clone(), slot, peer));
-            resp.map(|_| Full::new(Bytes::new()))
-        }
-        Err(e) => {
-            rejected(REJECT_BAD_HANDSHAKE);
-            debug!(%peer, error = %e, "bad websocket handshake");
-            error(&RequestError::BadRequest(format!("bad WebSocket handshake: {e}")))
-        }
-    }
+    app.tasks.spawn(session::run(fut, app.clone(), slot, peer));
+    resp.map(|_| Full::new(Bytes::new()))
 }
 
 async fn read_body(req: Request<Incoming>, limit: usize) -> Result<Bytes, RequestError> {
