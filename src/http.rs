@@ -203,6 +203,9 @@ async fn read_body(req: Request<Incoming>, limit: usize) -> Result<Bytes, Reques
     }
 }
 
+/// Publications of one batch between two yields to the scheduler.
+const YIELD_EVERY: usize = 256;
+
 async fn publish(req: Request<Incoming>, app: &App) -> Result<Response<Body>, RequestError> {
     #[derive(Serialize)]
     struct Published<'a> {
@@ -215,12 +218,16 @@ async fn publish(req: Request<Incoming>, app: &App) -> Result<Response<Body>, Re
     }
     let body = read_body(req, app.settings.http.max_body_bytes).await?;
     let (messages, batch) = protocol::parse_publish(&body)?;
-    let results: Vec<Published<'_>> = (messages.iter())
-        .map(|(topic, data)| Published {
-            topic,
-            seq: app.hub.publish(topic, data.clone(), Source::Http),
-        })
-        .collect();
+    let mut results = Vec::with_capacity(messages.len());
+    for (i, (topic, data)) in messages.iter().enumerate() {
+        // A huge batch lands in every subscriber's queue at once; letting writers run in
+        // between keeps readers that keep up from looking like slow consumers.
+        if i > 0 && i % YIELD_EVERY == 0 {
+            tokio::task::yield_now().await;
+        }
+        let seq = app.hub.publish(topic, data.clone(), Source::Http);
+        results.push(Published { topic, seq });
+    }
     if batch {
         return Ok(json(StatusCode::OK, &Batch { results }));
     }
