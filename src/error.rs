@@ -84,7 +84,7 @@ pub enum SettingsError {
 /// Why the server could not start or stopped with an error.
 #[derive(Debug, Error)]
 pub enum ServerError {
-    #[error("cannot bind {addr}: {source}")]
+    #[error("cannot bind {addr}")]
     Bind { addr: String, source: std::io::Error },
     #[error("listener failed: {0}")]
     Io(#[from] std::io::Error),

@@ -182,21 +182,22 @@ fn upgrade(mut req: Request<Incoming>, app: &Arc<App>, peer: SocketAddr) -> Resp
     if app.drain.is_cancelled() {
         return error(&RequestError::Unavailable("server is shutting down"));
     }
+    // Validate the handshake before taking a place, so a malformed request is a 400, not a
+    // connection that counts as accepted.
+    let (resp, fut) = match fastwebsockets::upgrade::upgrade(&mut req) {
+        Ok(upgrade) => upgrade,
+        Err(e) => {
+            rejected(REJECT_BAD_HANDSHAKE);
+            debug!(%peer, error = %e, "bad websocket handshake");
+            return error(&RequestError::BadRequest(format!("bad WebSocket handshake: {e}")));
+        }
+    };
     let Some(slot) = app.try_connection() else {
         rejected(REJECT_LIMIT);
         return error(&RequestError::Unavailable("connection limit reached"));
     };
-    match fastwebsockets::upgrade::upgrade(&mut req) {
-        Ok((resp, fut)) => {
-            app.tasks.spawn(session::run(fut, app.clone(), slot, peer));
-            resp.map(|_| Full::new(Bytes::new()))
-        }
-        Err(e) => {
-            rejected(REJECT_BAD_HANDSHAKE);
-            debug!(%peer, error = %e, "bad websocket handshake");
-            error(&RequestError::BadRequest(format!("bad WebSocket handshake: {e}")))
-        }
-    }
+    app.tasks.spawn(session::run(fut, app.clone(), slot, peer));
+    resp.map(|_| Full::new(Bytes::new()))
 }
 
 async fn read_body(req: Request<Incoming>, limit: usize) -> Result<Bytes, RequestError> {
@@ -214,6 +215,9 @@ async fn read_body(req: Request<Incoming>, limit: usize) -> Result<Bytes, Reques
     }
 }
 
+/// Publications of one batch between two yields to the scheduler.
+const YIELD_EVERY: usize = 256;
+
 async fn publish(req: Request<Incoming>, app: &App) -> Result<Response<Body>, RequestError> {
     #[derive(Serialize)]
     struct Published<'a> {
@@ -226,12 +230,16 @@ async fn publish(req: Request<Incoming>, app: &App) -> Result<Response<Body>, Re
     }
     let body = read_body(req, app.settings.http.max_body_bytes).await?;
     let (messages, batch) = protocol::parse_publish(&body)?;
-    let results: Vec<Published<'_>> = (messages.iter())
-        .map(|(topic, data)| Published {
-            topic,
-            seq: app.hub.publish(topic, data.clone(), Source::Http),
-        })
-        .collect();
+    let mut results = Vec::with_capacity(messages.len());
+    for (i, (topic, data)) in messages.iter().enumerate() {
+        // A huge batch lands in every subscriber's queue at once; letting writers run in
+        // between keeps readers that keep up from looking like slow consumers.
+        if i > 0 && i % YIELD_EVERY == 0 {
+            tokio::task::yield_now().await;
+        }
+        let seq = app.hub.publish(topic, data.clone(), Source::Http);
+        results.push(Published { topic, seq });
+    }
     if batch {
         return Ok(json(StatusCode::OK, &Batch { results }));
     }

@@ -9,8 +9,11 @@
 //! while the writer's last write is pending on the socket (`stalled`) or the queue is over its
 //! byte bound, an update for a topic replaces the waiting update for the same topic in place. A
 //! conflating client's memory is thus bounded by `max_bytes` plus one frame per subscribed topic.
-//! Topics with the `queue` policy are never replaced; overflowing the bound with them ends the
-//! connection as a slow consumer (close 4008).
+//! Frames that cannot be replaced (updates of `queue`-policy topics, replies) must fit in
+//! `max_bytes` on their own: overflowing it ends the connection as a slow consumer (close 4008).
+//! Conflatable frames do not count toward that limit, so a client subscribed to many conflated
+//! topics is never disconnected for their sake; heartbeat pings are simply dropped when there is
+//! no room.
 
 use std::collections::HashMap;
 use std::sync::{Mutex, MutexGuard};
@@ -35,6 +38,8 @@ pub enum Pushed {
     Conflated,
     /// The connection is closing; the frame was dropped.
     Closed,
+    /// No room, and the frame was optional (a heartbeat ping): dropped.
+    Dropped,
     /// This push overflowed the queue and closed the connection as a slow consumer.
     Overflow,
 }
@@ -68,6 +73,8 @@ struct Waiting {
 struct State {
     waiting: Vec<Waiting>,
     bytes: usize,
+    /// The part of `bytes` that conflation cannot reclaim: what the slow-consumer bound applies to.
+    fixed: usize,
     /// Position of the newest waiting conflatable frame per topic. Built only once conflation
     /// is needed, so a client that keeps up never pays for a hash map insert per frame.
     index: Option<HashMap<TopicKey, usize>>,
@@ -124,6 +131,7 @@ impl Outbox {
             st.oldest = accepted;
         }
         let over = st.bytes + frame.len() > self.max_bytes;
+        let fixed_over = st.fixed + frame.len() > self.max_bytes;
         match policy {
             Policy::Conflate => {
                 if st.stalled || over {
@@ -135,7 +143,7 @@ impl Outbox {
                 }
                 self.append(&mut st, frame.clone(), Some(key))
             }
-            Policy::Queue if over => self.overflow(&mut st),
+            Policy::Queue if fixed_over => self.overflow(&mut st),
             Policy::Queue => self.append(&mut st, frame.clone(), None),
         }
     }
@@ -147,8 +155,20 @@ impl Outbox {
         if !matches!(st.close, Close::Open) {
             return Pushed::Closed;
         }
-        if st.bytes + frame.len() > self.max_bytes {
+        if st.fixed + frame.len() > self.max_bytes {
             return self.overflow(&mut st);
+        }
+        self.append(&mut st, frame, None)
+    }
+
+    /// Queues a frame that may be skipped (a heartbeat ping): dropped when there is no room.
+    pub fn push_optional(&self, frame: Bytes) -> Pushed {
+        let mut st = self.lock();
+        if !matches!(st.close, Close::Open) {
+            return Pushed::Closed;
+        }
+        if st.fixed + frame.len() > self.max_bytes {
+            return Pushed::Dropped;
         }
         self.append(&mut st, frame, None)
     }
@@ -156,6 +176,9 @@ impl Outbox {
     fn append(&self, st: &mut State, frame: Bytes, key: Option<TopicKey>) -> Pushed {
         let was_empty = st.waiting.is_empty();
         st.bytes += frame.len();
+        if key.is_none() {
+            st.fixed += frame.len();
+        }
         if let (Some(index), Some(key)) = (st.index.as_mut(), key) {
             index.insert(key, st.waiting.len());
         }
@@ -169,6 +192,7 @@ impl Outbox {
     fn overflow(&self, st: &mut State) -> Pushed {
         st.waiting.clear();
         st.bytes = 0;
+        st.fixed = 0;
         st.index = None;
         st.oldest = None;
         self.begin_close(st, Disconnect::SlowConsumer, None);
@@ -270,6 +294,7 @@ impl Outbox {
                     }
                     st.index = None;
                     let bytes = std::mem::take(&mut st.bytes);
+                    st.fixed = 0;
                     let oldest = st.oldest.take();
                     return Next::Frames { bytes, oldest };
                 }
@@ -359,6 +384,28 @@ mod tests {
         o.push_topic(&big, 2, Policy::Conflate, None);
         assert_eq!(o.push_topic(&big, 1, Policy::Conflate, None), Pushed::Conflated);
         assert!(o.queued_bytes() <= 2 * big.len());
+    }
+
+    #[tokio::test]
+    async fn conflated_backlog_does_not_make_replies_overflow() {
+        let o = Outbox::new(1024);
+        let big = frame(&"x".repeat(600));
+        o.set_stalled(true);
+        for key in 0..5 {
+            o.push_topic(&big, key, Policy::Conflate, None);
+        }
+        assert!(
+            o.queued_bytes() > 1024,
+            "one frame per topic may exceed the bound"
+        );
+        assert_eq!(o.push(frame("pong")), Pushed::Queued);
+        assert_eq!(o.push_optional(big.clone()), Pushed::Queued);
+        assert_eq!(
+            o.push_optional(big.clone()),
+            Pushed::Dropped,
+            "no room for a second optional frame"
+        );
+        assert!(!o.is_closing());
     }
 
     #[tokio::test]

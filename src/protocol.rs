@@ -64,6 +64,10 @@ fn bad(message: impl Into<String>) -> RequestError {
 }
 
 fn envelope(text: &str) -> Result<Envelope<'_>, RequestError> {
+    // serde would also fill the struct from a JSON array, by position.
+    if text.trim_start().starts_with('[') {
+        return Err(bad("expected a JSON object, got an array"));
+    }
     serde_json::from_str(text).map_err(|e| {
         if e.is_syntax() || e.is_eof() {
             bad(format!("not valid JSON: {e}"))
@@ -114,7 +118,13 @@ fn request(env: &Envelope<'_>, max_topics: usize) -> Result<Request, RequestErro
             topics: patterns(env.topics, max_topics)?,
             since: since(env.since)?,
         }),
-        "unsubscribe" => Ok(Request::Unsubscribe(patterns(env.topics, max_topics)?)),
+        "unsubscribe" => Ok(Request::Unsubscribe(patterns(env.topics, max_topics).map_err(
+            |e| match e {
+                // Unsubscribing from many is not a new subscription; it is just a too-long request.
+                RequestError::TooManySubscriptions(n) => bad(format!("at most {n} topics per request")),
+                e => e,
+            },
+        )?)),
         "publish" => Ok(Request::Publish {
             topic: topic(env.topic)?,
             data: data(env.data)?,
@@ -328,6 +338,10 @@ mod tests {
         assert_eq!(code(r#"{"op":5,"id":7}"#), (Some(7), "bad_request"));
         assert_eq!(code(r#"{"op":"ping","id":"x"}"#), (None, "bad_request"));
         assert_eq!(code(r#"{"op":"dance","id":2}"#), (Some(2), "unknown_op"));
+        assert_eq!(
+            code(r#"["publish",11,null,"chat.lobby",{"x":1},null]"#),
+            (None, "bad_request")
+        );
         assert_eq!(code(r#"{"op":"subscribe","topics":"a"}"#), (None, "bad_request"));
         assert_eq!(code(r#"{"op":"subscribe","topics":[]}"#), (None, "bad_request"));
         assert_eq!(
@@ -353,6 +367,8 @@ mod tests {
         );
         let many = format!(r#"{{"op":"subscribe","topics":[{}]}}"#, ["\"a\""; 11].join(","));
         assert_eq!(code(&many), (None, "too_many_subscriptions"));
+        let many = many.replace("subscribe", "unsubscribe");
+        assert_eq!(code(&many), (None, "bad_request"));
     }
 
     #[test]

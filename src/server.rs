@@ -74,18 +74,18 @@ pub async fn serve(
     let app = Arc::new(App::new(hub.clone(), settings.clone(), metrics));
     let feed = (settings.feed.enabled).then(|| tokio::spawn(feed::run(hub, settings.feed.clone())));
     info!(addr = %listener.local_addr()?, "listening");
-    let admin = match admin {
+    let (routes, admin) = match admin {
         Some(admin) => {
             info!(addr = %admin.local_addr()?, "admin listening (/metrics, /healthz, /readyz)");
-            // Not tracked by the drain: probes and scrapes must keep working until exit.
-            tokio::spawn(accept_loop(admin, app.clone(), Routes::Admin, false));
-            Routes::Public
+            // Not tracked by the drain: probes and scrapes must keep working until we return.
+            let admin = tokio::spawn(accept_loop(admin, app.clone(), Routes::Admin, false));
+            (Routes::Public, Some(admin))
         }
-        None => Routes::All,
+        None => (Routes::All, None),
     };
 
     tokio::select! {
-        () = accept_loop(listener, app.clone(), admin, true) => {}
+        () = accept_loop(listener, app.clone(), routes, true) => {}
         () = shutdown => {}
     }
     info!("draining");
@@ -101,6 +101,9 @@ pub async fn serve(
             open = app.tasks.len(),
             "shutdown timeout: closing remaining connections"
         ),
+    }
+    if let Some(admin) = admin {
+        admin.abort();
     }
     Ok(())
 }

@@ -133,7 +133,7 @@ async fn heartbeat(
         let seen = started + Duration::from_millis(last_seen.load(Ordering::Relaxed));
         let deadline = seen + idle;
         tokio::select! {
-            _ = ticker.tick() => { outbox.push(ping.clone()); }
+            _ = ticker.tick() => { outbox.push_optional(ping.clone()); }
             () = tokio::time::sleep_until(deadline.into()) => {
                 // Activity may have arrived while we slept: only time out if it did not.
                 if last_seen.load(Ordering::Relaxed) == (seen - started).as_millis() as u64 {

@@ -210,7 +210,11 @@ impl Settings {
     }
 
     fn finish(cfg: Config) -> Result<Settings, SettingsError> {
-        let settings: Settings = cfg.try_deserialize()?;
+        let mut settings: Settings = cfg.try_deserialize()?;
+        // Lists from env vars are split on commas as is: "BTC-USD, ETH-USD" must still work.
+        for list in [&mut settings.feed.symbols, &mut settings.publish.client_topics] {
+            list.iter_mut().for_each(|item| *item = item.trim().to_string());
+        }
         settings.validate()?;
         Ok(settings)
     }

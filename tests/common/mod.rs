@@ -659,3 +659,507 @@ pub async fn metric_value(addr: SocketAddr, sample: &str) -> f64 {
         .await
         .unwrap_or_else(|| panic!("metric sample {sample} not exposed"))
 }
+
+/// Closes a client WebSocket the polite way: sends a close frame, reads until the server's
+/// echo and the end of the stream, then drops the socket.
+pub async fn close_gracefully(mut ws: Ws) {
+    let _ = tokio::time::timeout(RECV_TIMEOUT, ws.close(None)).await;
+    let _ = tokio::time::timeout(RECV_TIMEOUT, async { while let Some(Ok(_)) = ws.next().await {} }).await;
+}
+
+/// Starts a server with a separate admin listener (`server::serve(main, Some(admin), ..)`).
+/// Returns the server (its `addr` is the main listener) and the admin address.
+pub async fn start_with_admin(extra_toml: &str) -> (TestServer, SocketAddr) {
+    init_logging();
+    let settings = settings(extra_toml);
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind main");
+    let admin = TcpListener::bind("127.0.0.1:0").await.expect("bind admin");
+    let addr = listener.local_addr().expect("local_addr");
+    let admin_addr = admin.local_addr().expect("admin local_addr");
+    let (tx, rx) = oneshot::channel::<()>();
+    let shutdown = async move {
+        let _ = rx.await;
+    };
+    let handle = tokio::spawn(async move {
+        tickwire::server::serve(listener, Some(admin), settings, shutdown)
+            .await
+            .map_err(|e| format!("{e:?}"))
+    });
+    let server = TestServer {
+        addr,
+        shutdown: Some(tx),
+        handle: Some(handle),
+    };
+    (server, admin_addr)
+}
+
+impl TestServer {
+    /// Fires the shutdown signal without waiting for the drain to finish; returns a future that
+    /// resolves with `run`'s result.
+    pub fn begin_shutdown(mut self) -> JoinHandle<Result<(), String>> {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        self.handle.take().expect("server handle")
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Prometheus text exposition
+// ---------------------------------------------------------------------------------------------
+
+/// One sample line: `name{labels} value`.
+#[derive(Debug, Clone)]
+pub struct Sample {
+    pub name: String,
+    pub labels: std::collections::BTreeMap<String, String>,
+    pub value: f64,
+}
+
+/// A parsed `/metrics` response.
+#[derive(Debug, Clone, Default)]
+pub struct Scrape {
+    pub samples: Vec<Sample>,
+    /// Metric family name -> type, from the `# TYPE` lines.
+    pub types: std::collections::BTreeMap<String, String>,
+}
+
+impl Scrape {
+    /// Sum of every sample named `name` whose labels include all of `labels`; None when no
+    /// sample matches.
+    pub fn get(&self, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+        let mut found = None;
+        for s in self.samples.iter().filter(|s| s.name == name) {
+            if labels
+                .iter()
+                .all(|(k, v)| s.labels.get(*k).map(String::as_str) == Some(*v))
+            {
+                *found.get_or_insert(0.0) += s.value;
+            }
+        }
+        found
+    }
+
+    /// Like [`Scrape::get`], panicking when the series is missing.
+    #[track_caller]
+    pub fn value(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+        self.get(name, labels)
+            .unwrap_or_else(|| panic!("metric {name}{labels:?} is not exported"))
+    }
+
+    /// Every distinct sample name plus every `# TYPE` family name.
+    pub fn names(&self) -> std::collections::BTreeSet<String> {
+        let mut names: std::collections::BTreeSet<String> =
+            self.samples.iter().map(|s| s.name.clone()).collect();
+        names.extend(self.types.keys().cloned());
+        names
+    }
+}
+
+fn parse_prom_value(s: &str) -> Option<f64> {
+    match s {
+        "+Inf" | "Inf" => Some(f64::INFINITY),
+        "-Inf" => Some(f64::NEG_INFINITY),
+        "NaN" => Some(f64::NAN),
+        _ => s.parse().ok(),
+    }
+}
+
+/// Parses the Prometheus text format (version 0.0.4), panicking on a malformed line.
+pub fn parse_prometheus(text: &str) -> Scrape {
+    let mut out = Scrape::default();
+    for (n, line) in text.lines().enumerate() {
+        let line = line.trim_end();
+        if line.is_empty() {
+            continue;
+        }
+        if let Some(rest) = line.strip_prefix('#') {
+            let mut parts = rest.split_whitespace();
+            if parts.next() == Some("TYPE") {
+                let name = parts
+                    .next()
+                    .unwrap_or_else(|| panic!("line {n}: bad TYPE: {line}"));
+                let ty = parts
+                    .next()
+                    .unwrap_or_else(|| panic!("line {n}: bad TYPE: {line}"));
+                out.types.insert(name.to_string(), ty.to_string());
+            }
+            continue;
+        }
+        let bad = |why: &str| -> ! { panic!("/metrics line {n} malformed ({why}): {line:?}") };
+        let name_end = line
+            .find(|c: char| c == '{' || c.is_whitespace())
+            .unwrap_or_else(|| bad("no value"));
+        let name = &line[..name_end];
+        if name.is_empty()
+            || !name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':')
+        {
+            bad("invalid metric name");
+        }
+        let mut labels = std::collections::BTreeMap::new();
+        let mut rest = &line[name_end..];
+        if let Some(after) = rest.strip_prefix('{') {
+            let mut chars = after.char_indices().peekable();
+            let end = loop {
+                // Skip separators.
+                while let Some((_, c)) = chars.peek() {
+                    if *c == ',' || *c == ' ' {
+                        chars.next();
+                    } else {
+                        break;
+                    }
+                }
+                match chars.peek() {
+                    Some((i, '}')) => break *i,
+                    None => bad("unterminated labels"),
+                    _ => {}
+                }
+                let mut key = String::new();
+                loop {
+                    match chars.next() {
+                        Some((_, '=')) => break,
+                        Some((_, c)) if c.is_ascii_alphanumeric() || c == '_' => key.push(c),
+                        _ => bad("bad label name"),
+                    }
+                }
+                if !matches!(chars.next(), Some((_, '"'))) {
+                    bad("label value not quoted");
+                }
+                let mut value = String::new();
+                loop {
+                    match chars.next() {
+                        Some((_, '"')) => break,
+                        Some((_, '\\')) => match chars.next() {
+                            Some((_, 'n')) => value.push('\n'),
+                            Some((_, c @ ('\\' | '"'))) => value.push(c),
+                            _ => bad("bad escape in label value"),
+                        },
+                        Some((_, c)) => value.push(c),
+                        None => bad("unterminated label value"),
+                    }
+                }
+                if labels.insert(key.clone(), value).is_some() {
+                    bad("duplicate label");
+                }
+            };
+            rest = &after[end + 1..];
+        }
+        let mut fields = rest.split_whitespace();
+        let value = fields
+            .next()
+            .and_then(parse_prom_value)
+            .unwrap_or_else(|| bad("bad value"));
+        if let Some(ts) = fields.next() {
+            ts.parse::<i64>().unwrap_or_else(|_| bad("bad timestamp"));
+        }
+        if fields.next().is_some() {
+            bad("trailing fields");
+        }
+        out.samples.push(Sample {
+            name: name.to_string(),
+            labels,
+            value,
+        });
+    }
+    out
+}
+
+/// `GET /metrics`, asserting 200 and the Prometheus text content type.
+pub async fn scrape(addr: SocketAddr) -> Scrape {
+    let r = http_get(addr, "/metrics").await;
+    assert_eq!(
+        r.status,
+        200,
+        "GET /metrics: {}",
+        String::from_utf8_lossy(&r.body)
+    );
+    let ct = r.header("content-type").unwrap_or_default();
+    assert!(
+        ct.starts_with("text/plain") && ct.contains("version=0.0.4"),
+        "GET /metrics content-type {ct:?}"
+    );
+    parse_prometheus(std::str::from_utf8(&r.body).expect("/metrics body is not UTF-8"))
+}
+
+/// Scrapes until `name{labels}` satisfies `ok` (within [`RECV_TIMEOUT`]); returns the value.
+/// Values that take a moment to settle (gauges after a disconnect, disconnect counters) are
+/// polled rather than slept for.
+#[track_caller]
+pub fn wait_metric<'a>(
+    addr: SocketAddr,
+    name: &'a str,
+    labels: &'a [(&'a str, &'a str)],
+    what: &'a str,
+    ok: impl Fn(f64) -> bool + 'a,
+) -> impl std::future::Future<Output = f64> + 'a {
+    let caller = std::panic::Location::caller();
+    async move {
+        let deadline = tokio::time::Instant::now() + RECV_TIMEOUT;
+        loop {
+            let v = scrape(addr).await.get(name, labels);
+            if let Some(v) = v {
+                if ok(v) {
+                    return v;
+                }
+            }
+            if tokio::time::Instant::now() >= deadline {
+                panic!(
+                    "{caller}: {name}{labels:?} never became {what} within {RECV_TIMEOUT:?} (last value {v:?})"
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+/// Scrapes until `ok` holds for the scrape (within [`RECV_TIMEOUT`]) and returns that scrape.
+/// For counters the writer updates just after the socket write: a client may read a frame a
+/// moment before it is counted.
+#[track_caller]
+pub fn wait_scrape<'a>(
+    addr: SocketAddr,
+    what: &'a str,
+    ok: impl Fn(&Scrape) -> bool + 'a,
+) -> impl std::future::Future<Output = Scrape> + 'a {
+    let caller = std::panic::Location::caller();
+    async move {
+        let deadline = tokio::time::Instant::now() + RECV_TIMEOUT;
+        loop {
+            let m = scrape(addr).await;
+            if ok(&m) {
+                return m;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                panic!("{caller}: /metrics never showed {what} within {RECV_TIMEOUT:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Raw WebSocket client: complete handshake, then full control over what is (not) sent
+// ---------------------------------------------------------------------------------------------
+
+/// Performs the WebSocket handshake by hand and returns the socket, positioned right after
+/// the `101` response head. Nothing more is ever sent unless the test writes it.
+pub async fn raw_ws_connect(addr: SocketAddr) -> TcpStream {
+    let fut = async {
+        let mut stream = TcpStream::connect(addr).await.expect("TCP connect");
+        stream.set_nodelay(true).ok();
+        let req = format!(
+            "GET /ws HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+             Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        );
+        stream.write_all(req.as_bytes()).await.expect("write handshake");
+        // Byte by byte so that no frame after the head is consumed.
+        let mut head = Vec::new();
+        let mut byte = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") {
+            let n = stream.read(&mut byte).await.expect("read handshake response");
+            assert!(
+                n == 1,
+                "connection closed during the handshake: {:?}",
+                String::from_utf8_lossy(&head)
+            );
+            head.push(byte[0]);
+        }
+        let head = String::from_utf8_lossy(&head).to_string();
+        assert!(
+            head.starts_with("HTTP/1.1 101"),
+            "handshake not accepted: {head:?}"
+        );
+        stream
+    };
+    tokio::time::timeout(RECV_TIMEOUT, fut)
+        .await
+        .expect("raw WebSocket handshake timed out")
+}
+
+/// A frame read from the server on a raw connection.
+#[derive(Debug)]
+pub enum RawFrame {
+    Frame {
+        opcode: u8,
+        payload: Vec<u8>,
+    },
+    /// The server closed the TCP connection (or it failed).
+    Eof,
+    Timeout,
+}
+
+/// Reads one server frame (unmasked, as RFC 6455 requires of servers).
+pub async fn read_raw_frame(stream: &mut TcpStream, wait: Duration) -> RawFrame {
+    let fut = async {
+        let mut h = [0u8; 2];
+        if stream.read_exact(&mut h).await.is_err() {
+            return RawFrame::Eof;
+        }
+        assert_eq!(h[1] & 0x80, 0, "server frames must not be masked");
+        let len = match h[1] & 0x7f {
+            126 => {
+                let mut b = [0u8; 2];
+                if stream.read_exact(&mut b).await.is_err() {
+                    return RawFrame::Eof;
+                }
+                u16::from_be_bytes(b) as usize
+            }
+            127 => {
+                let mut b = [0u8; 8];
+                if stream.read_exact(&mut b).await.is_err() {
+                    return RawFrame::Eof;
+                }
+                u64::from_be_bytes(b) as usize
+            }
+            n => n as usize,
+        };
+        let mut payload = vec![0u8; len];
+        if stream.read_exact(&mut payload).await.is_err() {
+            return RawFrame::Eof;
+        }
+        RawFrame::Frame {
+            opcode: h[0] & 0x0f,
+            payload,
+        }
+    };
+    tokio::time::timeout(wait, fut).await.unwrap_or(RawFrame::Timeout)
+}
+
+/// Decodes a close frame's payload into (code, reason).
+pub fn close_payload(payload: &[u8]) -> (u16, String) {
+    assert!(payload.len() >= 2, "close frame without a code");
+    (
+        u16::from_be_bytes([payload[0], payload[1]]),
+        String::from_utf8_lossy(&payload[2..]).to_string(),
+    )
+}
+
+// ---------------------------------------------------------------------------------------------
+// The real binary
+// ---------------------------------------------------------------------------------------------
+
+/// A port that was free a moment ago on 127.0.0.1.
+pub fn free_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+    l.local_addr().unwrap().port()
+}
+
+/// The `tickwire` binary with a clean environment: no inherited `TICKWIRE__*` variables and
+/// a scratch working directory (so no `config/default.toml` is picked up).
+pub fn tickwire_command() -> std::process::Command {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_tickwire"));
+    for (k, _) in std::env::vars_os() {
+        if k.to_string_lossy().starts_with("TICKWIRE__") {
+            cmd.env_remove(k);
+        }
+    }
+    cmd.env_remove("RUST_LOG");
+    cmd.current_dir(std::env::temp_dir());
+    cmd
+}
+
+/// A `tickwire serve` child process; killed on drop if still running.
+pub struct ServerProcess {
+    pub child: std::process::Child,
+    pub addr: SocketAddr,
+    pub log: std::path::PathBuf,
+}
+
+impl ServerProcess {
+    /// Starts `tickwire serve` on 127.0.0.1:<free port> with the feed off and `env` on top,
+    /// and waits until `/healthz` answers (on `TICKWIRE__ADMIN__LISTEN` when `env` sets it).
+    pub async fn start(env: &[(&str, &str)]) -> ServerProcess {
+        let port = free_port();
+        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        let log = std::env::temp_dir().join(format!("tickwire-test-{}-{port}.log", std::process::id()));
+        let log_file = std::fs::File::create(&log).expect("create log file");
+        let mut cmd = tickwire_command();
+        cmd.arg("serve")
+            .env("TICKWIRE__SERVER__LISTEN", addr.to_string())
+            .env("TICKWIRE__FEED__ENABLED", "false")
+            .stdin(std::process::Stdio::null())
+            .stdout(log_file.try_clone().unwrap())
+            .stderr(log_file);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let child = cmd.spawn().expect("spawn tickwire");
+        // With an admin listener, /healthz lives there.
+        let probe: SocketAddr = env
+            .iter()
+            .find(|(k, _)| *k == "TICKWIRE__ADMIN__LISTEN")
+            .map_or(addr, |(_, v)| v.parse().expect("TICKWIRE__ADMIN__LISTEN"));
+        let mut proc = ServerProcess { child, addr, log };
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Ok(Some(status)) = proc.child.try_wait() {
+                panic!("tickwire exited at start-up with {status}: {}", proc.logs());
+            }
+            if let Ok(Ok(mut s)) =
+                tokio::time::timeout(Duration::from_millis(200), TcpStream::connect(probe)).await
+            {
+                let ok = async {
+                    s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                        .await
+                        .ok()?;
+                    let mut buf = Vec::new();
+                    s.read_to_end(&mut buf).await.ok()?;
+                    Some(buf.starts_with(b"HTTP/1.1 200"))
+                };
+                if tokio::time::timeout(Duration::from_secs(1), ok).await == Ok(Some(true)) {
+                    return proc;
+                }
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "tickwire did not answer /healthz on {probe} within 10 s: {}",
+                proc.logs()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Sends SIGTERM to this child (by pid).
+    pub fn sigterm(&self) {
+        let status = std::process::Command::new("kill")
+            .args(["-TERM", &self.pid().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -TERM {} failed", self.pid());
+    }
+
+    /// Waits (polling) up to `wait` for the process to exit.
+    pub async fn wait_exit(&mut self, wait: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                return Some(status);
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// The process's output so far.
+    pub fn logs(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+        let _ = std::fs::remove_file(&self.log);
+    }
+}
