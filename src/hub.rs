@@ -313,6 +313,16 @@ impl Hub {
         out
     }
 
+    /// Drops expired history entries of every topic, so that topics nobody touches release
+    /// their memory too. Called periodically by the server.
+    pub fn expire_history(&self) {
+        let now = Instant::now();
+        for item in self.topics.iter() {
+            let expired = lock(&item.value().state).history.expire(now);
+            self.count_history(expired);
+        }
+    }
+
     fn count_history(&self, delta: history::Delta) {
         if delta != history::Delta::default() {
             self.metrics.history_messages.add(delta.messages);

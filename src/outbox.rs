@@ -75,6 +75,10 @@ struct State {
     bytes: usize,
     /// The part of `bytes` that conflation cannot reclaim: what the slow-consumer bound applies to.
     fixed: usize,
+    /// The part of `bytes` inserted by [`Outbox::uncork`] (a subscription's catch-up): bounded by
+    /// the topics' history, and exempt from both the conflation and the slow-consumer bound so
+    /// that a recovery never causes a gap or a disconnect by itself.
+    exempt: usize,
     /// Position of the newest waiting conflatable frame per topic. Built only once conflation
     /// is needed, so a client that keeps up never pays for a hash map insert per frame.
     index: Option<HashMap<TopicKey, usize>>,
@@ -130,7 +134,7 @@ impl Outbox {
         if st.oldest.is_none() {
             st.oldest = accepted;
         }
-        let over = st.bytes + frame.len() > self.max_bytes;
+        let over = st.bytes - st.exempt + frame.len() > self.max_bytes;
         let fixed_over = st.fixed + frame.len() > self.max_bytes;
         match policy {
             Policy::Conflate => {
@@ -193,6 +197,7 @@ impl Outbox {
         st.waiting.clear();
         st.bytes = 0;
         st.fixed = 0;
+        st.exempt = 0;
         st.index = None;
         st.oldest = None;
         self.begin_close(st, Disconnect::SlowConsumer, None);
@@ -264,7 +269,9 @@ impl Outbox {
         let first: Vec<Waiting> = (first.into_iter())
             .map(|frame| Waiting { frame, key: None })
             .collect();
-        st.bytes += first.iter().map(|w| w.frame.len()).sum::<usize>();
+        let added = first.iter().map(|w| w.frame.len()).sum::<usize>();
+        st.bytes += added;
+        st.exempt += added;
         st.waiting.splice(at..at, first);
         st.index = None;
         if !st.waiting.is_empty() {
@@ -295,6 +302,7 @@ impl Outbox {
                     st.index = None;
                     let bytes = std::mem::take(&mut st.bytes);
                     st.fixed = 0;
+                    st.exempt = 0;
                     let oldest = st.oldest.take();
                     return Next::Frames { bytes, oldest };
                 }
@@ -451,6 +459,23 @@ mod tests {
             .map(|s| frame(s))
             .collect();
         assert_eq!(drain(&o).await, want);
+    }
+
+    #[tokio::test]
+    async fn a_large_catch_up_neither_conflates_nor_overflows() {
+        let o = Outbox::new(1024);
+        o.cork();
+        let update = frame(&"u".repeat(300));
+        o.push_topic(&update, 1, Policy::Queue, None);
+        o.uncork((0..10).map(|_| frame(&"r".repeat(300))));
+        assert!(o.queued_bytes() > 3000);
+        assert_eq!(o.push_topic(&update, 2, Policy::Conflate, None), Pushed::Queued);
+        assert_eq!(
+            o.push_topic(&update, 2, Policy::Conflate, None),
+            Pushed::Queued,
+            "not over: no conflation"
+        );
+        assert!(!o.is_closing());
     }
 
     #[tokio::test]

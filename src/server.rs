@@ -29,6 +29,9 @@ use crate::hub::Hub;
 use crate::metrics::{Metrics, REJECT_HANDSHAKE_TIMEOUT};
 use crate::settings::Settings;
 
+/// How often expired history entries are dropped from topics nobody touches.
+const HISTORY_SWEEP: Duration = Duration::from_secs(5);
+
 /// Binds a listener, with a backlog sized for connection storms.
 pub fn bind(addr: SocketAddr) -> Result<TcpListener, ServerError> {
     let bind_err = |source| ServerError::Bind {
@@ -72,7 +75,14 @@ pub async fn serve(
     let hub = Arc::new(Hub::new(settings.topic_rules()?, metrics.clone()));
     let settings = Arc::new(settings);
     let app = Arc::new(App::new(hub.clone(), settings.clone(), metrics));
-    let feed = (settings.feed.enabled).then(|| tokio::spawn(feed::run(hub, settings.feed.clone())));
+    let feed = (settings.feed.enabled).then(|| tokio::spawn(feed::run(hub.clone(), settings.feed.clone())));
+    let sweeper = tokio::spawn(async move {
+        let mut every = tokio::time::interval(HISTORY_SWEEP);
+        loop {
+            every.tick().await;
+            hub.expire_history();
+        }
+    });
     info!(addr = %listener.local_addr()?, "listening");
     let (routes, admin) = match admin {
         Some(admin) => {
@@ -93,6 +103,7 @@ pub async fn serve(
     if let Some(feed) = feed {
         feed.abort();
     }
+    sweeper.abort();
     app.tasks.close();
     let timeout = settings.server.shutdown_timeout;
     match tokio::time::timeout(timeout, app.tasks.wait()).await {

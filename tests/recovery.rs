@@ -813,7 +813,6 @@ async fn history_api_pages_and_reports_completeness() {
 /// slices the topic name out of it with start > end and panics, so the connection is dropped
 /// without any response. Worked before the history feature.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "server bug: GET /api/v1/topics/history panics in http::handle (route `history`, empty slice 15..14)"]
 async fn topic_named_history_is_served_by_the_topic_route() {
     let server = start("").await;
     let addr = server.addr;
@@ -834,7 +833,6 @@ async fn topic_named_history_is_served_by_the_topic_route() {
 /// `conflate` topics the same window conflates the first live update after the replay instead
 /// (seen as e.g. position 401, then 403 without 402).
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-#[ignore = "server bug: a replay over queue.max_bytes makes the next live publish close the connection 4008 (racy)"]
 async fn replay_larger_than_queue_bound_is_not_cut_off_by_live_publishes() {
     let server = start(
         "[queue]\nmax_bytes = 8192\npolicies = [{ pattern = \"chat.>\", policy = \"queue\" }]\n\
