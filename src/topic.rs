@@ -77,6 +77,28 @@ impl Pattern {
         (!wild).then(|| Topic(self.0.clone()))
     }
 
+    /// Whether every topic `other` can match is also matched by `self`: the test an ACL pattern
+    /// passes when it allows a subscription. Decided token by token, so it is exact for one
+    /// pattern against one pattern (a literal never covers `*`: tokens are unbounded).
+    pub fn covers(&self, other: &Pattern) -> bool {
+        let mut mine = self.0.split('.');
+        let mut theirs = other.0.split('.');
+        loop {
+            match (mine.next(), theirs.next()) {
+                // `>` takes one or more tokens, and `other` still needs at least one here.
+                (Some(">"), Some(_)) => return true,
+                // `other` can end here, or go on with any number of tokens: only `>` covers that.
+                (Some(_), Some(">")) => return false,
+                (Some("*"), Some(_)) => {}
+                // A literal covers only the same literal, never `*`.
+                (Some(a), Some(b)) if a == b => {}
+                (None, None) => return true,
+                // Different literals, or one side longer than the other.
+                _ => return false,
+            }
+        }
+    }
+
     pub fn matches(&self, topic: &Topic) -> bool {
         let mut topic_tokens = topic.as_str().split('.');
         for p in self.0.split('.') {
@@ -157,6 +179,112 @@ mod tests {
         assert!(m("a.b", "a.b"));
         assert!(!m("a.b", "a.b.c"));
         assert!(!m("a.b.c", "a.b"));
+    }
+
+    fn c(a: &str, b: &str) -> bool {
+        Pattern::parse(a).unwrap().covers(&Pattern::parse(b).unwrap())
+    }
+
+    #[test]
+    fn covering() {
+        for (allowed, requested) in [
+            ("prices.>", "prices.*"),
+            ("prices.>", "prices.BTC-USD"),
+            ("prices.>", "prices.>"),
+            ("prices.>", "prices.*.book"),
+            ("prices.>", "prices.BTC.>"),
+            ("prices.*", "prices.BTC"),
+            ("prices.*", "prices.*"),
+            (">", ">"),
+            (">", "*"),
+            (">", "a.b.c"),
+            (">", "*.>"),
+            ("*.>", "*.*"),
+            ("*.>", "a.>"),
+            ("*", "a"),
+            ("*.b", "a.b"),
+            ("a.b", "a.b"),
+            ("a.*.c", "a.b.c"),
+        ] {
+            assert!(c(allowed, requested), "{allowed} should cover {requested}");
+        }
+        for (allowed, requested) in [
+            // Nothing but `>` covers `>`.
+            ("prices.>", ">"),
+            ("*", ">"),
+            ("*.>", ">"),
+            ("a", ">"),
+            // A literal does not cover a wildcard.
+            ("prices.BTC", "prices.*"),
+            ("prices.BTC", "prices.>"),
+            ("prices.*", "prices.>"),
+            ("prices.*", "*.BTC"),
+            ("a.b", "*.b"),
+            // Lengths must agree unless `>` absorbs the rest.
+            ("prices.*", "prices.BTC.x"),
+            ("prices.*", "prices"),
+            ("prices.>", "prices"),
+            ("a.b", "a"),
+            ("a", "a.b"),
+            ("*.>", "a"),
+            // Different literals.
+            ("prices.>", "pricesx.a"),
+            ("chat.*", "chatx.a"),
+            ("a.*.c", "a.b.d"),
+        ] {
+            assert!(!c(allowed, requested), "{allowed} must not cover {requested}");
+        }
+    }
+
+    /// Every pattern of up to three tokens over `x`, `y`, `*`, `>`: checked against the
+    /// definition (every topic the requested pattern matches is matched by the allowed one) on
+    /// topics over `x`, `y` and a token no pattern names, up to two tokens longer than any
+    /// pattern. That set is enough: a counterexample topic stays one when its other tokens are
+    /// renamed to the fresh token, and when a `>` tail is cut to one token past the longest
+    /// pattern.
+    #[test]
+    fn covering_agrees_with_matching() {
+        let mut patterns = Vec::new();
+        let mut prefixes = vec![String::new()];
+        for _ in 0..3 {
+            let mut longer = Vec::new();
+            for prefix in &prefixes {
+                for token in ["x", "y", "*", ">"] {
+                    let p = if prefix.is_empty() {
+                        token.to_string()
+                    } else {
+                        format!("{prefix}.{token}")
+                    };
+                    patterns.push(Pattern::parse(&p).unwrap());
+                    if token != ">" {
+                        longer.push(p);
+                    }
+                }
+            }
+            prefixes = longer;
+        }
+        let mut topics = Vec::new();
+        let mut level = vec![String::new()];
+        for _ in 0..5 {
+            level = (level.iter())
+                .flat_map(|prefix| {
+                    ["x", "y", "z"].map(|t| {
+                        if prefix.is_empty() {
+                            t.to_string()
+                        } else {
+                            format!("{prefix}.{t}")
+                        }
+                    })
+                })
+                .collect();
+            topics.extend(level.iter().map(|t| Topic::parse(t).unwrap()));
+        }
+        for a in &patterns {
+            for b in &patterns {
+                let by_definition = (topics.iter()).filter(|t| b.matches(t)).all(|t| a.matches(t));
+                assert_eq!(a.covers(b), by_definition, "{a} covers {b}");
+            }
+        }
     }
 
     #[test]
