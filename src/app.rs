@@ -1,12 +1,17 @@
-//! The state every connection handler shares: the hub, settings, metrics, the drain signal and
-//! the connection count that enforces `server.max_connections`.
+//! The state every connection handler shares: the hub, settings, metrics, authentication, the
+//! drain signal, and the connection counts that enforce `server.max_connections` and
+//! `limits.max_connections_per_ip`.
 
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
+use dashmap::mapref::entry::Entry;
+use dashmap::DashMap;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::auth::Auth;
 use crate::hub::Hub;
 use crate::metrics::Metrics;
 use crate::settings::Settings;
@@ -15,46 +20,121 @@ pub struct App {
     pub hub: Arc<Hub>,
     pub settings: Arc<Settings>,
     pub metrics: Arc<Metrics>,
+    pub auth: Auth,
     /// Cancelled when the server starts draining.
     pub drain: CancellationToken,
     /// Every connection task; the drain waits for them.
     pub tasks: TaskTracker,
     open: AtomicUsize,
+    /// Open WebSocket connections per client address; an address leaves the map at zero, so
+    /// its size is bounded by the open connections.
+    per_ip: DashMap<IpAddr, usize>,
 }
 
-/// One of the `server.max_connections` places, held for the life of a WebSocket connection.
+/// Why no connection place was given.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refused {
+    /// `limits.max_connections_per_ip` reached for this address.
+    IpLimit,
+    /// `server.max_connections` reached.
+    Limit,
+}
+
+/// One of the `server.max_connections` places (and one of its address's places), held for the
+/// life of a WebSocket connection.
 pub struct ConnectionSlot {
     app: Arc<App>,
+    ip: Option<IpAddr>,
+}
+
+/// The address a client is counted under: IPv4 as is (also when it reaches an IPv6 socket as
+/// `::ffff:a.b.c.d`), IPv6 by its /64, the smallest block one subscriber line usually gets.
+pub fn client_key(ip: IpAddr) -> IpAddr {
+    match ip.to_canonical() {
+        IpAddr::V6(v6) => {
+            let prefix = u128::from(v6) & !((1u128 << 64) - 1);
+            IpAddr::V6(prefix.into())
+        }
+        v4 => v4,
+    }
 }
 
 impl App {
-    pub fn new(hub: Arc<Hub>, settings: Arc<Settings>, metrics: Arc<Metrics>) -> App {
+    pub fn new(hub: Arc<Hub>, settings: Arc<Settings>, metrics: Arc<Metrics>, auth: Auth) -> App {
         App {
             hub,
             settings,
             metrics,
+            auth,
             drain: CancellationToken::new(),
             tasks: TaskTracker::new(),
             open: AtomicUsize::new(0),
+            per_ip: DashMap::new(),
         }
     }
 
-    /// Takes a connection place, or `None` when all are taken.
-    pub fn try_connection(self: &Arc<Self>) -> Option<ConnectionSlot> {
+    /// Takes a connection place for a client at `ip`: one of its address's, then one of the
+    /// server's.
+    pub fn try_connection(self: &Arc<Self>, ip: IpAddr) -> Result<ConnectionSlot, Refused> {
+        let per_ip = self.settings.limits.max_connections_per_ip;
+        let ip = (per_ip > 0).then(|| client_key(ip));
+        if let Some(ip) = ip {
+            let mut count = self.per_ip.entry(ip).or_insert(0);
+            if *count >= per_ip {
+                return Err(Refused::IpLimit);
+            }
+            *count += 1;
+        }
         let max = self.settings.server.max_connections;
         let taken = self.open.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
             (n < max).then_some(n + 1)
         });
-        taken.ok()?;
+        if taken.is_err() {
+            if let Some(ip) = ip {
+                self.release(ip);
+            }
+            return Err(Refused::Limit);
+        }
         self.metrics.connections.inc();
         self.metrics.connections_accepted.inc();
-        Some(ConnectionSlot { app: self.clone() })
+        Ok(ConnectionSlot {
+            app: self.clone(),
+            ip,
+        })
+    }
+
+    /// Gives back one of the address's places.
+    fn release(&self, ip: IpAddr) {
+        if let Entry::Occupied(mut count) = self.per_ip.entry(ip) {
+            *count.get_mut() -= 1;
+            if *count.get() == 0 {
+                count.remove();
+            }
+        }
     }
 }
 
 impl Drop for ConnectionSlot {
     fn drop(&mut self) {
+        if let Some(ip) = self.ip {
+            self.app.release(ip);
+        }
         self.app.open.fetch_sub(1, Ordering::AcqRel);
         self.app.metrics.connections.dec();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn addresses_are_grouped() {
+        let key = |s: &str| client_key(s.parse().unwrap()).to_string();
+        assert_eq!(key("192.0.2.7"), "192.0.2.7");
+        assert_eq!(key("::ffff:192.0.2.7"), "192.0.2.7");
+        assert_eq!(key("2001:db8:1:2:3:4:5:6"), "2001:db8:1:2::");
+        assert_eq!(key("2001:db8:1:2:ffff::1"), key("2001:db8:1:2::9"));
+        assert_ne!(key("2001:db8:1:3::1"), key("2001:db8:1:2::1"));
     }
 }

@@ -2,7 +2,7 @@
 //! label counted in `tickwire_disconnects_total{reason}`.
 //!
 //! Codes 4000–4499 are tickwire's own. A client should reconnect after any of them except
-//! after fixing its own behaviour (4029).
+//! after fixing its own behaviour (4029), or with a fresh token (4003).
 
 /// The reason a WebSocket connection was closed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -17,6 +17,8 @@ pub enum Disconnect {
     Shutdown,
     /// The client kept sending requests while rate limited.
     RateLimit,
+    /// The connection's token expired and was not refreshed in time.
+    TokenExpired,
     /// A message over `server.max_message_bytes`.
     MessageTooBig,
     /// A text message that is not UTF-8.
@@ -38,6 +40,7 @@ impl Disconnect {
             Disconnect::IdleTimeout => (4012, "idle timeout"),
             Disconnect::Shutdown => (1001, "server shutting down"),
             Disconnect::RateLimit => (4029, "rate limit exceeded"),
+            Disconnect::TokenExpired => (4003, "token expired"),
             Disconnect::MessageTooBig => (1009, "message too big"),
             Disconnect::InvalidUtf8 => (1007, "invalid UTF-8"),
             Disconnect::Binary => (1003, "binary messages are not supported"),
@@ -53,6 +56,7 @@ impl Disconnect {
             Disconnect::IdleTimeout => "idle_timeout",
             Disconnect::Shutdown => "shutdown",
             Disconnect::RateLimit => "rate_limit",
+            Disconnect::TokenExpired => "token_expired",
             Disconnect::MessageTooBig
             | Disconnect::InvalidUtf8
             | Disconnect::Binary
@@ -62,12 +66,13 @@ impl Disconnect {
     }
 
     /// Every label value, so that each series exists (at 0) from start-up.
-    pub const LABELS: [&'static str; 7] = [
+    pub const LABELS: [&'static str; 8] = [
         "client_close",
         "slow_consumer",
         "idle_timeout",
         "shutdown",
         "rate_limit",
+        "token_expired",
         "protocol_error",
         "error",
     ];

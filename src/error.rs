@@ -30,8 +30,14 @@ pub enum RequestError {
     UnknownOp(String),
     #[error("invalid topic {topic:?}: {reason}")]
     InvalidTopic { topic: String, reason: TopicError },
-    #[error("not allowed to publish to {0:?}")]
-    Forbidden(String),
+    #[error("not allowed to {action} {topic:?}")]
+    Forbidden { action: Action, topic: String },
+    #[error("{0}")]
+    Unauthorized(#[from] AuthError),
+    #[error("origin {0:?} is not allowed")]
+    Origin(String),
+    #[error("{0} WebSocket connections from this address already open")]
+    TooManyConnections(usize),
     #[error("subscription limit of {0} per connection exceeded")]
     TooManySubscriptions(usize),
     #[error("request rate limit exceeded")]
@@ -55,7 +61,9 @@ impl RequestError {
             RequestError::BadRequest(_) => "bad_request",
             RequestError::UnknownOp(_) => "unknown_op",
             RequestError::InvalidTopic { .. } => "invalid_topic",
-            RequestError::Forbidden(_) => "forbidden",
+            RequestError::Forbidden { .. } | RequestError::Origin(_) => "forbidden",
+            RequestError::Unauthorized(_) => "unauthorized",
+            RequestError::TooManyConnections(_) => "too_many_connections",
             RequestError::TooManySubscriptions(_) => "too_many_subscriptions",
             RequestError::RateLimited => "rate_limited",
             RequestError::PayloadTooLarge(_) => "payload_too_large",
@@ -65,11 +73,68 @@ impl RequestError {
         }
     }
 
+    pub fn forbidden(action: Action, topic: &impl std::fmt::Display) -> RequestError {
+        RequestError::Forbidden {
+            action,
+            topic: topic.to_string(),
+        }
+    }
+
     pub fn invalid_topic(topic: &str, reason: TopicError) -> RequestError {
         // Cap the echoed name: the topic came from the client and may be huge.
         let topic: String = topic.chars().take(MAX_TOPIC_BYTES + 1).collect();
         RequestError::InvalidTopic { topic, reason }
     }
+}
+
+/// What an ACL refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    Subscribe,
+    Publish,
+}
+
+impl std::fmt::Display for Action {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Action::Subscribe => "subscribe to",
+            Action::Publish => "publish to",
+        })
+    }
+}
+
+/// Why credentials were refused. The messages are fixed texts: they tell an honest client what
+/// to fix without echoing what an attacker sent.
+#[derive(Debug, Error, Clone, PartialEq, Eq)]
+pub enum AuthError {
+    #[error("missing token: pass ?token= on the URL or an Authorization: Bearer header")]
+    MissingToken,
+    #[error("missing API key: pass an Authorization: Bearer header")]
+    MissingKey,
+    #[error("unknown API key")]
+    UnknownKey,
+    #[error("malformed token")]
+    Malformed,
+    #[error("token algorithm not accepted")]
+    Algorithm,
+    #[error("no key matches the token's kid")]
+    UnknownKeyId,
+    #[error("invalid token signature")]
+    Signature,
+    #[error("token expired")]
+    Expired,
+    #[error("token not valid yet")]
+    NotYetValid,
+    #[error("token audience not accepted")]
+    Audience,
+    #[error("token issuer not accepted")]
+    Issuer,
+    #[error("token lacks the `{0}` claim")]
+    MissingClaim(String),
+    #[error("token claim `{0}` is invalid")]
+    BadClaim(String),
+    #[error("a refreshed token must have the same subject")]
+    SubjectChanged,
 }
 
 /// Invalid configuration, naming the offending key.

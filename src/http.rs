@@ -12,15 +12,19 @@ use std::time::Instant;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
-use hyper::header::{HeaderValue, CONNECTION, CONTENT_LENGTH, CONTENT_TYPE, UPGRADE};
+use hyper::header::{
+    HeaderValue, CONNECTION, CONTENT_LENGTH, CONTENT_TYPE, ORIGIN, UPGRADE, WWW_AUTHENTICATE,
+};
 use hyper::{Method, Request, Response, StatusCode};
 use serde::Serialize;
 use serde_json::value::RawValue;
 use tracing::debug;
 
-use crate::app::App;
-use crate::error::RequestError;
-use crate::metrics::{Source, REJECT_BAD_HANDSHAKE, REJECT_LIMIT};
+use crate::app::{App, Refused};
+use crate::error::{Action, RequestError};
+use crate::metrics::{
+    Source, REJECT_AUTH, REJECT_BAD_HANDSHAKE, REJECT_IP_LIMIT, REJECT_LIMIT, REJECT_ORIGIN,
+};
 use crate::protocol;
 use crate::session;
 use crate::topic::Topic;
@@ -43,8 +47,11 @@ fn status_of(e: &RequestError) -> StatusCode {
         RequestError::BadRequest(_) | RequestError::InvalidTopic { .. } | RequestError::UnknownOp(_) => {
             StatusCode::BAD_REQUEST
         }
-        RequestError::Forbidden(_) => StatusCode::FORBIDDEN,
-        RequestError::TooManySubscriptions(_) | RequestError::RateLimited => StatusCode::TOO_MANY_REQUESTS,
+        RequestError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+        RequestError::Forbidden { .. } | RequestError::Origin(_) => StatusCode::FORBIDDEN,
+        RequestError::TooManySubscriptions(_)
+        | RequestError::RateLimited
+        | RequestError::TooManyConnections(_) => StatusCode::TOO_MANY_REQUESTS,
         RequestError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
         RequestError::TopicNotFound(_) | RequestError::NoRoute(_) => StatusCode::NOT_FOUND,
         RequestError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
@@ -75,7 +82,15 @@ fn error(e: &RequestError) -> Response<Body> {
         code: e.code(),
         message: e.to_string(),
     };
-    json(status_of(e), &Wrapper { error: detail })
+    let mut resp = json(status_of(e), &Wrapper { error: detail });
+    if let RequestError::Unauthorized(_) = e {
+        // RFC 6750: tells the client which scheme to retry with.
+        (resp.headers_mut()).insert(
+            WWW_AUTHENTICATE,
+            HeaderValue::from_static("Bearer realm=\"tickwire\""),
+        );
+    }
+    resp
 }
 
 /// The `route` label for a path: fixed values, never the raw path.
@@ -117,12 +132,14 @@ pub async fn handle(
     let result = match (req.method(), route) {
         (_, "ws") => Ok(upgrade(req, &app, peer)),
         (&Method::POST, "publish") => publish(req, &app).await,
-        (&Method::GET, "topics") => Ok(list_topics(&app)),
-        (&Method::GET, "topic") => get_topic(&path["/api/v1/topics/".len()..], &app),
-        (&Method::GET, "history") => {
+        (&Method::GET, "topics") => reader(&req, &app).map(|()| list_topics(&app)),
+        (&Method::GET, "topic") => {
+            reader(&req, &app).and_then(|()| get_topic(&path["/api/v1/topics/".len()..], &app))
+        }
+        (&Method::GET, "history") => reader(&req, &app).and_then(|()| {
             let name = history_topic(&path).unwrap_or_default();
             get_history(name, req.uri().query().unwrap_or(""), &app)
-        }
+        }),
         (&Method::GET, "metrics") => Ok(metrics(&app)),
         (&Method::GET, "healthz") => Ok(text(StatusCode::OK, "ok\n")),
         (&Method::GET, "readyz") if app.drain.is_cancelled() => {
@@ -161,6 +178,67 @@ fn metrics(app: &App) -> Response<Body> {
     resp
 }
 
+/// The topic API is readable with any valid API key once keys are configured.
+fn reader(req: &Request<Incoming>, app: &App) -> Result<(), RequestError> {
+    app.auth.publisher(req.headers())?;
+    Ok(())
+}
+
+/// An origin as browsers send it (`scheme://host[:port]`, the port only when it is not the
+/// scheme's default), lowercased; `None` when `s` is not one.
+fn normalize_origin(s: &str) -> Option<String> {
+    let s = s.trim().to_ascii_lowercase();
+    let (scheme, rest) = s.split_once("://")?;
+    let default_port = match scheme {
+        "http" => "80",
+        "https" => "443",
+        _ => return None,
+    };
+    if rest.is_empty() || rest.contains(['/', '?', '#', '@', ' ', '*']) {
+        return None;
+    }
+    // The port follows the last colon, unless that colon is inside an IPv6 literal.
+    let (host, port) = match rest.rsplit_once(':') {
+        Some((host, port)) if !port.contains(']') => (host, Some(port)),
+        _ => (rest, None),
+    };
+    if host.is_empty() || port.is_some_and(|p| p.is_empty() || !p.bytes().all(|b| b.is_ascii_digit())) {
+        return None;
+    }
+    Some(match port {
+        Some(port) if port != default_port => format!("{scheme}://{host}:{port}"),
+        _ => format!("{scheme}://{host}"),
+    })
+}
+
+/// Whether `s` can be listed in `server.allowed_origins`.
+pub fn valid_origin(s: &str) -> bool {
+    normalize_origin(s).is_some()
+}
+
+/// Refuses an upgrade whose `Origin` header names a page not in `server.allowed_origins`: a
+/// browser always sends it, so a foreign page cannot ride on a user's access to the server.
+/// Requests without the header (non-browser clients, which can send anything anyway) pass.
+fn check_origin(req: &Request<Incoming>, allowed: &[String]) -> Result<(), RequestError> {
+    let Some(origin) = req.headers().get(ORIGIN) else {
+        return Ok(());
+    };
+    if allowed.is_empty() {
+        return Ok(());
+    }
+    let presented = origin.to_str().ok().and_then(normalize_origin);
+    let listed =
+        presented.is_some_and(|o| allowed.iter().any(|a| normalize_origin(a).as_deref() == Some(&o)));
+    if listed {
+        return Ok(());
+    }
+    let shown = String::from_utf8_lossy(origin.as_bytes())
+        .chars()
+        .take(256)
+        .collect();
+    Err(RequestError::Origin(shown))
+}
+
 fn upgrade(mut req: Request<Incoming>, app: &Arc<App>, peer: SocketAddr) -> Response<Body> {
     let rejected = |reason: &str| {
         app.metrics
@@ -182,6 +260,11 @@ fn upgrade(mut req: Request<Incoming>, app: &Arc<App>, peer: SocketAddr) -> Resp
     if app.drain.is_cancelled() {
         return error(&RequestError::Unavailable("server is shutting down"));
     }
+    if let Err(e) = check_origin(&req, &app.settings.server.allowed_origins) {
+        rejected(REJECT_ORIGIN);
+        debug!(%peer, error = %e, "websocket origin refused");
+        return error(&e);
+    }
     // Validate the handshake before taking a place, so a malformed request is a 400, not a
     // connection that counts as accepted.
     let (resp, fut) = match fastwebsockets::upgrade::upgrade(&mut req) {
@@ -192,11 +275,30 @@ fn upgrade(mut req: Request<Incoming>, app: &Arc<App>, peer: SocketAddr) -> Resp
             return error(&RequestError::BadRequest(format!("bad WebSocket handshake: {e}")));
         }
     };
-    let Some(slot) = app.try_connection() else {
-        rejected(REJECT_LIMIT);
-        return error(&RequestError::Unavailable("connection limit reached"));
+    // The token is checked before a place is taken, so unauthenticated clients cannot use up
+    // the places of their address or of the server.
+    let identity = match app.auth.subscriber(req.headers(), req.uri().query()) {
+        Ok(identity) => identity,
+        Err(e) => {
+            rejected(REJECT_AUTH);
+            debug!(%peer, error = %e, "websocket authentication failed");
+            return error(&e.into());
+        }
     };
-    app.tasks.spawn(session::run(fut, app.clone(), slot, peer));
+    let slot = match app.try_connection(peer.ip()) {
+        Ok(slot) => slot,
+        Err(Refused::IpLimit) => {
+            rejected(REJECT_IP_LIMIT);
+            let limit = app.settings.limits.max_connections_per_ip;
+            return error(&RequestError::TooManyConnections(limit));
+        }
+        Err(Refused::Limit) => {
+            rejected(REJECT_LIMIT);
+            return error(&RequestError::Unavailable("connection limit reached"));
+        }
+    };
+    app.tasks
+        .spawn(session::run(fut, app.clone(), slot, peer, identity));
     resp.map(|_| Full::new(Bytes::new()))
 }
 
@@ -228,8 +330,16 @@ async fn publish(req: Request<Incoming>, app: &App) -> Result<Response<Body>, Re
     struct Batch<'a> {
         results: Vec<Published<'a>>,
     }
+    let key = app.auth.publisher(req.headers())?;
     let body = read_body(req, app.settings.http.max_body_bytes).await?;
     let (messages, batch) = protocol::parse_publish(&body)?;
+    if let Some(key) = key {
+        // All or nothing, like validation: one forbidden topic publishes none of the batch.
+        if let Some((topic, _)) = messages.iter().find(|(t, _)| !key.acl.may_publish(t)) {
+            debug!(key = %key.name, %topic, "publish refused by the key's ACL");
+            return Err(RequestError::forbidden(Action::Publish, topic));
+        }
+    }
     let mut results = Vec::with_capacity(messages.len());
     for (i, (topic, data)) in messages.iter().enumerate() {
         // A huge batch lands in every subscriber's queue at once; letting writers run in
@@ -339,4 +449,36 @@ fn get_history(name: &str, query: &str, app: &App) -> Result<Response<Body>, Req
             .collect(),
     };
     Ok(json(StatusCode::OK, &body))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn origins_are_normalized() {
+        for (raw, normal) in [
+            ("https://App.Example.com", Some("https://app.example.com")),
+            ("https://app.example.com:443", Some("https://app.example.com")),
+            ("http://app.example.com:80", Some("http://app.example.com")),
+            (
+                "https://app.example.com:8443",
+                Some("https://app.example.com:8443"),
+            ),
+            ("http://[::1]:8080", Some("http://[::1]:8080")),
+            ("http://[::1]", Some("http://[::1]")),
+            ("https://app.example.com/", None),
+            ("https://app.example.com/x", None),
+            ("app.example.com", None),
+            ("ftp://app.example.com", None),
+            ("null", None),
+            ("https://", None),
+            ("https://a:", None),
+            ("https://a:x", None),
+            ("https://*.example.com", None),
+            ("https://user@a", None),
+        ] {
+            assert_eq!(normalize_origin(raw).as_deref(), normal, "{raw}");
+        }
+    }
 }

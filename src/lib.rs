@@ -9,7 +9,12 @@
 //!
 //! - [`settings`]: the typed configuration, its layering and validation.
 //! - [`server`]: the TCP accept loops, graceful drain and process-level set-up (fd limit).
-//! - [`app`]: the state shared by every connection handler (and the connection limit).
+//! - [`tls`]: loading the certificate for wss:// and https://.
+//! - [`app`]: the state shared by every connection handler (and the connection limits).
+//! - [`auth`]: who a WebSocket client or HTTP publisher is: anonymous, JWT or API key.
+//! - [`jwt`]: verifying (and minting) JSON Web Tokens.
+//! - [`apikey`]: HTTP publishers' keys, stored as SHA-256 digests.
+//! - [`acl`]: the topic patterns one client may subscribe and publish to.
 //! - [`http`]: HTTP routing, the publish and topic APIs, the WebSocket upgrade, `/metrics`,
 //!   `/healthz`, `/readyz`.
 //! - [`session`]: one WebSocket connection: reads requests, writes queued frames.
@@ -25,13 +30,17 @@
 //! - [`disconnect`]: why a connection closed (close codes and metric labels).
 //! - [`error`]: error types and their wire codes.
 
+pub mod acl;
+pub mod apikey;
 pub mod app;
+pub mod auth;
 pub mod disconnect;
 pub mod error;
 pub mod feed;
 pub mod history;
 pub mod http;
 pub mod hub;
+pub mod jwt;
 pub mod metrics;
 pub mod outbox;
 pub mod patterns;
@@ -39,5 +48,6 @@ pub mod protocol;
 pub mod server;
 pub mod session;
 pub mod settings;
+pub mod tls;
 pub mod topic;
 pub mod wire;

@@ -39,6 +39,20 @@ impl Source {
 pub const REJECT_LIMIT: &str = "limit";
 pub const REJECT_HANDSHAKE_TIMEOUT: &str = "handshake_timeout";
 pub const REJECT_BAD_HANDSHAKE: &str = "bad_handshake";
+pub const REJECT_AUTH: &str = "auth";
+pub const REJECT_ORIGIN: &str = "origin";
+pub const REJECT_IP_LIMIT: &str = "ip_limit";
+/// A TLS handshake that failed (a timed-out one counts as `handshake_timeout`).
+pub const REJECT_TLS: &str = "tls";
+const REJECT_REASONS: [&str; 7] = [
+    REJECT_LIMIT,
+    REJECT_HANDSHAKE_TIMEOUT,
+    REJECT_BAD_HANDSHAKE,
+    REJECT_AUTH,
+    REJECT_ORIGIN,
+    REJECT_IP_LIMIT,
+    REJECT_TLS,
+];
 
 const LATENCY_BUCKETS: [f64; 16] = [
     0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
@@ -108,7 +122,7 @@ impl Metrics {
             "Connection attempts refused before the WebSocket session started, by reason.",
             &["reason"],
         )?;
-        for reason in [REJECT_LIMIT, REJECT_HANDSHAKE_TIMEOUT, REJECT_BAD_HANDSHAKE] {
+        for reason in REJECT_REASONS {
             connections_rejected.with_label_values(&[reason]);
         }
         let disconnects = counter_vec(

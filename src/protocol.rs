@@ -32,6 +32,10 @@ pub enum Request {
         topic: Topic,
         data: Data,
     },
+    /// Replaces the connection's token (and so its ACL) before the current one expires.
+    Auth {
+        token: String,
+    },
     Ping,
 }
 
@@ -52,6 +56,8 @@ struct Envelope<'a> {
     messages: Option<&'a RawValue>,
     #[serde(borrow)]
     since: Option<&'a RawValue>,
+    #[serde(borrow)]
+    token: Option<&'a RawValue>,
 }
 
 /// Makes `"data": null` count as present (null is a valid payload), unlike a plain `Option`.
@@ -128,6 +134,9 @@ fn request(env: &Envelope<'_>, max_topics: usize) -> Result<Request, RequestErro
         "publish" => Ok(Request::Publish {
             topic: topic(env.topic)?,
             data: data(env.data)?,
+        }),
+        "auth" => Ok(Request::Auth {
+            token: field(env.token, "token", "a string")?,
         }),
         "ping" => Ok(Request::Ping),
         other => Err(RequestError::UnknownOp(other.chars().take(64).collect())),
@@ -214,6 +223,12 @@ pub enum Reply<'a> {
     Pong {
         #[serde(skip_serializing_if = "Option::is_none")]
         id: Option<i64>,
+    },
+    /// A refreshed token was accepted; `dropped` are the subscriptions it no longer allows.
+    Authed {
+        #[serde(skip_serializing_if = "Option::is_none")]
+        id: Option<i64>,
+        dropped: &'a [Pattern],
     },
     Error {
         #[serde(skip_serializing_if = "Option::is_none")]
@@ -328,6 +343,9 @@ mod tests {
             parse_request(r#"{"op":"ping"}"#, 10),
             (None, Ok(Request::Ping))
         ));
+        let (id, r) = parse_request(r#"{"op":"auth","id":5,"token":"a.b.c"}"#, 10);
+        assert_eq!(id, Some(5));
+        assert!(matches!(r, Ok(Request::Auth { token }) if token == "a.b.c"));
     }
 
     #[test]
@@ -353,6 +371,8 @@ mod tests {
             (None, "invalid_topic")
         );
         assert_eq!(code(r#"{"op":"publish","topic":"a"}"#), (None, "bad_request"));
+        assert_eq!(code(r#"{"op":"auth","id":3}"#), (Some(3), "bad_request"));
+        assert_eq!(code(r#"{"op":"auth","token":5}"#), (None, "bad_request"));
         assert_eq!(
             code(r#"{"op":"subscribe","topics":["a"],"since":{"a":{"seq":-1,"epoch":"x"}}}"#),
             (None, "bad_request")
@@ -425,5 +445,11 @@ mod tests {
         );
         let f = Reply::Pong { id: None }.frame();
         assert_eq!(&f[2..], br#"{"type":"pong"}"#);
+        let f = Reply::Authed {
+            id: Some(5),
+            dropped: &topics,
+        }
+        .frame();
+        assert_eq!(&f[2..], br#"{"type":"authed","id":5,"dropped":["a.*"]}"#);
     }
 }

@@ -18,16 +18,20 @@ use std::time::Duration;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::TlsAcceptor;
 use tracing::{debug, info, warn};
 
 use crate::app::App;
+use crate::auth::Auth;
 use crate::error::ServerError;
 use crate::feed;
 use crate::http::{self, Routes};
 use crate::hub::Hub;
-use crate::metrics::{Metrics, REJECT_HANDSHAKE_TIMEOUT};
-use crate::settings::Settings;
+use crate::metrics::{Metrics, REJECT_HANDSHAKE_TIMEOUT, REJECT_TLS};
+use crate::settings::{AuthMode, Settings};
+use crate::tls;
 
 /// How often expired history entries are dropped from topics nobody touches.
 const HISTORY_SWEEP: Duration = Duration::from_secs(5);
@@ -73,8 +77,11 @@ pub async fn serve(
 ) -> Result<(), ServerError> {
     let metrics = Arc::new(Metrics::new()?);
     let hub = Arc::new(Hub::new(settings.topic_rules()?, metrics.clone()));
+    let auth = Auth::from_settings(&settings.auth)?;
+    let tls = tls::acceptor(&settings.tls)?;
+    warn_if_open(&auth, tls.is_some());
     let settings = Arc::new(settings);
-    let app = Arc::new(App::new(hub.clone(), settings.clone(), metrics));
+    let app = Arc::new(App::new(hub.clone(), settings.clone(), metrics, auth));
     let feed = (settings.feed.enabled).then(|| tokio::spawn(feed::run(hub.clone(), settings.feed.clone())));
     let sweeper = tokio::spawn(async move {
         let mut every = tokio::time::interval(HISTORY_SWEEP);
@@ -83,19 +90,19 @@ pub async fn serve(
             hub.expire_history();
         }
     });
-    info!(addr = %listener.local_addr()?, "listening");
+    info!(addr = %listener.local_addr()?, tls = tls.is_some(), "listening");
     let (routes, admin) = match admin {
         Some(admin) => {
             info!(addr = %admin.local_addr()?, "admin listening (/metrics, /healthz, /readyz)");
             // Not tracked by the drain: probes and scrapes must keep working until we return.
-            let admin = tokio::spawn(accept_loop(admin, app.clone(), Routes::Admin, false));
+            let admin = tokio::spawn(accept_loop(admin, None, app.clone(), Routes::Admin, false));
             (Routes::Public, Some(admin))
         }
         None => (Routes::All, None),
     };
 
     tokio::select! {
-        () = accept_loop(listener, app.clone(), routes, true) => {}
+        () = accept_loop(listener, tls, app.clone(), routes, true) => {}
         () = shutdown => {}
     }
     info!("draining");
@@ -119,13 +126,32 @@ pub async fn serve(
     Ok(())
 }
 
+/// Says at start-up what is open to anyone who can reach the port.
+fn warn_if_open(auth: &Auth, tls: bool) {
+    if auth.mode() == AuthMode::None {
+        warn!("auth.mode = \"none\": WebSocket clients need no token (the auth.anonymous ACL applies)");
+    }
+    if auth.http_is_open() {
+        warn!("no auth.api_keys: anyone who can reach the port can publish over HTTP");
+    }
+    if !tls {
+        info!("no tls.cert: serving plain ws:// and http://");
+    }
+}
+
 /// Accepts connections until the task is dropped. `tracked` connections are waited for by the
 /// drain and asked to finish when it starts.
-async fn accept_loop(listener: TcpListener, app: Arc<App>, routes: Routes, tracked: bool) {
+async fn accept_loop(
+    listener: TcpListener,
+    tls: Option<TlsAcceptor>,
+    app: Arc<App>,
+    routes: Routes,
+    tracked: bool,
+) {
     loop {
         match listener.accept().await {
             Ok((stream, peer)) => {
-                let conn = connection(stream, peer, app.clone(), routes, tracked);
+                let conn = connection(stream, tls.clone(), peer, app.clone(), routes, tracked);
                 if tracked {
                     app.tasks.spawn(conn);
                 } else {
@@ -141,11 +167,52 @@ async fn accept_loop(listener: TcpListener, app: Arc<App>, routes: Routes, track
     }
 }
 
-/// Serves HTTP/1.1 on one TCP connection (and hands WebSocket upgrades to their session).
-async fn connection(stream: TcpStream, peer: SocketAddr, app: Arc<App>, routes: Routes, tracked: bool) {
+/// Serves one TCP connection: the TLS handshake first when `tls` is set (here, in the
+/// connection's own task, bounded by `server.handshake_timeout`), then HTTP/1.1.
+async fn connection(
+    stream: TcpStream,
+    tls: Option<TlsAcceptor>,
+    peer: SocketAddr,
+    app: Arc<App>,
+    routes: Routes,
+    tracked: bool,
+) {
     if let Err(e) = stream.set_nodelay(true) {
         debug!(%peer, error = %e, "set_nodelay failed");
     }
+    let Some(tls) = tls else {
+        return serve_http(stream, peer, app, routes, tracked).await;
+    };
+    let rejected = |reason| {
+        app.metrics
+            .connections_rejected
+            .with_label_values(&[reason])
+            .inc()
+    };
+    let handshake = tokio::time::timeout(app.settings.server.handshake_timeout, tls.accept(stream));
+    let stream = tokio::select! {
+        r = handshake => r,
+        // A client stalling its handshake must not hold up the drain.
+        () = app.drain.cancelled(), if tracked => return,
+    };
+    match stream {
+        Ok(Ok(stream)) => serve_http(stream, peer, app, routes, tracked).await,
+        Ok(Err(e)) => {
+            rejected(REJECT_TLS);
+            debug!(%peer, error = %e, "TLS handshake failed");
+        }
+        Err(_) => {
+            rejected(REJECT_HANDSHAKE_TIMEOUT);
+            debug!(%peer, "TLS handshake timeout");
+        }
+    }
+}
+
+/// Serves HTTP/1.1 on one connection (and hands WebSocket upgrades to their session).
+async fn serve_http<S>(stream: S, peer: SocketAddr, app: Arc<App>, routes: Routes, tracked: bool)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let served = Arc::new(AtomicBool::new(false));
     let service = {
         let (app, served) = (app.clone(), served.clone());

@@ -3,8 +3,13 @@
 //! Reading and writing run as two tasks: the reader parses requests and hands them to the hub;
 //! the writer drains the connection's [`Outbox`] and writes every waiting frame in one write.
 //! Neither waits on the other, so a client flooding requests does not stall its deliveries.
-//! Beside the reader, the same task runs the heartbeat (pings, idle timeout) and watches the
-//! drain signal; all of them end the connection the same way, by closing the outbox.
+//! Beside the reader, the same task runs the heartbeat (pings, idle timeout), the token's expiry
+//! and watches the drain signal; all of them end the connection the same way, by closing the
+//! outbox.
+//!
+//! Every request is checked against the connection's ACL here, before it reaches the hub: a
+//! subscription the ACL does not cover is refused whole, and a token refresh that narrows the
+//! ACL drops the subscriptions it no longer covers before its reply is queued.
 //!
 //! Frames are read with fastwebsockets (masking, control frames, ping → pong, close echo), but
 //! fragmented messages are reassembled here: fastwebsockets caps single frames, not reassembled
@@ -19,7 +24,7 @@ use std::pin::pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::Poll;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
 use fastwebsockets::upgrade::UpgradeFut;
@@ -27,11 +32,13 @@ use fastwebsockets::{Frame, OpCode, Payload, Role, WebSocketError, WebSocketRead
 use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncWrite, AsyncWriteExt, ReadHalf};
+use tokio::sync::watch;
 use tracing::debug;
 
 use crate::app::{App, ConnectionSlot};
+use crate::auth::Identity;
 use crate::disconnect::Disconnect;
-use crate::error::RequestError;
+use crate::error::{Action, RequestError};
 use crate::hub::Subscriber;
 use crate::metrics::{Metrics, Source};
 use crate::outbox::{Next, Outbox};
@@ -64,7 +71,13 @@ fn disconnect_for(e: &WebSocketError) -> Disconnect {
 }
 
 /// Runs a connection after the HTTP upgrade until it closes.
-pub async fn run(upgrade: UpgradeFut, app: Arc<App>, slot: ConnectionSlot, peer: SocketAddr) {
+pub async fn run(
+    upgrade: UpgradeFut,
+    app: Arc<App>,
+    slot: ConnectionSlot,
+    peer: SocketAddr,
+    identity: Identity,
+) {
     let ws = match upgrade.await {
         Ok(ws) => ws,
         Err(e) => {
@@ -82,12 +95,16 @@ pub async fn run(upgrade: UpgradeFut, app: Arc<App>, slot: ConnectionSlot, peer:
     let outbox = Arc::new(Outbox::new(settings.queue.max_bytes));
     let writer = tokio::spawn(write_loop(write, outbox.clone(), app.metrics.clone()));
     let who = app.hub.new_subscriber(outbox.clone());
-    debug!(%peer, client = who.id, "connection opened");
+    let subject = identity.subject.as_deref().unwrap_or("-");
+    debug!(%peer, client = who.id, subject, "connection opened");
     let started = Instant::now();
     let last_seen = AtomicU64::new(0);
+    let (expiry_tx, expiry_rx) = watch::channel(deadline(&identity));
     let mut session = Session {
         app: &app,
         who: &who,
+        identity,
+        expiry: expiry_tx,
         subscriptions: HashSet::new(),
         limiter: TokenBucket::new(settings.server.requests_per_second, settings.server.request_burst),
         refused: 0,
@@ -100,6 +117,7 @@ pub async fn run(upgrade: UpgradeFut, app: Arc<App>, slot: ConnectionSlot, peer:
         reason = heartbeat(&outbox, started, &last_seen, settings.server.ping_interval, settings.server.idle_timeout) => {
             outbox.close(reason)
         }
+        reason = expiry(expiry_rx) => outbox.close(reason),
         () = app.drain.cancelled() => outbox.close(Disconnect::Shutdown),
         () = outbox.closed() => {}
     }
@@ -144,6 +162,36 @@ async fn heartbeat(
     }
 }
 
+/// When a connection with `identity` must close, on the runtime's clock.
+fn deadline(identity: &Identity) -> Option<tokio::time::Instant> {
+    let expires = identity.expires?;
+    let left = expires.duration_since(SystemTime::now()).unwrap_or_default();
+    Some(tokio::time::Instant::now() + left)
+}
+
+/// Resolves with [`Disconnect::TokenExpired`] at the deadline in `deadline`, which a token
+/// refresh moves (later or earlier); never while it is `None`.
+async fn expiry(mut deadline: watch::Receiver<Option<tokio::time::Instant>>) -> Disconnect {
+    loop {
+        let at = *deadline.borrow_and_update();
+        let sleep = async {
+            match at {
+                Some(at) => tokio::time::sleep_until(at).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            () = sleep => return Disconnect::TokenExpired,
+            changed = deadline.changed() => {
+                if changed.is_err() {
+                    // The session is ending anyway.
+                    std::future::pending::<()>().await;
+                }
+            }
+        }
+    }
+}
+
 /// Discards incoming frames until the client closes its side.
 async fn drain(reader: &mut Reader) {
     let mut ignore = |_: Frame<'_>| async { Ok::<(), Infallible>(()) };
@@ -153,6 +201,10 @@ async fn drain(reader: &mut Reader) {
 struct Session<'a> {
     app: &'a App,
     who: &'a Subscriber,
+    /// Who the client is and what it may do; replaced by a token refresh.
+    identity: Identity,
+    /// The connection's expiry deadline, watched by [`expiry`].
+    expiry: watch::Sender<Option<tokio::time::Instant>>,
     subscriptions: HashSet<Pattern>,
     limiter: TokenBucket,
     /// Requests refused in a row by the rate limiter.
@@ -249,6 +301,11 @@ impl Session<'_> {
         let hub = &self.app.hub;
         match request {
             Request::Subscribe { topics, since } => {
+                if let Some(denied) = self.identity.acl.first_unreadable(&topics) {
+                    let e = RequestError::forbidden(Action::Subscribe, denied);
+                    outbox.push(Reply::error(id, &e).frame());
+                    return None;
+                }
                 let new: HashSet<&Pattern> = topics
                     .iter()
                     .filter(|t| !self.subscriptions.contains(*t))
@@ -280,8 +337,8 @@ impl Session<'_> {
                 outbox.push(Reply::Unsubscribed { id, topics: &topics }.frame());
             }
             Request::Publish { topic, data } => {
-                if !hub.rules().client_may_publish(&topic) {
-                    let e = RequestError::Forbidden(topic.to_string());
+                if !self.identity.acl.may_publish(&topic) {
+                    let e = RequestError::forbidden(Action::Publish, &topic);
                     outbox.push(Reply::error(id, &e).frame());
                     return None;
                 }
@@ -295,11 +352,43 @@ impl Session<'_> {
                     .frame(),
                 );
             }
+            Request::Auth { token } => {
+                let reply = match self.refresh(&token) {
+                    Ok(dropped) => Reply::Authed {
+                        id,
+                        dropped: &dropped,
+                    }
+                    .frame(),
+                    Err(e) => Reply::error(id, &e).frame(),
+                };
+                outbox.push(reply);
+            }
             Request::Ping => {
                 outbox.push(Reply::Pong { id }.frame());
             }
         }
         None
+    }
+
+    /// Replaces the connection's identity with the one `token` gives, and drops (from the hub
+    /// first, so nothing more is queued through them) the subscriptions it no longer allows.
+    /// A refused token changes nothing: the current one stays in force until it expires.
+    fn refresh(&mut self, token: &str) -> Result<Vec<Pattern>, RequestError> {
+        let identity = (self.app.auth.refresh(&self.identity, token))
+            .ok_or_else(|| RequestError::BadRequest("no tokens in use (auth.mode = \"none\")".into()))??;
+        let mut dropped: Vec<Pattern> = (self.subscriptions.iter())
+            .filter(|s| !identity.acl.may_subscribe(s))
+            .cloned()
+            .collect();
+        dropped.sort();
+        self.app.hub.unsubscribe(self.who.id, &dropped);
+        for s in &dropped {
+            self.subscriptions.remove(s);
+        }
+        self.app.metrics.subscriptions.sub(dropped.len() as i64);
+        self.expiry.send_replace(deadline(&identity));
+        self.identity = identity;
+        Ok(dropped)
     }
 }
 

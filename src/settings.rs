@@ -5,13 +5,15 @@
 //! Unknown keys and invalid values are rejected here, before any port is bound, with a message
 //! naming the key.
 
+use std::fmt;
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use config::{Config, Environment, File, FileFormat};
 use serde::{Deserialize, Deserializer};
 
+use crate::auth::Auth;
 use crate::error::SettingsError;
 use crate::topic::{Pattern, Topic};
 
@@ -29,7 +31,9 @@ pub struct Settings {
     pub http: HttpSettings,
     pub queue: QueueSettings,
     pub history: HistorySettings,
-    pub publish: PublishSettings,
+    pub limits: LimitsSettings,
+    pub tls: TlsSettings,
+    pub auth: AuthSettings,
     pub feed: FeedSettings,
     pub log: LogSettings,
 }
@@ -75,7 +79,99 @@ pub struct ServerSettings {
     pub handshake_timeout: Duration,
     #[serde(with = "humantime_serde")]
     pub shutdown_timeout: Duration,
+    /// Origins (`scheme://host[:port]`) whose pages may open WebSockets; empty allows all.
+    pub allowed_origins: Vec<String>,
 }
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsSettings {
+    /// Open WebSocket connections one client address may hold; 0 is unlimited.
+    pub max_connections_per_ip: usize,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsSettings {
+    /// PEM certificate chain; `None` (empty) serves plain TCP.
+    #[serde(deserialize_with = "optional_path")]
+    pub cert: Option<PathBuf>,
+    /// PEM private key of the certificate.
+    #[serde(deserialize_with = "optional_path")]
+    pub key: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AuthMode {
+    /// No credentials: every WebSocket client gets the anonymous ACL.
+    None,
+    /// Every WebSocket client presents a JWT whose claims are its ACL.
+    Jwt,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthSettings {
+    pub mode: AuthMode,
+    pub anonymous: AnonymousSettings,
+    pub jwt: JwtSettings,
+    /// HTTP publisher keys; none configured leaves HTTP publishing open.
+    pub api_keys: Vec<ApiKeySettings>,
+}
+
+/// What WebSocket clients may do in `auth.mode = "none"`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AnonymousSettings {
+    pub subscribe: Vec<String>,
+    pub publish: Vec<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JwtSettings {
+    pub hs256_secret: Secret,
+    #[serde(deserialize_with = "optional_path")]
+    pub public_key_file: Option<PathBuf>,
+    #[serde(deserialize_with = "optional_path")]
+    pub jwks_file: Option<PathBuf>,
+    /// Required `aud` when not empty.
+    pub audience: String,
+    /// Required `iss` when not empty.
+    pub issuer: String,
+    #[serde(with = "humantime_serde")]
+    pub leeway: Duration,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiKeySettings {
+    pub name: String,
+    /// Hex SHA-256 digest of the key: the key itself is never stored.
+    pub sha256: String,
+    pub publish: Vec<String>,
+}
+
+/// A configuration value that must not appear in logs or `check-config` output.
+#[derive(Clone, Default, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(if self.0.is_empty() { "\"\"" } else { "<redacted>" })
+    }
+}
+
+/// Longest accepted `auth.jwt.leeway`: clocks that disagree more need fixing, not tolerance.
+pub const MAX_JWT_LEEWAY: Duration = Duration::from_secs(5);
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -92,6 +188,11 @@ fn optional_addr<'de, D: Deserializer<'de>>(d: D) -> Result<Option<SocketAddr>, 
         return Ok(None);
     }
     s.parse().map(Some).map_err(serde::de::Error::custom)
+}
+
+fn optional_path<'de, D: Deserializer<'de>>(d: D) -> Result<Option<PathBuf>, D::Error> {
+    let s = String::deserialize(d)?;
+    Ok((!s.trim().is_empty()).then(|| PathBuf::from(s)))
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -126,12 +227,6 @@ pub struct PolicyRule {
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct PublishSettings {
-    pub client_topics: Vec<String>,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct FeedSettings {
     pub enabled: bool,
     pub symbols: Vec<String>,
@@ -156,7 +251,6 @@ pub enum LogFormat {
 #[derive(Debug, Clone)]
 pub struct TopicRules {
     pub policies: Vec<(Pattern, Policy)>,
-    pub client_publish: Vec<Pattern>,
     pub retention: Retention,
     pub retention_policies: Vec<(Pattern, Retention)>,
 }
@@ -167,10 +261,6 @@ impl TopicRules {
             .iter()
             .find(|(p, _)| p.matches(topic))
             .map_or(Policy::Conflate, |(_, policy)| *policy)
-    }
-
-    pub fn client_may_publish(&self, topic: &Topic) -> bool {
-        self.client_publish.iter().any(|p| p.matches(topic))
     }
 
     pub fn retention_for(&self, topic: &Topic) -> Retention {
@@ -195,7 +285,9 @@ impl Settings {
             .try_parsing(true)
             .list_separator(",")
             .with_list_parse_key("feed.symbols")
-            .with_list_parse_key("publish.client_topics");
+            .with_list_parse_key("server.allowed_origins")
+            .with_list_parse_key("auth.anonymous.subscribe")
+            .with_list_parse_key("auth.anonymous.publish");
         Self::finish(builder.add_source(env).build()?)
     }
 
@@ -212,7 +304,13 @@ impl Settings {
     fn finish(cfg: Config) -> Result<Settings, SettingsError> {
         let mut settings: Settings = cfg.try_deserialize()?;
         // Lists from env vars are split on commas as is: "BTC-USD, ETH-USD" must still work.
-        for list in [&mut settings.feed.symbols, &mut settings.publish.client_topics] {
+        let lists = [
+            &mut settings.feed.symbols,
+            &mut settings.server.allowed_origins,
+            &mut settings.auth.anonymous.subscribe,
+            &mut settings.auth.anonymous.publish,
+        ];
+        for list in lists {
             list.iter_mut().for_each(|item| *item = item.trim().to_string());
         }
         settings.validate()?;
@@ -306,11 +404,26 @@ impl Settings {
             "history.size",
             &format!("history sizes (history.size, history.policies) must be at most {MAX_HISTORY_SIZE}"),
         )?;
+        check(
+            self.auth.jwt.leeway <= MAX_JWT_LEEWAY,
+            "auth.jwt.leeway",
+            "must be at most 5s",
+        )?;
+        for origin in &self.server.allowed_origins {
+            check(
+                crate::http::valid_origin(origin),
+                "server.allowed_origins",
+                &format!("{origin:?} is not an origin: scheme://host[:port], no path, no trailing slash"),
+            )?;
+        }
         self.topic_rules()?;
+        // Reads the key and certificate files, so that a bad path stops the server here.
+        Auth::from_settings(&self.auth)?;
+        crate::tls::acceptor(&self.tls)?;
         Ok(())
     }
 
-    /// Parses the pattern lists; every failure names its key.
+    /// Parses the pattern lists of the topic rules; every failure names its key.
     pub fn topic_rules(&self) -> Result<TopicRules, SettingsError> {
         fn parse(key: &'static str, p: &str) -> Result<Pattern, SettingsError> {
             Pattern::parse(p).map_err(|e| SettingsError::Invalid {
@@ -322,9 +435,6 @@ impl Settings {
             policies: (self.queue.policies.iter())
                 .map(|r| Ok((parse("queue.policies", &r.pattern)?, r.policy)))
                 .collect::<Result<_, SettingsError>>()?,
-            client_publish: (self.publish.client_topics.iter())
-                .map(|p| parse("publish.client_topics", p))
-                .collect::<Result<_, _>>()?,
             retention: Retention {
                 size: self.history.size,
                 ttl: Duration::from_secs(self.history.ttl_seconds),
@@ -367,8 +477,6 @@ mod tests {
             rules.policy_for(&Topic::parse("prices.X").unwrap()),
             Policy::Conflate
         );
-        assert!(rules.client_may_publish(&Topic::parse("chat.lobby").unwrap()));
-        assert!(!rules.client_may_publish(&Topic::parse("prices.X").unwrap()));
         let chat = rules.retention_for(&Topic::parse("chat.x").unwrap());
         assert_eq!((chat.size, chat.ttl), (100, Duration::from_secs(300)));
         let s = Settings::from_toml("[history]\npolicies = [{pattern = \"a.>\", size = 5, ttl_seconds = 9}]")
@@ -391,7 +499,31 @@ mod tests {
         for (toml, key) in [
             ("[server]\nlisten = \"nowhere\"", "listen"),
             ("[queue]\nmax_bytes = 10", "queue.max_bytes"),
-            ("[publish]\nclient_topics = [\"a..b\"]", "publish.client_topics"),
+            ("[auth.anonymous]\npublish = [\"a..b\"]", "auth.anonymous.publish"),
+            (
+                "[auth.anonymous]\nsubscribe = [\"a.>.b\"]",
+                "auth.anonymous.subscribe",
+            ),
+            ("[auth]\nmode = \"open\"", "mode"),
+            ("[auth]\nmode = \"jwt\"", "auth.jwt"),
+            ("[auth.jwt]\nleeway = \"6s\"", "auth.jwt.leeway"),
+            (
+                "[server]\nallowed_origins = [\"https://a.example/\"]",
+                "server.allowed_origins",
+            ),
+            (
+                "[server]\nallowed_origins = [\"a.example\"]",
+                "server.allowed_origins",
+            ),
+            ("[tls]\ncert = \"/nonexistent/cert.pem\"", "tls.key"),
+            (
+                "[tls]\ncert = \"/nonexistent/c.pem\"\nkey = \"/nonexistent/k.pem\"",
+                "tls.cert",
+            ),
+            (
+                "[[auth.api_keys]]\nname = \"a\"\nsha256 = \"abc\"\npublish = []",
+                "auth.api_keys",
+            ),
             (
                 "[queue]\npolicies = [{pattern = \"x\", policy = \"drop\"}]",
                 "policy",

@@ -172,7 +172,7 @@ async fn invalid_topic_in_publish() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn client_publish_forbidden_outside_client_topics() {
+async fn client_publish_forbidden_outside_the_anonymous_acl() {
     let server = start("").await;
     let addr = server.addr;
     let mut ws = connect(addr).await;
@@ -213,8 +213,8 @@ async fn client_publish_forbidden_outside_client_topics() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn client_topics_follow_config() {
-    let server = start("[publish]\nclient_topics = [\"prices.*\", \"alerts.red\"]\n").await;
+async fn anonymous_publish_acl_follows_config() {
+    let server = start("[auth.anonymous]\npublish = [\"prices.*\", \"alerts.red\"]\n").await;
     let addr = server.addr;
     let mut ws = connect(addr).await;
 

@@ -1,0 +1,165 @@
+//! Authentication: who is on the other end of a WebSocket upgrade or an HTTP request, and the
+//! ACL that follows from it.
+//!
+//! WebSocket clients are anonymous (`auth.mode = "none"`, one shared ACL) or present a JWT
+//! (`"jwt"`, the ACL is in its claims). HTTP publishers present an API key once any is
+//! configured. Built once at start-up from the settings; reading a request's credentials
+//! happens here so that `http.rs` only maps the outcome to a status.
+
+use std::time::SystemTime;
+
+use hyper::header::AUTHORIZATION;
+use hyper::HeaderMap;
+
+use crate::acl::Acl;
+use crate::apikey::{ApiKey, ApiKeys};
+use crate::error::{AuthError, SettingsError};
+use crate::jwt::Verifier;
+use crate::settings::{AuthMode, AuthSettings};
+use crate::topic::Pattern;
+
+/// A WebSocket client as the server knows it.
+#[derive(Debug, Clone)]
+pub struct Identity {
+    /// The token's `sub`; `None` for anonymous clients.
+    pub subject: Option<String>,
+    pub acl: Acl,
+    /// When the connection must close unless the token is refreshed (exp plus leeway).
+    pub expires: Option<SystemTime>,
+}
+
+enum Subscribers {
+    Anonymous(Acl),
+    Jwt(Verifier),
+}
+
+pub struct Auth {
+    subscribers: Subscribers,
+    api_keys: ApiKeys,
+}
+
+impl Auth {
+    /// Parses the ACLs and loads the key files; every failure names its key.
+    pub fn from_settings(s: &AuthSettings) -> Result<Auth, SettingsError> {
+        fn patterns(key: &'static str, list: &[String]) -> Result<Vec<Pattern>, SettingsError> {
+            (list.iter())
+                .map(|p| {
+                    Pattern::parse(p).map_err(|e| SettingsError::Invalid {
+                        key,
+                        message: format!("{p:?}: {e}"),
+                    })
+                })
+                .collect()
+        }
+        // Parsed in both modes so that a typo is caught before someone switches modes.
+        let anonymous = Acl::new(
+            patterns("auth.anonymous.subscribe", &s.anonymous.subscribe)?,
+            patterns("auth.anonymous.publish", &s.anonymous.publish)?,
+        );
+        let subscribers = match s.mode {
+            AuthMode::None => Subscribers::Anonymous(anonymous),
+            AuthMode::Jwt => Subscribers::Jwt(Verifier::from_settings(&s.jwt)?),
+        };
+        Ok(Auth {
+            subscribers,
+            api_keys: ApiKeys::from_settings(&s.api_keys)?,
+        })
+    }
+
+    pub fn mode(&self) -> AuthMode {
+        match self.subscribers {
+            Subscribers::Anonymous(_) => AuthMode::None,
+            Subscribers::Jwt(_) => AuthMode::Jwt,
+        }
+    }
+
+    /// Whether HTTP publishing and the topic API need a key.
+    pub fn http_is_open(&self) -> bool {
+        self.api_keys.is_empty()
+    }
+
+    /// The identity of a WebSocket upgrade request: its token from the `Authorization` header
+    /// or, for browsers (which cannot set headers on a WebSocket), the `token` query parameter.
+    pub fn subscriber(&self, headers: &HeaderMap, query: Option<&str>) -> Result<Identity, AuthError> {
+        match &self.subscribers {
+            Subscribers::Anonymous(acl) => Ok(Identity {
+                subject: None,
+                acl: acl.clone(),
+                expires: None,
+            }),
+            Subscribers::Jwt(verifier) => {
+                let token = bearer(headers)
+                    .or_else(|| query.and_then(query_token))
+                    .ok_or(AuthError::MissingToken)?;
+                verifier.verify(token)
+            }
+        }
+    }
+
+    /// The identity a `{"op":"auth"}` token gives a connection that is `current`. `None` when
+    /// tokens are not in use (`auth.mode = "none"`).
+    pub fn refresh(&self, current: &Identity, token: &str) -> Option<Result<Identity, AuthError>> {
+        let Subscribers::Jwt(verifier) = &self.subscribers else {
+            return None;
+        };
+        Some(verifier.verify(token).and_then(|id| {
+            // A connection is one user's: a token for someone else is not a refresh.
+            if id.subject == current.subject {
+                Ok(id)
+            } else {
+                Err(AuthError::SubjectChanged)
+            }
+        }))
+    }
+
+    /// The API key of an HTTP request: `Ok(None)` when no key is configured (open publishing).
+    pub fn publisher(&self, headers: &HeaderMap) -> Result<Option<&ApiKey>, AuthError> {
+        if self.api_keys.is_empty() {
+            return Ok(None);
+        }
+        let key = bearer(headers).ok_or(AuthError::MissingKey)?;
+        self.api_keys.find(key).map(Some).ok_or(AuthError::UnknownKey)
+    }
+}
+
+/// The credentials of an `Authorization: Bearer <credentials>` header (scheme case-insensitive).
+fn bearer(headers: &HeaderMap) -> Option<&str> {
+    let value = headers.get(AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, credentials) = value.split_once(' ')?;
+    let credentials = credentials.trim();
+    (scheme.eq_ignore_ascii_case("bearer") && !credentials.is_empty()).then_some(credentials)
+}
+
+/// The `token` parameter of a query string. Taken as is: JWTs use only URL-safe characters.
+fn query_token(query: &str) -> Option<&str> {
+    (query.split('&'))
+        .filter_map(|pair| pair.split_once('='))
+        .find(|(key, _)| *key == "token")
+        .map(|(_, value)| value)
+        .filter(|value| !value.is_empty())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hyper::header::HeaderValue;
+
+    #[test]
+    fn credentials_are_found() {
+        let mut h = HeaderMap::new();
+        assert_eq!(bearer(&h), None);
+        for (value, expected) in [
+            ("Bearer abc", Some("abc")),
+            ("bearer  abc ", Some("abc")),
+            ("Basic abc", None),
+            ("Bearer ", None),
+            ("Bearer", None),
+        ] {
+            h.insert(AUTHORIZATION, HeaderValue::from_static(value));
+            assert_eq!(bearer(&h), expected, "{value:?}");
+        }
+        assert_eq!(query_token("a=1&token=x.y.z&b"), Some("x.y.z"));
+        assert_eq!(query_token("token="), None);
+        assert_eq!(query_token("tokens=1"), None);
+    }
+}

@@ -1,0 +1,393 @@
+//! JSON Web Tokens: verifying the tokens WebSocket clients present (`auth.mode = "jwt"`), and
+//! minting HS256 tokens for `tickwire token`.
+//!
+//! Exactly one key source is configured, and it fixes the one algorithm accepted: HS256 for a
+//! shared secret, RS256 or ES256 for a PEM public key, and per key for a JWKS. The token's own
+//! `alg` header never chooses how it is verified, which rules out `alg: none` and HS/RS
+//! confusion (an HS256 token "signed" with the public key as its secret).
+
+use std::path::Path;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use jsonwebtoken::errors::ErrorKind;
+use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, JwkSet, KeyAlgorithm, PublicKeyUse};
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use serde::{Deserialize, Serialize};
+
+use crate::acl::Acl;
+use crate::auth::Identity;
+use crate::error::{AuthError, SettingsError};
+use crate::settings::JwtSettings;
+use crate::topic::Pattern;
+
+/// Shortest accepted HS256 secret: RFC 7518 §3.2 asks for a key as long as the hash.
+pub const MIN_SECRET_BYTES: usize = 32;
+
+/// Length of an uncompressed P-256 point, the form a PEM EC public key decodes to.
+const P256_POINT_BYTES: usize = 65;
+
+/// Verifies tokens against the configured key(s).
+pub struct Verifier {
+    keys: Vec<Key>,
+    leeway: Duration,
+}
+
+struct Key {
+    kid: Option<String>,
+    key: DecodingKey,
+    /// Accepts exactly this key's algorithm.
+    validation: Validation,
+}
+
+/// The claims tickwire reads. `aud`, `iss` and `nbf` are checked by `jsonwebtoken` itself, and
+/// so is the presence of `sub` and `exp` (the defaults only let its message name the claim).
+#[derive(Deserialize)]
+struct Claims {
+    #[serde(default)]
+    sub: String,
+    #[serde(default)]
+    exp: u64,
+    #[serde(default)]
+    subscribe: Vec<String>,
+    #[serde(default)]
+    publish: Vec<String>,
+}
+
+fn invalid(key: &'static str, message: impl Into<String>) -> SettingsError {
+    SettingsError::Invalid {
+        key,
+        message: message.into(),
+    }
+}
+
+fn read(key: &'static str, path: &Path) -> Result<Vec<u8>, SettingsError> {
+    std::fs::read(path).map_err(|e| invalid(key, format!("cannot read {}: {e}", path.display())))
+}
+
+impl Verifier {
+    /// Loads the one configured key source; every failure names its key.
+    pub fn from_settings(s: &JwtSettings) -> Result<Verifier, SettingsError> {
+        let secret = s.hs256_secret.expose();
+        let sources = [
+            !secret.is_empty(),
+            s.public_key_file.is_some(),
+            s.jwks_file.is_some(),
+        ];
+        if sources.iter().filter(|set| **set).count() != 1 {
+            return Err(invalid(
+                "auth.jwt",
+                "auth.mode = \"jwt\" needs exactly one of hs256_secret, public_key_file, jwks_file",
+            ));
+        }
+        let validation = |alg| validation(alg, s);
+        let keys = if !secret.is_empty() {
+            if secret.len() < MIN_SECRET_BYTES {
+                return Err(invalid(
+                    "auth.jwt.hs256_secret",
+                    format!("must be at least {MIN_SECRET_BYTES} bytes"),
+                ));
+            }
+            vec![Key {
+                kid: None,
+                key: DecodingKey::from_secret(secret.as_bytes()),
+                validation: validation(Algorithm::HS256),
+            }]
+        } else if let Some(path) = &s.public_key_file {
+            let (key, alg) = public_key(&read("auth.jwt.public_key_file", path)?)?;
+            vec![Key {
+                kid: None,
+                key,
+                validation: validation(alg),
+            }]
+        } else {
+            let path = s.jwks_file.as_deref().unwrap_or(Path::new(""));
+            jwks(&read("auth.jwt.jwks_file", path)?)?
+                .into_iter()
+                .map(|(kid, key, alg)| Key {
+                    kid,
+                    key,
+                    validation: validation(alg),
+                })
+                .collect()
+        };
+        Ok(Verifier {
+            keys,
+            leeway: Duration::from_secs(s.leeway.as_secs()),
+        })
+    }
+
+    /// Checks signature, algorithm and claims, and turns the claims into an [`Identity`].
+    pub fn verify(&self, token: &str) -> Result<Identity, AuthError> {
+        let header = jsonwebtoken::decode_header(token).map_err(auth_error)?;
+        let key = match (&header.kid, self.keys.as_slice()) {
+            (None, [only]) => only,
+            (Some(kid), keys) => (keys.iter())
+                .find(|k| k.kid.as_deref() == Some(kid.as_str()))
+                .or_else(|| match keys {
+                    // A single configured key without a kid takes any kid.
+                    [only] if only.kid.is_none() => Some(only),
+                    _ => None,
+                })
+                .ok_or(AuthError::UnknownKeyId)?,
+            (None, _) => return Err(AuthError::UnknownKeyId),
+        };
+        let claims = jsonwebtoken::decode::<Claims>(token, &key.key, &key.validation)
+            .map_err(auth_error)?
+            .claims;
+        let patterns = |name: &str, list: &[String]| {
+            (list.iter())
+                .map(|p| Pattern::parse(p).map_err(|_| AuthError::BadClaim(name.to_string())))
+                .collect::<Result<Vec<_>, _>>()
+        };
+        let acl = Acl::new(
+            patterns("subscribe", &claims.subscribe)?,
+            patterns("publish", &claims.publish)?,
+        );
+        Ok(Identity {
+            subject: Some(claims.sub),
+            acl,
+            expires: Some(UNIX_EPOCH + Duration::from_secs(claims.exp) + self.leeway),
+        })
+    }
+}
+
+fn validation(alg: Algorithm, s: &JwtSettings) -> Validation {
+    let mut v = Validation::new(alg);
+    v.leeway = s.leeway.as_secs();
+    v.validate_nbf = true;
+    let mut required = vec!["exp", "sub"];
+    if s.audience.is_empty() {
+        v.validate_aud = false;
+    } else {
+        v.set_audience(&[&s.audience]);
+        required.push("aud");
+    }
+    if !s.issuer.is_empty() {
+        v.set_issuer(&[&s.issuer]);
+        required.push("iss");
+    }
+    v.set_required_spec_claims(&required);
+    v
+}
+
+/// A PEM public key and the algorithm its type implies.
+fn public_key(pem: &[u8]) -> Result<(DecodingKey, Algorithm), SettingsError> {
+    if let Ok(key) = DecodingKey::from_rsa_pem(pem) {
+        return Ok((key, Algorithm::RS256));
+    }
+    let key = DecodingKey::from_ec_pem(pem)
+        .map_err(|_| invalid("auth.jwt.public_key_file", "not a PEM RSA or EC P-256 public key"))?;
+    let p256 = key.try_get_as_bytes().map(<[u8]>::len) == Ok(P256_POINT_BYTES);
+    if !p256 {
+        return Err(invalid(
+            "auth.jwt.public_key_file",
+            "EC keys must be on curve P-256 (ES256)",
+        ));
+    }
+    Ok((key, Algorithm::ES256))
+}
+
+/// The signing keys of a JWKS that tickwire can use (RS256, ES256), with their kids.
+fn jwks(json: &[u8]) -> Result<Vec<(Option<String>, DecodingKey, Algorithm)>, SettingsError> {
+    const KEY: &str = "auth.jwt.jwks_file";
+    let set: JwkSet = serde_json::from_slice(json).map_err(|e| invalid(KEY, format!("not a JWKS: {e}")))?;
+    let mut keys = Vec::new();
+    for jwk in &set.keys {
+        if matches!(jwk.common.public_key_use, Some(PublicKeyUse::Encryption)) {
+            continue;
+        }
+        let alg = match (&jwk.algorithm, jwk.common.key_algorithm) {
+            (AlgorithmParameters::RSA(_), None | Some(KeyAlgorithm::RS256)) => Algorithm::RS256,
+            (AlgorithmParameters::EllipticCurve(ec), None | Some(KeyAlgorithm::ES256))
+                if ec.curve == EllipticCurve::P256 =>
+            {
+                Algorithm::ES256
+            }
+            // Symmetric keys never come from a key set, and other algorithms are not offered.
+            _ => continue,
+        };
+        let key = DecodingKey::from_jwk(jwk).map_err(|e| {
+            let kid = jwk.common.key_id.as_deref().unwrap_or("(no kid)");
+            invalid(KEY, format!("key {kid}: {e}"))
+        })?;
+        keys.push((jwk.common.key_id.clone(), key, alg));
+    }
+    if keys.is_empty() {
+        return Err(invalid(KEY, "no RS256 or ES256 signing key in the set"));
+    }
+    let kids = keys.iter().filter(|(kid, ..)| kid.is_some()).count();
+    if keys.len() > 1 && kids < keys.len() {
+        return Err(invalid(KEY, "with several keys, every key needs a kid"));
+    }
+    Ok(keys)
+}
+
+fn auth_error(e: jsonwebtoken::errors::Error) -> AuthError {
+    match e.into_kind() {
+        ErrorKind::InvalidSignature | ErrorKind::InvalidEcdsaKey | ErrorKind::InvalidRsaKey(_) => {
+            AuthError::Signature
+        }
+        ErrorKind::InvalidAlgorithm
+        | ErrorKind::InvalidAlgorithmName
+        | ErrorKind::UnsupportedAlgorithm
+        | ErrorKind::InvalidKeyFormat => AuthError::Algorithm,
+        ErrorKind::ExpiredSignature => AuthError::Expired,
+        ErrorKind::ImmatureSignature => AuthError::NotYetValid,
+        ErrorKind::InvalidAudience => AuthError::Audience,
+        ErrorKind::InvalidIssuer => AuthError::Issuer,
+        ErrorKind::MissingRequiredClaim(claim) => AuthError::MissingClaim(claim),
+        ErrorKind::InvalidClaimFormat(claim) => AuthError::BadClaim(claim),
+        _ => AuthError::Malformed,
+    }
+}
+
+/// The claims of a token minted by `tickwire token`.
+#[derive(Debug, Serialize)]
+pub struct NewToken {
+    pub sub: String,
+    pub iat: u64,
+    pub exp: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub aud: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub iss: Option<String>,
+    pub subscribe: Vec<String>,
+    pub publish: Vec<String>,
+}
+
+impl NewToken {
+    /// Claims valid from now for `ttl`.
+    pub fn new(sub: &str, ttl: Duration, subscribe: Vec<String>, publish: Vec<String>) -> NewToken {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        NewToken {
+            sub: sub.to_string(),
+            iat: now,
+            exp: now + ttl.as_secs(),
+            aud: None,
+            iss: None,
+            subscribe,
+            publish,
+        }
+    }
+
+    /// Signs the claims with HS256.
+    pub fn sign_hs256(&self, secret: &[u8]) -> Result<String, jsonwebtoken::errors::Error> {
+        jsonwebtoken::encode(
+            &Header::new(Algorithm::HS256),
+            self,
+            &EncodingKey::from_secret(secret),
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::settings::Settings;
+
+    const SECRET: &str = "0123456789abcdef0123456789abcdef";
+
+    fn verifier(extra: &str) -> Verifier {
+        let toml = format!("[auth]\nmode = \"jwt\"\n[auth.jwt]\nhs256_secret = \"{SECRET}\"\n{extra}");
+        Verifier::from_settings(&Settings::from_toml(&toml).unwrap().auth.jwt).unwrap()
+    }
+
+    fn token(claims: serde_json::Value) -> String {
+        let key = EncodingKey::from_secret(SECRET.as_bytes());
+        jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &key).unwrap()
+    }
+
+    fn now() -> u64 {
+        SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs()
+    }
+
+    #[test]
+    fn claims_become_the_acl() {
+        let v = verifier("");
+        let t = NewToken::new(
+            "alice",
+            Duration::from_secs(60),
+            vec!["prices.>".into()],
+            vec!["chat.>".into()],
+        );
+        let id = v.verify(&t.sign_hs256(SECRET.as_bytes()).unwrap()).unwrap();
+        assert_eq!(id.subject.as_deref(), Some("alice"));
+        assert!(id.acl.may_subscribe(&Pattern::parse("prices.*").unwrap()));
+        assert!(!id.acl.may_subscribe(&Pattern::parse(">").unwrap()));
+        assert!(id.acl.may_publish(&crate::topic::Topic::parse("chat.x").unwrap()));
+        let expires = id.expires.unwrap().duration_since(UNIX_EPOCH).unwrap().as_secs();
+        assert_eq!(expires, t.exp + 5, "exp plus the default leeway");
+    }
+
+    #[test]
+    fn rejections() {
+        let v = verifier("audience = \"tw\"\nissuer = \"idp\"");
+        let exp = now() + 60;
+        let ok = serde_json::json!({"sub": "a", "exp": exp, "aud": "tw", "iss": "idp"});
+        assert!(v.verify(&token(ok.clone())).is_ok());
+        let with = |k: &str, val: serde_json::Value| {
+            let mut c = ok.clone();
+            c[k] = val;
+            v.verify(&token(c)).unwrap_err()
+        };
+        assert_eq!(with("exp", (now() - 60).into()), AuthError::Expired);
+        // A claim of the wrong type never passes for an absent one (CVE-2026-25537).
+        assert_eq!(with("exp", "never".into()), AuthError::Malformed);
+        assert_eq!(with("nbf", "never".into()), AuthError::BadClaim("nbf".into()));
+        assert_eq!(with("nbf", (now() + 60).into()), AuthError::NotYetValid);
+        assert_eq!(with("aud", "other".into()), AuthError::Audience);
+        assert_eq!(with("iss", "other".into()), AuthError::Issuer);
+        assert_eq!(
+            with("subscribe", serde_json::json!(["a..b"])),
+            AuthError::BadClaim("subscribe".into())
+        );
+        let mut no_aud = ok.clone();
+        no_aud.as_object_mut().unwrap().remove("aud");
+        assert_eq!(
+            v.verify(&token(no_aud)).unwrap_err(),
+            AuthError::MissingClaim("aud".into())
+        );
+        let mut no_exp = ok.clone();
+        no_exp.as_object_mut().unwrap().remove("exp");
+        assert_eq!(
+            v.verify(&token(no_exp)).unwrap_err(),
+            AuthError::MissingClaim("exp".into())
+        );
+        let forged = jsonwebtoken::encode(
+            &Header::new(Algorithm::HS256),
+            &ok,
+            &EncodingKey::from_secret(b"another secret, also 32 bytes long"),
+        )
+        .unwrap();
+        assert_eq!(v.verify(&forged).unwrap_err(), AuthError::Signature);
+        let hs512 = jsonwebtoken::encode(
+            &Header::new(Algorithm::HS512),
+            &ok,
+            &EncodingKey::from_secret(SECRET.as_bytes()),
+        )
+        .unwrap();
+        assert_eq!(v.verify(&hs512).unwrap_err(), AuthError::Algorithm);
+        assert_eq!(v.verify("not.a.token").unwrap_err(), AuthError::Malformed);
+        assert_eq!(v.verify("").unwrap_err(), AuthError::Malformed);
+    }
+
+    #[test]
+    fn key_sources_are_checked() {
+        let err = |toml: &str| Settings::from_toml(toml).unwrap_err().to_string();
+        let e = err("[auth]\nmode = \"jwt\"\n[auth.jwt]\nhs256_secret = \"short\"");
+        assert!(e.contains("auth.jwt.hs256_secret"), "{e}");
+        let e = err(&format!(
+            "[auth]\nmode = \"jwt\"\n[auth.jwt]\nhs256_secret = \"{SECRET}\"\njwks_file = \"x\""
+        ));
+        assert!(e.contains("exactly one"), "{e}");
+        let e = err("[auth]\nmode = \"jwt\"\n[auth.jwt]\npublic_key_file = \"/nonexistent.pem\"");
+        assert!(e.contains("auth.jwt.public_key_file"), "{e}");
+        let e = err("[auth]\nmode = \"jwt\"\n[auth.jwt]\njwks_file = \"/nonexistent.json\"");
+        assert!(e.contains("auth.jwt.jwks_file"), "{e}");
+        // The secret never shows in the settings' debug form (logs, check-config).
+        let s = Settings::from_toml(&format!("[auth.jwt]\nhs256_secret = \"{SECRET}\"")).unwrap();
+        assert!(!format!("{s:?}").contains(SECRET));
+    }
+}
