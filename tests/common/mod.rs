@@ -1163,3 +1163,119 @@ impl Drop for ServerProcess {
         let _ = std::fs::remove_file(&self.log);
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// Security: tokens, keys, handshakes that may be refused
+// ---------------------------------------------------------------------------------------------
+
+/// The HS256 secret of [`JWT_TOML`].
+pub const JWT_SECRET: &str = "tickwire-test-secret-0123456789abcdef";
+
+/// Settings for `auth.mode = "jwt"` with [`JWT_SECRET`], leeway 0 (expiry is exact).
+pub const JWT_TOML: &str = "[auth]\nmode = \"jwt\"\n[auth.jwt]\n\
+    hs256_secret = \"tickwire-test-secret-0123456789abcdef\"\nleeway = \"0s\"\n";
+
+/// Path of a file in `tests/fixtures`.
+pub fn fixture(name: &str) -> String {
+    format!("{}/tests/fixtures/{name}", env!("CARGO_MANIFEST_DIR"))
+}
+
+pub fn unix_now() -> u64 {
+    now_ms() / 1000
+}
+
+/// Claims for `sub`, valid for `ttl` seconds from now (negative: expired).
+pub fn claims(sub: &str, subscribe: &[&str], publish: &[&str], ttl: i64) -> Value {
+    let exp = unix_now() as i64 + ttl;
+    json!({"sub": sub, "exp": exp, "subscribe": subscribe, "publish": publish})
+}
+
+/// `claims` signed with `alg` and `key`, with `kid` in the header when given.
+pub fn sign(
+    claims: &Value,
+    alg: jsonwebtoken::Algorithm,
+    key: &jsonwebtoken::EncodingKey,
+    kid: Option<&str>,
+) -> String {
+    let mut header = jsonwebtoken::Header::new(alg);
+    header.kid = kid.map(str::to_string);
+    jsonwebtoken::encode(&header, claims, key).expect("sign test token")
+}
+
+/// `claims` signed with HS256 and [`JWT_SECRET`].
+pub fn token(claims: &Value) -> String {
+    let key = jsonwebtoken::EncodingKey::from_secret(JWT_SECRET.as_bytes());
+    sign(claims, jsonwebtoken::Algorithm::HS256, &key, None)
+}
+
+/// A WebSocket handshake the server answered with an HTTP error.
+#[derive(Debug)]
+pub struct Refusal {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Value,
+}
+
+impl Refusal {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        (self.headers.iter())
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// Asserts the status and the `{"error":{"code"}}` body.
+    #[track_caller]
+    pub fn assert(&self, status: u16, code: &str) {
+        assert_eq!(self.status, status, "refusal {self:?}");
+        assert_eq!(self.body["error"]["code"], code, "refusal {self:?}");
+        assert!(self.body["error"]["message"].is_string(), "refusal {self:?}");
+    }
+}
+
+/// A WebSocket handshake over `stream` to `path` (e.g. `/ws?token=...`) with extra headers.
+pub async fn try_handshake<S>(
+    url: String,
+    stream: S,
+    headers: &[(&str, &str)],
+) -> Result<WebSocketStream<S>, Refusal>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    use tokio_tungstenite::tungstenite::Error;
+    let mut request = url.into_client_request().expect("client request");
+    for (k, v) in headers {
+        let name = tokio_tungstenite::tungstenite::http::HeaderName::from_bytes(k.as_bytes()).unwrap();
+        request.headers_mut().insert(name, v.parse().unwrap());
+    }
+    let handshake = tokio_tungstenite::client_async_with_config(request, stream, Some(client_config()));
+    match tokio::time::timeout(RECV_TIMEOUT, handshake).await {
+        Ok(Ok((ws, _))) => Ok(ws),
+        Ok(Err(Error::Http(resp))) => {
+            let body = resp.body().as_deref().unwrap_or_default();
+            Err(Refusal {
+                status: resp.status().as_u16(),
+                headers: (resp.headers().iter())
+                    .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or_default().to_string()))
+                    .collect(),
+                body: serde_json::from_slice(body).unwrap_or(Value::Null),
+            })
+        }
+        Ok(Err(e)) => panic!("WebSocket handshake failed: {e}"),
+        Err(_) => panic!("WebSocket handshake timed out"),
+    }
+}
+
+/// [`try_handshake`] over a new TCP connection to `addr`.
+pub async fn try_connect(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> Result<Ws, Refusal> {
+    let stream = TcpStream::connect(addr).await.expect("TCP connect");
+    stream.set_nodelay(true).ok();
+    try_handshake(format!("ws://{addr}{path}"), stream, headers).await
+}
+
+/// Connects with `token` in the query string, panicking when refused.
+pub async fn connect_with_token(addr: SocketAddr, token: &str) -> Ws {
+    try_connect(addr, &format!("/ws?token={token}"), &[])
+        .await
+        .unwrap_or_else(|r| panic!("connection with a valid token refused: {r:?}"))
+}
