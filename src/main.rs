@@ -1,13 +1,17 @@
 //! The `tickwire` binary: parses the command line, loads settings, and hands over to the
-//! library. Exit codes: 0 clean stop, 1 runtime failure, 2 invalid configuration.
+//! library. Exit codes: 0 clean stop, 1 runtime failure, 2 invalid configuration or arguments.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use tickwire::apikey;
+use tickwire::jwt::{NewToken, MIN_SECRET_BYTES};
 use tickwire::server;
 use tickwire::settings::{LogFormat, Settings};
+use tickwire::topic::Pattern;
 use tracing::{info, warn};
 use tracing_subscriber::EnvFilter;
 
@@ -26,16 +30,69 @@ enum Command {
         #[arg(long, value_name = "FILE")]
         config: Option<PathBuf>,
     },
-    /// Validate the configuration and print the effective settings.
+    /// Validate the configuration and print the effective settings (secrets redacted).
     CheckConfig {
         #[arg(long, value_name = "FILE")]
         config: Option<PathBuf>,
+    },
+    /// Print a new random API key for an HTTP publisher, and the `[[auth.api_keys]]` entry
+    /// (its SHA-256 digest) to configure for it.
+    HashKey {
+        /// Name of the publisher, for the configuration entry and the logs.
+        #[arg(long, default_value = "publisher")]
+        name: String,
+        /// Topic pattern the key may publish to (repeatable).
+        #[arg(long = "publish", value_name = "PATTERN", default_value = ">")]
+        publish: Vec<String>,
+    },
+    /// Mint an HS256 token for `auth.mode = "jwt"` (development and tests; production tokens
+    /// come from your identity provider).
+    Token {
+        /// The auth.jwt.hs256_secret (at least 32 bytes). Prefer the environment variable: the
+        /// command line is visible to other users of the machine.
+        #[arg(long, env = "TICKWIRE_JWT_SECRET", hide_env_values = true)]
+        secret: String,
+        /// The user id (`sub` claim).
+        #[arg(long)]
+        sub: String,
+        /// Topic pattern the token may subscribe to (repeatable).
+        #[arg(long = "subscribe", value_name = "PATTERN")]
+        subscribe: Vec<String>,
+        /// Topic pattern the token may publish to (repeatable).
+        #[arg(long = "publish", value_name = "PATTERN")]
+        publish: Vec<String>,
+        /// Lifetime, e.g. 15m, 1h, 7d.
+        #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+        ttl: Duration,
+        /// `aud` claim (for servers with auth.jwt.audience set).
+        #[arg(long)]
+        audience: Option<String>,
+        /// `iss` claim (for servers with auth.jwt.issuer set).
+        #[arg(long)]
+        issuer: Option<String>,
     },
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let (Command::Serve { config } | Command::CheckConfig { config }) = &cli.command;
+    let config = match cli.command {
+        Command::Serve { ref config } | Command::CheckConfig { ref config } => config.clone(),
+        Command::HashKey { name, publish } => return hash_key(&name, &publish),
+        Command::Token {
+            secret,
+            sub,
+            subscribe,
+            publish,
+            ttl,
+            audience,
+            issuer,
+        } => {
+            let mut claims = NewToken::new(&sub, ttl, subscribe, publish);
+            claims.aud = audience;
+            claims.iss = issuer;
+            return token(&secret, &claims);
+        }
+    };
     let settings = match Settings::load(config.as_deref()) {
         Ok(s) => s,
         Err(e) => {
@@ -57,6 +114,66 @@ fn main() -> ExitCode {
     }
 }
 
+/// Exits 2 with `message` on stderr: bad arguments, like bad configuration.
+fn usage_error(message: &str) -> ExitCode {
+    eprintln!("tickwire: {message}");
+    ExitCode::from(2)
+}
+
+fn check_patterns(flag: &str, patterns: &[String]) -> Result<(), String> {
+    for p in patterns {
+        Pattern::parse(p).map_err(|e| format!("{flag} {p:?}: {e}"))?;
+    }
+    Ok(())
+}
+
+fn hash_key(name: &str, publish: &[String]) -> ExitCode {
+    if let Err(e) = check_patterns("--publish", publish) {
+        return usage_error(&e);
+    }
+    let key = match apikey::generate() {
+        Ok(key) => key,
+        Err(_) => {
+            eprintln!("tickwire: the system's random source failed");
+            return ExitCode::FAILURE;
+        }
+    };
+    let patterns: Vec<String> = publish.iter().map(|p| format!("{p:?}")).collect();
+    println!("key:    {}", key.key);
+    println!("sha256: {}", key.sha256);
+    println!();
+    println!("# Give the key to the publisher (Authorization: Bearer <key>); it is not stored anywhere.");
+    println!("# Add the digest to the configuration:");
+    println!("[[auth.api_keys]]");
+    println!("name = {name:?}");
+    println!("sha256 = \"{}\"", key.sha256);
+    println!("publish = [{}]", patterns.join(", "));
+    ExitCode::SUCCESS
+}
+
+fn token(secret: &str, claims: &NewToken) -> ExitCode {
+    if secret.len() < MIN_SECRET_BYTES {
+        return usage_error(&format!(
+            "--secret must be at least {MIN_SECRET_BYTES} bytes, like auth.jwt.hs256_secret"
+        ));
+    }
+    for (flag, list) in [("--subscribe", &claims.subscribe), ("--publish", &claims.publish)] {
+        if let Err(e) = check_patterns(flag, list) {
+            return usage_error(&e);
+        }
+    }
+    match claims.sign_hs256(secret.as_bytes()) {
+        Ok(token) => {
+            println!("{token}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("tickwire: cannot sign the token: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 fn serve(settings: Settings) -> anyhow::Result<()> {
     let filter = EnvFilter::try_from_default_env().or_else(|_| EnvFilter::try_new(&settings.log.level))?;
     let logs = tracing_subscriber::fmt().with_env_filter(filter);
@@ -64,7 +181,7 @@ fn serve(settings: Settings) -> anyhow::Result<()> {
         LogFormat::Text => logs.init(),
         LogFormat::Json => logs.json().init(),
     }
-    // No secrets in the settings yet; redact them here once there are.
+    // Secrets print as <redacted> (settings::Secret); API keys are stored only as digests.
     info!(version = env!("CARGO_PKG_VERSION"), settings = ?settings, "starting");
     match server::raise_fd_limit() {
         Ok(limit) => info!(limit, "open files limit"),

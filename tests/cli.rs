@@ -133,3 +133,143 @@ fn serve_with_unknown_key_exits_2() {
     assert_eq!(o.status.code(), Some(2), "stderr: {}", stderr(&o));
     assert!(stderr(&o).contains("nope"), "{}", stderr(&o));
 }
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).to_string()
+}
+
+#[test]
+fn the_production_example_is_valid_once_its_files_exist() {
+    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/config/production.example.toml");
+    // As shipped, its placeholder paths do not exist: refused, naming the key.
+    let o = run(&["check-config", "--config", example], &[]);
+    assert_eq!(o.status.code(), Some(2), "stderr: {}", stderr(&o));
+    assert!(stderr(&o).contains("auth.jwt.public_key_file"), "{}", stderr(&o));
+
+    let dir = std::env::temp_dir().join(format!("tickwire-prod-example-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let ck = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    std::fs::write(&cert, ck.cert.pem()).unwrap();
+    std::fs::write(&key, ck.key_pair.serialize_pem()).unwrap();
+    let public = fixture("ec-public.pem");
+    let o = run(
+        &["check-config", "--config", example],
+        &[
+            ("TICKWIRE__TLS__CERT", cert.to_str().unwrap()),
+            ("TICKWIRE__TLS__KEY", key.to_str().unwrap()),
+            ("TICKWIRE__AUTH__JWT__PUBLIC_KEY_FILE", &public),
+        ],
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+    assert_eq!(o.status.code(), Some(0), "stderr: {}", stderr(&o));
+    let out = stdout(&o);
+    assert!(
+        out.contains("mode: Jwt") && out.contains("configuration is valid"),
+        "{out}"
+    );
+    assert!(out.contains("pricing-service"), "{out}");
+}
+
+#[test]
+fn check_config_never_prints_the_jwt_secret() {
+    let secret = "a-secret-that-must-not-leak-0123456789";
+    let o = run(
+        &["check-config"],
+        &[
+            ("TICKWIRE__AUTH__MODE", "jwt"),
+            ("TICKWIRE__AUTH__JWT__HS256_SECRET", secret),
+        ],
+    );
+    assert_eq!(o.status.code(), Some(0), "stderr: {}", stderr(&o));
+    assert!(!stdout(&o).contains(secret), "{}", stdout(&o));
+    assert!(stdout(&o).contains("<redacted>"), "{}", stdout(&o));
+}
+
+#[test]
+fn hash_key_prints_a_key_and_a_paste_ready_entry() {
+    let o = run(&["hash-key", "--name", "feed", "--publish", "prices.>"], &[]);
+    assert_eq!(o.status.code(), Some(0), "stderr: {}", stderr(&o));
+    let out = stdout(&o);
+    let field = |name: &str| {
+        (out.lines())
+            .find_map(|l| l.strip_prefix(name))
+            .unwrap_or_else(|| panic!("no {name} line in {out}"))
+            .trim()
+            .to_string()
+    };
+    let (key, digest) = (field("key:"), field("sha256:"));
+    assert_eq!(key.len(), 64, "{out}");
+    assert!(key.bytes().all(|b| b.is_ascii_hexdigit()), "{out}");
+    let expected: String = ring::digest::digest(&ring::digest::SHA256, key.as_bytes())
+        .as_ref()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    assert_eq!(digest, expected, "sha256 of the key text");
+    // The entry is valid configuration that accepts the key.
+    let entry = &out[out.find("[[auth.api_keys]]").expect("entry")..];
+    let settings = tickwire::settings::Settings::from_toml(entry).unwrap();
+    let keys = tickwire::apikey::ApiKeys::from_settings(&settings.auth.api_keys).unwrap();
+    let found = keys.find(&key).expect("the key matches its entry");
+    assert_eq!(found.name, "feed");
+    assert!(found
+        .acl
+        .may_publish(&tickwire::topic::Topic::parse("prices.X").unwrap()));
+    let again = stdout(&run(&["hash-key"], &[]));
+    assert!(!again.contains(&key), "keys are random");
+    let o = run(&["hash-key", "--publish", "a..b"], &[]);
+    assert_eq!(o.status.code(), Some(2), "stderr: {}", stderr(&o));
+}
+
+#[test]
+fn token_mints_a_verifiable_hs256_token() {
+    let o = run(
+        &[
+            "token",
+            "--sub",
+            "alice",
+            "--subscribe",
+            "prices.>",
+            "--subscribe",
+            "news.*",
+            "--publish",
+            "chat.>",
+            "--ttl",
+            "1h",
+            "--audience",
+            "tw",
+        ],
+        &[("TICKWIRE_JWT_SECRET", JWT_SECRET)],
+    );
+    assert_eq!(o.status.code(), Some(0), "stderr: {}", stderr(&o));
+    let token = stdout(&o).trim().to_string();
+    let mut validation = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::HS256);
+    validation.set_audience(&["tw"]);
+    let key = jsonwebtoken::DecodingKey::from_secret(JWT_SECRET.as_bytes());
+    let claims = jsonwebtoken::decode::<serde_json::Value>(&token, &key, &validation)
+        .unwrap()
+        .claims;
+    assert_eq!(claims["sub"], "alice");
+    assert_eq!(claims["subscribe"], serde_json::json!(["prices.>", "news.*"]));
+    assert_eq!(claims["publish"], serde_json::json!(["chat.>"]));
+    let ttl = claims["exp"].as_u64().unwrap() - claims["iat"].as_u64().unwrap();
+    assert_eq!(ttl, 3600);
+
+    for args in [
+        vec!["token", "--secret", "short", "--sub", "a"],
+        vec![
+            "token",
+            "--secret",
+            JWT_SECRET,
+            "--sub",
+            "a",
+            "--subscribe",
+            "a.>.b",
+        ],
+        vec!["token", "--secret", JWT_SECRET, "--sub", "a", "--ttl", "soon"],
+    ] {
+        let o = run(&args, &[]);
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {}", stderr(&o));
+    }
+}
