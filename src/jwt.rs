@@ -143,10 +143,14 @@ impl Verifier {
             patterns("subscribe", &claims.subscribe)?,
             patterns("publish", &claims.publish)?,
         );
+        // Checked: a far-future `exp` must not overflow the clock.
+        let expires = (UNIX_EPOCH.checked_add(Duration::from_secs(claims.exp)))
+            .and_then(|t| t.checked_add(self.leeway))
+            .ok_or_else(|| AuthError::BadClaim("exp".to_string()))?;
         Ok(Identity {
             subject: Some(claims.sub),
             acl,
-            expires: Some(UNIX_EPOCH + Duration::from_secs(claims.exp) + self.leeway),
+            expires: Some(expires),
         })
     }
 }
@@ -264,7 +268,7 @@ impl NewToken {
         NewToken {
             sub: sub.to_string(),
             iat: now,
-            exp: now + ttl.as_secs(),
+            exp: now.saturating_add(ttl.as_secs()),
             aud: None,
             iss: None,
             subscribe,
@@ -337,6 +341,7 @@ mod tests {
         assert_eq!(with("exp", "never".into()), AuthError::Malformed);
         assert_eq!(with("nbf", "never".into()), AuthError::BadClaim("nbf".into()));
         assert_eq!(with("nbf", (now() + 60).into()), AuthError::NotYetValid);
+        assert_eq!(with("exp", u64::MAX.into()), AuthError::BadClaim("exp".into()));
         assert_eq!(with("aud", "other".into()), AuthError::Audience);
         assert_eq!(with("iss", "other".into()), AuthError::Issuer);
         assert_eq!(

@@ -162,11 +162,16 @@ async fn heartbeat(
     }
 }
 
+/// Longest single timer of [`expiry`]: far-future deadlines are slept towards in steps.
+const EXPIRY_STEP: Duration = Duration::from_secs(86_400);
+/// Deadlines further away are treated as this far (Instant arithmetic must not overflow).
+const MAX_DEADLINE: Duration = Duration::from_secs(100 * 365 * 86_400);
+
 /// When a connection with `identity` must close, on the runtime's clock.
 fn deadline(identity: &Identity) -> Option<tokio::time::Instant> {
     let expires = identity.expires?;
     let left = expires.duration_since(SystemTime::now()).unwrap_or_default();
-    Some(tokio::time::Instant::now() + left)
+    Some(tokio::time::Instant::now() + left.min(MAX_DEADLINE))
 }
 
 /// Resolves with [`Disconnect::TokenExpired`] at the deadline in `deadline`, which a token
@@ -175,9 +180,12 @@ async fn expiry(mut deadline: watch::Receiver<Option<tokio::time::Instant>>) -> 
     loop {
         let at = *deadline.borrow_and_update();
         let sleep = async {
-            match at {
-                Some(at) => tokio::time::sleep_until(at).await,
-                None => std::future::pending().await,
+            let Some(at) = at else {
+                return std::future::pending().await;
+            };
+            while tokio::time::Instant::now() < at {
+                let step = tokio::time::Instant::now() + EXPIRY_STEP;
+                tokio::time::sleep_until(at.min(step)).await;
             }
         };
         tokio::select! {
