@@ -170,6 +170,9 @@ impl fmt::Debug for Secret {
     }
 }
 
+/// The environment variable of `auth.jwt.hs256_secret`, read verbatim.
+const SECRET_ENV: &str = "TICKWIRE__AUTH__JWT__HS256_SECRET";
+
 /// Longest accepted `auth.jwt.leeway`: clocks that disagree more need fixing, not tolerance.
 pub const MAX_JWT_LEEWAY: Duration = Duration::from_secs(5);
 
@@ -288,7 +291,10 @@ impl Settings {
             .with_list_parse_key("server.allowed_origins")
             .with_list_parse_key("auth.anonymous.subscribe")
             .with_list_parse_key("auth.anonymous.publish");
-        Self::finish(builder.add_source(env).build()?)
+        // `try_parsing` turns an all-digit secret into a number and back, changing it (a long
+        // one comes back in float notation): the secret is taken from the environment as is.
+        let secret = std::env::var(SECRET_ENV).ok().map(Secret);
+        Self::finish(builder.add_source(env).build()?, secret)
     }
 
     /// Built-in defaults overlaid with `extra` TOML text; no files, no environment.
@@ -298,11 +304,14 @@ impl Settings {
             .add_source(File::from_str(DEFAULTS_TOML, FileFormat::Toml))
             .add_source(File::from_str(extra, FileFormat::Toml))
             .build()?;
-        Self::finish(cfg)
+        Self::finish(cfg, None)
     }
 
-    fn finish(cfg: Config) -> Result<Settings, SettingsError> {
+    fn finish(cfg: Config, env_secret: Option<Secret>) -> Result<Settings, SettingsError> {
         let mut settings: Settings = cfg.try_deserialize()?;
+        if let Some(secret) = env_secret {
+            settings.auth.jwt.hs256_secret = secret;
+        }
         // Lists from env vars are split on commas as is: "BTC-USD, ETH-USD" must still work.
         let lists = [
             &mut settings.feed.symbols,

@@ -431,3 +431,23 @@ async fn api_keys_guard_publishing_and_the_topic_api() {
     assert_eq!(http_get(addr, "/healthz").await.status, 200);
     assert_eq!(http_get(addr, "/metrics").await.status, 200);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_secret_from_the_environment_is_used_verbatim() {
+    // All digits: the environment layer would otherwise read it as a number and reformat it.
+    let secret = "12345678901234567890123456789012345";
+    let server = ServerProcess::start(&[
+        ("TICKWIRE__AUTH__MODE", "jwt"),
+        ("TICKWIRE__AUTH__JWT__HS256_SECRET", secret),
+    ])
+    .await;
+    let key = EncodingKey::from_secret(secret.as_bytes());
+    let t = sign(
+        &claims("gina", &["chat.>"], &[], 60),
+        Algorithm::HS256,
+        &key,
+        None,
+    );
+    let mut ws = connect_with_token(server.addr, &t).await;
+    assert_usable(&mut ws, 1).await;
+}
