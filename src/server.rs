@@ -115,6 +115,8 @@ pub async fn serve(
     }
     if let Some(admin) = admin {
         admin.abort();
+        // Wait for the abort, so the admin port is released when we return.
+        let _ = admin.await;
     }
     Ok(())
 }
