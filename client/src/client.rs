@@ -80,6 +80,7 @@ impl Client {
         let (events_tx, events_rx) = mpsc::channel(options.event_buffer);
         let (shutdown, shutdown_rx) = watch::channel(false);
         let shared = Arc::new(Shared::default());
+        shared.connected.store(true, Ordering::Release); // the first connection is open
         let request_timeout = options.request_timeout;
         let (events, dispatcher) = match callbacks {
             Some(callbacks) => {
@@ -157,7 +158,11 @@ impl Client {
     /// to `topic` over the WebSocket and returns the seq it got. The server only accepts topics
     /// matching its `publish.client_topics` (`chat.>` by default); others fail with
     /// [`Error::Server`] code `forbidden`.
-    pub async fn publish<T: Serialize + ?Sized>(&self, topic: impl Into<String>, data: &T) -> Result<Published> {
+    pub async fn publish<T: Serialize + ?Sized>(
+        &self,
+        topic: impl Into<String>,
+        data: &T,
+    ) -> Result<Published> {
         let topic = topic.into();
         let data = serde_json::value::to_raw_value(data)?;
         self.request(|reply| Command::Publish {
@@ -184,8 +189,19 @@ impl Client {
 
     /// Closes the connection (close code 1000), stops reconnecting, and waits until the last
     /// event (`Close`) has been handed over and, with callbacks, handled.
+    ///
+    /// Called from a callback, it only starts closing: the callbacks, `on_close` included,
+    /// run on the task that would have to finish.
     pub async fn close(&self) {
         let _ = self.inner.shutdown.send(true);
+        let in_callback = {
+            let dispatcher = lock(&self.inner.dispatcher);
+            let current = tokio::task::try_id();
+            dispatcher.as_ref().is_some_and(|d| Some(d.id()) == current)
+        };
+        if in_callback {
+            return;
+        }
         let task = lock(&self.inner.task).take();
         if let Some(task) = task {
             let _ = task.await;

@@ -32,9 +32,12 @@ use crate::url::with_token;
 pub(crate) type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 pub(crate) type Reply<T> = oneshot::Sender<Result<T>>;
 
-/// Soft size limit of one re-subscribe request, well under the server's default
-/// `max_message_bytes` (64 KiB). A single pattern's `since` map is never split.
+/// Size at which re-subscribe requests are split between patterns.
 const BATCH_BYTES: usize = 32 << 10;
+/// Hard size limit of one re-subscribe request, under the server's default `max_message_bytes`
+/// (64 KiB). A pattern matching more tracked topics than fit asks to recover only those that do;
+/// the others get `Reset` and a snapshot.
+const SINCE_BYTES: usize = 56 << 10;
 /// Most subscriptions per re-subscribe request.
 const BATCH_TOPICS: usize = 256;
 /// How long a graceful close waits for the close handshake.
@@ -122,6 +125,16 @@ enum Pending {
     Publish {
         reply: Option<Reply<Published>>,
     },
+}
+
+/// One re-subscribe request being assembled.
+#[derive(Default)]
+struct Batch {
+    topics: Vec<String>,
+    since: BTreeMap<String, Position>,
+    /// Tracked topics whose `since` did not fit.
+    unrecoverable: BTreeSet<String>,
+    bytes: usize,
 }
 
 /// How a connection ended.
@@ -304,9 +317,14 @@ impl Task {
         }
     }
 
+    /// Hands an event over, waiting while the consumer is behind (backpressure), but not
+    /// past a close request.
     async fn emit(&mut self, event: Event) {
         if self.shared.events_taken.load(Ordering::Acquire) {
-            let _ = self.events.send(event).await;
+            tokio::select! {
+                _ = self.events.send(event) => {}
+                () = shut_down(&mut self.shutdown) => {}
+            }
         } else {
             let _ = self.events.try_send(event);
         }
@@ -425,34 +443,44 @@ impl Task {
         self.tracks
             .retain(|topic, _| subscriptions.iter().any(|p| pattern_matches(p, topic)));
         let mut assigned: HashSet<&str> = HashSet::new();
-        let mut batches: Vec<(Vec<String>, BTreeMap<String, Position>)> = Vec::new();
-        let mut size = 0;
+        let mut batches: Vec<Batch> = Vec::new();
         for pattern in subscriptions {
-            let mut since = BTreeMap::new();
-            let mut cost = pattern.len() + 3;
-            for (topic, track) in &self.tracks {
-                if pattern_matches(pattern, topic) && assigned.insert(topic) {
-                    let epoch = track.epoch.clone().unwrap_or_default();
-                    cost += topic.len() + epoch.len() + 40;
-                    since.insert(topic.clone(), Position { seq: track.seq, epoch });
-                }
-            }
             let full = batches
                 .last()
-                .is_none_or(|(topics, _)| topics.len() >= BATCH_TOPICS || size + cost > BATCH_BYTES);
+                .is_none_or(|b| b.topics.len() >= BATCH_TOPICS || b.bytes + pattern.len() > BATCH_BYTES);
             if full {
-                batches.push((Vec::new(), BTreeMap::new()));
-                size = 0;
+                batches.push(Batch::default());
             }
-            let (topics, all) = batches.last_mut().expect("just ensured");
-            topics.push(pattern.clone());
-            all.extend(since);
-            size += cost;
+            let batch = batches.last_mut().expect("just ensured");
+            batch.topics.push(pattern.clone());
+            batch.bytes += pattern.len() + 3;
+            for (topic, track) in &self.tracks {
+                if !pattern_matches(pattern, topic) || !assigned.insert(topic) {
+                    continue;
+                }
+                let epoch = track.epoch.clone().unwrap_or_default();
+                let cost = topic.len() + epoch.len() + 40;
+                if batch.bytes + cost > SINCE_BYTES {
+                    // No room to ask for recovery: the topic resets (and its snapshot follows).
+                    batch.unrecoverable.insert(topic.clone());
+                    continue;
+                }
+                batch.bytes += cost;
+                batch.since.insert(
+                    topic.clone(),
+                    Position {
+                        seq: track.seq,
+                        epoch,
+                    },
+                );
+            }
         }
-        for (topics, since) in batches {
+        for batch in batches {
             let id = self.next_id();
-            let text = Request::subscribe(id, &topics, &since).encode();
-            let since = since.into_keys().collect();
+            let text = Request::subscribe(id, &batch.topics, &batch.since).encode();
+            let mut since = batch.unrecoverable;
+            since.extend(batch.since.into_keys());
+            let topics = batch.topics;
             self.pending.insert(id, Pending::Resubscribe { topics, since });
             send(ws, Message::text(text)).await?;
         }
@@ -464,7 +492,9 @@ impl Task {
     fn connection_lost(&mut self) {
         for (_, pending) in std::mem::take(&mut self.pending) {
             match pending {
-                Pending::Subscribe { topics, reply } => self.replay.push(Command::Subscribe { topics, reply }),
+                Pending::Subscribe { topics, reply } => {
+                    self.replay.push(Command::Subscribe { topics, reply })
+                }
                 Pending::Unsubscribe { topics, reply } => {
                     self.replay.push(Command::Unsubscribe { topics, reply })
                 }
@@ -546,7 +576,9 @@ impl Task {
         let unclaimed = match self.take_pending(id) {
             Some(Pending::Subscribe { reply, .. }) => reply.send(Err(error)).err().and_then(Result::err),
             Some(Pending::Unsubscribe { reply, .. }) => reply.send(Err(error)).err().and_then(Result::err),
-            Some(Pending::Publish { reply: Some(reply) }) => reply.send(Err(error)).err().and_then(Result::err),
+            Some(Pending::Publish { reply: Some(reply) }) => {
+                reply.send(Err(error)).err().and_then(Result::err)
+            }
             Some(Pending::Resubscribe { topics, .. }) => {
                 // The new server refuses what the old one accepted: drop those subscriptions.
                 self.subscriptions.retain(|s| !topics.contains(s));

@@ -253,7 +253,8 @@ impl HttpPublisher {
         }
         static TLS: OnceLock<Arc<rustls::ClientConfig>> = OnceLock::new();
         let config = (self.tls.clone()).unwrap_or_else(|| TLS.get_or_init(default_tls).clone());
-        let name = rustls::pki_types::ServerName::try_from(self.host.clone()).map_err(|e| connect_err(e.into()))?;
+        let name =
+            rustls::pki_types::ServerName::try_from(self.host.clone()).map_err(|e| connect_err(e.into()))?;
         let tls = tokio_rustls::TlsConnector::from(config)
             .connect(name, tcp)
             .await
@@ -282,9 +283,15 @@ mod tests {
     #[test]
     fn publish_paths() {
         let p = HttpPublisher::new("http://127.0.0.1:8080").unwrap();
-        assert_eq!((p.host.as_str(), p.port, p.path.as_str()), ("127.0.0.1", 8080, "/api/v1/publish"));
+        assert_eq!(
+            (p.host.as_str(), p.port, p.path.as_str()),
+            ("127.0.0.1", 8080, "/api/v1/publish")
+        );
         let p = HttpPublisher::new("https://example.com/tw/").unwrap();
-        assert_eq!((p.port, p.path.as_str(), p.https), (443, "/tw/api/v1/publish", true));
+        assert_eq!(
+            (p.port, p.path.as_str(), p.https),
+            (443, "/tw/api/v1/publish", true)
+        );
         let p = HttpPublisher::new("http://[::1]:9/api/v1/publish").unwrap();
         assert_eq!((p.host.as_str(), p.path.as_str()), ("::1", "/api/v1/publish"));
         assert!(HttpPublisher::new("ws://x").is_err());

@@ -271,9 +271,15 @@ mod tests {
 
     #[test]
     fn frames_parse() {
-        let f = Frame::parse(r#"{"type":"update","topic":"prices.BTC","seq":42,"ts":1700,"data":{"p": 1.50}}"#);
-        let Ok(Frame::Delivery(u)) = f else { panic!("{f:?}") };
-        assert_eq!((u.kind, u.topic.as_str(), u.seq, u.ts), (Kind::Update, "prices.BTC", 42, 1700));
+        let f =
+            Frame::parse(r#"{"type":"update","topic":"prices.BTC","seq":42,"ts":1700,"data":{"p": 1.50}}"#);
+        let Ok(Frame::Delivery(u)) = f else {
+            panic!("{f:?}")
+        };
+        assert_eq!(
+            (u.kind, u.topic.as_str(), u.seq, u.ts),
+            (Kind::Update, "prices.BTC", 42, 1700)
+        );
         assert_eq!(u.data.get(), r#"{"p": 1.50}"#, "data is kept byte for byte");
         assert_eq!(
             serde_json::to_string(&u).unwrap(),
@@ -282,7 +288,9 @@ mod tests {
         let f = Frame::parse(
             r#"{"type":"subscribed","id":1,"topics":["a.*"],"positions":{"a.b":{"seq":40,"epoch":"k3j2"}},"recovered":{"a.b":true}}"#,
         );
-        let Ok(Frame::Subscribed(Some(1), s)) = f else { panic!("{f:?}") };
+        let Ok(Frame::Subscribed(Some(1), s)) = f else {
+            panic!("{f:?}")
+        };
         assert_eq!(s.positions["a.b"].epoch, "k3j2");
         assert!(s.recovered["a.b"]);
         let f = Frame::parse(r#"{"type":"subscribed","topics":["x"]}"#);
@@ -291,7 +299,10 @@ mod tests {
         assert!(matches!(f, Ok(Frame::Error { id: Some(3), code, .. }) if code == "forbidden"));
         let f = Frame::parse(r#"{"type":"published","id":3,"topic":"chat.x","seq":7}"#);
         assert!(matches!(f, Ok(Frame::Published(Some(3), p)) if p.seq == 7));
-        assert!(matches!(Frame::parse(r#"{"type":"pong","id":9}"#), Ok(Frame::Pong)));
+        assert!(matches!(
+            Frame::parse(r#"{"type":"pong","id":9}"#),
+            Ok(Frame::Pong)
+        ));
     }
 
     #[test]

@@ -262,7 +262,11 @@ mod tests {
         let distinct: std::collections::HashSet<_> = delays.iter().collect();
         assert!(distinct.len() > 100, "delays are jittered");
         let flat = Backoff { factor: 0.5, ..b };
-        assert_eq!(flat.ceiling(5), Duration::from_millis(100), "factor below 1 acts as 1");
+        assert_eq!(
+            flat.ceiling(5),
+            Duration::from_millis(100),
+            "factor below 1 acts as 1"
+        );
     }
 
     #[tokio::test]
