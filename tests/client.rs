@@ -12,7 +12,8 @@ use std::time::Duration;
 use common::{publish, start, RECV_TIMEOUT, SILENCE};
 use serde_json::{json, Value};
 use tickwire_client::{
-    Backoff, Client, ClientOptions, Error, Event, Events, HttpPublisher, Kind, Outgoing, TokenProvider,
+    rustls, Backoff, Client, ClientOptions, Error, Event, Events, HttpPublisher, Kind, Outgoing,
+    TokenProvider,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -831,4 +832,91 @@ async fn a_slow_consumer_cut_off_by_the_server_recovers_without_loss() {
         }
     }
     client.close().await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// TLS
+// ---------------------------------------------------------------------------------------------
+
+/// A TLS-terminating proxy in front of `target` with a fresh self-signed certificate for
+/// `localhost`; returns its address and a client configuration that trusts the certificate.
+async fn tls_proxy(target: SocketAddr) -> (SocketAddr, Arc<rustls::ClientConfig>, JoinHandle<()>) {
+    let certified = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+    let cert = certified.cert.der().clone();
+    let key = rustls::pki_types::PrivatePkcs8KeyDer::from(certified.key_pair.serialize_der());
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let server_config = rustls::ServerConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(vec![cert.clone()], key.into())
+        .unwrap();
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(cert).unwrap();
+    let client_config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(server_config));
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let task = tokio::spawn(async move {
+        loop {
+            let Ok((tcp, _)) = listener.accept().await else {
+                return;
+            };
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let Ok(mut tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let Ok(mut plain) = TcpStream::connect(target).await else {
+                    return;
+                };
+                let _ = tokio::io::copy_bidirectional(&mut tls, &mut plain).await;
+            });
+        }
+    });
+    (addr, Arc::new(client_config), task)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wss_and_https_through_rustls() {
+    let server = start("").await;
+    let (addr, tls, proxy) = tls_proxy(server.addr).await;
+    let wss = format!("wss://localhost:{}/ws", addr.port());
+
+    // The default roots do not trust a self-signed certificate.
+    match Client::connect(wss.as_str(), options()).await {
+        Err(Error::Connect { source, .. }) => {
+            assert!(
+                source.to_string().to_lowercase().contains("certificate"),
+                "{source}"
+            )
+        }
+        other => panic!("expected a certificate error, got {other:?}"),
+    }
+
+    let client = Client::connect(wss.as_str(), options().tls_config(tls.clone()))
+        .await
+        .unwrap();
+    let mut events = client.events().unwrap();
+    client.subscribe(["chat.tls"]).await.unwrap();
+    assert_eq!(client.publish("chat.tls", "over wss").await.unwrap().seq, 1);
+    let https = HttpPublisher::new(&format!("https://localhost:{}", addr.port()))
+        .unwrap()
+        .tls_config(tls)
+        .token_provider(TokenProvider::fixed("secret"));
+    assert_eq!(https.publish("chat.tls", "over https").await.unwrap().seq, 2);
+    let seen = until(&mut events, "both", |e| is_delivery(e, "chat.tls", 2)).await;
+    let data: Vec<String> = (seen.iter())
+        .filter_map(|e| match e {
+            Event::Update(u) => Some(u.data.get().to_string()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(data, [r#""over wss""#, r#""over https""#]);
+    client.close().await;
+    proxy.abort();
 }

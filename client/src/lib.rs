@@ -1,6 +1,5 @@
-//! Client library for [tickwire](../tickwire/index.html), a real-time push server: subscribe to
-//! topics over WebSocket, get a gap-free stream across reconnects, and publish over WebSocket
-//! or HTTP.
+//! Client library for tickwire, a real-time push server: subscribe to topics over WebSocket, get a
+//! gap-free stream across reconnects, and publish over WebSocket or HTTP.
 //!
 //! # Quick start
 //!

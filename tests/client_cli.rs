@@ -1,5 +1,5 @@
-//! The `tickwire subscribe` and `tickwire publish` commands: the real binary against an
-//! in-process server.
+//! The `tickwire subscribe` and `tickwire publish` commands (the client side of the binary): the
+//! real binary against an in-process server.
 
 mod common;
 
