@@ -920,3 +920,119 @@ async fn wss_and_https_through_rustls() {
     client.close().await;
     proxy.abort();
 }
+
+// ---------------------------------------------------------------------------------------------
+// Robustness
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_server_input_becomes_errors_not_panics() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    // A fake server: answers the client's first request (a publish) with the wrong reply type,
+    // then sends garbage, then one good update.
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let fake = tokio::spawn(async move {
+        let (tcp, _) = listener.accept().await.unwrap();
+        let mut ws = tokio_tungstenite::accept_async(tcp).await.unwrap();
+        let Some(Ok(Message::Text(request))) = ws.next().await else {
+            panic!("no request")
+        };
+        let request: Value = serde_json::from_str(request.as_str()).unwrap();
+        assert_eq!(request["op"], "publish");
+        let id = request["id"].as_i64().unwrap();
+        let frames = [
+            json!({"type": "subscribed", "id": id, "topics": []}).to_string(),
+            "not json".to_string(),
+            r#"{"type":"update","topic":"x"}"#.to_string(),
+            r#"{"type":"update","topic":"x","seq":1,"ts":1,"data":{"unterminated":}"#.to_string(),
+            json!({"type": "teleport"}).to_string(),
+            json!({"type": "published", "id": 424242, "topic": "x", "seq": 1}).to_string(),
+            json!({"type": "error", "code": "boom", "message": "no id"}).to_string(),
+        ];
+        for frame in frames {
+            ws.send(Message::text(frame)).await.unwrap();
+        }
+        ws.send(Message::binary(vec![1, 2, 3])).await.unwrap();
+        let good = json!({"type": "update", "topic": "x", "seq": 1, "ts": 2, "data": [1]});
+        ws.send(Message::text(good.to_string())).await.unwrap();
+        // Stay open until the client closes.
+        while let Some(Ok(_)) = ws.next().await {}
+    });
+    let client = Client::connect(ws_url(addr), options()).await.unwrap();
+    let mut events = client.events().unwrap();
+    match client.publish("chat.x", &1).await {
+        Err(Error::Protocol(message)) => assert!(message.contains("subscribed"), "{message}"),
+        other => panic!("expected a protocol error, got {other:?}"),
+    }
+    let seen = until(&mut events, "the good update", |e| is_delivery(e, "x", 1)).await;
+    let errors: Vec<String> = (seen.iter())
+        .filter_map(|e| match e {
+            Event::Error(Error::Protocol(m)) => Some(format!("protocol: {}", m.split(':').next().unwrap())),
+            Event::Error(Error::Server { code, .. }) => Some(format!("server: {code}")),
+            Event::Error(other) => Some(format!("other: {other}")),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        errors,
+        [
+            "protocol: unexpected `subscribed` reply",
+            "protocol: malformed frame (expected ident at line 1 column 2)",
+            "protocol: malformed frame (missing field `seq` at line 1 column 29)",
+            "protocol: malformed frame (expected value at line 1 column 68)",
+            "protocol: unknown frame type \"teleport\"",
+            "server: boom",
+            "protocol: unexpected binary message of 3 bytes",
+        ]
+    );
+    assert!(client.is_connected(), "bad frames do not end the connection");
+    client.close().await;
+    fake.await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn closing_from_a_callback_while_events_back_up() {
+    let server = start("").await;
+    let holder: Arc<Mutex<Option<Client>>> = Arc::default();
+    let closes = Arc::new(AtomicUsize::new(0));
+    let (done_tx, done_rx) = oneshot::channel::<()>();
+    let mut done_tx = Some(done_tx);
+    let (h, c) = (holder.clone(), closes.clone());
+    let client = Client::builder(ws_url(server.addr))
+        .options(options().event_buffer(1))
+        .on_message(move |u| {
+            if u.seq == 3 {
+                // Slow down so events back up, then close from a spawned task.
+                std::thread::sleep(Duration::from_millis(50));
+                let client = h.lock().unwrap().clone().unwrap();
+                let done = done_tx.take().unwrap();
+                tokio::spawn(async move {
+                    client.close().await;
+                    let _ = done.send(());
+                });
+            }
+        })
+        .on_close(move |code, _| {
+            assert_eq!(code, 1000);
+            c.fetch_add(1, Ordering::SeqCst);
+        })
+        .connect()
+        .await
+        .unwrap();
+    *holder.lock().unwrap() = Some(client.clone());
+    client.subscribe(["chat.cb"]).await.unwrap();
+    let batch: Vec<(&str, Value)> = (0..500).map(|i| ("chat.cb", json!(i))).collect();
+    common::publish_batch(server.addr, &batch).await;
+    tokio::time::timeout(RECV_TIMEOUT, done_rx)
+        .await
+        .expect("close() from a callback's task did not finish")
+        .unwrap();
+    assert_eq!(
+        closes.load(Ordering::SeqCst),
+        1,
+        "on_close ran once, before close() returned"
+    );
+    holder.lock().unwrap().take();
+}

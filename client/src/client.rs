@@ -190,8 +190,9 @@ impl Client {
     /// Closes the connection (close code 1000), stops reconnecting, and waits until the last
     /// event (`Close`) has been handed over and, with callbacks, handled.
     ///
-    /// Called from a callback, it only starts closing: the callbacks, `on_close` included,
-    /// run on the task that would have to finish.
+    /// From a callback, spawn it (`tokio::spawn(async move { client.close().await })`); if it
+    /// is run on the callbacks' own task anyway, it only starts closing and returns, since
+    /// waiting for `on_close` there would wait for itself.
     pub async fn close(&self) {
         let _ = self.inner.shutdown.send(true);
         let in_callback = {
