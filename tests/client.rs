@@ -391,6 +391,14 @@ async fn stream_delivers_snapshot_then_updates_without_duplicates() {
     assert!(is_delivery(&next(&mut events).await, "prices.A", 5));
     expect_quiet(&mut events).await;
 
+    // Events is a futures Stream too.
+    publish(server.addr, "prices.B", json!({"last": 10})).await;
+    let streamed = tokio::time::timeout(RECV_TIMEOUT, futures_util::StreamExt::next(&mut events)).await;
+    assert!(
+        matches!(streamed, Ok(Some(ref e)) if is_delivery(e, "prices.B", 2)),
+        "{streamed:?}"
+    );
+
     let removed = client
         .unsubscribe(["prices.*", "prices.>", "prices.A"])
         .await

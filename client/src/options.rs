@@ -156,7 +156,10 @@ impl Default for ClientOptions {
 
 impl ClientOptions {
     /// Reconnects with this backoff after the connection drops (the default:
-    /// [`Backoff::default`]).
+    /// [`Backoff::default`]), whatever the close code except 4029 (the server cut the client
+    /// off for ignoring its rate limit: reconnecting would repeat that). A connection that
+    /// lasted under a second counts as a failed attempt, so a server that accepts and
+    /// immediately closes does not get hammered.
     pub fn reconnect(mut self, backoff: Backoff) -> ClientOptions {
         self.reconnect = Some(backoff);
         self
