@@ -152,10 +152,11 @@ pub fn fanout(r: &FanoutReport) -> String {
     .row(
         "client",
         format!(
-            "CPU {:.0} % of one core; machine {:.0} % busy of {} cores; {} reads, {} closed early",
+            "CPU {:.0} % of one core; machine {:.0} % busy of {} cores (other processes {}); {} reads, {} closed early",
             r.client.cpu_pct,
             r.client.machine_busy_pct,
             r.client.ncpu,
+            opt(r.other_cpu_pct, 0, " % of one core"),
             thousands(r.receive.reads),
             r.closed_early
         ),

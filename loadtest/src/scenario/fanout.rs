@@ -144,6 +144,9 @@ pub struct FanoutReport {
     pub closed_early: usize,
     pub server: ServerFigures,
     pub client: ClientUsage,
+    /// CPU used by other processes during the window, % of one core (machine busy minus the
+    /// server and this client): competition that inflates latency.
+    pub other_cpu_pct: Option<f64>,
     pub errors: Vec<String>,
     pub interrupted: bool,
 }
@@ -315,6 +318,10 @@ pub fn run(cfg: &FanoutConfig) -> anyhow::Result<FanoutReport> {
         _ => None,
     };
     let rss_end = srv_b.and_then(|s| s.rss_bytes);
+    let client = ClientUsage::between(&cpu_a, &cpu_b);
+    let server_cpu = srv_a.zip(srv_b).and_then(|(a, b)| a.cpu_pct(&b));
+    let other_cpu_pct =
+        server_cpu.map(|s| (client.machine_busy_pct * client.ncpu as f64 - s - client.cpu_pct).max(0.0));
     Ok(FanoutReport {
         scenario: "fanout",
         label: c.label.clone(),
@@ -354,7 +361,7 @@ pub fn run(cfg: &FanoutConfig) -> anyhow::Result<FanoutReport> {
         receive: result.counters,
         closed_early: result.closed_early,
         server: ServerFigures {
-            cpu_pct: srv_a.zip(srv_b).and_then(|(a, b)| a.cpu_pct(&b)),
+            cpu_pct: server_cpu,
             rss_before: srv_before.and_then(|s| s.rss_bytes),
             rss_after_connect: srv_connected.and_then(|s| s.rss_bytes),
             rss_end,
@@ -366,7 +373,8 @@ pub fn run(cfg: &FanoutConfig) -> anyhow::Result<FanoutReport> {
                 .zip(srv_end)
                 .and_then(|(a, b)| a.delta(&b, |s: &ServerSnap| s.conflated_total)),
         },
-        client: ClientUsage::between(&cpu_a, &cpu_b),
+        client,
+        other_cpu_pct,
         publish: pub_result,
         errors,
         interrupted,
