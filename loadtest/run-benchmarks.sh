@@ -2,7 +2,7 @@
 # Runs tickwire's standard benchmark suite on this machine and rewrites the generated section
 # of docs/benchmarks.md and docs/latency-vs-throughput.svg.
 #
-#   loadtest/run-benchmarks.sh            # full suite (about 8 minutes)
+#   loadtest/run-benchmarks.sh            # full suite (about 10 minutes on a quiet machine)
 #   REPORT_ONLY=DIR loadtest/run-benchmarks.sh   # rebuild the page from saved results in DIR
 #
 # Every scenario runs against a freshly started release server (feed disabled, listening on
@@ -15,8 +15,10 @@
 #   PEERBENCH     peerbench binary (default /tmp/pb-target/release/peerbench; built from
 #                 ../shared/tools/peerbench when missing and cargo can)
 #   OUT           results directory (default target/bench-results/<timestamp>)
-#   QUIET_BELOW   wait (up to 120 s) before each run until the machine is less busy than
-#                 this % (default 30), so other processes disturb the numbers less
+#   QUIET_BELOW   wait (up to 90 s) before each run until the machine is less busy than
+#                 this % of all cores (default 60), so other processes disturb the numbers less
+#   REPEAT        runs of each fan-out rate per tool, 1 or 2 (default 2: ours, peerbench,
+#                 peerbench, ours, which cancels slow drifts in background load)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -28,7 +30,8 @@ SOURCE_IPS=${SOURCE_IPS:-127.0.0.1-127.0.0.16}
 PEERBENCH=${PEERBENCH:-/tmp/pb-target/release/peerbench}
 PEERBENCH_SRC=${PEERBENCH_SRC:-$ROOT/../shared/tools/peerbench}
 OUT=${OUT:-$ROOT/target/bench-results/$(date +%Y%m%d-%H%M%S)}
-QUIET_BELOW=${QUIET_BELOW:-30}
+QUIET_BELOW=${QUIET_BELOW:-60}
+REPEAT=${REPEAT:-2}
 LT=$ROOT/target/release/tickwire-loadtest
 SERVER=$ROOT/target/release/tickwire
 
@@ -123,7 +126,7 @@ busy_pct() {
 
 wait_quiet() {
     local waited=0 busy
-    while busy=$(busy_pct); (( busy >= QUIET_BELOW && waited < 120 )); do
+    while busy=$(busy_pct); (( busy >= QUIET_BELOW && waited < 90 )); do
         (( waited == 0 )) && echo "machine ${busy}% busy; waiting for it to settle" >&2
         waited=$((waited + 1))
     done
@@ -173,6 +176,10 @@ FANOUT=(--warmup 3s --duration 10s --drain 3s --payload-bytes 100 --topics 1 --s
 for r in 20 200 5 50 100; do
     ours "fanout-n10000-r$r" fanout -n 10000 -r "$r" "${FANOUT[@]}"
     peer "fanout-n10000-r$r" 10000 "$r"
+    if (( REPEAT >= 2 )); then
+        peer "fanout-n10000-r$r-b" 10000 "$r"
+        ours "fanout-n10000-r$r-b" fanout -n 10000 -r "$r" "${FANOUT[@]}"
+    fi
 done
 ours fanout-n1000-r200 fanout -n 1000 -r 200 "${FANOUT[@]}"
 ours idle-n10000 idle -n 10000 --duration 10s

@@ -571,7 +571,10 @@ pub fn chart(r: &Results, path: &Path) -> anyhow::Result<()> {
     c.configure_mesh()
         .x_desc("deliveries per second (log)")
         .y_desc("end-to-end latency, ms (log)")
-        .x_label_formatter(&|x| thousands(x.round() as u64))
+        .x_labels(6)
+        .y_labels(10)
+        .light_line_style(RGBColor(242, 242, 242))
+        .x_label_formatter(&|x| si(*x))
         .y_label_formatter(&|y| {
             if *y >= 10.0 {
                 format!("{y:.0}")
@@ -587,12 +590,13 @@ pub fn chart(r: &Results, path: &Path) -> anyhow::Result<()> {
     let pts = |v: &[&FanoutRow], q: fn(&FanoutRow) -> f64| -> Vec<(f64, f64)> {
         v.iter().map(|x| (x.deliveries_per_s, q(x))).collect()
     };
-    for (q, name, dashed) in [
+    for (q, name, p99) in [
         ((|x: &FanoutRow| x.p50) as fn(&FanoutRow) -> f64, "p50", false),
         (|x: &FanoutRow| x.p99, "p99", true),
     ] {
-        let style = blue.stroke_width(if dashed { 1 } else { 3 });
-        c.draw_series(LineSeries::new(pts(&ours, q), style))?
+        // The line goes through the mean of repeated runs at each rate; every run is a dot.
+        let style = blue.stroke_width(if p99 { 1 } else { 3 });
+        c.draw_series(LineSeries::new(mean_by_x(&pts(&ours, q)), style))?
             .label(format!("tickwire-loadtest {name}"))
             .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], style));
         c.draw_series(
@@ -601,18 +605,28 @@ pub fn chart(r: &Results, path: &Path) -> anyhow::Result<()> {
                 .map(|p| Circle::new(p, 4, blue.filled())),
         )?;
         let pstyle = orange.stroke_width(2);
-        c.draw_series(pts(&peer, q).into_iter().map(|p| Cross::new(p, 6, pstyle)))?
-            .label(format!("peerbench {name}"))
-            .legend(move |(x, y)| Cross::new((x + 10, y), 5, pstyle));
+        if p99 {
+            c.draw_series(pts(&peer, q).into_iter().map(|p| Circle::new(p, 6, pstyle)))?
+                .label(format!("peerbench {name}"))
+                .legend(move |(x, y)| Circle::new((x + 10, y), 5, pstyle));
+        } else {
+            c.draw_series(pts(&peer, q).into_iter().map(|p| Cross::new(p, 6, pstyle)))?
+                .label(format!("peerbench {name}"))
+                .legend(move |(x, y)| Cross::new((x + 10, y), 5, pstyle));
+        }
         if let Some(m) = small_n.filter(|_| !small.is_empty()) {
-            let gstyle = green.filled();
+            let gstyle = if p99 {
+                green.stroke_width(2)
+            } else {
+                green.filled()
+            };
             c.draw_series(
                 pts(&small, q)
                     .into_iter()
-                    .map(|p| TriangleMarker::new(p, 6, gstyle)),
+                    .map(|p| TriangleMarker::new(p, 7, gstyle)),
             )?
             .label(format!("tickwire-loadtest {name}, N = {}", thousands(m)))
-            .legend(move |(x, y)| TriangleMarker::new((x + 10, y), 5, gstyle));
+            .legend(move |(x, y)| TriangleMarker::new((x + 10, y), 6, gstyle));
         }
     }
     c.configure_series_labels()
@@ -622,6 +636,41 @@ pub fn chart(r: &Results, path: &Path) -> anyhow::Result<()> {
         .draw()?;
     root.present()?;
     Ok(())
+}
+
+/// `50000` → `50k`, `2000000` → `2M`.
+fn si(x: f64) -> String {
+    let (v, unit) = if x >= 1e6 {
+        (x / 1e6, "M")
+    } else if x >= 1e3 {
+        (x / 1e3, "k")
+    } else {
+        (x, "")
+    };
+    if (v - v.round()).abs() < 0.05 {
+        format!("{v:.0}{unit}")
+    } else {
+        format!("{v:.1}{unit}")
+    }
+}
+
+/// Points with equal x merged into one at the mean y (repeated runs of one rate), sorted by x.
+fn mean_by_x(points: &[(f64, f64)]) -> Vec<(f64, f64)> {
+    let mut groups: Vec<(f64, f64, u32)> = Vec::new();
+    for &(x, y) in points {
+        match groups.iter_mut().find(|g| (g.0 - x).abs() <= x.abs() * 0.02) {
+            Some(g) => {
+                g.1 += y;
+                g.2 += 1;
+            }
+            None => groups.push((x, y, 1)),
+        }
+    }
+    groups.sort_by(|a, b| a.0.total_cmp(&b.0));
+    groups
+        .into_iter()
+        .map(|(x, y, n)| (x, y / f64::from(n)))
+        .collect()
 }
 
 pub fn run(a: &ReportArgs) -> anyhow::Result<()> {
@@ -665,6 +714,16 @@ mod tests {
         let appended = splice("# T\n", &format!("{BEGIN}\nx\n{END}\n")).unwrap();
         assert!(appended.starts_with("# T\n\n") && appended.contains("x\n"));
         assert!(splice(&format!("{END}\n{BEGIN}"), "x").is_err());
+    }
+
+    #[test]
+    fn chart_helpers() {
+        assert_eq!(si(50_000.0), "50k");
+        assert_eq!(si(2_000_000.0), "2M");
+        assert_eq!(si(1_500.0), "1.5k");
+        assert_eq!(si(20.0), "20");
+        let m = mean_by_x(&[(200.0, 10.0), (100.0, 1.0), (201.0, 20.0)]);
+        assert_eq!(m, vec![(100.0, 1.0), (200.0, 15.0)]);
     }
 
     #[test]

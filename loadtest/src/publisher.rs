@@ -28,6 +28,8 @@ pub struct PublisherConfig {
     /// Measurement window, µs since the epoch; publishing stops at `t1`.
     pub t0: u64,
     pub t1: u64,
+    /// How long after `t1` a request still in flight may take to be answered.
+    pub grace: Duration,
 }
 
 #[derive(Debug, Clone, Default, Serialize)]
@@ -106,7 +108,8 @@ async fn publish(cfg: PublisherConfig) -> PublisherResult {
         res.requests += 1;
         let sent_at = Instant::now();
         // Never outlive the window by much: a stalled publish endpoint must not hang the run.
-        let left = Duration::from_micros(cfg.t1.saturating_sub(now_us())) + Duration::from_millis(500);
+        // Waiting for the answer matters: the final `seq` is read once this returns.
+        let left = Duration::from_micros(cfg.t1.saturating_sub(now_us())) + cfg.grace;
         let request = client.post_json(Bytes::copy_from_slice(&body));
         let outcome = match tokio::time::timeout(left, request).await {
             Err(_) => {

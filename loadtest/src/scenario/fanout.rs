@@ -200,6 +200,7 @@ pub fn run(cfg: &FanoutConfig) -> anyhow::Result<FanoutReport> {
             batch_max: cfg.batch_max.max(1),
             t0,
             t1,
+            grace: cfg.drain.max(Duration::from_millis(500)),
         };
         std::thread::Builder::new()
             .name("publisher".into())
@@ -245,10 +246,22 @@ pub fn run(cfg: &FanoutConfig) -> anyhow::Result<FanoutReport> {
         }),
         None => PublisherResult::default(),
     };
-    let final_seq = (names.iter())
-        .map(|t| server::topic_seq(&api, t))
-        .collect::<anyhow::Result<Vec<u64>>>()
-        .context("reading the topics' final seq")?;
+    let read_seqs = || -> anyhow::Result<Vec<u64>> {
+        (names.iter())
+            .map(|t| server::topic_seq(&api, t))
+            .collect::<anyhow::Result<Vec<u64>>>()
+            .context("reading the topics' final seq")
+    };
+    // A request the publisher gave up on may still be applied: wait until the seqs settle.
+    let mut final_seq = read_seqs()?;
+    for _ in 0..20 {
+        std::thread::sleep(Duration::from_millis(50));
+        let again = read_seqs()?;
+        if again == final_seq {
+            break;
+        }
+        final_seq = again;
+    }
 
     // Drain: until everything published has arrived (nothing conflated, nothing missing), or
     // the drain time is over.
@@ -281,10 +294,20 @@ pub fn run(cfg: &FanoutConfig) -> anyhow::Result<FanoutReport> {
             )
         });
     }
-    let errors_seen = shared.first_errors();
+    let mut errors = shared.first_errors();
     let result = pool.finish(now_us());
     let srv_end = c.scrape(&progress, &mut warned);
     progress.finish();
+    // Settle the accounts against the seqs as they are now, in case something was still applied
+    // during the drain.
+    let settled = read_seqs()?;
+    if settled != final_seq {
+        errors.push(format!(
+            "topic seqs moved after publishing stopped ({final_seq:?} -> {settled:?}); accounting uses the later"
+        ));
+        drained_early = false;
+        final_seq = settled;
+    }
 
     let mut gaps = GapCounts::default();
     let mut subscribers = vec![0u64; names.len()];
@@ -293,7 +316,6 @@ pub fn run(cfg: &FanoutConfig) -> anyhow::Result<FanoutReport> {
         subscribers[t] += 1;
         gaps += track.finish(base[t], final_seq[t]);
     }
-    let mut errors = errors_seen;
     if let Some(e) = &pub_result.first_error {
         errors.push(format!("publisher: {e}"));
     }
