@@ -393,8 +393,9 @@ pub fn markdown(r: &Results, svg_name: &str) -> String {
             "\nDeliveries/s {} within 10 % in every pair. Ratios are tickwire-loadtest / peerbench. \
              Both tools stamp the send time just before the HTTP batch is written and take the \
              receive time once per `read(2)`; both run two receiver threads with a raw frame \
-             parser. Latency percentiles of back-to-back runs on a shared 2-core machine vary \
-             from run to run by more than the tools differ (compare the *other* CPU column).\n",
+             parser. On a shared 2-core machine the latency of back-to-back runs varies with \
+             what else runs (the *other* column), so compare percentiles across the repeats, \
+             not within one pair.\n",
             if all_agree {
                 "agree"
             } else {
@@ -596,7 +597,7 @@ pub fn chart(r: &Results, path: &Path) -> anyhow::Result<()> {
     ] {
         // The line goes through the mean of repeated runs at each rate; every run is a dot.
         let style = blue.stroke_width(if p99 { 1 } else { 3 });
-        c.draw_series(LineSeries::new(mean_by_x(&pts(&ours, q)), style))?
+        c.draw_series(LineSeries::new(mean_by_rate(&ours, q), style))?
             .label(format!("tickwire-loadtest {name}"))
             .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], style));
         c.draw_series(
@@ -654,22 +655,22 @@ fn si(x: f64) -> String {
     }
 }
 
-/// Points with equal x merged into one at the mean y (repeated runs of one rate), sorted by x.
-fn mean_by_x(points: &[(f64, f64)]) -> Vec<(f64, f64)> {
-    let mut groups: Vec<(f64, f64, u32)> = Vec::new();
-    for &(x, y) in points {
-        match groups.iter_mut().find(|g| (g.0 - x).abs() <= x.abs() * 0.02) {
+/// One point per rate (repeated runs averaged): (mean deliveries/s, mean of `q`), by rate.
+fn mean_by_rate(rows: &[&FanoutRow], q: fn(&FanoutRow) -> f64) -> Vec<(f64, f64)> {
+    let mut groups: Vec<(f64, f64, f64, u32)> = Vec::new(); // rate, Σx, Σy, n
+    for r in rows {
+        match groups.iter_mut().find(|g| g.0 == r.rate) {
             Some(g) => {
-                g.1 += y;
-                g.2 += 1;
+                g.1 += r.deliveries_per_s;
+                g.2 += q(r);
+                g.3 += 1;
             }
-            None => groups.push((x, y, 1)),
+            None => groups.push((r.rate, r.deliveries_per_s, q(r), 1)),
         }
     }
     groups.sort_by(|a, b| a.0.total_cmp(&b.0));
-    groups
-        .into_iter()
-        .map(|(x, y, n)| (x, y / f64::from(n)))
+    (groups.into_iter())
+        .map(|(_, x, y, n)| (x / f64::from(n), y / f64::from(n)))
         .collect()
 }
 
@@ -722,8 +723,6 @@ mod tests {
         assert_eq!(si(2_000_000.0), "2M");
         assert_eq!(si(1_500.0), "1.5k");
         assert_eq!(si(20.0), "20");
-        let m = mean_by_x(&[(200.0, 10.0), (100.0, 1.0), (201.0, 20.0)]);
-        assert_eq!(m, vec![(100.0, 1.0), (200.0, 15.0)]);
     }
 
     #[test]
