@@ -207,6 +207,9 @@ struct PublishArgs {
     topic_prefix: String,
 }
 
+/// Context of every error in the options (exit code 2).
+const INVALID_OPTIONS: &str = "invalid options";
+
 /// Exits the process if the run is still going at `deadline`.
 fn watchdog(deadline: Duration) {
     std::thread::Builder::new()
@@ -251,7 +254,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     let extra = Duration::from_secs(30);
     match cli.command {
         Command::Fanout(a) => {
-            let common = a.common.common()?;
+            let common = a.common.common().context(INVALID_OPTIONS)?;
             let mut cfg = fanout::FanoutConfig::new(common);
             cfg.connections = a.connections;
             cfg.topics = a.topics;
@@ -269,7 +272,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             emit(a.common.json, &r, report::fanout(&r))
         }
         Command::Idle(a) => {
-            let common = a.common.common()?;
+            let common = a.common.common().context(INVALID_OPTIONS)?;
             let mut cfg = idle::IdleConfig::new(common);
             cfg.connections = a.connections;
             cfg.topics = a.topics;
@@ -285,7 +288,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             emit(a.common.json, &r, report::idle(&r))
         }
         Command::Connect(a) => {
-            let common = a.common.common()?;
+            let common = a.common.common().context(INVALID_OPTIONS)?;
             let cfg = connect::ConnectConfig {
                 common,
                 connections: a.connections,
@@ -300,7 +303,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             emit(a.common.json, &r, report::connect(&r))
         }
         Command::Publish(a) => {
-            let common = a.common.common()?;
+            let common = a.common.common().context(INVALID_OPTIONS)?;
             let modes = match a.mode {
                 ModeArg::Single => vec![publish::Mode::Single],
                 ModeArg::Batch => vec![publish::Mode::Batch],
@@ -343,7 +346,7 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("tickwire-loadtest: {e:#}");
-            let bad_options = e.chain().any(|c| c.to_string().contains("refusing to load"));
+            let bad_options = e.chain().any(|c| c.to_string() == INVALID_OPTIONS);
             ExitCode::from(if bad_options { 2 } else { 1 })
         }
     }
