@@ -134,6 +134,31 @@ try {
   await alice.waitForSelector(`li.msg:has-text("${text}")`, { timeout: 5000 });
   log(`(c) chat: bob received "${text}" from ${user}`);
 
+  // (e) Recovery: bob's connection drops (the server keeps running); messages published while
+  // he is away arrive after the reconnect, once each and in order, with no reset.
+  await bob.evaluate(() => {
+    window.e2eResets = [];
+    window.tickwire.addEventListener('reset', (e) => window.e2eResets.push(e.detail.topic));
+    window.tickwire.backoff.initial = 1500; // a fixed 1.5 s gap (jitter pinned below)
+    Math.random = () => 0.999;
+    window.tickwire.ws.close();
+  });
+  await bob.waitForFunction(() => window.tickwire.status === 'reconnecting', null, { timeout: 5000 });
+  const missed = ['one', 'two', 'three'].map((w) => `missed ${w} ${Date.now()}`);
+  for (const text of missed) {
+    const r = await fetch(`${base}/api/v1/publish`, {
+      method: 'POST',
+      body: JSON.stringify({ topic: 'chat.lobby', data: { user: 'http', text } }),
+    });
+    assert.equal(r.status, 200);
+  }
+  await bob.waitForFunction(() => window.tickwire.status === 'open', null, { timeout: 10000 });
+  await bob.waitForSelector(`li.msg:has-text("${missed[2]}")`, { timeout: 5000 });
+  const texts = await bob.$$eval('li.msg .text', (els) => els.map((e) => e.textContent));
+  assert.deepEqual(texts.filter((t) => t.startsWith('missed ')), missed, 'recovered messages');
+  assert.deepEqual(await bob.evaluate(() => window.e2eResets), [], 'resets');
+  log(`(e) bob reconnected and recovered ${missed.length} missed messages in order, no reset`);
+
   assert.deepEqual(errors, [], 'page errors');
   log('e2e: all checks passed');
 } finally {
