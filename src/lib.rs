@@ -40,4 +40,5 @@ pub mod server;
 pub mod session;
 pub mod settings;
 pub mod topic;
+pub mod web;
 pub mod wire;
