@@ -1,5 +1,6 @@
-//! HTTP routing: the WebSocket upgrade at `/ws`, the publish and topic APIs, and the operator
-//! endpoints `/metrics`, `/healthz`, `/readyz`.
+//! HTTP routing: the WebSocket upgrade at `/ws`, the publish and topic APIs, the web pages
+//! (`/`, `/chat`, `/tickwire.js`; see [`crate::web`]), and the operator endpoints `/metrics`,
+//! `/healthz`, `/readyz`.
 //!
 //! This is the edge where [`RequestError`]s become HTTP statuses and the
 //! `{"error":{"code","message"}}` shape.
@@ -104,6 +105,7 @@ fn route_of(path: &str) -> &'static str {
         "/metrics" => "metrics",
         "/healthz" => "healthz",
         "/readyz" => "readyz",
+        "/" | "/chat" | "/tickwire.js" => "web",
         _ => "not_found",
     }
 }
@@ -146,6 +148,7 @@ pub async fn handle(
             Ok(text(StatusCode::SERVICE_UNAVAILABLE, "draining\n"))
         }
         (&Method::GET, "readyz") => Ok(text(StatusCode::OK, "ready\n")),
+        (&Method::GET, "web") => crate::web::response(&path).ok_or(RequestError::MethodNotAllowed),
         (_, "not_found") => Err(RequestError::NoRoute(path.chars().take(256).collect())),
         _ => Err(RequestError::MethodNotAllowed),
     };

@@ -50,4 +50,5 @@ pub mod session;
 pub mod settings;
 pub mod tls;
 pub mod topic;
+pub mod web;
 pub mod wire;

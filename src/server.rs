@@ -122,6 +122,8 @@ pub async fn serve(
     }
     if let Some(admin) = admin {
         admin.abort();
+        // Wait for the abort, so the admin port is released when we return.
+        let _ = admin.await;
     }
     Ok(())
 }

@@ -1,0 +1,94 @@
+//! Client library for tickwire, a real-time push server: subscribe to topics over WebSocket, get a
+//! gap-free stream across reconnects, and publish over WebSocket or HTTP.
+//!
+//! # Quick start
+//!
+//! ```no_run
+//! use tickwire_client::{Client, ClientOptions, Event};
+//!
+//! # async fn run() -> Result<(), tickwire_client::Error> {
+//! let client = Client::connect("ws://127.0.0.1:8080/ws", ClientOptions::default()).await?;
+//! let mut events = client.events().expect("first call");
+//! client.subscribe(["prices.*"]).await?;
+//! while let Some(event) = events.recv().await {
+//!     match event {
+//!         Event::Snapshot(u) | Event::Update(u) => println!("{} #{}: {}", u.topic, u.seq, u.data),
+//!         Event::Reset { topic } => println!("{topic}: history lost, a fresh snapshot follows"),
+//!         other => println!("{other:?}"),
+//!     }
+//! }
+//! # Ok(()) }
+//! ```
+//!
+//! Or with callbacks, see [`ClientBuilder`]:
+//!
+//! ```no_run
+//! # async fn run() -> Result<(), tickwire_client::Error> {
+//! let client = tickwire_client::Client::builder("ws://127.0.0.1:8080/ws")
+//!     .on_open(|| println!("connected"))
+//!     .on_message(|u| println!("{} {}", u.topic, u.data))
+//!     .on_close(|code, reason| println!("closed {code} {reason}"))
+//!     .on_error(|e| eprintln!("{e}"))
+//!     .connect()
+//!     .await?;
+//! client.subscribe(["chat.lobby"]).await?;
+//! # Ok(()) }
+//! ```
+//!
+//! # Delivery guarantees
+//!
+//! Per topic, the client delivers publications in seq order and never twice. When the
+//! connection drops it reconnects with exponential backoff and full jitter, and re-subscribes
+//! everything with `since` set to the last position (seq and epoch) it delivered for each topic.
+//! The server then either replays exactly the missed publications (the stream stays gap-free) or,
+//! when it cannot (history expired, the server restarted so the topic's epoch changed), the
+//! client emits [`Event::Reset`] for the topic and a fresh [`Event::Snapshot`] follows when the
+//! topic has a value. A topic that no longer exists on the server after a reconnect also gets a
+//! `Reset` (its next publication starts a new stream at seq 1).
+//!
+//! Topics under the default `conflate` policy may skip seqs while the client is behind: that is
+//! the server conflating, not a loss the client reports.
+//!
+//! Limitation (protocol v1): update frames carry no epoch, so for a topic the client only ever
+//! saw through a pattern subscription made *before* the topic existed, it does not know the
+//! epoch and cannot ask for recovery; after a reconnect such a topic gets `Reset` + snapshot.
+//!
+//! # Backpressure
+//!
+//! Events go through a bounded channel ([`ClientOptions::event_buffer`]). A consumer that stops
+//! reading events stops the client reading the socket, replies to requests included: consume
+//! events concurrently with awaiting requests. The server then conflates or, for `queue` topics,
+//! disconnects the client (close 4008), after which it reconnects and recovers.
+//!
+//! # Why tokio-tungstenite
+//!
+//! The server uses fastwebsockets, but its client side needs the caller to do the HTTP upgrade
+//! (hyper) and TLS wiring, and gives no message-level API. tokio-tungstenite does the handshake,
+//! `wss://` through rustls (`rustls-tls-webpki-roots`: no system OpenSSL, Mozilla's roots
+//! compiled in), answers pings, reassembles fragments and checks UTF-8, and it is already the
+//! WebSocket client of the server's test suite. Per-message cost is irrelevant on the client
+//! side compared with correctness and portability.
+
+#![warn(missing_docs)]
+
+mod client;
+mod connection;
+mod error;
+mod http;
+mod message;
+mod options;
+mod topic;
+mod url;
+
+pub use client::{Client, ClientBuilder, Events};
+pub use error::{BoxError, Error, Result};
+pub use http::{HttpPublisher, Outgoing};
+pub use message::{Event, Kind, Position, Published, Subscribed, Unsubscribed, Update};
+pub use options::{Backoff, ClientOptions, TokenProvider};
+pub use topic::pattern_matches;
+
+/// Re-export of the rustls version used for `wss://` and `https://`, to build a custom
+/// [`ClientOptions::tls_config`] (private CA, client certificates).
+pub use rustls;
+/// Re-export of `serde_json`'s raw JSON value type used for payloads.
+pub use serde_json::value::RawValue;

@@ -1,0 +1,326 @@
+//! Typed messages: what the application receives, and the wire frames (protocol v1) behind them.
+
+use std::collections::BTreeMap;
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+
+use crate::error::Error;
+
+/// A place in a topic's stream: a seq, valid within the topic's epoch.
+///
+/// Epochs change when the server restarts (or forgets an idle topic), and seqs of different
+/// epochs are unrelated.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Position {
+    /// The topic's latest seq (0: nothing published yet).
+    pub seq: u64,
+    /// The topic's epoch.
+    pub epoch: String,
+}
+
+/// Whether a delivered publication is a live (or recovered) update or a snapshot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Kind {
+    /// A publication, delivered live or replayed after a reconnect.
+    Update,
+    /// The topic's latest value, sent when subscribing without (successful) recovery.
+    Snapshot,
+}
+
+/// A publication delivered on a topic: an `update` or `snapshot` frame.
+///
+/// Serializes back to the exact wire shape
+/// `{"type":"update","topic":..,"seq":..,"ts":..,"data":..}`, with `data` byte-for-byte as the
+/// server sent it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Update {
+    /// Update or snapshot.
+    #[serde(rename = "type")]
+    pub kind: Kind,
+    /// The concrete topic (never a pattern).
+    pub topic: String,
+    /// The publication's seq in the topic's stream.
+    pub seq: u64,
+    /// When the server accepted the publication, milliseconds since the Unix epoch.
+    pub ts: u64,
+    /// The payload, as the publisher sent it.
+    pub data: Box<RawValue>,
+}
+
+impl Update {
+    /// Whether this is a snapshot rather than an update.
+    pub fn is_snapshot(&self) -> bool {
+        self.kind == Kind::Snapshot
+    }
+
+    /// Decodes the payload.
+    pub fn decode<T: DeserializeOwned>(&self) -> Result<T, serde_json::Error> {
+        serde_json::from_str(self.data.get())
+    }
+}
+
+/// The server's reply to a subscribe request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Subscribed {
+    /// The subscriptions (topics or patterns) as requested.
+    pub topics: Vec<String>,
+    /// The position of every existing topic the subscriptions match.
+    #[serde(default)]
+    pub positions: BTreeMap<String, Position>,
+    /// For topics given in `since`: whether the missed publications were replayed.
+    #[serde(default)]
+    pub recovered: BTreeMap<String, bool>,
+}
+
+/// The server's reply to an unsubscribe request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Unsubscribed {
+    /// The subscriptions removed, as requested.
+    pub topics: Vec<String>,
+}
+
+/// The server's reply to a publish: the seq the publication got.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Published {
+    /// The topic published to.
+    pub topic: String,
+    /// The publication's seq.
+    pub seq: u64,
+}
+
+/// What happens on a client, in order: the stream [`Events`](crate::Events) yields, and what
+/// the [`ClientBuilder`](crate::ClientBuilder) callbacks receive.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum Event {
+    /// A connection opened (the first one, or a reconnect). Re-subscription follows.
+    Open,
+    /// A publication: live, or replayed after a reconnect.
+    Update(Update),
+    /// A topic's latest value, after subscribing or after a [`Event::Reset`].
+    Snapshot(Update),
+    /// The client could not recover `topic`'s missed publications after a reconnect (history
+    /// expired, or the server restarted): the topic's stream starts over with the snapshot that
+    /// follows (when the topic has a value) or its next update.
+    Reset {
+        /// The topic.
+        topic: String,
+    },
+    /// The connection closed: the server's close code and reason, 1006 when it was lost without
+    /// a close frame, 1000 when the client closed it. A reconnect follows unless the client is
+    /// closed or reconnecting is disabled; the stream ends when the client is done.
+    Close {
+        /// WebSocket close code.
+        code: u16,
+        /// Close reason.
+        reason: String,
+    },
+    /// A problem nobody awaits: a failed reconnect attempt, an error reply to a request whose
+    /// caller stopped waiting (or used [`Client::publish_nowait`](crate::Client::publish_nowait)),
+    /// a failed re-subscription, or a malformed frame from the server.
+    Error(Error),
+}
+
+/// A request as sent on the wire.
+#[derive(Serialize)]
+pub(crate) struct Request<'a> {
+    pub op: &'static str,
+    pub id: i64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub topics: Option<&'a [String]>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub topic: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub data: Option<&'a RawValue>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub since: Option<&'a BTreeMap<String, Position>>,
+}
+
+impl<'a> Request<'a> {
+    fn new(op: &'static str, id: i64) -> Request<'a> {
+        Request {
+            op,
+            id,
+            topics: None,
+            topic: None,
+            data: None,
+            since: None,
+        }
+    }
+
+    pub fn subscribe(id: i64, topics: &'a [String], since: &'a BTreeMap<String, Position>) -> Request<'a> {
+        Request {
+            topics: Some(topics),
+            since: (!since.is_empty()).then_some(since),
+            ..Request::new("subscribe", id)
+        }
+    }
+
+    pub fn unsubscribe(id: i64, topics: &'a [String]) -> Request<'a> {
+        Request {
+            topics: Some(topics),
+            ..Request::new("unsubscribe", id)
+        }
+    }
+
+    pub fn publish(id: i64, topic: &'a str, data: &'a RawValue) -> Request<'a> {
+        Request {
+            topic: Some(topic),
+            data: Some(data),
+            ..Request::new("publish", id)
+        }
+    }
+
+    pub fn encode(&self) -> String {
+        serde_json::to_string(self).expect("requests always serialize")
+    }
+}
+
+/// A frame from the server.
+#[derive(Debug)]
+pub(crate) enum Frame {
+    Subscribed(Option<i64>, Subscribed),
+    Unsubscribed(Option<i64>, Unsubscribed),
+    Published(Option<i64>, Published),
+    Pong,
+    Error {
+        id: Option<i64>,
+        code: String,
+        message: String,
+    },
+    Delivery(Update),
+}
+
+#[derive(Deserialize)]
+struct Head<'a> {
+    #[serde(rename = "type", borrow)]
+    kind: std::borrow::Cow<'a, str>,
+    #[serde(default)]
+    id: Option<i64>,
+}
+
+#[derive(Deserialize)]
+struct ErrorBody {
+    code: String,
+    message: String,
+}
+
+impl Frame {
+    /// Parses a text frame; anything unexpected is an [`Error::Protocol`].
+    pub fn parse(text: &str) -> Result<Frame, Error> {
+        let bad = |e: serde_json::Error| {
+            let shown: String = text.chars().take(200).collect();
+            Error::Protocol(format!("malformed frame ({e}): {shown}"))
+        };
+        let head: Head<'_> = serde_json::from_str(text).map_err(bad)?;
+        let id = head.id;
+        Ok(match &*head.kind {
+            "update" | "snapshot" => Frame::Delivery(serde_json::from_str(text).map_err(bad)?),
+            "subscribed" => Frame::Subscribed(id, serde_json::from_str(text).map_err(bad)?),
+            "unsubscribed" => Frame::Unsubscribed(id, serde_json::from_str(text).map_err(bad)?),
+            "published" => Frame::Published(id, serde_json::from_str(text).map_err(bad)?),
+            "pong" => Frame::Pong,
+            "error" => {
+                let ErrorBody { code, message } = serde_json::from_str(text).map_err(bad)?;
+                Frame::Error { id, code, message }
+            }
+            other => {
+                let other: String = other.chars().take(64).collect();
+                return Err(Error::Protocol(format!("unknown frame type {other:?}")));
+            }
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_encode() {
+        let topics = vec!["a.*".to_string()];
+        let none = BTreeMap::new();
+        assert_eq!(
+            Request::subscribe(1, &topics, &none).encode(),
+            r#"{"op":"subscribe","id":1,"topics":["a.*"]}"#
+        );
+        let since = BTreeMap::from([(
+            "a.b".to_string(),
+            Position {
+                seq: 40,
+                epoch: "k3j2".into(),
+            },
+        )]);
+        assert_eq!(
+            Request::subscribe(2, &topics, &since).encode(),
+            r#"{"op":"subscribe","id":2,"topics":["a.*"],"since":{"a.b":{"seq":40,"epoch":"k3j2"}}}"#
+        );
+        let data = RawValue::from_string(r#"{"p": 1.50}"#.into()).unwrap();
+        assert_eq!(
+            Request::publish(3, "chat.x", &data).encode(),
+            r#"{"op":"publish","id":3,"topic":"chat.x","data":{"p": 1.50}}"#
+        );
+        assert_eq!(
+            Request::unsubscribe(4, &topics).encode(),
+            r#"{"op":"unsubscribe","id":4,"topics":["a.*"]}"#
+        );
+    }
+
+    #[test]
+    fn frames_parse() {
+        let f =
+            Frame::parse(r#"{"type":"update","topic":"prices.BTC","seq":42,"ts":1700,"data":{"p": 1.50}}"#);
+        let Ok(Frame::Delivery(u)) = f else {
+            panic!("{f:?}")
+        };
+        assert_eq!(
+            (u.kind, u.topic.as_str(), u.seq, u.ts),
+            (Kind::Update, "prices.BTC", 42, 1700)
+        );
+        assert_eq!(u.data.get(), r#"{"p": 1.50}"#, "data is kept byte for byte");
+        assert_eq!(
+            serde_json::to_string(&u).unwrap(),
+            r#"{"type":"update","topic":"prices.BTC","seq":42,"ts":1700,"data":{"p": 1.50}}"#
+        );
+        let f = Frame::parse(
+            r#"{"type":"subscribed","id":1,"topics":["a.*"],"positions":{"a.b":{"seq":40,"epoch":"k3j2"}},"recovered":{"a.b":true}}"#,
+        );
+        let Ok(Frame::Subscribed(Some(1), s)) = f else {
+            panic!("{f:?}")
+        };
+        assert_eq!(s.positions["a.b"].epoch, "k3j2");
+        assert!(s.recovered["a.b"]);
+        let f = Frame::parse(r#"{"type":"subscribed","topics":["x"]}"#);
+        assert!(matches!(f, Ok(Frame::Subscribed(None, s)) if s.positions.is_empty()));
+        let f = Frame::parse(r#"{"type":"error","id":3,"code":"forbidden","message":"no"}"#);
+        assert!(matches!(f, Ok(Frame::Error { id: Some(3), code, .. }) if code == "forbidden"));
+        let f = Frame::parse(r#"{"type":"published","id":3,"topic":"chat.x","seq":7}"#);
+        assert!(matches!(f, Ok(Frame::Published(Some(3), p)) if p.seq == 7));
+        assert!(matches!(
+            Frame::parse(r#"{"type":"pong","id":9}"#),
+            Ok(Frame::Pong)
+        ));
+    }
+
+    #[test]
+    fn bad_frames_are_errors_not_panics() {
+        for bad in [
+            "",
+            "nope",
+            "[1]",
+            "{}",
+            r#"{"type":5}"#,
+            r#"{"type":"dance"}"#,
+            r#"{"type":"update","topic":"a"}"#,
+            r#"{"type":"update","topic":"a","seq":-1,"ts":1,"data":1}"#,
+            r#"{"type":"subscribed","id":"x","topics":[]}"#,
+            r#"{"type":"error","id":1}"#,
+            r#"{"type":"published","id":1,"topic":"a","seq":1.5}"#,
+        ] {
+            assert!(matches!(Frame::parse(bad), Err(Error::Protocol(_))), "{bad:?}");
+        }
+    }
+}

@@ -1,0 +1,288 @@
+//! Connection options: reconnect backoff, timeouts, buffers, token provider, TLS.
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rand::Rng;
+
+use crate::error::BoxError;
+
+/// Exponential backoff with full jitter between reconnect attempts.
+///
+/// Attempt `n` (from 0) waits a uniformly random time in
+/// `[0, min(max, initial * factor^n)]` ("full jitter"), so that many clients cut off at once do
+/// not reconnect in lockstep.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Backoff {
+    /// Upper bound of the first delay.
+    pub initial: Duration,
+    /// Cap of the delay's upper bound.
+    pub max: Duration,
+    /// Growth of the upper bound per failed attempt (at least 1).
+    pub factor: f64,
+    /// Consecutive failed attempts after which the client gives up; `None` retries forever.
+    pub max_attempts: Option<u32>,
+}
+
+impl Default for Backoff {
+    fn default() -> Backoff {
+        Backoff {
+            initial: Duration::from_millis(200),
+            max: Duration::from_secs(30),
+            factor: 2.0,
+            max_attempts: None,
+        }
+    }
+}
+
+impl Backoff {
+    /// The upper bound of the delay before attempt `attempt` (0-based).
+    pub fn ceiling(&self, attempt: u32) -> Duration {
+        let factor = self.factor.max(1.0);
+        let grown = self.initial.as_secs_f64() * factor.powi(attempt.min(1000) as i32);
+        let max = self.max.as_secs_f64();
+        Duration::from_secs_f64(if grown.is_finite() { grown.min(max) } else { max })
+    }
+
+    /// A random delay before attempt `attempt` (0-based): full jitter over [`Self::ceiling`].
+    pub fn delay(&self, attempt: u32) -> Duration {
+        let ceiling = self.ceiling(attempt);
+        if ceiling.is_zero() {
+            return ceiling;
+        }
+        ceiling.mul_f64(rand::rng().random::<f64>())
+    }
+}
+
+type TokenFuture = Pin<Box<dyn Future<Output = Result<String, BoxError>> + Send>>;
+
+/// Supplies the token sent on every (re)connect as the `token` query parameter (and as
+/// `Authorization: Bearer` by [`HttpPublisher`](crate::HttpPublisher)).
+///
+/// It is called before each connection attempt, so it can refresh short-lived tokens (JWTs).
+#[derive(Clone)]
+pub struct TokenProvider(Arc<dyn Fn() -> TokenFuture + Send + Sync>);
+
+impl TokenProvider {
+    /// A provider from an async function.
+    pub fn new<F, Fut, E>(f: F) -> TokenProvider
+    where
+        F: Fn() -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<String, E>> + Send + 'static,
+        E: Into<BoxError>,
+    {
+        TokenProvider(Arc::new(move || {
+            let fut = f();
+            Box::pin(async move { fut.await.map_err(Into::into) })
+        }))
+    }
+
+    /// A provider from a synchronous function.
+    pub fn from_fn<F, E>(f: F) -> TokenProvider
+    where
+        F: Fn() -> Result<String, E> + Send + Sync + 'static,
+        E: Into<BoxError>,
+    {
+        TokenProvider(Arc::new(move || {
+            let token = f().map_err(Into::into);
+            Box::pin(std::future::ready(token))
+        }))
+    }
+
+    /// A provider that always returns `token`.
+    pub fn fixed(token: impl Into<String>) -> TokenProvider {
+        let token: String = token.into();
+        TokenProvider::from_fn(move || Ok::<_, BoxError>(token.clone()))
+    }
+
+    /// Asks the provider for a token.
+    pub async fn token(&self) -> Result<String, BoxError> {
+        (self.0)().await
+    }
+}
+
+impl fmt::Debug for TokenProvider {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("TokenProvider(..)")
+    }
+}
+
+/// How a [`Client`](crate::Client) connects, reconnects and buffers.
+///
+/// Built from [`ClientOptions::default`] with the `with_*`-style setters:
+///
+/// ```
+/// use std::time::Duration;
+/// use tickwire_client::{Backoff, ClientOptions, TokenProvider};
+///
+/// let options = ClientOptions::default()
+///     .reconnect(Backoff { initial: Duration::from_millis(100), ..Backoff::default() })
+///     .request_timeout(Duration::from_secs(5))
+///     .token_provider(TokenProvider::fixed("secret"));
+/// ```
+#[derive(Debug, Clone)]
+pub struct ClientOptions {
+    pub(crate) reconnect: Option<Backoff>,
+    pub(crate) request_timeout: Duration,
+    pub(crate) connect_timeout: Duration,
+    pub(crate) ping_interval: Option<Duration>,
+    pub(crate) idle_timeout: Option<Duration>,
+    pub(crate) event_buffer: usize,
+    pub(crate) request_buffer: usize,
+    pub(crate) max_message_bytes: usize,
+    pub(crate) token: Option<TokenProvider>,
+    pub(crate) tls: Option<Arc<rustls::ClientConfig>>,
+}
+
+impl Default for ClientOptions {
+    fn default() -> ClientOptions {
+        ClientOptions {
+            reconnect: Some(Backoff::default()),
+            request_timeout: Duration::from_secs(10),
+            connect_timeout: Duration::from_secs(10),
+            ping_interval: Some(Duration::from_secs(20)),
+            idle_timeout: Some(Duration::from_secs(45)),
+            event_buffer: 1024,
+            request_buffer: 256,
+            max_message_bytes: 16 << 20,
+            token: None,
+            tls: None,
+        }
+    }
+}
+
+impl ClientOptions {
+    /// Reconnects with this backoff after the connection drops (the default:
+    /// [`Backoff::default`]), whatever the close code except 4029 (the server cut the client
+    /// off for ignoring its rate limit: reconnecting would repeat that). A connection that
+    /// lasted under a second counts as a failed attempt, so a server that accepts and
+    /// immediately closes does not get hammered.
+    pub fn reconnect(mut self, backoff: Backoff) -> ClientOptions {
+        self.reconnect = Some(backoff);
+        self
+    }
+
+    /// Never reconnects: the event stream ends after the first connection closes.
+    pub fn no_reconnect(mut self) -> ClientOptions {
+        self.reconnect = None;
+        self
+    }
+
+    /// How long `subscribe`, `unsubscribe` and `publish` wait for the server's reply, including
+    /// time spent waiting for a reconnect (default 10 s).
+    pub fn request_timeout(mut self, timeout: Duration) -> ClientOptions {
+        self.request_timeout = timeout;
+        self
+    }
+
+    /// How long one connection attempt (TCP, TLS, WebSocket handshake) may take (default 10 s).
+    pub fn connect_timeout(mut self, timeout: Duration) -> ClientOptions {
+        self.connect_timeout = timeout;
+        self
+    }
+
+    /// Sends a WebSocket ping this often (default 20 s); `None` sends none. The server's pong
+    /// keeps [`Self::idle_timeout`] from firing on a quiet but healthy connection.
+    pub fn ping_interval(mut self, interval: Option<Duration>) -> ClientOptions {
+        self.ping_interval = interval;
+        self
+    }
+
+    /// Treats the connection as dead when nothing at all arrives for this long (default 45 s),
+    /// which catches half-open TCP connections; `None` never does.
+    pub fn idle_timeout(mut self, timeout: Option<Duration>) -> ClientOptions {
+        self.idle_timeout = timeout;
+        self
+    }
+
+    /// Capacity of the event channel (default 1024, at least 1).
+    pub fn event_buffer(mut self, capacity: usize) -> ClientOptions {
+        self.event_buffer = capacity.max(1);
+        self
+    }
+
+    /// Capacity of the request channel from [`Client`](crate::Client) handles to the connection
+    /// (default 256, at least 1).
+    pub fn request_buffer(mut self, capacity: usize) -> ClientOptions {
+        self.request_buffer = capacity.max(1);
+        self
+    }
+
+    /// Largest message accepted from the server (default 16 MiB).
+    pub fn max_message_bytes(mut self, bytes: usize) -> ClientOptions {
+        self.max_message_bytes = bytes;
+        self
+    }
+
+    /// Asks `provider` for a token before every (re)connect and sends it as `?token=`.
+    pub fn token_provider(mut self, provider: TokenProvider) -> ClientOptions {
+        self.token = Some(provider);
+        self
+    }
+
+    /// The rustls configuration for `wss://` (default: Mozilla's root certificates, ring).
+    pub fn tls_config(mut self, config: Arc<rustls::ClientConfig>) -> ClientOptions {
+        self.tls = Some(config);
+        self
+    }
+}
+
+/// The default TLS configuration: ring, TLS 1.2 and 1.3, webpki roots.
+pub(crate) fn default_tls() -> Arc<rustls::ClientConfig> {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("ring supports the default protocol versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Arc::new(config)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_caps_and_jitters() {
+        let b = Backoff {
+            initial: Duration::from_millis(100),
+            max: Duration::from_secs(1),
+            factor: 2.0,
+            max_attempts: None,
+        };
+        assert_eq!(b.ceiling(0), Duration::from_millis(100));
+        assert_eq!(b.ceiling(1), Duration::from_millis(200));
+        assert_eq!(b.ceiling(3), Duration::from_millis(800));
+        assert_eq!(b.ceiling(4), Duration::from_secs(1));
+        assert_eq!(b.ceiling(u32::MAX), Duration::from_secs(1));
+        let delays: Vec<Duration> = (0..200).map(|_| b.delay(10)).collect();
+        assert!(delays.iter().all(|d| *d <= Duration::from_secs(1)));
+        let distinct: std::collections::HashSet<_> = delays.iter().collect();
+        assert!(distinct.len() > 100, "delays are jittered");
+        let flat = Backoff { factor: 0.5, ..b };
+        assert_eq!(
+            flat.ceiling(5),
+            Duration::from_millis(100),
+            "factor below 1 acts as 1"
+        );
+    }
+
+    #[tokio::test]
+    async fn token_providers() {
+        assert_eq!(TokenProvider::fixed("a").token().await.unwrap(), "a");
+        let p = TokenProvider::new(|| async { Ok::<_, std::io::Error>("b".to_string()) });
+        assert_eq!(p.token().await.unwrap(), "b");
+        let p = TokenProvider::from_fn(|| Err::<String, _>("nope"));
+        assert_eq!(p.token().await.unwrap_err().to_string(), "nope");
+    }
+
+    #[test]
+    fn default_tls_builds() {
+        let _ = default_tls();
+    }
+}

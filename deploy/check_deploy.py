@@ -1,0 +1,835 @@
+#!/usr/bin/env python3
+"""Consistency checks of the deployment material in deploy/, run by deploy/check.sh.
+
+Every check prints one line: `PASS: ...`, `FAIL: ...` or `SKIP: ... (reason)`; the exit code is 1
+if any check failed. What is checked:
+
+- every YAML file under deploy/ parses;
+- every TOML file under deploy/ is accepted by `tickwire check-config --config FILE`;
+- every TICKWIRE__SECTION__KEY used in deploy/ and docs/deploy.md is a real settings key (and
+  its value, where one is given, is valid): `tickwire check-config` with that variable set exits 0;
+- the effective settings of each deployment (Dockerfile, compose, Kubernetes, systemd), as the
+  binary computes them, agree with the ports, probes, timeouts and limits around them;
+- the files that deploy/ refers to exist (dashboard, rule files, provisioning, kustomize inputs);
+- alerts.yml queries only metrics that /metrics exports;
+- a smoke run of the binary with the Kubernetes configuration: probes on the admin port, the
+  Dockerfile's HEALTHCHECK command, /readyz 503 and close 1001 during the drain, exit 0.
+
+The binary is $TICKWIRE_BIN (default target/debug/tickwire, which `cargo test` builds). Without
+it the binary-based checks are skipped, or fail when CI is set.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import re
+import shlex
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+try:
+    import yaml
+except ImportError:  # check.sh installs PyYAML when it can; otherwise the YAML checks skip.
+    yaml = None
+
+ROOT = Path(__file__).resolve().parent.parent
+DEPLOY = ROOT / "deploy"
+BIN = Path(os.environ.get("TICKWIRE_BIN", ROOT / "target" / "debug" / "tickwire"))
+if not BIN.is_absolute():
+    BIN = ROOT / BIN
+IN_CI = os.environ.get("CI", "") not in ("", "0", "false")
+
+failures = 0
+
+
+def ok(msg: str) -> None:
+    print(f"PASS: {msg}", flush=True)
+
+
+def bad(msg: str) -> None:
+    global failures
+    failures += 1
+    print(f"FAIL: {msg}", flush=True)
+
+
+def skip(msg: str) -> None:
+    print(f"SKIP: {msg}", flush=True)
+
+
+def check(cond: bool, msg: str, detail: str = "") -> bool:
+    if cond:
+        ok(msg)
+    else:
+        bad(f"{msg}{': ' + detail if detail else ''}")
+    return cond
+
+
+def rel(p: Path) -> str:
+    return str(p.relative_to(ROOT)) if p.is_absolute() and ROOT in p.parents else str(p)
+
+
+# ---------------------------------------------------------------------------------------------
+# Durations and sizes as the various files write them.
+
+UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1, "sec": 1, "m": 60, "min": 60,
+         "h": 3600, "hour": 3600}
+
+
+def seconds(text: str, bare_unit: str = "s") -> float:
+    """'10s', '1m 30s', '500ms', '1.5s', '75' (bare_unit), 'infinity' -> seconds."""
+    text = str(text).strip()
+    if re.fullmatch(r"[\d.]+", text):
+        return float(text) * UNITS[bare_unit]
+    parts = re.findall(r"([\d.]+)\s*([a-zµ]+)", text)
+    if not parts or "".join(n + u for n, u in parts) != re.sub(r"\s+", "", text):
+        raise ValueError(f"unreadable duration {text!r}")
+    return sum(float(n) * UNITS[u] for n, u in parts)
+
+
+def nginx_size(text: str) -> int:
+    m = re.fullmatch(r"(\d+)([kKmMgG]?)", text.strip())
+    if not m:
+        raise ValueError(f"unreadable size {text!r}")
+    return int(m.group(1)) * {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}[m.group(2).lower()]
+
+
+def port_of(addr: str | None) -> int | None:
+    return None if addr is None else int(addr.rsplit(":", 1)[1])
+
+
+# ---------------------------------------------------------------------------------------------
+# The binary: check-config with a clean environment, from a directory without config/.
+
+SCRATCH = Path(tempfile.mkdtemp(prefix="tickwire-deploy-check-"))
+
+
+def check_config(env: dict[str, str], config: Path | None = None) -> subprocess.CompletedProcess:
+    args = [str(BIN), "check-config"] + (["--config", str(config)] if config else [])
+    clean = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(SCRATCH)}
+    return subprocess.run(args, env={**clean, **env}, cwd=SCRATCH, capture_output=True, text=True,
+                          timeout=30)
+
+
+def effective(stdout: str) -> dict[str, dict[str, str]]:
+    """The scalar keys of check-config's debug print, by section."""
+    out: dict[str, dict[str, str]] = {}
+    section = None
+    lines = stdout.splitlines()
+    for i, line in enumerate(lines):
+        m = re.match(r"^ {4}(\w+): \w+ \{$", line)
+        if m:
+            section = out.setdefault(m.group(1), {})
+            continue
+        m = re.match(r"^ {8}(\w+): (.*?),?$", line)
+        if m and section is not None:
+            value = m.group(2)
+            if value == "Some(":  # pretty Debug puts an Option's content on the next line
+                value = f"Some({lines[i + 1].strip().rstrip(',')})"
+            if not value.endswith(("[", "{", "(")):
+                section[m.group(1)] = value
+    return out
+
+
+class Eff:
+    """Effective settings of one deployment, as the binary computed them."""
+
+    def __init__(self, s: dict[str, dict[str, str]]):
+        self.s = s
+        self.listen = s["server"]["listen"]
+        admin = s["admin"]["listen"]
+        self.admin = None if admin == "None" else re.fullmatch(r"Some\((.*)\)", admin).group(1)
+        self.server_port = port_of(self.listen)
+        self.admin_port = port_of(self.admin)
+        # The port that serves /healthz, /readyz and /metrics.
+        self.ops_port = self.admin_port or self.server_port
+        self.ping = seconds(s["server"]["ping_interval"])
+        self.idle = seconds(s["server"]["idle_timeout"])
+        self.shutdown = seconds(s["server"]["shutdown_timeout"])
+        self.max_connections = int(s["server"]["max_connections"])
+        self.max_body = int(s["http"]["max_body_bytes"])
+
+    def __str__(self) -> str:
+        return (f"listen {self.listen}, admin {self.admin or '-'}, ping {self.ping:g}s, "
+                f"idle {self.idle:g}s, shutdown {self.shutdown:g}s, "
+                f"max_connections {self.max_connections}")
+
+
+def settings_of(what: str, env: dict[str, str], config: Path | None = None) -> Eff | None:
+    r = check_config(env, config)
+    shown = " ".join(f"{k}={v}" for k, v in sorted(env.items())) or "no env"
+    cfg = f" --config {rel(config)}" if config else ""
+    if r.returncode != 0:
+        bad(f"{what}: check-config{cfg} with {shown} exited {r.returncode}: {r.stderr.strip()}")
+        return None
+    eff = Eff(effective(r.stdout))
+    ok(f"{what}: check-config{cfg} with {shown} exits 0 ({eff})")
+    return eff
+
+
+# ---------------------------------------------------------------------------------------------
+
+def load_yaml_files() -> dict[Path, list]:
+    files = sorted(p for p in DEPLOY.rglob("*") if p.suffix in (".yml", ".yaml"))
+    docs: dict[Path, list] = {}
+    if yaml is None:
+        skip(f"YAML parsing of {len(files)} files under deploy/ (PyYAML is not installed)")
+        return docs
+    parsed = []
+    for p in files:
+        try:
+            docs[p] = [d for d in yaml.safe_load_all(p.read_text()) if d is not None]
+            parsed.append(rel(p))
+        except yaml.YAMLError as e:
+            bad(f"YAML: {rel(p)} does not parse: {e}")
+    check(len(parsed) == len(files) and files != [],
+          f"YAML: {len(parsed)} files under deploy/ parse: {', '.join(parsed)}")
+    return docs
+
+
+ENV_RE = re.compile(
+    r"(TICKWIRE__[A-Za-z0-9_]+)"
+    r"(?:(?:=|:[ \t]+)(?:\"([^\"\n]*)\"|'([^'\n]*)'|([^\s\"'`)]*)))?")
+PLACEHOLDER = "TICKWIRE__SECTION__KEY"
+
+
+def env_mentions() -> tuple[dict[str, set], dict[tuple, list[str]]]:
+    """TICKWIRE__ names in deploy/ and docs/deploy.md: {name: {values}} and the files of each
+    (name, value) pair ((name, None) for mentions without a value)."""
+    files = [p for p in DEPLOY.rglob("*")
+             if p.is_file() and p.name not in ("check.sh", "check_deploy.py")]
+    files.append(ROOT / "docs" / "deploy.md")
+    values: dict[str, set] = {}
+    where: dict[tuple, list[str]] = {}
+    for p in files:
+        if not p.exists():
+            continue
+        text = p.read_text(errors="replace")
+        for m in ENV_RE.finditer(text):
+            name = m.group(1)
+            if name == PLACEHOLDER:
+                continue
+            values.setdefault(name, set())
+            given = next((g for g in m.group(2, 3, 4) if g is not None), None)
+            if m.group(4):  # unquoted, in prose: a sentence's full stop is not part of it
+                given = m.group(4).rstrip(".,;:")
+            if given is not None and "$" in given:
+                given = None
+            if given is not None:
+                values[name].add(given)
+            files = where.setdefault((name, given), [])
+            if rel(p) not in files:
+                files.append(rel(p))
+    return values, where
+
+
+def k8s_env_pairs(docs: dict[Path, list]) -> dict[str, set]:
+    """name/value pairs of container env lists in the Kubernetes manifests."""
+    pairs: dict[str, set] = {}
+
+    def walk(node):
+        if isinstance(node, dict):
+            if isinstance(node.get("name"), str) and node["name"].startswith("TICKWIRE__") \
+                    and "value" in node:
+                pairs.setdefault(node["name"], set()).add(str(node["value"]))
+            for v in node.values():
+                walk(v)
+        elif isinstance(node, list):
+            for v in node:
+                walk(v)
+
+    for p, ds in docs.items():
+        walk(ds)
+    return pairs
+
+
+def check_env_keys(docs: dict[Path, list]) -> None:
+    values, where = env_mentions()
+    for name, vals in k8s_env_pairs(docs).items():
+        values.setdefault(name, set()).update(vals)
+        for v in vals:
+            where.setdefault((name, v), []).append("deploy/k8s env")
+    if not values:
+        bad("env keys: no TICKWIRE__ variable found in deploy/ (the scan is broken)")
+        return
+    for name in sorted(values):
+        files = ", ".join(sorted({f for (n, _), fs in where.items() if n == name for f in fs}))
+        if len(name.split("__")) != 3:
+            bad(f"env key {name} ({files}): not of the form TICKWIRE__SECTION__KEY")
+            continue
+        if values[name]:
+            for v in sorted(values[name]):
+                r = check_config({name: v})
+                files = ", ".join(where.get((name, v), []))
+                check(r.returncode == 0, f"env key {name}={v!r} ({files}) is a valid setting",
+                      f"check-config exited {r.returncode}: {r.stderr.strip()}")
+        else:
+            # Named without a value (prose): the key must exist; any value error is fine.
+            r = check_config({name: "x"})
+            known = r.returncode == 0 or "unknown field" not in r.stderr
+            check(known, f"env key {name} ({files}, no value given) names an existing setting",
+                  r.stderr.strip())
+
+
+def dockerfile() -> tuple[dict[str, str], list[int], list[str] | None, dict[str, str]]:
+    """ENV pairs, EXPOSE ports, HEALTHCHECK CMD (exec form), other instructions of the runtime
+    stage."""
+    text = (DEPLOY / "Dockerfile").read_text()
+    text = re.sub(r"\\\n", " ", text)  # join continuation lines
+    stages = re.split(r"(?m)^FROM ", text)
+    runtime = stages[-1]
+    env: dict[str, str] = {}
+    expose: list[int] = []
+    hc = None
+    other: dict[str, str] = {}
+    for line in runtime.splitlines():
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        word, _, rest = line.partition(" ")
+        if word == "ENV":
+            for tok in shlex.split(rest):
+                k, _, v = tok.partition("=")
+                env[k] = v
+        elif word == "EXPOSE":
+            expose += [int(x.split("/")[0]) for x in rest.split()]
+        elif word == "HEALTHCHECK":
+            m = re.search(r"CMD\s+(\[.*\])\s*$", rest)
+            hc = json.loads(m.group(1)) if m else None
+        else:
+            other[word] = rest.strip()
+    return env, expose, hc, other
+
+
+def check_dockerfile() -> tuple[list[str] | None, Eff | None]:
+    env, expose, hc, other = dockerfile()
+    check(other.get("USER", "root").split(":")[0] not in ("root", "0"),
+          f"Dockerfile: runtime stage runs as a non-root user (USER {other.get('USER')})")
+    check(other.get("STOPSIGNAL") == "SIGTERM", "Dockerfile: STOPSIGNAL SIGTERM")
+    check(hc is not None and any("/healthz" in a for a in hc),
+          "Dockerfile: HEALTHCHECK probes /healthz (exec form)")
+    tw_env = {k: v for k, v in env.items() if k.startswith("TICKWIRE__")}
+    eff = settings_of("Dockerfile ENV", tw_env) if BIN.exists() else None
+    if eff:
+        check(eff.server_port in expose,
+              f"Dockerfile: EXPOSE {expose} includes server.listen port {eff.server_port}")
+        hp = int(env.get("HEALTHCHECK_PORT", "8080"))
+        check(hp == eff.ops_port,
+              f"Dockerfile: HEALTHCHECK_PORT {hp} is the port serving /healthz ({eff.ops_port})")
+    return hc, eff
+
+
+def check_compose(docs: dict[Path, list]) -> None:
+    path = DEPLOY / "docker-compose.yml"
+    if path not in docs:
+        return
+    compose = docs[path][0]
+    services = compose.get("services", {})
+    tw = services.get("tickwire")
+    if not check(tw is not None and {"nginx", "prometheus", "grafana"} <= set(services),
+                 f"compose: services tickwire, nginx, prometheus, grafana ({sorted(services)})"):
+        return
+    check([n for n in services if n.startswith("tickwire")] == ["tickwire"],
+          "compose: exactly one tickwire node (no cluster support before the shared broker)")
+    env = tw.get("environment", {})
+    if isinstance(env, list):
+        env = dict(e.split("=", 1) for e in env)
+    env = {k: str(v) for k, v in env.items()}
+    # The image's ENV applies first; compose environment overrides it.
+    img_env, _, _, _ = dockerfile()
+    merged = {**{k: v for k, v in img_env.items() if k.startswith("TICKWIRE__")},
+              **{k: v for k, v in env.items() if k.startswith("TICKWIRE__")}}
+    # Bind mounts: every host path exists.
+    for name, svc in services.items():
+        for vol in svc.get("volumes", []):
+            src = vol.split(":")[0] if isinstance(vol, str) else vol.get("source", "")
+            if src.startswith((".", "/")):
+                check((DEPLOY / src).exists(), f"compose: {name} mounts {src}, which exists")
+    build = tw.get("build", {})
+    check((DEPLOY / build.get("context", ".") / build.get("dockerfile", "Dockerfile")).resolve()
+          == (DEPLOY / "Dockerfile").resolve(), "compose: tickwire builds deploy/Dockerfile")
+    # Grafana: provider path is where the dashboard is mounted; provisioning datasource.
+    graf = services["grafana"]
+    dash_mount = next((v for v in graf.get("volumes", []) if "tickwire.json" in str(v)), None)
+    prov = docs.get(DEPLOY / "grafana/provisioning/dashboards/tickwire.yml", [{}])[0]
+    prov_path = prov.get("providers", [{}])[0].get("options", {}).get("path")
+    if check(dash_mount is not None, "compose: grafana mounts dashboards/tickwire.json"):
+        src, target = dash_mount.split(":")[:2]
+        check((DEPLOY / src).resolve() == ROOT / "dashboards" / "tickwire.json",
+              f"compose: grafana's dashboard mount source {src} is dashboards/tickwire.json")
+        check(prov_path == str(Path(target).parent),
+              f"grafana: dashboard provider path {prov_path} holds the mounted {target}")
+        dash = json.loads((ROOT / "dashboards" / "tickwire.json").read_text())
+        var = [v for v in dash.get("templating", {}).get("list", []) if v.get("name") == "datasource"]
+        check(bool(var) and var[0].get("query") == "prometheus",
+              "grafana: dashboards/tickwire.json has the `datasource` variable (prometheus)")
+    ds = docs.get(DEPLOY / "grafana/provisioning/datasources/prometheus.yml", [{}])[0]
+    dss = ds.get("datasources", [])
+    prom = [d for d in dss if d.get("type") == "prometheus"]
+    if check(len(prom) == 1 and prom[0].get("isDefault") is True,
+             "grafana: one provisioned prometheus datasource, isDefault"):
+        host = re.match(r"https?://([^:/]+):(\d+)", prom[0].get("url", ""))
+        check(host is not None and host.group(1) in services and host.group(2) == "9090",
+              f"grafana: datasource url {prom[0].get('url')} is the compose prometheus service")
+    # Prometheus: rule files exist.
+    pcfg = docs.get(DEPLOY / "prometheus/prometheus.yml", [{}])[0]
+    for rf in pcfg.get("rule_files", []):
+        check((DEPLOY / "prometheus" / rf).exists(), f"prometheus.yml: rule file {rf} exists")
+    tw_job = [j for j in pcfg.get("scrape_configs", []) if j.get("job_name") == "tickwire"]
+    targets = [t for j in tw_job for sc in j.get("static_configs", []) for t in sc.get("targets", [])]
+
+    if not BIN.exists():
+        return
+    eff = settings_of("compose tickwire environment", merged)
+    if not eff:
+        return
+    check(not str(eff.listen).startswith("127."),
+          f"compose: server.listen {eff.listen} is reachable from other containers")
+    if eff.admin:
+        check(not str(eff.admin).startswith("127."),
+              f"compose: admin.listen {eff.admin} is reachable by Prometheus")
+    exposed = {int(str(p).split("/")[0]) for p in tw.get("expose", [])}
+    want = {eff.server_port} | ({eff.admin_port} if eff.admin_port else set())
+    check(want <= exposed, f"compose: tickwire exposes {sorted(want)} ({sorted(exposed)})")
+    hp = int(env.get("HEALTHCHECK_PORT", img_env.get("HEALTHCHECK_PORT", "8080")))
+    check(hp == eff.ops_port, f"compose: HEALTHCHECK_PORT {hp} serves /healthz ({eff.ops_port})")
+    check(targets == [f"tickwire:{eff.ops_port}"],
+          f"prometheus.yml: job tickwire scrapes {targets}, the /metrics port {eff.ops_port}")
+    grace = seconds(tw.get("stop_grace_period", "10s"))
+    check(grace > eff.shutdown,
+          f"compose: stop_grace_period {grace:g}s > server.shutdown_timeout {eff.shutdown:g}s")
+    check(tw.get("stop_signal", "SIGTERM") == "SIGTERM", "compose: tickwire stops with SIGTERM")
+    nofile = tw.get("ulimits", {}).get("nofile", {})
+    hard = nofile.get("hard") if isinstance(nofile, dict) else nofile
+    check(hard is not None and int(hard) > eff.max_connections,
+          f"compose: nofile hard limit {hard} > server.max_connections {eff.max_connections}")
+    check_nginx(eff)
+
+
+def check_nginx(eff: Eff) -> None:
+    text = (DEPLOY / "nginx" / "nginx.conf").read_text()
+    code = "\n".join(line.split("#", 1)[0] for line in text.splitlines())
+    ups = re.findall(r"^\s*server\s+tickwire[\w-]*:(\d+)", code, re.M)
+    check(ups != [] and all(int(p) == eff.server_port for p in ups),
+          f"nginx.conf: upstream tickwire ports {ups} = server.listen port {eff.server_port}")
+    ws = re.search(r"location\s*=?\s*/ws\s*\{(.*?)\}", code, re.S)
+    if not check(ws is not None, "nginx.conf: has a location for /ws"):
+        return
+    block = ws.group(1)
+    check(re.search(r"proxy_set_header\s+Upgrade\s+\$http_upgrade", block) is not None
+          and re.search(r"proxy_set_header\s+Connection\s+\$connection_upgrade", block) is not None
+          and re.search(r"proxy_http_version\s+1\.1", code) is not None,
+          "nginx.conf: /ws passes Upgrade/Connection headers over HTTP/1.1")
+    for directive in ("proxy_read_timeout", "proxy_send_timeout"):
+        m = re.search(directive + r"\s+(\S+);", block)
+        t = seconds(m.group(1)) if m else 60.0  # nginx default
+        check(t > eff.ping and t >= eff.idle,
+              f"nginx.conf: /ws {directive} {t:g}s > ping_interval {eff.ping:g}s and "
+              f">= idle_timeout {eff.idle:g}s")
+    m = re.search(r"client_max_body_size\s+(\S+);", code)
+    size = nginx_size(m.group(1)) if m else 1 << 20
+    check(size == eff.max_body,
+          f"nginx.conf: client_max_body_size {size} = http.max_body_bytes {eff.max_body}")
+    check(re.search(r"location\s*=?\s*/metrics", code) is None and "proxy_pass" in code,
+          "nginx.conf: does not route /metrics (operator endpoints stay on the admin port)")
+
+
+def by_kind(docs: dict[Path, list], sub: str) -> dict[str, tuple[Path, dict]]:
+    out = {}
+    for p, ds in docs.items():
+        if p.parent.name == sub:
+            for d in ds:
+                if isinstance(d, dict) and "kind" in d:
+                    out[d["kind"]] = (p, d)
+    return out
+
+
+def check_k8s(docs: dict[Path, list]) -> None:
+    k = by_kind(docs, "k8s")
+    need = ["Deployment", "Service", "HorizontalPodAutoscaler", "PodDisruptionBudget",
+            "ServiceMonitor", "Kustomization"]
+    if not check(all(n in k for n in need), f"k8s: manifests present ({', '.join(need)})",
+                 f"found {sorted(k)}"):
+        return
+    kz = k["Kustomization"][1]
+    for f in kz.get("resources", []):
+        check((DEPLOY / "k8s" / f).exists(), f"kustomization: resource {f} exists")
+    check("hpa.yaml" not in kz.get("resources", []),
+          "kustomization: hpa.yaml is not applied (one replica until the shared broker)")
+    gen = {g["name"]: g for g in kz.get("configMapGenerator", [])}
+    dep = k["Deployment"][1]
+    check(dep["spec"].get("replicas") == 1, "k8s: Deployment runs one replica (no broker yet)")
+    pod = dep["spec"]["template"]
+    c = pod["spec"]["containers"][0]
+    pod_labels = pod["metadata"].get("labels", {})
+    args = c.get("args", [])
+    cfg_path = args[args.index("--config") + 1] if "--config" in args else None
+    check(args[:1] == ["serve"] and cfg_path is not None,
+          f"k8s: container runs `serve --config {cfg_path}`")
+    mounts = {m["name"]: m for m in c.get("volumeMounts", [])}
+    vols = {v["name"]: v for v in pod["spec"].get("volumes", [])}
+    cm_file = None
+    for name, v in vols.items():
+        cm = v.get("configMap", {}).get("name")
+        if cm and cfg_path and name in mounts:
+            in_gen = cm in gen
+            files = gen.get(cm, {}).get("files", [])
+            target = [f for f in files if f"{mounts[name]['mountPath']}/{Path(f).name}" == cfg_path]
+            if check(in_gen and bool(target),
+                     f"k8s: --config {cfg_path} is file {target[:1]} of the generated ConfigMap {cm}"):
+                cm_file = DEPLOY / "k8s" / target[0]
+    env = {e["name"]: str(e["value"]) for e in c.get("env", []) if "value" in e}
+    ports = {p["name"]: p["containerPort"] for p in c.get("ports", [])}
+    # Selectors.
+    svc = k["Service"][1]
+    for what, sel in (("Deployment", dep["spec"]["selector"]["matchLabels"]),
+                      ("Service", svc["spec"]["selector"]),
+                      ("PodDisruptionBudget", k["PodDisruptionBudget"][1]["spec"]["selector"]["matchLabels"])):
+        check(sel.items() <= pod_labels.items(), f"k8s: {what} selector {sel} matches the pod labels")
+    sm = k["ServiceMonitor"][1]
+    check(sm["spec"]["selector"]["matchLabels"].items() <= svc["metadata"].get("labels", {}).items(),
+          "k8s: ServiceMonitor selector matches the Service labels")
+    hpa = k["HorizontalPodAutoscaler"][1]
+    check(hpa["spec"]["scaleTargetRef"]["name"] == dep["metadata"]["name"]
+          and any(m.get("resource", {}).get("name") == "cpu" for m in hpa["spec"]["metrics"]),
+          "k8s: HPA scales the Deployment on CPU")
+    check(svc["metadata"]["name"] == "tickwire",
+          "k8s: Service is named tickwire (the ServiceMonitor's job label, used by alerts.yml)")
+
+    if not BIN.exists() or cm_file is None:
+        return
+    eff = settings_of("k8s container (ConfigMap file + env)", env, cm_file)
+    if not eff:
+        return
+
+    def port_number(ref) -> int | None:
+        return ports.get(ref) if isinstance(ref, str) else ref
+
+    check(ports.get("http") == eff.server_port,
+          f"k8s: containerPort http {ports.get('http')} = server.listen port {eff.server_port}")
+    if eff.admin_port:
+        check(ports.get("admin") == eff.admin_port,
+              f"k8s: containerPort admin {ports.get('admin')} = admin.listen port {eff.admin_port}")
+    for probe, path in (("readinessProbe", "/readyz"), ("livenessProbe", "/healthz")):
+        get = c.get(probe, {}).get("httpGet", {})
+        n = port_number(get.get("port"))
+        check(get.get("path") == path and n == eff.ops_port,
+              f"k8s: {probe} GET {get.get('path')} on port {get.get('port')} ({n}); "
+              f"{path} is served on {eff.ops_port}")
+    pre = c.get("lifecycle", {}).get("preStop", {}).get("exec", {}).get("command", [])
+    pre_s = float(pre[1]) if pre[:1] == ["sleep"] else 0.0
+    grace = pod["spec"].get("terminationGracePeriodSeconds", 30)
+    check(grace > eff.shutdown + pre_s,
+          f"k8s: terminationGracePeriodSeconds {grace} > preStop {pre_s:g}s + "
+          f"shutdown_timeout {eff.shutdown:g}s")
+    svc_ports = {p["name"]: p for p in svc["spec"]["ports"]}
+    for name, p in svc_ports.items():
+        check(port_number(p["targetPort"]) is not None,
+              f"k8s: Service port {name} targets container port {p['targetPort']} "
+              f"({port_number(p['targetPort'])})")
+    for ep in sm["spec"]["endpoints"]:
+        sp = svc_ports.get(ep.get("port"))
+        n = port_number(sp["targetPort"]) if sp else None
+        check(n == eff.ops_port and ep.get("path", "/metrics") == "/metrics",
+              f"k8s: ServiceMonitor scrapes Service port {ep.get('port')} ({n}) /metrics, "
+              f"served on {eff.ops_port}")
+    ann = pod["metadata"].get("annotations", {})
+    if "prometheus.io/port" in ann:
+        check(int(ann["prometheus.io/port"]) == eff.ops_port,
+              f"k8s: prometheus.io/port annotation {ann['prometheus.io/port']} = {eff.ops_port}")
+    ing = docs.get(DEPLOY / "k8s" / "ingress.yaml")
+    if ing:
+        ing = ing[0]
+        backends = [p["backend"]["service"]["port"] for r in ing["spec"]["rules"]
+                    for p in r["http"]["paths"]]
+        check(all(svc_ports.get(b.get("name"), {}).get("targetPort") == "http" for b in backends),
+              "k8s: Ingress routes only to the Service's http port")
+        a = ing["metadata"].get("annotations", {})
+        t = float(a.get("nginx.ingress.kubernetes.io/proxy-read-timeout", 60))
+        check(t > eff.ping and t >= eff.idle,
+              f"k8s: Ingress proxy-read-timeout {t:g}s > ping_interval, >= idle_timeout")
+    check(eff.max_connections < 1 << 20,
+          f"k8s: max_connections {eff.max_connections} below the usual runtime nofile limit")
+
+
+def check_systemd() -> None:
+    unit = (DEPLOY / "systemd" / "tickwire.service").read_text()
+    kv: dict[str, list[str]] = {}
+    for line in unit.splitlines():
+        line = line.strip()
+        if line and not line.startswith(("#", ";", "[")) and "=" in line:
+            k_, _, v = line.partition("=")
+            kv.setdefault(k_, []).append(v)
+    exec_start = kv.get("ExecStart", [""])[0]
+    check(exec_start == "/usr/local/bin/tickwire serve --config /etc/tickwire/tickwire.toml",
+          f"systemd: ExecStart={exec_start}")
+    check(kv.get("KillSignal") == ["SIGTERM"], "systemd: KillSignal=SIGTERM")
+    for key in ("NoNewPrivileges", "ProtectSystem", "PrivateTmp", "CapabilityBoundingSet",
+                "RestrictAddressFamilies", "LimitNOFILE", "TimeoutStopSec"):
+        check(key in kv, f"systemd: {key}={kv.get(key, ['(missing)'])[-1]}")
+    if not BIN.exists():
+        return
+    env = {}
+    for e in kv.get("Environment", []):
+        for tok in shlex.split(e):
+            k_, _, v = tok.partition("=")
+            env[k_] = v
+    eff = settings_of("systemd (deploy/systemd/tickwire.toml + Environment=)",
+                      {k_: v for k_, v in env.items() if k_.startswith("TICKWIRE__")},
+                      DEPLOY / "systemd" / "tickwire.toml")
+    if not eff:
+        return
+    stop = seconds(kv["TimeoutStopSec"][-1])
+    check(stop > eff.shutdown,
+          f"systemd: TimeoutStopSec {stop:g}s > server.shutdown_timeout {eff.shutdown:g}s")
+    nofile = int(kv["LimitNOFILE"][-1].split(":")[-1])
+    check(nofile > eff.max_connections,
+          f"systemd: LimitNOFILE {nofile} > server.max_connections {eff.max_connections}")
+
+
+def check_tomls() -> None:
+    for p in sorted(DEPLOY.rglob("*.toml")):
+        r = check_config({}, p)
+        check(r.returncode == 0, f"TOML: tickwire check-config --config {rel(p)} exits 0",
+              f"exit {r.returncode}: {r.stderr.strip()}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Metric names.
+
+def alert_metric_names(docs: dict[Path, list]) -> set[str]:
+    rules = docs.get(DEPLOY / "prometheus" / "alerts.yml", [{}])[0]
+    names = set()
+    for g in rules.get("groups", []):
+        for r in g.get("rules", []):
+            names |= set(re.findall(r"(?<![\w:])((?:tickwire|process)_[a-z_]+)", r.get("expr", "")))
+    return names
+
+
+def exported_static() -> set[str]:
+    src = (ROOT / "src" / "metrics.rs").read_text()
+    names = set(re.findall(r'"(tickwire_[a-z_]+)"', src))
+    hist = set(re.findall(r'HistogramOpts::new\(\s*"(tickwire_[a-z_]+)"', src)) | \
+        set(re.findall(r'histogram\(\s*"(tickwire_[a-z_]+)"', src))
+    for h in hist:
+        names |= {h + "_bucket", h + "_sum", h + "_count"}
+    # The prometheus crate's process collector (Linux).
+    names |= {"process_cpu_seconds_total", "process_open_fds", "process_max_fds",
+              "process_virtual_memory_bytes", "process_resident_memory_bytes",
+              "process_start_time_seconds", "process_threads"}
+    return names
+
+
+def check_alert_metrics(docs: dict[Path, list], exported: set[str] | None) -> None:
+    used = alert_metric_names(docs)
+    if not used:
+        bad("alerts.yml: no metric names found (the scan is broken)")
+        return
+    source = "scraped from the smoke run's /metrics"
+    if exported is None:
+        exported, source = exported_static(), "static list from src/metrics.rs"
+    missing = sorted(used - exported)
+    check(not missing, f"alerts.yml queries {len(used)} metric names, all exported ({source}): "
+          f"{', '.join(sorted(used))}", f"not exported: {missing}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Smoke run.
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def http_get(port: int, path: str) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=3) as r:
+            return r.status, r.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode()
+
+
+def ws_open(port: int) -> tuple[socket.socket, bytes]:
+    s = socket.create_connection(("127.0.0.1", port), timeout=5)
+    key = base64.b64encode(os.urandom(16)).decode()
+    s.sendall((f"GET /ws HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
+               f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
+               f"Sec-WebSocket-Version: 13\r\n\r\n").encode())
+    head = b""
+    while b"\r\n\r\n" not in head:
+        chunk = s.recv(4096)
+        if not chunk:
+            raise ConnectionError("closed during the handshake")
+        head += chunk
+    if not head.startswith(b"HTTP/1.1 101"):
+        raise ConnectionError(head.split(b"\r\n")[0].decode())
+    return s, head.split(b"\r\n\r\n", 1)[1]
+
+
+def ws_wait_close(s: socket.socket, buf: bytes, timeout: float) -> int | None:
+    """Reads frames (after `buf`, already received) until a close frame; answers it and returns
+    its code."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        while len(buf) >= 2:
+            op, n = buf[0] & 0x0F, buf[1] & 0x7F
+            hdr = 2 + (2 if n == 126 else 8 if n == 127 else 0)
+            if len(buf) < hdr:
+                break
+            if n >= 126:
+                n = int.from_bytes(buf[2:hdr], "big")
+            if len(buf) < hdr + n:
+                break
+            payload, buf = buf[hdr:hdr + n], buf[hdr + n:]
+            if op == 8:
+                mask = os.urandom(4)
+                body = payload[:2]
+                s.sendall(bytes([0x88, 0x80 | len(body)]) + mask +
+                          bytes(b ^ mask[i % 4] for i, b in enumerate(body)))
+                return int.from_bytes(payload[:2], "big") if len(payload) >= 2 else None
+        s.settimeout(max(0.05, deadline - time.time()))
+        try:
+            chunk = s.recv(65536)
+        except socket.timeout:
+            break
+        if not chunk:
+            break
+        buf += chunk
+    return None
+
+
+def smoke(healthcheck: list[str] | None) -> set[str] | None:
+    cfg = DEPLOY / "k8s" / "tickwire.toml"
+    main, admin = free_port(), free_port()
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+           "TICKWIRE__SERVER__LISTEN": f"127.0.0.1:{main}",
+           "TICKWIRE__ADMIN__LISTEN": f"127.0.0.1:{admin}"}
+    log = SCRATCH / "smoke.log"
+    what = f"smoke: `tickwire serve --config {rel(cfg)}` (listeners moved to 127.0.0.1:{main}/{admin})"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen([str(BIN), "serve", "--config", str(cfg)], env=env, cwd=SCRATCH,
+                                stdout=out, stderr=subprocess.STDOUT)
+    exported = None
+    try:
+        deadline = time.time() + 15
+        up = False
+        while time.time() < deadline and proc.poll() is None:
+            try:
+                up = http_get(admin, "/healthz")[0] == 200
+            except OSError:
+                pass
+            if up:
+                break
+            time.sleep(0.05)
+        if not check(up, f"{what}: admin /healthz answers 200",
+                     f"exit {proc.poll()}; log: {log.read_text()[-2000:]}"):
+            return None
+        check(http_get(admin, "/readyz")[0] == 200, "smoke: admin /readyz 200 while serving")
+        check(http_get(main, "/healthz")[0] == 404,
+              "smoke: main port answers /healthz with 404 when admin.listen is set "
+              "(probes must use the admin port)")
+        status, body = http_get(admin, "/metrics")
+        exported = set(re.findall(r"(?m)^([a-z_:]+)(?:\{| )", body))
+        check(status == 200 and "tickwire_connections" in exported,
+              f"smoke: admin /metrics 200 with {len(exported)} series names")
+        logged = log.read_text()
+        m = re.search(r'"limit":(\d+)[^\n]*open files limit|open files limit[^\n]*"limit":(\d+)', logged)
+        check(m is not None, "smoke: the server logs its open files limit at start",
+              logged[-1000:])
+        if m:
+            fds = int(m.group(1) or m.group(2))
+            print(f"      open files limit here: {fds}", flush=True)
+        if healthcheck:
+            hc_env = {"PATH": env["PATH"]}
+            good = subprocess.run(healthcheck, env={**hc_env, "HEALTHCHECK_PORT": str(admin)},
+                                  capture_output=True, timeout=10).returncode
+            wrong = subprocess.run(healthcheck, env={**hc_env, "HEALTHCHECK_PORT": str(main)},
+                                   capture_output=True, timeout=10).returncode
+            check(good == 0 and wrong != 0,
+                  f"smoke: the Dockerfile HEALTHCHECK command exits 0 against /healthz "
+                  f"(admin port) and {wrong} against a 404 (main port)")
+        # Drain: a WebSocket client stays connected; SIGTERM must turn /readyz 503 on the admin
+        # port, close the client with 1001, and exit 0.
+        ws, pending = ws_open(main)
+        t0 = time.time()
+        proc.send_signal(signal.SIGTERM)
+        ready = 200
+        while time.time() - t0 < 3:
+            try:
+                ready = http_get(admin, "/readyz")[0]
+            except OSError:
+                break
+            if ready == 503:
+                break
+            time.sleep(0.02)
+        check(ready == 503, f"smoke: after SIGTERM, admin /readyz answers {ready} (want 503)")
+        code = ws_wait_close(ws, pending, 15)
+        ws.close()
+        check(code == 1001, f"smoke: the WebSocket client is closed with {code} (want 1001)")
+        try:
+            rc = proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            rc = None
+        check(rc == 0, f"smoke: exit status {rc} after SIGTERM, in {time.time() - t0:.2f}s "
+              f"(want 0 within server.shutdown_timeout)")
+    except Exception as e:  # noqa: BLE001 - any failure of the smoke run is a check failure
+        bad(f"smoke: {type(e).__name__}: {e}")
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    return exported
+
+
+def main() -> int:
+    os.chdir(ROOT)
+    docs = load_yaml_files()
+    have_bin = BIN.exists()
+    if not have_bin:
+        msg = f"{rel(BIN)} not found (build it with `cargo build`, or set TICKWIRE_BIN)"
+        if IN_CI:
+            bad(f"binary: {msg}")
+        else:
+            skip(f"binary-based checks (check-config of env keys and TOML files, effective "
+                 f"ports and timeouts, smoke run): {msg}")
+    if have_bin:
+        check_tomls()
+        if yaml is not None:
+            check_env_keys(docs)
+        else:
+            skip("env keys from Kubernetes env lists (PyYAML missing); text scan only")
+            values, _ = env_mentions()
+            for name in sorted(values):
+                r = check_config({name: sorted(values[name])[0]} if values[name] else {name: "x"})
+                check(r.returncode == 0 or (not values[name] and "unknown field" not in r.stderr),
+                      f"env key {name} is a valid setting", r.stderr.strip())
+    hc, _ = check_dockerfile()
+    if yaml is not None:
+        check_compose(docs)
+        check_k8s(docs)
+    else:
+        skip("compose, Grafana, Prometheus and Kubernetes consistency checks (PyYAML missing)")
+    check_systemd()
+    exported = smoke(hc) if have_bin else None
+    if yaml is not None:
+        check_alert_metrics(docs, exported)
+    else:
+        skip("metric names used by alerts.yml (PyYAML missing)")
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main())
+    finally:
+        shutil.rmtree(SCRATCH, ignore_errors=True)

@@ -1,0 +1,39 @@
+//! tickwire-loadtest: load generator and benchmark suite for the tickwire push server.
+//!
+//! Scenarios ([`scenario`]): `fanout` (end-to-end latency, deliveries/s, conflation and loss
+//! with N subscribers over T topics and an HTTP publisher at R msg/s), `idle` (server memory
+//! per connection), `connect` (handshake rate and time) and `publish` (HTTP ingest rate).
+//! Each is a library call returning a serializable report, so tests can run them against an
+//! in-process server; the `tickwire-loadtest` binary wraps them in a CLI.
+//!
+//! Every target must be a loopback address: the tool refuses anything else.
+//!
+//! # Layout
+//!
+//! - [`opts`]: URL, source address range and duration parsing (loopback enforcement).
+//! - [`client`]: TCP connections bound to a source address, the WebSocket upgrade.
+//! - [`frame`]: the zero-copy WebSocket frame parser and the masked frame encoder.
+//! - [`proto`]: recognising tickwire's frames, building requests and publish bodies.
+//! - [`pool`]: the subscriber connections and their receiver threads.
+//! - [`gaps`]: per (connection, topic) sequence accounting: received, conflated, lost.
+//! - [`publisher`]: the paced fan-out publisher.
+//! - [`http`]: the keep-alive HTTP client used to publish.
+//! - [`server`]: reading the server's `/metrics` and topic `seq`s.
+//! - [`report`]: the human summary tables.
+//! - [`bench`]: the benchmark page and chart built from saved JSON results.
+//! - [`progress`], [`sys`]: the live progress line; clocks, /proc, limits, Ctrl-C.
+
+pub mod bench;
+pub mod client;
+pub mod frame;
+pub mod gaps;
+pub mod http;
+pub mod opts;
+pub mod pool;
+pub mod progress;
+pub mod proto;
+pub mod publisher;
+pub mod report;
+pub mod scenario;
+pub mod server;
+pub mod sys;

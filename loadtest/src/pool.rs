@@ -1,0 +1,737 @@
+//! The subscriber connections: opened, subscribed and read by a few receiver threads, each a
+//! single-threaded tokio runtime.
+//!
+//! The receive path is what decides how much of the machine's two cores the client takes from
+//! the server, so it is kept lean: per readiness event one `read(2)` into the thread's 256 KiB
+//! buffer, frames parsed in place ([`crate::frame`]), messages classified by substring search
+//! ([`crate::proto`]), the receive time read once per `read`, counters in `Cell`s, and one
+//! atomic add per `read` for the live progress line.
+
+use std::cell::{Cell, RefCell};
+use std::io::{self, Read, Write};
+use std::net::IpAddr;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use hdrhistogram::Histogram;
+use serde::Serialize;
+use tokio::io::unix::AsyncFd;
+use tokio::io::AsyncWriteExt;
+
+use crate::client::{self, Rng};
+use crate::frame::{self, Event, Reassembler};
+use crate::gaps::SeqTrack;
+use crate::opts::Target;
+use crate::proto::{self, ServerMsg};
+use crate::sys::now_us;
+
+const READ_BUFFER: usize = 256 << 10;
+
+/// A latency histogram in µs, 1 µs to 10 minutes, 3 significant digits.
+pub fn histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 600_000_000, 3).expect("valid histogram bounds")
+}
+
+/// Which topics connection `i` subscribes to: `per_conn` consecutive topics (modulo `topics`)
+/// starting at `i * per_conn`, so subscriptions spread evenly and a connection never holds the
+/// same topic twice.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SubPlan {
+    pub topics: u32,
+    pub per_conn: u32,
+}
+
+impl SubPlan {
+    pub fn topics_of(&self, conn: usize) -> impl Iterator<Item = u32> {
+        let (t, k) = (u64::from(self.topics.max(1)), u64::from(self.per_conn));
+        let start = conn as u64 * k;
+        (0..k).map(move |j| ((start + j) % t) as u32)
+    }
+
+    /// Subscribers of each topic when connections `0..n` are all subscribed.
+    pub fn subscribers_per_topic(&self, n: usize) -> Vec<u64> {
+        let mut v = vec![0u64; self.topics as usize];
+        for i in 0..n {
+            for t in self.topics_of(i) {
+                v[t as usize] += 1;
+            }
+        }
+        v
+    }
+}
+
+pub fn topic_name(prefix: &str, index: u32) -> String {
+    format!("{prefix}{index}")
+}
+
+/// How to open the connections.
+#[derive(Debug, Clone)]
+pub struct PoolConfig {
+    pub target: Target,
+    pub connections: usize,
+    pub source_ips: Vec<IpAddr>,
+    pub threads: usize,
+    pub connect_concurrency: usize,
+    pub connect_attempts: u32,
+    /// `per_conn == 0`: connect only, subscribe to nothing.
+    pub plan: SubPlan,
+    pub topic_prefix: String,
+}
+
+/// State shared between the receiver threads and the coordinating thread.
+pub struct Shared {
+    /// Measurement window, µs since the epoch: updates sent in `[t0, t1)` are measured.
+    pub t0: AtomicU64,
+    pub t1: AtomicU64,
+    /// When set (non-zero), the receiver threads close everything at this time.
+    stop_at: AtomicU64,
+    pub connected: AtomicUsize,
+    pub subscribed: AtomicUsize,
+    pub failed: AtomicUsize,
+    pub closed_early: AtomicUsize,
+    /// Updates received so far (all threads), for the live progress line and the drain.
+    pub updates: AtomicU64,
+    pub connect_started_us: AtomicU64,
+    /// When the last connection became ready (handshake done and, if subscribing, acknowledged).
+    pub last_ready_us: AtomicU64,
+    pub errors: Mutex<Vec<String>>,
+}
+
+impl Shared {
+    fn new() -> Shared {
+        Shared {
+            t0: AtomicU64::new(u64::MAX),
+            t1: AtomicU64::new(u64::MAX),
+            stop_at: AtomicU64::new(0),
+            connected: AtomicUsize::new(0),
+            subscribed: AtomicUsize::new(0),
+            failed: AtomicUsize::new(0),
+            closed_early: AtomicUsize::new(0),
+            updates: AtomicU64::new(0),
+            connect_started_us: AtomicU64::new(0),
+            last_ready_us: AtomicU64::new(0),
+            errors: Mutex::new(Vec::new()),
+        }
+    }
+
+    fn note_error(&self, e: String) {
+        let mut errors = self.errors.lock().unwrap_or_else(|e| e.into_inner());
+        if errors.len() < 5 {
+            errors.push(e);
+        }
+    }
+
+    pub fn first_errors(&self) -> Vec<String> {
+        self.errors.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    pub fn set_window(&self, t0: u64, t1: u64) {
+        self.t0.store(t0, Relaxed);
+        self.t1.store(t1, Relaxed);
+    }
+
+    fn window(&self) -> (u64, u64) {
+        (self.t0.load(Relaxed), self.t1.load(Relaxed))
+    }
+}
+
+/// Counters of one receiver thread (and, summed, of the pool).
+#[derive(Debug, Default, Clone, Copy, Serialize)]
+pub struct RecvCounters {
+    /// `update` frames received.
+    pub updates: u64,
+    /// Updates stamped inside the measurement window (their latency is in the histogram).
+    pub delivered_in_window: u64,
+    pub snapshots: u64,
+    /// Updates without a send stamp in `data` (published by someone else).
+    pub unstamped: u64,
+    /// Updates for topics this connection did not subscribe to.
+    pub foreign: u64,
+    /// `error` replies from the server.
+    pub error_replies: u64,
+    /// Text messages that are not tickwire frames.
+    pub unparsed: u64,
+    pub pings: u64,
+    pub reads: u64,
+    pub bytes: u64,
+}
+
+impl std::ops::AddAssign for RecvCounters {
+    fn add_assign(&mut self, o: RecvCounters) {
+        self.updates += o.updates;
+        self.delivered_in_window += o.delivered_in_window;
+        self.snapshots += o.snapshots;
+        self.unstamped += o.unstamped;
+        self.foreign += o.foreign;
+        self.error_replies += o.error_replies;
+        self.unparsed += o.unparsed;
+        self.pings += o.pings;
+        self.reads += o.reads;
+        self.bytes += o.bytes;
+    }
+}
+
+#[derive(Default)]
+struct Counters {
+    updates: Cell<u64>,
+    delivered_in_window: Cell<u64>,
+    snapshots: Cell<u64>,
+    unstamped: Cell<u64>,
+    foreign: Cell<u64>,
+    error_replies: Cell<u64>,
+    unparsed: Cell<u64>,
+    pings: Cell<u64>,
+    reads: Cell<u64>,
+    bytes: Cell<u64>,
+}
+
+fn bump(c: &Cell<u64>, n: u64) {
+    c.set(c.get() + n);
+}
+
+impl Counters {
+    fn snapshot(&self) -> RecvCounters {
+        RecvCounters {
+            updates: self.updates.get(),
+            delivered_in_window: self.delivered_in_window.get(),
+            snapshots: self.snapshots.get(),
+            unstamped: self.unstamped.get(),
+            foreign: self.foreign.get(),
+            error_replies: self.error_replies.get(),
+            unparsed: self.unparsed.get(),
+            pings: self.pings.get(),
+            reads: self.reads.get(),
+            bytes: self.bytes.get(),
+        }
+    }
+}
+
+/// One connection's protocol state.
+struct Conn {
+    /// Subscribed topics (by index, sorted) and what arrived on each.
+    topics: Vec<(u32, SeqTrack)>,
+    reasm: Reassembler,
+    /// Bytes of an incomplete frame, carried to the next read.
+    carry: Vec<u8>,
+    subscribed: bool,
+    wants_subscribed: bool,
+}
+
+/// Per receiver thread state (single-threaded runtime: no locks).
+struct Thread {
+    cfg: Arc<PoolConfig>,
+    shared: Arc<Shared>,
+    buf: RefCell<Vec<u8>>,
+    conns: RefCell<Vec<Conn>>,
+    latency: RefCell<Histogram<u64>>,
+    handshake: RefCell<Histogram<u64>>,
+    counters: Counters,
+    rng: RefCell<Rng>,
+    /// Control frames owed to the server (pong, close echo), written after each read.
+    reply: RefCell<Vec<u8>>,
+}
+
+/// What a receiver thread hands back.
+pub struct ThreadOut {
+    pub latency: Histogram<u64>,
+    pub handshake: Histogram<u64>,
+    pub counters: RecvCounters,
+    /// (topic index, what one connection saw of it) for every connected subscriber.
+    pub tracks: Vec<(u32, SeqTrack)>,
+}
+
+/// Everything the pool measured, all threads together.
+pub struct PoolResult {
+    pub latency: Histogram<u64>,
+    pub handshake: Histogram<u64>,
+    pub counters: RecvCounters,
+    pub tracks: Vec<(u32, SeqTrack)>,
+    pub connected: usize,
+    pub failed: usize,
+    pub closed_early: usize,
+}
+
+/// A running set of subscriber connections.
+pub struct Pool {
+    shared: Arc<Shared>,
+    handles: Vec<std::thread::JoinHandle<ThreadOut>>,
+    pub config: Arc<PoolConfig>,
+}
+
+/// How the connect phase went.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct ConnectOutcome {
+    pub requested: usize,
+    pub connected: usize,
+    pub ready: usize,
+    pub failed: usize,
+    /// First connect to last connection ready, seconds.
+    pub seconds: f64,
+    pub timed_out: bool,
+}
+
+impl Pool {
+    /// Starts the receiver threads; they begin connecting at once.
+    pub fn start(cfg: PoolConfig) -> anyhow::Result<Pool> {
+        let threads = cfg.threads.clamp(1, 64).min(cfg.connections.max(1));
+        let cfg = Arc::new(cfg);
+        let shared = Arc::new(Shared::new());
+        shared.connect_started_us.store(now_us(), Relaxed);
+        let mut handles = Vec::new();
+        for ti in 0..threads {
+            let ids: Vec<usize> = (ti..cfg.connections).step_by(threads).collect();
+            let (cfg, shared) = (cfg.clone(), shared.clone());
+            let per_thread = (cfg.connect_concurrency / threads).max(1);
+            let h = std::thread::Builder::new()
+                .name(format!("recv{ti}"))
+                .spawn(move || recv_thread(ids, per_thread, cfg, shared))?;
+            handles.push(h);
+        }
+        Ok(Pool {
+            shared,
+            handles,
+            config: cfg,
+        })
+    }
+
+    pub fn shared(&self) -> &Shared {
+        &self.shared
+    }
+
+    /// Connections that are ready: subscribed (acknowledged) when subscribing, else upgraded.
+    pub fn ready(&self) -> usize {
+        if self.config.plan.per_conn > 0 {
+            self.shared.subscribed.load(Relaxed)
+        } else {
+            self.shared.connected.load(Relaxed)
+        }
+    }
+
+    /// Waits until every connection is ready or failed, or `timeout` passes; `tick` is called
+    /// about every 100 ms (for progress).
+    pub fn wait_ready(&self, timeout: Duration, mut tick: impl FnMut(&Pool)) -> ConnectOutcome {
+        let started = Instant::now();
+        let n = self.config.connections;
+        let mut timed_out = false;
+        let mut last_tick = Instant::now();
+        loop {
+            let failed = self.shared.failed.load(Relaxed);
+            if self.ready() + failed >= n {
+                break;
+            }
+            if started.elapsed() >= timeout || crate::sys::abort_requested() {
+                timed_out = true;
+                break;
+            }
+            if last_tick.elapsed() >= Duration::from_millis(100) {
+                tick(self);
+                last_tick = Instant::now();
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        let first = self.shared.connect_started_us.load(Relaxed);
+        let last = self.shared.last_ready_us.load(Relaxed).max(first);
+        ConnectOutcome {
+            requested: n,
+            connected: self.shared.connected.load(Relaxed),
+            ready: self.ready(),
+            failed: self.shared.failed.load(Relaxed),
+            seconds: (last - first) as f64 / 1e6,
+            timed_out,
+        }
+    }
+
+    /// Closes every connection at `stop_at_us` (µs since the epoch) and collects the results.
+    pub fn finish(self, stop_at_us: u64) -> PoolResult {
+        self.shared.stop_at.store(stop_at_us.max(1), Relaxed);
+        let mut out = PoolResult {
+            latency: histogram(),
+            handshake: histogram(),
+            counters: RecvCounters::default(),
+            tracks: Vec::new(),
+            connected: 0,
+            failed: 0,
+            closed_early: 0,
+        };
+        for h in self.handles {
+            let t = match h.join() {
+                Ok(t) => t,
+                Err(_) => continue, // a panicking receiver thread already printed its panic
+            };
+            out.latency.add(&t.latency).expect("same histogram bounds");
+            out.handshake.add(&t.handshake).expect("same histogram bounds");
+            out.counters += t.counters;
+            out.tracks.extend(t.tracks);
+        }
+        out.connected = self.shared.connected.load(Relaxed);
+        out.failed = self.shared.failed.load(Relaxed);
+        out.closed_early = self.shared.closed_early.load(Relaxed);
+        out
+    }
+}
+
+fn recv_thread(ids: Vec<usize>, concurrency: usize, cfg: Arc<PoolConfig>, shared: Arc<Shared>) -> ThreadOut {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("building a current-thread runtime");
+    let local = tokio::task::LocalSet::new();
+    let th = Rc::new(Thread {
+        cfg: cfg.clone(),
+        shared: shared.clone(),
+        buf: RefCell::new(vec![0u8; READ_BUFFER]),
+        conns: RefCell::new(Vec::with_capacity(ids.len())),
+        latency: RefCell::new(histogram()),
+        handshake: RefCell::new(histogram()),
+        counters: Counters::default(),
+        rng: RefCell::new(Rng::new(
+            now_us() ^ (ids.first().copied().unwrap_or(0) as u64) << 32,
+        )),
+        reply: RefCell::new(Vec::new()),
+    });
+    local.block_on(&rt, async {
+        let sem = Arc::new(tokio::sync::Semaphore::new(concurrency));
+        let spawner = {
+            let th = th.clone();
+            async move {
+                for i in ids {
+                    let Ok(permit) = sem.clone().acquire_owned().await else {
+                        return;
+                    };
+                    tokio::task::spawn_local(connection(i, th.clone(), permit));
+                }
+            }
+        };
+        tokio::task::spawn_local(spawner);
+        loop {
+            let stop = shared.stop_at.load(Relaxed);
+            if stop != 0 && now_us() >= stop {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    });
+    {
+        // Dropping the tasks closes the sockets; deregistering them needs the runtime.
+        let _guard = rt.enter();
+        drop(local);
+    }
+    let th = Rc::try_unwrap(th).unwrap_or_else(|_| panic!("connection tasks outlived their runtime"));
+    let conns = th.conns.into_inner();
+    ThreadOut {
+        latency: th.latency.into_inner(),
+        handshake: th.handshake.into_inner(),
+        counters: th.counters.snapshot(),
+        tracks: conns.into_iter().flat_map(|c| c.topics).collect(),
+    }
+}
+
+/// Opens, upgrades and subscribes connection `i`, then reads it until the run ends.
+async fn connection(i: usize, th: Rc<Thread>, permit: tokio::sync::OwnedSemaphorePermit) {
+    let cfg = &th.cfg;
+    let src = (!cfg.source_ips.is_empty()).then(|| cfg.source_ips[i % cfg.source_ips.len()]);
+    let topics: Vec<u32> = cfg.plan.topics_of(i).collect();
+    let mut attempt = 0;
+    let (stream, leftover, took) = loop {
+        let started = Instant::now();
+        let r = async {
+            let mut s = client::open(cfg.target.addr, src).await?;
+            let mut rng = Rng::new(now_us() ^ ((i as u64) << 24));
+            let leftover = client::handshake(&mut s, &cfg.target.host, &cfg.target.path, &mut rng).await?;
+            let took = started.elapsed();
+            if !topics.is_empty() {
+                let names: Vec<String> = topics.iter().map(|&t| topic_name(&cfg.topic_prefix, t)).collect();
+                let mut f = Vec::new();
+                frame::encode_masked(
+                    frame::OP_TEXT,
+                    &proto::subscribe_request(&names),
+                    rng.mask(),
+                    &mut f,
+                );
+                s.write_all(&f).await?;
+            }
+            io::Result::Ok((s, leftover, took))
+        }
+        .await;
+        match r {
+            Ok(ok) => break ok,
+            Err(e) => {
+                attempt += 1;
+                if attempt >= cfg.connect_attempts.max(1) {
+                    th.shared.note_error(format!("connection {i} from {src:?}: {e}"));
+                    th.shared.failed.fetch_add(1, Relaxed);
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(100 * u64::from(attempt))).await;
+            }
+        }
+    };
+    drop(permit);
+    th.handshake
+        .borrow_mut()
+        .saturating_record(took.as_micros() as u64);
+    th.shared.connected.fetch_add(1, Relaxed);
+    if topics.is_empty() {
+        th.shared.last_ready_us.fetch_max(now_us(), Relaxed);
+    }
+    let registered = stream.into_std().and_then(|s| {
+        // SAFETY: the AsyncFd owns the std stream, so the descriptor stays open and the same
+        // for as long as it is registered.
+        unsafe { AsyncFd::register_with_interest(s, tokio::io::Interest::READABLE) }.map_err(io::Error::from)
+    });
+    let fd = match registered {
+        Ok(fd) => fd,
+        Err(e) => {
+            th.shared
+                .note_error(format!("connection {i}: registering the socket: {e}"));
+            th.shared.closed_early.fetch_add(1, Relaxed);
+            return;
+        }
+    };
+    let mut tracks: Vec<(u32, SeqTrack)> = topics.iter().map(|&t| (t, SeqTrack::default())).collect();
+    tracks.sort_unstable_by_key(|(t, _)| *t);
+    let idx = {
+        let mut conns = th.conns.borrow_mut();
+        conns.push(Conn {
+            topics: tracks,
+            reasm: Reassembler::default(),
+            carry: leftover,
+            subscribed: false,
+            wants_subscribed: !topics.is_empty(),
+        });
+        conns.len() - 1
+    };
+    if read_loop(&fd, idx, &th).await.is_err() {
+        th.shared.closed_early.fetch_add(1, Relaxed);
+    }
+}
+
+/// Reads until the connection closes (an `Err`) or the task is dropped at the end of the run.
+async fn read_loop(fd: &AsyncFd<std::net::TcpStream>, idx: usize, th: &Thread) -> Result<(), ()> {
+    // Frames that arrived with the upgrade response.
+    if !th.conns.borrow()[idx].carry.is_empty() {
+        let mut conns = th.conns.borrow_mut();
+        let conn = &mut conns[idx];
+        let data = std::mem::take(&mut conn.carry);
+        let used = process(th, conn, &data, now_us())?;
+        conn.carry = data[used..].to_vec();
+        drop(conns);
+        flush_reply(fd, th)?;
+    }
+    loop {
+        let Ok(mut guard) = fd.readable().await else {
+            return Err(());
+        };
+        {
+            let mut buf = th.buf.borrow_mut();
+            let mut conns = th.conns.borrow_mut();
+            let conn = &mut conns[idx];
+            let cap = buf.len();
+            let k = conn.carry.len();
+            let result = if k <= cap / 2 {
+                // Read after room for the carried partial frame, then put it in front.
+                match guard.get_inner().read(&mut buf[k..]) {
+                    Ok(0) => return Err(()),
+                    Ok(n) => {
+                        if k + n < cap {
+                            guard.clear_ready(); // short read: the socket is drained
+                        }
+                        buf[..k].copy_from_slice(&conn.carry);
+                        conn.carry.clear();
+                        let now = now_us();
+                        let used = process(th, conn, &buf[..k + n], now)?;
+                        conn.carry.extend_from_slice(&buf[used..k + n]);
+                        Ok(n)
+                    }
+                    Err(e) => Err(e),
+                }
+            } else {
+                // A frame larger than half the buffer: collect it in the connection's carry.
+                match guard.get_inner().read(&mut buf[..]) {
+                    Ok(0) => return Err(()),
+                    Ok(n) => {
+                        if n < cap {
+                            guard.clear_ready();
+                        }
+                        conn.carry.extend_from_slice(&buf[..n]);
+                        let data = std::mem::take(&mut conn.carry);
+                        let used = process(th, conn, &data, now_us())?;
+                        conn.carry = data;
+                        conn.carry.drain(..used);
+                        Ok(n)
+                    }
+                    Err(e) => Err(e),
+                }
+            };
+            match result {
+                Ok(n) => {
+                    bump(&th.counters.reads, 1);
+                    bump(&th.counters.bytes, n as u64);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    guard.clear_ready();
+                    continue;
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(_) => return Err(()),
+            }
+            if conn.carry.capacity() > 1 << 20 && conn.carry.len() < 1 << 16 {
+                conn.carry.shrink_to(1 << 16);
+            }
+        }
+        flush_reply(fd, th)?;
+    }
+}
+
+/// Writes owed control frames; `Err` once the connection is closed.
+fn flush_reply(fd: &AsyncFd<std::net::TcpStream>, th: &Thread) -> Result<(), ()> {
+    let mut reply = th.reply.borrow_mut();
+    if !reply.is_empty() {
+        // Control replies are tiny; a full send buffer only delays a pong the server can miss.
+        let _ = fd.get_ref().write(&reply);
+        reply.clear();
+    }
+    Ok(())
+}
+
+/// Parses every complete frame in `data`; returns the bytes consumed, or `Err` when the server
+/// closed the connection or broke the protocol.
+fn process(th: &Thread, conn: &mut Conn, data: &[u8], now: u64) -> Result<usize, ()> {
+    let window = th.shared.window();
+    let before = th.counters.updates.get();
+    let mut closing = false;
+    let Conn {
+        topics,
+        reasm,
+        subscribed,
+        wants_subscribed,
+        ..
+    } = conn;
+    let result = reasm.feed(data, |event| match event {
+        Event::Text(p) => on_message(th, topics, subscribed, *wants_subscribed, p, now, window),
+        Event::Binary(_) => bump(&th.counters.unparsed, 1),
+        Event::Ping(p) => {
+            bump(&th.counters.pings, 1);
+            let mask = th.rng.borrow_mut().mask();
+            frame::encode_masked(frame::OP_PONG, p, mask, &mut th.reply.borrow_mut());
+        }
+        Event::Pong => {}
+        Event::Close(code) => {
+            let mask = th.rng.borrow_mut().mask();
+            let payload = code.map(u16::to_be_bytes);
+            let payload: &[u8] = payload.as_ref().map_or(&[], |c| c);
+            frame::encode_masked(frame::OP_CLOSE, payload, mask, &mut th.reply.borrow_mut());
+            closing = true;
+        }
+    });
+    let received = th.counters.updates.get() - before;
+    if received > 0 {
+        th.shared.updates.fetch_add(received, Relaxed);
+    }
+    match result {
+        Ok(_) if closing => Err(()),
+        Ok(used) => Ok(used),
+        Err(e) => {
+            th.shared
+                .note_error(format!("protocol error from the server: {e}"));
+            Err(())
+        }
+    }
+}
+
+#[inline]
+fn on_message(
+    th: &Thread,
+    topics: &mut [(u32, SeqTrack)],
+    subscribed: &mut bool,
+    wants_subscribed: bool,
+    p: &[u8],
+    now: u64,
+    (t0, t1): (u64, u64),
+) {
+    let c = &th.counters;
+    match proto::classify(p) {
+        ServerMsg::Update { topic, seq, sent_us } => {
+            bump(&c.updates, 1);
+            match topic_index(topic, th.cfg.topic_prefix.as_bytes())
+                .and_then(|t| topics.binary_search_by_key(&t, |(x, _)| *x).ok())
+            {
+                Some(i) => topics[i].1.on_update(seq),
+                None => bump(&c.foreign, 1),
+            }
+            match sent_us {
+                Some(t) if t >= t0 && t < t1 => {
+                    bump(&c.delivered_in_window, 1);
+                    th.latency
+                        .borrow_mut()
+                        .saturating_record(now.saturating_sub(t).max(1));
+                }
+                Some(_) => {}
+                None => bump(&c.unstamped, 1),
+            }
+        }
+        ServerMsg::Snapshot { .. } => bump(&c.snapshots, 1),
+        ServerMsg::Subscribed => {
+            if wants_subscribed && !*subscribed {
+                *subscribed = true;
+                th.shared.subscribed.fetch_add(1, Relaxed);
+                th.shared.last_ready_us.fetch_max(now_us(), Relaxed);
+            }
+        }
+        ServerMsg::Error(text) => {
+            if c.error_replies.get() == 0 {
+                th.shared
+                    .note_error(format!("server error reply: {}", String::from_utf8_lossy(text)));
+            }
+            bump(&c.error_replies, 1);
+        }
+        ServerMsg::Other => {}
+        ServerMsg::Unparsed => bump(&c.unparsed, 1),
+    }
+}
+
+/// The index of a topic named `<prefix><digits>`.
+#[inline]
+pub fn topic_index(topic: &[u8], prefix: &[u8]) -> Option<u32> {
+    let digits = topic.strip_prefix(prefix)?;
+    if digits.is_empty() || digits.len() > 9 || !digits.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    Some(digits.iter().fold(0u32, |v, &d| v * 10 + u32::from(d - b'0')))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plans_spread_subscriptions() {
+        let plan = SubPlan {
+            topics: 3,
+            per_conn: 2,
+        };
+        assert_eq!(plan.topics_of(0).collect::<Vec<_>>(), vec![0, 1]);
+        assert_eq!(plan.topics_of(1).collect::<Vec<_>>(), vec![2, 0]);
+        assert_eq!(plan.subscribers_per_topic(3), vec![2, 2, 2]);
+        let one = SubPlan {
+            topics: 1,
+            per_conn: 1,
+        };
+        assert_eq!(one.subscribers_per_topic(10), vec![10]);
+        let none = SubPlan {
+            topics: 1,
+            per_conn: 0,
+        };
+        assert_eq!(none.topics_of(5).count(), 0);
+    }
+
+    #[test]
+    fn topic_indexes() {
+        assert_eq!(topic_index(b"bench.t12", b"bench.t"), Some(12));
+        assert_eq!(topic_index(b"bench.t", b"bench.t"), None);
+        assert_eq!(topic_index(b"other.t1", b"bench.t"), None);
+        assert_eq!(topic_index(b"bench.t1x", b"bench.t"), None);
+    }
+}

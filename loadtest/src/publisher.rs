@@ -1,0 +1,150 @@
+//! The fan-out publisher: paced at R msg/s over HTTP batch publish, on its own thread.
+//!
+//! Every tick (5 ms by default) it sends everything that is due (R × elapsed − sent) as one
+//! `POST /api/v1/publish` batch, topics taken round-robin, each payload stamped with the send
+//! time just before the request is built. The response's `seq` per message tells which
+//! sequence numbers the run produced.
+
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use hdrhistogram::Histogram;
+use serde::Serialize;
+
+use crate::http::HttpClient;
+use crate::opts::HttpEndpoint;
+use crate::pool::histogram;
+use crate::proto;
+use crate::sys::now_us;
+
+#[derive(Debug, Clone)]
+pub struct PublisherConfig {
+    pub endpoint: HttpEndpoint,
+    pub topics: Vec<String>,
+    pub rate: f64,
+    pub payload_bytes: usize,
+    pub interval: Duration,
+    pub batch_max: u64,
+    /// Measurement window, µs since the epoch; publishing stops at `t1`.
+    pub t0: u64,
+    pub t1: u64,
+    /// How long after `t1` a request still in flight may take to be answered.
+    pub grace: Duration,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct PublisherResult {
+    /// Messages sent (including any whose request failed or went unanswered).
+    pub sent: u64,
+    /// Messages stamped inside the measurement window.
+    pub sent_in_window: u64,
+    /// Messages the server acknowledged with a `seq`.
+    pub confirmed: u64,
+    pub requests: u64,
+    pub errors: u64,
+    /// Messages in a request still unanswered when the window closed.
+    pub unconfirmed: u64,
+    pub first_error: Option<String>,
+    /// Messages stamped inside the window, per topic (index as in `topics`).
+    #[serde(skip)]
+    pub in_window_per_topic: Vec<u64>,
+    /// Highest acknowledged `seq` per topic (index as in `topics`).
+    #[serde(skip)]
+    pub last_seq: Vec<u64>,
+    /// Request round-trip, µs.
+    #[serde(skip)]
+    pub request_us: Option<Histogram<u64>>,
+}
+
+/// Runs on the calling thread until the window closes.
+pub fn run(cfg: PublisherConfig) -> PublisherResult {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("building a current-thread runtime");
+    rt.block_on(publish(cfg))
+}
+
+async fn publish(cfg: PublisherConfig) -> PublisherResult {
+    let mut res = PublisherResult {
+        last_seq: vec![0; cfg.topics.len()],
+        in_window_per_topic: vec![0; cfg.topics.len()],
+        request_us: Some(histogram()),
+        ..PublisherResult::default()
+    };
+    let index: std::collections::HashMap<&str, usize> = (cfg.topics.iter().enumerate())
+        .map(|(i, t)| (t.as_str(), i))
+        .collect();
+    let mut client = HttpClient::new(cfg.endpoint.clone());
+    let start = Instant::now();
+    let mut ticker = tokio::time::interval(cfg.interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut body = Vec::new();
+    let mut names: Vec<&str> = Vec::new();
+    let n_topics = cfg.topics.len().max(1) as u64;
+    loop {
+        ticker.tick().await;
+        if now_us() >= cfg.t1 || crate::sys::abort_requested() {
+            break;
+        }
+        let due = ((start.elapsed().as_secs_f64() * cfg.rate) as u64)
+            .saturating_sub(res.sent)
+            .min(cfg.batch_max);
+        if due == 0 {
+            continue;
+        }
+        names.clear();
+        names.extend((0..due).map(|i| cfg.topics[((res.sent + i) % n_topics) as usize].as_str()));
+        let stamp = now_us();
+        proto::batch_body(&names, stamp, cfg.payload_bytes, &mut body);
+        let in_window = stamp >= cfg.t0 && stamp < cfg.t1;
+        if in_window {
+            res.sent_in_window += due;
+            for i in 0..due {
+                res.in_window_per_topic[((res.sent + i) % n_topics) as usize] += 1;
+            }
+        }
+        res.sent += due;
+        res.requests += 1;
+        let sent_at = Instant::now();
+        // Never outlive the window by much: a stalled publish endpoint must not hang the run.
+        // Waiting for the answer matters: the final `seq` is read once this returns.
+        let left = Duration::from_micros(cfg.t1.saturating_sub(now_us())) + cfg.grace;
+        let request = client.post_json(Bytes::copy_from_slice(&body));
+        let outcome = match tokio::time::timeout(left, request).await {
+            Err(_) => {
+                res.unconfirmed += due;
+                break;
+            }
+            Ok(r) => r,
+        };
+        if let Some(h) = res.request_us.as_mut() {
+            h.saturating_record(sent_at.elapsed().as_micros() as u64);
+        }
+        let error = match outcome {
+            Ok(resp) if resp.status == 200 => match proto::parse_publish_response(&resp.body) {
+                Ok(results) => {
+                    res.confirmed += results.len() as u64;
+                    for (topic, seq) in results {
+                        if let Some(&i) = index.get(topic.as_str()) {
+                            res.last_seq[i] = res.last_seq[i].max(seq);
+                        }
+                    }
+                    None
+                }
+                Err(e) => Some(format!("unexpected publish response: {e}")),
+            },
+            Ok(resp) => Some(format!(
+                "publish returned HTTP {}: {}",
+                resp.status,
+                String::from_utf8_lossy(&resp.body).trim()
+            )),
+            Err(e) => Some(format!("publish request failed: {e}")),
+        };
+        if let Some(e) = error {
+            res.errors += 1;
+            res.first_error.get_or_insert(e);
+        }
+    }
+    res
+}

@@ -1,0 +1,70 @@
+//! The fan-out scenario, as a library call, against a tickwire server running in this process.
+
+use std::time::{Duration, Instant};
+
+use tickwire_loadtest::opts::parse_ws_url;
+use tickwire_loadtest::scenario::fanout::{self, FanoutConfig};
+use tickwire_loadtest::scenario::Common;
+
+#[test]
+fn fanout_delivers_every_message_to_every_subscriber() -> anyhow::Result<()> {
+    let started = Instant::now();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    let any_port: std::net::SocketAddr = "127.0.0.1:0".parse()?;
+    let listener = rt.block_on(async { tickwire::server::bind(any_port) })?;
+    let addr = listener.local_addr()?;
+    let settings = tickwire::settings::Settings::from_toml("[feed]\nenabled = false")?;
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = rt.spawn(tickwire::server::run(listener, settings, async {
+        let _ = stopped.await;
+    }));
+
+    let mut cfg = FanoutConfig::new(Common::new(parse_ws_url(&format!("ws://{addr}/ws"))?));
+    cfg.connections = 50;
+    // Two topics, every connection subscribed to both: each message reaches all 50.
+    cfg.topics = 2;
+    cfg.subs_per_conn = 2;
+    cfg.rate = 200.0;
+    cfg.warmup = Duration::from_millis(300);
+    cfg.duration = Duration::from_secs(2);
+    cfg.drain = Duration::from_secs(3);
+    cfg.topic_prefix = "it.fanout.t".into();
+    let r = fanout::run(&cfg)?;
+
+    assert_eq!(r.connect.ready, 50, "{:?}", r.errors);
+    assert_eq!(r.closed_early, 0);
+    assert!(r.errors.is_empty(), "{:?}", r.errors);
+    let published = r.publish.confirmed;
+    assert_eq!(published, r.publish.sent, "every publish acknowledged");
+    assert!(published >= 300, "published only {published}");
+    let run_total: u64 = (r.topics_final_seq.iter().zip(&r.topics_base_seq))
+        .map(|(f, b)| f - b)
+        .sum();
+    assert_eq!(run_total, published, "server seqs account for every publish");
+    // Zero loss, nothing conflated, and deliveries == published × subscribers.
+    assert_eq!(r.gaps.lost, 0, "{:?}", r.gaps);
+    assert_eq!(r.gaps.conflated, 0, "{:?}", r.gaps);
+    assert_eq!(r.gaps.out_of_order, 0);
+    assert_eq!(r.gaps.expected, published * 50);
+    assert_eq!(r.gaps.received, published * 50);
+    assert_eq!(r.deliveries.updates_received, published * 50);
+    assert_eq!(r.receive.foreign + r.receive.unstamped + r.receive.unparsed, 0);
+    // The window's share: every message stamped in it arrived, with a latency each.
+    let d = &r.deliveries;
+    assert_eq!(d.expected_in_window, r.publish.sent_in_window * 50);
+    assert_eq!(d.delivered_in_window, d.expected_in_window);
+    assert_eq!(r.latency_ms.expect("latencies").count, d.delivered_in_window);
+    assert!(d.drained_early);
+
+    stop.send(()).ok();
+    rt.block_on(server)??;
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "took {:?}",
+        started.elapsed()
+    );
+    Ok(())
+}

@@ -1,0 +1,309 @@
+//! The `tickwire subscribe` and `tickwire publish` commands (the client side of the binary): the
+//! real binary against an in-process server.
+
+mod common;
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use common::{start, RECV_TIMEOUT};
+use serde_json::{json, Value};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
+use tokio::process::{Child, ChildStdout, Command};
+
+const BIN: &str = env!("CARGO_BIN_EXE_tickwire");
+
+fn tickwire(args: &[&str]) -> Command {
+    let mut cmd = Command::new(BIN);
+    cmd.args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    cmd
+}
+
+/// Runs a command to completion: (exit code, stdout, stderr).
+async fn run(mut cmd: Command, stdin: Option<String>) -> (i32, String, String) {
+    if stdin.is_some() {
+        cmd.stdin(Stdio::piped());
+    }
+    let mut child = cmd.spawn().expect("spawn tickwire");
+    if let Some(input) = stdin {
+        let mut pipe = child.stdin.take().unwrap();
+        pipe.write_all(input.as_bytes()).await.unwrap();
+        drop(pipe);
+    }
+    let out = tokio::time::timeout(Duration::from_secs(20), child.wait_with_output())
+        .await
+        .expect("tickwire did not finish")
+        .unwrap();
+    let text = |b: Vec<u8>| String::from_utf8(b).unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        text(out.stdout),
+        text(out.stderr),
+    )
+}
+
+async fn next_line(lines: &mut Lines<BufReader<ChildStdout>>) -> Value {
+    let line = tokio::time::timeout(RECV_TIMEOUT, lines.next_line())
+        .await
+        .expect("no output from tickwire subscribe")
+        .unwrap()
+        .expect("tickwire subscribe closed its stdout");
+    serde_json::from_str(&line).unwrap_or_else(|e| panic!("not a JSON line ({e}): {line}"))
+}
+
+/// Waits until the server lists `topic` with a subscriber.
+async fn wait_subscribed(addr: std::net::SocketAddr, topic: &str) {
+    for _ in 0..200 {
+        if let Some(row) = common::topic_listing(addr, topic).await {
+            if row["subscribers"].as_u64() > Some(0) {
+                return;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("{topic} never got a subscriber");
+}
+
+fn interrupt(child: &Child) {
+    let pid = child.id().expect("still running").to_string();
+    let status = std::process::Command::new("kill")
+        .args(["-INT", &pid])
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscribe_prints_what_publish_sent() {
+    let server = start("").await;
+    let ws = format!("ws://{}/ws", server.addr);
+    let http = format!("http://{}", server.addr);
+    common::publish(server.addr, "chat.cli", json!({"before": true})).await;
+
+    let mut sub = tickwire(&["subscribe", "--url", &ws, "chat.cli", "chat.batch.*"])
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(sub.stdout.take().unwrap()).lines();
+    assert_eq!(
+        next_line(&mut lines).await,
+        json!({"type": "snapshot", "topic": "chat.cli", "seq": 1, "ts": common::get_topic(server.addr, "chat.cli").await.unwrap()["ts"], "data": {"before": true}})
+    );
+    wait_subscribed(server.addr, "chat.cli").await;
+
+    // One message from the arguments: its data arrives byte for byte.
+    let (code, out, err) = run(
+        tickwire(&[
+            "publish",
+            "--url",
+            &http,
+            "chat.cli",
+            r#"{"text": "hi", "n": 1.50}"#,
+        ]),
+        None,
+    )
+    .await;
+    assert_eq!(code, 0, "stderr: {err}");
+    assert_eq!(
+        serde_json::from_str::<Value>(&out).unwrap(),
+        json!({"topic": "chat.cli", "seq": 2})
+    );
+    let line = tokio::time::timeout(RECV_TIMEOUT, lines.next_line())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert!(
+        line.starts_with(r#"{"type":"update","topic":"chat.cli","seq":2,"ts":"#)
+            && line.ends_with(r#","data":{"text": "hi", "n": 1.50}}"#),
+        "{line}"
+    );
+
+    // NDJSON on stdin, in batches of 500: 1,100 messages over two topics, and blank lines.
+    let mut input = String::new();
+    for i in 0..1100 {
+        let topic = if i % 2 == 0 {
+            "chat.batch.a"
+        } else {
+            "chat.batch.b"
+        };
+        input.push_str(&json!({"topic": topic, "data": {"i": i}}).to_string());
+        input.push('\n');
+        if i == 600 {
+            input.push_str("\n  \n");
+        }
+    }
+    let (code, out, err) = run(tickwire(&["publish", "--url", &http]), Some(input)).await;
+    assert_eq!(code, 0, "stderr: {err}");
+    assert!(err.contains("published 1100 messages in 3 requests"), "{err}");
+    let results: Vec<Value> = out.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(results.len(), 1100);
+    assert_eq!(results[1099], json!({"topic": "chat.batch.b", "seq": 550}));
+
+    let mut next = [0u64; 2];
+    for _ in 0..1100 {
+        let v = next_line(&mut lines).await;
+        assert_eq!(v["type"], "update", "{v}");
+        let i = v["data"]["i"].as_u64().unwrap();
+        let (slot, topic) = if i % 2 == 0 {
+            (0, "chat.batch.a")
+        } else {
+            (1, "chat.batch.b")
+        };
+        assert_eq!(v["topic"], topic, "{v}");
+        next[slot] += 1;
+        assert_eq!(v["seq"].as_u64(), Some(next[slot]), "in order, none missing: {v}");
+        assert_eq!(i, (next[slot] - 1) * 2 + slot as u64, "{v}");
+    }
+
+    // Ctrl-C ends it cleanly.
+    interrupt(&sub);
+    let status = tokio::time::timeout(RECV_TIMEOUT, sub.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(status.success(), "subscribe exited with {status}");
+    assert!(lines.next_line().await.unwrap().is_none());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publish_errors_exit_non_zero_with_the_servers_message() {
+    let server = start("").await;
+    let http = format!("http://{}", server.addr);
+
+    let (code, out, err) = run(tickwire(&["publish", "--url", &http, "bad..topic", "1"]), None).await;
+    assert_eq!(code, 1);
+    assert!(out.is_empty(), "{out}");
+    assert!(
+        err.starts_with("tickwire: HTTP 400: invalid_topic: invalid topic \"bad..topic\""),
+        "{err}"
+    );
+
+    let (code, _, err) = run(
+        tickwire(&["publish", "--url", &http, "chat.x", "{not json"]),
+        None,
+    )
+    .await;
+    assert_eq!(code, 2);
+    assert!(err.contains("DATA is not valid JSON"), "{err}");
+
+    // A bad batch is rejected whole; the batches before it went through.
+    let input = format!(
+        "{}\n{}\n{}\n",
+        json!({"topic": "chat.ok", "data": 1}),
+        json!({"topic": "chat.ok", "data": 2}),
+        json!({"topic": "chat.*", "data": 3})
+    );
+    let (code, out, err) = run(
+        tickwire(&["publish", "--url", &http, "--batch-size", "2"]),
+        Some(input),
+    )
+    .await;
+    assert_eq!(code, 1, "stderr: {err}");
+    assert_eq!(out.lines().count(), 2, "{out}");
+    assert!(
+        err.contains("stdin lines 3-3 rejected: HTTP 400: invalid_topic"),
+        "{err}"
+    );
+    assert!(err.contains("(2 messages published before)"), "{err}");
+
+    let (code, _, err) = run(
+        tickwire(&["publish", "--url", &http]),
+        Some("{\"topic\":\"chat.x\"}\n".into()),
+    )
+    .await;
+    assert_eq!(code, 2);
+    assert!(
+        err.contains("stdin line 1") && err.contains("missing field `data`"),
+        "{err}"
+    );
+
+    let unused = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let (code, _, err) = run(
+        tickwire(&["publish", "--url", &format!("http://{unused}"), "chat.x", "1"]),
+        None,
+    )
+    .await;
+    assert_eq!(code, 1);
+    assert!(err.contains("cannot connect"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscribe_reports_refusals_and_lost_connections() {
+    let server = start("").await;
+    let ws = format!("ws://{}/ws", server.addr);
+
+    let (code, out, err) = run(tickwire(&["subscribe", "--url", &ws, "a..b"]), None).await;
+    assert_eq!(code, 1);
+    assert!(out.is_empty());
+    assert!(
+        err.contains("subscribe failed: server error invalid_topic"),
+        "{err}"
+    );
+
+    let unused = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let (code, _, err) = run(
+        tickwire(&["subscribe", "--url", &format!("ws://{unused}/ws"), "x"]),
+        None,
+    )
+    .await;
+    assert_eq!(code, 1);
+    assert!(err.contains("cannot connect"), "{err}");
+
+    // --no-reconnect: the server shutting down ends the command with its close code.
+    let sub = tickwire(&["subscribe", "--no-reconnect", "--url", &ws, "chat.x"])
+        .spawn()
+        .unwrap();
+    wait_subscribed(server.addr, "chat.x").await;
+    server.stop().await.unwrap();
+    let out = tokio::time::timeout(RECV_TIMEOUT, sub.wait_with_output())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("connection closed: 1001 server shutting down"),
+        "{err}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscribe_table_shows_quotes() {
+    let server = start("").await;
+    let ws = format!("ws://{}/ws", server.addr);
+    let quote =
+        |bid: f64, ask: f64, last: f64| json!({"symbol": "ACME", "bid": bid, "ask": ask, "last": last});
+    common::publish(server.addr, "prices.ACME", quote(99.5, 100.5, 100.0)).await;
+    let mut sub = tickwire(&["subscribe", "--table", "--url", &ws, "prices.*"])
+        .spawn()
+        .unwrap();
+    wait_subscribed(server.addr, "prices.ACME").await;
+    common::publish(server.addr, "prices.ACME", quote(101.0, 102.0, 101.5)).await;
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    interrupt(&sub);
+    let mut out = String::new();
+    tokio::io::AsyncReadExt::read_to_string(sub.stdout.as_mut().unwrap(), &mut out)
+        .await
+        .unwrap();
+    assert!(sub.wait().await.unwrap().success());
+    let screen = out.rsplit("\x1b[2J").next().unwrap();
+    let rows: Vec<Vec<&str>> = screen.lines().map(|l| l.split_whitespace().collect()).collect();
+    assert_eq!(rows[0], ["SYMBOL", "BID", "ASK", "LAST", "CHANGE"], "{screen}");
+    assert_eq!(
+        rows[1],
+        ["ACME", "101.00", "102.00", "101.50", "+1.50", "(+1.50%)"],
+        "{screen}"
+    );
+}

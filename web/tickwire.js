@@ -1,0 +1,359 @@
+// tickwire.js: browser client for the tickwire WebSocket push server.
+//
+// An ES module without dependencies or a build step. It mirrors the Rust client
+// (client/src): reconnect with exponential backoff and full jitter, re-subscribe with `since`
+// (the last seq and epoch per topic), a `reset` event when the server cannot recover a topic
+// (its fresh snapshot follows), and duplicate updates (seq <= last seen) are dropped.
+// See docs/web.md and docs/protocol.md §4.5.
+
+/**
+ * @typedef {Object} Update
+ * @property {'update'|'snapshot'} type
+ * @property {string} topic
+ * @property {number} seq
+ * @property {number} ts   milliseconds since the Unix epoch (server clock)
+ * @property {*} data
+ */
+
+/**
+ * @typedef {Object} Backoff
+ * @property {number} [initial=500]  first delay cap, ms
+ * @property {number} [max=15000]    largest delay cap, ms
+ * @property {number} [factor=2]     growth of the cap per failed attempt
+ * @property {number} [maxAttempts=Infinity]  consecutive failed attempts before giving up
+ */
+
+/**
+ * @typedef {Object} ClientOptions
+ * @property {boolean} [reconnect=true]  reconnect when the connection drops
+ * @property {Backoff} [backoff]
+ * @property {number} [requestTimeout=10000]  ms a request may wait for its reply (incl. while disconnected)
+ * @property {string|(() => (string|Promise<string>))} [token]  appended as `?token=` on every (re)connect
+ * @property {(e: Event) => void} [onOpen]
+ * @property {(u: Update) => void} [onMessage]
+ * @property {(topic: string) => void} [onReset]
+ * @property {(code: number, reason: string) => void} [onClose]
+ * @property {(err: Error) => void} [onError]
+ * @property {typeof WebSocket} [WebSocket]  WebSocket implementation (default: globalThis.WebSocket)
+ */
+
+/** An `error` reply from the server. */
+export class TickwireError extends Error {
+  /** @param {string} code @param {string} message */
+  constructor(code, message) {
+    super(`${code}: ${message}`);
+    this.name = 'TickwireError';
+    /** @type {string} the server's error code (`forbidden`, `invalid_topic`, ..., or `disconnected`, `timeout`, `closed`) */
+    this.code = code;
+  }
+}
+
+/**
+ * NATS-style match of a subscription pattern (`*` one token, `>` one or more) against a topic.
+ * @param {string} pattern @param {string} topic @returns {boolean}
+ */
+export function patternMatches(pattern, topic) {
+  const p = pattern.split('.');
+  const t = topic.split('.');
+  for (let i = 0; i < p.length; i++) {
+    if (p[i] === '>') return t.length > i;
+    if (i >= t.length) return false;
+    if (p[i] !== '*' && p[i] !== t[i]) return false;
+  }
+  return p.length === t.length;
+}
+
+/** Connections shorter than this do not reset the backoff. */
+const STABLE_MS = 5000;
+
+/**
+ * A tickwire connection that reconnects by itself.
+ *
+ * Events (EventTarget): `open`, `message` (detail: Update), `reset` (detail: {topic}),
+ * `close` (detail: {code, reason}), `error` (detail: Error), `status` (detail: status string).
+ */
+export class TickwireClient extends EventTarget {
+  /**
+   * @param {string} url  e.g. `ws://127.0.0.1:8080/ws`; a path like `/ws` is resolved against the page
+   * @param {ClientOptions} [options]
+   */
+  constructor(url, options = {}) {
+    super();
+    if (typeof location !== 'undefined' && !/^wss?:/.test(url)) {
+      const u = new URL(url, location.href);
+      u.protocol = u.protocol === 'https:' ? 'wss:' : 'ws:';
+      url = u.toString();
+    }
+    /** @readonly */ this.url = url;
+    this.options = options;
+    /** @type {Required<Backoff>} */
+    this.backoff = { initial: 500, max: 15000, factor: 2, maxAttempts: Infinity, ...(options.backoff || {}) };
+    /** @type {'connecting'|'open'|'reconnecting'|'closed'} */
+    this.status = 'connecting';
+    /** @type {WebSocket|null} */ this.ws = null;
+    this._nextId = 1;
+    /** @type {Map<number, {frame: Object, resolve: Function, reject: Function, timer: any, kind: string, since?: Set<string>}>} */
+    this._pending = new Map();
+    /** @type {Array<{frame: Object, resolve: Function, reject: Function, timer: any, kind: string}>} requests waiting for a connection */
+    this._queue = [];
+    /** @type {Set<string>} confirmed subscriptions (patterns) */
+    this.subscriptions = new Set();
+    /** @type {Map<string, {seq: number, epoch: string|null}>} per topic: last delivered seq, epoch */
+    this.positions = new Map();
+    this._attempt = 0;
+    this._closed = false;
+    this._timer = null;
+    this._openedAt = 0;
+    this._connect();
+  }
+
+  /** @param {string} name @param {*} detail */
+  _emit(name, detail, ...args) {
+    const cb = this.options['on' + name[0].toUpperCase() + name.slice(1)];
+    try {
+      if (cb) cb(...args);
+    } catch (e) {
+      setTimeout(() => { throw e; });
+    }
+    this.dispatchEvent(new CustomEvent(name, { detail }));
+  }
+
+  _setStatus(s) {
+    if (this.status === s) return;
+    this.status = s;
+    this.dispatchEvent(new CustomEvent('status', { detail: s }));
+  }
+
+  async _connect() {
+    if (this._closed) return;
+    this._setStatus(this._attempt === 0 && !this._openedAt ? 'connecting' : 'reconnecting');
+    let url = this.url;
+    try {
+      const tok = this.options.token;
+      const token = typeof tok === 'function' ? await tok() : tok;
+      if (token) url += (url.includes('?') ? '&' : '?') + 'token=' + encodeURIComponent(token);
+    } catch (e) {
+      this._emit('error', e, e);
+      this._scheduleReconnect();
+      return;
+    }
+    if (this._closed) return;
+    const WS = this.options.WebSocket || globalThis.WebSocket;
+    let ws;
+    try {
+      ws = new WS(url);
+    } catch (e) {
+      this._emit('error', e, e);
+      this._scheduleReconnect();
+      return;
+    }
+    this.ws = ws;
+    ws.onopen = (ev) => {
+      this._openedAt = Date.now();
+      this._setStatus('open');
+      this._resubscribe();
+      for (const req of this._queue.splice(0)) this._send(req);
+      this._emit('open', null, ev);
+    };
+    ws.onmessage = (ev) => this._onFrame(ev.data);
+    ws.onerror = () => {
+      const err = new Error(`WebSocket error on ${this.url}`);
+      this._emit('error', err, err);
+    };
+    ws.onclose = (ev) => {
+      if (this.ws !== ws) return;
+      this.ws = null;
+      this._connectionLost();
+      this._emit('close', { code: ev.code, reason: ev.reason }, ev.code, ev.reason);
+      if (!this._closed && this.options.reconnect !== false && ev.code !== 4029) {
+        if (this._openedAt && Date.now() - this._openedAt >= STABLE_MS) this._attempt = 0;
+        this._scheduleReconnect();
+      } else {
+        this._finish();
+      }
+    };
+  }
+
+  _scheduleReconnect() {
+    if (this._closed) return;
+    if (this.options.reconnect === false || this._attempt >= this.backoff.maxAttempts) {
+      this._finish();
+      return;
+    }
+    const b = this.backoff;
+    const cap = Math.min(b.max, b.initial * Math.pow(b.factor, this._attempt));
+    const delay = Math.random() * cap; // full jitter
+    this._attempt++;
+    this._setStatus('reconnecting');
+    this._timer = setTimeout(() => this._connect(), delay);
+  }
+
+  _finish() {
+    this._closed = true;
+    this._setStatus('closed');
+    for (const r of this._queue.splice(0)) this._fail(r, new TickwireError('closed', 'client is closed'));
+  }
+
+  /** Pending publishes fail (they may or may not have happened); (un)subscribes are sent again. */
+  _connectionLost() {
+    const pending = [...this._pending.values()];
+    this._pending.clear();
+    for (const r of pending) {
+      if (r.kind === 'publish') this._fail(r, new TickwireError('disconnected', 'connection lost'));
+      else if (r.kind !== 'resubscribe') this._queue.push(r);
+    }
+  }
+
+  _fail(r, err) {
+    clearTimeout(r.timer);
+    r.reject(err);
+  }
+
+  _send(r) {
+    const id = this._nextId++;
+    r.frame.id = id;
+    this._pending.set(id, r);
+    this.ws.send(JSON.stringify(r.frame));
+  }
+
+  /** Re-establishes the confirmed subscriptions with `since` = the tracked positions. */
+  _resubscribe() {
+    const topics = [...this.subscriptions];
+    for (const t of [...this.positions.keys()]) {
+      if (!topics.some((p) => patternMatches(p, t))) this.positions.delete(t);
+    }
+    if (topics.length === 0) return;
+    /** @type {Record<string, {seq: number, epoch: string}>} */
+    const since = {};
+    for (const [t, pos] of this.positions) since[t] = { seq: pos.seq, epoch: pos.epoch || '' };
+    const frame = { op: 'subscribe', topics };
+    if (Object.keys(since).length) frame.since = since;
+    this._send({ frame, kind: 'resubscribe', since: new Set(Object.keys(since)), resolve() {}, reject() {}, timer: null });
+  }
+
+  /** Applies a `subscribed` reply's positions (see client/src/connection.rs apply_positions). */
+  _applyPositions(msg, since) {
+    const positions = msg.positions || {};
+    const recovered = msg.recovered || {};
+    const resets = [];
+    const fresh = (p) => ({ seq: Math.max(0, p.seq - 1), epoch: p.epoch });
+    for (const [topic, p] of Object.entries(positions)) {
+      const track = this.positions.get(topic);
+      if (since.has(topic)) {
+        if (recovered[topic] === true) {
+          if (track) track.epoch = p.epoch;
+        } else {
+          resets.push(topic);
+          this.positions.set(topic, fresh(p));
+        }
+        continue;
+      }
+      if (!track) this.positions.set(topic, fresh(p));
+      else if (track.epoch === p.epoch) { /* same stream */ }
+      else if (track.epoch == null) track.epoch = p.epoch;
+      else {
+        resets.push(topic);
+        this.positions.set(topic, fresh(p));
+      }
+    }
+    for (const topic of since) {
+      if (!(topic in positions)) {
+        const track = this.positions.get(topic);
+        this.positions.delete(topic);
+        if (track && track.seq > 0) resets.push(topic);
+      }
+    }
+    for (const topic of resets) this._emit('reset', { topic }, topic);
+  }
+
+  _onFrame(text) {
+    let msg;
+    try {
+      msg = JSON.parse(text);
+    } catch (e) {
+      this._emit('error', e, e);
+      return;
+    }
+    if (msg.type === 'update' || msg.type === 'snapshot') {
+      const track = this.positions.get(msg.topic);
+      if (track && msg.seq <= track.seq) return; // duplicate
+      if (track) track.seq = msg.seq;
+      else this.positions.set(msg.topic, { seq: msg.seq, epoch: null });
+      this._emit('message', msg, msg);
+      return;
+    }
+    const r = msg.id != null ? this._pending.get(msg.id) : undefined;
+    if (!r) {
+      if (msg.type === 'error') {
+        const err = new TickwireError(msg.code, msg.message);
+        this._emit('error', err, err);
+      }
+      return;
+    }
+    this._pending.delete(msg.id);
+    clearTimeout(r.timer);
+    if (msg.type === 'error') {
+      const err = new TickwireError(msg.code, msg.message);
+      if (r.kind === 'resubscribe') this._emit('error', err, err);
+      r.reject(err);
+      return;
+    }
+    if (msg.type === 'subscribed') {
+      this._applyPositions(msg, r.since || new Set());
+      for (const t of msg.topics) this.subscriptions.add(t);
+    } else if (msg.type === 'unsubscribed') {
+      for (const t of msg.topics) this.subscriptions.delete(t);
+    }
+    r.resolve(msg);
+  }
+
+  _request(frame, kind) {
+    if (this._closed) return Promise.reject(new TickwireError('closed', 'client is closed'));
+    return new Promise((resolve, reject) => {
+      const r = { frame, kind, resolve, reject, timer: null };
+      const timeout = this.options.requestTimeout ?? 10000;
+      r.timer = setTimeout(() => {
+        const i = this._queue.indexOf(r);
+        if (i >= 0) this._queue.splice(i, 1);
+        if (r.frame.id != null) this._pending.delete(r.frame.id);
+        reject(new TickwireError('timeout', `no reply within ${timeout} ms`));
+      }, timeout);
+      if (this.ws && this.ws.readyState === 1) this._send(r);
+      else this._queue.push(r);
+    });
+  }
+
+  /**
+   * Subscribes to topics or patterns. Resolves with the `subscribed` reply.
+   * @param {string|string[]} topics @returns {Promise<Object>}
+   */
+  subscribe(topics) {
+    return this._request({ op: 'subscribe', topics: [].concat(topics) }, 'subscribe');
+  }
+
+  /**
+   * Removes subscriptions by their exact text. Resolves with the `unsubscribed` reply.
+   * @param {string|string[]} topics @returns {Promise<Object>}
+   */
+  unsubscribe(topics) {
+    return this._request({ op: 'unsubscribe', topics: [].concat(topics) }, 'unsubscribe');
+  }
+
+  /**
+   * Publishes `data` to `topic` (must match the connection's publish ACL: `auth.anonymous.publish` or the token's `publish` claim).
+   * Resolves with the `published` reply ({topic, seq}); rejects with a TickwireError.
+   * @param {string} topic @param {*} data @returns {Promise<Object>}
+   */
+  publish(topic, data) {
+    return this._request({ op: 'publish', topic, data: data === undefined ? null : data }, 'publish');
+  }
+
+  /** Closes the connection for good (code 1000); no reconnect. */
+  close() {
+    this._closed = true;
+    clearTimeout(this._timer);
+    const ws = this.ws;
+    if (ws) ws.close(1000, 'client closed');
+    else this._finish();
+  }
+}
