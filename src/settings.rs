@@ -36,6 +36,43 @@ pub struct Settings {
     pub auth: AuthSettings,
     pub feed: FeedSettings,
     pub log: LogSettings,
+    pub broker: BrokerSettings,
+}
+
+/// Where publications travel between the nodes of a cluster.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BrokerKind {
+    /// One node: everything stays in this process.
+    Memory,
+    /// Nodes share seqs, last values and history through Redis.
+    Redis,
+}
+
+/// Which Redis channels a node listens to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BrokerSubscribe {
+    /// Only the topics and patterns its own clients subscribe to.
+    Interest,
+    /// Every publication of the cluster (one pattern subscription).
+    All,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BrokerSettings {
+    pub kind: BrokerKind,
+    /// May carry a password: never printed.
+    pub redis_url: Secret,
+    pub prefix: String,
+    pub subscribe: BrokerSubscribe,
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+    #[serde(with = "humantime_serde")]
+    pub reconnect_min: Duration,
+    #[serde(with = "humantime_serde")]
+    pub reconnect_max: Duration,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -425,6 +462,36 @@ impl Settings {
                 &format!("{origin:?} is not an origin: scheme://host[:port], no path, no trailing slash"),
             )?;
         }
+        let b = &self.broker;
+        let url = b.redis_url.expose();
+        check(
+            b.kind == BrokerKind::Memory || url.starts_with("redis://") || url.starts_with("rediss://"),
+            "broker.redis_url",
+            "must start with redis:// or rediss://",
+        )?;
+        check(
+            b.kind == BrokerKind::Memory || redis::Client::open(url).is_ok(),
+            "broker.redis_url",
+            "is not a valid Redis URL (redis[s]://[:password@]host[:port][/db])",
+        )?;
+        check(
+            !b.prefix.is_empty()
+                && b.prefix
+                    .bytes()
+                    .all(|c| c.is_ascii_alphanumeric() || b"_-:".contains(&c)),
+            "broker.prefix",
+            "must be non-empty and use only [A-Za-z0-9_:-]",
+        )?;
+        check(
+            b.timeout >= Duration::from_millis(10),
+            "broker.timeout",
+            "must be at least 10ms",
+        )?;
+        check(
+            b.reconnect_min >= Duration::from_millis(1) && b.reconnect_max >= b.reconnect_min,
+            "broker.reconnect_max",
+            "reconnect_min must be at least 1ms and reconnect_max at least reconnect_min",
+        )?;
         self.topic_rules()?;
         // Reads the key and certificate files, so that a bad path stops the server here.
         Auth::from_settings(&self.auth)?;
@@ -547,6 +614,13 @@ mod tests {
             ("[admin]\nlisten = \"x\"", "listen"),
             ("[log]\nformat = \"xml\"", "format"),
             ("[history]\nsize = 1000000", "history.size"),
+            ("[broker]\nkind = \"nats\"", "kind"),
+            (
+                "[broker]\nkind = \"redis\"\nredis_url = \"http://x\"",
+                "broker.redis_url",
+            ),
+            ("[broker]\nprefix = \"a b\"", "broker.prefix"),
+            ("[broker]\ntimeout = \"1ms\"", "broker.timeout"),
             (
                 "[history]\npolicies = [{pattern = \"a..b\", size = 1, ttl_seconds = 1}]",
                 "history.policies",
