@@ -1,4 +1,4 @@
-//! The state every connection handler shares: the hub, settings, metrics, authentication, the
+//! The state every connection handler shares: the node (hub and broker), settings, metrics, authentication, the
 //! drain signal, and the connection counts that enforce `server.max_connections` and
 //! `limits.max_connections_per_ip`.
 
@@ -12,12 +12,12 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::auth::Auth;
-use crate::hub::Hub;
 use crate::metrics::Metrics;
+use crate::node::Node;
 use crate::settings::Settings;
 
 pub struct App {
-    pub hub: Arc<Hub>,
+    pub node: Arc<Node>,
     pub settings: Arc<Settings>,
     pub metrics: Arc<Metrics>,
     pub auth: Auth,
@@ -60,9 +60,9 @@ pub fn client_key(ip: IpAddr) -> IpAddr {
 }
 
 impl App {
-    pub fn new(hub: Arc<Hub>, settings: Arc<Settings>, metrics: Arc<Metrics>, auth: Auth) -> App {
+    pub fn new(node: Arc<Node>, settings: Arc<Settings>, metrics: Arc<Metrics>, auth: Auth) -> App {
         App {
-            hub,
+            node,
             settings,
             metrics,
             auth,

@@ -157,4 +157,6 @@ pub enum ServerError {
     Settings(#[from] SettingsError),
     #[error("metrics registry: {0}")]
     Metrics(#[from] prometheus::Error),
+    #[error("cluster broker: {0}")]
+    Broker(#[from] crate::broker::BrokerError),
 }

@@ -1,5 +1,6 @@
 //! The built-in price feed: simulated quotes on `prices.<SYMBOL>`, so a fresh server has live
-//! data to show. It publishes through the hub exactly like an HTTP publisher.
+//! data to show. It publishes through the node exactly like an HTTP publisher: each tick
+//! is one batch (in a cluster, one Redis round trip).
 //!
 //! Prices follow a geometric random walk (lognormal steps, ~60% annualized volatility compressed
 //! into minutes so dashboards visibly move); bid/ask sit around the last trade at a few basis
@@ -13,9 +14,10 @@ use rand::{Rng, SeedableRng};
 use serde::Serialize;
 use serde_json::value::RawValue;
 use tokio::time::MissedTickBehavior;
+use tracing::{info, warn};
 
-use crate::hub::Hub;
 use crate::metrics::Source;
+use crate::node::Node;
 use crate::settings::FeedSettings;
 use crate::topic::Topic;
 
@@ -82,7 +84,7 @@ fn normal(rng: &mut impl Rng) -> f64 {
 }
 
 /// Publishes quotes for every symbol at `updates_per_second` until the task is aborted.
-pub async fn run(hub: Arc<Hub>, settings: FeedSettings) {
+pub async fn run(node: Arc<Node>, settings: FeedSettings) {
     let mut rng = StdRng::from_os_rng();
     let mut instruments: Vec<Instrument> = (settings.symbols.iter())
         .filter_map(|s| {
@@ -97,12 +99,14 @@ pub async fn run(hub: Arc<Hub>, settings: FeedSettings) {
     let period = Duration::from_secs_f64(1.0 / settings.updates_per_second);
     let step = SIGMA_PER_SQRT_SEC * period.as_secs_f64().sqrt();
     let mut ticker = tokio::time::interval(period);
+    let mut failing = false;
     ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
     loop {
         ticker.tick().await;
         let ts = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as u64);
+        let mut batch = Vec::with_capacity(instruments.len());
         for inst in &mut instruments {
             inst.last *= (step * normal(&mut rng) - 0.5 * step * step).exp();
             inst.volume += (rng.random::<f64>() * 10.0).round();
@@ -116,7 +120,19 @@ pub async fn run(hub: Arc<Hub>, settings: FeedSettings) {
             };
             let json = serde_json::to_string(&quote).expect("a quote always serializes");
             let data = RawValue::from_string(json).expect("serde_json output is valid JSON");
-            hub.publish(&inst.topic, Arc::from(data), Source::Feed);
+            batch.push((inst.topic.clone(), Arc::from(data)));
+        }
+        // Quotes are perishable: a tick that cannot be published is skipped, said once per outage.
+        match (node.publish(&batch, Source::Feed).await, failing) {
+            (Ok(_), true) => {
+                info!("price feed publishing again");
+                failing = false;
+            }
+            (Err(e), false) => {
+                warn!(error = %e, "price feed cannot publish; skipping ticks until it can");
+                failing = true;
+            }
+            _ => {}
         }
     }
 }

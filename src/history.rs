@@ -136,10 +136,11 @@ impl History {
         (page, complete)
     }
 
-    /// Everything stored, for the gauges when a topic is dropped.
-    pub fn total(&self) -> Delta {
+    /// Drops every entry; returns the change for the gauges.
+    pub fn clear(&mut self) -> Delta {
         let mut delta = Delta::default();
-        self.entries.iter().for_each(|e| delta.add(e, 1));
+        self.entries.drain(..).for_each(|e| delta.add(&e, -1));
+        self.entries = VecDeque::new();
         delta
     }
 }
@@ -174,13 +175,15 @@ mod tests {
             total.messages += d.messages;
             total.bytes += d.bytes;
         }
-        assert_eq!(total, h.total());
         assert_eq!(total.messages, 3);
         assert_eq!(seqs(h.after(2, 5).unwrap()), vec![3, 4, 5]);
         assert_eq!(seqs(h.after(4, 5).unwrap()), vec![5]);
         assert_eq!(seqs(h.after(5, 5).unwrap()), Vec::<u64>::new());
         assert!(h.after(1, 5).is_none(), "seq 2 is gone");
         assert!(h.after(6, 5).is_none(), "a position from the future");
+        let cleared = h.clear();
+        assert_eq!((cleared.messages, cleared.bytes), (-total.messages, -total.bytes));
+        assert!(h.page(0, 10, 0).0.is_empty());
     }
 
     #[test]

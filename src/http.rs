@@ -134,19 +134,30 @@ pub async fn handle(
     let result = match (req.method(), route) {
         (_, "ws") => Ok(upgrade(req, &app, peer)),
         (&Method::POST, "publish") => publish(req, &app).await,
-        (&Method::GET, "topics") => reader(&req, &app).map(|()| list_topics(&app)),
-        (&Method::GET, "topic") => {
-            reader(&req, &app).and_then(|()| get_topic(&path["/api/v1/topics/".len()..], &app))
-        }
-        (&Method::GET, "history") => reader(&req, &app).and_then(|()| {
-            let name = history_topic(&path).unwrap_or_default();
-            get_history(name, req.uri().query().unwrap_or(""), &app)
-        }),
+        (&Method::GET, "topics") => match reader(&req, &app) {
+            Ok(()) => list_topics(&app).await,
+            Err(e) => Err(e),
+        },
+        (&Method::GET, "topic") => match reader(&req, &app) {
+            Ok(()) => get_topic(&path["/api/v1/topics/".len()..], &app).await,
+            Err(e) => Err(e),
+        },
+        (&Method::GET, "history") => match reader(&req, &app) {
+            Ok(()) => {
+                let name = history_topic(&path).unwrap_or_default();
+                get_history(name, req.uri().query().unwrap_or(""), &app).await
+            }
+            Err(e) => Err(e),
+        },
         (&Method::GET, "metrics") => Ok(metrics(&app)),
         (&Method::GET, "healthz") => Ok(text(StatusCode::OK, "ok\n")),
         (&Method::GET, "readyz") if app.drain.is_cancelled() => {
             Ok(text(StatusCode::SERVICE_UNAVAILABLE, "draining\n"))
         }
+        (&Method::GET, "readyz") if !app.node.ready() => Ok(text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "cluster broker unavailable\n",
+        )),
         (&Method::GET, "readyz") => Ok(text(StatusCode::OK, "ready\n")),
         (&Method::GET, "web") => crate::web::response(&path).ok_or(RequestError::MethodNotAllowed),
         (_, "not_found") => Err(RequestError::NoRoute(path.chars().take(256).collect())),
@@ -172,7 +183,7 @@ fn text(status: StatusCode, body: &'static str) -> Response<Body> {
 }
 
 fn metrics(app: &App) -> Response<Body> {
-    app.metrics.topics.set(app.hub.topic_count() as i64);
+    app.metrics.topics.set(app.node.hub().topic_count() as i64);
     let mut resp = Response::new(Full::new(Bytes::from(app.metrics.render())));
     resp.headers_mut().insert(
         CONTENT_TYPE,
@@ -320,9 +331,6 @@ async fn read_body(req: Request<Incoming>, limit: usize) -> Result<Bytes, Reques
     }
 }
 
-/// Publications of one batch between two yields to the scheduler.
-const YIELD_EVERY: usize = 256;
-
 async fn publish(req: Request<Incoming>, app: &App) -> Result<Response<Body>, RequestError> {
     #[derive(Serialize)]
     struct Published<'a> {
@@ -343,23 +351,17 @@ async fn publish(req: Request<Incoming>, app: &App) -> Result<Response<Body>, Re
             return Err(RequestError::forbidden(Action::Publish, topic));
         }
     }
-    let mut results = Vec::with_capacity(messages.len());
-    for (i, (topic, data)) in messages.iter().enumerate() {
-        // A huge batch lands in every subscriber's queue at once; letting writers run in
-        // between keeps readers that keep up from looking like slow consumers.
-        if i > 0 && i % YIELD_EVERY == 0 {
-            tokio::task::yield_now().await;
-        }
-        let seq = app.hub.publish(topic, data.clone(), Source::Http);
-        results.push(Published { topic, seq });
-    }
+    let seqs = app.node.publish(&messages, Source::Http).await?;
+    let results: Vec<Published> = (messages.iter().zip(seqs))
+        .map(|((topic, _), seq)| Published { topic, seq })
+        .collect();
     if batch {
         return Ok(json(StatusCode::OK, &Batch { results }));
     }
     Ok(json(StatusCode::OK, &results[0]))
 }
 
-fn list_topics(app: &App) -> Response<Body> {
+async fn list_topics(app: &App) -> Result<Response<Body>, RequestError> {
     #[derive(Serialize)]
     struct Row {
         topic: Topic,
@@ -370,17 +372,17 @@ fn list_topics(app: &App) -> Response<Body> {
     struct Listing {
         topics: Vec<Row>,
     }
-    let topics = (app.hub.list().into_iter())
+    let topics = (app.node.list().await?.into_iter())
         .map(|t| Row {
             topic: t.topic,
             seq: t.seq,
             subscribers: t.subscribers,
         })
         .collect();
-    json(StatusCode::OK, &Listing { topics })
+    Ok(json(StatusCode::OK, &Listing { topics }))
 }
 
-fn get_topic(name: &str, app: &App) -> Result<Response<Body>, RequestError> {
+async fn get_topic(name: &str, app: &App) -> Result<Response<Body>, RequestError> {
     #[derive(Serialize)]
     struct Last<'a> {
         topic: &'a Topic,
@@ -389,10 +391,7 @@ fn get_topic(name: &str, app: &App) -> Result<Response<Body>, RequestError> {
         data: &'a RawValue,
     }
     let topic = Topic::parse(name).map_err(|e| RequestError::invalid_topic(name, e))?;
-    let p = app
-        .hub
-        .last(&topic)
-        .ok_or_else(|| RequestError::TopicNotFound(name.to_string()))?;
+    let p = (app.node.last(&topic).await?).ok_or_else(|| RequestError::TopicNotFound(name.to_string()))?;
     let body = Last {
         topic: &p.topic,
         seq: p.seq,
@@ -405,7 +404,7 @@ fn get_topic(name: &str, app: &App) -> Result<Response<Body>, RequestError> {
 /// Most publications one history request returns.
 const MAX_HISTORY_PAGE: usize = 1000;
 
-fn get_history(name: &str, query: &str, app: &App) -> Result<Response<Body>, RequestError> {
+async fn get_history(name: &str, query: &str, app: &App) -> Result<Response<Body>, RequestError> {
     #[derive(Serialize)]
     struct Stored<'a> {
         seq: u64,
@@ -436,7 +435,10 @@ fn get_history(name: &str, query: &str, app: &App) -> Result<Response<Body>, Req
             }
         }
     }
-    let page = (app.hub.history(&topic, since, limit.min(MAX_HISTORY_PAGE)))
+    let page = (app
+        .node
+        .history(&topic, since, limit.min(MAX_HISTORY_PAGE))
+        .await?)
         .ok_or_else(|| RequestError::TopicNotFound(name.to_string()))?;
     let body = Page {
         topic: &topic,

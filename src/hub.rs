@@ -6,6 +6,12 @@
 //! patterns from the [`PatternIndex`]. Publishing is then a lookup plus one pass over the topic's
 //! subscribers, each client at most once however many of its subscriptions match.
 //!
+//! In a cluster (`broker.kind = "redis"`) the hub is a *mirror*: seqs are assigned in Redis, and
+//! the broker feeds every publication of the topics local clients need through [`Hub::apply`]
+//! and [`Hub::mirror`], which keep each topic's seq, last value and history in step with Redis
+//! and deliver exactly once, in seq order. A mirrored topic that loses its last subscriber is
+//! dropped: Redis keeps its state.
+//!
 //! Locks, always taken in this order and never held across an await:
 //! pattern index → topic map shard → topic state → outbox. A publication is encoded once and
 //! pushed to every outbox while its topic's lock is held, which is what keeps per-topic order,
@@ -15,7 +21,7 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use dashmap::DashMap;
@@ -58,7 +64,50 @@ pub struct TopicInfo {
 }
 
 /// Length of a topic epoch: random alphanumerics, fixed when the topic's stream starts.
-const EPOCH_LEN: usize = 6;
+pub const EPOCH_LEN: usize = 6;
+
+/// A fresh random epoch.
+pub fn new_epoch() -> Arc<str> {
+    Alphanumeric.sample_string(&mut rand::rng(), EPOCH_LEN).into()
+}
+
+/// A publication that was assigned its seq elsewhere (by Redis), as the broker delivers it.
+#[derive(Debug, Clone)]
+pub struct Remote {
+    pub epoch: Arc<str>,
+    pub seq: u64,
+    /// Accept time, milliseconds since the Unix epoch.
+    pub ts: u64,
+    pub data: Data,
+}
+
+/// A topic's stream as the broker stores it: position, last value and (part of) its history.
+#[derive(Debug, Clone)]
+pub struct Stored {
+    pub epoch: Arc<str>,
+    pub seq: u64,
+    pub last: Option<(u64, Data)>,
+    /// Stored publications in seq order; the tail of the stream, possibly not all of it.
+    pub entries: Vec<Remote>,
+}
+
+/// What [`Hub::apply`] did with a remote publication.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Applied {
+    /// It was the next in the topic's stream: delivered and stored.
+    Delivered,
+    /// Already applied (it came twice, e.g. through a topic and a pattern channel).
+    Duplicate,
+    /// Publications are missing before it, or the stream restarted: the caller must load the
+    /// topic's stored state and pass it to [`Hub::mirror`].
+    Gap,
+    /// No local topic: nobody here was receiving it.
+    Unknown,
+}
+
+/// The epoch of a mirrored topic whose stream has not been seen yet (none in Redis): the first
+/// publication or stored state adopts its epoch.
+const UNKNOWN_EPOCH: &str = "";
 
 /// What a subscribe request produced, for its reply and the frames that follow it.
 #[derive(Debug, Default)]
@@ -86,17 +135,19 @@ pub struct Hub {
     metrics: Arc<Metrics>,
     next_key: AtomicU64,
     next_client: AtomicU64,
+    /// Seqs come from the broker; idle topics are dropped even when they have a last value.
+    mirrored: bool,
 }
 
 struct TopicEntry {
     key: TopicKey,
     policy: Policy,
-    /// Identifies this run of the topic's stream: seqs are only comparable within one epoch.
-    epoch: Arc<str>,
     state: Mutex<TopicState>,
 }
 
 struct TopicState {
+    /// Identifies this run of the topic's stream: seqs are only comparable within one epoch.
+    epoch: Arc<str>,
     seq: u64,
     last: Option<(u64, Data)>,
     history: History,
@@ -136,23 +187,39 @@ impl TopicState {
     }
 
     /// Drops one reason; returns true when the topic is left with nothing worth keeping.
-    fn remove(&mut self, id: ClientId, reason: &Pattern) -> bool {
+    fn remove(&mut self, id: ClientId, reason: &Pattern, mirrored: bool) -> bool {
         if let Some(sub) = self.subscribers.get_mut(&id) {
             sub.reasons.retain(|r| r != reason);
             if sub.reasons.is_empty() {
                 self.subscribers.remove(&id);
             }
         }
-        self.is_idle()
+        self.is_idle(mirrored)
     }
 
-    fn is_idle(&self) -> bool {
-        self.subscribers.is_empty() && self.last.is_none()
+    /// Nothing worth keeping: no subscribers, and no last value that only this hub holds.
+    fn is_idle(&self, mirrored: bool) -> bool {
+        self.subscribers.is_empty() && (mirrored || self.last.is_none())
+    }
+
+    /// A mirrored topic that has not seen its stream yet takes the first epoch it is shown.
+    fn adopt(&mut self, epoch: &Arc<str>) {
+        if self.seq == 0 && self.last.is_none() && &*self.epoch == UNKNOWN_EPOCH {
+            self.epoch = epoch.clone();
+        }
     }
 }
 
+/// The local instant at which a publication accepted at `ts` (ms since the Unix epoch, maybe on
+/// another node) happened, for the latency histogram and the history TTL.
+fn instant_of(ts: u64) -> Instant {
+    let ago = Duration::from_millis(now_ms().saturating_sub(ts));
+    Instant::now().checked_sub(ago).unwrap_or_else(Instant::now)
+}
+
 impl Hub {
-    pub fn new(rules: TopicRules, metrics: Arc<Metrics>) -> Hub {
+    /// A hub that assigns seqs itself (`mirrored` false) or mirrors a broker's topics.
+    pub fn new(rules: TopicRules, metrics: Arc<Metrics>, mirrored: bool) -> Hub {
         Hub {
             topics: DashMap::new(),
             patterns: RwLock::default(),
@@ -160,6 +227,7 @@ impl Hub {
             metrics,
             next_key: AtomicU64::new(1),
             next_client: AtomicU64::new(1),
+            mirrored,
         }
     }
 
@@ -180,7 +248,13 @@ impl Hub {
         }
         let patterns = self.patterns.read().unwrap_or_else(|e| e.into_inner());
         let entry = self.topics.entry(topic.clone()).or_insert_with(|| {
+            let epoch = if self.mirrored {
+                UNKNOWN_EPOCH.into()
+            } else {
+                new_epoch()
+            };
             let mut state = TopicState {
+                epoch,
                 seq: 0,
                 last: None,
                 history: History::new(self.rules.retention_for(topic)),
@@ -197,7 +271,6 @@ impl Hub {
             Arc::new(TopicEntry {
                 key: self.next_key.fetch_add(1, Ordering::Relaxed),
                 policy: self.rules.policy_for(topic),
-                epoch: Alphanumeric.sample_string(&mut rand::rng(), EPOCH_LEN).into(),
                 state: Mutex::new(state),
             })
         });
@@ -219,25 +292,149 @@ impl Hub {
     pub fn publish(&self, topic: &Topic, data: Data, source: Source) -> u64 {
         let (ts, accepted) = (now_ms(), Instant::now());
         let seq = self.with_topic(topic, |entry, state| {
-            state.seq += 1;
-            let frame = protocol::update_frame(topic, state.seq, ts, &data);
-            let mut conflated = 0;
-            for sub in state.subscribers.values() {
-                let pushed = sub
-                    .outbox
-                    .push_topic(&frame, entry.key, entry.policy, Some(accepted));
-                conflated += u64::from(pushed == Pushed::Conflated);
-            }
-            if conflated > 0 {
-                self.metrics.conflated.inc_by(conflated);
-            }
-            let stored = state.history.push(state.seq, ts, &data, accepted);
-            self.count_history(stored);
-            state.last = Some((ts, data.clone()));
-            state.seq
+            let seq = state.seq + 1;
+            self.deliver(topic, entry, state, seq, ts, &data, accepted);
+            seq
         });
         self.metrics.published(source).inc();
         seq
+    }
+
+    /// Makes publication `seq` the topic's newest: queued for every subscriber (encoded once),
+    /// stored in history and as the last value.
+    #[allow(clippy::too_many_arguments)]
+    fn deliver(
+        &self,
+        topic: &Topic,
+        entry: &TopicEntry,
+        state: &mut TopicState,
+        seq: u64,
+        ts: u64,
+        data: &Data,
+        accepted: Instant,
+    ) {
+        state.seq = seq;
+        let frame = protocol::update_frame(topic, seq, ts, data);
+        self.fan_out(entry, state, &frame, accepted);
+        let stored = state.history.push(seq, ts, data, accepted);
+        self.count_history(stored);
+        state.last = Some((ts, data.clone()));
+    }
+
+    fn fan_out(&self, entry: &TopicEntry, state: &TopicState, frame: &Bytes, accepted: Instant) {
+        let mut conflated = 0;
+        for sub in state.subscribers.values() {
+            let pushed = sub
+                .outbox
+                .push_topic(frame, entry.key, entry.policy, Some(accepted));
+            conflated += u64::from(pushed == Pushed::Conflated);
+        }
+        if conflated > 0 {
+            self.metrics.conflated.inc_by(conflated);
+        }
+    }
+
+    /// Applies a publication the broker assigned its seq to, if it is the next one of a topic
+    /// this hub holds; duplicates are dropped, anything else is for the caller to resolve.
+    pub fn apply(&self, topic: &Topic, p: &Remote) -> Applied {
+        let Some(entry) = self.topics.get(topic).map(|e| e.clone()) else {
+            return Applied::Unknown;
+        };
+        let mut state = lock(&entry.state);
+        if state.removed {
+            return Applied::Unknown;
+        }
+        state.adopt(&p.epoch);
+        if state.epoch != p.epoch {
+            return Applied::Gap;
+        }
+        if p.seq <= state.seq {
+            return Applied::Duplicate;
+        }
+        if p.seq != state.seq + 1 {
+            return Applied::Gap;
+        }
+        self.deliver(topic, &entry, &mut state, p.seq, p.ts, &p.data, instant_of(p.ts));
+        Applied::Delivered
+    }
+
+    /// Brings a topic (created when missing) up to the broker's `stored` state: the stored
+    /// publications that continue the local stream are delivered in order; when they cannot
+    /// (the broker lost the stream and started a new epoch, or history no longer reaches back),
+    /// the topic restarts from `stored` and its subscribers get a `snapshot` carrying the new
+    /// position: an explicit reset, never a silent gap.
+    pub fn mirror(&self, topic: &Topic, stored: &Stored) {
+        self.with_topic(topic, |entry, state| {
+            state.adopt(&stored.epoch);
+            if state.epoch == stored.epoch {
+                let have = state.seq;
+                for p in stored.entries.iter().skip_while(|p| p.seq <= have) {
+                    if p.seq != state.seq + 1 {
+                        break;
+                    }
+                    self.deliver(topic, entry, state, p.seq, p.ts, &p.data, instant_of(p.ts));
+                }
+                if stored.seq <= state.seq {
+                    return;
+                }
+            }
+            state.epoch = stored.epoch.clone();
+            state.seq = stored.seq;
+            state.last = stored.last.clone();
+            let mut delta = state.history.clear();
+            for p in &stored.entries {
+                let d = state.history.push(p.seq, p.ts, &p.data, instant_of(p.ts));
+                delta.messages += d.messages;
+                delta.bytes += d.bytes;
+            }
+            self.count_history(delta);
+            if let Some((ts, data)) = &state.last {
+                let frame = protocol::reset_frame(topic, state.seq, *ts, data, &state.epoch);
+                self.fan_out(entry, state, &frame, instant_of(*ts));
+            }
+        });
+    }
+
+    /// Every topic this hub holds, with its position: what a mirror must catch up on after
+    /// losing the broker for a while.
+    pub fn positions(&self) -> Vec<(Topic, Position)> {
+        let topics: Vec<Topic> = self.topics.iter().map(|item| item.key().clone()).collect();
+        (topics.into_iter())
+            .filter_map(|t| Some((t.clone(), self.position(&t)?)))
+            .collect()
+    }
+
+    /// A page of a topic's history as the broker stores it, within this hub's retention rules.
+    pub fn page_of(&self, topic: &Topic, stored: &Stored, since: u64, limit: usize) -> HistoryPage {
+        let mut history = History::new(self.rules.retention_for(topic));
+        for p in &stored.entries {
+            history.push(p.seq, p.ts, &p.data, instant_of(p.ts));
+        }
+        history.expire(Instant::now());
+        let (publications, complete) = history.page(since, limit, stored.seq);
+        HistoryPage {
+            position: Position {
+                seq: stored.seq,
+                epoch: stored.epoch.clone(),
+            },
+            publications,
+            complete,
+        }
+    }
+
+    /// Where `topic`'s stream stands here, if the hub holds it.
+    pub fn position(&self, topic: &Topic) -> Option<Position> {
+        let entry = self.topics.get(topic).map(|e| e.clone())?;
+        let state = lock(&entry.state);
+        Some(Position {
+            seq: state.seq,
+            epoch: state.epoch.clone(),
+        })
+    }
+
+    /// Whether the hub holds `topic`.
+    pub fn has(&self, topic: &Topic) -> bool {
+        self.topics.contains_key(topic)
     }
 
     /// How many topics the hub knows.
@@ -269,15 +466,16 @@ impl Hub {
             }
             let position = Position {
                 seq: state.seq,
-                epoch: entry.epoch.clone(),
+                epoch: state.epoch.clone(),
             };
             out.positions.insert(topic.clone(), position);
             if let Some(from) = since.get(topic) {
                 let expired = state.history.expire(now);
                 self.count_history(expired);
-                let missed = (from.epoch == entry.epoch)
-                    .then(|| state.history.after(from.seq, state.seq))
-                    .flatten();
+                // A position taken before the stream had an epoch (a mirrored topic nobody had
+                // published to yet) is the start of whatever epoch came next.
+                let same = from.epoch == state.epoch || (from.seq == 0 && &*from.epoch == UNKNOWN_EPOCH);
+                let missed = same.then(|| state.history.after(from.seq, state.seq)).flatten();
                 let recovered = missed.is_some();
                 if let Some(missed) = missed {
                     (out.frames).extend(missed.map(|e| protocol::update_frame(topic, e.seq, e.ts, &e.data)));
@@ -337,7 +535,7 @@ impl Hub {
             if let Some(topic) = sub.as_exact() {
                 let entry = self.topics.get(&topic).map(|e| e.clone());
                 if let Some(entry) = entry {
-                    if lock(&entry.state).remove(who, sub) {
+                    if lock(&entry.state).remove(who, sub, self.mirrored) {
                         idle.push(topic);
                     }
                 }
@@ -346,7 +544,7 @@ impl Hub {
             let mut patterns = self.patterns.write().unwrap_or_else(|e| e.into_inner());
             patterns.remove(sub, who);
             for item in self.topics.iter() {
-                if sub.matches(item.key()) && lock(&item.value().state).remove(who, sub) {
+                if sub.matches(item.key()) && lock(&item.value().state).remove(who, sub, self.mirrored) {
                     idle.push(item.key().clone());
                 }
             }
@@ -354,7 +552,11 @@ impl Hub {
         for topic in idle {
             self.topics.remove_if(&topic, |_, entry| {
                 let mut state = lock(&entry.state);
-                state.removed = state.is_idle();
+                state.removed = state.is_idle(self.mirrored);
+                if state.removed {
+                    let held = state.history.clear();
+                    self.count_history(held);
+                }
                 state.removed
             });
         }
@@ -384,7 +586,7 @@ impl Hub {
         Some(HistoryPage {
             position: Position {
                 seq: state.seq,
-                epoch: entry.epoch.clone(),
+                epoch: state.epoch.clone(),
             },
             publications,
             complete,
@@ -417,7 +619,7 @@ mod tests {
 
     fn hub() -> Hub {
         let rules = Settings::from_toml("").unwrap().topic_rules().unwrap();
-        Hub::new(rules, Arc::new(Metrics::new().unwrap()))
+        Hub::new(rules, Arc::new(Metrics::new().unwrap()), false)
     }
 
     fn data(s: &str) -> Data {

@@ -20,6 +20,9 @@
 //! - [`session`]: one WebSocket connection: reads requests, writes queued frames.
 //! - [`protocol`]: the JSON wire format: parsing requests, encoding replies.
 //! - [`topic`]: topic names and subscription patterns (validation and matching).
+//! - [`node`]: what publishers and sessions go through: the hub alone, or the hub mirroring a
+//!   cluster's broker.
+//! - [`broker`]: the Redis broker that makes several nodes act as one.
 //! - [`hub`]: topic registry, sequence numbers, last values and fan-out.
 //! - [`history`]: a topic's recent publications, for clients that recover after reconnecting.
 //! - [`patterns`]: the token trie that finds the pattern subscriptions matching a topic.
@@ -34,6 +37,7 @@ pub mod acl;
 pub mod apikey;
 pub mod app;
 pub mod auth;
+pub mod broker;
 pub mod disconnect;
 pub mod error;
 pub mod feed;
@@ -42,6 +46,7 @@ pub mod http;
 pub mod hub;
 pub mod jwt;
 pub mod metrics;
+pub mod node;
 pub mod outbox;
 pub mod patterns;
 pub mod protocol;

@@ -85,6 +85,9 @@ pub struct Metrics {
     pub history_messages: IntGauge,
     pub history_bytes: IntGauge,
     recoveries: [IntCounter; 2],
+    pub broker_up: IntGauge,
+    pub broker_publish_duration: Histogram,
+    pub broker_reconnects: IntCounter,
 }
 
 fn reg<C: Collector + Clone + 'static>(registry: &Registry, c: C) -> prometheus::Result<C> {
@@ -207,6 +210,20 @@ impl Metrics {
                 &["route", "status"],
             )?,
             http_duration,
+            broker_up: gauge(
+                "tickwire_broker_up",
+                "1 while the cluster broker (Redis) is connected, 0 while it is not; always 1 with \
+                 broker.kind = \"memory\".",
+            )?,
+            broker_publish_duration: histogram(
+                "tickwire_broker_publish_duration_seconds",
+                "Round trip of one publish (or batch) to the cluster broker.",
+                &HTTP_BUCKETS,
+            )?,
+            broker_reconnects: counter(
+                "tickwire_broker_reconnects_total",
+                "Times the connection to the cluster broker was re-established after being lost.",
+            )?,
             registry: r,
         })
     }

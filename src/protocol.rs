@@ -261,27 +261,41 @@ struct Delivery<'a> {
     seq: u64,
     ts: u64,
     data: &'a RawValue,
+    /// Only on a reset: the epoch the topic's stream continues in.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    epoch: Option<&'a str>,
 }
 
 pub fn update_frame(topic: &Topic, seq: u64, ts: u64, data: &RawValue) -> Bytes {
-    let kind = "update";
-    wire::json_frame(&Delivery {
-        kind,
-        topic,
-        seq,
-        ts,
-        data,
-    })
+    delivery("update", topic, seq, ts, data, None)
 }
 
 pub fn snapshot_frame(topic: &Topic, seq: u64, ts: u64, data: &RawValue) -> Bytes {
-    let kind = "snapshot";
+    delivery("snapshot", topic, seq, ts, data, None)
+}
+
+/// A `snapshot` outside any subscribe reply: the topic's stream could not be continued (a
+/// cluster's broker lost it, or missed publications left history), so the client must replace
+/// what it has with this value and track the topic from this seq, in this epoch.
+pub fn reset_frame(topic: &Topic, seq: u64, ts: u64, data: &RawValue, epoch: &str) -> Bytes {
+    delivery("snapshot", topic, seq, ts, data, Some(epoch))
+}
+
+fn delivery(
+    kind: &'static str,
+    topic: &Topic,
+    seq: u64,
+    ts: u64,
+    data: &RawValue,
+    epoch: Option<&str>,
+) -> Bytes {
     wire::json_frame(&Delivery {
         kind,
         topic,
         seq,
         ts,
         data,
+        epoch,
     })
 }
 

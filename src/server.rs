@@ -28,8 +28,8 @@ use crate::auth::Auth;
 use crate::error::ServerError;
 use crate::feed;
 use crate::http::{self, Routes};
-use crate::hub::Hub;
 use crate::metrics::{Metrics, REJECT_HANDSHAKE_TIMEOUT, REJECT_TLS};
+use crate::node::Node;
 use crate::settings::{AuthMode, Settings};
 use crate::tls;
 
@@ -76,13 +76,14 @@ pub async fn serve(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ServerError> {
     let metrics = Arc::new(Metrics::new()?);
-    let hub = Arc::new(Hub::new(settings.topic_rules()?, metrics.clone()));
+    let node = Arc::new(Node::start(&settings, metrics.clone())?);
+    let hub = node.hub().clone();
     let auth = Auth::from_settings(&settings.auth)?;
     let tls = tls::acceptor(&settings.tls)?;
     warn_if_open(&auth, tls.is_some());
     let settings = Arc::new(settings);
-    let app = Arc::new(App::new(hub.clone(), settings.clone(), metrics, auth));
-    let feed = (settings.feed.enabled).then(|| tokio::spawn(feed::run(hub.clone(), settings.feed.clone())));
+    let app = Arc::new(App::new(node.clone(), settings.clone(), metrics, auth));
+    let feed = (settings.feed.enabled).then(|| tokio::spawn(feed::run(node, settings.feed.clone())));
     let sweeper = tokio::spawn(async move {
         let mut every = tokio::time::interval(HISTORY_SWEEP);
         loop {

@@ -94,7 +94,7 @@ pub async fn run(
 
     let outbox = Arc::new(Outbox::new(settings.queue.max_bytes));
     let writer = tokio::spawn(write_loop(write, outbox.clone(), app.metrics.clone()));
-    let who = app.hub.new_subscriber(outbox.clone());
+    let who = app.node.hub().new_subscriber(outbox.clone());
     let subject = identity.subject.as_deref().unwrap_or("-");
     debug!(%peer, client = who.id, subject, "connection opened");
     let started = Instant::now();
@@ -122,7 +122,8 @@ pub async fn run(
         () = outbox.closed() => {}
     }
     let subscriptions: Vec<Pattern> = session.subscriptions.drain().collect();
-    app.hub.unsubscribe(who.id, &subscriptions);
+    app.node.hub().unsubscribe(who.id, &subscriptions);
+    app.node.release(&subscriptions);
     app.metrics.subscriptions.sub(subscriptions.len() as i64);
 
     writer.await.ok();
@@ -274,7 +275,7 @@ impl Session<'_> {
             let Ok(text) = std::str::from_utf8(&message) else {
                 return Disconnect::InvalidUtf8;
             };
-            if let Some(reason) = self.handle(text) {
+            if let Some(reason) = self.handle(text).await {
                 return reason;
             }
             if let Some(reason) = self.who.outbox.reason() {
@@ -285,7 +286,7 @@ impl Session<'_> {
 
     /// Serves one request; every outcome, error included, is one reply queued on the outbox.
     /// Returns a reason to disconnect when the client abuses the rate limit.
-    fn handle(&mut self, text: &str) -> Option<Disconnect> {
+    async fn handle(&mut self, text: &str) -> Option<Disconnect> {
         let settings = &self.app.settings.server;
         let (id, mut request) = parse_request(text, settings.max_subscriptions_per_connection);
         // Parsed first so that even a refused request gets its id echoed.
@@ -306,7 +307,7 @@ impl Session<'_> {
                 return None;
             }
         };
-        let hub = &self.app.hub;
+        let hub = self.app.node.hub();
         match request {
             Request::Subscribe { topics, since } => {
                 if let Some(denied) = self.identity.acl.first_unreadable(&topics) {
@@ -314,13 +315,20 @@ impl Session<'_> {
                     outbox.push(Reply::error(id, &e).frame());
                     return None;
                 }
-                let new: HashSet<&Pattern> = topics
-                    .iter()
+                let new: Vec<Pattern> = (topics.iter())
                     .filter(|t| !self.subscriptions.contains(*t))
+                    .collect::<HashSet<_>>()
+                    .into_iter()
+                    .cloned()
                     .collect();
                 let limit = settings.max_subscriptions_per_connection;
                 if self.subscriptions.len() + new.len() > limit {
                     let e = RequestError::TooManySubscriptions(limit);
+                    outbox.push(Reply::error(id, &e).frame());
+                    return None;
+                }
+                // In a cluster: listen to the new topics' channels and load their state first.
+                if let Err(e) = self.app.node.prepare(&new).await {
                     outbox.push(Reply::error(id, &e).frame());
                     return None;
                 }
@@ -340,8 +348,12 @@ impl Session<'_> {
             }
             Request::Unsubscribe(topics) => {
                 hub.unsubscribe(self.who.id, &topics);
-                let removed = topics.iter().filter(|t| self.subscriptions.remove(*t)).count();
-                self.app.metrics.subscriptions.sub(removed as i64);
+                let removed: Vec<Pattern> = (topics.iter())
+                    .filter(|t| self.subscriptions.remove(*t))
+                    .cloned()
+                    .collect();
+                self.app.node.release(&removed);
+                self.app.metrics.subscriptions.sub(removed.len() as i64);
                 outbox.push(Reply::Unsubscribed { id, topics: &topics }.frame());
             }
             Request::Publish { topic, data } => {
@@ -350,15 +362,21 @@ impl Session<'_> {
                     outbox.push(Reply::error(id, &e).frame());
                     return None;
                 }
-                let seq = hub.publish(&topic, data, Source::Client);
-                outbox.push(
-                    Reply::Published {
+                let published = self
+                    .app
+                    .node
+                    .publish(&[(topic.clone(), data)], Source::Client)
+                    .await;
+                let reply = match published {
+                    Ok(seqs) => Reply::Published {
                         id,
                         topic: &topic,
-                        seq,
+                        seq: seqs[0],
                     }
                     .frame(),
-                );
+                    Err(e) => Reply::error(id, &e).frame(),
+                };
+                outbox.push(reply);
             }
             Request::Auth { token } => {
                 let reply = match self.refresh(&token) {
@@ -389,7 +407,8 @@ impl Session<'_> {
             .cloned()
             .collect();
         dropped.sort();
-        self.app.hub.unsubscribe(self.who.id, &dropped);
+        self.app.node.hub().unsubscribe(self.who.id, &dropped);
+        self.app.node.release(&dropped);
         for s in &dropped {
             self.subscriptions.remove(s);
         }

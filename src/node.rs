@@ -1,0 +1,162 @@
+//! The node: what publishers (HTTP, WebSocket clients, the feed) and sessions go through, so
+//! that none of them needs to know whether topics live in this process or in a cluster.
+//!
+//! With `broker.kind = "memory"` the [`Hub`] assigns seqs and keeps last values and history.
+//! With `"redis"` the [`Broker`] assigns and stores them in Redis and the hub mirrors the
+//! topics local clients need; every publication, including one made on this node, reaches the
+//! local subscribers through Redis, which is what makes the order the same on every node.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use tracing::warn;
+
+use crate::broker::{Broker, BrokerError};
+use crate::error::RequestError;
+use crate::hub::{HistoryPage, Hub, Publication, TopicInfo};
+use crate::metrics::{Metrics, Source};
+use crate::protocol::Data;
+use crate::settings::{BrokerKind, Settings};
+use crate::topic::{Pattern, Topic};
+
+/// Publications of one in-memory batch between two yields to the scheduler: a huge batch lands
+/// in every subscriber's queue at once, and letting writers run in between keeps readers that
+/// keep up from looking like slow consumers.
+const YIELD_EVERY: usize = 256;
+
+pub struct Node {
+    hub: Arc<Hub>,
+    broker: Option<Arc<Broker>>,
+    metrics: Arc<Metrics>,
+}
+
+/// The edge's view of a broker failure, logged once here with its detail.
+fn unavailable(e: BrokerError) -> RequestError {
+    warn!(error = %e, "cluster broker request failed");
+    RequestError::Unavailable(match e {
+        BrokerError::Timeout(_) => "the cluster broker (Redis) did not answer in time",
+        BrokerError::Corrupt { .. } => "the cluster broker (Redis) holds unreadable data",
+        _ => "the cluster broker (Redis) is unavailable",
+    })
+}
+
+impl Node {
+    /// The hub, and in a cluster the broker with its link task (started here, so it needs a
+    /// runtime). Redis need not be reachable yet: the node serves, unready, until it is.
+    pub fn start(settings: &Settings, metrics: Arc<Metrics>) -> Result<Node, crate::error::ServerError> {
+        let cluster = settings.broker.kind == BrokerKind::Redis;
+        let hub = Arc::new(Hub::new(settings.topic_rules()?, metrics.clone(), cluster));
+        let broker = match cluster {
+            true => Some(Broker::start(&settings.broker, hub.clone(), metrics.clone())?),
+            false => {
+                metrics.broker_up.set(1);
+                None
+            }
+        };
+        Ok(Node { hub, broker, metrics })
+    }
+
+    pub fn hub(&self) -> &Arc<Hub> {
+        &self.hub
+    }
+
+    /// Whether the node can serve publishes and new subscriptions.
+    pub fn ready(&self) -> bool {
+        self.broker.as_ref().is_none_or(|b| b.is_up())
+    }
+
+    /// Publishes `messages` in order, all or none; returns their seqs once they are stored.
+    pub async fn publish(
+        &self,
+        messages: &[(Topic, Data)],
+        source: Source,
+    ) -> Result<Vec<u64>, RequestError> {
+        let Some(broker) = &self.broker else {
+            let mut seqs = Vec::with_capacity(messages.len());
+            for (i, (topic, data)) in messages.iter().enumerate() {
+                if i > 0 && i % YIELD_EVERY == 0 {
+                    tokio::task::yield_now().await;
+                }
+                seqs.push(self.hub.publish(topic, data.clone(), source));
+            }
+            return Ok(seqs);
+        };
+        let seqs = broker.publish(messages).await.map_err(unavailable)?;
+        self.metrics.published(source).inc_by(seqs.len() as u64);
+        Ok(seqs)
+    }
+
+    /// Gets the node ready to register `patterns`, new to one connection, with the hub. The
+    /// caller must [`Node::release`] them when the connection drops them (not on error).
+    pub async fn prepare(&self, patterns: &[Pattern]) -> Result<(), RequestError> {
+        match &self.broker {
+            Some(broker) => broker.prepare(patterns).await.map_err(unavailable),
+            None => Ok(()),
+        }
+    }
+
+    /// Forgets subscriptions a connection dropped (after the hub did).
+    pub fn release(&self, patterns: &[Pattern]) {
+        if let Some(broker) = &self.broker {
+            broker.release(patterns);
+        }
+    }
+
+    /// The latest publication of `topic`, if it has one.
+    pub async fn last(&self, topic: &Topic) -> Result<Option<Publication>, RequestError> {
+        let Some(broker) = &self.broker else {
+            return Ok(self.hub.last(topic));
+        };
+        let stored = broker
+            .load(&[(topic.clone(), u64::MAX)])
+            .await
+            .map_err(unavailable)?;
+        Ok(stored.into_iter().flatten().next().and_then(|s| {
+            let (ts, data) = s.last?;
+            Some(Publication {
+                topic: topic.clone(),
+                seq: s.seq,
+                ts,
+                data,
+            })
+        }))
+    }
+
+    /// Up to `limit` stored publications of `topic` after `since`.
+    pub async fn history(
+        &self,
+        topic: &Topic,
+        since: u64,
+        limit: usize,
+    ) -> Result<Option<HistoryPage>, RequestError> {
+        let Some(broker) = &self.broker else {
+            return Ok(self.hub.history(topic, since, limit));
+        };
+        let stored = broker
+            .load(&[(topic.clone(), since)])
+            .await
+            .map_err(unavailable)?;
+        let page = stored.into_iter().flatten().next();
+        Ok(page.map(|stored| self.hub.page_of(topic, &stored, since, limit)))
+    }
+
+    /// Every known topic, sorted by name; in a cluster, every topic in Redis, with this
+    /// node's subscriber counts.
+    pub async fn list(&self) -> Result<Vec<TopicInfo>, RequestError> {
+        let Some(broker) = &self.broker else {
+            return Ok(self.hub.list());
+        };
+        let local: HashMap<Topic, usize> = (self.hub.list().into_iter())
+            .map(|t| (t.topic, t.subscribers))
+            .collect();
+        let mut out: Vec<TopicInfo> = (broker.list().await.map_err(unavailable)?.into_iter())
+            .map(|(topic, seq)| TopicInfo {
+                subscribers: local.get(&topic).copied().unwrap_or(0),
+                topic,
+                seq,
+            })
+            .collect();
+        out.sort_by(|a, b| a.topic.cmp(&b.topic));
+        Ok(out)
+    }
+}

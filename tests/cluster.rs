@@ -1,0 +1,416 @@
+//! Cluster behaviour on a real `redis-server` (started per test on a free port): three
+//! tickwire nodes act as one — cross-node delivery, one global seq order per topic, recovery on
+//! another node, Redis failures (503, readiness, reconnect, catch-up, reset), never a duplicate.
+
+mod common;
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use common::redis::RedisServer;
+use common::*;
+use serde_json::{json, Value};
+
+/// Three nodes on one Redis, sharing a key prefix unique to the test.
+async fn cluster(redis: &RedisServer, prefix: &str) -> Vec<TestServer> {
+    let mut nodes = Vec::new();
+    for _ in 0..3 {
+        nodes.push(start(&redis.broker_toml(prefix)).await);
+    }
+    for node in &nodes {
+        wait_ready(node.addr).await;
+    }
+    nodes
+}
+
+async fn wait_ready(addr: std::net::SocketAddr) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while http_get(addr, "/readyz").await.status != 200 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{addr} not ready within 10 s"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Reads messages until `n` updates of `topic` arrived (other messages are kept too).
+async fn recv_updates(ws: &mut Ws, topic: &str, n: usize) -> Vec<Value> {
+    let mut out = Vec::new();
+    while out
+        .iter()
+        .filter(|v: &&Value| v["topic"] == topic && v["type"] == "update")
+        .count()
+        < n
+    {
+        out.push(recv_json_within(ws, Duration::from_secs(10)).await);
+    }
+    out
+}
+
+fn seqs_of(messages: &[Value], topic: &str) -> Vec<u64> {
+    (messages.iter())
+        .filter(|v| v["topic"] == topic && (v["type"] == "update" || v["type"] == "snapshot"))
+        .map(|v| v["seq"].as_u64().unwrap())
+        .collect()
+}
+
+#[tokio::test]
+async fn a_publication_on_any_node_reaches_every_node_once() {
+    let redis = RedisServer::start(false);
+    let nodes = cluster(&redis, "cross").await;
+    let mut clients = Vec::new();
+    for (i, node) in nodes.iter().enumerate() {
+        let mut ws = connect(node.addr).await;
+        subscribe(&mut ws, 1, &["chat.room", "prices.*"]).await;
+        clients.push((i, ws));
+    }
+    // HTTP on node 0, a batch on node 1, a client publish on node 2.
+    assert_eq!(publish(nodes[0].addr, "chat.room", json!("from 0")).await, 1);
+    let seqs = publish_batch(
+        nodes[1].addr,
+        &[("prices.A", json!(1)), ("chat.room", json!("from 1"))],
+    )
+    .await;
+    assert_eq!(seqs, vec![1, 2]);
+    send_json(
+        &mut clients[2].1,
+        json!({"op": "publish", "id": 7, "topic": "chat.room", "data": "from 2"}),
+    )
+    .await;
+    for (i, ws) in &mut clients {
+        let got = recv_updates(ws, "chat.room", 3).await;
+        if *i == 2 {
+            let reply = got.iter().find(|v| v["type"] == "published");
+            assert_eq!(
+                reply,
+                Some(&json!({"type": "published", "id": 7, "topic": "chat.room", "seq": 3}))
+            );
+        }
+        let got: Vec<&Value> = got.iter().filter(|v| v["type"] == "update").collect();
+        let chat: Vec<(u64, Value)> = (got.iter())
+            .filter(|v| v["topic"] == "chat.room")
+            .map(|v| (v["seq"].as_u64().unwrap(), v["data"].clone()))
+            .collect();
+        assert_eq!(
+            chat,
+            vec![(1, json!("from 0")), (2, json!("from 1")), (3, json!("from 2"))],
+            "node {i}"
+        );
+        assert!(
+            got.iter().any(|v| v["topic"] == "prices.A" && v["seq"] == 1),
+            "node {i}: {got:?}"
+        );
+        expect_silence(ws, SILENCE).await;
+    }
+    // The last value and history are the cluster's, whichever node is asked.
+    let last = get_topic(nodes[2].addr, "chat.room").await.unwrap();
+    assert_eq!(
+        (last["seq"].clone(), last["data"].clone()),
+        (json!(3), json!("from 2"))
+    );
+    let (status, page) = get_json(nodes[1].addr, "/api/v1/topics/chat.room/history?since=1").await;
+    assert_eq!(status, 200, "{page}");
+    assert_eq!(page["complete"], true);
+    let seqs: Vec<u64> = page["publications"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["seq"].as_u64().unwrap())
+        .collect();
+    assert_eq!(seqs, vec![2, 3]);
+    let listing = topic_listing(nodes[0].addr, "prices.A").await.unwrap();
+    assert_eq!(listing["seq"], 1);
+    // A client subscribing later on another node gets the cluster's last value as snapshot.
+    let mut late = connect(nodes[1].addr).await;
+    subscribe(&mut late, 1, &["chat.room"]).await;
+    assert_snapshot(&recv_json(&mut late).await, "chat.room", 3, &json!("from 2"));
+    for node in nodes {
+        node.stop().await.unwrap();
+    }
+}
+
+#[tokio::test]
+async fn concurrent_publishers_on_different_nodes_get_one_global_order() {
+    let redis = RedisServer::start(false);
+    let nodes = cluster(&redis, "order").await;
+    let mut clients = Vec::new();
+    for node in &nodes {
+        let mut ws = connect(node.addr).await;
+        subscribe(&mut ws, 1, &["orders.>"]).await;
+        clients.push(ws);
+    }
+    const PER_NODE: usize = 150;
+    let mut publishers = Vec::new();
+    for (n, node) in nodes.iter().enumerate() {
+        let addr = node.addr;
+        publishers.push(tokio::spawn(async move {
+            let mut seqs = Vec::new();
+            for i in 0..PER_NODE {
+                if i % 10 == 0 {
+                    let batch: Vec<(&str, Value)> = vec![
+                        ("orders.book", json!([n, i])),
+                        ("orders.book", json!([n, i + 1000])),
+                    ];
+                    seqs.extend(publish_batch(addr, &batch).await);
+                } else {
+                    seqs.push(publish(addr, "orders.book", json!([n, i])).await);
+                }
+            }
+            seqs
+        }));
+    }
+    let mut acked = Vec::new();
+    for p in publishers {
+        let seqs = p.await.unwrap();
+        assert!(seqs.windows(2).all(|w| w[0] < w[1]), "one publisher's seqs grow");
+        acked.extend(seqs);
+    }
+    acked.sort_unstable();
+    let total = acked.len() as u64;
+    assert_eq!(
+        acked,
+        (1..=total).collect::<Vec<_>>(),
+        "every seq assigned exactly once"
+    );
+    let mut orders = Vec::new();
+    for ws in &mut clients {
+        let got = recv_updates(ws, "orders.book", total as usize).await;
+        assert_eq!(
+            seqs_of(&got, "orders.book"),
+            (1..=total).collect::<Vec<_>>(),
+            "gap-free, in order, no duplicate"
+        );
+        orders.push(got.iter().map(|v| v["data"].clone()).collect::<Vec<_>>());
+        expect_silence(ws, SILENCE).await;
+    }
+    assert!(
+        orders.windows(2).all(|w| w[0] == w[1]),
+        "every node delivers the same order"
+    );
+    for node in nodes {
+        node.stop().await.unwrap();
+    }
+}
+
+#[tokio::test]
+async fn a_client_moving_to_another_node_recovers_without_a_gap() {
+    let redis = RedisServer::start(false);
+    let nodes = cluster(&redis, "move").await;
+    for i in 1..=3 {
+        publish(nodes[0].addr, "chat.lobby", json!(i)).await;
+    }
+    let mut ws = connect(nodes[0].addr).await;
+    let reply = request(
+        &mut ws,
+        json!({"op": "subscribe", "id": 1, "topics": ["chat.lobby"]}),
+    )
+    .await;
+    let (seq, epoch) = position(&reply, "chat.lobby");
+    assert_eq!(seq, 3);
+    assert_snapshot(&recv_json(&mut ws).await, "chat.lobby", 3, &json!(3));
+    publish(nodes[1].addr, "chat.lobby", json!(4)).await;
+    let got = recv_updates(&mut ws, "chat.lobby", 1).await;
+    assert_eq!(seqs_of(&got, "chat.lobby"), vec![4]);
+    drop(ws);
+    // Missed while away, published through two other nodes.
+    for i in 5..=9 {
+        publish(nodes[1 + i as usize % 2].addr, "chat.lobby", json!(i)).await;
+    }
+    let mut ws = connect(nodes[2].addr).await;
+    let reply = subscribe_since(&mut ws, 2, &["chat.lobby"], json!({"chat.lobby": pos(4, &epoch)})).await;
+    assert_eq!(reply["recovered"]["chat.lobby"], true, "{reply}");
+    assert_eq!(position(&reply, "chat.lobby"), (9, epoch.clone()));
+    let got = recv_updates(&mut ws, "chat.lobby", 5).await;
+    assert!(got.iter().all(|v| v["type"] == "update"), "{got:?}");
+    assert_eq!(seqs_of(&got, "chat.lobby"), vec![5, 6, 7, 8, 9]);
+    let data: Vec<Value> = got.iter().map(|v| v["data"].clone()).collect();
+    assert_eq!(data, (5..=9).map(|i| json!(i)).collect::<Vec<_>>());
+    expect_silence(&mut ws, SILENCE).await;
+    // A position from another epoch resets, with the latest value.
+    let mut other = connect(nodes[1].addr).await;
+    let reply = subscribe_since(
+        &mut other,
+        3,
+        &["chat.lobby"],
+        json!({"chat.lobby": pos(4, "nope00")}),
+    )
+    .await;
+    assert_eq!(reply["recovered"]["chat.lobby"], false, "{reply}");
+    assert_snapshot(&recv_json(&mut other).await, "chat.lobby", 9, &json!(9));
+    for node in nodes {
+        node.stop().await.unwrap();
+    }
+}
+
+#[tokio::test]
+async fn a_node_started_without_redis_serves_unready_and_refuses_publishes() {
+    let mut redis = RedisServer::start(false);
+    let toml = redis.broker_toml("down");
+    redis.kill();
+    let node = start(&toml).await;
+    let addr = node.addr;
+    assert_eq!(http_get(addr, "/healthz").await.status, 200);
+    let ready = http_get(addr, "/readyz").await;
+    assert_eq!(ready.status, 503);
+    let (status, body) = post_json(addr, "/api/v1/publish", &json!({"topic": "a.b", "data": 1})).await;
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["error"]["code"], "unavailable", "{body}");
+    assert_eq!(metric_value(addr, "tickwire_broker_up").await, 0.0);
+    let mut ws = connect(addr).await;
+    let reply = request(&mut ws, json!({"op": "subscribe", "id": 1, "topics": ["a.b"]})).await;
+    assert_error(&reply, "unavailable", Some(1));
+    let reply = request(
+        &mut ws,
+        json!({"op": "publish", "id": 2, "topic": "chat.x", "data": 1}),
+    )
+    .await;
+    assert_error(&reply, "unavailable", Some(2));
+    // Redis comes up: the node becomes ready and works, nothing was stored before.
+    redis.restart();
+    wait_ready(addr).await;
+    assert_eq!(metric_value(addr, "tickwire_broker_up").await, 1.0);
+    subscribe(&mut ws, 3, &["a.b"]).await;
+    assert_eq!(
+        publish(addr, "a.b", json!("first")).await,
+        1,
+        "the refused publish was not stored"
+    );
+    let got = recv_updates(&mut ws, "a.b", 1).await;
+    assert_eq!(seqs_of(&got, "a.b"), vec![1]);
+    node.stop().await.unwrap();
+}
+
+/// Publishes `n` messages to `topic` through `addr`, retrying each on 503 until it is stored.
+async fn publish_retrying(addr: std::net::SocketAddr, topic: &str, from: u64, n: u64) -> HashMap<u64, u64> {
+    let mut acked = HashMap::new();
+    for i in from..from + n {
+        loop {
+            let (status, body) =
+                post_json(addr, "/api/v1/publish", &json!({"topic": topic, "data": i})).await;
+            match status {
+                200 => {
+                    acked.insert(body["seq"].as_u64().unwrap(), i);
+                    break;
+                }
+                503 => {
+                    assert_eq!(body["error"]["code"], "unavailable", "{body}");
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                s => panic!("publish: {s} {body}"),
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    acked
+}
+
+#[tokio::test]
+async fn nodes_that_lose_their_redis_link_catch_up_without_gaps_or_duplicates() {
+    let redis = RedisServer::start(false);
+    let nodes = cluster(&redis, "link").await;
+    let mut clients = Vec::new();
+    for node in &nodes[1..] {
+        let mut ws = connect(node.addr).await;
+        subscribe(&mut ws, 1, &["chat.x", "feed.*"]).await;
+        clients.push(ws);
+    }
+    let publisher = tokio::spawn(publish_retrying(nodes[0].addr, "chat.x", 1, 300));
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    // Cut every node's pub/sub link while publishing goes on: Redis keeps the stream, the
+    // nodes reconnect and fill the gap from it.
+    for round in 1..=3 {
+        let killed = redis.cli(&["CLIENT", "KILL", "TYPE", "pubsub"]);
+        assert!(
+            killed.trim().parse::<u32>().unwrap_or(0) >= 2,
+            "killed {killed:?}"
+        );
+        for node in &nodes[1..] {
+            let at_least = f64::from(round);
+            wait_metric(
+                node.addr,
+                "tickwire_broker_reconnects_total",
+                &[],
+                "the round",
+                |v| v >= at_least,
+            )
+            .await;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let acked = publisher.await.unwrap();
+    assert_eq!(acked.len(), 300);
+    for ws in &mut clients {
+        let got = recv_updates(ws, "chat.x", 300).await;
+        assert_eq!(seqs_of(&got, "chat.x"), (1..=300).collect::<Vec<_>>());
+        assert!(got
+            .iter()
+            .all(|v| v["data"] == json!(acked[&v["seq"].as_u64().unwrap()])));
+        expect_silence(ws, SILENCE).await;
+    }
+    let reconnects = metric_value(nodes[1].addr, "tickwire_broker_reconnects_total").await;
+    assert!(reconnects >= 3.0, "reconnects {reconnects}");
+    for node in nodes {
+        node.stop().await.unwrap();
+    }
+}
+
+#[tokio::test]
+async fn a_restarted_redis_that_lost_everything_resets_clients_explicitly() {
+    let mut redis = RedisServer::start(false);
+    let nodes = cluster(&redis, "lost").await;
+    let mut ws = connect(nodes[1].addr).await;
+    let reply = request(&mut ws, json!({"op": "subscribe", "id": 1, "topics": ["chat.y"]})).await;
+    assert_eq!(
+        reply["positions"]["chat.y"],
+        pos(0, ""),
+        "no epoch before the first publication"
+    );
+    for i in 1..=5 {
+        publish(nodes[0].addr, "chat.y", json!(i)).await;
+    }
+    let got = recv_updates(&mut ws, "chat.y", 5).await;
+    assert_eq!(seqs_of(&got, "chat.y"), vec![1, 2, 3, 4, 5]);
+    redis.kill();
+    let (status, body) = post_json(
+        nodes[0].addr,
+        "/api/v1/publish",
+        &json!({"topic": "chat.y", "data": "x"}),
+    )
+    .await;
+    assert_eq!(
+        (status, body["error"]["code"].clone()),
+        (503, json!("unavailable")),
+        "{body}"
+    );
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while http_get(nodes[1].addr, "/readyz").await.status != 503 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "readyz stayed 200 without Redis"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(metric_value(nodes[1].addr, "tickwire_broker_up").await, 0.0);
+    redis.restart();
+    for node in &nodes {
+        wait_ready(node.addr).await;
+    }
+    // The stream starts over in a new epoch: the client is told with a snapshot that carries
+    // the new epoch, then updates continue from it. Nothing is repeated.
+    assert_eq!(publish(nodes[2].addr, "chat.y", json!("new 1")).await, 1);
+    assert_eq!(publish(nodes[2].addr, "chat.y", json!("new 2")).await, 2);
+    let reset = recv_json(&mut ws).await;
+    assert_eq!(reset["type"], "snapshot", "{reset}");
+    assert!(reset["epoch"].as_str().is_some_and(|e| e.len() == 6), "{reset}");
+    let next = recv_json(&mut ws).await;
+    let (first, second) = (reset["seq"].as_u64().unwrap(), next["seq"].as_u64().unwrap());
+    assert!(
+        next["type"] == "update" && second == first + 1 && second == 2,
+        "{reset} then {next}"
+    );
+    expect_silence(&mut ws, SILENCE).await;
+    for node in nodes {
+        node.stop().await.unwrap();
+    }
+}
