@@ -274,6 +274,14 @@ export class TickwireClient extends EventTarget {
       this._emit('error', e, e);
       return;
     }
+    if (msg.type === 'snapshot' && typeof msg.epoch === 'string') {
+      // A reset outside any subscribe reply: the topic's stream restarted (a cluster's broker
+      // lost it), possibly at a lower seq. Track it from here.
+      this.positions.set(msg.topic, { seq: msg.seq, epoch: msg.epoch });
+      this._emit('reset', { topic: msg.topic }, msg.topic);
+      this._emit('message', msg, msg);
+      return;
+    }
     if (msg.type === 'update' || msg.type === 'snapshot') {
       const track = this.positions.get(msg.topic);
       if (track && msg.seq <= track.seq) return; // duplicate

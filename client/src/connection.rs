@@ -644,6 +644,18 @@ impl Task {
 
     /// Delivers an update or snapshot unless it is a duplicate.
     async fn on_delivery(&mut self, update: Update) {
+        if let Some(epoch) = &update.epoch {
+            // A reset: the stream restarted (possibly at a lower seq), so the old track is void.
+            let track = Track {
+                seq: update.seq,
+                epoch: Some(epoch.clone()),
+            };
+            self.tracks.insert(update.topic.clone(), track);
+            let topic = update.topic.clone();
+            self.emit(Event::Reset { topic }).await;
+            self.emit(Event::Snapshot(update)).await;
+            return;
+        }
         match self.tracks.get_mut(&update.topic) {
             Some(track) if update.seq <= track.seq => return,
             Some(track) => track.seq = update.seq,

@@ -48,6 +48,11 @@ pub struct Update {
     pub ts: u64,
     /// The payload, as the publisher sent it.
     pub data: Box<RawValue>,
+    /// Set only on a snapshot that resets the topic outside a subscribe reply (a cluster's
+    /// broker lost the stream, or history no longer reaches back): the epoch the topic
+    /// continues in. The client then tracks the topic from this snapshot.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub epoch: Option<String>,
 }
 
 impl Update {
