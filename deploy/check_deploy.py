@@ -739,6 +739,9 @@ def check_systemd() -> None:
     check(exec_start == "/usr/local/bin/tickwire serve --config /etc/tickwire/tickwire.toml",
           f"systemd: ExecStart={exec_start}")
     check(kv.get("KillSignal") == ["SIGTERM"], "systemd: KillSignal=SIGTERM")
+    check(all(f.startswith("-") for f in kv.get("EnvironmentFile", [])),
+          f"systemd: EnvironmentFile={', '.join(kv.get('EnvironmentFile', ['(none)']))} is "
+          "optional (the unit starts without it)")
     for key in ("NoNewPrivileges", "ProtectSystem", "PrivateTmp", "CapabilityBoundingSet",
                 "RestrictAddressFamilies", "LimitNOFILE", "TimeoutStopSec"):
         check(key in kv, f"systemd: {key}={kv.get(key, ['(missing)'])[-1]}")
