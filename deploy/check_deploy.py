@@ -4,12 +4,15 @@
 Every check prints one line: `PASS: ...`, `FAIL: ...` or `SKIP: ... (reason)`; the exit code is 1
 if any check failed. What is checked:
 
-- every YAML file under deploy/ parses;
+- every YAML file under deploy/ parses, without a key repeated in one mapping;
 - every TOML file under deploy/ is accepted by `tickwire check-config --config FILE`;
 - every TICKWIRE__SECTION__KEY used in deploy/ and docs/deploy.md is a real settings key (and
   its value, where one is given, is valid): `tickwire check-config` with that variable set exits 0;
 - the effective settings of each deployment (Dockerfile, compose, Kubernetes, systemd), as the
   binary computes them, agree with the ports, probes, timeouts and limits around them;
+- the cluster wiring: every compose node uses the Redis broker at the redis service, is in the
+  nginx upstream and the Prometheus targets, and only one runs the feed; the Kubernetes pods
+  use the redis Service, the HPA keeps at least two and the PDB lets one go;
 - the files that deploy/ refers to exist (dashboard, rule files, provisioning, kustomize inputs);
 - alerts.yml queries only metrics that /metrics exports (the broker's, pending issue #8, are
   skipped until src/metrics.rs declares them), and each alert fires in alerts_test.yml;
