@@ -62,7 +62,7 @@ if [ "$py_rc" -ne 0 ] && ! grep -q '^FAIL:' "$tmp/py"; then
     fail "deploy/check_deploy.py exited $py_rc"
 fi
 
-# 4. nginx -t. The upstream host `tickwire` only resolves inside compose, and Debian's nginx
+# 4. nginx -t. The upstream hosts tickwire-N only resolve inside compose, and Debian's nginx
 # has compiled-in temp paths under /var/lib/nginx: test a copy with those two adapted.
 nginx_bin="${NGINX_BIN:-$(command -v nginx || true)}"
 if [ -n "$nginx_bin" ] && [ -x "$nginx_bin" ]; then

@@ -4,14 +4,18 @@
 Every check prints one line: `PASS: ...`, `FAIL: ...` or `SKIP: ... (reason)`; the exit code is 1
 if any check failed. What is checked:
 
-- every YAML file under deploy/ parses;
+- every YAML file under deploy/ parses, without a key repeated in one mapping;
 - every TOML file under deploy/ is accepted by `tickwire check-config --config FILE`;
 - every TICKWIRE__SECTION__KEY used in deploy/ and docs/deploy.md is a real settings key (and
   its value, where one is given, is valid): `tickwire check-config` with that variable set exits 0;
 - the effective settings of each deployment (Dockerfile, compose, Kubernetes, systemd), as the
   binary computes them, agree with the ports, probes, timeouts and limits around them;
+- the cluster wiring: every compose node uses the Redis broker at the redis service, is in the
+  nginx upstream and the Prometheus targets, and only one runs the feed; the Kubernetes pods
+  use the redis Service, the HPA keeps at least two and the PDB lets one go;
 - the files that deploy/ refers to exist (dashboard, rule files, provisioning, kustomize inputs);
-- alerts.yml queries only metrics that /metrics exports;
+- alerts.yml queries only metrics that /metrics exports (the broker's, pending issue #8, are
+  skipped until src/metrics.rs declares them), and each alert fires in alerts_test.yml;
 - a smoke run of the binary with the Kubernetes configuration: probes on the admin port, the
   Dockerfile's HEALTHCHECK command, /readyz 503 and close 1001 during the drain, exit 0.
 
@@ -33,6 +37,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import tomllib
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -157,11 +162,17 @@ class Eff:
         self.shutdown = seconds(s["server"]["shutdown_timeout"])
         self.max_connections = int(s["server"]["max_connections"])
         self.max_body = int(s["http"]["max_body_bytes"])
+        # "Memory" or "Redis" (broker.redis_url is printed as <redacted>: read it from the
+        # files instead).
+        self.broker = s.get("broker", {}).get("kind")
+        self.prefix = s.get("broker", {}).get("prefix", "").strip('"')
+        self.feed = s.get("feed", {}).get("enabled") == "true"
 
     def __str__(self) -> str:
         return (f"listen {self.listen}, admin {self.admin or '-'}, ping {self.ping:g}s, "
                 f"idle {self.idle:g}s, shutdown {self.shutdown:g}s, "
-                f"max_connections {self.max_connections}")
+                f"max_connections {self.max_connections}, broker {self.broker}, "
+                f"feed {'on' if self.feed else 'off'}")
 
 
 def settings_of(what: str, env: dict[str, str], config: Path | None = None) -> Eff | None:
@@ -178,6 +189,25 @@ def settings_of(what: str, env: dict[str, str], config: Path | None = None) -> E
 
 # ---------------------------------------------------------------------------------------------
 
+if yaml is not None:
+    class StrictLoader(yaml.SafeLoader):
+        """SafeLoader that refuses a key given twice in one mapping, as kubectl and docker
+        compose do (PyYAML keeps the last one silently). Keys brought in by a `<<` merge may be
+        overridden; that is what merges are for."""
+
+        def construct_mapping(self, node, deep=False):
+            seen = set()
+            for k, _ in node.value:
+                if k.tag == "tag:yaml.org,2002:merge" or not isinstance(k, yaml.ScalarNode):
+                    continue
+                if k.value in seen:
+                    raise yaml.constructor.ConstructorError(
+                        "while constructing a mapping", node.start_mark,
+                        f"duplicate key {k.value!r}", k.start_mark)
+                seen.add(k.value)
+            return super().construct_mapping(node, deep)
+
+
 def load_yaml_files() -> dict[Path, list]:
     files = sorted(p for p in DEPLOY.rglob("*") if p.suffix in (".yml", ".yaml"))
     docs: dict[Path, list] = {}
@@ -187,12 +217,13 @@ def load_yaml_files() -> dict[Path, list]:
     parsed = []
     for p in files:
         try:
-            docs[p] = [d for d in yaml.safe_load_all(p.read_text()) if d is not None]
+            docs[p] = [d for d in yaml.load_all(p.read_text(), Loader=StrictLoader)
+                       if d is not None]
             parsed.append(rel(p))
         except yaml.YAMLError as e:
-            bad(f"YAML: {rel(p)} does not parse: {e}")
+            bad(f"YAML: {rel(p)} does not parse: {' '.join(str(e).split())}")
     check(len(parsed) == len(files) and files != [],
-          f"YAML: {len(parsed)} files under deploy/ parse: {', '.join(parsed)}")
+          f"YAML: {len(parsed)} files under deploy/ parse, no duplicate keys: {', '.join(parsed)}")
     return docs
 
 
@@ -200,6 +231,9 @@ ENV_RE = re.compile(
     r"(TICKWIRE__[A-Za-z0-9_]+)"
     r"(?:(?:=|:[ \t]+)(?:\"([^\"\n]*)\"|'([^'\n]*)'|([^\s\"'`)]*)))?")
 PLACEHOLDER = "TICKWIRE__SECTION__KEY"
+# Settings that check-config validates only together with another one: broker.redis_url is
+# checked only when broker.kind = "redis" (the memory broker ignores it).
+CONTEXT = {"TICKWIRE__BROKER__REDIS_URL": {"TICKWIRE__BROKER__KIND": "redis"}}
 
 
 def env_mentions() -> tuple[dict[str, set], dict[tuple, list[str]]]:
@@ -267,10 +301,13 @@ def check_env_keys(docs: dict[Path, list]) -> None:
             bad(f"env key {name} ({files}): not of the form TICKWIRE__SECTION__KEY")
             continue
         if values[name]:
+            ctx = CONTEXT.get(name, {})
+            with_ctx = "".join(f" (with {k}={v})" for k, v in ctx.items())
             for v in sorted(values[name]):
-                r = check_config({name: v})
+                r = check_config({**ctx, name: v})
                 files = ", ".join(where.get((name, v), []))
-                check(r.returncode == 0, f"env key {name}={v!r} ({files}) is a valid setting",
+                check(r.returncode == 0,
+                      f"env key {name}={v!r} ({files}) is a valid setting{with_ctx}",
                       f"check-config exited {r.returncode}: {r.stderr.strip()}")
         else:
             # Named without a value (prose): the key must exist; any value error is fine.
@@ -328,35 +365,88 @@ def check_dockerfile() -> tuple[list[str] | None, Eff | None]:
     return hc, eff
 
 
+def compose_env(svc: dict) -> dict[str, str]:
+    env = svc.get("environment", {})
+    if isinstance(env, list):
+        env = dict(e.split("=", 1) for e in env)
+    return {k: str(v) for k, v in env.items()}
+
+
+def redis_host_port(url: str) -> tuple[str, int] | None:
+    """Host and port of a redis:// or rediss:// URL (the password, if any, is not returned)."""
+    m = re.fullmatch(r"rediss?://(?:[^@/]*@)?([^:/@]+)(?::(\d+))?(?:/\d*)?", url)
+    return (m.group(1), int(m.group(2) or 6379)) if m else None
+
+
 def check_compose(docs: dict[Path, list]) -> None:
     path = DEPLOY / "docker-compose.yml"
     if path not in docs:
         return
     compose = docs[path][0]
     services = compose.get("services", {})
-    tw = services.get("tickwire")
-    if not check(tw is not None and {"nginx", "prometheus", "grafana"} <= set(services),
-                 f"compose: services tickwire, nginx, prometheus, grafana ({sorted(services)})"):
+    # The tickwire nodes: tickwire-1, tickwire-2, ...; nothing else may be named tickwire*.
+    nodes = sorted((n for n in services if re.fullmatch(r"tickwire-\d+", n)),
+                   key=lambda n: int(n.split("-")[1]))
+    others = {"redis", "nginx", "prometheus", "grafana"}
+    if not check(len(nodes) >= 2 and others <= set(services)
+                 and all(n in nodes for n in services if n.startswith("tickwire")),
+                 f"compose: tickwire nodes {nodes} (at least two, named tickwire-N), "
+                 f"redis, nginx, prometheus, grafana ({sorted(services)})"):
         return
-    check([n for n in services if n.startswith("tickwire")] == ["tickwire"],
-          "compose: exactly one tickwire node (no cluster support before the shared broker)")
-    env = tw.get("environment", {})
-    if isinstance(env, list):
-        env = dict(e.split("=", 1) for e in env)
-    env = {k: str(v) for k, v in env.items()}
-    # The image's ENV applies first; compose environment overrides it.
     img_env, _, _, _ = dockerfile()
-    merged = {**{k: v for k, v in img_env.items() if k.startswith("TICKWIRE__")},
-              **{k: v for k, v in env.items() if k.startswith("TICKWIRE__")}}
+    envs = {n: compose_env(services[n]) for n in nodes}
+    # The image's ENV applies first; compose environment overrides it.
+    merged = {n: {**{k: v for k, v in img_env.items() if k.startswith("TICKWIRE__")},
+                  **{k: v for k, v in envs[n].items() if k.startswith("TICKWIRE__")}}
+              for n in nodes}
+
+    def across(msg: str, ok_of) -> None:
+        """One check over every node: PASS names them all, FAIL the ones that do not hold."""
+        failing = [n for n in nodes if not ok_of(n)]
+        check(not failing, f"compose: {', '.join(nodes)}: {msg}",
+              f"not on {', '.join(failing)}")
+
+    # The nodes differ only in their environment: the same image, ports, limits and stop
+    # settings, so that nginx and Prometheus can treat them alike.
+    def shape(n: str) -> dict:
+        return {k: v for k, v in services[n].items() if k != "environment"}
+    across("same service definition apart from `environment`",
+           lambda n: shape(n) == shape(nodes[0]))
+    # ... and their environment only in the feed switch (every other setting is shared).
+    def env_but_feed(n: str) -> dict:
+        return {k: v for k, v in envs[n].items() if k != "TICKWIRE__FEED__ENABLED"}
+    across("same environment apart from TICKWIRE__FEED__ENABLED",
+           lambda n: env_but_feed(n) == env_but_feed(nodes[0]))
     # Bind mounts: every host path exists.
     for name, svc in services.items():
         for vol in svc.get("volumes", []):
             src = vol.split(":")[0] if isinstance(vol, str) else vol.get("source", "")
             if src.startswith((".", "/")):
                 check((DEPLOY / src).exists(), f"compose: {name} mounts {src}, which exists")
-    build = tw.get("build", {})
-    check((DEPLOY / build.get("context", ".") / build.get("dockerfile", "Dockerfile")).resolve()
-          == (DEPLOY / "Dockerfile").resolve(), "compose: tickwire builds deploy/Dockerfile")
+
+    def builds_dockerfile(n: str) -> bool:
+        build = services[n].get("build", {})
+        return (DEPLOY / build.get("context", ".") / build.get("dockerfile", "Dockerfile")) \
+            .resolve() == (DEPLOY / "Dockerfile").resolve()
+    across("build deploy/Dockerfile", builds_dockerfile)
+    # Redis: the broker of every node, reachable on the compose network only.
+    redis = services["redis"]
+    check(str(redis.get("image", "")).startswith("redis:") and "ports" not in redis,
+          f"compose: redis runs {redis.get('image')} and publishes no port")
+    urls = {n: merged[n].get("TICKWIRE__BROKER__REDIS_URL", "") for n in nodes}
+    redis_ports = {int(str(p).split("/")[0]) for p in redis.get("expose", [6379])}
+    across(f"TICKWIRE__BROKER__REDIS_URL {sorted(set(urls.values()))} is the redis service on "
+           f"a port it exposes ({sorted(redis_ports)})",
+           lambda n: (redis_host_port(urls[n]) or ("", 0))[0] == "redis"
+           and redis_host_port(urls[n])[1] in redis_ports)
+
+    def waits_for_redis(n: str) -> bool:
+        dep = services[n].get("depends_on", {})
+        return "redis" in dep and (isinstance(dep, list) or "condition" in dep["redis"])
+    across("depend on redis", waits_for_redis)
+    nginx_deps = services["nginx"].get("depends_on", {})
+    check(set(nodes) <= set(nginx_deps),
+          f"compose: nginx depends on every node ({sorted(nginx_deps)})")
     # Grafana: provider path is where the dashboard is mounted; provisioning datasource.
     graf = services["grafana"]
     dash_mount = next((v for v in graf.get("volumes", []) if "tickwire.json" in str(v)), None)
@@ -389,38 +479,59 @@ def check_compose(docs: dict[Path, list]) -> None:
 
     if not BIN.exists():
         return
-    eff = settings_of("compose tickwire environment", merged)
-    if not eff:
+    effs = {n: settings_of(f"compose {n} environment", merged[n]) for n in nodes}
+    if not all(effs.values()):
         return
-    check(not str(eff.listen).startswith("127."),
-          f"compose: server.listen {eff.listen} is reachable from other containers")
+    eff = effs[nodes[0]]
+    across("the effective settings are the same apart from the feed",
+           lambda n: {k: v for k, v in vars(effs[n]).items() if k not in ("s", "feed")}
+           == {k: v for k, v in vars(eff).items() if k not in ("s", "feed")})
+    across("broker.kind = redis (one shared broker)", lambda n: effs[n].broker == "Redis")
+    on = [n for n in nodes if effs[n].feed]
+    check(len(on) == 1, f"compose: the demo feed runs on exactly one node ({on}); on several, "
+          "each would publish its own prices on the same topics")
+    across(f"server.listen {eff.listen} is reachable from other containers",
+           lambda n: not str(effs[n].listen).startswith("127."))
     if eff.admin:
-        check(not str(eff.admin).startswith("127."),
-              f"compose: admin.listen {eff.admin} is reachable by Prometheus")
-    exposed = {int(str(p).split("/")[0]) for p in tw.get("expose", [])}
+        across(f"admin.listen {eff.admin} is reachable by Prometheus",
+               lambda n: not str(effs[n].admin).startswith("127."))
     want = {eff.server_port} | ({eff.admin_port} if eff.admin_port else set())
-    check(want <= exposed, f"compose: tickwire exposes {sorted(want)} ({sorted(exposed)})")
-    hp = int(env.get("HEALTHCHECK_PORT", img_env.get("HEALTHCHECK_PORT", "8080")))
-    check(hp == eff.ops_port, f"compose: HEALTHCHECK_PORT {hp} serves /healthz ({eff.ops_port})")
-    check(targets == [f"tickwire:{eff.ops_port}"],
-          f"prometheus.yml: job tickwire scrapes {targets}, the /metrics port {eff.ops_port}")
-    grace = seconds(tw.get("stop_grace_period", "10s"))
-    check(grace > eff.shutdown,
-          f"compose: stop_grace_period {grace:g}s > server.shutdown_timeout {eff.shutdown:g}s")
-    check(tw.get("stop_signal", "SIGTERM") == "SIGTERM", "compose: tickwire stops with SIGTERM")
-    nofile = tw.get("ulimits", {}).get("nofile", {})
-    hard = nofile.get("hard") if isinstance(nofile, dict) else nofile
-    check(hard is not None and int(hard) > eff.max_connections,
-          f"compose: nofile hard limit {hard} > server.max_connections {eff.max_connections}")
-    check_nginx(eff)
+    across(f"expose {sorted(want)}",
+           lambda n: want <= {int(str(p).split("/")[0]) for p in services[n].get("expose", [])})
+
+    def hc_port(n: str) -> int:
+        return int(envs[n].get("HEALTHCHECK_PORT", img_env.get("HEALTHCHECK_PORT", "8080")))
+    across(f"HEALTHCHECK_PORT serves /healthz ({eff.ops_port})",
+           lambda n: hc_port(n) == effs[n].ops_port)
+    want_targets = [f"{n}:{effs[n].ops_port}" for n in nodes]
+    check(sorted(targets) == sorted(want_targets),
+          f"prometheus.yml: job tickwire scrapes {targets}: every node's /metrics port "
+          f"({want_targets})")
+    across(f"stop_grace_period > server.shutdown_timeout {eff.shutdown:g}s",
+           lambda n: seconds(services[n].get("stop_grace_period", "10s")) > effs[n].shutdown)
+    across("stop with SIGTERM",
+           lambda n: services[n].get("stop_signal", "SIGTERM") == "SIGTERM")
+
+    def nofile_hard(n: str):
+        nofile = services[n].get("ulimits", {}).get("nofile", {})
+        return nofile.get("hard") if isinstance(nofile, dict) else nofile
+    across(f"nofile hard limit {nofile_hard(nodes[0])} > server.max_connections "
+           f"{eff.max_connections}",
+           lambda n: nofile_hard(n) is not None and int(nofile_hard(n)) > effs[n].max_connections)
+    check_nginx(eff, nodes)
 
 
-def check_nginx(eff: Eff) -> None:
+def check_nginx(eff: Eff, nodes: list[str]) -> None:
     text = (DEPLOY / "nginx" / "nginx.conf").read_text()
     code = "\n".join(line.split("#", 1)[0] for line in text.splitlines())
-    ups = re.findall(r"^\s*server\s+tickwire[\w-]*:(\d+)", code, re.M)
-    check(ups != [] and all(int(p) == eff.server_port for p in ups),
-          f"nginx.conf: upstream tickwire ports {ups} = server.listen port {eff.server_port}")
+    up = re.search(r"upstream\s+tickwire\s*\{(.*?)\}", code, re.S)
+    ups = re.findall(r"^\s*server\s+([\w.-]+):(\d+)", up.group(1) if up else "", re.M)
+    check(sorted(h for h, _ in ups) == sorted(nodes),
+          f"nginx.conf: upstream tickwire lists every compose node "
+          f"({', '.join(h for h, _ in ups)})", f"compose nodes: {nodes}")
+    check(ups != [] and all(int(p) == eff.server_port for _, p in ups),
+          f"nginx.conf: upstream tickwire ports {[p for _, p in ups]} = server.listen port "
+          f"{eff.server_port}")
     ws = re.search(r"location\s*=?\s*/ws\s*\{(.*?)\}", code, re.S)
     if not check(ws is not None, "nginx.conf: has a location for /ws"):
         return
@@ -443,18 +554,24 @@ def check_nginx(eff: Eff) -> None:
           "nginx.conf: does not route /metrics (operator endpoints stay on the admin port)")
 
 
-def by_kind(docs: dict[Path, list], sub: str) -> dict[str, tuple[Path, dict]]:
+def by_kind(docs: dict[Path, list], sub: str, name: str) -> dict[str, tuple[Path, dict]]:
+    """The objects under deploy/SUB by kind: of several of one kind, the one called NAME."""
     out = {}
     for p, ds in docs.items():
         if p.parent.name == sub:
             for d in ds:
                 if isinstance(d, dict) and "kind" in d:
-                    out[d["kind"]] = (p, d)
+                    if d["kind"] not in out or d.get("metadata", {}).get("name") == name:
+                        out[d["kind"]] = (p, d)
     return out
 
 
+def selects(selector: dict, labels: dict) -> bool:
+    return selector.items() <= labels.items()
+
+
 def check_k8s(docs: dict[Path, list]) -> None:
-    k = by_kind(docs, "k8s")
+    k = by_kind(docs, "k8s", "tickwire")
     need = ["Deployment", "Service", "HorizontalPodAutoscaler", "PodDisruptionBudget",
             "ServiceMonitor", "Kustomization"]
     if not check(all(n in k for n in need), f"k8s: manifests present ({', '.join(need)})",
@@ -463,11 +580,22 @@ def check_k8s(docs: dict[Path, list]) -> None:
     kz = k["Kustomization"][1]
     for f in kz.get("resources", []):
         check((DEPLOY / "k8s" / f).exists(), f"kustomization: resource {f} exists")
-    check("hpa.yaml" not in kz.get("resources", []),
-          "kustomization: hpa.yaml is not applied (one replica until the shared broker)")
+    check("hpa.yaml" in kz.get("resources", []),
+          "kustomization: hpa.yaml is applied (several replicas, sharing the Redis broker)")
     gen = {g["name"]: g for g in kz.get("configMapGenerator", [])}
     dep = k["Deployment"][1]
-    check(dep["spec"].get("replicas") == 1, "k8s: Deployment runs one replica (no broker yet)")
+    hpa = k["HorizontalPodAutoscaler"][1]
+    lo, hi = hpa["spec"].get("minReplicas", 1), hpa["spec"]["maxReplicas"]
+    check(lo >= 2 and hi >= lo,
+          f"k8s: HPA runs {lo} to {hi} replicas (at least 2: one can drain while another serves)")
+    check(dep["spec"].get("replicas") is None,
+          f"k8s: Deployment sets no replicas (the HPA owns the count; got "
+          f"{dep['spec'].get('replicas')})")
+    pdb = k["PodDisruptionBudget"][1]["spec"]
+    mu, ma = pdb.get("maxUnavailable"), pdb.get("minAvailable")
+    check((isinstance(mu, int) and 1 <= mu < lo) or (isinstance(ma, int) and 1 <= ma < lo),
+          f"k8s: PodDisruptionBudget (maxUnavailable {mu}, minAvailable {ma}) allows an eviction "
+          f"and keeps a pod serving at minReplicas {lo}")
     pod = dep["spec"]["template"]
     c = pod["spec"]["containers"][0]
     pod_labels = pod["metadata"].get("labels", {})
@@ -498,18 +626,59 @@ def check_k8s(docs: dict[Path, list]) -> None:
     sm = k["ServiceMonitor"][1]
     check(sm["spec"]["selector"]["matchLabels"].items() <= svc["metadata"].get("labels", {}).items(),
           "k8s: ServiceMonitor selector matches the Service labels")
-    hpa = k["HorizontalPodAutoscaler"][1]
     check(hpa["spec"]["scaleTargetRef"]["name"] == dep["metadata"]["name"]
           and any(m.get("resource", {}).get("name") == "cpu" for m in hpa["spec"]["metrics"]),
           "k8s: HPA scales the Deployment on CPU")
     check(svc["metadata"]["name"] == "tickwire",
           "k8s: Service is named tickwire (the ServiceMonitor's job label, used by alerts.yml)")
+    # The demo Redis (redis.yaml): its own pods, which no tickwire selector picks up.
+    redis = [d for p, ds in docs.items() if p.parent.name == "k8s" for d in ds
+             if isinstance(d, dict) and d.get("metadata", {}).get("name") == "redis"]
+    r_dep = next((d for d in redis if d.get("kind") == "Deployment"), None)
+    r_svc = next((d for d in redis if d.get("kind") == "Service"), None)
+    r_ports: dict = {}
+    r_svc_ports: dict = {}
+    if "redis.yaml" in kz.get("resources", []) and check(
+            r_dep is not None and r_svc is not None, "k8s: redis.yaml has a Deployment and a "
+            "Service named redis"):
+        r_labels = r_dep["spec"]["template"]["metadata"].get("labels", {})
+        check(r_dep["spec"].get("replicas", 1) == 1
+              and r_dep["spec"].get("strategy", {}).get("type") == "Recreate",
+              "k8s: one Redis pod, replaced with Recreate (never two separate brokers at once)")
+        check(selects(r_svc["spec"]["selector"], r_labels)
+              and selects(r_dep["spec"]["selector"]["matchLabels"], r_labels),
+              "k8s: redis Service and Deployment selectors match the redis pod labels")
+        check(not any(selects(sel, r_labels) for sel in (
+                  dep["spec"]["selector"]["matchLabels"], svc["spec"]["selector"],
+                  pdb["selector"]["matchLabels"], sm["spec"]["selector"]["matchLabels"])),
+              "k8s: no tickwire selector (Deployment, Service, PDB, ServiceMonitor) matches "
+              "the redis pods")
+        r_ports = {p["name"]: p["containerPort"]
+                   for p in r_dep["spec"]["template"]["spec"]["containers"][0].get("ports", [])}
+        r_svc_ports = {p["port"]: p["targetPort"] for p in r_svc["spec"]["ports"]}
+    else:
+        r_svc = None
 
     if not BIN.exists() or cm_file is None:
         return
     eff = settings_of("k8s container (ConfigMap file + env)", env, cm_file)
     if not eff:
         return
+    check(eff.broker == "Redis", f"k8s: broker.kind = redis ({eff.broker}): the replicas share "
+          "one broker")
+    check(not eff.feed, "k8s: the demo feed is off (on, every replica would publish its own "
+          "prices on the same topics)")
+    url = env.get("TICKWIRE__BROKER__REDIS_URL") or \
+        tomllib.loads(cm_file.read_text()).get("broker", {}).get("redis_url", "")
+    hp = redis_host_port(url)
+    if r_svc is not None:
+        target = r_svc_ports.get(hp[1]) if hp else None
+        check(hp is not None and hp[0] == r_svc["metadata"]["name"]
+              and r_ports.get(target, target) in r_ports.values(),
+              f"k8s: broker.redis_url {url} is the redis Service's port {hp and hp[1]} "
+              f"(container port {r_ports.get(target, target)})")
+    else:
+        check(hp is not None, f"k8s: broker.redis_url {url} names a Redis host and port")
 
     def port_number(ref) -> int | None:
         return ports.get(ref) if isinstance(ref, str) else ref
@@ -573,6 +742,9 @@ def check_systemd() -> None:
     check(exec_start == "/usr/local/bin/tickwire serve --config /etc/tickwire/tickwire.toml",
           f"systemd: ExecStart={exec_start}")
     check(kv.get("KillSignal") == ["SIGTERM"], "systemd: KillSignal=SIGTERM")
+    check(all(f.startswith("-") for f in kv.get("EnvironmentFile", [])),
+          f"systemd: EnvironmentFile={', '.join(kv.get('EnvironmentFile', ['(none)']))} is "
+          "optional (the unit starts without it)")
     for key in ("NoNewPrivileges", "ProtectSystem", "PrivateTmp", "CapabilityBoundingSet",
                 "RestrictAddressFamilies", "LimitNOFILE", "TimeoutStopSec"):
         check(key in kv, f"systemd: {key}={kv.get(key, ['(missing)'])[-1]}")
@@ -629,17 +801,47 @@ def exported_static() -> set[str]:
     return names
 
 
+# The Redis broker's metrics (issue #8), fixed before the server exports them. While no source
+# file names one, alerts on them are reported as pending (SKIP), not failed; as soon as
+# src/metrics.rs declares them they are checked like every other name. (The smoke run uses the
+# memory broker, which may leave the Redis-only series out of /metrics: declared names count.)
+BROKER_METRICS = {"tickwire_broker_up", "tickwire_broker_reconnects_total",
+                  "tickwire_broker_publish_duration_seconds_bucket",
+                  "tickwire_broker_publish_duration_seconds_sum",
+                  "tickwire_broker_publish_duration_seconds_count"}
+
+
 def check_alert_metrics(docs: dict[Path, list], exported: set[str] | None) -> None:
     used = alert_metric_names(docs)
     if not used:
         bad("alerts.yml: no metric names found (the scan is broken)")
         return
+    declared = exported_static()
     source = "scraped from the smoke run's /metrics"
     if exported is None:
-        exported, source = exported_static(), "static list from src/metrics.rs"
+        exported, source = declared, "static list from src/metrics.rs"
+    exported = exported | (declared & BROKER_METRICS)
+    pending = sorted((used & BROKER_METRICS) - exported)
+    if pending:
+        skip(f"alerts.yml queries {', '.join(pending)}: not exported by this server yet (the "
+             f"Redis broker, issue #8); checked once src/metrics.rs declares them")
+    used -= set(pending)
     missing = sorted(used - exported)
     check(not missing, f"alerts.yml queries {len(used)} metric names, all exported ({source}): "
           f"{', '.join(sorted(used))}", f"not exported: {missing}")
+
+
+def check_alert_tests(docs: dict[Path, list]) -> None:
+    """Every alert has a promtool test case in which it fires."""
+    rules = docs.get(DEPLOY / "prometheus" / "alerts.yml", [{}])[0]
+    alerts = {r["alert"] for g in rules.get("groups", []) for r in g.get("rules", [])
+              if "alert" in r}
+    tests = docs.get(DEPLOY / "prometheus" / "alerts_test.yml", [{}])[0]
+    fired = {a["alertname"] for tc in tests.get("tests", []) for a in tc.get("alert_rule_test", [])
+             if a.get("exp_alerts")}
+    check(bool(alerts) and alerts <= fired,
+          f"alerts_test.yml: each of the {len(alerts)} alerts fires in a test case",
+          f"never fires: {sorted(alerts - fired)}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -711,11 +913,15 @@ def ws_wait_close(s: socket.socket, buf: bytes, timeout: float) -> int | None:
 def smoke(healthcheck: list[str] | None) -> set[str] | None:
     cfg = DEPLOY / "k8s" / "tickwire.toml"
     main, admin = free_port(), free_port()
+    # The memory broker: the smoke run checks probes, scraping and the drain, which need no
+    # Redis (and a Redis-backed node would stay unready without one).
     env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"),
            "TICKWIRE__SERVER__LISTEN": f"127.0.0.1:{main}",
-           "TICKWIRE__ADMIN__LISTEN": f"127.0.0.1:{admin}"}
+           "TICKWIRE__ADMIN__LISTEN": f"127.0.0.1:{admin}",
+           "TICKWIRE__BROKER__KIND": "memory"}
     log = SCRATCH / "smoke.log"
-    what = f"smoke: `tickwire serve --config {rel(cfg)}` (listeners moved to 127.0.0.1:{main}/{admin})"
+    what = (f"smoke: `tickwire serve --config {rel(cfg)}` (listeners moved to "
+            f"127.0.0.1:{main}/{admin}, broker.kind = memory)")
     with open(log, "wb") as out:
         proc = subprocess.Popen([str(BIN), "serve", "--config", str(cfg)], env=env, cwd=SCRATCH,
                                 stdout=out, stderr=subprocess.STDOUT)
@@ -823,6 +1029,7 @@ def main() -> int:
     exported = smoke(hc) if have_bin else None
     if yaml is not None:
         check_alert_metrics(docs, exported)
+        check_alert_tests(docs)
     else:
         skip("metric names used by alerts.yml (PyYAML missing)")
     return 1 if failures else 0
