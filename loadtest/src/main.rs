@@ -145,6 +145,10 @@ struct FanoutArgs {
     /// Publisher tick: everything due is sent as one batch per tick.
     #[arg(long, default_value = "5ms", value_parser = parse_duration)]
     pub_interval: Duration,
+    /// Publish to this node instead of the --url one (cross-node runs in a cluster), e.g.
+    /// http://127.0.0.1:8081 (loopback only).
+    #[arg(long)]
+    publish_url: Option<String>,
 }
 
 #[derive(Args)]
@@ -266,6 +270,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             cfg.drain = a.drain;
             cfg.topic_prefix = a.topic_prefix;
             cfg.pub_interval = a.pub_interval;
+            if let Some(url) = &a.publish_url {
+                let node = opts::parse_http_url(url).context(INVALID_OPTIONS)?;
+                cfg.publish_to = Some(opts::HttpEndpoint {
+                    path: "/api/v1/publish".into(),
+                    ..node
+                });
+            }
             let budget = cfg.common.connect_timeout + cfg.warmup + cfg.duration + cfg.drain + extra;
             watchdog(a.common.deadline.unwrap_or(budget));
             let r = fanout::run(&cfg)?;

@@ -16,7 +16,7 @@ use serde::Serialize;
 
 use super::{connect_progress, secs, ClientUsage, Common, LatencySummary};
 use crate::gaps::GapCounts;
-use crate::opts;
+use crate::opts::{self, HttpEndpoint};
 use crate::pool::{topic_name, ConnectOutcome, Pool, RecvCounters, SubPlan};
 use crate::progress::Progress;
 use crate::publisher::{self, PublisherConfig, PublisherResult};
@@ -37,6 +37,8 @@ pub struct FanoutConfig {
     pub topic_prefix: String,
     pub pub_interval: Duration,
     pub batch_max: u64,
+    /// The publish API of another node of a cluster; `None`: the subscribers' node.
+    pub publish_to: Option<HttpEndpoint>,
 }
 
 impl FanoutConfig {
@@ -54,6 +56,7 @@ impl FanoutConfig {
             topic_prefix: "bench.t".into(),
             pub_interval: Duration::from_millis(5),
             batch_max: 10_000,
+            publish_to: None,
         }
     }
 
@@ -164,7 +167,7 @@ pub fn run(cfg: &FanoutConfig) -> anyhow::Result<FanoutReport> {
     let names: Vec<String> = (0..cfg.topics)
         .map(|t| topic_name(&cfg.topic_prefix, t))
         .collect();
-    let api = opts::endpoint(&c.target, "/api/v1/publish");
+    let api = (cfg.publish_to.clone()).unwrap_or_else(|| opts::endpoint(&c.target, "/api/v1/publish"));
 
     let srv_before = c.scrape(&progress, &mut warned);
     let pool = Pool::start(c.pool_config(cfg.connections, plan, &cfg.topic_prefix))?;
