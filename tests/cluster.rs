@@ -414,3 +414,25 @@ async fn a_restarted_redis_that_lost_everything_resets_clients_explicitly() {
         node.stop().await.unwrap();
     }
 }
+
+#[tokio::test]
+async fn nodes_listening_to_all_traffic_deliver_only_what_their_clients_want() {
+    let redis = RedisServer::start(false);
+    let toml = format!("{}subscribe = \"all\"\n", redis.broker_toml("all"));
+    let (a, b) = (start(&toml).await, start(&toml).await);
+    wait_ready(a.addr).await;
+    wait_ready(b.addr).await;
+    publish(a.addr, "chat.old", json!("before")).await;
+    let mut ws = connect(b.addr).await;
+    subscribe(&mut ws, 1, &["chat.*"]).await;
+    assert_snapshot(&recv_json(&mut ws).await, "chat.old", 1, &json!("before"));
+    publish(a.addr, "other.topic", json!("unwanted")).await;
+    publish(a.addr, "chat.new", json!("new")).await;
+    publish(a.addr, "chat.old", json!("again")).await;
+    let got = recv_updates(&mut ws, "chat.old", 1).await;
+    let got: Vec<(Value, Value)> = got.iter().map(|v| (v["topic"].clone(), v["seq"].clone())).collect();
+    assert_eq!(got, vec![(json!("chat.new"), json!(1)), (json!("chat.old"), json!(2))]);
+    expect_silence(&mut ws, SILENCE).await;
+    a.stop().await.unwrap();
+    b.stop().await.unwrap();
+}
