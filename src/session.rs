@@ -13,7 +13,11 @@
 //!
 //! Frames are read with fastwebsockets (masking, control frames, ping → pong, close echo), but
 //! fragmented messages are reassembled here: fastwebsockets caps single frames, not reassembled
-//! messages, and `server.max_message_bytes` must bound the whole message.
+//! messages, and `server.max_message_bytes` must bound the whole message. What fastwebsockets
+//! lets through that RFC 6455 forbids (unmasked client frames, oversized pongs) is refused here.
+//!
+//! The reading is the same for every [`Endpoint`]: only the handler of complete messages
+//! differs, so the echo endpoint the conformance suite tests is the machinery `/ws` runs on.
 
 use std::collections::HashSet;
 use std::convert::Infallible;
@@ -70,6 +74,16 @@ fn disconnect_for(e: &WebSocketError) -> Disconnect {
     }
 }
 
+/// What a connection does with the messages its client sends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Endpoint {
+    /// `/ws`: JSON requests (subscribe, publish, ...), served through the hub.
+    Requests,
+    /// `/echo` (`server.echo_endpoint`): every message sent back as it came, so that a
+    /// conformance suite can exercise the same reading, limits and close handling as `/ws`.
+    Echo,
+}
+
 /// Runs a connection after the HTTP upgrade until it closes.
 pub async fn run(
     upgrade: UpgradeFut,
@@ -77,6 +91,7 @@ pub async fn run(
     slot: ConnectionSlot,
     peer: SocketAddr,
     identity: Identity,
+    endpoint: Endpoint,
 ) {
     let ws = match upgrade.await {
         Ok(ws) => ws,
@@ -96,34 +111,36 @@ pub async fn run(
     let writer = tokio::spawn(write_loop(write, outbox.clone(), app.metrics.clone()));
     let who = app.hub.new_subscriber(outbox.clone());
     let subject = identity.subject.as_deref().unwrap_or("-");
-    debug!(%peer, client = who.id, subject, "connection opened");
-    let started = Instant::now();
-    let last_seen = AtomicU64::new(0);
+    debug!(%peer, client = who.id, subject, ?endpoint, "connection opened");
     let (expiry_tx, expiry_rx) = watch::channel(deadline(&identity));
-    let mut session = Session {
+    let connection = Connection {
         app: &app,
-        who: &who,
-        identity,
-        expiry: expiry_tx,
-        subscriptions: HashSet::new(),
-        limiter: TokenBucket::new(settings.server.requests_per_second, settings.server.request_burst),
-        refused: 0,
-        started,
-        last_seen: &last_seen,
+        outbox: &outbox,
+        started: Instant::now(),
+        last_seen: AtomicU64::new(0),
     };
-
-    tokio::select! {
-        reason = session.read_loop(&mut reader) => outbox.close(reason),
-        reason = heartbeat(&outbox, started, &last_seen, settings.server.ping_interval, settings.server.idle_timeout) => {
-            outbox.close(reason)
+    match endpoint {
+        Endpoint::Requests => {
+            let mut session = Session {
+                app: &app,
+                who: &who,
+                identity,
+                expiry: expiry_tx,
+                subscriptions: HashSet::new(),
+                limiter: TokenBucket::new(settings.server.requests_per_second, settings.server.request_burst),
+                refused: 0,
+            };
+            connection.serve(&mut reader, &mut session, expiry_rx).await;
+            let subscriptions: Vec<Pattern> = session.subscriptions.drain().collect();
+            app.hub.unsubscribe(who.id, &subscriptions);
+            app.metrics.subscriptions.sub(subscriptions.len() as i64);
         }
-        reason = expiry(expiry_rx) => outbox.close(reason),
-        () = app.drain.cancelled() => outbox.close(Disconnect::Shutdown),
-        () = outbox.closed() => {}
+        Endpoint::Echo => {
+            // Held until the end: `expiry` stops watching the deadline once its sender is gone.
+            let _expiry = expiry_tx;
+            connection.serve(&mut reader, &mut Echo(&outbox), expiry_rx).await;
+        }
     }
-    let subscriptions: Vec<Pattern> = session.subscriptions.drain().collect();
-    app.hub.unsubscribe(who.id, &subscriptions);
-    app.metrics.subscriptions.sub(subscriptions.len() as i64);
 
     writer.await.ok();
     // Keep reading until the client closes its side, so unread bytes do not turn our close
@@ -133,6 +150,190 @@ pub async fn run(
     app.metrics.disconnected(reason);
     debug!(%peer, client = who.id, reason = reason.label(), "connection closed");
     drop(slot);
+}
+
+/// A complete message from the client: fragments reassembled, text checked to be UTF-8.
+#[derive(Debug, Clone, Copy)]
+enum Message<'a> {
+    Text(&'a str),
+    Binary(&'a [u8]),
+}
+
+/// What an [`Endpoint`] does with each message; the reading around it is the same for all.
+trait Handler {
+    /// Serves one message; returns a reason to close the connection, if it must close.
+    fn message(&mut self, message: Message<'_>) -> Option<Disconnect>;
+}
+
+/// What every endpoint's connection has: its queue, when the client was last heard from, and
+/// the server's limits.
+struct Connection<'a> {
+    app: &'a App,
+    outbox: &'a Arc<Outbox>,
+    started: Instant,
+    /// Milliseconds after `started` at which the client was last heard from.
+    last_seen: AtomicU64,
+}
+
+impl Connection<'_> {
+    /// Serves messages with `handler` until something ends the connection (the client, the
+    /// heartbeat, the token's expiry, the drain, the outbox), and closes the outbox with why.
+    async fn serve(
+        &self,
+        reader: &mut Reader,
+        handler: &mut impl Handler,
+        expiry_rx: watch::Receiver<Option<tokio::time::Instant>>,
+    ) {
+        let server = &self.app.settings.server;
+        let outbox = self.outbox;
+        tokio::select! {
+            reason = self.read_loop(reader, handler) => outbox.close(reason),
+            reason = heartbeat(outbox, self.started, &self.last_seen, server.ping_interval, server.idle_timeout) => {
+                outbox.close(reason)
+            }
+            reason = expiry(expiry_rx) => outbox.close(reason),
+            () = self.app.drain.cancelled() => outbox.close(Disconnect::Shutdown),
+            () = outbox.closed() => {}
+        }
+    }
+
+    /// Reads frames, reassembles them into messages for `handler`, until the connection
+    /// should close; returns why.
+    async fn read_loop(&self, reader: &mut Reader, handler: &mut impl Handler) -> Disconnect {
+        let outbox = self.outbox.clone();
+        // Control frames owed to the client (pong, close echo) go out through the outbox.
+        let mut obligated = move |frame: Frame<'_>| {
+            let bytes = wire::encode(frame);
+            if wire::is_close(&bytes) {
+                outbox.close_with(Disconnect::ClientClose, Some(bytes));
+            } else {
+                outbox.push(bytes);
+            }
+            std::future::ready(Ok::<(), Infallible>(()))
+        };
+        let metrics: &Metrics = &self.app.metrics;
+        let max = self.app.settings.server.max_message_bytes;
+        let mut partial: Option<Partial> = None;
+        loop {
+            let mut frame = match reader.read_frame(&mut obligated).await {
+                Ok(frame) => frame,
+                Err(e) => {
+                    debug!(error = %e, "read ended");
+                    return disconnect_for(&e);
+                }
+            };
+            let millis = self.started.elapsed().as_millis() as u64;
+            self.last_seen.store(millis, Ordering::Relaxed);
+            metrics.bytes_received.inc_by(frame.payload.len() as u64);
+            if !is_masked(&mut frame) {
+                return Disconnect::ProtocolError;
+            }
+            let reason = match (frame.opcode, partial.as_mut()) {
+                (OpCode::Close, _) => return Disconnect::ClientClose, // echoed by `obligated`
+                (OpCode::Ping | OpCode::Pong, _) if frame.payload.len() > MAX_CONTROL_PAYLOAD => {
+                    return Disconnect::ProtocolError
+                }
+                (OpCode::Ping | OpCode::Pong, _) => continue,
+                (OpCode::Text | OpCode::Binary, None) if frame.fin => {
+                    deliver(handler, frame.opcode, &frame.payload)
+                }
+                (OpCode::Text | OpCode::Binary, None) => {
+                    let mut p = Partial {
+                        opcode: frame.opcode,
+                        buf: Vec::new(),
+                        checked: 0,
+                    };
+                    if let Err(reason) = p.extend(&frame.payload) {
+                        return reason;
+                    }
+                    partial = Some(p);
+                    continue;
+                }
+                (OpCode::Continuation, Some(p)) => {
+                    if p.buf.len() + frame.payload.len() > max {
+                        return Disconnect::MessageTooBig;
+                    }
+                    if let Err(reason) = p.extend(&frame.payload) {
+                        return reason;
+                    }
+                    if !frame.fin {
+                        continue;
+                    }
+                    let Partial { opcode, buf, .. } = partial.take().expect("matched Some");
+                    deliver(handler, opcode, &buf)
+                }
+                _ => return Disconnect::ProtocolError,
+            };
+            if let Some(reason) = reason.or_else(|| self.outbox.reason()) {
+                return reason;
+            }
+        }
+    }
+}
+
+/// Control frames carry at most this much (RFC 6455 §5.5); fastwebsockets checks pings only.
+const MAX_CONTROL_PAYLOAD: usize = 125;
+
+/// Whether the client masked `frame`, as RFC 6455 §5.1 requires of every client frame.
+/// fastwebsockets unmasks masked frames and passes unmasked ones, and keeps the key private;
+/// the header it would write back shows whether there was one.
+fn is_masked(frame: &mut Frame<'_>) -> bool {
+    let mut head = [0u8; 16];
+    frame.fmt_head(&mut head);
+    head[1] & 0x80 != 0
+}
+
+/// Hands a complete message to `handler`, after checking that text is UTF-8.
+fn deliver(handler: &mut impl Handler, opcode: OpCode, payload: &[u8]) -> Option<Disconnect> {
+    let message = if opcode == OpCode::Text {
+        let Ok(text) = std::str::from_utf8(payload) else {
+            return Some(Disconnect::InvalidUtf8);
+        };
+        Message::Text(text)
+    } else {
+        Message::Binary(payload)
+    };
+    handler.message(message)
+}
+
+/// A fragmented message being reassembled.
+struct Partial {
+    opcode: OpCode,
+    buf: Vec<u8>,
+    /// How much of a text message's `buf` is known to be valid UTF-8.
+    checked: usize,
+}
+
+impl Partial {
+    /// Appends a fragment. Text that can no longer become valid UTF-8 fails at once, not at the
+    /// last fragment (RFC 6455 §8.1); a character split between fragments is fine.
+    fn extend(&mut self, fragment: &[u8]) -> Result<(), Disconnect> {
+        self.buf.extend_from_slice(fragment);
+        if self.opcode != OpCode::Text {
+            return Ok(());
+        }
+        match std::str::from_utf8(&self.buf[self.checked..]) {
+            Ok(_) => self.checked = self.buf.len(),
+            Err(e) if e.error_len().is_none() => self.checked += e.valid_up_to(),
+            Err(_) => return Err(Disconnect::InvalidUtf8),
+        }
+        Ok(())
+    }
+}
+
+/// `/echo`: every message goes back with its own opcode, through the same outbox and writer
+/// as deliveries do.
+struct Echo<'a>(&'a Outbox);
+
+impl Handler for Echo<'_> {
+    fn message(&mut self, message: Message<'_>) -> Option<Disconnect> {
+        let frame = match message {
+            Message::Text(text) => Frame::text(Payload::Borrowed(text.as_bytes())),
+            Message::Binary(data) => Frame::binary(Payload::Borrowed(data)),
+        };
+        self.0.push(wire::encode(frame));
+        None
+    }
 }
 
 /// Pings the client every `interval`; resolves with [`Disconnect::IdleTimeout`] once nothing
@@ -217,72 +418,18 @@ struct Session<'a> {
     limiter: TokenBucket,
     /// Requests refused in a row by the rate limiter.
     refused: u32,
-    started: Instant,
-    /// Milliseconds after `started` at which the client was last heard from.
-    last_seen: &'a AtomicU64,
+}
+
+impl Handler for Session<'_> {
+    fn message(&mut self, message: Message<'_>) -> Option<Disconnect> {
+        match message {
+            Message::Text(text) => self.handle(text),
+            Message::Binary(_) => Some(Disconnect::Binary),
+        }
+    }
 }
 
 impl Session<'_> {
-    /// Reads and serves messages until the connection should close; returns why.
-    async fn read_loop(&mut self, reader: &mut Reader) -> Disconnect {
-        let outbox = self.who.outbox.clone();
-        // Control frames owed to the client (pong, close echo) go out through the outbox.
-        let mut obligated = move |frame: Frame<'_>| {
-            let bytes = wire::encode(frame);
-            if wire::is_close(&bytes) {
-                outbox.close_with(Disconnect::ClientClose, Some(bytes));
-            } else {
-                outbox.push(bytes);
-            }
-            std::future::ready(Ok::<(), Infallible>(()))
-        };
-        let metrics: &Metrics = &self.app.metrics;
-        let max = self.app.settings.server.max_message_bytes;
-        let mut partial: Option<Vec<u8>> = None;
-        loop {
-            let frame = match reader.read_frame(&mut obligated).await {
-                Ok(frame) => frame,
-                Err(e) => {
-                    debug!(error = %e, "read ended");
-                    return disconnect_for(&e);
-                }
-            };
-            let millis = self.started.elapsed().as_millis() as u64;
-            self.last_seen.store(millis, Ordering::Relaxed);
-            metrics.bytes_received.inc_by(frame.payload.len() as u64);
-            let message = match (frame.opcode, frame.fin, partial.as_mut()) {
-                (OpCode::Close, ..) => return Disconnect::ClientClose, // echoed by `obligated`
-                (OpCode::Ping | OpCode::Pong, ..) => continue,
-                (OpCode::Binary, ..) => return Disconnect::Binary,
-                (OpCode::Text, true, None) => Bytes::from(frame.payload.to_vec()),
-                (OpCode::Text, false, None) => {
-                    partial = Some(frame.payload.to_vec());
-                    continue;
-                }
-                (OpCode::Continuation, fin, Some(buf)) => {
-                    if buf.len() + frame.payload.len() > max {
-                        return Disconnect::MessageTooBig;
-                    }
-                    buf.extend_from_slice(&frame.payload);
-                    if !fin {
-                        continue;
-                    }
-                    Bytes::from(partial.take().unwrap_or_default())
-                }
-                _ => return Disconnect::ProtocolError,
-            };
-            let Ok(text) = std::str::from_utf8(&message) else {
-                return Disconnect::InvalidUtf8;
-            };
-            if let Some(reason) = self.handle(text) {
-                return reason;
-            }
-            if let Some(reason) = self.who.outbox.reason() {
-                return reason;
-            }
-        }
-    }
-
     /// Serves one request; every outcome, error included, is one reply queued on the outbox.
     /// Returns a reason to disconnect when the client abuses the rate limit.
     fn handle(&mut self, text: &str) -> Option<Disconnect> {
