@@ -203,6 +203,12 @@ impl Connection<'_> {
         let outbox = self.outbox.clone();
         // Control frames owed to the client (pong, close echo) go out through the outbox.
         let mut obligated = move |frame: Frame<'_>| {
+            if frame.payload.len() > MAX_CONTROL_PAYLOAD {
+                // Only an oversized close gets here (fastwebsockets refuses oversized pings):
+                // echoing it would break the rule ourselves.
+                outbox.close(Disconnect::ProtocolError);
+                return std::future::ready(Ok::<(), Infallible>(()));
+            }
             let bytes = wire::encode(frame);
             if wire::is_close(&bytes) {
                 outbox.close_with(Disconnect::ClientClose, Some(bytes));

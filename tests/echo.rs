@@ -164,3 +164,16 @@ async fn an_oversized_pong_closes_with_1002() {
     send_msg(&mut ws, Message::Frame(Frame::pong(vec![0u8; 126]))).await;
     expect_close(&mut ws, 1002).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oversized_close_gets_1002_not_its_echo() {
+    use tokio_tungstenite::tungstenite::protocol::frame::CloseFrame;
+    let server = start(ECHO).await;
+    let mut ws = connect_echo(&server).await;
+    let close = CloseFrame {
+        code: 1000.into(),
+        reason: "r".repeat(124).into(),
+    };
+    send_msg(&mut ws, Message::Frame(Frame::close(Some(close)))).await;
+    expect_close(&mut ws, 1002).await;
+}
