@@ -1,7 +1,8 @@
 //! One WebSocket connection, from upgrade to close.
 //!
 //! Reading and writing run as two tasks: the reader parses requests and hands them to the hub;
-//! the writer drains the connection's [`Outbox`] and writes every waiting frame in one write.
+//! the writer drains the connection's [`Outbox`] and writes every waiting frame in one vectored
+//! write, straight from the frames' shared bytes (no copy per connection).
 //! Neither waits on the other, so a client flooding requests does not stall its deliveries.
 //! Beside the reader, the same task runs the heartbeat (pings, idle timeout), the token's expiry
 //! and watches the drain signal; all of them end the connection the same way, by closing the
@@ -22,12 +23,12 @@
 use std::collections::HashSet;
 use std::convert::Infallible;
 use std::future::{poll_fn, Future};
-use std::io;
+use std::io::{self, IoSlice};
 use std::net::SocketAddr;
-use std::pin::pin;
+use std::pin::{pin, Pin};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::task::Poll;
+use std::task::{ready, Poll};
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
@@ -57,8 +58,8 @@ const CLOSE_GRACE: Duration = Duration::from_secs(5);
 const CLOSE_LINGER: Duration = Duration::from_secs(2);
 /// A client refused this many bursts' worth of requests in a row is closed with 4029.
 const ABUSE_FACTOR: u32 = 10;
-/// Write buffers that grew past this during a burst are released instead of kept.
-const KEEP_WRITE_BUFFER: usize = 64 << 10;
+/// The writer's frame list, grown past this many entries by a burst, is released instead of kept.
+const KEEP_FRAMES: usize = 1024;
 
 type Stream = TokioIo<Upgraded>;
 type Reader = WebSocketRead<ReadHalf<Stream>>;
@@ -556,18 +557,11 @@ impl Session<'_> {
 /// Writes everything the outbox hands over until it ends, then closes the socket.
 async fn write_loop<W: AsyncWrite + Unpin>(mut socket: W, outbox: Arc<Outbox>, metrics: Arc<Metrics>) {
     let mut frames: Vec<Bytes> = Vec::new();
-    let mut buf: Vec<u8> = Vec::new();
     loop {
         match outbox.next(&mut frames).await {
             Next::Frames { bytes, oldest } => {
                 metrics.queue_bytes.observe(bytes as f64);
-                let result = if let [single] = frames.as_slice() {
-                    write(&mut socket, single, &outbox).await
-                } else {
-                    frames.iter().for_each(|f| buf.extend_from_slice(f));
-                    write(&mut socket, &buf, &outbox).await
-                };
-                if let Err(e) = result {
+                if let Err(e) = write(&mut socket, &frames, &outbox).await {
                     debug!(error = %e, "write failed");
                     outbox.close(Disconnect::Error);
                     return;
@@ -578,9 +572,8 @@ async fn write_loop<W: AsyncWrite + Unpin>(mut socket: W, outbox: Arc<Outbox>, m
                 metrics.delivered.inc_by(frames.len() as u64);
                 metrics.bytes_sent.inc_by(bytes as u64);
                 frames.clear();
-                buf.clear();
-                if buf.capacity() > KEEP_WRITE_BUFFER {
-                    buf = Vec::new();
+                if frames.capacity() > KEEP_FRAMES {
+                    frames = Vec::new();
                 }
             }
             Next::End(close) => {
@@ -594,10 +587,10 @@ async fn write_loop<W: AsyncWrite + Unpin>(mut socket: W, outbox: Arc<Outbox>, m
     }
 }
 
-/// Writes `bytes`, telling the outbox while the socket does not take them (so it can
+/// Writes `frames`, telling the outbox while the socket does not take them (so it can
 /// conflate), and giving up `CLOSE_GRACE` after the outbox starts closing.
-async fn write<W: AsyncWrite + Unpin>(socket: &mut W, bytes: &[u8], outbox: &Outbox) -> io::Result<()> {
-    let mut write = pin!(socket.write_all(bytes));
+async fn write<W: AsyncWrite + Unpin>(socket: &mut W, frames: &[Bytes], outbox: &Outbox) -> io::Result<()> {
+    let mut write = pin!(write_all_vectored(socket, frames));
     if let Poll::Ready(result) = poll_once(write.as_mut()).await {
         return result;
     }
@@ -613,8 +606,56 @@ async fn write<W: AsyncWrite + Unpin>(socket: &mut W, bytes: &[u8], outbox: &Out
     result
 }
 
+/// Up to this many frames, the slices of a vectored write are built on the stack; a longer
+/// batch (a client catching up) pays one allocation for them, spread over its many frames.
+/// Either way they live for one poll only, not in the writer's future, so an idle connection
+/// does not carry them.
+const STACK_SLICES: usize = 16;
+/// Most frames handed to one vectored write (Linux's `IOV_MAX`).
+const MAX_SLICES: usize = 1024;
+
+/// Writes all of `frames`, in order, straight from their shared buffers: one vectored write
+/// (`writev(2)`) per batch instead of a copy into one buffer. Both streams a session runs on
+/// (TCP, and rustls over TCP, through hyper's upgrade) are vectored; a writer that is not
+/// writes the first slice per call (tokio's default), which stays correct.
+async fn write_all_vectored<W: AsyncWrite + Unpin>(socket: &mut W, frames: &[Bytes]) -> io::Result<()> {
+    // The first frame not completely written, and how much of it is.
+    let (mut next, mut offset) = (0, 0);
+    poll_fn(|cx| {
+        while next < frames.len() {
+            let pending = &frames[next..];
+            let slices = (pending.iter().enumerate())
+                .map(|(i, frame)| IoSlice::new(if i == 0 { &frame[offset..] } else { frame }));
+            let mut socket = Pin::new(&mut *socket);
+            let written = if pending.len() <= STACK_SLICES {
+                let mut buf = [IoSlice::new(&[]); STACK_SLICES];
+                buf.iter_mut().zip(slices).for_each(|(b, s)| *b = s);
+                socket.as_mut().poll_write_vectored(cx, &buf[..pending.len()])
+            } else {
+                let buf: Vec<IoSlice<'_>> = slices.take(MAX_SLICES).collect();
+                socket.as_mut().poll_write_vectored(cx, &buf)
+            };
+            let mut written = ready!(written)?;
+            if written == 0 {
+                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+            }
+            while written > 0 {
+                let left = frames[next].len() - offset;
+                if written < left {
+                    offset += written;
+                    break;
+                }
+                written -= left;
+                (next, offset) = (next + 1, 0);
+            }
+        }
+        Poll::Ready(Ok(()))
+    })
+    .await
+}
+
 async fn poll_once<F: Future + Unpin>(mut fut: F) -> Poll<F::Output> {
-    poll_fn(|cx| Poll::Ready(std::pin::Pin::new(&mut fut).poll(cx))).await
+    poll_fn(|cx| Poll::Ready(Pin::new(&mut fut).poll(cx))).await
 }
 
 /// Per-connection request rate limit.
@@ -645,5 +686,79 @@ impl TokenBucket {
             return true;
         }
         false
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::task::Context;
+
+    /// Takes at most `chunk` bytes per call and refuses every other call, like a socket whose
+    /// buffer keeps filling up.
+    struct Trickle {
+        written: Vec<u8>,
+        chunk: usize,
+        vectored: bool,
+        refuse: bool,
+    }
+
+    impl AsyncWrite for Trickle {
+        fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+            self.poll_write_vectored(cx, &[IoSlice::new(buf)])
+        }
+
+        fn poll_write_vectored(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            bufs: &[IoSlice<'_>],
+        ) -> Poll<io::Result<usize>> {
+            self.refuse = !self.refuse;
+            if self.refuse {
+                cx.waker().wake_by_ref();
+                return Poll::Pending;
+            }
+            let bufs = if self.vectored { bufs } else { &bufs[..1] };
+            let mut room = self.chunk;
+            for buf in bufs {
+                let n = room.min(buf.len());
+                self.written.extend_from_slice(&buf[..n]);
+                room -= n;
+            }
+            Poll::Ready(Ok(self.chunk - room))
+        }
+
+        fn is_write_vectored(&self) -> bool {
+            self.vectored
+        }
+
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+
+        fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    #[tokio::test]
+    async fn vectored_writes_survive_partial_writes_in_order() {
+        // More than MAX_SLICES frames: both the stack and the heap slices, and several writes.
+        let frames: Vec<Bytes> = (0..1500u32)
+            .map(|i| wire::json_frame(&"x".repeat(i as usize % 37)))
+            .collect();
+        let want: Vec<u8> = frames.iter().flat_map(|f| f.iter().copied()).collect();
+        for vectored in [true, false] {
+            for chunk in [7, 1000, 1 << 20] {
+                let mut w = Trickle {
+                    written: Vec::new(),
+                    chunk,
+                    vectored,
+                    refuse: false,
+                };
+                write_all_vectored(&mut w, &frames).await.unwrap();
+                assert!(w.written == want, "vectored {vectored}, chunk {chunk}");
+            }
+        }
     }
 }
