@@ -1,4 +1,5 @@
-//! HTTP routing: the WebSocket upgrade at `/ws`, the publish and topic APIs, the web pages
+//! HTTP routing: the WebSocket upgrade at `/ws` (and `/echo`, when `server.echo_endpoint` is
+//! on), the publish and topic APIs, the web pages
 //! (`/`, `/chat`, `/tickwire.js`; see [`crate::web`]), and the operator endpoints `/metrics`,
 //! `/healthz`, `/readyz`.
 //!
@@ -27,7 +28,7 @@ use crate::metrics::{
     Source, REJECT_AUTH, REJECT_BAD_HANDSHAKE, REJECT_IP_LIMIT, REJECT_LIMIT, REJECT_ORIGIN,
 };
 use crate::protocol;
-use crate::session;
+use crate::session::{self, Endpoint};
 use crate::topic::Topic;
 
 pub type Body = Full<Bytes>;
@@ -98,6 +99,7 @@ fn error(e: &RequestError) -> Response<Body> {
 fn route_of(path: &str) -> &'static str {
     match path {
         "/ws" => "ws",
+        "/echo" => "echo",
         "/api/v1/publish" => "publish",
         "/api/v1/topics" => "topics",
         p if history_topic(p).is_some() => "history",
@@ -131,8 +133,12 @@ pub async fn handle(
     if (operator && routes == Routes::Public) || (!operator && routes == Routes::Admin) {
         route = "not_found";
     }
+    if route == "echo" && !app.settings.server.echo_endpoint {
+        route = "not_found";
+    }
     let result = match (req.method(), route) {
-        (_, "ws") => Ok(upgrade(req, &app, peer)),
+        (_, "ws") => Ok(upgrade(req, &app, peer, Endpoint::Requests)),
+        (_, "echo") => Ok(upgrade(req, &app, peer, Endpoint::Echo)),
         (&Method::POST, "publish") => publish(req, &app).await,
         (&Method::GET, "topics") => match reader(&req, &app) {
             Ok(()) => list_topics(&app).await,
@@ -253,7 +259,12 @@ fn check_origin(req: &Request<Incoming>, allowed: &[String]) -> Result<(), Reque
     Err(RequestError::Origin(shown))
 }
 
-fn upgrade(mut req: Request<Incoming>, app: &Arc<App>, peer: SocketAddr) -> Response<Body> {
+fn upgrade(
+    mut req: Request<Incoming>,
+    app: &Arc<App>,
+    peer: SocketAddr,
+    endpoint: Endpoint,
+) -> Response<Body> {
     let rejected = |reason: &str| {
         app.metrics
             .connections_rejected
@@ -312,7 +323,7 @@ fn upgrade(mut req: Request<Incoming>, app: &Arc<App>, peer: SocketAddr) -> Resp
         }
     };
     app.tasks
-        .spawn(session::run(fut, app.clone(), slot, peer, identity));
+        .spawn(session::run(fut, app.clone(), slot, peer, identity, endpoint));
     resp.map(|_| Full::new(Bytes::new()))
 }
 

@@ -118,6 +118,8 @@ pub struct ServerSettings {
     pub shutdown_timeout: Duration,
     /// Origins (`scheme://host[:port]`) whose pages may open WebSockets; empty allows all.
     pub allowed_origins: Vec<String>,
+    /// Serve `GET /echo`, an echo WebSocket for conformance testing.
+    pub echo_endpoint: bool,
 }
 
 #[derive(Debug, Clone, Deserialize)]

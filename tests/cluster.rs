@@ -430,8 +430,14 @@ async fn nodes_listening_to_all_traffic_deliver_only_what_their_clients_want() {
     publish(a.addr, "chat.new", json!("new")).await;
     publish(a.addr, "chat.old", json!("again")).await;
     let got = recv_updates(&mut ws, "chat.old", 1).await;
-    let got: Vec<(Value, Value)> = got.iter().map(|v| (v["topic"].clone(), v["seq"].clone())).collect();
-    assert_eq!(got, vec![(json!("chat.new"), json!(1)), (json!("chat.old"), json!(2))]);
+    let got: Vec<(Value, Value)> = got
+        .iter()
+        .map(|v| (v["topic"].clone(), v["seq"].clone()))
+        .collect();
+    assert_eq!(
+        got,
+        vec![(json!("chat.new"), json!(1)), (json!("chat.old"), json!(2))]
+    );
     expect_silence(&mut ws, SILENCE).await;
     a.stop().await.unwrap();
     b.stop().await.unwrap();
