@@ -32,7 +32,7 @@ use redis::aio::{MultiplexedConnection, PubSubSink, PubSubStream};
 use redis::{AsyncConnectionConfig, Client, Script};
 use serde_json::value::RawValue;
 use thiserror::Error;
-use tokio::sync::{mpsc, oneshot, Notify};
+use tokio::sync::{mpsc, watch, Notify};
 use tracing::{debug, info, warn};
 
 use crate::history::Position;
@@ -98,7 +98,8 @@ return out
 
 /// A change of what the node listens to, applied by the link in order.
 enum Command {
-    Subscribe(Pattern, oneshot::Sender<()>),
+    /// Subscribe, then tell the waiting subscribers the channel is live.
+    Subscribe(Pattern, Arc<watch::Sender<bool>>),
     Unsubscribe(Pattern),
 }
 
@@ -114,9 +115,66 @@ pub struct Broker {
     up: AtomicBool,
     /// Tells the link a command failed in a way that means the connection is gone.
     broken: Notify,
-    /// What local clients subscribe to, with how many subscriptions each.
-    interest: Mutex<HashMap<Pattern, usize>>,
+    interest: Mutex<Interest>,
     commands: mpsc::Sender<Command>,
+}
+
+/// One subscription (exact topic or pattern) that local clients hold.
+struct Want {
+    /// How many connections hold it.
+    count: usize,
+    /// Becomes true once Redis delivers its channel; every connection that takes the
+    /// subscription waits for it, not only the first, so that none loads a topic's state
+    /// before its updates are sure to arrive.
+    live: Arc<watch::Sender<bool>>,
+}
+
+/// What local clients subscribe to; exact topics apart so that a message finds out in one
+/// lookup whether anybody wants it.
+#[derive(Default)]
+struct Interest {
+    exact: HashMap<Topic, Want>,
+    patterns: HashMap<Pattern, Want>,
+}
+
+impl Interest {
+    fn get_mut(&mut self, p: &Pattern) -> Option<&mut Want> {
+        match p.as_exact() {
+            Some(topic) => self.exact.get_mut(&topic),
+            None => self.patterns.get_mut(p),
+        }
+    }
+
+    fn insert(&mut self, p: &Pattern, want: Want) {
+        match p.as_exact() {
+            Some(topic) => self.exact.insert(topic, want),
+            None => self.patterns.insert(p.clone(), want),
+        };
+    }
+
+    fn remove(&mut self, p: &Pattern) {
+        match p.as_exact() {
+            Some(topic) => self.exact.remove(&topic),
+            None => self.patterns.remove(p),
+        };
+    }
+
+    fn wants(&self, topic: &Topic) -> bool {
+        self.exact.contains_key(topic) || self.patterns.keys().any(|p| p.matches(topic))
+    }
+
+    /// After (re-)subscribing everything: every subscription's channel is live.
+    fn set_live(&self) {
+        let wants = self.exact.values().chain(self.patterns.values());
+        wants.for_each(|w| {
+            w.live.send_replace(true);
+        });
+    }
+
+    fn all(&self) -> Vec<Pattern> {
+        let exact = self.exact.keys().filter_map(|t| Pattern::parse(t.as_str()).ok());
+        exact.chain(self.patterns.keys().cloned()).collect()
+    }
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -382,38 +440,52 @@ impl Broker {
         if !self.is_up() {
             return Err(BrokerError::Down);
         }
-        let result = self.listen_and_load(patterns).await;
+        let live = self.want(patterns)?;
+        let result = self.load_wanted(patterns, live).await;
         if result.is_err() {
             self.release(patterns);
         }
         result
     }
 
-    async fn listen_and_load(&self, patterns: &[Pattern]) -> Result<(), BrokerError> {
-        let mut acks = Vec::new();
-        {
-            let mut interest = lock(&self.interest);
-            for pattern in patterns {
-                let count = interest.entry(pattern.clone()).or_insert(0);
-                *count += 1;
-                if *count == 1 && self.settings.subscribe == BrokerSubscribe::Interest {
-                    let (tx, rx) = oneshot::channel();
-                    // Full means the link is far behind: refuse rather than wait unboundedly.
-                    if self
-                        .commands
-                        .try_send(Command::Subscribe(pattern.clone(), tx))
-                        .is_err()
-                    {
-                        return Err(BrokerError::Down);
-                    }
-                    acks.push(rx);
-                }
+    /// Records `patterns` as wanted (all or none); returns what tells when each is live.
+    fn want(&self, patterns: &[Pattern]) -> Result<Vec<watch::Receiver<bool>>, BrokerError> {
+        let mut interest = lock(&self.interest);
+        let mut live = Vec::with_capacity(patterns.len());
+        for (i, pattern) in patterns.iter().enumerate() {
+            if let Some(want) = interest.get_mut(pattern) {
+                want.count += 1;
+                live.push(want.live.subscribe());
+                continue;
             }
+            let all = self.settings.subscribe == BrokerSubscribe::All;
+            let tx = Arc::new(watch::Sender::new(all));
+            // Full means the link is far behind: refuse rather than wait unboundedly.
+            if !all
+                && self
+                    .commands
+                    .try_send(Command::Subscribe(pattern.clone(), tx.clone()))
+                    .is_err()
+            {
+                drop(interest);
+                self.release(&patterns[..i]);
+                return Err(BrokerError::Down);
+            }
+            live.push(tx.subscribe());
+            interest.insert(pattern, Want { count: 1, live: tx });
         }
+        Ok(live)
+    }
+
+    async fn load_wanted(
+        &self,
+        patterns: &[Pattern],
+        live: Vec<watch::Receiver<bool>>,
+    ) -> Result<(), BrokerError> {
         let timeout = self.settings.timeout;
-        for ack in acks {
-            match tokio::time::timeout(timeout, ack).await {
-                Ok(Ok(())) => {}
+        for mut rx in live {
+            match tokio::time::timeout(timeout, rx.wait_for(|live| *live)).await {
+                Ok(Ok(_)) => {}
                 Ok(Err(_)) => return Err(BrokerError::Down),
                 Err(_) => return Err(BrokerError::Timeout(timeout)),
             }
@@ -442,11 +514,11 @@ impl Broker {
     pub fn release(&self, patterns: &[Pattern]) {
         let mut interest = lock(&self.interest);
         for pattern in patterns {
-            let Some(count) = interest.get_mut(pattern) else {
+            let Some(want) = interest.get_mut(pattern) else {
                 continue;
             };
-            *count -= 1;
-            if *count == 0 {
+            want.count -= 1;
+            if want.count == 0 {
                 interest.remove(pattern);
                 if self.settings.subscribe == BrokerSubscribe::Interest {
                     // If the queue is full the channel stays subscribed until the next
@@ -459,8 +531,7 @@ impl Broker {
 
     /// Whether a local client subscribes to `topic`, exactly or through a pattern.
     fn wanted(&self, topic: &Topic) -> bool {
-        let interest = lock(&self.interest);
-        interest.keys().any(|p| p.matches(topic))
+        lock(&self.interest).wants(topic)
     }
 
     /// The link: connects, serves until the connection fails, and starts over with backoff.
@@ -523,7 +594,7 @@ impl Broker {
         if self.settings.subscribe == BrokerSubscribe::All {
             sink.psubscribe(format!("{}*", self.channel_prefix())).await?;
         } else {
-            let wanted: Vec<Pattern> = lock(&self.interest).keys().cloned().collect();
+            let wanted = lock(&self.interest).all();
             let (exact, patterns): (Vec<_>, Vec<_>) = wanted.iter().partition(|p| p.as_exact().is_some());
             for chunk in exact.chunks(SUBSCRIBE_CHUNK) {
                 let channels: Vec<String> = chunk.iter().map(|p| self.channel(p)).collect();
@@ -534,6 +605,8 @@ impl Broker {
                 sink.psubscribe(globs).await?;
             }
         }
+        // Anything wanted meanwhile had its Subscribe queued and is subscribed again, harmlessly.
+        lock(&self.interest).set_live();
         *self.conn.write().unwrap_or_else(|e| e.into_inner()) = Some(conn);
         // Subscribed first, then caught up: whatever was published meanwhile arrives either
         // in the stream read below or as a channel message after it (then a duplicate).
@@ -606,9 +679,11 @@ impl Broker {
                 }
                 command = queue.recv() => {
                     let result = match command {
-                        Some(Command::Subscribe(pattern, ack)) => {
+                        Some(Command::Subscribe(pattern, live)) => {
                             let r = self.listen(&mut sink, &pattern, true).await;
-                            let _ = ack.send(());
+                            if r.is_ok() {
+                                live.send_replace(true);
+                            }
                             r
                         }
                         Some(Command::Unsubscribe(pattern)) => self.listen(&mut sink, &pattern, false).await,
