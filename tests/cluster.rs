@@ -521,3 +521,47 @@ async fn the_rust_client_follows_a_reset_to_a_lower_seq() {
         node.stop().await.unwrap();
     }
 }
+
+#[tokio::test]
+async fn redis_urls_carry_a_password_and_a_database() {
+    let redis = RedisServer::start_with(false, Some("s3cret-pw"));
+    let broker =
+        |url: &str| format!("[broker]\nkind = \"redis\"\nredis_url = \"{url}\"\nprefix = \"auth\"\n");
+    let url = format!("redis://:s3cret-pw@127.0.0.1:{}/3", redis.port);
+    let (a, b) = (start(&broker(&url)).await, start(&broker(&url)).await);
+    wait_ready(a.addr).await;
+    wait_ready(b.addr).await;
+    let mut ws = connect(b.addr).await;
+    subscribe(&mut ws, 1, &["chat.pw"]).await;
+    assert_eq!(publish(a.addr, "chat.pw", json!("hi")).await, 1);
+    assert_eq!(
+        seqs_of(&recv_updates(&mut ws, "chat.pw", 1).await, "chat.pw"),
+        vec![1]
+    );
+    let in_db3 = redis.cli(&["-n", "3", "SMEMBERS", "auth:topics"]);
+    assert_eq!(in_db3.trim(), "chat.pw", "keys live in database 3");
+    assert_eq!(
+        redis.cli(&["-n", "0", "DBSIZE"]).trim(),
+        "0",
+        "nothing in database 0"
+    );
+    // A wrong password: the node serves, unready, and stores nothing.
+    let wrong = start(&broker(&format!("redis://:nope@127.0.0.1:{}/3", redis.port))).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(http_get(wrong.addr, "/readyz").await.status, 503);
+    let (status, body) = post_json(
+        wrong.addr,
+        "/api/v1/publish",
+        &json!({"topic": "chat.pw", "data": 2}),
+    )
+    .await;
+    assert_eq!(
+        (status, body["error"]["code"].clone()),
+        (503, json!("unavailable")),
+        "{body}"
+    );
+    assert_eq!(get_topic(a.addr, "chat.pw").await.unwrap()["seq"], 1);
+    for node in [a, b, wrong] {
+        node.stop().await.unwrap();
+    }
+}

@@ -13,6 +13,8 @@ pub struct RedisServer {
     /// Where an append-only file lives when the server persists (so a restart keeps data).
     dir: PathBuf,
     persist: bool,
+    /// `requirepass`, when set.
+    password: Option<String>,
 }
 
 fn free_port() -> u16 {
@@ -23,6 +25,11 @@ fn free_port() -> u16 {
 impl RedisServer {
     /// A fresh server; with `persist`, every write is fsynced to an AOF that a restart reads.
     pub fn start(persist: bool) -> RedisServer {
+        Self::start_with(persist, None)
+    }
+
+    /// A fresh server that requires `password` (AUTH) when given.
+    pub fn start_with(persist: bool, password: Option<&str>) -> RedisServer {
         let dir = std::env::temp_dir().join(format!("tickwire-redis-{}-{}", std::process::id(), free_port()));
         std::fs::create_dir_all(&dir).expect("redis test dir");
         let mut server = RedisServer {
@@ -30,6 +37,7 @@ impl RedisServer {
             child: None,
             dir,
             persist,
+            password: password.map(str::to_string),
         };
         server.restart();
         server
@@ -75,6 +83,7 @@ impl RedisServer {
             .args(["--appendonly", aof, "--appendfsync", fsync])
             .arg("--dir")
             .arg(&self.dir)
+            .args(self.password.iter().flat_map(|p| ["--requirepass", p.as_str()]))
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -97,6 +106,11 @@ impl RedisServer {
     pub fn cli(&self, args: &[&str]) -> String {
         let out = Command::new("redis-cli")
             .args(["-h", "127.0.0.1", "-p", &self.port.to_string()])
+            .args(
+                self.password
+                    .iter()
+                    .flat_map(|p| ["--no-auth-warning", "-a", p.as_str()]),
+            )
             .args(args)
             .output()
             .expect("redis-cli must be installed with redis-server");
