@@ -51,6 +51,8 @@ pub enum BrokerError {
     Timeout(Duration),
     #[error("Redis: {0}")]
     Redis(#[from] redis::RedisError),
+    #[error("cannot read broker.redis_ca_file {0}: {1}")]
+    CaFile(std::path::PathBuf, std::io::Error),
     #[error("unexpected data in Redis key {key}: {what}")]
     Corrupt { key: String, what: &'static str },
 }
@@ -224,7 +226,18 @@ impl Broker {
         hub: Arc<Hub>,
         metrics: Arc<Metrics>,
     ) -> Result<Arc<Broker>, BrokerError> {
-        let client = Client::open(settings.redis_url.expose())?;
+        let url = settings.redis_url.expose();
+        let client = match &settings.redis_ca_file {
+            Some(ca) => {
+                let root_cert = std::fs::read(ca).map_err(|e| BrokerError::CaFile(ca.clone(), e))?;
+                let certs = redis::TlsCertificates {
+                    client_tls: None,
+                    root_cert: Some(root_cert),
+                };
+                Client::build_with_tls(url, certs)?
+            }
+            None => Client::open(url)?,
+        };
         let (commands, queue) = mpsc::channel(COMMAND_QUEUE);
         let broker = Arc::new(Broker {
             client,

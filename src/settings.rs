@@ -65,6 +65,10 @@ pub struct BrokerSettings {
     pub kind: BrokerKind,
     /// May carry a password: never printed.
     pub redis_url: Secret,
+    /// PEM CA certificate(s) that a `rediss://` server's certificate must chain to; `None`
+    /// (empty) trusts the system's roots.
+    #[serde(deserialize_with = "optional_path")]
+    pub redis_ca_file: Option<PathBuf>,
     pub prefix: String,
     pub subscribe: BrokerSubscribe,
     #[serde(with = "humantime_serde")]
@@ -476,6 +480,18 @@ impl Settings {
             "broker.redis_url",
             "is not a valid Redis URL (redis[s]://[:password@]host[:port][/db])",
         )?;
+        if let (BrokerKind::Redis, Some(ca)) = (b.kind, &b.redis_ca_file) {
+            check(
+                url.starts_with("rediss://"),
+                "broker.redis_ca_file",
+                "is only used with a rediss:// broker.redis_url",
+            )?;
+            check(
+                std::fs::read(ca).is_ok(),
+                "broker.redis_ca_file",
+                &format!("cannot read {}", ca.display()),
+            )?;
+        }
         check(
             !b.prefix.is_empty()
                 && b.prefix
@@ -622,6 +638,14 @@ mod tests {
                 "broker.redis_url",
             ),
             ("[broker]\nprefix = \"a b\"", "broker.prefix"),
+            (
+                "[broker]\nkind = \"redis\"\nredis_url = \"redis://x\"\nredis_ca_file = \"/nonexistent\"",
+                "broker.redis_ca_file",
+            ),
+            (
+                "[broker]\nkind = \"redis\"\nredis_url = \"rediss://x\"\nredis_ca_file = \"/nonexistent\"",
+                "broker.redis_ca_file",
+            ),
             ("[broker]\ntimeout = \"1ms\"", "broker.timeout"),
             (
                 "[history]\npolicies = [{pattern = \"a..b\", size = 1, ttl_seconds = 1}]",

@@ -565,3 +565,33 @@ async fn redis_urls_carry_a_password_and_a_database() {
         node.stop().await.unwrap();
     }
 }
+
+#[tokio::test]
+async fn nodes_reach_a_tls_redis_that_their_ca_file_trusts() {
+    let (redis, ca) = RedisServer::start_tls();
+    let broker = |ca: &str| {
+        format!(
+            "[broker]\nkind = \"redis\"\nredis_url = \"rediss://127.0.0.1:{}\"\nprefix = \"tls\"\nredis_ca_file = \"{ca}\"\n",
+            redis.port
+        )
+    };
+    let ca = ca.display().to_string();
+    let (a, b) = (start(&broker(&ca)).await, start(&broker(&ca)).await);
+    wait_ready(a.addr).await;
+    wait_ready(b.addr).await;
+    let mut ws = connect(b.addr).await;
+    subscribe(&mut ws, 1, &["chat.tls"]).await;
+    assert_eq!(publish(a.addr, "chat.tls", json!("sealed")).await, 1);
+    assert_eq!(
+        seqs_of(&recv_updates(&mut ws, "chat.tls", 1).await, "chat.tls"),
+        vec![1]
+    );
+    assert_eq!(redis.cli(&["HGET", "tls:{chat.tls}:m", "s"]).trim(), "1");
+    // Without the CA (system roots only) the self-signed certificate is refused.
+    let untrusting = start(&broker("")).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(http_get(untrusting.addr, "/readyz").await.status, 503);
+    for node in [a, b, untrusting] {
+        node.stop().await.unwrap();
+    }
+}

@@ -15,6 +15,8 @@ pub struct RedisServer {
     persist: bool,
     /// `requirepass`, when set.
     password: Option<String>,
+    /// Serves TLS only (no plain port), with this PEM certificate and key.
+    tls: Option<(PathBuf, PathBuf)>,
 }
 
 fn free_port() -> u16 {
@@ -38,9 +40,25 @@ impl RedisServer {
             dir,
             persist,
             password: password.map(str::to_string),
+            tls: None,
         };
         server.restart();
         server
+    }
+
+    /// A fresh server speaking only TLS, with a self-signed certificate for 127.0.0.1 and
+    /// localhost; returns it and the certificate's PEM path (the CA a client must trust).
+    pub fn start_tls() -> (RedisServer, PathBuf) {
+        let mut server = RedisServer::start(false);
+        server.kill();
+        let names = vec!["127.0.0.1".to_string(), "localhost".to_string()];
+        let ck = rcgen::generate_simple_self_signed(names).expect("rcgen certificate");
+        let (cert, key) = (server.dir.join("cert.pem"), server.dir.join("key.pem"));
+        std::fs::write(&cert, ck.cert.pem()).unwrap();
+        std::fs::write(&key, ck.key_pair.serialize_pem()).unwrap();
+        server.tls = Some((cert.clone(), key));
+        server.restart();
+        (server, cert)
     }
 
     pub fn url(&self) -> String {
@@ -84,6 +102,7 @@ impl RedisServer {
             .arg("--dir")
             .arg(&self.dir)
             .args(self.password.iter().flat_map(|p| ["--requirepass", p.as_str()]))
+            .args(self.tls_args())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -102,6 +121,28 @@ impl RedisServer {
         );
     }
 
+    /// Later `--port 0` wins over the plain port given before: TLS only.
+    fn tls_args(&self) -> Vec<String> {
+        let Some((cert, key)) = &self.tls else {
+            return Vec::new();
+        };
+        let (cert, key) = (cert.display().to_string(), key.display().to_string());
+        let port = self.port.to_string();
+        let args = [
+            "--port",
+            "0",
+            "--tls-port",
+            &port,
+            "--tls-cert-file",
+            &cert,
+            "--tls-key-file",
+            &key,
+        ];
+        (args.into_iter().map(str::to_string))
+            .chain(["--tls-auth-clients".to_string(), "no".to_string()])
+            .collect()
+    }
+
     /// Runs one command with redis-cli and returns its output.
     pub fn cli(&self, args: &[&str]) -> String {
         let out = Command::new("redis-cli")
@@ -111,6 +152,13 @@ impl RedisServer {
                     .iter()
                     .flat_map(|p| ["--no-auth-warning", "-a", p.as_str()]),
             )
+            .args(self.tls.iter().flat_map(|(cert, _)| {
+                [
+                    "--tls".to_string(),
+                    "--cacert".to_string(),
+                    cert.display().to_string(),
+                ]
+            }))
             .args(args)
             .output()
             .expect("redis-cli must be installed with redis-server");
