@@ -23,8 +23,8 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, RwLock};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
 
 use futures_util::StreamExt;
 use rand::Rng;
@@ -36,7 +36,7 @@ use tokio::sync::{mpsc, watch, Notify};
 use tracing::{debug, info, warn};
 
 use crate::history::Position;
-use crate::hub::{self, Applied, Hub, Remote, Stored};
+use crate::hub::{self, lock, now_ms, Applied, Hub, Remote, Stored};
 use crate::metrics::Metrics;
 use crate::protocol::Data;
 use crate::settings::{BrokerSettings, BrokerSubscribe};
@@ -179,15 +179,6 @@ impl Interest {
     }
 }
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
 
 /// The Redis glob for a pattern's channels. Glob `*` also crosses dots, so it matches a
 /// superset; messages are checked against the pattern itself before they are used.
