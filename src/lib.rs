@@ -27,7 +27,7 @@
 //! - [`history`]: a topic's recent publications, for clients that recover after reconnecting.
 //! - [`patterns`]: the token trie that finds the pattern subscriptions matching a topic.
 //! - [`outbox`]: a connection's bounded outbound queue, with conflation.
-//! - [`wire`]: WebSocket frame encoding for server frames.
+//! - [`wire`]: WebSocket framing: encoding server frames, reading client frames.
 //! - [`feed`]: the built-in simulated price feed.
 //! - [`metrics`]: the Prometheus registry and every metric.
 //! - [`disconnect`]: why a connection closed (close codes and metric labels).

@@ -12,16 +12,15 @@
 //! subscription the ACL does not cover is refused whole, and a token refresh that narrows the
 //! ACL drops the subscriptions it no longer covers before its reply is queued.
 //!
-//! Frames are read with fastwebsockets (masking, control frames, ping → pong, close echo), but
-//! fragmented messages are reassembled here: fastwebsockets caps single frames, not reassembled
-//! messages, and `server.max_message_bytes` must bound the whole message. What fastwebsockets
-//! lets through that RFC 6455 forbids (unmasked client frames, oversized pongs) is refused here.
+//! Frames are read by [`FrameReader`] (a small read buffer per connection; see [`wire`] for
+//! why not fastwebsockets' reader), which enforces the frame layer's rules. Pings, closes and
+//! fragmented messages are handled here: `server.max_message_bytes` bounds the reassembled
+//! message, and text must be UTF-8, checked as fragments arrive.
 //!
 //! The reading is the same for every [`Endpoint`]: only the handler of complete messages
 //! differs, so the echo endpoint the conformance suite tests is the machinery `/ws` runs on.
 
 use std::collections::HashSet;
-use std::convert::Infallible;
 use std::future::{poll_fn, Future};
 use std::io::{self, IoSlice};
 use std::net::SocketAddr;
@@ -33,7 +32,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
 use fastwebsockets::upgrade::UpgradeFut;
-use fastwebsockets::{Frame, OpCode, Payload, Role, WebSocketError, WebSocketRead};
+use fastwebsockets::{CloseCode, Frame, OpCode, Payload};
 use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncWrite, AsyncWriteExt, ReadHalf};
@@ -49,7 +48,7 @@ use crate::metrics::{Metrics, Source};
 use crate::outbox::{Next, Outbox};
 use crate::protocol::{parse_request, Reply, Request};
 use crate::topic::Pattern;
-use crate::wire;
+use crate::wire::{self, FrameReader};
 
 /// How long a closing connection may take to finish its last write.
 const CLOSE_GRACE: Duration = Duration::from_secs(5);
@@ -62,18 +61,7 @@ const ABUSE_FACTOR: u32 = 10;
 const KEEP_FRAMES: usize = 1024;
 
 type Stream = TokioIo<Upgraded>;
-type Reader = WebSocketRead<ReadHalf<Stream>>;
-
-fn disconnect_for(e: &WebSocketError) -> Disconnect {
-    match e {
-        WebSocketError::FrameTooLarge => Disconnect::MessageTooBig,
-        WebSocketError::InvalidUTF8 => Disconnect::InvalidUtf8,
-        WebSocketError::IoError(_) | WebSocketError::UnexpectedEOF | WebSocketError::ConnectionClosed => {
-            Disconnect::ClientClose
-        }
-        _ => Disconnect::ProtocolError,
-    }
-}
+type Reader = FrameReader<ReadHalf<Stream>>;
 
 /// What a connection does with the messages its client sends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -103,10 +91,7 @@ pub async fn run(
     };
     let settings = &app.settings;
     let (read, write) = tokio::io::split(ws.into_inner());
-    // Only the read half of fastwebsockets is used: the writer sends pre-encoded frames.
-    let (mut reader, _) = fastwebsockets::after_handshake_split(read, tokio::io::sink(), Role::Server);
-    // fastwebsockets rejects frames whose length is >= the limit; allow exactly the cap.
-    reader.set_max_message_size(settings.server.max_message_bytes + 1);
+    let mut reader = FrameReader::new(read, settings.server.max_message_bytes);
 
     let outbox = Arc::new(Outbox::new(settings.queue.max_bytes));
     let writer = tokio::spawn(write_loop(write, outbox.clone(), app.metrics.clone()));
@@ -203,46 +188,28 @@ impl Connection<'_> {
     /// Reads frames, reassembles them into messages for `handler`, until the connection
     /// should close; returns why.
     async fn read_loop(&self, reader: &mut Reader, handler: &mut impl Handler) -> Disconnect {
-        let outbox = self.outbox.clone();
-        // Control frames owed to the client (pong, close echo) go out through the outbox.
-        let mut obligated = move |frame: Frame<'_>| {
-            if frame.payload.len() > MAX_CONTROL_PAYLOAD {
-                // Only an oversized close gets here (fastwebsockets refuses oversized pings):
-                // echoing it would break the rule ourselves.
-                outbox.close(Disconnect::ProtocolError);
-                return std::future::ready(Ok::<(), Infallible>(()));
-            }
-            let bytes = wire::encode(frame);
-            if wire::is_close(&bytes) {
-                outbox.close_with(Disconnect::ClientClose, Some(bytes));
-            } else {
-                outbox.push(bytes);
-            }
-            std::future::ready(Ok::<(), Infallible>(()))
-        };
         let metrics: &Metrics = &self.app.metrics;
         let max = self.app.settings.server.max_message_bytes;
         let mut partial: Option<Partial> = None;
         loop {
-            let mut frame = match reader.read_frame(&mut obligated).await {
+            let frame = match reader.read_frame().await {
                 Ok(frame) => frame,
-                Err(e) => {
-                    debug!(error = %e, "read ended");
-                    return disconnect_for(&e);
+                Err(reason) => {
+                    debug!(reason = reason.label(), "read ended");
+                    return reason;
                 }
             };
             let millis = self.started.elapsed().as_millis() as u64;
             self.last_seen.store(millis, Ordering::Relaxed);
             metrics.bytes_received.inc_by(frame.payload.len() as u64);
-            if !is_masked(&mut frame) {
-                return Disconnect::ProtocolError;
-            }
             let reason = match (frame.opcode, partial.as_mut()) {
-                (OpCode::Close, _) => return Disconnect::ClientClose, // echoed by `obligated`
-                (OpCode::Ping | OpCode::Pong, _) if frame.payload.len() > MAX_CONTROL_PAYLOAD => {
-                    return Disconnect::ProtocolError
+                (OpCode::Close, _) => return answer_close(self.outbox, &frame.payload),
+                (OpCode::Ping, _) => {
+                    self.outbox
+                        .push(wire::encode(Frame::pong(Payload::Borrowed(&frame.payload))));
+                    continue;
                 }
-                (OpCode::Ping | OpCode::Pong, _) => continue,
+                (OpCode::Pong, _) => continue,
                 (OpCode::Text | OpCode::Binary, None) if frame.fin => {
                     deliver(handler, frame.opcode, &frame.payload).await
                 }
@@ -280,16 +247,22 @@ impl Connection<'_> {
     }
 }
 
-/// Control frames carry at most this much (RFC 6455 §5.5); fastwebsockets checks pings only.
-const MAX_CONTROL_PAYLOAD: usize = 125;
-
-/// Whether the client masked `frame`, as RFC 6455 §5.1 requires of every client frame.
-/// fastwebsockets unmasks masked frames and passes unmasked ones, and keeps the key private;
-/// the header it would write back shows whether there was one.
-fn is_masked(frame: &mut Frame<'_>) -> bool {
-    let mut head = [0u8; 16];
-    frame.fmt_head(&mut head);
-    head[1] & 0x80 != 0
+/// Answers the client's close (RFC 6455 §5.5.1): echoes it when its payload is valid (no
+/// payload, or an allowed code and a UTF-8 reason), and returns why the connection ends.
+fn answer_close(outbox: &Outbox, payload: &[u8]) -> Disconnect {
+    if let [hi, lo, reason @ ..] = payload {
+        if !CloseCode::from(u16::from_be_bytes([*hi, *lo])).is_allowed() {
+            return Disconnect::ProtocolError;
+        }
+        if std::str::from_utf8(reason).is_err() {
+            return Disconnect::InvalidUtf8;
+        }
+    } else if !payload.is_empty() {
+        return Disconnect::ProtocolError; // a code needs two bytes
+    }
+    let echo = wire::encode(Frame::close_raw(Payload::Borrowed(payload)));
+    outbox.close_with(Disconnect::ClientClose, Some(echo));
+    Disconnect::ClientClose
 }
 
 /// Hands a complete message to `handler`, after checking that text is UTF-8.
@@ -412,8 +385,7 @@ async fn expiry(mut deadline: watch::Receiver<Option<tokio::time::Instant>>) -> 
 
 /// Discards incoming frames until the client closes its side.
 async fn drain(reader: &mut Reader) {
-    let mut ignore = |_: Frame<'_>| async { Ok::<(), Infallible>(()) };
-    while reader.read_frame(&mut ignore).await.is_ok() {}
+    while reader.read_frame().await.is_ok() {}
 }
 
 struct Session<'a> {

@@ -177,3 +177,47 @@ async fn an_oversized_close_gets_1002_not_its_echo() {
     send_msg(&mut ws, Message::Frame(Frame::close(Some(close)))).await;
     expect_close(&mut ws, 1002).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_close_is_echoed_only_when_its_payload_is_valid() {
+    let server = start("").await;
+    let mut reason_1000 = 1000u16.to_be_bytes().to_vec();
+    reason_1000.extend_from_slice(b"bye");
+    let mut bad_utf8 = 1000u16.to_be_bytes().to_vec();
+    bad_utf8.push(0xff);
+    // (close payload sent, close code expected back: None means the payload echoed as is)
+    let cases: [(Vec<u8>, Option<u16>); 6] = [
+        (Vec::new(), None),
+        (reason_1000, None),
+        (vec![0x03], Some(1002)),
+        (1005u16.to_be_bytes().to_vec(), Some(1002)),
+        (999u16.to_be_bytes().to_vec(), Some(1002)),
+        (bad_utf8, Some(1007)),
+    ];
+    for (payload, want) in cases {
+        let mut raw = raw_ws_connect(server.addr).await;
+        // FIN + close, masked with an all-zero key (legal, and leaves the payload as is).
+        let mut frame = vec![0x88, 0x80 | payload.len() as u8, 0, 0, 0, 0];
+        frame.extend_from_slice(&payload);
+        raw.write_all(&frame).await.unwrap();
+        match (read_raw_frame(&mut raw, RECV_TIMEOUT).await, want) {
+            (
+                RawFrame::Frame {
+                    opcode: 8,
+                    payload: got,
+                },
+                None,
+            ) => assert_eq!(got, payload),
+            (
+                RawFrame::Frame {
+                    opcode: 8,
+                    payload: got,
+                },
+                Some(code),
+            ) => {
+                assert_eq!(close_payload(&got).0, code, "close payload {payload:02x?}")
+            }
+            (other, _) => panic!("close payload {payload:02x?}: expected a close, got {other:?}"),
+        }
+    }
+}
