@@ -179,7 +179,6 @@ impl Interest {
     }
 }
 
-
 /// The Redis glob for a pattern's channels. Glob `*` also crosses dots, so it matches a
 /// superset; messages are checked against the pattern itself before they are used.
 fn glob(pattern: &Pattern) -> String {
