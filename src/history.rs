@@ -41,6 +41,13 @@ pub struct Delta {
     pub bytes: i64,
 }
 
+impl std::ops::AddAssign for Delta {
+    fn add_assign(&mut self, other: Delta) {
+        self.messages += other.messages;
+        self.bytes += other.bytes;
+    }
+}
+
 impl Delta {
     fn add(&mut self, entry: &Entry, sign: i64) {
         self.messages += sign;
@@ -86,9 +93,7 @@ impl History {
             let old = self.entries.pop_front().expect("longer than size, so not empty");
             delta.add(&old, -1);
         }
-        let expired = self.expire(now);
-        delta.messages += expired.messages;
-        delta.bytes += expired.bytes;
+        delta += self.expire(now);
         delta
     }
 

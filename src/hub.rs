@@ -219,6 +219,16 @@ fn instant_of(ts: u64) -> Instant {
     Instant::now().checked_sub(ago).unwrap_or_else(Instant::now)
 }
 
+/// Stores the broker's publications in `history` as if they had been published here, each at
+/// its own accept time, so that the TTL counts from there.
+fn refill(history: &mut History, entries: &[Remote]) -> history::Delta {
+    let mut delta = history::Delta::default();
+    for p in entries {
+        delta += history.push(p.seq, p.ts, &p.data, instant_of(p.ts));
+    }
+    delta
+}
+
 impl Hub {
     /// A hub that assigns seqs itself (`mirrored` false) or mirrors a broker's topics.
     pub fn new(rules: TopicRules, metrics: Arc<Metrics>, mirrored: bool) -> Hub {
@@ -384,11 +394,7 @@ impl Hub {
             state.seq = stored.seq;
             state.last = stored.last.clone();
             let mut delta = state.history.clear();
-            for p in &stored.entries {
-                let d = state.history.push(p.seq, p.ts, &p.data, instant_of(p.ts));
-                delta.messages += d.messages;
-                delta.bytes += d.bytes;
-            }
+            delta += refill(&mut state.history, &stored.entries);
             self.count_history(delta);
             if let Some((ts, data)) = &state.last {
                 let frame = protocol::reset_frame(topic, state.seq, *ts, data, &state.epoch);
@@ -409,9 +415,7 @@ impl Hub {
     /// A page of a topic's history as the broker stores it, within this hub's retention rules.
     pub fn page_of(&self, topic: &Topic, stored: &Stored, since: u64, limit: usize) -> HistoryPage {
         let mut history = History::new(self.rules.retention_for(topic));
-        for p in &stored.entries {
-            history.push(p.seq, p.ts, &p.data, instant_of(p.ts));
-        }
+        refill(&mut history, &stored.entries);
         history.expire(Instant::now());
         let (publications, complete) = history.page(since, limit, stored.seq);
         HistoryPage {

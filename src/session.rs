@@ -442,12 +442,12 @@ impl Session<'_> {
                     outbox.push(Reply::error(id, &e).frame());
                     return None;
                 }
-                let new: Vec<Pattern> = (topics.iter())
+                let mut new: Vec<Pattern> = (topics.iter())
                     .filter(|t| !self.subscriptions.contains(*t))
-                    .collect::<HashSet<_>>()
-                    .into_iter()
                     .cloned()
                     .collect();
+                new.sort();
+                new.dedup();
                 let limit = settings.max_subscriptions_per_connection;
                 if self.subscriptions.len() + new.len() > limit {
                     let e = RequestError::TooManySubscriptions(limit);

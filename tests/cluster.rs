@@ -23,6 +23,23 @@ async fn cluster(redis: &RedisServer, prefix: &str) -> Vec<TestServer> {
     nodes
 }
 
+/// One client per node, each subscribed to `topics`.
+async fn subscribers(nodes: &[TestServer], topics: &[&str]) -> Vec<Ws> {
+    let mut clients = Vec::new();
+    for node in nodes {
+        let mut ws = connect(node.addr).await;
+        subscribe(&mut ws, 1, topics).await;
+        clients.push(ws);
+    }
+    clients
+}
+
+async fn stop_all(nodes: Vec<TestServer>) {
+    for node in nodes {
+        node.stop().await.unwrap();
+    }
+}
+
 async fn wait_ready(addr: std::net::SocketAddr) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     while http_get(addr, "/readyz").await.status != 200 {
@@ -112,12 +129,7 @@ async fn a_publication_on_any_node_reaches_every_node_once() {
     let (status, page) = get_json(nodes[1].addr, "/api/v1/topics/chat.room/history?since=1").await;
     assert_eq!(status, 200, "{page}");
     assert_eq!(page["complete"], true);
-    let seqs: Vec<u64> = page["publications"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|p| p["seq"].as_u64().unwrap())
-        .collect();
+    let seqs = history_seqs(&page);
     assert_eq!(seqs, vec![2, 3]);
     let listing = topic_listing(nodes[0].addr, "prices.A").await.unwrap();
     assert_eq!(listing["seq"], 1);
@@ -125,21 +137,14 @@ async fn a_publication_on_any_node_reaches_every_node_once() {
     let mut late = connect(nodes[1].addr).await;
     subscribe(&mut late, 1, &["chat.room"]).await;
     assert_snapshot(&recv_json(&mut late).await, "chat.room", 3, &json!("from 2"));
-    for node in nodes {
-        node.stop().await.unwrap();
-    }
+    stop_all(nodes).await;
 }
 
 #[tokio::test]
 async fn concurrent_publishers_on_different_nodes_get_one_global_order() {
     let redis = RedisServer::start(false);
     let nodes = cluster(&redis, "order").await;
-    let mut clients = Vec::new();
-    for node in &nodes {
-        let mut ws = connect(node.addr).await;
-        subscribe(&mut ws, 1, &["orders.>"]).await;
-        clients.push(ws);
-    }
+    let mut clients = subscribers(&nodes, &["orders.>"]).await;
     const PER_NODE: usize = 150;
     let mut publishers = Vec::new();
     for (n, node) in nodes.iter().enumerate() {
@@ -188,9 +193,7 @@ async fn concurrent_publishers_on_different_nodes_get_one_global_order() {
         orders.windows(2).all(|w| w[0] == w[1]),
         "every node delivers the same order"
     );
-    for node in nodes {
-        node.stop().await.unwrap();
-    }
+    stop_all(nodes).await;
 }
 
 #[tokio::test]
@@ -238,9 +241,7 @@ async fn a_client_moving_to_another_node_recovers_without_a_gap() {
     .await;
     assert_eq!(reply["recovered"]["chat.lobby"], false, "{reply}");
     assert_snapshot(&recv_json(&mut other).await, "chat.lobby", 9, &json!(9));
-    for node in nodes {
-        node.stop().await.unwrap();
-    }
+    stop_all(nodes).await;
 }
 
 #[tokio::test]
@@ -309,12 +310,7 @@ async fn publish_retrying(addr: std::net::SocketAddr, topic: &str, from: u64, n:
 async fn nodes_that_lose_their_redis_link_catch_up_without_gaps_or_duplicates() {
     let redis = RedisServer::start(false);
     let nodes = cluster(&redis, "link").await;
-    let mut clients = Vec::new();
-    for node in &nodes[1..] {
-        let mut ws = connect(node.addr).await;
-        subscribe(&mut ws, 1, &["chat.x", "feed.*"]).await;
-        clients.push(ws);
-    }
+    let mut clients = subscribers(&nodes[1..], &["chat.x", "feed.*"]).await;
     let publisher = tokio::spawn(publish_retrying(nodes[0].addr, "chat.x", 1, 300));
     tokio::time::sleep(Duration::from_millis(150)).await;
     // Cut every node's pub/sub link while publishing goes on: Redis keeps the stream, the
@@ -350,9 +346,7 @@ async fn nodes_that_lose_their_redis_link_catch_up_without_gaps_or_duplicates() 
     }
     let reconnects = metric_value(nodes[1].addr, "tickwire_broker_reconnects_total").await;
     assert!(reconnects >= 3.0, "reconnects {reconnects}");
-    for node in nodes {
-        node.stop().await.unwrap();
-    }
+    stop_all(nodes).await;
 }
 
 #[tokio::test]
@@ -410,9 +404,7 @@ async fn a_restarted_redis_that_lost_everything_resets_clients_explicitly() {
     let mut seqs = vec![reset["seq"].as_u64().unwrap()];
     seqs.extend(seqs_of(&rest, "chat.y"));
     assert!(seqs == [1, 2] || seqs == [2], "reset then updates: {seqs:?}");
-    for node in nodes {
-        node.stop().await.unwrap();
-    }
+    stop_all(nodes).await;
 }
 
 #[tokio::test]
@@ -439,8 +431,7 @@ async fn nodes_listening_to_all_traffic_deliver_only_what_their_clients_want() {
         vec![(json!("chat.new"), json!(1)), (json!("chat.old"), json!(2))]
     );
     expect_silence(&mut ws, SILENCE).await;
-    a.stop().await.unwrap();
-    b.stop().await.unwrap();
+    stop_all(vec![a, b]).await;
 }
 
 /// The next client event that is a delivery or a reset, within 10 s.
@@ -522,9 +513,7 @@ async fn the_rust_client_follows_a_reset_to_a_lower_seq() {
         assert_eq!(first, 2);
     }
     drop(client);
-    for node in nodes {
-        node.stop().await.unwrap();
-    }
+    stop_all(nodes).await;
 }
 
 #[tokio::test]
@@ -566,9 +555,7 @@ async fn redis_urls_carry_a_password_and_a_database() {
         "{body}"
     );
     assert_eq!(get_topic(a.addr, "chat.pw").await.unwrap()["seq"], 1);
-    for node in [a, b, wrong] {
-        node.stop().await.unwrap();
-    }
+    stop_all(vec![a, b, wrong]).await;
 }
 
 #[tokio::test]
@@ -596,21 +583,14 @@ async fn nodes_reach_a_tls_redis_that_their_ca_file_trusts() {
     let untrusting = start(&broker("")).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(http_get(untrusting.addr, "/readyz").await.status, 503);
-    for node in [a, b, untrusting] {
-        node.stop().await.unwrap();
-    }
+    stop_all(vec![a, b, untrusting]).await;
 }
 
 #[tokio::test]
 async fn a_redis_killed_mid_stream_and_restarted_with_its_data_loses_nothing() {
     let mut redis = RedisServer::start(true);
     let nodes = cluster(&redis, "aof").await;
-    let mut clients = Vec::new();
-    for node in &nodes[1..] {
-        let mut ws = connect(node.addr).await;
-        subscribe(&mut ws, 1, &["chat.*"]).await;
-        clients.push(ws);
-    }
+    let mut clients = subscribers(&nodes[1..], &["chat.*"]).await;
     let publisher = tokio::spawn(publish_retrying(nodes[0].addr, "chat.aof", 1, 200));
     tokio::time::sleep(Duration::from_millis(150)).await;
     redis.kill();
@@ -636,7 +616,5 @@ async fn a_redis_killed_mid_stream_and_restarted_with_its_data_loses_nothing() {
         }
         expect_silence(ws, SILENCE).await;
     }
-    for node in nodes {
-        node.stop().await.unwrap();
-    }
+    stop_all(nodes).await;
 }

@@ -110,12 +110,7 @@ async fn history_memory_is_accounted_and_bounded() {
     // Spot check: what is kept is the last 5 of each topic.
     let (status, page) = get_json(addr, "/api/v1/topics/mem.t04242/history").await;
     assert_eq!(status, 200, "{page}");
-    let seqs: Vec<u64> = page["publications"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|p| p["seq"].as_u64().unwrap())
-        .collect();
+    let seqs = history_seqs(&page);
     assert_eq!(seqs, vec![4, 5, 6, 7, 8], "{page}");
     assert_eq!(
         page["publications"][4]["data"],

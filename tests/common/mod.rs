@@ -617,6 +617,15 @@ pub async fn subscribe_since(ws: &mut Ws, id: i64, topics: &[&str], since: Value
     reply
 }
 
+/// The seqs of a `GET /api/v1/topics/{topic}/history` page, in order.
+pub fn history_seqs(page: &Value) -> Vec<u64> {
+    (page["publications"].as_array())
+        .unwrap_or_else(|| panic!("no publications array: {page}"))
+        .iter()
+        .map(|p| p["seq"].as_u64().unwrap_or_else(|| panic!("no seq: {p}")))
+        .collect()
+}
+
 /// Every data message that arrives until `quiet` passes without one.
 pub async fn recv_until_silence(ws: &mut Ws, quiet: Duration) -> Vec<Value> {
     let mut out = Vec::new();
