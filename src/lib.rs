@@ -55,5 +55,6 @@ pub mod session;
 pub mod settings;
 pub mod tls;
 pub mod topic;
+pub mod watchdog;
 pub mod web;
 pub mod wire;

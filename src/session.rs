@@ -1,12 +1,13 @@
 //! One WebSocket connection, from upgrade to close.
 //!
-//! Reading and writing run as two tasks: the reader parses requests and hands them to the hub;
-//! the writer drains the connection's [`Outbox`] and writes every waiting frame in one vectored
-//! write, straight from the frames' shared bytes (no copy per connection).
-//! Neither waits on the other, so a client flooding requests does not stall its deliveries.
-//! Beside the reader, the same task runs the heartbeat (pings, idle timeout), the token's expiry
-//! and watches the drain signal; all of them end the connection the same way, by closing the
-//! outbox.
+//! Reading and writing run side by side in the connection's task: the reader parses requests
+//! and hands them to the hub; the writer drains the connection's [`Outbox`] and writes every
+//! waiting frame in one vectored write, straight from the frames' shared bytes (no copy per
+//! connection). Neither waits on the other, so a client flooding requests does not stall its
+//! deliveries.
+//! Beside the reader, the same task runs the connection's [`Watchdog`] (pings, idle timeout,
+//! the token's expiry) and watches the drain signal; all of them end the connection the same
+//! way, by closing the outbox.
 //!
 //! Every request is checked against the connection's ACL here, before it reaches the hub: a
 //! subscription the ACL does not cover is refused whole, and a token refresh that narrows the
@@ -25,10 +26,9 @@ use std::future::{poll_fn, Future};
 use std::io::{self, IoSlice};
 use std::net::SocketAddr;
 use std::pin::{pin, Pin};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{ready, Poll};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use fastwebsockets::upgrade::UpgradeFut;
@@ -36,7 +36,6 @@ use fastwebsockets::{CloseCode, Frame, OpCode, Payload};
 use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncWrite, AsyncWriteExt, ReadHalf};
-use tokio::sync::watch;
 use tracing::debug;
 
 use crate::app::{App, ConnectionSlot};
@@ -48,6 +47,7 @@ use crate::metrics::{Metrics, Source};
 use crate::outbox::{Next, Outbox};
 use crate::protocol::{parse_request, Reply, Request};
 use crate::topic::Pattern;
+use crate::watchdog::Watchdog;
 use crate::wire::{self, FrameReader};
 
 /// How long a closing connection may take to finish its last write.
@@ -74,69 +74,74 @@ pub enum Endpoint {
 }
 
 /// Runs a connection after the HTTP upgrade until it closes.
-pub async fn run(
+///
+/// An `async` block rather than an `async fn`: the latter keeps a second copy of every
+/// argument in the future, for the life of the connection.
+#[allow(clippy::manual_async_fn)]
+pub fn run(
     upgrade: UpgradeFut,
     app: Arc<App>,
     slot: ConnectionSlot,
     peer: SocketAddr,
     identity: Identity,
     endpoint: Endpoint,
-) {
-    let ws = match upgrade.await {
-        Ok(ws) => ws,
-        Err(e) => {
-            debug!(%peer, error = %e, "websocket upgrade failed");
-            return;
-        }
-    };
-    let settings = &app.settings;
-    let (read, write) = tokio::io::split(ws.into_inner());
-    let mut reader = FrameReader::new(read, settings.server.max_message_bytes);
+) -> impl Future<Output = ()> + Send {
+    async move {
+        let ws = match upgrade.await {
+            Ok(ws) => ws,
+            Err(e) => {
+                debug!(%peer, error = %e, "websocket upgrade failed");
+                return;
+            }
+        };
+        let settings = &app.settings;
+        let (read, write) = tokio::io::split(ws.into_inner());
+        let mut reader = FrameReader::new(read, settings.server.max_message_bytes);
 
-    let outbox = Arc::new(Outbox::new(settings.queue.max_bytes));
-    let writer = tokio::spawn(write_loop(write, outbox.clone(), app.metrics.clone()));
-    let who = app.node.hub().new_subscriber(outbox.clone());
-    let subject = identity.subject.as_deref().unwrap_or("-");
-    debug!(%peer, client = who.id, subject, ?endpoint, "connection opened");
-    let (expiry_tx, expiry_rx) = watch::channel(deadline(&identity));
-    let connection = Connection {
-        app: &app,
-        outbox: &outbox,
-        started: Instant::now(),
-        last_seen: AtomicU64::new(0),
-    };
-    match endpoint {
-        Endpoint::Requests => {
-            let mut session = Session {
-                app: &app,
-                who: &who,
-                identity,
-                expiry: expiry_tx,
-                subscriptions: HashSet::new(),
-                limiter: TokenBucket::new(settings.server.requests_per_second, settings.server.request_burst),
-                refused: 0,
-            };
-            connection.serve(&mut reader, &mut session, expiry_rx).await;
-            let subscriptions: Vec<Pattern> = session.subscriptions.drain().collect();
-            app.node.hub().unsubscribe(who.id, &subscriptions);
-            app.node.release(&subscriptions);
-            app.metrics.subscriptions.sub(subscriptions.len() as i64);
-        }
-        Endpoint::Echo => {
-            // Held until the end: `expiry` stops watching the deadline once its sender is gone.
-            let _expiry = expiry_tx;
-            connection.serve(&mut reader, &mut Echo(&outbox), expiry_rx).await;
-        }
+        let outbox = Arc::new(Outbox::new(settings.queue.max_bytes));
+        let who = app.node.hub().new_subscriber(outbox.clone());
+        let subject = identity.subject.as_deref().unwrap_or("-");
+        debug!(%peer, client = who.id, subject, ?endpoint, "connection opened");
+        let connection = Connection {
+            app: &app,
+            outbox: &outbox,
+            watchdog: Watchdog::new(identity.expires),
+        };
+        let serve = async {
+            match endpoint {
+                Endpoint::Requests => {
+                    let mut session = Session {
+                        app: &app,
+                        who: &who,
+                        identity,
+                        watchdog: &connection.watchdog,
+                        subscriptions: HashSet::new(),
+                        limiter: TokenBucket::new(
+                            settings.server.requests_per_second,
+                            settings.server.request_burst,
+                        ),
+                        refused: 0,
+                    };
+                    connection.serve(&mut reader, &mut session).await;
+                    let subscriptions: Vec<Pattern> = session.subscriptions.drain().collect();
+                    app.node.hub().unsubscribe(who.id, &subscriptions);
+                    app.node.release(&subscriptions);
+                    app.metrics.subscriptions.sub(subscriptions.len() as i64);
+                }
+                Endpoint::Echo => connection.serve(&mut reader, &mut Echo(&outbox)).await,
+            }
+        };
+        // The writer runs beside the reader in this task (a task of its own would cost an idle
+        // connection another few hundred bytes); each waits on its own, so neither stalls the other.
+        tokio::join!(serve, write_loop(write, &outbox, &app.metrics));
+        // Keep reading until the client closes its side, so unread bytes do not turn our close
+        // into a reset that could destroy what the client has not read yet.
+        tokio::time::timeout(CLOSE_LINGER, drain(&mut reader)).await.ok();
+        let reason = outbox.reason().unwrap_or(Disconnect::Error);
+        app.metrics.disconnected(reason);
+        debug!(%peer, client = who.id, reason = reason.label(), "connection closed");
+        drop(slot);
     }
-
-    writer.await.ok();
-    // Keep reading until the client closes its side, so unread bytes do not turn our close
-    // into a reset that could destroy what the client has not read yet.
-    tokio::time::timeout(CLOSE_LINGER, drain(&mut reader)).await.ok();
-    let reason = outbox.reason().unwrap_or(Disconnect::Error);
-    app.metrics.disconnected(reason);
-    debug!(%peer, client = who.id, reason = reason.label(), "connection closed");
-    drop(slot);
 }
 
 /// A complete message from the client: fragments reassembled, text checked to be UTF-8.
@@ -153,33 +158,22 @@ trait Handler {
     async fn message(&mut self, message: Message<'_>) -> Option<Disconnect>;
 }
 
-/// What every endpoint's connection has: its queue, when the client was last heard from, and
-/// the server's limits.
+/// What every endpoint's connection has: its queue, its timer, and the server's limits.
 struct Connection<'a> {
     app: &'a App,
     outbox: &'a Arc<Outbox>,
-    started: Instant,
-    /// Milliseconds after `started` at which the client was last heard from.
-    last_seen: AtomicU64,
+    watchdog: Watchdog,
 }
 
 impl Connection<'_> {
     /// Serves messages with `handler` until something ends the connection (the client, the
     /// heartbeat, the token's expiry, the drain, the outbox), and closes the outbox with why.
-    async fn serve(
-        &self,
-        reader: &mut Reader,
-        handler: &mut impl Handler,
-        expiry_rx: watch::Receiver<Option<tokio::time::Instant>>,
-    ) {
+    async fn serve(&self, reader: &mut Reader, handler: &mut impl Handler) {
         let server = &self.app.settings.server;
         let outbox = self.outbox;
         tokio::select! {
             reason = self.read_loop(reader, handler) => outbox.close(reason),
-            reason = heartbeat(outbox, self.started, &self.last_seen, server.ping_interval, server.idle_timeout) => {
-                outbox.close(reason)
-            }
-            reason = expiry(expiry_rx) => outbox.close(reason),
+            reason = self.watchdog.run(outbox, server.ping_interval, server.idle_timeout) => outbox.close(reason),
             () = self.app.drain.cancelled() => outbox.close(Disconnect::Shutdown),
             () = outbox.closed() => {}
         }
@@ -199,8 +193,7 @@ impl Connection<'_> {
                     return reason;
                 }
             };
-            let millis = self.started.elapsed().as_millis() as u64;
-            self.last_seen.store(millis, Ordering::Relaxed);
+            self.watchdog.seen();
             metrics.bytes_received.inc_by(frame.payload.len() as u64);
             let reason = match (frame.opcode, partial.as_mut()) {
                 (OpCode::Close, _) => return answer_close(self.outbox, &frame.payload),
@@ -275,7 +268,9 @@ async fn deliver(handler: &mut impl Handler, opcode: OpCode, payload: &[u8]) -> 
     } else {
         Message::Binary(payload)
     };
-    handler.message(message).await
+    // Boxed: the handler's future (a request waiting on the broker, say) is far larger than
+    // the rest of the connection, and would otherwise be carried by every idle one.
+    Box::pin(handler.message(message)).await
 }
 
 /// A fragmented message being reassembled.
@@ -318,71 +313,6 @@ impl Handler for Echo<'_> {
     }
 }
 
-/// Pings the client every `interval`; resolves with [`Disconnect::IdleTimeout`] once nothing
-/// has arrived from it for `idle`.
-async fn heartbeat(
-    outbox: &Outbox,
-    started: Instant,
-    last_seen: &AtomicU64,
-    interval: Duration,
-    idle: Duration,
-) -> Disconnect {
-    let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let ping = wire::encode(Frame::new(true, OpCode::Ping, None, Payload::Borrowed(&[])));
-    loop {
-        let seen = started + Duration::from_millis(last_seen.load(Ordering::Relaxed));
-        let deadline = seen + idle;
-        tokio::select! {
-            _ = ticker.tick() => { outbox.push_optional(ping.clone()); }
-            () = tokio::time::sleep_until(deadline.into()) => {
-                // Activity may have arrived while we slept: only time out if it did not.
-                if last_seen.load(Ordering::Relaxed) == (seen - started).as_millis() as u64 {
-                    return Disconnect::IdleTimeout;
-                }
-            }
-        }
-    }
-}
-
-/// Longest single timer of [`expiry`]: far-future deadlines are slept towards in steps.
-const EXPIRY_STEP: Duration = Duration::from_secs(86_400);
-/// Deadlines further away are treated as this far (Instant arithmetic must not overflow).
-const MAX_DEADLINE: Duration = Duration::from_secs(100 * 365 * 86_400);
-
-/// When a connection with `identity` must close, on the runtime's clock.
-fn deadline(identity: &Identity) -> Option<tokio::time::Instant> {
-    let expires = identity.expires?;
-    let left = expires.duration_since(SystemTime::now()).unwrap_or_default();
-    Some(tokio::time::Instant::now() + left.min(MAX_DEADLINE))
-}
-
-/// Resolves with [`Disconnect::TokenExpired`] at the deadline in `deadline`, which a token
-/// refresh moves (later or earlier); never while it is `None`.
-async fn expiry(mut deadline: watch::Receiver<Option<tokio::time::Instant>>) -> Disconnect {
-    loop {
-        let at = *deadline.borrow_and_update();
-        let sleep = async {
-            let Some(at) = at else {
-                return std::future::pending().await;
-            };
-            while tokio::time::Instant::now() < at {
-                let step = tokio::time::Instant::now() + EXPIRY_STEP;
-                tokio::time::sleep_until(at.min(step)).await;
-            }
-        };
-        tokio::select! {
-            () = sleep => return Disconnect::TokenExpired,
-            changed = deadline.changed() => {
-                if changed.is_err() {
-                    // The session is ending anyway.
-                    std::future::pending::<()>().await;
-                }
-            }
-        }
-    }
-}
-
 /// Discards incoming frames until the client closes its side.
 async fn drain(reader: &mut Reader) {
     while reader.read_frame().await.is_ok() {}
@@ -393,8 +323,8 @@ struct Session<'a> {
     who: &'a Subscriber,
     /// Who the client is and what it may do; replaced by a token refresh.
     identity: Identity,
-    /// The connection's expiry deadline, watched by [`expiry`].
-    expiry: watch::Sender<Option<tokio::time::Instant>>,
+    /// Closes the connection when the token expires.
+    watchdog: &'a Watchdog,
     subscriptions: HashSet<Pattern>,
     limiter: TokenBucket,
     /// Requests refused in a row by the rate limiter.
@@ -540,20 +470,20 @@ impl Session<'_> {
             self.subscriptions.remove(s);
         }
         self.app.metrics.subscriptions.sub(dropped.len() as i64);
-        self.expiry.send_replace(deadline(&identity));
+        self.watchdog.expire_at(identity.expires);
         self.identity = identity;
         Ok(dropped)
     }
 }
 
 /// Writes everything the outbox hands over until it ends, then closes the socket.
-async fn write_loop<W: AsyncWrite + Unpin>(mut socket: W, outbox: Arc<Outbox>, metrics: Arc<Metrics>) {
+async fn write_loop<W: AsyncWrite + Unpin>(mut socket: W, outbox: &Outbox, metrics: &Metrics) {
     let mut frames: Vec<Bytes> = Vec::new();
     loop {
         match outbox.next(&mut frames).await {
             Next::Frames { bytes, oldest } => {
                 metrics.queue_bytes.observe(bytes as f64);
-                if let Err(e) = write(&mut socket, &frames, &outbox).await {
+                if let Err(e) = write(&mut socket, &frames, outbox).await {
                     debug!(error = %e, "write failed");
                     outbox.close(Disconnect::Error);
                     return;
@@ -568,15 +498,19 @@ async fn write_loop<W: AsyncWrite + Unpin>(mut socket: W, outbox: Arc<Outbox>, m
                     frames = Vec::new();
                 }
             }
-            Next::End(close) => {
-                if let Some(close) = close {
-                    let _ = tokio::time::timeout(CLOSE_GRACE, socket.write_all(&close)).await;
-                }
-                let _ = tokio::time::timeout(CLOSE_GRACE, socket.shutdown()).await;
-                return;
-            }
+            // Boxed, like a stalled write: a connection carries the grace timer only when
+            // it needs one.
+            Next::End(close) => return Box::pin(finish(socket, close)).await,
         }
     }
+}
+
+/// Writes the close frame, if any, and shuts the socket down, each within `CLOSE_GRACE`.
+async fn finish<W: AsyncWrite + Unpin>(mut socket: W, close: Option<Bytes>) {
+    if let Some(close) = close {
+        let _ = tokio::time::timeout(CLOSE_GRACE, socket.write_all(&close)).await;
+    }
+    let _ = tokio::time::timeout(CLOSE_GRACE, socket.shutdown()).await;
 }
 
 /// Writes `frames`, telling the outbox while the socket does not take them (so it can
@@ -586,10 +520,20 @@ async fn write<W: AsyncWrite + Unpin>(socket: &mut W, frames: &[Bytes], outbox: 
     if let Poll::Ready(result) = poll_once(write.as_mut()).await {
         return result;
     }
+    // The socket is full. What waits for it is boxed: the close-grace timer it needs is
+    // carried by a stalled connection only, not by every one.
+    Box::pin(stalled(write, outbox)).await
+}
+
+/// Finishes a write the socket did not take at once.
+async fn stalled<F>(mut write: Pin<&mut F>, outbox: &Outbox) -> io::Result<()>
+where
+    F: Future<Output = io::Result<()>>,
+{
     outbox.set_stalled(true);
     let result = tokio::select! {
-        r = &mut write => r,
-        _ = outbox.closed() => match tokio::time::timeout(CLOSE_GRACE, &mut write).await {
+        r = write.as_mut() => r,
+        _ = outbox.closed() => match tokio::time::timeout(CLOSE_GRACE, write.as_mut()).await {
             Ok(r) => r,
             Err(_) => Err(io::ErrorKind::TimedOut.into()),
         },

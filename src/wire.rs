@@ -8,15 +8,21 @@
 //! Client frames are read by [`FrameReader`] rather than fastwebsockets' reader, for memory:
 //! fastwebsockets allocates an 8 KiB read buffer per connection up front (about 3.7 KB of
 //! resident memory per idle connection, measured), while a push server's clients mostly send
-//! small requests, then nothing. `FrameReader` reads into a small buffer, grows it only for a
-//! large frame, and lets the large one go once the frame is consumed. It checks what the frame
+//! small requests, then nothing. `FrameReader` waits for data with no buffer at all (a read
+//! lands in a stack buffer first), grows one only as far as a frame needs, and lets it go as
+//! soon as no partial frame is left in it, so an idle connection holds no read memory. It checks what the frame
 //! layer can (reserved bits, opcodes, masking, control frame rules, the frame size limit);
 //! reassembly, UTF-8 and close payloads are the session's.
+
+use std::future::poll_fn;
+use std::io;
+use std::pin::Pin;
+use std::task::{ready, Poll};
 
 use bytes::{Buf, Bytes, BytesMut};
 use fastwebsockets::{Frame, OpCode, Payload};
 use serde::Serialize;
-use tokio::io::{AsyncRead, AsyncReadExt};
+use tokio::io::{AsyncRead, AsyncReadExt, ReadBuf};
 
 use crate::disconnect::Disconnect;
 
@@ -54,11 +60,8 @@ pub fn is_close(frame: &[u8]) -> bool {
     frame.first().is_some_and(|b| b & 0x0f == OpCode::Close as u8)
 }
 
-/// Bytes asked of the socket per read: a typical request in one read, and what an idle
-/// connection keeps allocated.
+/// Bytes asked of the socket per read: a typical request in one read.
 const READ_CHUNK: usize = 512;
-/// A read buffer grown past this by a large frame is released once it is empty.
-const KEEP_READ_BUFFER: usize = 4096;
 /// Control frames carry at most this much (RFC 6455 §5.5).
 const MAX_CONTROL_PAYLOAD: usize = 125;
 
@@ -127,7 +130,8 @@ impl<S: AsyncRead + Unpin> FrameReader<S> {
         self.buf.advance(head);
         let mut payload = self.buf.split_to(len);
         fastwebsockets::unmask(&mut payload, mask);
-        if self.buf.is_empty() && self.buf.capacity() > KEEP_READ_BUFFER {
+        if self.buf.is_empty() {
+            // The buffer's memory goes with the payload, instead of staying with the reader.
             self.buf = BytesMut::new();
         }
         Ok(ClientFrame { fin, opcode, payload })
@@ -136,13 +140,33 @@ impl<S: AsyncRead + Unpin> FrameReader<S> {
     /// Reads until at least `n` bytes are buffered.
     async fn fill(&mut self, n: usize) -> Result<(), Disconnect> {
         while self.buf.len() < n {
-            self.buf.reserve((n - self.buf.len()).max(READ_CHUNK));
-            match self.stream.read_buf(&mut self.buf).await {
+            let read = if self.buf.is_empty() {
+                self.read_fresh().await
+            } else {
+                self.buf.reserve((n - self.buf.len()).max(READ_CHUNK));
+                self.stream.read_buf(&mut self.buf).await
+            };
+            match read {
                 Ok(0) | Err(_) => return Err(Disconnect::ClientClose),
                 Ok(_) => {}
             }
         }
         Ok(())
+    }
+
+    /// Waits for data with nothing buffered: the bytes land in a buffer that lives only while
+    /// the socket is polled (not in the waiting future), and are copied into `buf` once they
+    /// have arrived.
+    async fn read_fresh(&mut self) -> io::Result<usize> {
+        let Self { stream, buf, .. } = self;
+        poll_fn(|cx| {
+            let mut chunk = [0u8; READ_CHUNK];
+            let mut read = ReadBuf::new(&mut chunk);
+            ready!(Pin::new(&mut *stream).poll_read(cx, &mut read))?;
+            buf.extend_from_slice(read.filled());
+            Poll::Ready(Ok(read.filled().len()))
+        })
+        .await
     }
 }
 
@@ -220,10 +244,7 @@ mod tests {
             }
             writer.await.unwrap();
             assert_eq!(reader.read_frame().await.unwrap_err(), Disconnect::ClientClose);
-            assert!(
-                reader.buf.capacity() <= KEEP_READ_BUFFER,
-                "the 70 kB frame's buffer is released"
-            );
+            assert_eq!(reader.buf.capacity(), 0, "no read buffer is kept between frames");
         }
     }
 
