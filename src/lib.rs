@@ -44,6 +44,7 @@ pub mod feed;
 pub mod history;
 pub mod http;
 pub mod hub;
+pub mod join;
 pub mod jwt;
 pub mod metrics;
 pub mod node;

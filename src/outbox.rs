@@ -1,6 +1,11 @@
 //! A connection's outbound queue: bounded, shared by the hub (producer) and the connection's
 //! writer (consumer).
 //!
+//! Two parts of the connection wait on it: the writer, for frames and for the close, and the
+//! reader side, for the close only. Each has one [`AtomicWaker`] (cheaper on every delivery
+//! than a `Notify`, which locks its list of waiters at every poll), so each side may wait from
+//! one place at a time.
+//!
 //! Producers never wait: a push takes a short std mutex (never held across an await) and
 //! returns. The writer takes *all* waiting frames at once and sends them in one write, so a
 //! client that keeps up receives every frame, bursts included.
@@ -19,8 +24,11 @@ use std::collections::HashMap;
 use std::sync::{Mutex, MutexGuard};
 use std::time::Instant;
 
+use std::future::poll_fn;
+use std::task::Poll;
+
 use bytes::Bytes;
-use tokio::sync::Notify;
+use futures_util::task::AtomicWaker;
 
 use crate::disconnect::Disconnect;
 use crate::settings::Policy;
@@ -57,10 +65,10 @@ pub enum Next {
 pub struct Outbox {
     state: Mutex<State>,
     max_bytes: usize,
-    /// Wakes the writer when the queue turns non-empty or the outbox closes.
-    ready: Notify,
-    /// Wakes everyone waiting in [`Outbox::closed`].
-    closing: Notify,
+    /// The writer, woken when the queue turns non-empty or the outbox closes.
+    writer: AtomicWaker,
+    /// The reader side, woken when the outbox closes.
+    reader: AtomicWaker,
 }
 
 struct Waiting {
@@ -108,8 +116,8 @@ impl Outbox {
         Outbox {
             state: Mutex::default(),
             max_bytes,
-            ready: Notify::new(),
-            closing: Notify::new(),
+            writer: AtomicWaker::new(),
+            reader: AtomicWaker::new(),
         }
     }
 
@@ -188,7 +196,7 @@ impl Outbox {
         }
         st.waiting.push(Waiting { frame, key });
         if was_empty {
-            self.ready.notify_one();
+            self.writer.wake();
         }
         Pushed::Queued
     }
@@ -226,8 +234,8 @@ impl Outbox {
         });
         st.close = Close::Pending(frame);
         st.reason = Some(reason);
-        self.ready.notify_one();
-        self.closing.notify_waiters();
+        self.writer.wake();
+        self.reader.wake();
     }
 
     /// Why the outbox closed, if it has.
@@ -239,17 +247,27 @@ impl Outbox {
         !matches!(self.lock().close, Close::Open)
     }
 
-    /// Resolves once the outbox has started closing.
+    /// Resolves once the outbox has started closing: for the reader side.
     pub async fn closed(&self) {
-        loop {
-            let notified = self.closing.notified();
-            tokio::pin!(notified);
-            notified.as_mut().enable();
+        self.wait_closing(&self.reader).await
+    }
+
+    /// Like [`Outbox::closed`], for the writer (while a write is pending).
+    pub async fn closed_for_writer(&self) {
+        self.wait_closing(&self.writer).await
+    }
+
+    async fn wait_closing(&self, waker: &AtomicWaker) {
+        poll_fn(|cx| {
+            // Registered before the check, so a close in between still wakes us.
+            waker.register(cx.waker());
             if self.is_closing() {
-                return;
+                Poll::Ready(())
+            } else {
+                Poll::Pending
             }
-            notified.await;
-        }
+        })
+        .await
     }
 
     /// Holds back everything pushed from now on until [`Outbox::uncork`].
@@ -275,7 +293,7 @@ impl Outbox {
         st.waiting.splice(at..at, first);
         st.index = None;
         if !st.waiting.is_empty() {
-            self.ready.notify_one();
+            self.writer.wake();
         }
     }
 
@@ -289,31 +307,34 @@ impl Outbox {
         self.lock().bytes
     }
 
-    /// Waits for work, then moves every waiting frame into `out` (in order).
+    /// Waits for work, then moves every waiting frame into `out` (in order): for the writer.
     pub async fn next(&self, out: &mut Vec<Bytes>) -> Next {
-        loop {
-            {
-                let mut st = self.lock();
-                if st.cork.is_none() && !st.waiting.is_empty() {
-                    out.extend(st.waiting.drain(..).map(|w| w.frame));
-                    if st.waiting.capacity() > 1024 {
-                        st.waiting = Vec::new(); // do not pin the memory of a burst
-                    }
-                    st.index = None;
-                    let bytes = std::mem::take(&mut st.bytes);
-                    st.fixed = 0;
-                    st.exempt = 0;
-                    let oldest = st.oldest.take();
-                    return Next::Frames { bytes, oldest };
+        poll_fn(|cx| {
+            // Registered before the check, so a push in between still wakes us.
+            self.writer.register(cx.waker());
+            let mut st = self.lock();
+            if st.cork.is_none() && !st.waiting.is_empty() {
+                out.extend(st.waiting.drain(..).map(|w| w.frame));
+                if st.waiting.capacity() > 1024 {
+                    st.waiting = Vec::new(); // do not pin the memory of a burst
                 }
-                match std::mem::replace(&mut st.close, Close::Done) {
-                    Close::Open => st.close = Close::Open,
-                    Close::Pending(frame) => return Next::End(frame),
-                    Close::Done => return Next::End(None),
-                }
+                st.index = None;
+                let bytes = std::mem::take(&mut st.bytes);
+                st.fixed = 0;
+                st.exempt = 0;
+                let oldest = st.oldest.take();
+                return Poll::Ready(Next::Frames { bytes, oldest });
             }
-            self.ready.notified().await;
-        }
+            match std::mem::replace(&mut st.close, Close::Done) {
+                Close::Open => {
+                    st.close = Close::Open;
+                    Poll::Pending
+                }
+                Close::Pending(frame) => Poll::Ready(Next::End(frame)),
+                Close::Done => Poll::Ready(Next::End(None)),
+            }
+        })
+        .await
     }
 }
 

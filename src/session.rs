@@ -4,7 +4,7 @@
 //! and hands them to the hub; the writer drains the connection's [`Outbox`] and writes every
 //! waiting frame in one vectored write, straight from the frames' shared bytes (no copy per
 //! connection). Neither waits on the other, so a client flooding requests does not stall its
-//! deliveries.
+//! deliveries, and [`join`] polls only the side whose waker fired.
 //! Beside the reader, the same task runs the connection's [`Watchdog`] (pings, idle timeout,
 //! the token's expiry) and watches the drain signal; all of them end the connection the same
 //! way, by closing the outbox.
@@ -43,6 +43,7 @@ use crate::auth::Identity;
 use crate::disconnect::Disconnect;
 use crate::error::{Action, RequestError};
 use crate::hub::Subscriber;
+use crate::join::join;
 use crate::metrics::{Metrics, Source};
 use crate::outbox::{Next, Outbox};
 use crate::protocol::{parse_request, Reply, Request};
@@ -132,8 +133,9 @@ pub fn run(
             }
         };
         // The writer runs beside the reader in this task (a task of its own would cost an idle
-        // connection another few hundred bytes); each waits on its own, so neither stalls the other.
-        tokio::join!(serve, write_loop(write, &outbox, &app.metrics));
+        // connection another few hundred bytes); each waits on its own, so neither stalls the
+        // other, and a delivery polls only the writer.
+        join(serve, write_loop(write, &outbox, &app.metrics)).await;
         // Keep reading until the client closes its side, so unread bytes do not turn our close
         // into a reset that could destroy what the client has not read yet.
         tokio::time::timeout(CLOSE_LINGER, drain(&mut reader)).await.ok();
@@ -436,7 +438,7 @@ impl Session<'_> {
                 outbox.push(reply);
             }
             Request::Auth { token } => {
-                let reply = match self.refresh(&token) {
+                let reply = match self.refresh(&token).await {
                     Ok(dropped) => Reply::Authed {
                         id,
                         dropped: &dropped,
@@ -456,7 +458,7 @@ impl Session<'_> {
     /// Replaces the connection's identity with the one `token` gives, and drops (from the hub
     /// first, so nothing more is queued through them) the subscriptions it no longer allows.
     /// A refused token changes nothing: the current one stays in force until it expires.
-    fn refresh(&mut self, token: &str) -> Result<Vec<Pattern>, RequestError> {
+    async fn refresh(&mut self, token: &str) -> Result<Vec<Pattern>, RequestError> {
         let identity = (self.app.auth.refresh(&self.identity, token))
             .ok_or_else(|| RequestError::BadRequest("no tokens in use (auth.mode = \"none\")".into()))??;
         let mut dropped: Vec<Pattern> = (self.subscriptions.iter())
@@ -470,7 +472,7 @@ impl Session<'_> {
             self.subscriptions.remove(s);
         }
         self.app.metrics.subscriptions.sub(dropped.len() as i64);
-        self.watchdog.expire_at(identity.expires);
+        self.watchdog.expire_at(identity.expires).await;
         self.identity = identity;
         Ok(dropped)
     }
@@ -533,7 +535,7 @@ where
     outbox.set_stalled(true);
     let result = tokio::select! {
         r = write.as_mut() => r,
-        _ = outbox.closed() => match tokio::time::timeout(CLOSE_GRACE, write.as_mut()).await {
+        _ = outbox.closed_for_writer() => match tokio::time::timeout(CLOSE_GRACE, write.as_mut()).await {
             Ok(r) => r,
             Err(_) => Err(io::ErrorKind::TimedOut.into()),
         },

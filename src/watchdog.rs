@@ -4,15 +4,18 @@
 //! refresh: about 1 KB per connection, idle or not, which is most of what an idle connection
 //! costs besides its socket. The three deadlines only ever need the earliest of them armed, so
 //! the [`Watchdog`] keeps them as plain numbers and sleeps on a single timer until the next
-//! one; the read loop records activity with a relaxed store, and a token refresh that moves the
-//! expiry wakes the timer to re-arm.
+//! one; the read loop records activity with a relaxed store. It is polled on every wake-up of
+//! the connection's task (deliveries included), so that poll only compares the expiry it armed
+//! with the current one before polling the timer; a token refresh that moves the expiry makes
+//! the task poll once more ([`Watchdog::expire_at`]), which re-arms it.
 
+use std::future::{poll_fn, Future};
 use std::pin::pin;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::Poll;
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
-use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use crate::disconnect::Disconnect;
@@ -33,8 +36,6 @@ pub struct Watchdog {
     last_seen: AtomicU64,
     /// Milliseconds after `started` at which the token expires, or [`NEVER`].
     expires: AtomicU64,
-    /// Wakes the timer when `expires` moves.
-    rearm: Notify,
 }
 
 impl Watchdog {
@@ -44,9 +45,8 @@ impl Watchdog {
             started: Instant::now(),
             last_seen: AtomicU64::new(0),
             expires: AtomicU64::new(NEVER),
-            rearm: Notify::new(),
         };
-        dog.expire_at(expires);
+        dog.set_expiry(expires);
         dog
     }
 
@@ -56,15 +56,20 @@ impl Watchdog {
             .store(self.millis(Instant::now()), Ordering::Relaxed);
     }
 
-    /// Moves the token's expiry (later or earlier; `None`: never).
-    pub fn expire_at(&self, expires: Option<SystemTime>) {
+    /// Moves the token's expiry (later or earlier; `None`: never). Call it from the task that
+    /// runs [`Watchdog::run`]: it returns after that task has been polled again, which is what
+    /// makes `run` notice the move.
+    pub async fn expire_at(&self, expires: Option<SystemTime>) {
+        self.set_expiry(expires);
+        tokio::task::yield_now().await;
+    }
+
+    fn set_expiry(&self, expires: Option<SystemTime>) {
         let at = expires.map_or(NEVER, |t| {
             let left = t.duration_since(SystemTime::now()).unwrap_or_default();
             self.millis(Instant::now() + left.min(MAX_DEADLINE))
         });
         self.expires.store(at, Ordering::Relaxed);
-        // A permit is kept if the timer is not waiting right now, so the move is never missed.
-        self.rearm.notify_one();
     }
 
     /// Pings through `outbox` every `interval`, and resolves when the connection must end:
@@ -72,15 +77,22 @@ impl Watchdog {
     pub async fn run(&self, outbox: &Outbox, interval: Duration, idle: Duration) -> Disconnect {
         let mut next_ping = Instant::now() + interval;
         let mut sleep = pin!(tokio::time::sleep_until(next_ping));
-        loop {
+        // The expiry the timer was last armed for; no expiry can equal it, so the first poll arms.
+        let mut armed = NEVER - 1;
+        poll_fn(|cx| loop {
+            let expires_ms = self.expires.load(Ordering::Relaxed);
+            if expires_ms == armed && sleep.as_mut().poll(cx).is_pending() {
+                return Poll::Pending;
+            }
+            armed = expires_ms;
             let now = Instant::now();
-            let expires = self.at(self.expires.load(Ordering::Relaxed));
+            let expires = self.at(expires_ms);
             if expires.is_some_and(|at| now >= at) {
-                return Disconnect::TokenExpired;
+                return Poll::Ready(Disconnect::TokenExpired);
             }
             let idle_at = self.at(self.last_seen.load(Ordering::Relaxed)).expect("set") + idle;
             if now >= idle_at {
-                return Disconnect::IdleTimeout;
+                return Poll::Ready(Disconnect::IdleTimeout);
             }
             if now >= next_ping {
                 outbox.push_optional(Bytes::from_static(PING));
@@ -91,11 +103,8 @@ impl Watchdog {
             sleep
                 .as_mut()
                 .reset(wake.into_iter().flatten().min().expect("not empty"));
-            tokio::select! {
-                () = sleep.as_mut() => {}
-                () = self.rearm.notified() => {}
-            }
-        }
+        })
+        .await
     }
 
     fn millis(&self, at: Instant) -> u64 {
@@ -110,7 +119,7 @@ impl Watchdog {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::future::{pending, Future};
+    use std::future::pending;
 
     const INTERVAL: Duration = Duration::from_secs(10);
     const IDLE: Duration = Duration::from_secs(25);
@@ -161,7 +170,7 @@ mod tests {
             // Keeps the client alive, and after 3 s hands over a token expiring 2 s later.
             tokio::time::sleep(Duration::from_secs(3)).await;
             dog.seen();
-            dog.expire_at(in_secs(2));
+            dog.expire_at(in_secs(2)).await;
         };
         let (reason, after, _) = outcome(&dog, &outbox, client).await;
         assert_eq!(reason, Disconnect::TokenExpired);
@@ -172,8 +181,8 @@ mod tests {
         );
 
         let dog = Watchdog::new(in_secs(1));
-        dog.expire_at(None);
-        let (reason, ..) = outcome(&dog, &outbox, async {}).await;
+        let lift = dog.expire_at(None);
+        let (reason, ..) = outcome(&dog, &outbox, lift).await;
         assert_eq!(reason, Disconnect::IdleTimeout, "a token without expiry lifts it");
     }
 }

@@ -16,6 +16,7 @@
 
 use std::future::poll_fn;
 use std::io;
+use std::mem::MaybeUninit;
 use std::pin::Pin;
 use std::task::{ready, Poll};
 
@@ -160,8 +161,9 @@ impl<S: AsyncRead + Unpin> FrameReader<S> {
     async fn read_fresh(&mut self) -> io::Result<usize> {
         let Self { stream, buf, .. } = self;
         poll_fn(|cx| {
-            let mut chunk = [0u8; READ_CHUNK];
-            let mut read = ReadBuf::new(&mut chunk);
+            // Not zeroed: this runs on every wake-up of the connection, data or not.
+            let mut chunk = [MaybeUninit::<u8>::uninit(); READ_CHUNK];
+            let mut read = ReadBuf::uninit(&mut chunk);
             ready!(Pin::new(&mut *stream).poll_read(cx, &mut read))?;
             buf.extend_from_slice(read.filled());
             Poll::Ready(Ok(read.filled().len()))
