@@ -180,37 +180,38 @@ owns_port() {
     fi
 }
 
-start_server() {
-    if ! port_free "$PORT"; then
-        echo "port $PORT is already in use (another server?); set PORT" >&2
+# check_port PORT VAR: refuse a port something already listens on (VAR names the setting).
+check_port() {
+    if ! port_free "$1"; then
+        echo "port $1 is already in use (another server?); set $2" >&2
         exit 1
     fi
-    "$SERVER" serve --config "$OUT/bench.toml" > "$OUT/server-$1.log" 2>&1 &
-    SERVER_PID=$!
+}
+
+# wait_up WHAT PID PORT URL LOG: until URL answers from PID's own listener on PORT.
+wait_up() {
     for _ in $(seq 100); do
-        if curl -fsS "http://$ADDR/healthz" > /dev/null 2>&1 && owns_port "$SERVER_PID" "$PORT"; then return 0; fi
-        kill -0 "$SERVER_PID" 2>/dev/null || break
+        if curl -fsS "$4" > /dev/null 2>&1 && owns_port "$2" "$3"; then return 0; fi
+        kill -0 "$2" 2>/dev/null || break
         sleep 0.1
     done
-    echo "server did not come up; see $OUT/server-$1.log" >&2
+    echo "$1 did not come up; see $5" >&2
     exit 1
+}
+
+start_server() {
+    check_port "$PORT" PORT
+    "$SERVER" serve --config "$OUT/bench.toml" > "$OUT/server-$1.log" 2>&1 &
+    SERVER_PID=$!
+    wait_up server "$SERVER_PID" "$PORT" "http://$ADDR/healthz" "$OUT/server-$1.log"
 }
 
 # rawfan has no health endpoint; GET /stats (its subscriber count) answers once it accepts.
 start_rawfan() {
-    if ! port_free "$RAWFAN_PORT"; then
-        echo "port $RAWFAN_PORT is already in use (another server?); set RAWFAN_PORT" >&2
-        exit 1
-    fi
+    check_port "$RAWFAN_PORT" RAWFAN_PORT
     "$RAWFAN_BIN" "$RAWFAN_ADDR" > "$OUT/rawfan-$1.log" 2>&1 &
     RAWFAN_PID=$!
-    for _ in $(seq 100); do
-        if curl -fsS "http://$RAWFAN_ADDR/stats" > /dev/null 2>&1 && owns_port "$RAWFAN_PID" "$RAWFAN_PORT"; then return 0; fi
-        kill -0 "$RAWFAN_PID" 2>/dev/null || break
-        sleep 0.1
-    done
-    echo "rawfan did not come up; see $OUT/rawfan-$1.log" >&2
-    exit 1
+    wait_up rawfan "$RAWFAN_PID" "$RAWFAN_PORT" "http://$RAWFAN_ADDR/stats" "$OUT/rawfan-$1.log"
 }
 
 # Percent of all cores busy over one second.
