@@ -2,36 +2,81 @@
 # Runs tickwire's standard benchmark suite on this machine and rewrites the generated section
 # of docs/benchmarks.md and docs/latency-vs-throughput.svg.
 #
-#   loadtest/run-benchmarks.sh            # full suite (about 10 minutes on a quiet machine)
+#   loadtest/run-benchmarks.sh            # full suite (about 12-16 minutes on a quiet machine)
+#   RAWFAN=0 loadtest/run-benchmarks.sh   # without the rawfan runs (about 9-12 minutes)
 #   REPORT_ONLY=DIR loadtest/run-benchmarks.sh   # rebuild the page from saved results in DIR
+#   SMOKE=1 loadtest/run-benchmarks.sh    # tiny, short runs that check the script; its page
+#                                         # goes to $OUT/benchmarks.md, not docs/
 #
 # Every scenario runs against a freshly started release server (feed disabled, listening on
 # 127.0.0.1:$PORT only, `ulimit -n 20000`), so each starts from a clean RSS baseline. Each
 # run is bounded (≤ 30 s of load, plus a hard deadline). Traffic stays on loopback.
 #
+# The issue's targets are ratios to rawfan (the thinnest fan-out server on our stack, from
+# ../shared/tools/peerbench), measured in the same run with the same client (peerbench). For
+# those scenarios the suite runs rawfan and tickwire in ABBA order (rawfan, tickwire,
+# tickwire, rawfan), each against a fresh server, so a slow drift in background load cancels.
+#
+# Order (REPEAT=2; a "-b" label is the second run of a scenario):
+#   N=10000, R=20 and R=200:  rawfan, ours, peerbench, peerbench-b, ours-b, rawfan-b
+#   N=10000, R=5, 50, 100:    ours, peerbench, peerbench-b, ours-b
+#   N=1000,  R=200:           rawfan, ours, peerbench, peerbench-b, ours-b, rawfan-b
+#   idle, N=10000 (peerbench -r 0): rawfan, tickwire, tickwire-b, rawfan-b
+#   idle (ours): N=10000, N=19000
+#   connect N=10000, publish
+#   idle, N=19000 (peerbench -r 0, one process): rawfan, tickwire (last: may not fit)
+#
 # Environment:
 #   PORT          server port (default 18480; away from 8080 so a dev server can keep running)
-#   SOURCE_IPS    client source addresses (default 127.0.0.1-127.0.0.16)
+#   RAWFAN_PORT   rawfan's port (default 19010; away from 9010, where peerbench's own scripts
+#                 start rawfan). A start refuses a port something already listens on.
+#   RAWFAN        1 (default) runs the rawfan part; 0 skips it (and the peerbench idle runs)
+#   SOURCE_IPS    client source addresses (default 127.0.0.1-127.0.0.32: tickwire allows 1,000
+#                 connections per address by default, and the idle run holds 19,000)
 #   PEERBENCH     peerbench binary (default /tmp/pb-target/release/peerbench; built from
 #                 ../shared/tools/peerbench when missing and cargo can)
+#   RAWFAN_BIN    rawfan binary (default: next to peerbench; built with it)
 #   OUT           results directory (default target/bench-results/<timestamp>)
 #   QUIET_BELOW   wait (up to 90 s) before each run until the machine is less busy than
 #                 this % of all cores (default 60), so other processes disturb the numbers less
 #   REPEAT        runs of each fan-out rate per tool, 1 or 2 (default 2: ours, peerbench,
 #                 peerbench, ours, which cancels slow drifts in background load)
+#   N_BIG N_SMALL N_MAX   subscriber counts (default 10000, 1000, 19000)
+#   WARMUP DURATION DRAIN IDLE_S   fan-out timeline and idle hold, seconds (default 3, 10, 3, 10)
+#   SWEEP         the chart's extra N_BIG rates (default "5 50 100")
+#   SMOKE=1       small defaults for all of the above (N 400/100/500, 1 s + 4 s + 1 s, no
+#                 sweep, no connect/publish runs), results only in $OUT
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
 
+SMOKE=${SMOKE:-0}
+if [[ $SMOKE == 1 ]]; then
+    : "${N_BIG:=400}" "${N_SMALL:=100}" "${N_MAX:=500}" "${WARMUP:=1}" "${DURATION:=4}" \
+        "${DRAIN:=1}" "${IDLE_S:=4}" "${SWEEP:=}"
+fi
 PORT=${PORT:-18480}
 ADDR=127.0.0.1:$PORT
 URL=ws://$ADDR/ws
-SOURCE_IPS=${SOURCE_IPS:-127.0.0.1-127.0.0.16}
+RAWFAN=${RAWFAN:-1}
+RAWFAN_PORT=${RAWFAN_PORT:-19010}
+RAWFAN_ADDR=127.0.0.1:$RAWFAN_PORT
+RAWFAN_URL=ws://$RAWFAN_ADDR/ws
+SOURCE_IPS=${SOURCE_IPS:-127.0.0.1-127.0.0.32}
 PEERBENCH=${PEERBENCH:-/tmp/pb-target/release/peerbench}
+RAWFAN_BIN=${RAWFAN_BIN:-$(dirname "$PEERBENCH")/rawfan}
 PEERBENCH_SRC=${PEERBENCH_SRC:-$ROOT/../shared/tools/peerbench}
 OUT=${OUT:-$ROOT/target/bench-results/$(date +%Y%m%d-%H%M%S)}
 QUIET_BELOW=${QUIET_BELOW:-60}
 REPEAT=${REPEAT:-2}
+N_BIG=${N_BIG:-10000}
+N_SMALL=${N_SMALL:-1000}
+N_MAX=${N_MAX:-19000}
+WARMUP=${WARMUP:-3}
+DURATION=${DURATION:-10}
+DRAIN=${DRAIN:-3}
+IDLE_S=${IDLE_S:-10}
+SWEEP=${SWEEP-5 50 100}
 LT=$ROOT/target/release/tickwire-loadtest
 SERVER=$ROOT/target/release/tickwire
 
@@ -47,14 +92,17 @@ if [[ -n ${REPORT_ONLY:-} ]]; then
     exit 0
 fi
 
-# Only the benchmark config applies (no TICKWIRE__* overrides from the caller's environment).
+# Only the benchmark config applies (no TICKWIRE__* overrides from the caller's environment),
+# and both servers get tokio's default runtime (one worker per core).
 for v in $(env | grep -o '^TICKWIRE__[A-Za-z0-9_]*' || true); do unset "$v"; done
+unset TOKIO_WORKER_THREADS RAWFAN_THREADS
 ulimit -n 20000
 log "building release binaries"
 cargo build --release -p tickwire -p tickwire-loadtest
-if [[ ! -x $PEERBENCH && -d $PEERBENCH_SRC ]]; then
-    log "building peerbench"
-    (cd "$PEERBENCH_SRC" && CARGO_TARGET_DIR=$(dirname "$(dirname "$PEERBENCH")") cargo build --release -p peerbench)
+if [[ (! -x $PEERBENCH || (! -x $RAWFAN_BIN && $RAWFAN == 1)) && -d $PEERBENCH_SRC ]]; then
+    log "building peerbench and rawfan"
+    (cd "$PEERBENCH_SRC" && CARGO_TARGET_DIR=$(dirname "$(dirname "$PEERBENCH")") \
+        cargo build --release -p peerbench -p rawfan)
 fi
 mkdir -p "$OUT"
 echo "results: $OUT" >&2
@@ -74,7 +122,12 @@ EOF
     echo "# server (restarted before every run), with this bench.toml:"
     sed 's/^/#   /' "$OUT/bench.toml"
     echo "ulimit -n 20000; target/release/tickwire serve --config bench.toml"
-    echo "# load (target/release/tickwire-loadtest; peerbench from ../shared/tools/peerbench)"
+    if [[ $RAWFAN == 1 ]]; then
+        echo "# rawfan (restarted before every rawfan run; RAWFAN_THREADS and TOKIO_WORKER_THREADS unset"
+        echo "# for both servers: tokio's default, one worker per core, $(nproc) here):"
+        echo "ulimit -n 20000; $RAWFAN_BIN $RAWFAN_ADDR"
+    fi
+    echo "# load (target/release/tickwire-loadtest; peerbench and rawfan from ../shared/tools/peerbench)"
 } > "$OUT/commands.txt"
 
 json_str() { python3 -c 'import json,sys; print(json.dumps(sys.argv[1]))' "$1"; }
@@ -91,28 +144,74 @@ cat > "$OUT/machine.json" <<EOF
 }
 EOF
 
-SERVER_PID=
-stop_server() {
-    if [[ -n $SERVER_PID ]] && kill -0 "$SERVER_PID" 2>/dev/null; then
-        kill -TERM "$SERVER_PID"
-        for _ in $(seq 150); do kill -0 "$SERVER_PID" 2>/dev/null || break; sleep 0.1; done
-        kill -KILL "$SERVER_PID" 2>/dev/null || true
-        wait "$SERVER_PID" 2>/dev/null || true
+# stop_pid PID: SIGTERM, up to 15 s to exit, then SIGKILL.
+stop_pid() {
+    local pid=$1
+    if [[ -n $pid ]] && kill -0 "$pid" 2>/dev/null; then
+        kill -TERM "$pid"
+        for _ in $(seq 150); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+        kill -KILL "$pid" 2>/dev/null || true
+        wait "$pid" 2>/dev/null || true
     fi
-    SERVER_PID=
 }
-trap stop_server EXIT
 
-start_server() {
-    "$SERVER" serve --config "$OUT/bench.toml" > "$OUT/server-$1.log" 2>&1 &
-    SERVER_PID=$!
+SERVER_PID=
+RAWFAN_PID=
+stop_server() { stop_pid "$SERVER_PID"; SERVER_PID=; }
+stop_rawfan() { stop_pid "$RAWFAN_PID"; RAWFAN_PID=; }
+trap 'stop_server; stop_rawfan' EXIT
+
+# port_free PORT: nothing listens on it. A server of someone else's on our port would answer the
+# readiness check and be measured in place of ours, so every start checks first.
+port_free() {
+    if command -v ss > /dev/null; then
+        ! ss -Hltn "sport = :$1" | grep -q .
+    else
+        ! (exec 3<> "/dev/tcp/127.0.0.1/$1") 2> /dev/null
+    fi
+}
+
+# owns_port PID PORT: the listener on PORT is PID's (just alive, where ss is missing).
+owns_port() {
+    if command -v ss > /dev/null; then
+        ss -Hltnp "sport = :$2" | grep -q "pid=$1,"
+    else
+        kill -0 "$1" 2> /dev/null
+    fi
+}
+
+# check_port PORT VAR: refuse a port something already listens on (VAR names the setting).
+check_port() {
+    if ! port_free "$1"; then
+        echo "port $1 is already in use (another server?); set $2" >&2
+        exit 1
+    fi
+}
+
+# wait_up WHAT PID PORT URL LOG: until URL answers from PID's own listener on PORT.
+wait_up() {
     for _ in $(seq 100); do
-        if curl -fsS "http://$ADDR/healthz" > /dev/null 2>&1; then return 0; fi
-        kill -0 "$SERVER_PID" 2>/dev/null || break
+        if curl -fsS "$4" > /dev/null 2>&1 && owns_port "$2" "$3"; then return 0; fi
+        kill -0 "$2" 2>/dev/null || break
         sleep 0.1
     done
-    echo "server did not come up; see $OUT/server-$1.log" >&2
+    echo "$1 did not come up; see $5" >&2
     exit 1
+}
+
+start_server() {
+    check_port "$PORT" PORT
+    "$SERVER" serve --config "$OUT/bench.toml" > "$OUT/server-$1.log" 2>&1 &
+    SERVER_PID=$!
+    wait_up server "$SERVER_PID" "$PORT" "http://$ADDR/healthz" "$OUT/server-$1.log"
+}
+
+# rawfan has no health endpoint; GET /stats (its subscriber count) answers once it accepts.
+start_rawfan() {
+    check_port "$RAWFAN_PORT" RAWFAN_PORT
+    "$RAWFAN_BIN" "$RAWFAN_ADDR" > "$OUT/rawfan-$1.log" 2>&1 &
+    RAWFAN_PID=$!
+    wait_up rawfan "$RAWFAN_PID" "$RAWFAN_PORT" "http://$RAWFAN_ADDR/stats" "$OUT/rawfan-$1.log"
 }
 
 # Percent of all cores busy over one second.
@@ -147,45 +246,112 @@ ours() {
     stop_server
 }
 
-# peer NAME N R: the same fan-out scenario measured by peerbench.
-peer() {
-    local name=$1 n=$2 r=$3
+# pb SERVER NAME N R: one peerbench run against a fresh SERVER (tickwire or rawfan), saved as
+# NAME.peerbench.json (tickwire) or NAME.rawfan.json (rawfan), the last line of its output.
+# R = 0 is an idle run (connect and hold only, as in peerbench's own idle matrix).
+pb() {
+    local server=$1 name=$2 n=$3 r=$4 url pidvar out pub=()
     if [[ ! -x $PEERBENCH ]]; then
         echo "peerbench not found at $PEERBENCH; skipping $name" >&2
         return 0
     fi
-    wait_quiet
-    start_server "$name.peerbench"
-    log "$name: peerbench -n $n -r $r"
-    echo "peerbench --adapter tickwire --url $URL -n $n -r $r --warmup 3 --duration 10 --drain 3 --connect-timeout 30 --deadline 45 --source-ips $SOURCE_IPS --server-pid \$SERVER_PID --label $name --quiet" >> "$OUT/commands.txt"
-    if "$PEERBENCH" --adapter tickwire --url "$URL" -n "$n" -r "$r" --warmup 3 --duration 10 --drain 3 \
-        --connect-timeout 30 --deadline 45 --source-ips "$SOURCE_IPS" --server-pid "$SERVER_PID" \
-        --label "$name" --quiet > "$OUT/$name.peerbench.txt" 2>&1; then
-        tail -1 "$OUT/$name.peerbench.txt" > "$OUT/$name.peerbench.json"
-    else
-        echo "peerbench run $name failed" >&2
+    if [[ $server == rawfan && ! -x $RAWFAN_BIN ]]; then
+        echo "rawfan not found at $RAWFAN_BIN; skipping $name" >&2
+        return 0
     fi
-    head -6 "$OUT/$name.peerbench.txt" >&2
-    stop_server
+    local timing=(--warmup "$WARMUP" --duration "$DURATION" --drain "$DRAIN" --connect-timeout 30 --deadline 45)
+    if [[ $r == 0 ]]; then
+        timing=(--warmup 0 --duration "$IDLE_S" --drain 0 --connect-timeout 40 --deadline 60)
+    fi
+    wait_quiet
+    if [[ $server == rawfan ]]; then
+        start_rawfan "$name"
+        url=$RAWFAN_URL pidvar=RAWFAN_PID out=$OUT/$name.rawfan
+        # peerbench's rawfan publish default is fixed at :9010 (only tickwire's follows --url).
+        pub=(--pub-url "http://$RAWFAN_ADDR/pub")
+    else
+        start_server "$name.peerbench"
+        url=$URL pidvar=SERVER_PID out=$OUT/$name.peerbench
+    fi
+    local args=(--adapter "$server" --url "$url" "${pub[@]}" -n "$n" -r "$r" "${timing[@]}" --source-ips "$SOURCE_IPS")
+    log "$name: peerbench --adapter $server -n $n -r $r"
+    echo "peerbench ${args[*]} --server-pid \$$pidvar --label $name --quiet" >> "$OUT/commands.txt"
+    if "$PEERBENCH" "${args[@]}" --server-pid "${!pidvar}" --label "$name" --quiet > "$out.txt" 2>&1; then
+        tail -1 "$out.txt" > "$out.json"
+    else
+        echo "peerbench run $name against $server failed" >&2
+    fi
+    head -6 "$out.txt" >&2
+    if [[ $server == rawfan ]]; then stop_rawfan; else stop_server; fi
 }
 
-FANOUT=(--warmup 3s --duration 10s --drain 3s --payload-bytes 100 --topics 1 --subs-per-conn 1)
+# peer NAME N R: a scenario measured by peerbench against tickwire.
+peer() { pb tickwire "$@"; }
 
-# Fan-out, N = 10,000, one topic: the rates the brief asks for (20, 200) plus the chart's sweep,
-# each measured by both tools back to back.
-for r in 20 200 5 50 100; do
-    ours "fanout-n10000-r$r" fanout -n 10000 -r "$r" "${FANOUT[@]}"
-    peer "fanout-n10000-r$r" 10000 "$r"
+# rawfan NAME N R: the same against rawfan (nothing when RAWFAN=0).
+rawfan() { if [[ $RAWFAN == 1 ]]; then pb rawfan "$@"; fi; }
+
+FANOUT=(--warmup "${WARMUP}s" --duration "${DURATION}s" --drain "${DRAIN}s" --payload-bytes 100 --topics 1 --subs-per-conn 1)
+
+# both NAME N R: one fan-out scenario measured by both tools back to back (ours, peerbench;
+# with REPEAT=2 then peerbench, ours again).
+both() {
+    local name=$1 n=$2 r=$3
+    ours "$name" fanout -n "$n" -r "$r" "${FANOUT[@]}"
+    peer "$name" "$n" "$r"
     if (( REPEAT >= 2 )); then
-        peer "fanout-n10000-r$r-b" 10000 "$r"
-        ours "fanout-n10000-r$r-b" fanout -n 10000 -r "$r" "${FANOUT[@]}"
+        peer "$name-b" "$n" "$r"
+        ours "$name-b" fanout -n "$n" -r "$r" "${FANOUT[@]}"
     fi
-done
-ours fanout-n1000-r200 fanout -n 1000 -r 200 "${FANOUT[@]}"
-ours idle-n10000 idle -n 10000 --duration 10s
-ours connect-n10000 connect -n 10000
-ours publish publish --mode both --batch-size 100 --concurrency 4 --warmup 2s --duration 8s
+}
 
+# target NAME N R: a scenario of the targets: rawfan before and after both tools (ABBA).
+target() {
+    local name=$1 n=$2 r=$3
+    rawfan "$name" "$n" "$r"
+    both "$name" "$n" "$r"
+    if (( REPEAT >= 2 )); then rawfan "$name-b" "$n" "$r"; fi
+}
+
+# Fan-out, N = 10,000, one topic: the target rates (20: p99 at 200k deliveries/s; 200: the most
+# deliveries/s), then the chart's sweep.
+for r in 20 200; do
+    target "fanout-n$N_BIG-r$r" "$N_BIG" "$r"
+done
+for r in $SWEEP; do
+    both "fanout-n$N_BIG-r$r" "$N_BIG" "$r"
+done
+# p99 at 200k deliveries/s with 1,000 subscribers.
+target "fanout-n$N_SMALL-r200" "$N_SMALL" 200
+
+# Idle memory: peerbench against rawfan and tickwire (ABBA), then our own idle runs.
+if [[ $RAWFAN == 1 ]]; then
+    rawfan "idle-n$N_BIG" "$N_BIG" 0
+    peer "idle-n$N_BIG" "$N_BIG" 0
+    if (( REPEAT >= 2 )); then
+        peer "idle-n$N_BIG-b" "$N_BIG" 0
+        rawfan "idle-n$N_BIG-b" "$N_BIG" 0
+    fi
+fi
+ours "idle-n$N_BIG" idle -n "$N_BIG" --duration "${IDLE_S}s"
+ours "idle-n$N_MAX" idle -n "$N_MAX" --duration "${IDLE_S}s"
+if [[ $SMOKE != 1 ]]; then
+    ours connect-n10000 connect -n 10000
+    ours publish publish --mode both --batch-size 100 --concurrency 4 --warmup 2s --duration 8s
+fi
+# Last, as they may not fit: N_MAX idle connections from one peerbench process (20,000 fds).
+if [[ $RAWFAN == 1 ]]; then
+    rawfan "idle-n$N_MAX" "$N_MAX" 0
+    peer "idle-n$N_MAX" "$N_MAX" 0
+fi
+
+if [[ $SMOKE == 1 ]]; then
+    log "writing the report to $OUT (smoke run: docs/ left alone)"
+    cp docs/benchmarks.md "$OUT/benchmarks.md"
+    "$LT" report --dir "$OUT" --doc "$OUT/benchmarks.md" --svg "$OUT/latency-vs-throughput.svg"
+    echo "done: $OUT/benchmarks.md" >&2
+    exit 0
+fi
 log "writing the report"
 report "$OUT"
 echo "done: docs/benchmarks.md, docs/latency-vs-throughput.svg (results in $OUT)" >&2
