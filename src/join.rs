@@ -35,7 +35,7 @@ impl Wake for Branch {
     }
 }
 
-/// One branch: its future, whether it is done, and its waker.
+/// The state of one branch beside its future: its waker, and whether it is done.
 struct Side {
     branch: Arc<Branch>,
     waker: Waker,

@@ -21,11 +21,10 @@
 //! no room.
 
 use std::collections::HashMap;
-use std::sync::{Mutex, MutexGuard};
-use std::time::Instant;
-
 use std::future::poll_fn;
+use std::sync::{Mutex, MutexGuard};
 use std::task::Poll;
+use std::time::Instant;
 
 use bytes::Bytes;
 use futures_util::task::AtomicWaker;
@@ -497,6 +496,23 @@ mod tests {
             "not over: no conflation"
         );
         assert!(!o.is_closing());
+    }
+
+    #[tokio::test]
+    async fn a_close_wakes_the_reader_side_and_a_stalled_writer() {
+        let o = std::sync::Arc::new(Outbox::new(1024));
+        let closer = {
+            let o = o.clone();
+            tokio::spawn(async move {
+                tokio::task::yield_now().await;
+                o.close(Disconnect::Shutdown);
+            })
+        };
+        // Both wait at once, each through its own waker; the close comes from another task.
+        let both = async { tokio::join!(o.closed(), o.closed_for_writer()) };
+        let waited = tokio::time::timeout(std::time::Duration::from_secs(5), both).await;
+        assert!(waited.is_ok(), "both sides saw the close");
+        closer.await.unwrap();
     }
 
     #[tokio::test]

@@ -438,7 +438,7 @@ impl Session<'_> {
                 outbox.push(reply);
             }
             Request::Auth { token } => {
-                let reply = match self.refresh(&token).await {
+                let reply = match self.refresh(&token) {
                     Ok(dropped) => Reply::Authed {
                         id,
                         dropped: &dropped,
@@ -458,7 +458,7 @@ impl Session<'_> {
     /// Replaces the connection's identity with the one `token` gives, and drops (from the hub
     /// first, so nothing more is queued through them) the subscriptions it no longer allows.
     /// A refused token changes nothing: the current one stays in force until it expires.
-    async fn refresh(&mut self, token: &str) -> Result<Vec<Pattern>, RequestError> {
+    fn refresh(&mut self, token: &str) -> Result<Vec<Pattern>, RequestError> {
         let identity = (self.app.auth.refresh(&self.identity, token))
             .ok_or_else(|| RequestError::BadRequest("no tokens in use (auth.mode = \"none\")".into()))??;
         let mut dropped: Vec<Pattern> = (self.subscriptions.iter())
@@ -472,7 +472,7 @@ impl Session<'_> {
             self.subscriptions.remove(s);
         }
         self.app.metrics.subscriptions.sub(dropped.len() as i64);
-        self.watchdog.expire_at(identity.expires).await;
+        self.watchdog.expire_at(identity.expires);
         self.identity = identity;
         Ok(dropped)
     }

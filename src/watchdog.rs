@@ -4,10 +4,9 @@
 //! refresh: about 1 KB per connection, idle or not, which is most of what an idle connection
 //! costs besides its socket. The three deadlines only ever need the earliest of them armed, so
 //! the [`Watchdog`] keeps them as plain numbers and sleeps on a single timer until the next
-//! one; the read loop records activity with a relaxed store. It is polled on every wake-up of
-//! the connection's task (deliveries included), so that poll only compares the expiry it armed
-//! with the current one before polling the timer; a token refresh that moves the expiry makes
-//! the task poll once more ([`Watchdog::expire_at`]), which re-arms it.
+//! one; the read loop records activity with a relaxed store (a later idle deadline only needs
+//! the timer to check again when it fires). A token refresh can move the expiry earlier, so
+//! [`Watchdog::expire_at`] wakes the timer, which re-arms when it finds the expiry moved.
 
 use std::future::{poll_fn, Future};
 use std::pin::pin;
@@ -15,14 +14,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::Poll;
 use std::time::{Duration, SystemTime};
 
-use bytes::Bytes;
+use futures_util::task::AtomicWaker;
 use tokio::time::Instant;
 
 use crate::disconnect::Disconnect;
 use crate::outbox::Outbox;
+use crate::wire;
 
-/// A ping frame with no payload: the same bytes for every connection.
-const PING: &[u8] = &[0x89, 0x00];
 /// Longest single sleep: far-future deadlines are slept towards in steps.
 const MAX_SLEEP: Duration = Duration::from_secs(86_400);
 /// Stands for "no deadline" in [`Watchdog`]'s millisecond fields.
@@ -36,6 +34,8 @@ pub struct Watchdog {
     last_seen: AtomicU64,
     /// Milliseconds after `started` at which the token expires, or [`NEVER`].
     expires: AtomicU64,
+    /// The task in [`Watchdog::run`], woken when `expires` moves.
+    rearm: AtomicWaker,
 }
 
 impl Watchdog {
@@ -45,8 +45,9 @@ impl Watchdog {
             started: Instant::now(),
             last_seen: AtomicU64::new(0),
             expires: AtomicU64::new(NEVER),
+            rearm: AtomicWaker::new(),
         };
-        dog.set_expiry(expires);
+        dog.expire_at(expires);
         dog
     }
 
@@ -56,20 +57,14 @@ impl Watchdog {
             .store(self.millis(Instant::now()), Ordering::Relaxed);
     }
 
-    /// Moves the token's expiry (later or earlier; `None`: never). Call it from the task that
-    /// runs [`Watchdog::run`]: it returns after that task has been polled again, which is what
-    /// makes `run` notice the move.
-    pub async fn expire_at(&self, expires: Option<SystemTime>) {
-        self.set_expiry(expires);
-        tokio::task::yield_now().await;
-    }
-
-    fn set_expiry(&self, expires: Option<SystemTime>) {
+    /// Moves the token's expiry (later or earlier; `None`: never).
+    pub fn expire_at(&self, expires: Option<SystemTime>) {
         let at = expires.map_or(NEVER, |t| {
             let left = t.duration_since(SystemTime::now()).unwrap_or_default();
             self.millis(Instant::now() + left.min(MAX_DEADLINE))
         });
         self.expires.store(at, Ordering::Relaxed);
+        self.rearm.wake();
     }
 
     /// Pings through `outbox` every `interval`, and resolves when the connection must end:
@@ -77,14 +72,16 @@ impl Watchdog {
     pub async fn run(&self, outbox: &Outbox, interval: Duration, idle: Duration) -> Disconnect {
         let mut next_ping = Instant::now() + interval;
         let mut sleep = pin!(tokio::time::sleep_until(next_ping));
-        // The expiry the timer was last armed for; no expiry can equal it, so the first poll arms.
-        let mut armed = NEVER - 1;
+        // The expiry the timer was last armed for (none yet: the first poll arms it).
+        let mut armed = None;
         poll_fn(|cx| loop {
+            // Registered before the load, so a move in between still wakes us.
+            self.rearm.register(cx.waker());
             let expires_ms = self.expires.load(Ordering::Relaxed);
-            if expires_ms == armed && sleep.as_mut().poll(cx).is_pending() {
+            if armed == Some(expires_ms) && sleep.as_mut().poll(cx).is_pending() {
                 return Poll::Pending;
             }
-            armed = expires_ms;
+            armed = Some(expires_ms);
             let now = Instant::now();
             let expires = self.at(expires_ms);
             if expires.is_some_and(|at| now >= at) {
@@ -95,7 +92,7 @@ impl Watchdog {
                 return Poll::Ready(Disconnect::IdleTimeout);
             }
             if now >= next_ping {
-                outbox.push_optional(Bytes::from_static(PING));
+                outbox.push_optional(wire::ping());
                 // A late tick delays the next one instead of bunching pings up.
                 next_ping = now + interval;
             }
@@ -137,7 +134,11 @@ mod tests {
             () = async { also.await; pending().await } => unreachable!(),
         };
         // Nothing but pings is queued here.
-        (reason, start.elapsed(), outbox.queued_bytes() / PING.len())
+        (
+            reason,
+            start.elapsed(),
+            outbox.queued_bytes() / wire::ping().len(),
+        )
     }
 
     #[tokio::test(start_paused = true)]
@@ -165,14 +166,19 @@ mod tests {
     async fn a_refresh_moves_the_expiry_earlier_or_later() {
         let outbox = Outbox::new(1 << 20);
         let in_secs = |s| Some(SystemTime::now() + Duration::from_secs(s));
-        let dog = Watchdog::new(in_secs(600));
-        let client = async {
-            // Keeps the client alive, and after 3 s hands over a token expiring 2 s later.
-            tokio::time::sleep(Duration::from_secs(3)).await;
-            dog.seen();
-            dog.expire_at(in_secs(2)).await;
-        };
-        let (reason, after, _) = outcome(&dog, &outbox, client).await;
+        let dog = std::sync::Arc::new(Watchdog::new(in_secs(600)));
+        // Another task: only the watchdog's own wake-up can make it notice the move.
+        let client = tokio::spawn({
+            let dog = dog.clone();
+            async move {
+                // Keeps the client alive, and after 3 s hands over a token expiring 2 s later.
+                tokio::time::sleep(Duration::from_secs(3)).await;
+                dog.seen();
+                dog.expire_at(in_secs(2));
+            }
+        });
+        let (reason, after, _) = outcome(&dog, &outbox, async {}).await;
+        client.await.unwrap();
         assert_eq!(reason, Disconnect::TokenExpired);
         let late = after.abs_diff(Duration::from_secs(5));
         assert!(
@@ -181,8 +187,8 @@ mod tests {
         );
 
         let dog = Watchdog::new(in_secs(1));
-        let lift = dog.expire_at(None);
-        let (reason, ..) = outcome(&dog, &outbox, lift).await;
+        dog.expire_at(None);
+        let (reason, ..) = outcome(&dog, &outbox, async {}).await;
         assert_eq!(reason, Disconnect::IdleTimeout, "a token without expiry lifts it");
     }
 }

@@ -10,9 +10,9 @@
 //! resident memory per idle connection, measured), while a push server's clients mostly send
 //! small requests, then nothing. `FrameReader` waits for data with no buffer at all (a read
 //! lands in a stack buffer first), grows one only as far as a frame needs, and lets it go as
-//! soon as no partial frame is left in it, so an idle connection holds no read memory. It checks what the frame
-//! layer can (reserved bits, opcodes, masking, control frame rules, the frame size limit);
-//! reassembly, UTF-8 and close payloads are the session's.
+//! soon as no partial frame is left in it, so an idle connection holds no read memory. It
+//! checks what the frame layer can (reserved bits, opcodes, masking, control frame rules, the
+//! frame size limit); reassembly, UTF-8 and close payloads are the session's.
 
 use std::future::poll_fn;
 use std::io;
@@ -54,6 +54,11 @@ pub fn encode(mut frame: Frame<'_>) -> Bytes {
 /// A close frame with `code` and a short human-readable `reason`.
 pub fn close_frame(code: u16, reason: &str) -> Bytes {
     encode(Frame::close(code, reason.as_bytes()))
+}
+
+/// A ping with no payload: the heartbeat, the same two bytes for every connection.
+pub fn ping() -> Bytes {
+    Bytes::from_static(&[0x80 | OpCode::Ping as u8, 0])
 }
 
 /// True for frames whose opcode is close: after one is written, nothing else may follow.
@@ -192,6 +197,12 @@ mod tests {
             assert_eq!(f.len(), off + payload_len);
             assert_eq!(&f[off..], format!("\"{s}\"").as_bytes());
         }
+    }
+
+    #[test]
+    fn ping_is_an_empty_final_ping_frame() {
+        let built = encode(Frame::new(true, OpCode::Ping, None, Payload::Borrowed(&[])));
+        assert_eq!(ping(), built);
     }
 
     #[test]

@@ -352,9 +352,7 @@ fn same_scenario(x: &FanoutRow, n: u64, rate: f64) -> bool {
 
 /// The runs of one scenario: rawfan's and tickwire's, both measured by peerbench.
 pub fn against_rawfan(r: &Results, n: u64, rate: f64) -> (Vec<&FanoutRow>, Vec<&FanoutRow>) {
-    let raw = (r.rawfan.iter())
-        .filter(|x| x.server == Server::Rawfan && same_scenario(x, n, rate))
-        .collect();
+    let raw = (r.rawfan.iter()).filter(|x| same_scenario(x, n, rate)).collect();
     let tw = (r.fanout.iter())
         .filter(|x| x.tool == Tool::Peerbench && x.server == Server::Tickwire)
         .filter(|x| same_scenario(x, n, rate))
@@ -388,27 +386,10 @@ pub fn mean(rows: &[&FanoutRow], q: fn(&FanoutRow) -> f64) -> f64 {
     rows.iter().map(|x| q(x)).sum::<f64>() / rows.len() as f64
 }
 
-fn dps(x: &FanoutRow) -> f64 {
-    x.deliveries_per_s
-}
-fn p50(x: &FanoutRow) -> f64 {
-    x.p50
-}
-fn p99(x: &FanoutRow) -> f64 {
-    x.p99
-}
-
-fn ratio(a: f64, b: f64) -> String {
+/// `a / b` as `1.23×` with `digits` decimals; `-` when either is missing.
+fn ratio(a: f64, b: f64, digits: usize) -> String {
     if a.is_finite() && b.is_finite() && b > 0.0 {
-        format!("{:.2}×", a / b)
-    } else {
-        "-".into()
-    }
-}
-
-fn ratio3(a: f64, b: f64) -> String {
-    if a.is_finite() && b.is_finite() && b > 0.0 {
-        format!("{:.3}×", a / b)
+        format!("{:.digits$}×", a / b)
     } else {
         "-".into()
     }
@@ -458,6 +439,7 @@ pub fn target_verdict(r: &Results, t: Target) -> (String, Option<bool>) {
     let worst_loss = tw.iter().map(|x| x.loss_pct()).fold(0.0, f64::max);
     match t {
         Target::Throughput { .. } => {
+            let dps = |x: &FanoutRow| x.deliveries_per_s;
             let (a, b) = (mean(&tw, dps), mean(&raw, dps));
             let ok = a >= 0.9 * b && worst_loss < 1.0;
             (
@@ -473,7 +455,7 @@ pub fn target_verdict(r: &Results, t: Target) -> (String, Option<bool>) {
             )
         }
         Target::P99 { .. } => {
-            let (a, b) = (mean(&tw, p99), mean(&raw, p99));
+            let (a, b) = (mean(&tw, |x| x.p99), mean(&raw, |x| x.p99));
             if !(a.is_finite() && b.is_finite() && b > 0.0) {
                 return (format!("{what}: no latency figures"), None);
             }
@@ -553,9 +535,13 @@ fn rawfan_markdown(r: &Results, o: &mut String) {
                 "| {} | {} | **tickwire / rawfan** | | **{}** | | **{}** | **{}** | |",
                 thousands(n),
                 rate_s(rate),
-                ratio3(mean(&vtw, dps), mean(&vraw, dps)),
-                ratio(mean(&vtw, p50), mean(&vraw, p50)),
-                ratio(mean(&vtw, p99), mean(&vraw, p99)),
+                ratio(
+                    mean(&vtw, |x| x.deliveries_per_s),
+                    mean(&vraw, |x| x.deliveries_per_s),
+                    3
+                ),
+                ratio(mean(&vtw, |x| x.p50), mean(&vraw, |x| x.p50), 2),
+                ratio(mean(&vtw, |x| x.p99), mean(&vraw, |x| x.p99), 2),
             );
         }
         let _ = writeln!(
@@ -629,7 +615,7 @@ fn rawfan_markdown(r: &Results, o: &mut String) {
                 thousands(n),
                 thousands(m(&tw).round() as u64),
                 thousands(m(&raw).round() as u64),
-                ratio(m(&tw), m(&raw)),
+                ratio(m(&tw), m(&raw), 2),
                 tw.len(),
                 raw.len()
             );
@@ -1344,7 +1330,7 @@ mod tests {
 
         let (raw, tw) = against_rawfan(&r, 400, 20.0);
         assert_eq!((raw.len(), tw.len()), (1, 1));
-        assert!((mean(&tw, p99) / mean(&raw, p99) - 5.223 / 3.905).abs() < 1e-9);
+        assert!((mean(&tw, |x| x.p99) / mean(&raw, |x| x.p99) - 5.223 / 3.905).abs() < 1e-9);
         let md = markdown(&r, "chart.svg");
         assert!(
             md.contains("### Against rawfan (same run, same client: peerbench)"),
