@@ -44,6 +44,11 @@ pub enum RequestError {
     RateLimited,
     #[error("body larger than {0} bytes")]
     PayloadTooLarge(usize),
+    #[error(
+        "the data of the message to {topic:?} is {bytes} bytes, over http.max_message_bytes \
+         ({limit}): its frame must fit in a subscriber's queue (queue.max_bytes)"
+    )]
+    MessageTooLarge { topic: String, bytes: usize, limit: usize },
     #[error("topic {0:?} not found")]
     TopicNotFound(String),
     #[error("no route for {0}")]
@@ -66,7 +71,7 @@ impl RequestError {
             RequestError::TooManyConnections(_) => "too_many_connections",
             RequestError::TooManySubscriptions(_) => "too_many_subscriptions",
             RequestError::RateLimited => "rate_limited",
-            RequestError::PayloadTooLarge(_) => "payload_too_large",
+            RequestError::PayloadTooLarge(_) | RequestError::MessageTooLarge { .. } => "payload_too_large",
             RequestError::TopicNotFound(_) | RequestError::NoRoute(_) => "not_found",
             RequestError::MethodNotAllowed => "method_not_allowed",
             RequestError::Unavailable(_) => "unavailable",

@@ -54,7 +54,9 @@ fn status_of(e: &RequestError) -> StatusCode {
         RequestError::TooManySubscriptions(_)
         | RequestError::RateLimited
         | RequestError::TooManyConnections(_) => StatusCode::TOO_MANY_REQUESTS,
-        RequestError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+        RequestError::PayloadTooLarge(_) | RequestError::MessageTooLarge { .. } => {
+            StatusCode::PAYLOAD_TOO_LARGE
+        }
         RequestError::TopicNotFound(_) | RequestError::NoRoute(_) => StatusCode::NOT_FOUND,
         RequestError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
         RequestError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
@@ -355,6 +357,16 @@ async fn publish(req: Request<Incoming>, app: &App) -> Result<Response<Body>, Re
     let key = app.auth.publisher(req.headers())?;
     let body = read_body(req, app.settings.http.max_body_bytes).await?;
     let (messages, batch) = protocol::parse_publish(&body)?;
+    // Refused whole, before anything is published: a frame larger than a subscriber's queue
+    // would close every reading subscriber of a `queue` topic as a slow consumer.
+    let limit = app.settings.http.max_message_bytes;
+    if let Some((topic, data)) = messages.iter().find(|(_, d)| d.get().len() > limit) {
+        return Err(RequestError::MessageTooLarge {
+            topic: topic.to_string(),
+            bytes: data.get().len(),
+            limit,
+        });
+    }
     if let Some(key) = key {
         // All or nothing, like validation: one forbidden topic publishes none of the batch.
         if let Some((topic, _)) = messages.iter().find(|(t, _)| !key.acl.may_publish(t)) {

@@ -116,8 +116,10 @@ pub struct Subscribed {
     pub positions: BTreeMap<Topic, Position>,
     /// For each topic the request carried a `since` for: whether the missed publications follow.
     pub recovered: BTreeMap<Topic, bool>,
-    /// Recovered updates and snapshots, in the order they must reach the client.
-    pub frames: Vec<Bytes>,
+    /// Recovered updates and snapshots, in the order they must reach the client, each with the
+    /// topic key it may be conflated under (snapshots of `conflate` topics), for
+    /// [`Outbox::uncork`].
+    pub frames: Vec<(Bytes, Option<TopicKey>)>,
 }
 
 /// A page of a topic's history.
@@ -150,6 +152,10 @@ struct TopicState {
     epoch: Arc<str>,
     seq: u64,
     last: Option<(u64, Data)>,
+    /// The `snapshot` frame of `last`, encoded at the first subscribe that needs it and shared
+    /// by every subscriber after it (a client's queue then holds a handle, not a copy); dropped
+    /// whenever `last` changes.
+    snapshot: Option<Bytes>,
     history: History,
     subscribers: HashMap<ClientId, Subscription>,
     /// Set when the entry left the map; holders of a stale `Arc` must look the topic up again.
@@ -202,6 +208,13 @@ impl TopicState {
     /// Nothing worth keeping: no subscribers, and no last value that only this hub holds.
     fn is_idle(&self, mirrored: bool) -> bool {
         self.subscribers.is_empty() && (mirrored || self.last.is_none())
+    }
+
+    /// The `snapshot` frame of the last value, if there is one (see `snapshot`).
+    fn snapshot_frame(&mut self, topic: &Topic) -> Option<Bytes> {
+        let (ts, data) = self.last.as_ref()?;
+        let frame = (self.snapshot).get_or_insert_with(|| protocol::snapshot_frame(topic, self.seq, *ts, data));
+        Some(frame.clone())
     }
 
     /// A mirrored topic that has not seen its stream yet takes the first epoch it is shown.
@@ -269,6 +282,7 @@ impl Hub {
                 epoch,
                 seq: 0,
                 last: None,
+                snapshot: None,
                 history: History::new(self.rules.retention_for(topic)),
                 subscribers: HashMap::new(),
                 removed: false,
@@ -331,6 +345,7 @@ impl Hub {
         let stored = state.history.push(seq, ts, data, accepted);
         self.count_history(stored);
         state.last = Some((ts, data.clone()));
+        state.snapshot = None;
     }
 
     fn fan_out(&self, entry: &TopicEntry, state: &TopicState, frame: &Bytes, accepted: Instant) {
@@ -393,6 +408,7 @@ impl Hub {
             state.epoch = stored.epoch.clone();
             state.seq = stored.seq;
             state.last = stored.last.clone();
+            state.snapshot = None;
             let mut delta = state.history.clear();
             delta += refill(&mut state.history, &stored.entries);
             self.count_history(delta);
@@ -484,7 +500,8 @@ impl Hub {
                 let missed = same.then(|| state.history.after(from.seq, state.seq)).flatten();
                 let recovered = missed.is_some();
                 if let Some(missed) = missed {
-                    (out.frames).extend(missed.map(|e| protocol::update_frame(topic, e.seq, e.ts, &e.data)));
+                    let replay = missed.map(|e| (protocol::update_frame(topic, e.seq, e.ts, &e.data), None));
+                    out.frames.extend(replay);
                 }
                 self.metrics.recovery(recovered);
                 out.recovered.insert(topic.clone(), recovered);
@@ -495,9 +512,9 @@ impl Hub {
             // A client already receiving the topic has its value, so a snapshot would repeat it;
             // unless it asked to recover and could not be, which always resets it.
             let reset = since.contains_key(topic);
-            if let (true, Some((ts, data))) = (fresh || reset, &state.last) {
-                out.frames
-                    .push(protocol::snapshot_frame(topic, state.seq, *ts, data));
+            if let (true, Some(frame)) = (fresh || reset, state.snapshot_frame(topic)) {
+                let key = (entry.policy == Policy::Conflate).then_some(entry.key);
+                out.frames.push((frame, key));
             }
         };
         for sub in subscriptions {
@@ -662,7 +679,7 @@ mod tests {
             &HashMap::new(),
         );
         assert_eq!(done.frames.len(), 1, "one snapshot per topic");
-        let snap = String::from_utf8_lossy(&done.frames[0][2..]).into_owned();
+        let snap = String::from_utf8_lossy(&done.frames[0].0[2..]).into_owned();
         assert!(
             snap.contains(r#""type":"snapshot""#) && snap.contains(r#""seq":1"#),
             "{snap}"
@@ -709,7 +726,7 @@ mod tests {
         let got: Vec<String> = done
             .frames
             .iter()
-            .map(|f| String::from_utf8_lossy(&f[2..]).into_owned())
+            .map(|f| String::from_utf8_lossy(&f.0[2..]).into_owned())
             .collect();
         assert_eq!(got.len(), 3);
         for (frame, seq) in got.iter().zip(3..) {
@@ -731,7 +748,7 @@ mod tests {
         let done = hub.subscribe(&who, &pats(&["chat.room"]), &wrong);
         assert!(!done.recovered[&t]);
         assert_eq!(done.frames.len(), 1);
-        assert!(String::from_utf8_lossy(&done.frames[0]).contains(r#""type":"snapshot""#));
+        assert!(String::from_utf8_lossy(&done.frames[0].0).contains(r#""type":"snapshot""#));
     }
 
     #[tokio::test]

@@ -19,6 +19,15 @@
 //! Conflatable frames do not count toward that limit, so a client subscribed to many conflated
 //! topics is never disconnected for their sake; heartbeat pings are simply dropped when there is
 //! no room.
+//!
+//! A subscription's catch-up (its reply, recovered publications, snapshots of `queue` topics)
+//! is the one exception: it goes in whole, so that a recovery never causes a gap or a
+//! disconnect by itself, even when it is larger than the bound. What keeps that from becoming a
+//! way around the bound is [`Outbox::has_room`]: the connection reads no further request while
+//! a catch-up waits for the writer or the fixed part is over half the bound, so at most one
+//! catch-up waits here (and one more in the writer's hands), and a client that stops reading
+//! stops being served instead of growing its queue. Snapshots of `conflate` topics carry their
+//! topic's key and conflate like updates.
 
 use std::collections::HashMap;
 use std::future::poll_fn;
@@ -66,7 +75,8 @@ pub struct Outbox {
     max_bytes: usize,
     /// The writer, woken when the queue turns non-empty or the outbox closes.
     writer: AtomicWaker,
-    /// The reader side, woken when the outbox closes.
+    /// The reader side, woken when the outbox closes, and when the writer takes frames while
+    /// the reader waits for room.
     reader: AtomicWaker,
 }
 
@@ -92,6 +102,8 @@ struct State {
     /// Accept time of the oldest publication waiting.
     oldest: Option<Instant>,
     stalled: bool,
+    /// The reader waits in [`Outbox::room`]: the writer wakes it when it takes the frames.
+    reader_waiting: bool,
     /// While set, the writer gets nothing: frames pushed meanwhile wait behind this position,
     /// where [`Outbox::uncork`] inserts the frames that must precede them.
     cork: Option<usize>,
@@ -276,7 +288,10 @@ impl Outbox {
     }
 
     /// Inserts `first` ahead of everything pushed since [`Outbox::cork`] and releases it all.
-    pub fn uncork(&self, first: impl IntoIterator<Item = Bytes>) {
+    /// Frames with a key (snapshots of `conflate` topics) conflate with later updates of their
+    /// topic like any update; the others are the catch-up, exempt from both bounds (see the
+    /// module header for what bounds it instead).
+    pub fn uncork(&self, first: impl IntoIterator<Item = (Bytes, Option<TopicKey>)>) {
         let mut st = self.lock();
         let Some(at) = st.cork.take() else { return };
         if !matches!(st.close, Close::Open) {
@@ -284,15 +299,51 @@ impl Outbox {
         }
         let at = at.min(st.waiting.len());
         let first: Vec<Waiting> = (first.into_iter())
-            .map(|frame| Waiting { frame, key: None })
+            .map(|(frame, key)| Waiting { frame, key })
             .collect();
-        let added = first.iter().map(|w| w.frame.len()).sum::<usize>();
-        st.bytes += added;
-        st.exempt += added;
+        for w in &first {
+            st.bytes += w.frame.len();
+            if w.key.is_none() {
+                st.exempt += w.frame.len();
+            }
+        }
         st.waiting.splice(at..at, first);
         st.index = None;
         if !st.waiting.is_empty() {
             self.writer.wake();
+        }
+    }
+
+    /// Whether the connection may serve its client's next request: no catch-up is waiting for
+    /// the writer, and the frames that cannot be replaced fill at most half the bound (so that
+    /// the replies of the next request, a pong included, fit). A client whose requests come
+    /// faster than it reads the answers is thereby slowed down to its own reading pace instead
+    /// of being disconnected.
+    pub fn has_room(&self) -> bool {
+        self.lock().has_room(self.max_bytes)
+    }
+
+    /// Waits until [`Outbox::has_room`] (or the outbox closes): for the reader side.
+    pub async fn room(&self) {
+        poll_fn(|cx| {
+            self.reader.register(cx.waker());
+            let mut st = self.lock();
+            if st.has_room(self.max_bytes) || !matches!(st.close, Close::Open) {
+                st.reader_waiting = false;
+                return Poll::Ready(());
+            }
+            st.reader_waiting = true;
+            Poll::Pending
+        })
+        .await
+    }
+
+    /// Ends the connection as a slow consumer now, dropping what waits: for a client that
+    /// leaves its answers unread.
+    pub fn slow_consumer(&self) {
+        let mut st = self.lock();
+        if matches!(st.close, Close::Open) {
+            self.overflow(&mut st);
         }
     }
 
@@ -321,6 +372,9 @@ impl Outbox {
                 let bytes = std::mem::take(&mut st.bytes);
                 st.fixed = 0;
                 st.exempt = 0;
+                if std::mem::take(&mut st.reader_waiting) {
+                    self.reader.wake();
+                }
                 let oldest = st.oldest.take();
                 return Poll::Ready(Next::Frames { bytes, oldest });
             }
@@ -338,6 +392,10 @@ impl Outbox {
 }
 
 impl State {
+    fn has_room(&self, max_bytes: usize) -> bool {
+        self.exempt == 0 && self.fixed <= max_bytes / 2
+    }
+
     fn conflation_index(&mut self) -> &HashMap<TopicKey, usize> {
         let waiting = &self.waiting;
         self.index.get_or_insert_with(|| {
@@ -473,7 +531,7 @@ mod tests {
         let mut out = Vec::new();
         let held = tokio::time::timeout(std::time::Duration::from_millis(20), o.next(&mut out)).await;
         assert!(held.is_err(), "nothing is handed out while corked");
-        o.uncork([frame("reply"), frame("snapshot")]);
+        o.uncork([(frame("reply"), None), (frame("snapshot"), None)]);
         let want: Vec<Bytes> = ["before", "reply", "snapshot", "live"]
             .iter()
             .map(|s| frame(s))
@@ -487,7 +545,7 @@ mod tests {
         o.cork();
         let update = frame(&"u".repeat(300));
         o.push_topic(&update, 1, Policy::Queue, None);
-        o.uncork((0..10).map(|_| frame(&"r".repeat(300))));
+        o.uncork((0..10).map(|_| (frame(&"r".repeat(300)), None)));
         assert!(o.queued_bytes() > 3000);
         assert_eq!(o.push_topic(&update, 2, Policy::Conflate, None), Pushed::Queued);
         assert_eq!(

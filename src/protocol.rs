@@ -315,6 +315,20 @@ impl Serialize for Pattern {
 mod tests {
     use super::*;
 
+    #[test]
+    fn frames_add_at_most_the_envelope_to_their_data() {
+        use crate::settings::FRAME_ENVELOPE_BYTES;
+        let topic = Topic::parse(&"t".repeat(crate::topic::MAX_TOPIC_BYTES)).unwrap();
+        let data = RawValue::from_string(format!("\"{}\"", "x".repeat(70_000))).unwrap();
+        for frame in [
+            update_frame(&topic, u64::MAX, u64::MAX, &data),
+            snapshot_frame(&topic, u64::MAX, u64::MAX, &data),
+            reset_frame(&topic, u64::MAX, u64::MAX, &data, &"e".repeat(crate::hub::EPOCH_LEN)),
+        ] {
+            assert!(frame.len() <= data.get().len() + FRAME_ENVELOPE_BYTES, "{}", frame.len());
+        }
+    }
+
     fn code(text: &str) -> (Option<i64>, &'static str) {
         let (id, r) = parse_request(text, 10);
         (id, r.expect_err("should fail").code())

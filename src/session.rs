@@ -188,6 +188,13 @@ impl Connection<'_> {
         let max = self.app.settings.server.max_message_bytes;
         let mut partial: Option<Partial> = None;
         loop {
+            if !self.outbox.has_room() {
+                // Boxed: only a connection whose client reads slower than it asks carries the
+                // timer.
+                if let Some(reason) = Box::pin(self.wait_for_room()).await {
+                    return reason;
+                }
+            }
             let frame = match reader.read_frame().await {
                 Ok(frame) => frame,
                 Err(reason) => {
@@ -237,6 +244,22 @@ impl Connection<'_> {
             };
             if let Some(reason) = reason.or_else(|| self.outbox.reason()) {
                 return reason;
+            }
+        }
+    }
+}
+
+impl Connection<'_> {
+    /// Stops reading until the writer has taken what waits (backpressure on a client that sends
+    /// requests faster than it reads the answers); a client that reads nothing for half of
+    /// `server.idle_timeout` meanwhile is a slow consumer.
+    async fn wait_for_room(&self) -> Option<Disconnect> {
+        let limit = self.app.settings.server.idle_timeout / 2;
+        match tokio::time::timeout(limit, self.outbox.room()).await {
+            Ok(()) => None,
+            Err(_) => {
+                self.outbox.slow_consumer();
+                Some(Disconnect::SlowConsumer)
             }
         }
     }
@@ -402,7 +425,7 @@ impl Session<'_> {
                     positions: &done.positions,
                     recovered: &done.recovered,
                 };
-                outbox.uncork(std::iter::once(reply.frame()).chain(done.frames));
+                outbox.uncork(std::iter::once((reply.frame(), None)).chain(done.frames));
                 self.subscriptions.extend(topics);
             }
             Request::Unsubscribe(topics) => {

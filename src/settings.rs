@@ -17,6 +17,11 @@ use crate::auth::Auth;
 use crate::error::SettingsError;
 use crate::topic::{Pattern, Topic};
 
+/// What an `update` or `snapshot` frame adds to its `data`, at most: the WebSocket header, the
+/// longest topic, 20-digit `seq` and `ts`, an epoch and the JSON around them (checked against
+/// the encoder by a test in `protocol`).
+pub const FRAME_ENVELOPE_BYTES: usize = crate::topic::MAX_TOPIC_BYTES + 128;
+
 /// Largest per-topic history accepted: recovery replays at most this many messages.
 pub const MAX_HISTORY_SIZE: usize = 100_000;
 
@@ -245,6 +250,9 @@ fn optional_path<'de, D: Deserializer<'de>>(d: D) -> Result<Option<PathBuf>, D::
 #[serde(deny_unknown_fields)]
 pub struct HttpSettings {
     pub max_body_bytes: usize,
+    /// Largest `data` of one published message (a batch may hold many); 0 as set means the most
+    /// that fits in `queue.max_bytes`, which [`Settings::finish`] fills in.
+    pub max_message_bytes: usize,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -365,6 +373,10 @@ impl Settings {
         for list in lists {
             list.iter_mut().for_each(|item| *item = item.trim().to_string());
         }
+        if settings.http.max_message_bytes == 0 {
+            let room = settings.queue.max_bytes.saturating_sub(FRAME_ENVELOPE_BYTES);
+            settings.http.max_message_bytes = room.max(1);
+        }
         settings.validate()?;
         Ok(settings)
     }
@@ -425,6 +437,30 @@ impl Settings {
             self.queue.max_bytes >= 1024,
             "queue.max_bytes",
             "must be at least 1024",
+        )?;
+        check(
+            self.http.max_message_bytes >= 1,
+            "http.max_message_bytes",
+            "must be at least 1",
+        )?;
+        // The largest message anyone may publish must fit in a subscriber's queue once framed,
+        // or every reading subscriber of a `queue` topic would be closed as a slow consumer.
+        let room = self.queue.max_bytes.saturating_sub(FRAME_ENVELOPE_BYTES);
+        check(
+            self.http.max_message_bytes.min(self.http.max_body_bytes) <= room,
+            "http.max_message_bytes",
+            &format!(
+                "must be at most queue.max_bytes - {FRAME_ENVELOPE_BYTES} ({room}) (or http.max_body_bytes \
+                 that low): a larger message's frame cannot fit in a subscriber's queue"
+            ),
+        )?;
+        check(
+            self.server.max_message_bytes <= room,
+            "server.max_message_bytes",
+            &format!(
+                "must be at most queue.max_bytes - {FRAME_ENVELOPE_BYTES} ({room}): a client could publish a \
+                 message whose frame cannot fit in a subscriber's queue"
+            ),
         )?;
         let f = &self.feed;
         check(

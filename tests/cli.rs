@@ -63,6 +63,28 @@ fn check_config_rejects_an_unknown_env_key() {
 }
 
 #[test]
+fn check_config_rejects_messages_that_cannot_fit_the_queue() {
+    // The default server.max_message_bytes (64 KiB) cannot fit a 64 KiB queue once framed.
+    let o = run(&["check-config"], &[("TICKWIRE__QUEUE__MAX_BYTES", "65536")]);
+    assert_eq!(o.status.code(), Some(2), "stderr: {}", stderr(&o));
+    assert!(stderr(&o).contains("server.max_message_bytes"), "{}", stderr(&o));
+    let o = run(
+        &["check-config"],
+        &[("TICKWIRE__HTTP__MAX_MESSAGE_BYTES", "1048576")],
+    );
+    assert_eq!(o.status.code(), Some(2), "stderr: {}", stderr(&o));
+    assert!(stderr(&o).contains("http.max_message_bytes"), "{}", stderr(&o));
+    let o = run(
+        &["check-config"],
+        &[
+            ("TICKWIRE__QUEUE__MAX_BYTES", "65536"),
+            ("TICKWIRE__SERVER__MAX_MESSAGE_BYTES", "32768"),
+        ],
+    );
+    assert_eq!(o.status.code(), Some(0), "stderr: {}", stderr(&o));
+}
+
+#[test]
 fn check_config_rejects_idle_timeout_shorter_than_ping_interval() {
     let o = run(&["check-config"], &[("TICKWIRE__SERVER__IDLE_TIMEOUT", "1s")]);
     assert_eq!(o.status.code(), Some(2), "stderr: {}", stderr(&o));

@@ -788,7 +788,7 @@ async fn recovery_requests_stay_under_the_message_limit() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_consumer_cut_off_by_the_server_recovers_without_loss() {
-    let server = start("[queue]\nmax_bytes = 16384\n\n[history]\nsize = 100000\nttl_seconds = 600\n").await;
+    let server = start("[server]\nmax_message_bytes = 8192\n[queue]\nmax_bytes = 16384\n\n[history]\nsize = 100000\nttl_seconds = 600\n").await;
     let client = Client::connect(ws_url(server.addr), options().event_buffer(1))
         .await
         .unwrap();

@@ -835,7 +835,7 @@ async fn topic_named_history_is_served_by_the_topic_route() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn replay_larger_than_queue_bound_is_not_cut_off_by_live_publishes() {
     let server = start(
-        "[queue]\nmax_bytes = 8192\npolicies = [{ pattern = \"chat.>\", policy = \"queue\" }]\n\
+        "[server]\nmax_message_bytes = 4096\n[queue]\nmax_bytes = 8192\npolicies = [{ pattern = \"chat.>\", policy = \"queue\" }]\n\
          [history]\nsize = 10000\n",
     )
     .await;

@@ -94,7 +94,7 @@ async fn queue_overflow_closes_4008_slow_consumer() {
 async fn queue_policy_from_config_applies_to_other_patterns() {
     // Make `orders.>` a queue topic; chat.> is no longer listed so it conflates.
     let server =
-        start("[queue]\nmax_bytes = 65536\npolicies = [{ pattern = \"orders.>\", policy = \"queue\" }]\n")
+        start("[server]\nmax_message_bytes = 32768\n[queue]\nmax_bytes = 65536\npolicies = [{ pattern = \"orders.>\", policy = \"queue\" }]\n")
             .await;
     let addr = server.addr;
     let mut slow = connect_small_rcvbuf(addr, 4096).await;
