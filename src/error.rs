@@ -48,7 +48,11 @@ pub enum RequestError {
         "the data of the message to {topic:?} is {bytes} bytes, over http.max_message_bytes \
          ({limit}): its frame must fit in a subscriber's queue (queue.max_bytes)"
     )]
-    MessageTooLarge { topic: String, bytes: usize, limit: usize },
+    MessageTooLarge {
+        topic: String,
+        bytes: usize,
+        limit: usize,
+    },
     #[error("topic {0:?} not found")]
     TopicNotFound(String),
     #[error("no route for {0}")]

@@ -213,7 +213,8 @@ impl TopicState {
     /// The `snapshot` frame of the last value, if there is one (see `snapshot`).
     fn snapshot_frame(&mut self, topic: &Topic) -> Option<Bytes> {
         let (ts, data) = self.last.as_ref()?;
-        let frame = (self.snapshot).get_or_insert_with(|| protocol::snapshot_frame(topic, self.seq, *ts, data));
+        let frame =
+            (self.snapshot).get_or_insert_with(|| protocol::snapshot_frame(topic, self.seq, *ts, data));
         Some(frame.clone())
     }
 

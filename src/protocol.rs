@@ -323,9 +323,19 @@ mod tests {
         for frame in [
             update_frame(&topic, u64::MAX, u64::MAX, &data),
             snapshot_frame(&topic, u64::MAX, u64::MAX, &data),
-            reset_frame(&topic, u64::MAX, u64::MAX, &data, &"e".repeat(crate::hub::EPOCH_LEN)),
+            reset_frame(
+                &topic,
+                u64::MAX,
+                u64::MAX,
+                &data,
+                &"e".repeat(crate::hub::EPOCH_LEN),
+            ),
         ] {
-            assert!(frame.len() <= data.get().len() + FRAME_ENVELOPE_BYTES, "{}", frame.len());
+            assert!(
+                frame.len() <= data.get().len() + FRAME_ENVELOPE_BYTES,
+                "{}",
+                frame.len()
+            );
         }
     }
 

@@ -343,7 +343,10 @@ async fn stalled_client_on_conflated_topic_counts_conflations() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn queue_overflow_counts_slow_consumer_disconnect() {
-    let server = start("[server]\nmax_message_bytes = 32768\n[queue]\nmax_bytes = 65536\n[http]\nmax_body_bytes = 4194304\n").await;
+    let server = start(
+        "[server]\nmax_message_bytes = 32768\n[queue]\nmax_bytes = 65536\n[http]\nmax_body_bytes = 4194304\n",
+    )
+    .await;
     let addr = server.addr;
     let mut slow = connect_small_rcvbuf(addr, 4096).await;
     subscribe(&mut slow, 1, &["chat.slow"]).await; // default policy: queue

@@ -35,12 +35,16 @@ async fn a_burst_of_pings_from_a_reading_client_gets_every_pong() {
         let mut pongs = 0;
         while pongs < 1000 {
             let mut h = [0u8; 2];
-            let got = tokio::time::timeout(RECV_TIMEOUT, tokio::io::AsyncReadExt::read_exact(&mut rd, &mut h)).await;
+            let got =
+                tokio::time::timeout(RECV_TIMEOUT, tokio::io::AsyncReadExt::read_exact(&mut rd, &mut h))
+                    .await;
             assert!(matches!(got, Ok(Ok(_))), "stream ended after {pongs} pongs");
             let len = (h[1] & 0x7f) as usize;
             assert!(len < 126);
             let mut body = vec![0u8; len];
-            tokio::io::AsyncReadExt::read_exact(&mut rd, &mut body).await.unwrap();
+            tokio::io::AsyncReadExt::read_exact(&mut rd, &mut body)
+                .await
+                .unwrap();
             match h[0] & 0x0f {
                 0xA => {
                     assert_eq!(body, payload);
@@ -54,7 +58,11 @@ async fn a_burst_of_pings_from_a_reading_client_gets_every_pong() {
     };
     let ((), pongs) = tokio::join!(write, read);
     assert_eq!(pongs, 1000);
-    let slow = metric_value(server.addr, "tickwire_disconnects_total{reason=\"slow_consumer\"}").await;
+    let slow = metric_value(
+        server.addr,
+        "tickwire_disconnects_total{reason=\"slow_consumer\"}",
+    )
+    .await;
     assert_eq!(slow, 0.0);
 }
 
@@ -74,7 +82,10 @@ async fn a_message_too_large_for_the_queue_is_refused_at_publish_time() {
     let e = r.json();
     assert_eq!(e["error"]["code"], "payload_too_large", "{e}");
     assert!(
-        e["error"]["message"].as_str().unwrap().contains("http.max_message_bytes"),
+        e["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("http.max_message_bytes"),
         "{e}"
     );
     // Nothing was published, and the subscriber is still served.

@@ -58,8 +58,9 @@ async fn unread_snapshots_and_replies_stay_within_the_queue_bound() {
     .await;
     let addr = server.addr;
     let value = json!("v".repeat(VALUE - 2));
-    let big: Vec<(String, serde_json::Value)> =
-        (0..TOPICS).map(|i| (format!("big.t{i:03}"), value.clone())).collect();
+    let big: Vec<(String, serde_json::Value)> = (0..TOPICS)
+        .map(|i| (format!("big.t{i:03}"), value.clone()))
+        .collect();
     let batch: Vec<(&str, serde_json::Value)> = big.iter().map(|(t, v)| (t.as_str(), v.clone())).collect();
     publish_batch(addr, &batch).await;
     publish(addr, "chat.big", value.clone()).await;
