@@ -50,7 +50,8 @@ struct Claims {
     #[serde(default)]
     sub: String,
     /// A NumericDate, which RFC 7519 §2 lets be fractional (`1900000000.5`, `1.9e9`); an f64
-    /// holds every whole second up to 2^53, far past any real date. A string still fails.
+    /// holds every whole second up to 2^53, far past any real date. A string still fails the
+    /// whole token, so it can never pass for an absent claim (CVE-2026-25537).
     exp: Option<f64>,
     #[serde(default)]
     subscribe: Vec<String>,
