@@ -9,6 +9,8 @@
 use std::path::Path;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
 use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, JwkSet, KeyAlgorithm, PublicKeyUse};
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
@@ -39,14 +41,18 @@ struct Key {
     validation: Validation,
 }
 
-/// The claims tickwire reads. `aud`, `iss` and `nbf` are checked by `jsonwebtoken` itself, and
-/// so is the presence of `sub` and `exp` (the defaults only let its message name the claim).
+/// The claims tickwire reads. `aud`, `iss`, `nbf` and `exp` are checked by `jsonwebtoken` itself,
+/// and so is the presence of `sub` (the default only lets its message name the claim). The
+/// presence of `exp` is checked here: the crate counts an unusable `exp` (negative, huge) as a
+/// missing one, which would tell the client the wrong thing to fix.
 #[derive(Deserialize)]
 struct Claims {
     #[serde(default)]
     sub: String,
-    #[serde(default)]
-    exp: u64,
+    /// A NumericDate, which RFC 7519 §2 lets be fractional (`1900000000.5`, `1.9e9`); an f64
+    /// holds every whole second up to 2^53, far past any real date. A string still fails the
+    /// whole token, so it can never pass for an absent claim (CVE-2026-25537).
+    exp: Option<f64>,
     #[serde(default)]
     subscribe: Vec<String>,
     #[serde(default)]
@@ -118,7 +124,7 @@ impl Verifier {
 
     /// Checks signature, algorithm and claims, and turns the claims into an [`Identity`].
     pub fn verify(&self, token: &str) -> Result<Identity, AuthError> {
-        let header = jsonwebtoken::decode_header(token).map_err(auth_error)?;
+        let header = jsonwebtoken::decode_header(token).map_err(|e| header_error(token, e))?;
         let key = match (&header.kid, self.keys.as_slice()) {
             (None, [only]) => only,
             (Some(kid), keys) => (keys.iter())
@@ -143,8 +149,15 @@ impl Verifier {
             patterns("subscribe", &claims.subscribe)?,
             patterns("publish", &claims.publish)?,
         );
-        // Checked: a far-future `exp` must not overflow the clock.
-        let expires = (UNIX_EPOCH.checked_add(Duration::from_secs(claims.exp)))
+        // Floored: a fractional `exp` never lasts longer than it says. Checked: a far-future
+        // or negative one must not overflow the clock.
+        let exp = (claims.exp)
+            .ok_or_else(|| AuthError::MissingClaim("exp".to_string()))?
+            .floor();
+        if !(0.0..u64::MAX as f64).contains(&exp) {
+            return Err(AuthError::BadClaim("exp".to_string()));
+        }
+        let expires = (UNIX_EPOCH.checked_add(Duration::from_secs(exp as u64)))
             .and_then(|t| t.checked_add(self.leeway))
             .ok_or_else(|| AuthError::BadClaim("exp".to_string()))?;
         Ok(Identity {
@@ -159,7 +172,8 @@ fn validation(alg: Algorithm, s: &JwtSettings) -> Validation {
     let mut v = Validation::new(alg);
     v.leeway = s.leeway.as_secs();
     v.validate_nbf = true;
-    let mut required = vec!["exp", "sub"];
+    // `exp` is required too, but checked by `verify` (see `Claims`).
+    let mut required = vec!["sub"];
     if s.audience.is_empty() {
         v.validate_aud = false;
     } else {
@@ -242,6 +256,24 @@ fn auth_error(e: jsonwebtoken::errors::Error) -> AuthError {
         ErrorKind::MissingRequiredClaim(claim) => AuthError::MissingClaim(claim),
         ErrorKind::InvalidClaimFormat(claim) => AuthError::BadClaim(claim),
         _ => AuthError::Malformed,
+    }
+}
+
+/// Why a token's header was refused. `jsonwebtoken` fails to parse a header whose `alg` it does
+/// not know (`none` above all) like any broken JSON; reading `alg` again tells the client that
+/// the algorithm, not the token's shape, is what to fix.
+fn header_error(token: &str, e: jsonwebtoken::errors::Error) -> AuthError {
+    #[derive(Deserialize)]
+    struct Alg {
+        alg: String,
+    }
+    // The same part `decode_header` reads: the one before the last two dots.
+    let header = (token.rsplitn(3, '.').nth(2))
+        .and_then(|header| URL_SAFE_NO_PAD.decode(header).ok())
+        .and_then(|json| serde_json::from_slice::<Alg>(&json).ok());
+    match header {
+        Some(Alg { alg }) if alg.parse::<Algorithm>().is_err() => AuthError::Algorithm,
+        _ => auth_error(e),
     }
 }
 
@@ -375,7 +407,64 @@ mod tests {
         .unwrap();
         assert_eq!(v.verify(&hs512).unwrap_err(), AuthError::Algorithm);
         assert_eq!(v.verify("not.a.token").unwrap_err(), AuthError::Malformed);
+        // An `alg` jsonwebtoken cannot even parse is still an algorithm refused.
+        let claims = URL_SAFE_NO_PAD.encode(ok.to_string());
+        for alg in ["none", "None", "HS999", ""] {
+            let header = URL_SAFE_NO_PAD.encode(format!(r#"{{"alg":"{alg}","typ":"JWT"}}"#));
+            let unsigned = format!("{header}.{claims}.");
+            assert_eq!(v.verify(&unsigned).unwrap_err(), AuthError::Algorithm, "{alg:?}");
+            assert_eq!(AuthError::Algorithm.to_string(), "token algorithm not accepted");
+        }
+        // A known alg in an otherwise broken header is a malformed token.
+        let header = URL_SAFE_NO_PAD.encode(r#"{"alg":"HS256","kid":5}"#);
+        assert_eq!(
+            v.verify(&format!("{header}.{claims}.")).unwrap_err(),
+            AuthError::Malformed
+        );
+        let header = URL_SAFE_NO_PAD.encode(r#"{"typ":"JWT"}"#);
+        assert_eq!(
+            v.verify(&format!("{header}.{claims}.")).unwrap_err(),
+            AuthError::Malformed
+        );
         assert_eq!(v.verify("").unwrap_err(), AuthError::Malformed);
+    }
+
+    #[test]
+    fn numeric_dates_may_be_fractional() {
+        let v = verifier("leeway = \"0s\"");
+        let claims = |exp: serde_json::Value| serde_json::json!({"sub": "a", "exp": exp});
+        let verify = |c: serde_json::Value| v.verify(&token(c));
+        let expires = |c| {
+            let id = verify(c).unwrap();
+            id.expires
+                .unwrap()
+                .duration_since(UNIX_EPOCH)
+                .unwrap()
+                .as_secs_f64()
+        };
+        // Floored: a fractional exp never outlives what it says.
+        let soon = now() + 60;
+        assert_eq!(expires(claims((soon as f64 + 0.9).into())), soon as f64);
+        assert_eq!(expires(claims(1.9e9.into())), 1.9e9);
+        assert_eq!(expires(claims(serde_json::json!(1900000000.5))), 1.9e9);
+        assert_eq!(
+            verify(claims((now() as f64 - 30.5).into())).unwrap_err(),
+            AuthError::Expired
+        );
+        for bad in [-1.5, -1e9, 1e19, 1e300] {
+            assert_eq!(
+                verify(claims(bad.into())).unwrap_err(),
+                AuthError::BadClaim("exp".into()),
+                "{bad}"
+            );
+        }
+        // nbf and iat are NumericDates too.
+        let mut c = claims(soon.into());
+        c["nbf"] = (now() as f64 - 10.5).into();
+        c["iat"] = (now() as f64 - 10.25).into();
+        assert!(verify(c.clone()).is_ok());
+        c["nbf"] = (now() as f64 + 60.5).into();
+        assert_eq!(verify(c).unwrap_err(), AuthError::NotYetValid);
     }
 
     #[test]

@@ -2,12 +2,15 @@
 //!
 //! Parsing turns text into validated [`Request`]s or a [`RequestError`]; nothing past this
 //! module sees raw JSON. `data` payloads stay raw (`RawValue`): they are passed through
-//! byte-for-byte and never re-encoded.
+//! byte-for-byte and never re-encoded. Every string field accepts JSON escapes ([`Text`]).
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
+use std::fmt;
 use std::sync::Arc;
 
 use bytes::Bytes;
+use serde::de::{self, Visitor};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use serde_json::value::RawValue;
 
@@ -65,6 +68,47 @@ fn present<'de, D: Deserializer<'de>>(d: D) -> Result<Option<&'de RawValue>, D::
     <&RawValue>::deserialize(d).map(Some)
 }
 
+/// A string field of a request. A `&str` cannot hold `"chat.\u003e"` unescaped (Go's
+/// `encoding/json` escapes `<`, `>` and `&` by default), and serde's own `Cow<str>` is always
+/// owned outside a derived struct field; this borrows from the request text when the string has
+/// no escapes, the common case, and owns the unescaped copy only when it has.
+#[derive(Debug, PartialEq, Eq, Hash)]
+struct Text<'a>(Cow<'a, str>);
+
+impl<'de> Deserialize<'de> for Text<'de> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct TextVisitor;
+        impl<'de> Visitor<'de> for TextVisitor {
+            type Value = Text<'de>;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a string")
+            }
+
+            fn visit_borrowed_str<E: de::Error>(self, s: &'de str) -> Result<Text<'de>, E> {
+                Ok(Text(Cow::Borrowed(s)))
+            }
+
+            fn visit_str<E: de::Error>(self, s: &str) -> Result<Text<'de>, E> {
+                Ok(Text(Cow::Owned(s.to_owned())))
+            }
+
+            fn visit_string<E: de::Error>(self, s: String) -> Result<Text<'de>, E> {
+                Ok(Text(Cow::Owned(s)))
+            }
+        }
+        d.deserialize_str(TextVisitor)
+    }
+}
+
+impl std::ops::Deref for Text<'_> {
+    type Target = str;
+
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+
 fn bad(message: impl Into<String>) -> RequestError {
     RequestError::BadRequest(message.into())
 }
@@ -98,8 +142,8 @@ fn data(raw: Option<&RawValue>) -> Result<Data, RequestError> {
 }
 
 fn topic(raw: Option<&RawValue>) -> Result<Topic, RequestError> {
-    let name: &str = field(raw, "topic", "a string")?;
-    Topic::parse(name).map_err(|e| RequestError::invalid_topic(name, e))
+    let name: Text<'_> = field(raw, "topic", "a string")?;
+    Topic::parse(&name).map_err(|e| RequestError::invalid_topic(&name, e))
 }
 
 /// Parses one client message. Returns the request `id` (when it is an integer) separately so
@@ -118,8 +162,8 @@ pub fn parse_request(text: &str, max_topics: usize) -> (Option<i64>, Result<Requ
 }
 
 fn request(env: &Envelope<'_>, max_topics: usize) -> Result<Request, RequestError> {
-    let op: &str = field(env.op, "op", "a string")?;
-    match op {
+    let op: Text<'_> = field(env.op, "op", "a string")?;
+    match &*op {
         "subscribe" => Ok(Request::Subscribe {
             topics: patterns(env.topics, max_topics)?,
             since: since(env.since)?,
@@ -136,7 +180,7 @@ fn request(env: &Envelope<'_>, max_topics: usize) -> Result<Request, RequestErro
             data: data(env.data)?,
         }),
         "auth" => Ok(Request::Auth {
-            token: field(env.token, "token", "a string")?,
+            token: field::<Text<'_>>(env.token, "token", "a string")?.0.into_owned(),
         }),
         "ping" => Ok(Request::Ping),
         other => Err(RequestError::UnknownOp(other.chars().take(64).collect())),
@@ -144,7 +188,7 @@ fn request(env: &Envelope<'_>, max_topics: usize) -> Result<Request, RequestErro
 }
 
 fn patterns(raw: Option<&RawValue>, max_topics: usize) -> Result<Vec<Pattern>, RequestError> {
-    let names: Vec<&str> = field(raw, "topics", "an array of strings")?;
+    let names: Vec<Text<'_>> = field(raw, "topics", "an array of strings")?;
     if names.is_empty() {
         return Err(bad("field `topics` must not be empty"));
     }
@@ -163,10 +207,10 @@ const MAX_EPOCH_BYTES: usize = 64;
 fn since(raw: Option<&RawValue>) -> Result<HashMap<Topic, Position>, RequestError> {
     let Some(raw) = raw else { return Ok(HashMap::new()) };
     let expected = "an object of {\"seq\": integer, \"epoch\": string} by topic";
-    let positions: HashMap<&str, Position> = field(Some(raw), "since", expected)?;
+    let positions: HashMap<Text<'_>, Position> = field(Some(raw), "since", expected)?;
     (positions.into_iter())
         .map(|(name, position)| {
-            let topic = Topic::parse(name).map_err(|e| RequestError::invalid_topic(name, e))?;
+            let topic = Topic::parse(&name).map_err(|e| RequestError::invalid_topic(&name, e))?;
             if position.epoch.len() > MAX_EPOCH_BYTES {
                 return Err(bad(format!("epoch longer than {MAX_EPOCH_BYTES} bytes")));
             }
@@ -440,7 +484,120 @@ mod tests {
         assert_eq!(m[1].1.get(), r#""x""#);
         let err = parse_publish(br#"{"messages":[{"topic":"a","data":1},{"topic":"b.>","data":1}]}"#);
         assert_eq!(err.unwrap_err().code(), "invalid_topic");
+        let (m, _) = parse_publish(br#"{"messages":[{"topic":"a\u002eb","data":1}]}"#).unwrap();
+        assert_eq!(m[0].0.as_str(), "a.b");
+        let err = parse_publish(br#"{"messages":[{"topic":"a","data":1},{"topic":"b.\u00e9","data":1}]}"#);
+        assert_eq!(err.unwrap_err().code(), "invalid_topic");
         assert_eq!(parse_publish(b"{").unwrap_err().code(), "bad_request");
+    }
+
+    /// A request's topic names, whatever the op, as the server will use and echo them.
+    fn names(text: &str) -> Result<Vec<String>, &'static str> {
+        match parse_request(text, 10).1 {
+            Ok(Request::Subscribe { topics, since }) => {
+                let mut v: Vec<String> = topics.iter().map(|p| p.as_str().to_string()).collect();
+                v.extend(
+                    since
+                        .into_iter()
+                        .map(|(t, p)| format!("{t}@{}:{}", p.seq, p.epoch)),
+                );
+                Ok(v)
+            }
+            Ok(Request::Unsubscribe(topics)) => Ok(topics.iter().map(|p| p.as_str().into()).collect()),
+            Ok(Request::Publish { topic, .. }) => Ok(vec![topic.as_str().into()]),
+            Ok(Request::Auth { token }) => Ok(vec![token]),
+            Ok(Request::Ping) => Ok(vec!["ping".into()]),
+            Err(e) => Err(e.code()),
+        }
+    }
+
+    #[test]
+    fn string_fields_accept_escapes() {
+        // Go's encoding/json sends `>` as \u003e; any encoder may escape `/` or anything else.
+        assert_eq!(
+            names(r#"{"op":"subscribe","id":1,"topics":["chat.\u003e","a\u002e*"]}"#),
+            Ok(vec!["chat.>".into(), "a.*".into()])
+        );
+        assert_eq!(
+            names(r#"{"op":"unsubscribe","topics":["chat.\u003E"]}"#),
+            Ok(vec!["chat.>".into()])
+        );
+        assert_eq!(
+            names(r#"{"op":"publish","topic":"chat\u002ex","data":1}"#),
+            Ok(vec!["chat.x".into()])
+        );
+        assert_eq!(
+            names(r#"{"op":"subscribe","topics":["a"],"since":{"a\u002eb":{"seq":4,"epoch":"k\u0033"}}}"#),
+            Ok(vec!["a".into(), "a.b@4:k3".into()])
+        );
+        assert_eq!(
+            names(r#"{"op":"auth","token":"a\u002eb\/c"}"#),
+            Ok(vec!["a.b/c".into()])
+        );
+        assert_eq!(names(r#"{"op":"\u0070ing"}"#), Ok(vec!["ping".into()]));
+        assert_eq!(names(r#"{"\u006fp":"ping"}"#), Ok(vec!["ping".into()]));
+        // Unescaped, these are still checked as topics: the escape is no way around validation.
+        for bad in [
+            r#""chat.\u00e9""#,
+            r#""chat.\ud83d\ude00""#,
+            r#""chat\"x""#,
+            r#""chat\\x""#,
+            r#""chat\/x""#,
+            r#""chat.\u0000""#,
+            r#""chat.\u002a""#,
+        ] {
+            let publish = format!(r#"{{"op":"publish","topic":{bad},"data":1}}"#);
+            assert_eq!(names(&publish), Err("invalid_topic"), "{publish}");
+            let subscribe = format!(r#"{{"op":"subscribe","topics":["a",{bad}]}}"#);
+            let expected = if bad.contains("002a") {
+                Ok(vec!["a".into(), "chat.*".into()])
+            } else {
+                Err("invalid_topic")
+            };
+            assert_eq!(names(&subscribe), expected, "{subscribe}");
+            let since =
+                format!(r#"{{"op":"subscribe","topics":["a"],"since":{{{bad}:{{"seq":1,"epoch":"x"}}}}}}"#);
+            assert_eq!(names(&since), Err("invalid_topic"), "{since}");
+        }
+        // A lone surrogate is not a string at all.
+        assert_eq!(
+            names(r#"{"op":"publish","topic":"chat.\ud83d","data":1}"#),
+            Err("bad_request")
+        );
+        let (_, r) = parse_request(r#"{"op":"d\u00e9nce"}"#, 10);
+        assert!(matches!(r, Err(RequestError::UnknownOp(op)) if op == "dénce"));
+        // The echoed name is the unescaped one.
+        let (_, r) = parse_request(r#"{"op":"publish","topic":"chat.\u00e9","data":1}"#, 10);
+        let message = r.unwrap_err().to_string();
+        assert!(message.contains(r#""chat.é""#), "{message}");
+    }
+
+    #[test]
+    fn escapes_inside_data_pass_through() {
+        let (_, r) = parse_request(
+            r#"{"op":"publish","topic":"a","data":{"t":"\u003e\"\\\/\ud83d\ude00"}}"#,
+            10,
+        );
+        match r {
+            Ok(Request::Publish { data, .. }) => {
+                assert_eq!(data.get(), r#"{"t":"\u003e\"\\\/\ud83d\ude00"}"#)
+            }
+            other => panic!("{other:?}"),
+        }
+        let (m, _) = parse_publish(br#"{"topic":"a\u002eb","data":"\u003e"}"#).unwrap();
+        assert_eq!((m[0].0.as_str(), m[0].1.get()), ("a.b", r#""\u003e""#));
+    }
+
+    #[test]
+    fn strings_borrow_unless_escaped() {
+        let text = |json: &'static str| serde_json::from_str::<Text<'static>>(json).unwrap().0;
+        assert!(matches!(text(r#""chat.x""#), Cow::Borrowed("chat.x")));
+        assert!(matches!(text(r#""chat.\u003e""#), Cow::Owned(s) if s == "chat.>"));
+        let list: Vec<Text<'_>> = serde_json::from_str(r#"["a.b","c\u002ed"]"#).unwrap();
+        assert!(matches!(&list[0].0, Cow::Borrowed("a.b")));
+        assert!(matches!(&list[1].0, Cow::Owned(s) if s == "c.d"));
+        let map: HashMap<Text<'_>, u8> = serde_json::from_str(r#"{"a.b":1}"#).unwrap();
+        assert!(map.keys().all(|k| matches!(k.0, Cow::Borrowed(_))));
     }
 
     #[test]

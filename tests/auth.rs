@@ -451,3 +451,60 @@ async fn a_secret_from_the_environment_is_used_verbatim() {
     let mut ws = connect_with_token(server.addr, &t).await;
     assert_usable(&mut ws, 1).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fractional_dates_are_numeric_dates_and_alg_none_is_an_algorithm() {
+    let server = start(JWT_TOML).await;
+    let addr = server.addr;
+    // RFC 7519 NumericDates may be fractional; exp is floored, so it never lasts longer.
+    let mut c = claims("gina", &["chat.>"], &[], 0);
+    c["exp"] = json!(unix_now() as f64 + 60.5);
+    c["iat"] = json!(unix_now() as f64 - 0.25);
+    c["nbf"] = json!(unix_now() as f64 - 1.5);
+    let mut ws = connect_with_token(addr, &token(&c)).await;
+    assert_usable(&mut ws, 1).await;
+    let far = token(&with(c.clone(), "exp", json!(1.9e10)));
+    assert_usable(&mut connect_with_token(addr, &far).await, 1).await;
+
+    let message = |r: &Refusal| {
+        r.body["error"]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
+    };
+    let past = token(&with(c.clone(), "exp", json!(unix_now() as f64 - 30.5)));
+    let r = try_connect(addr, &format!("/ws?token={past}"), &[])
+        .await
+        .unwrap_err();
+    r.assert(401, "unauthorized");
+    assert_eq!(message(&r), "token expired");
+    let negative = token(&with(c.clone(), "exp", json!(-1.5)));
+    let r = try_connect(addr, &format!("/ws?token={negative}"), &[])
+        .await
+        .unwrap_err();
+    assert_eq!(message(&r), "token claim `exp` is invalid");
+
+    // `alg: none` is an algorithm refused, on the upgrade and on a refresh.
+    let header = URL_SAFE_NO_PAD.encode(br#"{"alg":"none","typ":"JWT"}"#);
+    let unsigned = format!("{header}.{}.", URL_SAFE_NO_PAD.encode(c.to_string()));
+    let r = try_connect(addr, &format!("/ws?token={unsigned}"), &[])
+        .await
+        .unwrap_err();
+    r.assert(401, "unauthorized");
+    assert_eq!(message(&r), "token algorithm not accepted");
+    let e = request(&mut ws, json!({"op": "auth", "id": 2, "token": unsigned})).await;
+    assert_error(&e, "unauthorized", Some(2));
+    assert_eq!(e["message"], "token algorithm not accepted");
+
+    // The token field takes JSON escapes like every string field.
+    let refreshed = token(&with(c, "exp", json!(unix_now() + 600))).replace('.', "\\u002e");
+    send_text(
+        &mut ws,
+        &format!(r#"{{"op":"auth","id":3,"token":"{refreshed}"}}"#),
+    )
+    .await;
+    assert_eq!(
+        recv_json(&mut ws).await,
+        json!({"type": "authed", "id": 3, "dropped": []})
+    );
+}
