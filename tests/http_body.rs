@@ -231,10 +231,15 @@ async fn inflight_body_budget_refuses_with_503() {
     assert_eq!(publish_status(addr, "200").await, 5.0);
 }
 
-/// Writes `req` in full (asserting that the server let it), then reads the response.
+/// Writes `req` in full (asserting that the server let it), then reads the response. The small
+/// send buffer keeps most of the body in the client until the server reads it, as the
+/// bandwidth-delay product of a real network does (loopback would otherwise buffer all of it in
+/// the kernel, hiding a server that stops reading).
 async fn send_all_then_read(addr: SocketAddr, req: &[u8]) -> Reply {
     let started = Instant::now();
-    let mut s = TcpStream::connect(addr).await.expect("connect");
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_send_buffer_size(16 * 1024).unwrap();
+    let mut s = socket.connect(addr).await.expect("connect");
     s.set_nodelay(true).unwrap();
     if let Err(e) = s.write_all(req).await {
         panic!("writing the {} byte request failed: {e}", req.len());
