@@ -4,7 +4,9 @@
 //! `/healthz`, `/readyz`.
 //!
 //! This is the edge where [`RequestError`]s become HTTP statuses and the
-//! `{"error":{"code","message"}}` shape.
+//! `{"error":{"code","message"}}` shape, and where request bodies are read under their limits:
+//! `http.max_body_bytes`, `http.body_timeout` and the server-wide `http.max_inflight_body_bytes`
+//! (see [`read_body`]).
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -342,8 +344,8 @@ async fn read_body(req: Request<Incoming>, app: &App) -> Result<(Bytes, BodyPerm
     let declared = (req.headers().get(CONTENT_LENGTH))
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
-    let expects_continue = (req.headers().get(EXPECT))
-        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+    let expects_continue =
+        (req.headers().get(EXPECT)).is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
     let mut body = req.into_body();
     let discard_limit = 2 * limit as u64;
     if let Some(declared) = declared.filter(|&n| n > limit as u64) {

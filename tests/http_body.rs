@@ -41,7 +41,8 @@ async fn reply(stream: &mut TcpStream, started: Instant, wait: Duration) -> Repl
                     .lines()
                     .find_map(|l| {
                         let (k, v) = l.split_once(':')?;
-                        k.eq_ignore_ascii_case("content-length").then(|| v.trim().parse().ok())?
+                        k.eq_ignore_ascii_case("content-length")
+                            .then(|| v.trim().parse().ok())?
                     })
                     .unwrap_or_else(|| panic!("no Content-Length in {head:?}"));
                 if raw.len() >= end + 4 + len {
@@ -64,8 +65,8 @@ async fn reply(stream: &mut TcpStream, started: Instant, wait: Duration) -> Repl
         .nth(1)
         .and_then(|s| s.parse().ok())
         .expect("status");
-    let json = serde_json::from_slice(&body)
-        .unwrap_or_else(|e| panic!("{head}: body is not JSON ({e}): {body:?}"));
+    let json =
+        serde_json::from_slice(&body).unwrap_or_else(|e| panic!("{head}: body is not JSON ({e}): {body:?}"));
     let closed = matches!(
         tokio::time::timeout(Duration::from_secs(1), stream.read(&mut buf)).await,
         Ok(Ok(0) | Err(_))
@@ -124,10 +125,7 @@ fn assert_timed_out(r: &Reply) {
         r.after
     );
     assert!(r.closed, "connection still open after the 408: {r:?}");
-    assert!(
-        r.head.to_ascii_lowercase().contains("connection: close"),
-        "{r:?}"
-    );
+    assert!(r.head.to_ascii_lowercase().contains("connection: close"), "{r:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -183,7 +181,8 @@ async fn unfinished_chunked_body_gets_408_and_closes() {
 /// comes back when the holders end.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn inflight_body_budget_refuses_with_503() {
-    let config = "[http]\nmax_body_bytes = 65536\nmax_inflight_body_bytes = 131072\nbody_timeout = \"1500ms\"\n";
+    let config =
+        "[http]\nmax_body_bytes = 65536\nmax_inflight_body_bytes = 131072\nbody_timeout = \"1500ms\"\n";
     let server = start(config).await;
     let addr = server.addr;
     let started = Instant::now();

@@ -29,9 +29,7 @@ async fn stalled_client(
     sent: tokio::sync::mpsc::Sender<()>,
 ) -> Option<u16> {
     let mut s = TcpStream::connect(addr).await.expect("connect");
-    let head = format!(
-        "POST /api/v1/publish HTTP/1.1\r\nHost: t\r\nContent-Length: {BODY}\r\n\r\n"
-    );
+    let head = format!("POST /api/v1/publish HTTP/1.1\r\nHost: t\r\nContent-Length: {BODY}\r\n\r\n");
     let wrote = async {
         s.write_all(head.as_bytes()).await?;
         s.write_all(&body[..SENT]).await
