@@ -404,8 +404,9 @@ async fn discard(body: &mut Incoming, deadline: tokio::time::Instant, mut left: 
     }
 }
 
-/// The answer to a body that [`read_body`] refused. It closes the connection: what is left of
-/// the body (if any) would otherwise be read as the next request.
+/// The answer to a body that [`read_body`] refused. It says `Connection: close`: the body was
+/// not read to its end, so the connection cannot carry another request (hyper closes it either
+/// way; the header tells the client before it tries).
 fn refuse_body(e: &RequestError) -> Response<Body> {
     let mut resp = error(e);
     resp.headers_mut()
