@@ -1,6 +1,7 @@
 //! The state every connection handler shares: the node (hub and broker), settings, metrics, authentication, the
-//! drain signal, and the connection counts that enforce `server.max_connections` and
-//! `limits.max_connections_per_ip`.
+//! drain signal, the connection counts that enforce `server.max_connections` and
+//! `limits.max_connections_per_ip`, and the request body budget that enforces
+//! `http.max_inflight_body_bytes`.
 
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -29,6 +30,9 @@ pub struct App {
     /// Open WebSocket connections per client address; an address leaves the map at zero, so
     /// its size is bounded by the open connections.
     per_ip: DashMap<IpAddr, usize>,
+    /// Bytes of request bodies reserved by [`BodyPermit`]s, at most
+    /// `http.max_inflight_body_bytes`.
+    body_bytes: AtomicUsize,
 }
 
 /// Why no connection place was given.
@@ -45,6 +49,33 @@ pub enum Refused {
 pub struct ConnectionSlot {
     app: Arc<App>,
     ip: Option<IpAddr>,
+}
+
+/// A share of `http.max_inflight_body_bytes`, held while a request body is read and used; given
+/// back when dropped, so every way a request ends (error, timeout, cancelled task) releases it.
+pub struct BodyPermit<'a> {
+    app: &'a App,
+    bytes: usize,
+}
+
+impl BodyPermit<'_> {
+    /// Reserves `n` more bytes; false (and nothing reserved) when the budget has no room.
+    pub fn grow(&mut self, n: usize) -> bool {
+        let max = self.app.settings.http.max_inflight_body_bytes;
+        let taken = (self.app.body_bytes).fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| {
+            used.checked_add(n).filter(|&total| total <= max)
+        });
+        if taken.is_ok() {
+            self.bytes += n;
+        }
+        taken.is_ok()
+    }
+}
+
+impl Drop for BodyPermit<'_> {
+    fn drop(&mut self) {
+        self.app.body_bytes.fetch_sub(self.bytes, Ordering::AcqRel);
+    }
 }
 
 /// The address a client is counted under: IPv4 as is (also when it reaches an IPv6 socket as
@@ -70,7 +101,14 @@ impl App {
             tasks: TaskTracker::new(),
             open: AtomicUsize::new(0),
             per_ip: DashMap::new(),
+            body_bytes: AtomicUsize::new(0),
         }
+    }
+
+    /// Reserves `n` bytes of the request body budget; `None` when they do not fit.
+    pub fn reserve_body(&self, n: usize) -> Option<BodyPermit<'_>> {
+        let mut permit = BodyPermit { app: self, bytes: 0 };
+        permit.grow(n).then_some(permit)
     }
 
     /// Takes a connection place for a client at `ip`: one of its address's, then one of the

@@ -53,6 +53,8 @@ pub enum RequestError {
         bytes: usize,
         limit: usize,
     },
+    #[error("request body not received within {0:?}")]
+    BodyTimeout(std::time::Duration),
     #[error("topic {0:?} not found")]
     TopicNotFound(String),
     #[error("no route for {0}")]
@@ -76,6 +78,7 @@ impl RequestError {
             RequestError::TooManySubscriptions(_) => "too_many_subscriptions",
             RequestError::RateLimited => "rate_limited",
             RequestError::PayloadTooLarge(_) | RequestError::MessageTooLarge { .. } => "payload_too_large",
+            RequestError::BodyTimeout(_) => "body_timeout",
             RequestError::TopicNotFound(_) | RequestError::NoRoute(_) => "not_found",
             RequestError::MethodNotAllowed => "method_not_allowed",
             RequestError::Unavailable(_) => "unavailable",

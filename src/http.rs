@@ -4,25 +4,27 @@
 //! `/healthz`, `/readyz`.
 //!
 //! This is the edge where [`RequestError`]s become HTTP statuses and the
-//! `{"error":{"code","message"}}` shape.
+//! `{"error":{"code","message"}}` shape, and where request bodies are read under their limits:
+//! `http.max_body_bytes`, `http.body_timeout` and the server-wide `http.max_inflight_body_bytes`
+//! (see [`read_body`]).
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
-use bytes::Bytes;
-use http_body_util::{BodyExt, Full, Limited};
+use bytes::{Bytes, BytesMut};
+use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::header::{
-    HeaderValue, CONNECTION, CONTENT_LENGTH, CONTENT_TYPE, ORIGIN, UPGRADE, WWW_AUTHENTICATE,
+    HeaderValue, CONNECTION, CONTENT_LENGTH, CONTENT_TYPE, EXPECT, ORIGIN, UPGRADE, WWW_AUTHENTICATE,
 };
 use hyper::{Method, Request, Response, StatusCode};
 use serde::Serialize;
 use serde_json::value::RawValue;
 use tracing::debug;
 
-use crate::app::{App, Refused};
+use crate::app::{App, BodyPermit, Refused};
 use crate::error::{Action, RequestError};
 use crate::metrics::{
     Source, REJECT_AUTH, REJECT_BAD_HANDSHAKE, REJECT_IP_LIMIT, REJECT_LIMIT, REJECT_ORIGIN,
@@ -57,6 +59,8 @@ fn status_of(e: &RequestError) -> StatusCode {
         RequestError::PayloadTooLarge(_) | RequestError::MessageTooLarge { .. } => {
             StatusCode::PAYLOAD_TOO_LARGE
         }
+        RequestError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+        RequestError::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
         RequestError::TopicNotFound(_) | RequestError::NoRoute(_) => StatusCode::NOT_FOUND,
         RequestError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
         RequestError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
@@ -329,19 +333,88 @@ fn upgrade(
     resp.map(|_| Full::new(Bytes::new()))
 }
 
-async fn read_body(req: Request<Incoming>, limit: usize) -> Result<Bytes, RequestError> {
-    let too_large = RequestError::PayloadTooLarge(limit);
+/// Reads a request body under `http.max_body_bytes`, `http.body_timeout` (counted from now, so a
+/// body trickled byte by byte is cut too) and the server's in-flight body budget. The returned
+/// permit holds the body's share of the budget: keep it as long as the bytes.
+///
+/// Every error means the body was not read to its end: answer it with [`refuse_body`].
+async fn read_body(req: Request<Incoming>, app: &App) -> Result<(Bytes, BodyPermit<'_>), RequestError> {
+    let http = &app.settings.http;
+    let limit = http.max_body_bytes;
+    let deadline = tokio::time::Instant::now() + http.body_timeout;
+    let timed_out = || RequestError::BodyTimeout(http.body_timeout);
+    let busy = || RequestError::Unavailable("too many request bodies in flight, retry later");
     let declared = (req.headers().get(CONTENT_LENGTH))
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > limit as u64) {
-        return Err(too_large);
+    let expects_continue =
+        (req.headers().get(EXPECT)).is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+    let mut body = req.into_body();
+    let discard_limit = 2 * limit as u64;
+    if let Some(declared) = declared.filter(|&n| n > limit as u64) {
+        // A client that sent `Expect: 100-continue` waits for our answer before its body: it
+        // gets the 413 without sending a byte (hyper sends the 100 only when the body is read).
+        if !expects_continue && declared <= discard_limit {
+            discard(&mut body, deadline, declared).await;
+        }
+        return Err(RequestError::PayloadTooLarge(limit));
     }
-    match Limited::new(req.into_body(), limit).collect().await {
-        Ok(body) => Ok(body.to_bytes()),
-        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(too_large),
-        Err(e) => Err(RequestError::BadRequest(format!("cannot read body: {e}"))),
+    // A declared length is reserved whole before any of it is buffered; a chunked body's length
+    // is unknown, so each chunk is reserved as it arrives (hyper's read buffer bounds a chunk).
+    let declared = declared.map(|n| n as usize);
+    let mut permit = app.reserve_body(declared.unwrap_or(0)).ok_or_else(busy)?;
+    let mut buf = BytesMut::with_capacity(declared.unwrap_or(0));
+    loop {
+        let frame = match tokio::time::timeout_at(deadline, body.frame()).await {
+            Err(_) => return Err(timed_out()),
+            Ok(None) => break,
+            Ok(Some(Err(e))) => return Err(RequestError::BadRequest(format!("cannot read body: {e}"))),
+            Ok(Some(Ok(frame))) => frame,
+        };
+        let Ok(data) = frame.into_data() else {
+            continue; // trailers
+        };
+        if buf.len() + data.len() > limit {
+            let read = (buf.len() + data.len()) as u64;
+            // Free the memory before spending time on the rest.
+            drop((buf, permit));
+            discard(&mut body, deadline, discard_limit.saturating_sub(read)).await;
+            return Err(RequestError::PayloadTooLarge(limit));
+        }
+        if declared.is_none() && !permit.grow(data.len()) {
+            return Err(busy());
+        }
+        buf.extend_from_slice(&data);
     }
+    Ok((buf.freeze(), permit))
+}
+
+/// Reads and drops what is left of a refused body, at most `left` bytes and until `deadline`.
+/// Closing a socket with unread bytes in it resets the connection, and a client that writes its
+/// whole body before reading (most HTTP libraries, without `Expect: 100-continue`) then sees
+/// "connection reset" or "broken pipe" instead of the answer. Nothing is kept, so this costs
+/// time (bounded by `http.body_timeout`) but no memory.
+async fn discard(body: &mut Incoming, deadline: tokio::time::Instant, mut left: u64) {
+    while left > 0 {
+        match tokio::time::timeout_at(deadline, body.frame()).await {
+            Ok(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    left = left.saturating_sub(data.len() as u64);
+                }
+            }
+            _ => return,
+        }
+    }
+}
+
+/// The answer to a body that [`read_body`] refused. It says `Connection: close`: the body was
+/// not read to its end, so the connection cannot carry another request (hyper closes it either
+/// way; the header tells the client before it tries).
+fn refuse_body(e: &RequestError) -> Response<Body> {
+    let mut resp = error(e);
+    resp.headers_mut()
+        .insert(CONNECTION, HeaderValue::from_static("close"));
+    resp
 }
 
 async fn publish(req: Request<Incoming>, app: &App) -> Result<Response<Body>, RequestError> {
@@ -355,7 +428,10 @@ async fn publish(req: Request<Incoming>, app: &App) -> Result<Response<Body>, Re
         results: Vec<Published<'a>>,
     }
     let key = app.auth.publisher(req.headers())?;
-    let body = read_body(req, app.settings.http.max_body_bytes).await?;
+    let (body, _permit) = match read_body(req, app).await {
+        Ok(read) => read,
+        Err(e) => return Ok(refuse_body(&e)),
+    };
     let (messages, batch) = protocol::parse_publish(&body)?;
     // Refused whole, before anything is published: a frame larger than a subscriber's queue
     // would close every reading subscriber of a `queue` topic as a slow consumer.

@@ -5,8 +5,9 @@
 //!
 //! Drain: when `shutdown` resolves, `/readyz` turns 503, the main listener stops accepting,
 //! every WebSocket gets its queued messages and then close 1001, HTTP keep-alive connections
-//! finish their request in flight, and `run` returns once all of them are done or
-//! `server.shutdown_timeout` has passed, whichever comes first.
+//! finish their request in flight (a request body still arriving is cut at `http.body_timeout`),
+//! and `run` returns once all of them are done or `server.shutdown_timeout` has passed,
+//! whichever comes first.
 
 use std::future::Future;
 use std::net::SocketAddr;

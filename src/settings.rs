@@ -253,6 +253,11 @@ pub struct HttpSettings {
     /// Largest `data` of one published message (a batch may hold many); 0 as set means the most
     /// that fits in `queue.max_bytes`, which [`Settings::finish`] fills in.
     pub max_message_bytes: usize,
+    /// Time a request body has to arrive in full, counted from its request head.
+    #[serde(with = "humantime_serde")]
+    pub body_timeout: Duration,
+    /// Bytes of request bodies all connections together may be reading or holding at once.
+    pub max_inflight_body_bytes: usize,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -432,6 +437,16 @@ impl Settings {
             self.http.max_body_bytes >= 1024,
             "http.max_body_bytes",
             "must be at least 1024",
+        )?;
+        check(
+            self.http.body_timeout >= Duration::from_millis(10),
+            "http.body_timeout",
+            "must be at least 10ms",
+        )?;
+        check(
+            self.http.max_inflight_body_bytes >= self.http.max_body_bytes,
+            "http.max_inflight_body_bytes",
+            "must be at least http.max_body_bytes, or a body of the largest accepted size could never be read",
         )?;
         check(
             self.queue.max_bytes >= 1024,
@@ -629,6 +644,11 @@ mod tests {
         for (toml, key) in [
             ("[server]\nlisten = \"nowhere\"", "listen"),
             ("[queue]\nmax_bytes = 10", "queue.max_bytes"),
+            ("[http]\nbody_timeout = \"1ms\"", "http.body_timeout"),
+            (
+                "[http]\nmax_body_bytes = 4096\nmax_inflight_body_bytes = 2048",
+                "http.max_inflight_body_bytes",
+            ),
             ("[auth.anonymous]\npublish = [\"a..b\"]", "auth.anonymous.publish"),
             (
                 "[auth.anonymous]\nsubscribe = [\"a.>.b\"]",
