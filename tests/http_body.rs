@@ -251,7 +251,9 @@ async fn send_all_then_read(addr: SocketAddr, req: &[u8]) -> Reply {
 /// chunked; with `Expect: 100-continue` the 413 comes before any body is sent.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn oversized_body_without_expect_reads_the_413() {
-    let server = start("").await;
+    // A queue large enough for a message as large as the body limit (tests/queue_bound.rs
+    // covers messages too large for the queue).
+    let server = start("[queue]\nmax_bytes = 2097152\n").await;
     let addr = server.addr;
     let body = body_of(1_153_434); // 1.1 MiB, over the default 1 MiB
     for round in 0..5 {
