@@ -163,7 +163,8 @@ async fn concurrent_duplicates_publish_once() {
     for r in &replies {
         let r = r.as_ref().unwrap();
         assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body[..200.min(r.body.len())]));
-        assert_eq!(&r.body, first, "every duplicate gets the same seqs");
+        // Not assert_eq: the bodies are 600 KB each.
+        assert!(&r.body == first, "every duplicate gets the same seqs");
     }
     assert_eq!(seq_of(get_topic(addr, "idem.race").await), 20_000, "published once");
     assert_eq!(
