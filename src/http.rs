@@ -15,7 +15,8 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper::header::{
-    HeaderMap, HeaderName, HeaderValue, CONNECTION, CONTENT_LENGTH, CONTENT_TYPE, ORIGIN, UPGRADE, WWW_AUTHENTICATE,
+    HeaderMap, HeaderName, HeaderValue, CONNECTION, CONTENT_LENGTH, CONTENT_TYPE, ORIGIN, UPGRADE,
+    WWW_AUTHENTICATE,
 };
 use hyper::{Method, Request, Response, StatusCode};
 use serde::Serialize;
@@ -403,7 +404,9 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<&str>, RequestError> {
         return Ok(None);
     };
     if values.next().is_some() {
-        return Err(RequestError::BadRequest("more than one Idempotency-Key header".into()));
+        return Err(RequestError::BadRequest(
+            "more than one Idempotency-Key header".into(),
+        ));
     }
     idempotency::check_key(value.as_bytes()).map(Some)
 }

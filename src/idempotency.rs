@@ -301,9 +301,18 @@ mod tests {
 
     #[test]
     fn keys_are_scoped_without_collisions() {
-        assert_ne!(IdempotencyKey::new("a", "bc", b"").key, IdempotencyKey::new("ab", "c", b"").key);
-        assert_ne!(IdempotencyKey::new("a", "k", b"").key, IdempotencyKey::new("", "k", b"").key);
-        assert_eq!(IdempotencyKey::new("a", "k", b"x"), IdempotencyKey::new("a", "k", b"x"));
+        assert_ne!(
+            IdempotencyKey::new("a", "bc", b"").key,
+            IdempotencyKey::new("ab", "c", b"").key
+        );
+        assert_ne!(
+            IdempotencyKey::new("a", "k", b"").key,
+            IdempotencyKey::new("", "k", b"").key
+        );
+        assert_eq!(
+            IdempotencyKey::new("a", "k", b"x"),
+            IdempotencyKey::new("a", "k", b"x")
+        );
     }
 
     #[test]
@@ -320,12 +329,16 @@ mod tests {
     #[tokio::test]
     async fn replays_conflicts_and_failures() {
         let l = ledger(Duration::from_secs(60), 10);
-        let Claim::Fresh(r) = l.claim(&key("k", "a")).await.unwrap() else { panic!("fresh") };
+        let Claim::Fresh(r) = l.claim(&key("k", "a")).await.unwrap() else {
+            panic!("fresh")
+        };
         r.finish(&[1, 2]);
         assert!(matches!(l.claim(&key("k", "a")).await.unwrap(), Claim::Replay(s) if s == [1, 2]));
         assert!(l.claim(&key("k", "b")).await.is_err());
         // A failed publish forgets its key.
-        let Claim::Fresh(r) = l.claim(&key("j", "a")).await.unwrap() else { panic!("fresh") };
+        let Claim::Fresh(r) = l.claim(&key("j", "a")).await.unwrap() else {
+            panic!("fresh")
+        };
         drop(r);
         assert!(matches!(l.claim(&key("j", "a")).await.unwrap(), Claim::Fresh(_)));
     }
@@ -334,13 +347,18 @@ mod tests {
     async fn bounded_by_keys_and_bytes() {
         let l = ledger(Duration::from_secs(60), 100);
         for i in 0..1000 {
-            let Claim::Fresh(r) = l.claim(&key(&i.to_string(), "a")).await.unwrap() else { panic!() };
+            let Claim::Fresh(r) = l.claim(&key(&i.to_string(), "a")).await.unwrap() else {
+                panic!()
+            };
             // Big replies: the byte bound evicts before the key bound.
             r.finish(&[7; 64]);
             let inner = lock(&l.inner);
             assert!(inner.order.len() <= 100 && inner.bytes <= l.max_bytes());
         }
-        assert!(matches!(l.claim(&key("999", "a")).await.unwrap(), Claim::Replay(_)));
+        assert!(matches!(
+            l.claim(&key("999", "a")).await.unwrap(),
+            Claim::Replay(_)
+        ));
         assert!(matches!(l.claim(&key("0", "a")).await.unwrap(), Claim::Fresh(_)));
     }
 }

@@ -61,7 +61,10 @@ impl Node {
         };
         let window = settings.http.idempotency_window;
         let ledger = (!cluster && !window.is_zero()).then(|| {
-            let gauges = (metrics.idempotency_keys.clone(), metrics.idempotency_bytes.clone());
+            let gauges = (
+                metrics.idempotency_keys.clone(),
+                metrics.idempotency_bytes.clone(),
+            );
             Ledger::new(window, settings.http.idempotency_max_keys, gauges)
         });
         Ok(Node {

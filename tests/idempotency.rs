@@ -52,11 +52,18 @@ async fn a_repeat_with_the_same_key_and_body_gets_the_first_reply_and_publishes_
     for _ in 0..2 {
         let again = post_keyed(addr, "order-1", &one, &[]).await;
         assert_eq!(again.status, 200);
-        assert_eq!(again.body, first.body, "a replay is the original reply, byte for byte");
+        assert_eq!(
+            again.body, first.body,
+            "a replay is the original reply, byte for byte"
+        );
         assert_eq!(again.header("Idempotent-Replayed"), Some("true"));
     }
     assert_eq!(expect_updates(&mut ws, "idem.a", 1).await, [1]);
-    assert_eq!(seq_of(get_topic(addr, "idem.a").await), 1, "the topic's seq did not move");
+    assert_eq!(
+        seq_of(get_topic(addr, "idem.a").await),
+        1,
+        "the topic's seq did not move"
+    );
 
     // A batch: one key covers all of it.
     let batch = json!({"messages": [
@@ -99,7 +106,11 @@ async fn the_same_key_with_another_body_is_a_conflict_and_bad_keys_are_refused()
     let last = get_topic(addr, "idem.c").await.unwrap();
     assert_eq!((last["seq"].as_u64(), &last["data"]), (Some(1), &json!(1)));
     assert_eq!(
-        metric_value(addr, r#"tickwire_http_requests_total{route="publish",status="409"}"#).await,
+        metric_value(
+            addr,
+            r#"tickwire_http_requests_total{route="publish",status="409"}"#
+        )
+        .await,
         1.0
     );
 
@@ -119,7 +130,11 @@ async fn the_same_key_with_another_body_is_a_conflict_and_bad_keys_are_refused()
     )
     .await;
     assert_eq!(r.status, 400, "two keys");
-    assert_eq!(seq_of(get_topic(addr, "idem.c").await), 1, "no refused request published");
+    assert_eq!(
+        seq_of(get_topic(addr, "idem.c").await),
+        1,
+        "no refused request published"
+    );
     let r = post_keyed(addr, &"y".repeat(128), &body, &[]).await;
     assert_eq!(r.status, 200, "128 bytes is the limit, inclusive");
 }
@@ -133,7 +148,10 @@ async fn a_key_is_forgotten_after_the_window_and_ignored_when_the_window_is_zero
     assert_eq!(post_keyed(addr, "w", &body, &[]).await.json()["seq"], 1);
     tokio::time::sleep(Duration::from_millis(400)).await;
     let r = post_keyed(addr, "w", &body, &[]).await;
-    assert_eq!((r.json()["seq"].as_u64(), r.header("Idempotent-Replayed")), (Some(2), None));
+    assert_eq!(
+        (r.json()["seq"].as_u64(), r.header("Idempotent-Replayed")),
+        (Some(2), None)
+    );
     // Once forgotten, a key may carry another body.
     tokio::time::sleep(Duration::from_millis(400)).await;
     let r = post_keyed(addr, "w", &json!({"topic": "idem.w", "data": 2}), &[]).await;
@@ -162,11 +180,20 @@ async fn concurrent_duplicates_publish_once() {
     let first = &replies[0].as_ref().unwrap().body;
     for r in &replies {
         let r = r.as_ref().unwrap();
-        assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body[..200.min(r.body.len())]));
+        assert_eq!(
+            r.status,
+            200,
+            "{}",
+            String::from_utf8_lossy(&r.body[..200.min(r.body.len())])
+        );
         // Not assert_eq: the bodies are 600 KB each.
         assert!(&r.body == first, "every duplicate gets the same seqs");
     }
-    assert_eq!(seq_of(get_topic(addr, "idem.race").await), 20_000, "published once");
+    assert_eq!(
+        seq_of(get_topic(addr, "idem.race").await),
+        20_000,
+        "published once"
+    );
     assert_eq!(
         metric_value(addr, "tickwire_http_idempotent_replays_total").await,
         7.0
@@ -185,12 +212,37 @@ async fn keys_are_scoped_per_api_key() {
     let server = start(&toml).await;
     let auth = |k: &str| format!("Bearer {k}");
     let (ha, hb) = (auth(&a.key), auth(&b.key));
-    let r = post_keyed(server.addr, "same", &json!({"topic": "idem.s", "data": "a"}), &[("Authorization", &ha)]).await;
+    let r = post_keyed(
+        server.addr,
+        "same",
+        &json!({"topic": "idem.s", "data": "a"}),
+        &[("Authorization", &ha)],
+    )
+    .await;
     assert_eq!(r.json()["seq"], 1);
-    let r = post_keyed(server.addr, "same", &json!({"topic": "idem.s", "data": "b"}), &[("Authorization", &hb)]).await;
-    assert_eq!((r.status, r.json()["seq"].as_u64()), (200, Some(2)), "another publisher's key");
-    let r = post_keyed(server.addr, "same", &json!({"topic": "idem.s", "data": "a"}), &[("Authorization", &ha)]).await;
-    assert_eq!((r.json()["seq"].as_u64(), r.header("Idempotent-Replayed")), (Some(1), Some("true")));
+    let r = post_keyed(
+        server.addr,
+        "same",
+        &json!({"topic": "idem.s", "data": "b"}),
+        &[("Authorization", &hb)],
+    )
+    .await;
+    assert_eq!(
+        (r.status, r.json()["seq"].as_u64()),
+        (200, Some(2)),
+        "another publisher's key"
+    );
+    let r = post_keyed(
+        server.addr,
+        "same",
+        &json!({"topic": "idem.s", "data": "a"}),
+        &[("Authorization", &ha)],
+    )
+    .await;
+    assert_eq!(
+        (r.json()["seq"].as_u64(), r.header("Idempotent-Replayed")),
+        (Some(1), Some("true"))
+    );
 }
 
 #[tokio::test]
@@ -198,18 +250,27 @@ async fn the_ledger_is_bounded_by_idempotency_max_keys() {
     let server = start("[http]\nidempotency_max_keys = 100\n").await;
     let addr = server.addr;
     for i in 0..1000 {
-        let r = post_keyed(addr, &format!("k{i}"), &json!({"topic": "idem.m", "data": i}), &[]).await;
+        let r = post_keyed(
+            addr,
+            &format!("k{i}"),
+            &json!({"topic": "idem.m", "data": i}),
+            &[],
+        )
+        .await;
         assert_eq!(r.status, 200);
     }
     let keys = metric_value(addr, "tickwire_http_idempotency_keys").await;
     let bytes = metric_value(addr, "tickwire_http_idempotency_bytes").await;
-    assert!(keys <= 100.0 && keys >= 99.0, "{keys} keys remembered");
+    assert!((99.0..=100.0).contains(&keys), "{keys} keys remembered");
     assert!(bytes <= 100.0 * 512.0, "{bytes} bytes");
     // The newest keys are remembered, the oldest were forgotten (so they publish again).
     let r = post_keyed(addr, "k999", &json!({"topic": "idem.m", "data": 999}), &[]).await;
     assert_eq!(r.header("Idempotent-Replayed"), Some("true"));
     let r = post_keyed(addr, "k0", &json!({"topic": "idem.m", "data": 0}), &[]).await;
-    assert_eq!((r.json()["seq"].as_u64(), r.header("Idempotent-Replayed")), (Some(1001), None));
+    assert_eq!(
+        (r.json()["seq"].as_u64(), r.header("Idempotent-Replayed")),
+        (Some(1001), None)
+    );
 }
 
 async fn wait_ready(addr: SocketAddr) {
@@ -236,26 +297,45 @@ async fn in_a_cluster_a_retry_on_another_node_is_deduplicated_in_redis() {
     let first = post_keyed(a.addr, "retry-me", &batch, &[]).await;
     assert_eq!(first.status, 200, "{}", first.json());
     let retry = post_keyed(b.addr, "retry-me", &batch, &[]).await;
-    assert_eq!((retry.status, &retry.body), (200, &first.body), "same seqs from the other node");
+    assert_eq!(
+        (retry.status, &retry.body),
+        (200, &first.body),
+        "same seqs from the other node"
+    );
     assert_eq!(retry.header("Idempotent-Replayed"), Some("true"));
     for ws in [&mut on_a, &mut on_b] {
         let mut got = Vec::new();
         for _ in 0..2 {
             let v = recv_json(ws).await;
-            got.push((v["topic"].as_str().unwrap().to_string(), v["seq"].as_u64().unwrap()));
+            got.push((
+                v["topic"].as_str().unwrap().to_string(),
+                v["seq"].as_u64().unwrap(),
+            ));
         }
         expect_silence(ws, SILENCE).await;
         got.sort();
-        assert_eq!(got, [("idem.x".to_string(), 1), ("idem.y".to_string(), 1)], "delivered once");
+        assert_eq!(
+            got,
+            [("idem.x".to_string(), 1), ("idem.y".to_string(), 1)],
+            "delivered once"
+        );
     }
-    assert_eq!(seq_of(get_topic(b.addr, "idem.x").await), 1, "the topic's seq did not move");
+    assert_eq!(
+        seq_of(get_topic(b.addr, "idem.x").await),
+        1,
+        "the topic's seq did not move"
+    );
 
     let other = post_keyed(b.addr, "retry-me", &json!({"topic": "idem.x", "data": 9}), &[]).await;
     assert_eq!(other.status, 409);
     assert_eq!(other.json()["error"]["code"], "idempotency_conflict");
     // The key lives in Redis with the window as its TTL.
     let keys = redis.cli(&["--scan", "--pattern", "idem:idem:*"]);
-    let key = keys.lines().next().expect("an idempotency key in Redis").to_string();
+    let key = keys
+        .lines()
+        .next()
+        .expect("an idempotency key in Redis")
+        .to_string();
     let ttl: i64 = redis.cli(&["PTTL", &key]).trim().parse().unwrap();
     assert!(ttl > 290_000 && ttl <= 300_000, "PTTL {ttl}");
     // Without a key the same body publishes again, on either node.
@@ -301,7 +381,9 @@ async fn lossy_proxy(upstream: SocketAddr) -> (SocketAddr, tokio::sync::mpsc::Un
                     let k = client.read(&mut buf).await.unwrap();
                     raw.extend_from_slice(&buf[..k]);
                 }
-                keys_tx.send(header("idempotency-key").unwrap_or_default()).unwrap();
+                keys_tx
+                    .send(header("idempotency-key").unwrap_or_default())
+                    .unwrap();
                 let mut up = TcpStream::connect(upstream).await.unwrap();
                 let forwarded = head.replacen("\r\n", "\r\nConnection: close\r\n", 1);
                 up.write_all(forwarded.as_bytes()).await.unwrap();
@@ -335,13 +417,20 @@ async fn the_client_retries_a_lost_reply_with_the_same_key_and_publishes_once() 
     let (k1, k2) = (keys.recv().await.unwrap(), keys.recv().await.unwrap());
     assert_eq!(k1, k2, "the retry carries the first attempt's key");
     assert_eq!(k1.len(), 32, "a 128-bit hex key: {k1}");
-    assert_eq!(expect_updates(&mut ws, "idem.client", 1).await, [1], "published once");
+    assert_eq!(
+        expect_updates(&mut ws, "idem.client", 1).await,
+        [1],
+        "published once"
+    );
     assert_eq!(seq_of(get_topic(server.addr, "idem.client").await), 1);
 
     // The next logical publish gets a new key.
     let (proxy, mut keys) = lossy_proxy(server.addr).await;
     let http = tickwire_client::HttpPublisher::new(&format!("http://{proxy}")).unwrap();
-    assert_eq!(http.publish("idem.client", &json!({"n": 1})).await.unwrap().seq, 2);
+    assert_eq!(
+        http.publish("idem.client", &json!({"n": 1})).await.unwrap().seq,
+        2
+    );
     assert_ne!(keys.recv().await.unwrap(), k1);
 
     // With one attempt, the 503 is the answer (and the publication happened all the same).
@@ -350,5 +439,8 @@ async fn the_client_retries_a_lost_reply_with_the_same_key_and_publishes_once() 
         .unwrap()
         .attempts(1);
     let e = http.publish("idem.client", &json!({"n": 3})).await.unwrap_err();
-    assert!(matches!(e, tickwire_client::Error::Http { status: 503, .. }), "{e}");
+    assert!(
+        matches!(e, tickwire_client::Error::Http { status: 503, .. }),
+        "{e}"
+    );
 }

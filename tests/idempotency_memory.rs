@@ -17,7 +17,9 @@ const MIB: f64 = 1024.0 * 1024.0;
 
 /// `n` publishes, each under a new key (the client makes one per call).
 async fn publish_many(http: &HttpPublisher, n: usize) {
-    let batch: Vec<Outgoing> = (0..BATCH).map(|i| Outgoing::new("mem.idem", &i).unwrap()).collect();
+    let batch: Vec<Outgoing> = (0..BATCH)
+        .map(|i| Outgoing::new("mem.idem", &i).unwrap())
+        .collect();
     for _ in 0..n {
         http.publish_batch(&batch).await.unwrap();
     }
@@ -51,7 +53,10 @@ async fn many_distinct_keys_do_not_grow_memory_past_the_cap() {
     // 64 seqs a key: the byte bound (512 per key) binds before the key count does.
     let budget = (MAX_KEYS * 512) as f64;
     assert!(keys <= MAX_KEYS as f64, "{keys} keys remembered");
-    assert!(bytes <= budget && bytes > budget * 0.9, "{bytes} bytes accounted, budget {budget}");
+    assert!(
+        bytes <= budget && bytes > budget * 0.9,
+        "{bytes} bytes accounted, budget {budget}"
+    );
     assert!(
         growth < uncapped / 4.0,
         "RSS grew {:.2} MiB over {more} keys past the cap",
