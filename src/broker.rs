@@ -5,7 +5,9 @@
 //! and `PUBLISH`es it on the topic's channel, all in one step, so nothing is acknowledged that
 //! was not stored, and channel messages leave Redis in seq order. Keys, per topic `T`, under
 //! `broker.prefix` `P`: `P:{T}:m` (hash: epoch `e`, seq `s`, last `t`/`d`), `P:{T}:h` (stream,
-//! entry id = seq), `P:topics` (set of topic names), channel `P:c:T`. The epoch is created by
+//! entry id = seq), `P:topics` (set of topic names), channel `P:c:T`, and per HTTP
+//! `Idempotency-Key` `P:idem:K` (hash: body digest `h`, seqs `s`; expires with the window, K the
+//! hex digest of the scoped key). The epoch is created by
 //! the first publication after the hash went missing, so it changes exactly when Redis lost
 //! the topic.
 //!
@@ -37,6 +39,7 @@ use tracing::{debug, info, warn};
 
 use crate::history::Position;
 use crate::hub::{self, lock, now_ms, Applied, Hub, Remote, Stored};
+use crate::idempotency::IdempotencyKey;
 use crate::metrics::Metrics;
 use crate::protocol::Data;
 use crate::settings::{BrokerSettings, BrokerSubscribe};
@@ -69,15 +72,31 @@ const STABLE_LINK: Duration = Duration::from_secs(1);
 const PING_EVERY: Duration = Duration::from_secs(5);
 
 /// Assigns seqs, stores and publishes a batch of publications, atomically and in order.
-/// KEYS: meta and stream of every message, then the topic set. ARGV: an epoch for topics that
-/// have none, the accept time, the channel prefix, then topic, data and history size per message.
+/// KEYS: meta and stream of every message, the topic set, then the idempotency key. ARGV: an
+/// epoch for topics that have none, the accept time, the channel prefix, the body digest (empty:
+/// no idempotency key) and the window in ms, then topic, data and history size per message.
+/// Returns `{0, seqs...}` once published, `{1, seqs...}` when the idempotency key already
+/// published this body (nothing published now), `{2}` when it published another body.
 const PUBLISH_LUA: &str = r"
-local n = (#ARGV - 3) / 3
-local set = KEYS[#KEYS]
-local out = {}
+local n = (#ARGV - 5) / 3
+local set, idem, digest = KEYS[#KEYS - 1], KEYS[#KEYS], ARGV[4]
+if digest ~= '' then
+  local prior = redis.call('HMGET', idem, 'h', 's')
+  if prior[1] then
+    if prior[1] ~= digest then
+      return {2}
+    end
+    local out = {1}
+    for seq in string.gmatch(prior[2], '%d+') do
+      out[#out + 1] = tonumber(seq)
+    end
+    return out
+  end
+end
+local out = {0}
 for i = 0, n - 1 do
   local meta, stream = KEYS[2 * i + 1], KEYS[2 * i + 2]
-  local topic, data, size = ARGV[4 + 3 * i], ARGV[5 + 3 * i], tonumber(ARGV[6 + 3 * i])
+  local topic, data, size = ARGV[6 + 3 * i], ARGV[7 + 3 * i], tonumber(ARGV[8 + 3 * i])
   local epoch = redis.call('HGET', meta, 'e')
   if not epoch then
     epoch = ARGV[1]
@@ -93,10 +112,28 @@ for i = 0, n - 1 do
     redis.call('DEL', stream)
   end
   redis.call('PUBLISH', ARGV[3] .. topic, epoch .. ' ' .. seq .. ' ' .. ARGV[2] .. ' ' .. data)
-  out[#out + 1] = seq
+  out[#out + 1] = string.format('%d', seq)
+end
+if digest ~= '' then
+  redis.call('HSET', idem, 'h', digest, 's', table.concat(out, ' ', 2))
+  redis.call('PEXPIRE', idem, ARGV[5])
+end
+for i = 2, #out do
+  out[i] = tonumber(out[i])
 end
 return out
 ";
+
+/// What the publish script did.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Published {
+    /// Stored and published with these seqs.
+    New(Vec<u64>),
+    /// The idempotency key already published this body with these seqs; nothing published.
+    Replayed(Vec<u64>),
+    /// The idempotency key already published another body.
+    Conflict,
+}
 
 /// A change of what the node listens to, applied by the link in order.
 enum Command {
@@ -296,17 +333,34 @@ impl Broker {
         result
     }
 
-    /// Stores and publishes `messages` in order, all or none; returns their seqs.
-    pub async fn publish(&self, messages: &[(Topic, Data)]) -> Result<Vec<u64>, BrokerError> {
+    /// Stores and publishes `messages` in order, all or none, unless `once` (an idempotency
+    /// key and its window) already published: checked and recorded in the same script.
+    pub async fn publish(
+        &self,
+        messages: &[(Topic, Data)],
+        once: Option<(&IdempotencyKey, Duration)>,
+    ) -> Result<Published, BrokerError> {
         let mut conn = self.connection()?;
         let mut call = self.script.prepare_invoke();
         for (topic, _) in messages {
             call.key(self.meta_key(topic)).key(self.stream_key(topic));
         }
         call.key(self.topics_key());
+        let (idem, digest, window) = match once {
+            Some((key, window)) => (
+                format!("{}:idem:{}", self.prefix, key.key_hex()),
+                key.body_hex(),
+                window.as_millis().max(1) as u64,
+            ),
+            // Never read or written without a digest; a key is passed so the layout is fixed.
+            None => (format!("{}:idem:", self.prefix), String::new(), 0),
+        };
+        call.key(idem);
         call.arg(&*hub::new_epoch())
             .arg(now_ms())
-            .arg(self.channel_prefix());
+            .arg(self.channel_prefix())
+            .arg(digest)
+            .arg(window);
         let rules = self.hub.rules();
         for (topic, data) in messages {
             call.arg(topic.as_str())
@@ -314,9 +368,22 @@ impl Broker {
                 .arg(rules.retention_for(topic).size);
         }
         let started = std::time::Instant::now();
-        let seqs: Vec<u64> = self.round_trip(call.invoke_async(&mut conn)).await?;
+        let mut reply: Vec<u64> = self.round_trip(call.invoke_async(&mut conn)).await?;
         (self.metrics.broker_publish_duration).observe(started.elapsed().as_secs_f64());
-        Ok(seqs)
+        let corrupt = |what| BrokerError::Corrupt {
+            key: format!("{}:idem:", self.prefix),
+            what,
+        };
+        if reply.is_empty() {
+            return Err(corrupt("empty publish reply"));
+        }
+        let seqs = reply.split_off(1);
+        match reply[0] {
+            0 => Ok(Published::New(seqs)),
+            1 if seqs.len() == messages.len() => Ok(Published::Replayed(seqs)),
+            1 => Err(corrupt("stored seqs do not match the batch")),
+            _ => Ok(Published::Conflict),
+        }
     }
 
     /// The stored state of each topic (`None`: unknown to Redis), with the history entries

@@ -63,6 +63,8 @@ pub enum RequestError {
     MethodNotAllowed,
     #[error("{0}")]
     Unavailable(&'static str),
+    #[error("{0}")]
+    IdempotencyConflict(&'static str),
 }
 
 impl RequestError {
@@ -82,6 +84,7 @@ impl RequestError {
             RequestError::TopicNotFound(_) | RequestError::NoRoute(_) => "not_found",
             RequestError::MethodNotAllowed => "method_not_allowed",
             RequestError::Unavailable(_) => "unavailable",
+            RequestError::IdempotencyConflict(_) => "idempotency_conflict",
         }
     }
 

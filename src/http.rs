@@ -17,7 +17,8 @@ use bytes::{Bytes, BytesMut};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::header::{
-    HeaderValue, CONNECTION, CONTENT_LENGTH, CONTENT_TYPE, EXPECT, ORIGIN, UPGRADE, WWW_AUTHENTICATE,
+    HeaderMap, HeaderName, HeaderValue, CONNECTION, CONTENT_LENGTH, CONTENT_TYPE, EXPECT, ORIGIN,
+    UPGRADE, WWW_AUTHENTICATE,
 };
 use hyper::{Method, Request, Response, StatusCode};
 use serde::Serialize;
@@ -26,6 +27,7 @@ use tracing::debug;
 
 use crate::app::{App, BodyPermit, Refused};
 use crate::error::{Action, RequestError};
+use crate::idempotency::{self, IdempotencyKey};
 use crate::metrics::{
     Source, REJECT_AUTH, REJECT_BAD_HANDSHAKE, REJECT_IP_LIMIT, REJECT_LIMIT, REJECT_ORIGIN,
 };
@@ -64,6 +66,7 @@ fn status_of(e: &RequestError) -> StatusCode {
         RequestError::TopicNotFound(_) | RequestError::NoRoute(_) => StatusCode::NOT_FOUND,
         RequestError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
         RequestError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+        RequestError::IdempotencyConflict(_) => StatusCode::CONFLICT,
     }
 }
 
@@ -428,6 +431,10 @@ async fn publish(req: Request<Incoming>, app: &App) -> Result<Response<Body>, Re
         results: Vec<Published<'a>>,
     }
     let key = app.auth.publisher(req.headers())?;
+    let once = match app.node.idempotency() {
+        true => idempotency_key(req.headers())?.map(str::to_owned),
+        false => None,
+    };
     let (body, _permit) = match read_body(req, app).await {
         Ok(read) => read,
         Err(e) => return Ok(refuse_body(&e)),
@@ -450,14 +457,46 @@ async fn publish(req: Request<Incoming>, app: &App) -> Result<Response<Body>, Re
             return Err(RequestError::forbidden(Action::Publish, topic));
         }
     }
-    let seqs = app.node.publish(&messages, Source::Http).await?;
+    let (seqs, replayed) = match once {
+        Some(once) => {
+            // Scoped by publisher: two API keys that pick the same key never collide.
+            let scope = key.map_or("", |k| k.name.as_str());
+            let once = IdempotencyKey::new(scope, &once, &body);
+            app.node.publish_once(&messages, Source::Http, &once).await?
+        }
+        None => (app.node.publish(&messages, Source::Http).await?, false),
+    };
+    // A replay is rebuilt from the same body and the stored seqs, so it is byte for byte the
+    // first reply.
     let results: Vec<Published> = (messages.iter().zip(seqs))
         .map(|((topic, _), seq)| Published { topic, seq })
         .collect();
-    if batch {
-        return Ok(json(StatusCode::OK, &Batch { results }));
+    let mut resp = match batch {
+        true => json(StatusCode::OK, &Batch { results }),
+        false => json(StatusCode::OK, &results[0]),
+    };
+    if replayed {
+        app.metrics.idempotent_replays.inc();
+        (resp.headers_mut()).insert(IDEMPOTENT_REPLAYED, HeaderValue::from_static("true"));
     }
-    Ok(json(StatusCode::OK, &results[0]))
+    Ok(resp)
+}
+
+const IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-key");
+const IDEMPOTENT_REPLAYED: HeaderName = HeaderName::from_static("idempotent-replayed");
+
+/// The request's `Idempotency-Key`, checked; more than one is a bad request.
+fn idempotency_key(headers: &HeaderMap) -> Result<Option<&str>, RequestError> {
+    let mut values = headers.get_all(IDEMPOTENCY_KEY).iter();
+    let Some(value) = values.next() else {
+        return Ok(None);
+    };
+    if values.next().is_some() {
+        return Err(RequestError::BadRequest(
+            "more than one Idempotency-Key header".into(),
+        ));
+    }
+    idempotency::check_key(value.as_bytes()).map(Some)
 }
 
 async fn list_topics(app: &App) -> Result<Response<Body>, RequestError> {

@@ -15,6 +15,7 @@
 //! - [`jwt`]: verifying (and minting) JSON Web Tokens.
 //! - [`apikey`]: HTTP publishers' keys, stored as SHA-256 digests.
 //! - [`acl`]: the topic patterns one client may subscribe and publish to.
+//! - [`idempotency`]: the `Idempotency-Key` of HTTP publishes and the ledger of recent keys.
 //! - [`http`]: HTTP routing, the publish and topic APIs, the WebSocket upgrade, `/metrics`,
 //!   `/healthz`, `/readyz`.
 //! - [`session`]: one WebSocket connection: reads requests, writes queued frames.
@@ -44,6 +45,7 @@ pub mod feed;
 pub mod history;
 pub mod http;
 pub mod hub;
+pub mod idempotency;
 pub mod join;
 pub mod jwt;
 pub mod metrics;

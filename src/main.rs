@@ -121,6 +121,10 @@ struct PublishArgs {
     /// Token sent as `Authorization: Bearer`.
     #[arg(long)]
     token: Option<String>,
+    /// Tries per request: each request carries an `Idempotency-Key` and is retried with it
+    /// after a timeout, a connection failure or a 503, so the server publishes it once.
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=20))]
+    attempts: u32,
     /// Topic to publish to.
     #[arg(requires = "data")]
     topic: Option<String>,
@@ -532,7 +536,9 @@ impl Table {
 }
 
 async fn publish(args: PublishArgs) -> Result<(), Failure> {
-    let mut http = HttpPublisher::new(&args.url).map_err(|e| Failure::Usage(e.to_string()))?;
+    let mut http = HttpPublisher::new(&args.url)
+        .map_err(|e| Failure::Usage(e.to_string()))?
+        .attempts(args.attempts);
     if let Some(token) = args.token {
         http = http.token_provider(TokenProvider::fixed(token));
     }

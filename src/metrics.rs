@@ -88,6 +88,9 @@ pub struct Metrics {
     pub broker_up: IntGauge,
     pub broker_publish_duration: Histogram,
     pub broker_reconnects: IntCounter,
+    pub idempotent_replays: IntCounter,
+    pub idempotency_keys: IntGauge,
+    pub idempotency_bytes: IntGauge,
 }
 
 fn reg<C: Collector + Clone + 'static>(registry: &Registry, c: C) -> prometheus::Result<C> {
@@ -223,6 +226,20 @@ impl Metrics {
             broker_reconnects: counter(
                 "tickwire_broker_reconnects_total",
                 "Times the connection to the cluster broker was re-established after being lost.",
+            )?,
+            idempotent_replays: counter(
+                "tickwire_http_idempotent_replays_total",
+                "HTTP publishes answered with the reply of an earlier request with the same \
+                 Idempotency-Key (nothing published).",
+            )?,
+            idempotency_keys: gauge(
+                "tickwire_http_idempotency_keys",
+                "Idempotency keys remembered by this node (broker.kind = \"memory\"; in a cluster \
+                 they live in Redis).",
+            )?,
+            idempotency_bytes: gauge(
+                "tickwire_http_idempotency_bytes",
+                "Approximate memory held by the remembered idempotency keys and their seqs.",
             )?,
             registry: r,
         })

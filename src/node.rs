@@ -8,12 +8,14 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use tracing::warn;
 
-use crate::broker::{Broker, BrokerError};
+use crate::broker::{Broker, BrokerError, Published};
 use crate::error::RequestError;
 use crate::hub::{HistoryPage, Hub, Publication, TopicInfo};
+use crate::idempotency::{self, Claim, IdempotencyKey, Ledger};
 use crate::metrics::{Metrics, Source};
 use crate::protocol::Data;
 use crate::settings::{BrokerKind, Settings};
@@ -28,6 +30,10 @@ pub struct Node {
     hub: Arc<Hub>,
     broker: Option<Arc<Broker>>,
     metrics: Arc<Metrics>,
+    /// `http.idempotency_window`; zero: keys are ignored.
+    idempotency_window: Duration,
+    /// Recent idempotency keys, in memory mode (a cluster keeps them in Redis).
+    ledger: Option<Ledger>,
 }
 
 /// The edge's view of a broker failure, logged once here with its detail.
@@ -53,7 +59,21 @@ impl Node {
                 None
             }
         };
-        Ok(Node { hub, broker, metrics })
+        let window = settings.http.idempotency_window;
+        let ledger = (!cluster && !window.is_zero()).then(|| {
+            let gauges = (
+                metrics.idempotency_keys.clone(),
+                metrics.idempotency_bytes.clone(),
+            );
+            Ledger::new(window, settings.http.idempotency_max_keys, gauges)
+        });
+        Ok(Node {
+            hub,
+            broker,
+            metrics,
+            idempotency_window: window,
+            ledger,
+        })
     }
 
     pub fn hub(&self) -> &Arc<Hub> {
@@ -81,9 +101,55 @@ impl Node {
             }
             return Ok(seqs);
         };
-        let seqs = broker.publish(messages).await.map_err(unavailable)?;
-        self.metrics.published(source).inc_by(seqs.len() as u64);
-        Ok(seqs)
+        match broker.publish(messages, None).await.map_err(unavailable)? {
+            Published::New(seqs) => {
+                self.metrics.published(source).inc_by(seqs.len() as u64);
+                Ok(seqs)
+            }
+            // Only a publish with an idempotency key can be replayed or conflict.
+            Published::Replayed(_) | Published::Conflict => Err(unavailable(BrokerError::Corrupt {
+                key: "publish reply".into(),
+                what: "a replay for a publish without an idempotency key",
+            })),
+        }
+    }
+
+    /// Whether publishes honour an idempotency key (`http.idempotency_window` is not zero).
+    pub fn idempotency(&self) -> bool {
+        !self.idempotency_window.is_zero()
+    }
+
+    /// Publishes like [`Node::publish`], once per `key` within `http.idempotency_window`:
+    /// a repeat with the same body gets the first seqs and `true` (replayed), another body
+    /// an `idempotency_conflict`.
+    pub async fn publish_once(
+        &self,
+        messages: &[(Topic, Data)],
+        source: Source,
+        key: &IdempotencyKey,
+    ) -> Result<(Vec<u64>, bool), RequestError> {
+        if let Some(broker) = &self.broker {
+            let once = Some((key, self.idempotency_window));
+            return match broker.publish(messages, once).await.map_err(unavailable)? {
+                Published::New(seqs) => {
+                    self.metrics.published(source).inc_by(seqs.len() as u64);
+                    Ok((seqs, false))
+                }
+                Published::Replayed(seqs) => Ok((seqs, true)),
+                Published::Conflict => Err(idempotency::other_body()),
+            };
+        }
+        let Some(ledger) = &self.ledger else {
+            return Ok((self.publish(messages, source).await?, false));
+        };
+        match ledger.claim(key).await? {
+            Claim::Replay(seqs) => Ok((seqs, true)),
+            Claim::Fresh(reservation) => {
+                let seqs = self.publish(messages, source).await?;
+                reservation.finish(&seqs);
+                Ok((seqs, false))
+            }
+        }
     }
 
     /// Gets the node ready to register `patterns`, new to one connection, with the hub. The

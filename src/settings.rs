@@ -25,6 +25,12 @@ pub const FRAME_ENVELOPE_BYTES: usize = crate::topic::MAX_TOPIC_BYTES + 128;
 /// Largest per-topic history accepted: recovery replays at most this many messages.
 pub const MAX_HISTORY_SIZE: usize = 100_000;
 
+/// Longest `http.idempotency_window`: a retry comes within minutes, and Redis keeps every
+/// key for the whole window.
+pub const MAX_IDEMPOTENCY_WINDOW: Duration = Duration::from_secs(24 * 3600);
+/// Most `http.idempotency_max_keys`: the ledger may hold 512 bytes per key (about 512 MB here).
+pub const MAX_IDEMPOTENCY_KEYS: usize = 1_000_000;
+
 /// The shipped defaults; the same file users read and copy.
 pub const DEFAULTS_TOML: &str = include_str!("../config/default.toml");
 
@@ -258,6 +264,11 @@ pub struct HttpSettings {
     pub body_timeout: Duration,
     /// Bytes of request bodies all connections together may be reading or holding at once.
     pub max_inflight_body_bytes: usize,
+    /// How long a publish's `Idempotency-Key` is remembered; zero turns the header off.
+    #[serde(with = "humantime_serde")]
+    pub idempotency_window: Duration,
+    /// Most keys remembered at once (memory mode); the oldest goes first.
+    pub idempotency_max_keys: usize,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -447,6 +458,16 @@ impl Settings {
             self.http.max_inflight_body_bytes >= self.http.max_body_bytes,
             "http.max_inflight_body_bytes",
             "must be at least http.max_body_bytes, or a body of the largest accepted size could never be read",
+        )?;
+        check(
+            self.http.idempotency_window <= MAX_IDEMPOTENCY_WINDOW,
+            "http.idempotency_window",
+            "must be at most 24h",
+        )?;
+        check(
+            (1..=MAX_IDEMPOTENCY_KEYS).contains(&self.http.idempotency_max_keys),
+            "http.idempotency_max_keys",
+            &format!("must be between 1 and {MAX_IDEMPOTENCY_KEYS}"),
         )?;
         check(
             self.queue.max_bytes >= 1024,

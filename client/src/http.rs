@@ -47,6 +47,11 @@ impl Outgoing {
 /// Keeps one keep-alive connection and sends requests one at a time; wrap it in an `Arc` to
 /// share it. A non-2xx reply becomes [`Error::Http`] with the server's error code and message.
 ///
+/// Every publish (single or batch) carries a random `Idempotency-Key`, and is retried with the
+/// same key after a timeout, a connection failure or a 503, up to [`HttpPublisher::attempts`]
+/// times: the server publishes it once, however many of the attempts reached it, and a retry
+/// gets the first attempt's seqs.
+///
 /// ```no_run
 /// # async fn run() -> Result<(), tickwire_client::Error> {
 /// use tickwire_client::{HttpPublisher, Outgoing};
@@ -66,7 +71,27 @@ pub struct HttpPublisher {
     token: Option<TokenProvider>,
     tls: Option<Arc<rustls::ClientConfig>>,
     timeout: Duration,
+    attempts: u32,
     connection: tokio::sync::Mutex<Option<SendRequest<Full<Bytes>>>>,
+}
+
+/// Wait before the first retry; doubled for each next one, up to [`MAX_BACKOFF`].
+const FIRST_BACKOFF: Duration = Duration::from_millis(100);
+const MAX_BACKOFF: Duration = Duration::from_secs(2);
+
+/// A fresh 128-bit key in hex: unique per logical publish, shared by its retries.
+fn new_idempotency_key() -> String {
+    format!("{:032x}", rand::random::<u128>())
+}
+
+/// Whether an attempt may have failed before the server published, so that trying again
+/// (with the same key) is safe and may succeed.
+fn retriable(e: &Error) -> bool {
+    match e {
+        Error::Timeout(_) | Error::Connect { .. } | Error::Transport(_) => true,
+        Error::Http { status, .. } => *status == 503,
+        _ => false,
+    }
 }
 
 impl std::fmt::Debug for HttpPublisher {
@@ -123,6 +148,7 @@ impl HttpPublisher {
             token: None,
             tls: None,
             timeout: Duration::from_secs(30),
+            attempts: 4,
             connection: tokio::sync::Mutex::new(None),
         })
     }
@@ -136,6 +162,13 @@ impl HttpPublisher {
     /// How long one request may take, connecting included (default 30 s).
     pub fn timeout(mut self, timeout: Duration) -> HttpPublisher {
         self.timeout = timeout;
+        self
+    }
+
+    /// How many times one publish is tried (default 4, at least 1): retries follow a timeout,
+    /// a connection failure or a 503, after 100 ms, 200 ms, 400 ms... (jittered, at most 2 s).
+    pub fn attempts(mut self, attempts: u32) -> HttpPublisher {
+        self.attempts = attempts.max(1);
         self
     }
 
@@ -173,13 +206,35 @@ impl HttpPublisher {
         Ok(batch.results)
     }
 
-    /// POSTs `body` and returns the body of a 2xx reply.
+    /// POSTs `body` under a new idempotency key, retrying what may succeed on a retry, and
+    /// returns the body of a 2xx reply.
     async fn post(&self, body: Vec<u8>) -> Result<Bytes> {
+        let body = Bytes::from(body);
+        let key = new_idempotency_key();
+        let mut backoff = FIRST_BACKOFF;
+        let mut attempt = 1;
+        loop {
+            match self.post_once(body.clone(), &key).await {
+                Err(e) if attempt < self.attempts && retriable(&e) => {
+                    debug!(error = %e, attempt, "publish failed, retrying with the same key");
+                    let jitter = rand::random_range(0.5..1.0);
+                    tokio::time::sleep(backoff.mul_f64(jitter)).await;
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                    attempt += 1;
+                }
+                result => return result,
+            }
+        }
+    }
+
+    /// One attempt of [`HttpPublisher::post`], bounded by the timeout.
+    async fn post_once(&self, body: Bytes, key: &str) -> Result<Bytes> {
         let exchange = async {
             let mut request = Request::post(&self.path)
                 .header(HOST, &self.authority)
                 .header(CONTENT_TYPE, "application/json")
-                .body(Full::new(Bytes::from(body)))
+                .header("idempotency-key", key)
+                .body(Full::new(body))
                 .map_err(|e| Error::Protocol(format!("cannot build request: {e}")))?;
             if let Some(provider) = &self.token {
                 let token = provider.token().await.map_err(Error::Token)?;
