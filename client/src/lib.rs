@@ -83,7 +83,9 @@ mod url;
 pub use client::{Client, ClientBuilder, Events};
 pub use error::{BoxError, Error, Result};
 pub use http::{HttpPublisher, Outgoing};
-pub use message::{Event, Kind, Position, Published, Subscribed, Unsubscribed, Update};
+pub use message::{
+    Event, Kind, Position, Published, Subscribed, SubscriptionState, Unsubscribed, Update,
+};
 pub use options::{Backoff, ClientOptions, TokenProvider};
 pub use topic::pattern_matches;
 
