@@ -1063,7 +1063,10 @@ fn retrying_options() -> ClientOptions {
 async fn wait_ready(addr: SocketAddr) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     while common::http_get(addr, "/readyz").await.status != 200 {
-        assert!(tokio::time::Instant::now() < deadline, "{addr} not ready within 10 s");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{addr} not ready within 10 s"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
@@ -1071,7 +1074,9 @@ async fn wait_ready(addr: SocketAddr) {
 /// The state of an `Event::Subscription` for exactly `topics`, if `event` is one.
 fn subscription_state<'a>(event: &'a Event, topics: &[&str]) -> Option<&'a SubscriptionState> {
     match event {
-        Event::Subscription { topics: t, state } if t.iter().map(String::as_str).eq(topics.iter().copied()) => {
+        Event::Subscription { topics: t, state }
+            if t.iter().map(String::as_str).eq(topics.iter().copied()) =>
+        {
             Some(state)
         }
         _ => None,
@@ -1084,7 +1089,9 @@ async fn a_subscribe_refused_while_redis_is_down_is_retried_until_it_succeeds() 
     let mut redis = RedisServer::start(false);
     redis.kill();
     let node = start(&redis.broker_toml("retry")).await;
-    let client = Client::connect(ws_url(node.addr), retrying_options()).await.unwrap();
+    let client = Client::connect(ws_url(node.addr), retrying_options())
+        .await
+        .unwrap();
     let mut events = client.events().unwrap();
     assert!(matches!(next(&mut events).await, Event::Open));
 
@@ -1092,7 +1099,15 @@ async fn a_subscribe_refused_while_redis_is_down_is_retried_until_it_succeeds() 
     let refused = client.subscribe(["chat.retry"]).await.unwrap_err();
     assert_eq!(refused.code(), Some("unavailable"), "{refused}");
     match next(&mut events).await {
-        Event::Subscription { topics, state: SubscriptionState::Retrying { error, attempt, delay } } => {
+        Event::Subscription {
+            topics,
+            state:
+                SubscriptionState::Retrying {
+                    error,
+                    attempt,
+                    delay,
+                },
+        } => {
             assert_eq!(topics, ["chat.retry"]);
             assert_eq!((error.code(), attempt), (Some("unavailable"), 1));
             assert!(delay <= Duration::from_millis(150), "{delay:?}");
@@ -1106,7 +1121,10 @@ async fn a_subscribe_refused_while_redis_is_down_is_retried_until_it_succeeds() 
     );
     // Retries while Redis stays down are refused too, with growing attempt numbers.
     let seen = until(&mut events, "retry 3 of chat.retry", |e| {
-        matches!(subscription_state(e, &["chat.retry"]), Some(SubscriptionState::Retrying { attempt: 3, .. }))
+        matches!(
+            subscription_state(e, &["chat.retry"]),
+            Some(SubscriptionState::Retrying { attempt: 3, .. })
+        )
     })
     .await;
     let attempts: Vec<u32> = (seen.iter())
@@ -1123,13 +1141,18 @@ async fn a_subscribe_refused_while_redis_is_down_is_retried_until_it_succeeds() 
     redis.restart();
     wait_ready(node.addr).await;
     let seen = until(&mut events, "chat.retry subscribed", |e| {
-        matches!(subscription_state(e, &["chat.retry"]), Some(SubscriptionState::Subscribed))
+        matches!(
+            subscription_state(e, &["chat.retry"]),
+            Some(SubscriptionState::Subscribed)
+        )
     })
     .await;
     for event in &seen[..seen.len() - 1] {
         match event {
-            Event::Subscription { topics, state: SubscriptionState::Retrying { .. } }
-                if topics == &["chat.retry"] || topics == &["chat.gone"] => {}
+            Event::Subscription {
+                topics,
+                state: SubscriptionState::Retrying { .. },
+            } if topics == &["chat.retry"] || topics == &["chat.gone"] => {}
             other => panic!("unexpected event before Subscribed: {other:?}"),
         }
     }
@@ -1137,7 +1160,10 @@ async fn a_subscribe_refused_while_redis_is_down_is_retried_until_it_succeeds() 
     publish(node.addr, "chat.retry", json!("hello")).await;
     match next(&mut events).await {
         Event::Update(u) => {
-            assert_eq!((u.topic.as_str(), u.seq, u.data.get()), ("chat.retry", 1, r#""hello""#));
+            assert_eq!(
+                (u.topic.as_str(), u.seq, u.data.get()),
+                ("chat.retry", 1, r#""hello""#)
+            );
         }
         other => panic!("expected the update, got {other:?}"),
     }
@@ -1156,7 +1182,9 @@ async fn a_resubscribe_refused_after_a_reconnect_is_retried_and_recovers() {
     let node = start(&redis.broker_toml("reretry")).await;
     wait_ready(node.addr).await;
     let proxy = Proxy::start(node.addr).await;
-    let client = Client::connect(ws_url(proxy.addr), retrying_options()).await.unwrap();
+    let client = Client::connect(ws_url(proxy.addr), retrying_options())
+        .await
+        .unwrap();
     let mut events = client.events().unwrap();
     assert!(matches!(next(&mut events).await, Event::Open));
     // Published first, so that the subscribe reply tells the topic's epoch (needed to recover).
@@ -1168,7 +1196,10 @@ async fn a_resubscribe_refused_after_a_reconnect_is_retried_and_recovers() {
     redis.kill();
     proxy.cut();
     let seen = until(&mut events, "re-subscription retrying", |e| {
-        matches!(subscription_state(e, &["chat.re"]), Some(SubscriptionState::Retrying { attempt: 1, .. }))
+        matches!(
+            subscription_state(e, &["chat.re"]),
+            Some(SubscriptionState::Retrying { attempt: 1, .. })
+        )
     })
     .await;
     assert!(seen.iter().any(|e| matches!(e, Event::Open)), "{seen:?}");
@@ -1180,7 +1211,10 @@ async fn a_resubscribe_refused_after_a_reconnect_is_retried_and_recovers() {
     publish(node.addr, "chat.re", json!(2)).await;
     let seen = until(&mut events, "chat.re #2", |e| is_delivery(e, "chat.re", 2)).await;
     assert!(
-        seen.iter().any(|e| matches!(subscription_state(e, &["chat.re"]), Some(SubscriptionState::Subscribed))),
+        seen.iter().any(|e| matches!(
+            subscription_state(e, &["chat.re"]),
+            Some(SubscriptionState::Subscribed)
+        )),
         "{seen:?}"
     );
     assert_eq!(resets(&seen), Vec::<String>::new());

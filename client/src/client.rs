@@ -243,15 +243,16 @@ impl futures_core::Stream for Events {
 }
 
 type Callback<A> = Box<dyn FnMut(A) + Send>;
+type Callback2<A, B> = Box<dyn FnMut(A, B) + Send>;
 
 #[derive(Default)]
 struct Callbacks {
     on_open: Option<Box<dyn FnMut() + Send>>,
     on_message: Option<Callback<Update>>,
     on_reset: Option<Callback<String>>,
-    on_close: Option<Box<dyn FnMut(u16, String) + Send>>,
+    on_close: Option<Callback2<u16, String>>,
     on_error: Option<Callback<Error>>,
-    on_subscription: Option<Box<dyn FnMut(Vec<String>, SubscriptionState) + Send>>,
+    on_subscription: Option<Callback2<Vec<String>, SubscriptionState>>,
 }
 
 impl Callbacks {
@@ -263,7 +264,9 @@ impl Callbacks {
                 Event::Reset { topic } => self.on_reset.as_mut().map(|f| f(topic)),
                 Event::Close { code, reason } => self.on_close.as_mut().map(|f| f(code, reason)),
                 Event::Error(e) => self.on_error.as_mut().map(|f| f(e)),
-                Event::Subscription { topics, state } => self.on_subscription.as_mut().map(|f| f(topics, state)),
+                Event::Subscription { topics, state } => {
+                    self.on_subscription.as_mut().map(|f| f(topics, state))
+                }
             };
         }
     }

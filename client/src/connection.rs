@@ -526,7 +526,13 @@ impl Task {
                 continue; // no room to ask for recovery: the topic resets, as in `resubscribe`
             }
             bytes += cost;
-            since.insert(topic.clone(), Position { seq: track.seq, epoch });
+            since.insert(
+                topic.clone(),
+                Position {
+                    seq: track.seq,
+                    epoch,
+                },
+            );
         }
         let id = self.next_id();
         let text = Request::subscribe(id, &retry.topics, &since).encode();
@@ -565,7 +571,7 @@ impl Task {
         let delay = match &self.options.subscribe_retry {
             Some(backoff)
                 if error.code().is_some_and(transient)
-                    && !backoff.max_attempts.is_some_and(|max| done >= max) =>
+                    && backoff.max_attempts.is_none_or(|max| done < max) =>
             {
                 backoff.delay(done)
             }
@@ -585,7 +591,11 @@ impl Task {
             };
             self.schedule_retry(retry, Instant::now() + delay);
         }
-        SubscriptionState::Retrying { error, attempt, delay }
+        SubscriptionState::Retrying {
+            error,
+            attempt,
+            delay,
+        }
     }
 
     /// Forgets the tracks of topics no subscription, waiting retry or retry in flight covers.
@@ -595,7 +605,12 @@ impl Task {
             Pending::Retry { topics, .. } => topics.as_slice(),
             _ => &[],
         });
-        let wanted: Vec<&String> = self.subscriptions.iter().chain(retried).chain(in_flight).collect();
+        let wanted: Vec<&String> = self
+            .subscriptions
+            .iter()
+            .chain(retried)
+            .chain(in_flight)
+            .collect();
         self.tracks
             .retain(|topic, _| wanted.iter().any(|p| pattern_matches(p, topic)));
     }
@@ -787,9 +802,10 @@ impl Task {
                 self.subscriptions.retain(|s| !topics.contains(s));
                 self.background_refusal(topics, 0, error()).await.then(error)
             }
-            Some(Pending::Retry { topics, attempt, .. }) if !topics.is_empty() => {
-                self.background_refusal(topics, attempt, error()).await.then(error)
-            }
+            Some(Pending::Retry { topics, attempt, .. }) if !topics.is_empty() => self
+                .background_refusal(topics, attempt, error())
+                .await
+                .then(error),
             Some(Pending::Retry { .. }) => None, // unsubscribed while in flight
             Some(Pending::Publish { reply: None }) | None => Some(error()),
         };
