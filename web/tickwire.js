@@ -416,7 +416,7 @@ export class TickwireClient extends EventTarget {
         const info = this._refused(wanted, 0, err);
         r.reject(err);
         // A refusal for good is the caller's to handle; a retry is news.
-        if (info.state === 'retrying') this._subscriptionState({ ...info, topics: r.frame.topics });
+        if (info.state === 'retrying' && wanted.length) this._subscriptionState({ ...info, topics: r.frame.topics });
       } else if (r.kind === 'resubscribe' || (r.kind === 'retry' && r.topics.length)) {
         // Nobody awaits these: the server refuses what it accepted before (or still refuses).
         const topics = r.kind === 'retry' ? r.topics : r.frame.topics;

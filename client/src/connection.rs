@@ -787,7 +787,7 @@ impl Task {
                 let state = self.refused(&wanted, 0, error());
                 let unclaimed = reply.send(Err(error())).err().and_then(Result::err);
                 // A refusal for good is the caller's to report; a retry is news.
-                if matches!(state, SubscriptionState::Retrying { .. }) {
+                if matches!(state, SubscriptionState::Retrying { .. }) && !wanted.is_empty() {
                     self.emit(Event::Subscription { topics, state }).await;
                 }
                 unclaimed
