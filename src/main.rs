@@ -20,7 +20,7 @@ use tickwire::server;
 use tickwire::settings::{LogFormat, Settings};
 use tickwire::topic::Pattern;
 use tickwire_client::{
-    Client, ClientOptions, Event, HttpPublisher, Outgoing, RawValue, TokenProvider, Update,
+    Client, ClientOptions, Event, HttpPublisher, Outgoing, RawValue, SubscriptionState, TokenProvider, Update,
 };
 use tokio::io::AsyncBufReadExt;
 use tracing::{info, warn};
@@ -366,8 +366,13 @@ async fn subscribe(args: SubscribeArgs) -> Result<(), Failure> {
             .await
             .map_err(runtime)?;
         let events = client.events().expect("a new client's events are not taken yet");
-        (client.subscribe(args.topics.clone()).await)
-            .map_err(|e| runtime(format!("subscribe failed: {e}")))?;
+        match client.subscribe(args.topics.clone()).await {
+            Ok(_) => {}
+            // Refused for now (a cluster node without Redis): the client retries it and the
+            // events below report how that goes.
+            Err(e) if matches!(e.code(), Some("unavailable" | "rate_limited")) => {}
+            Err(e) => return Err(runtime(format!("subscribe failed: {e}"))),
+        }
         Ok::<_, Failure>((client, events))
     };
     let (client, mut events) = tokio::select! {
@@ -423,6 +428,20 @@ async fn subscribe(args: SubscribeArgs) -> Result<(), Failure> {
                     }
                     Event::Error(e) => {
                         eprintln!("tickwire: {e}");
+                        Ok(())
+                    }
+                    Event::Subscription { topics, state } => {
+                        let topics = topics.join(" ");
+                        match state {
+                            SubscriptionState::Retrying { error, delay, .. } => {
+                                eprintln!("tickwire: subscribe {topics} refused ({error}), retrying in {delay:.1?}");
+                            }
+                            SubscriptionState::Subscribed => eprintln!("tickwire: subscribed {topics}"),
+                            SubscriptionState::Failed { error } => {
+                                eprintln!("tickwire: subscribe {topics} failed: {error}");
+                            }
+                            _ => {}
+                        }
                         Ok(())
                     }
                     _ => Ok(()),

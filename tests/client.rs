@@ -9,11 +9,12 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use common::redis::RedisServer;
 use common::{publish, start, RECV_TIMEOUT, SILENCE};
 use serde_json::{json, Value};
 use tickwire_client::{
     rustls, Backoff, Client, ClientOptions, Error, Event, Events, HttpPublisher, Kind, Outgoing,
-    TokenProvider,
+    SubscriptionState, TokenProvider,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -1043,4 +1044,185 @@ async fn closing_from_a_callback_while_events_back_up() {
         "on_close ran once, before close() returned"
     );
     holder.lock().unwrap().take();
+}
+
+// ---------------------------------------------------------------------------------------------
+// Subscriptions refused while a cluster node has no Redis are retried
+// ---------------------------------------------------------------------------------------------
+
+/// Fast subscribe retries: the first within 150 ms, then at most 300 ms apart.
+fn retrying_options() -> ClientOptions {
+    options().subscribe_retry(Backoff {
+        initial: Duration::from_millis(150),
+        max: Duration::from_millis(300),
+        factor: 2.0,
+        max_attempts: None,
+    })
+}
+
+async fn wait_ready(addr: SocketAddr) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while common::http_get(addr, "/readyz").await.status != 200 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{addr} not ready within 10 s"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The state of an `Event::Subscription` for exactly `topics`, if `event` is one.
+fn subscription_state<'a>(event: &'a Event, topics: &[&str]) -> Option<&'a SubscriptionState> {
+    match event {
+        Event::Subscription { topics: t, state }
+            if t.iter().map(String::as_str).eq(topics.iter().copied()) =>
+        {
+            Some(state)
+        }
+        _ => None,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscribe_refused_while_redis_is_down_is_retried_until_it_succeeds() {
+    // The node's Redis port is known, but nothing listens on it yet.
+    let mut redis = RedisServer::start(false);
+    redis.kill();
+    let node = start(&redis.broker_toml("retry")).await;
+    let client = Client::connect(ws_url(node.addr), retrying_options())
+        .await
+        .unwrap();
+    let mut events = client.events().unwrap();
+    assert!(matches!(next(&mut events).await, Event::Open));
+
+    // The caller gets the refusal; the client keeps the subscription as retrying.
+    let refused = client.subscribe(["chat.retry"]).await.unwrap_err();
+    assert_eq!(refused.code(), Some("unavailable"), "{refused}");
+    match next(&mut events).await {
+        Event::Subscription {
+            topics,
+            state:
+                SubscriptionState::Retrying {
+                    error,
+                    attempt,
+                    delay,
+                },
+        } => {
+            assert_eq!(topics, ["chat.retry"]);
+            assert_eq!((error.code(), attempt), (Some("unavailable"), 1));
+            assert!(delay <= Duration::from_millis(150), "{delay:?}");
+        }
+        other => panic!("expected Retrying, got {other:?}"),
+    }
+    // A second subscription, cancelled by an unsubscribe while it waits.
+    assert_eq!(
+        client.subscribe(["chat.gone"]).await.unwrap_err().code(),
+        Some("unavailable")
+    );
+    // Retries while Redis stays down are refused too, with growing attempt numbers.
+    let seen = until(&mut events, "retry 3 of chat.retry", |e| {
+        matches!(
+            subscription_state(e, &["chat.retry"]),
+            Some(SubscriptionState::Retrying { attempt: 3, .. })
+        )
+    })
+    .await;
+    let attempts: Vec<u32> = (seen.iter())
+        .filter_map(|e| match subscription_state(e, &["chat.retry"]) {
+            Some(SubscriptionState::Retrying { attempt, .. }) => Some(*attempt),
+            Some(other) => panic!("unexpected state {other:?}"),
+            None => None,
+        })
+        .collect();
+    assert_eq!(attempts, [2, 3]);
+    client.unsubscribe(["chat.gone"]).await.unwrap();
+
+    // Redis comes up: the next retry is accepted and publications flow.
+    redis.restart();
+    wait_ready(node.addr).await;
+    let seen = until(&mut events, "chat.retry subscribed", |e| {
+        matches!(
+            subscription_state(e, &["chat.retry"]),
+            Some(SubscriptionState::Subscribed)
+        )
+    })
+    .await;
+    for event in &seen[..seen.len() - 1] {
+        match event {
+            Event::Subscription {
+                topics,
+                state: SubscriptionState::Retrying { .. },
+            } if topics == &["chat.retry"] || topics == &["chat.gone"] => {}
+            other => panic!("unexpected event before Subscribed: {other:?}"),
+        }
+    }
+    publish(node.addr, "chat.gone", json!("nobody")).await;
+    publish(node.addr, "chat.retry", json!("hello")).await;
+    match next(&mut events).await {
+        Event::Update(u) => {
+            assert_eq!(
+                (u.topic.as_str(), u.seq, u.data.get()),
+                ("chat.retry", 1, r#""hello""#)
+            );
+        }
+        other => panic!("expected the update, got {other:?}"),
+    }
+    // The unsubscribed topic was never retried into a subscription, and the accepted one is
+    // not retried again.
+    expect_quiet(&mut events).await;
+
+    client.close().await;
+    node.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resubscribe_refused_after_a_reconnect_is_retried_and_recovers() {
+    // Persistent Redis: the topic's stream (epoch, history) survives the Redis restart.
+    let mut redis = RedisServer::start(true);
+    let node = start(&redis.broker_toml("reretry")).await;
+    wait_ready(node.addr).await;
+    let proxy = Proxy::start(node.addr).await;
+    let client = Client::connect(ws_url(proxy.addr), retrying_options())
+        .await
+        .unwrap();
+    let mut events = client.events().unwrap();
+    assert!(matches!(next(&mut events).await, Event::Open));
+    // Published first, so that the subscribe reply tells the topic's epoch (needed to recover).
+    publish(node.addr, "chat.re", json!(1)).await;
+    client.subscribe(["chat.re"]).await.unwrap();
+    assert!(is_delivery(&next(&mut events).await, "chat.re", 1));
+
+    // Redis goes down and the connection drops: the re-subscription is refused.
+    redis.kill();
+    proxy.cut();
+    let seen = until(&mut events, "re-subscription retrying", |e| {
+        matches!(
+            subscription_state(e, &["chat.re"]),
+            Some(SubscriptionState::Retrying { attempt: 1, .. })
+        )
+    })
+    .await;
+    assert!(seen.iter().any(|e| matches!(e, Event::Open)), "{seen:?}");
+    assert!(!seen.iter().any(|e| matches!(e, Event::Error(_))), "{seen:?}");
+
+    // Redis is back; a publication made meanwhile is recovered, without a reset.
+    redis.restart();
+    wait_ready(node.addr).await;
+    publish(node.addr, "chat.re", json!(2)).await;
+    let seen = until(&mut events, "chat.re #2", |e| is_delivery(e, "chat.re", 2)).await;
+    assert!(
+        seen.iter().any(|e| matches!(
+            subscription_state(e, &["chat.re"]),
+            Some(SubscriptionState::Subscribed)
+        )),
+        "{seen:?}"
+    );
+    assert_eq!(resets(&seen), Vec::<String>::new());
+    assert_eq!(seqs_of(&seen, "chat.re"), [2]);
+    publish(node.addr, "chat.re", json!(3)).await;
+    assert!(is_delivery(&next(&mut events).await, "chat.re", 3));
+    expect_quiet(&mut events).await;
+
+    client.close().await;
+    node.stop().await.unwrap();
 }

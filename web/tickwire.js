@@ -3,7 +3,9 @@
 // An ES module without dependencies or a build step. It mirrors the Rust client
 // (client/src): reconnect with exponential backoff and full jitter, re-subscribe with `since`
 // (the last seq and epoch per topic), a `reset` event when the server cannot recover a topic
-// (its fresh snapshot follows), and duplicate updates (seq <= last seen) are dropped.
+// (its fresh snapshot follows), and duplicate updates (seq <= last seen) are dropped. A subscribe
+// refused with a transient error (`unavailable`: a cluster node without Redis; `rate_limited`)
+// is retried with backoff and reported as `subscription` events.
 // See docs/web.md and docs/protocol.md §4.5.
 
 /**
@@ -34,8 +36,25 @@
  * @property {(topic: string) => void} [onReset]
  * @property {(code: number, reason: string) => void} [onClose]
  * @property {(err: Error) => void} [onError]
+ * @property {(topics: string[], state: 'retrying'|'subscribed'|'failed', info: SubscriptionInfo) => void} [onSubscription]
+ * @property {Backoff|false} [subscribeRetry]  backoff between retries of a subscribe refused with
+ *   `unavailable` or `rate_limited` (default 500 ms growing x2 up to 30 s, full jitter); false: never retry
  * @property {typeof WebSocket} [WebSocket]  WebSocket implementation (default: globalThis.WebSocket)
  */
+
+/**
+ * What a `subscription` event tells (its `detail`, and the third argument of `onSubscription`).
+ * @typedef {Object} SubscriptionInfo
+ * @property {string[]} topics  the subscriptions of the refused request, as requested
+ * @property {'retrying'|'subscribed'|'failed'} state
+ * @property {TickwireError} [error]  the refusal (retrying, failed)
+ * @property {number} [attempt]  retrying: the number of the coming retry (1 after the first refusal)
+ * @property {number} [delay]    retrying: ms until that retry
+ * @property {number} [retryAt]  retrying: Date.now() of that retry
+ */
+
+/** Refusals that mean "not now" rather than "no": the same subscribe may succeed later. */
+const TRANSIENT = new Set(['unavailable', 'rate_limited']);
 
 /** An `error` reply from the server. */
 export class TickwireError extends Error {
@@ -70,7 +89,8 @@ const STABLE_MS = 5000;
  * A tickwire connection that reconnects by itself.
  *
  * Events (EventTarget): `open`, `message` (detail: Update), `reset` (detail: {topic}),
- * `close` (detail: {code, reason}), `error` (detail: Error), `status` (detail: status string).
+ * `close` (detail: {code, reason}), `error` (detail: Error), `status` (detail: status string),
+ * `subscription` (detail: SubscriptionInfo) for subscriptions the client retries on its own.
  */
 export class TickwireClient extends EventTarget {
   /**
@@ -100,6 +120,8 @@ export class TickwireClient extends EventTarget {
     this.subscriptions = new Set();
     /** @type {Map<string, {seq: number, epoch: string|null}>} per topic: last delivered seq, epoch */
     this.positions = new Map();
+    /** @type {Set<{topics: string[], attempt: number, timer: any}>} refused subscribes waiting for a retry */
+    this._retries = new Set();
     this._attempt = 0;
     this._closed = false;
     this._timer = null;
@@ -153,6 +175,8 @@ export class TickwireClient extends EventTarget {
       this._setStatus('open');
       this._resubscribe();
       for (const req of this._queue.splice(0)) this._send(req);
+      // A new connection may reach a node that can serve them: retry now.
+      for (const retry of [...this._retries]) this._sendRetry(retry);
       this._emit('open', null, ev);
     };
     ws.onmessage = (ev) => this._onFrame(ev.data);
@@ -190,6 +214,7 @@ export class TickwireClient extends EventTarget {
 
   _finish() {
     this._closed = true;
+    this._stopRetries();
     this._setStatus('closed');
     for (const r of this._queue.splice(0)) this._fail(r, new TickwireError('closed', 'client is closed'));
   }
@@ -200,7 +225,9 @@ export class TickwireClient extends EventTarget {
     this._pending.clear();
     for (const r of pending) {
       if (r.kind === 'publish') this._fail(r, new TickwireError('disconnected', 'connection lost'));
-      else if (r.kind !== 'resubscribe') this._queue.push(r);
+      else if (r.kind === 'retry') {
+        if (r.topics.length) this._retries.add({ topics: r.topics, attempt: r.attempt, timer: null });
+      } else if (r.kind !== 'resubscribe') this._queue.push(r);
     }
   }
 
@@ -210,18 +237,100 @@ export class TickwireClient extends EventTarget {
   }
 
   _send(r) {
+    if (r.kind === 'unsubscribe') this._cancelRetries(r.frame.topics);
     const id = this._nextId++;
     r.frame.id = id;
     this._pending.set(id, r);
     this.ws.send(JSON.stringify(r.frame));
   }
 
+  /** Sends a retry (once its timer fired, or at once on a new connection), asking to recover
+   * the tracked topics only its patterns cover (left by a refused re-subscription). */
+  _sendRetry(retry) {
+    clearTimeout(retry.timer);
+    this._retries.delete(retry);
+    /** @type {Record<string, {seq: number, epoch: string}>} */
+    const since = {};
+    for (const [t, pos] of this.positions) {
+      if (!retry.topics.some((p) => patternMatches(p, t))) continue;
+      if ([...this.subscriptions].some((p) => patternMatches(p, t))) continue;
+      since[t] = { seq: pos.seq, epoch: pos.epoch || '' };
+    }
+    const frame = { op: 'subscribe', topics: retry.topics };
+    if (Object.keys(since).length) frame.since = since;
+    this._send({
+      frame, kind: 'retry', topics: retry.topics, attempt: retry.attempt,
+      since: new Set(Object.keys(since)), resolve() {}, reject() {}, timer: null,
+    });
+  }
+
+  /**
+   * A subscribe nobody else sends again was refused: schedules a retry when the refusal is
+   * transient and retries remain (`done` refused so far). Returns the SubscriptionInfo.
+   * @param {string[]} topics @param {number} done @param {TickwireError} error
+   */
+  _refused(topics, done, error) {
+    const policy = this.options.subscribeRetry;
+    const b = { initial: 500, max: 30000, factor: 2, maxAttempts: Infinity, ...(policy || {}) };
+    if (policy === false || !TRANSIENT.has(error.code) || done >= b.maxAttempts) {
+      return { topics, state: 'failed', error };
+    }
+    const cap = Math.min(b.max, b.initial * Math.pow(Math.max(1, b.factor), done));
+    const delay = Math.random() * cap; // full jitter
+    const attempt = done + 1;
+    // A topic already active or already waiting needs no second retry.
+    const waiting = topics.filter((t) => !this.subscriptions.has(t)
+      && ![...this._retries].some((r) => r.topics.includes(t)));
+    if (waiting.length && !this._closed) {
+      const retry = { topics: waiting, attempt, timer: null };
+      retry.timer = setTimeout(() => {
+        retry.timer = null;
+        if (this.ws && this.ws.readyState === 1) this._sendRetry(retry);
+        // otherwise it waits in _retries and goes out when the connection opens
+      }, delay);
+      this._retries.add(retry);
+    }
+    return { topics, state: 'retrying', error, attempt, delay, retryAt: Date.now() + delay };
+  }
+
+  /** An unsubscribe stops the retries of its topics, waiting or in flight. */
+  _cancelRetries(topics) {
+    for (const retry of [...this._retries]) {
+      retry.topics = retry.topics.filter((t) => !topics.includes(t));
+      if (retry.topics.length === 0) {
+        clearTimeout(retry.timer);
+        this._retries.delete(retry);
+      }
+    }
+    for (const r of this._pending.values()) {
+      if (r.kind === 'retry') r.topics = r.topics.filter((t) => !topics.includes(t));
+      else if (r.kind === 'subscribe') (r.cancelled ||= []).push(...topics);
+    }
+  }
+
+  _stopRetries() {
+    for (const retry of this._retries) clearTimeout(retry.timer);
+    this._retries.clear();
+  }
+
+  _subscriptionState(info) {
+    this._emit('subscription', info, info.topics, info.state, info);
+  }
+
+  /** Forgets the positions of topics no subscription, waiting retry or retry in flight covers. */
+  _pruneTracks() {
+    const wanted = [...this.subscriptions];
+    for (const r of this._retries) wanted.push(...r.topics);
+    for (const r of this._pending.values()) if (r.kind === 'retry') wanted.push(...r.topics);
+    for (const t of [...this.positions.keys()]) {
+      if (!wanted.some((p) => patternMatches(p, t))) this.positions.delete(t);
+    }
+  }
+
   /** Re-establishes the confirmed subscriptions with `since` = the tracked positions. */
   _resubscribe() {
     const topics = [...this.subscriptions];
-    for (const t of [...this.positions.keys()]) {
-      if (!topics.some((p) => patternMatches(p, t))) this.positions.delete(t);
-    }
+    this._pruneTracks();
     if (topics.length === 0) return;
     /** @type {Record<string, {seq: number, epoch: string}>} */
     const since = {};
@@ -302,13 +411,45 @@ export class TickwireClient extends EventTarget {
     clearTimeout(r.timer);
     if (msg.type === 'error') {
       const err = new TickwireError(msg.code, msg.message);
-      if (r.kind === 'resubscribe') this._emit('error', err, err);
-      r.reject(err);
+      if (r.kind === 'subscribe') {
+        const wanted = r.frame.topics.filter((t) => !(r.cancelled || []).includes(t));
+        const info = this._refused(wanted, 0, err);
+        r.reject(err);
+        // A refusal for good is the caller's to handle; a retry is news.
+        if (info.state === 'retrying' && wanted.length) this._subscriptionState({ ...info, topics: r.frame.topics });
+      } else if (r.kind === 'resubscribe' || (r.kind === 'retry' && r.topics.length)) {
+        // Nobody awaits these: the server refuses what it accepted before (or still refuses).
+        const topics = r.kind === 'retry' ? r.topics : r.frame.topics;
+        for (const t of topics) this.subscriptions.delete(t);
+        const info = this._refused(topics, r.kind === 'retry' ? r.attempt : 0, err);
+        this._pruneTracks();
+        this._subscriptionState(info);
+        if (info.state === 'failed') this._emit('error', err, err);
+      } else {
+        r.reject(err);
+      }
+      return;
+    }
+    if (msg.type === 'subscribed' && r.kind === 'retry') {
+      if (r.topics.length === 0) return; // unsubscribed meanwhile: the `unsubscribed` reply follows
+      for (const t of r.topics) this.subscriptions.add(t);
+      this._subscriptionState({ topics: r.topics, state: 'subscribed' });
+      this._applyPositions(msg, r.since);
       return;
     }
     if (msg.type === 'subscribed') {
       this._applyPositions(msg, r.since || new Set());
       for (const t of msg.topics) this.subscriptions.add(t);
+      if (r.kind === 'subscribe') {
+        // Accepted now: an older refusal of the same topics needs no retry.
+        for (const retry of [...this._retries]) {
+          retry.topics = retry.topics.filter((t) => !msg.topics.includes(t));
+          if (retry.topics.length === 0) {
+            clearTimeout(retry.timer);
+            this._retries.delete(retry);
+          }
+        }
+      }
     } else if (msg.type === 'unsubscribed') {
       for (const t of msg.topics) this.subscriptions.delete(t);
     }
@@ -332,7 +473,9 @@ export class TickwireClient extends EventTarget {
   }
 
   /**
-   * Subscribes to topics or patterns. Resolves with the `subscribed` reply.
+   * Subscribes to topics or patterns. Resolves with the `subscribed` reply, rejects with a
+   * TickwireError. A refusal with `unavailable` or `rate_limited` is also retried in the
+   * background (see `subscribeRetry`), reported by `subscription` events; `unsubscribe` stops it.
    * @param {string|string[]} topics @returns {Promise<Object>}
    */
   subscribe(topics) {
@@ -360,6 +503,7 @@ export class TickwireClient extends EventTarget {
   close() {
     this._closed = true;
     clearTimeout(this._timer);
+    this._stopRetries();
     const ws = this.ws;
     if (ws) ws.close(1000, 'client closed');
     else this._finish();

@@ -13,7 +13,7 @@ use tokio::task::JoinHandle;
 
 use crate::connection::{self, Command, Reply, Shared, Task};
 use crate::error::{Error, Result};
-use crate::message::{Event, Published, Subscribed, Unsubscribed, Update};
+use crate::message::{Event, Published, Subscribed, SubscriptionState, Unsubscribed, Update};
 use crate::options::ClientOptions;
 use crate::url::check_scheme;
 
@@ -134,6 +134,11 @@ impl Client {
 
     /// Subscribes to topics or patterns (`prices.*`, `chat.>`). The snapshots or updates follow
     /// on the event stream; the subscription is re-established after every reconnect.
+    ///
+    /// A refusal is returned as [`Error::Server`]. When its code is transient (`unavailable`:
+    /// a cluster node without Redis; `rate_limited`) the client also keeps retrying the
+    /// subscription in the background (see [`ClientOptions::subscribe_retry`]) and reports it
+    /// with [`Event::Subscription`]; [`Client::unsubscribe`] with the same topics stops that.
     pub async fn subscribe<I, S>(&self, topics: I) -> Result<Subscribed>
     where
         I: IntoIterator<Item = S>,
@@ -238,14 +243,16 @@ impl futures_core::Stream for Events {
 }
 
 type Callback<A> = Box<dyn FnMut(A) + Send>;
+type Callback2<A, B> = Box<dyn FnMut(A, B) + Send>;
 
 #[derive(Default)]
 struct Callbacks {
     on_open: Option<Box<dyn FnMut() + Send>>,
     on_message: Option<Callback<Update>>,
     on_reset: Option<Callback<String>>,
-    on_close: Option<Box<dyn FnMut(u16, String) + Send>>,
+    on_close: Option<Callback2<u16, String>>,
     on_error: Option<Callback<Error>>,
+    on_subscription: Option<Callback2<Vec<String>, SubscriptionState>>,
 }
 
 impl Callbacks {
@@ -257,6 +264,9 @@ impl Callbacks {
                 Event::Reset { topic } => self.on_reset.as_mut().map(|f| f(topic)),
                 Event::Close { code, reason } => self.on_close.as_mut().map(|f| f(code, reason)),
                 Event::Error(e) => self.on_error.as_mut().map(|f| f(e)),
+                Event::Subscription { topics, state } => {
+                    self.on_subscription.as_mut().map(|f| f(topics, state))
+                }
             };
         }
     }
@@ -330,6 +340,17 @@ impl ClientBuilder {
     /// Called for errors no caller awaits (see [`Event::Error`]).
     pub fn on_error(mut self, f: impl FnMut(Error) + Send + 'static) -> ClientBuilder {
         self.callbacks.on_error = Some(Box::new(f));
+        self
+    }
+
+    /// Called when a subscription the client retries changes state (see
+    /// [`Event::Subscription`]): refused with a transient error and retrying, subscribed by a
+    /// retry, or failed for good.
+    pub fn on_subscription(
+        mut self,
+        f: impl FnMut(Vec<String>, SubscriptionState) + Send + 'static,
+    ) -> ClientBuilder {
+        self.callbacks.on_subscription = Some(Box::new(f));
         self
     }
 

@@ -5,6 +5,12 @@
 //! epoch (when known). Deliveries at or below the tracked seq are duplicates (overlapping
 //! subscriptions, replays) and are dropped; after a reconnect the tracks become the `since`
 //! positions of the re-subscription.
+//!
+//! A subscribe refused with a transient error (`unavailable`: a cluster node without Redis;
+//! `rate_limited`) becomes a [`Retry`]: one entry per refused request, re-sent on its own
+//! backoff by the connection loop's single retry timer (the earliest due entry), and at once
+//! on a new connection. Until a retry is accepted its patterns are not in `subscriptions`, so
+//! the reconnect path never subscribes them twice; an unsubscribe cancels them.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -24,7 +30,9 @@ use tokio_tungstenite::{Connector, MaybeTlsStream, WebSocketStream};
 use tracing::debug;
 
 use crate::error::{Error, Result};
-use crate::message::{Event, Frame, Kind, Position, Published, Request, Subscribed, Unsubscribed, Update};
+use crate::message::{
+    Event, Frame, Kind, Position, Published, Request, Subscribed, SubscriptionState, Unsubscribed, Update,
+};
 use crate::options::{default_tls, ClientOptions};
 use crate::topic::pattern_matches;
 use crate::url::with_token;
@@ -48,6 +56,12 @@ const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 const STABLE_AFTER: Duration = Duration::from_secs(1);
 /// Close code for "the server kept refusing our requests": reconnecting would not help.
 const CLOSE_RATE_LIMIT: u16 = 4029;
+
+/// Refusals that say "not now" rather than "no": the request was not carried out and the same
+/// request may succeed later (Redis back, rate limit refilled).
+fn transient(code: &str) -> bool {
+    matches!(code, "unavailable" | "rate_limited")
+}
 
 /// A request from a [`Client`](crate::Client) handle.
 pub(crate) enum Command {
@@ -112,10 +126,19 @@ enum Pending {
     Subscribe {
         topics: Vec<String>,
         reply: Reply<Subscribed>,
+        /// Topics unsubscribed since it was sent: not retried if it is refused.
+        cancelled: Vec<String>,
     },
     /// An internal re-subscription after a reconnect; `since` are the topics it gave positions for.
     Resubscribe {
         topics: Vec<String>,
+        since: BTreeSet<String>,
+    },
+    /// A retry of a refused subscribe (the `attempt`th); unsubscribed topics are removed from
+    /// `topics` while it is in flight.
+    Retry {
+        topics: Vec<String>,
+        attempt: u32,
         since: BTreeSet<String>,
     },
     Unsubscribe {
@@ -135,6 +158,13 @@ struct Batch {
     /// Tracked topics whose `since` did not fit.
     unrecoverable: BTreeSet<String>,
     bytes: usize,
+}
+
+/// A refused subscribe waiting for its next attempt.
+struct Retry {
+    topics: Vec<String>,
+    /// The number of the coming attempt: 1 after the first refusal.
+    attempt: u32,
 }
 
 /// How a connection ended.
@@ -222,6 +252,10 @@ pub(crate) struct Task {
     pending: BTreeMap<i64, Pending>,
     /// Subscribe/unsubscribe requests in flight when the connection dropped, to send again.
     replay: Vec<Command>,
+    /// Refused subscribes by due time (the `u64` tells equal times apart); never more entries
+    /// than distinct refused subscriptions, since a topic already waiting is not added twice.
+    retries: BTreeMap<(Instant, u64), Retry>,
+    next_retry: u64,
     next_id: i64,
 }
 
@@ -245,6 +279,8 @@ impl Task {
             tracks: HashMap::new(),
             pending: BTreeMap::new(),
             replay: Vec::new(),
+            retries: BTreeMap::new(),
+            next_retry: 0,
             next_id: 1,
         }
     }
@@ -357,6 +393,13 @@ impl Task {
                 return End::lost(e);
             }
         }
+        // A new connection may reach a node that can serve them: retry now, not on the old
+        // schedule. One at a time, so that a failed write leaves the rest waiting.
+        while let Some((_, retry)) = self.retries.pop_first() {
+            if let Err(e) = self.send_retry(&mut ws, retry).await {
+                return End::lost(e);
+            }
+        }
         let mut ping = self.options.ping_interval.map(|every| {
             let mut ticker = tokio::time::interval_at(Instant::now() + every, every);
             ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -366,6 +409,7 @@ impl Task {
         let mut heard = Instant::now();
         loop {
             let idle_deadline = idle.map(|d| heard + d);
+            let retry_due = self.retries.keys().next().map(|(due, _)| *due);
             tokio::select! {
                 () = shut_down(&mut self.shutdown) => return close(ws).await,
                 cmd = self.commands.recv() => match cmd {
@@ -409,6 +453,16 @@ impl Task {
                     let idle = idle.unwrap_or_default();
                     return End::lost(format!("nothing received from the server for {idle:?}"));
                 }
+                () = async {
+                    match retry_due {
+                        Some(due) => tokio::time::sleep_until(due).await,
+                        None => std::future::pending().await,
+                    }
+                } => {
+                    if let Err(e) = self.send_due_retries(&mut ws).await {
+                        return End::lost(e);
+                    }
+                }
             }
         }
     }
@@ -425,8 +479,15 @@ impl Task {
             Command::Unsubscribe { topics, .. } => Request::unsubscribe(id, topics).encode(),
             Command::Publish { topic, data, .. } => Request::publish(id, topic, data).encode(),
         };
+        if let Command::Unsubscribe { topics, .. } = &cmd {
+            self.cancel_retries(topics);
+        }
         let pending = match cmd {
-            Command::Subscribe { topics, reply } => Pending::Subscribe { topics, reply },
+            Command::Subscribe { topics, reply } => Pending::Subscribe {
+                topics,
+                reply,
+                cancelled: Vec::new(),
+            },
             Command::Unsubscribe { topics, reply } => Pending::Unsubscribe { topics, reply },
             Command::Publish { reply, .. } => Pending::Publish { reply },
         };
@@ -434,14 +495,133 @@ impl Task {
         send(ws, Message::text(text)).await
     }
 
+    /// Sends the retries that are due.
+    async fn send_due_retries(&mut self, ws: &mut Ws) -> Result<(), String> {
+        let now = Instant::now();
+        while let Some(entry) = self.retries.first_entry() {
+            if entry.key().0 > now {
+                break;
+            }
+            let retry = entry.remove();
+            self.send_retry(ws, retry).await?;
+        }
+        Ok(())
+    }
+
+    /// Sends one retry, asking to recover the tracked topics only its patterns cover (those a
+    /// refused re-subscription left without a subscription).
+    async fn send_retry(&mut self, ws: &mut Ws, retry: Retry) -> Result<(), String> {
+        let mut bytes: usize = retry.topics.iter().map(|t| t.len() + 3).sum();
+        let mut since = BTreeMap::new();
+        let mut asked = BTreeSet::new();
+        for (topic, track) in &self.tracks {
+            let ours = retry.topics.iter().any(|p| pattern_matches(p, topic));
+            if !ours || self.subscriptions.iter().any(|p| pattern_matches(p, topic)) {
+                continue;
+            }
+            asked.insert(topic.clone());
+            let epoch = track.epoch.clone().unwrap_or_default();
+            let cost = topic.len() + epoch.len() + 40;
+            if bytes + cost > SINCE_BYTES {
+                continue; // no room to ask for recovery: the topic resets, as in `resubscribe`
+            }
+            bytes += cost;
+            since.insert(
+                topic.clone(),
+                Position {
+                    seq: track.seq,
+                    epoch,
+                },
+            );
+        }
+        let id = self.next_id();
+        let text = Request::subscribe(id, &retry.topics, &since).encode();
+        let pending = Pending::Retry {
+            topics: retry.topics,
+            attempt: retry.attempt,
+            since: asked,
+        };
+        self.pending.insert(id, pending);
+        send(ws, Message::text(text)).await
+    }
+
+    fn schedule_retry(&mut self, retry: Retry, due: Instant) {
+        self.next_retry = self.next_retry.wrapping_add(1);
+        self.retries.insert((due, self.next_retry), retry);
+    }
+
+    /// An unsubscribe stops the retries of its topics, waiting or in flight.
+    fn cancel_retries(&mut self, topics: &[String]) {
+        self.retries.retain(|_, retry| {
+            retry.topics.retain(|t| !topics.contains(t));
+            !retry.topics.is_empty()
+        });
+        for pending in self.pending.values_mut() {
+            match pending {
+                Pending::Retry { topics: retried, .. } => retried.retain(|t| !topics.contains(t)),
+                Pending::Subscribe { cancelled, .. } => cancelled.extend(topics.iter().cloned()),
+                _ => {}
+            }
+        }
+    }
+
+    /// A subscribe nobody else will send again was refused: schedules a retry when the
+    /// refusal is transient and retries remain (`done` refused so far), and returns the state.
+    fn refused(&mut self, topics: &[String], done: u32, error: Error) -> SubscriptionState {
+        let delay = match &self.options.subscribe_retry {
+            Some(backoff)
+                if error.code().is_some_and(transient)
+                    && backoff.max_attempts.is_none_or(|max| done < max) =>
+            {
+                backoff.delay(done)
+            }
+            _ => return SubscriptionState::Failed { error },
+        };
+        // A topic already active or already waiting needs no second retry.
+        let waiting: Vec<String> = (topics.iter())
+            .filter(|t| !self.subscriptions.contains(*t))
+            .filter(|t| !self.retries.values().any(|r| r.topics.contains(*t)))
+            .cloned()
+            .collect();
+        let attempt = done.saturating_add(1);
+        if !waiting.is_empty() {
+            let retry = Retry {
+                topics: waiting,
+                attempt,
+            };
+            self.schedule_retry(retry, Instant::now() + delay);
+        }
+        SubscriptionState::Retrying {
+            error,
+            attempt,
+            delay,
+        }
+    }
+
+    /// Forgets the tracks of topics no subscription, waiting retry or retry in flight covers.
+    fn prune_tracks(&mut self) {
+        let retried = self.retries.values().flat_map(|r| r.topics.iter());
+        let in_flight = self.pending.values().flat_map(|p| match p {
+            Pending::Retry { topics, .. } => topics.as_slice(),
+            _ => &[],
+        });
+        let wanted: Vec<&String> = self
+            .subscriptions
+            .iter()
+            .chain(retried)
+            .chain(in_flight)
+            .collect();
+        self.tracks
+            .retain(|topic, _| wanted.iter().any(|p| pattern_matches(p, topic)));
+    }
+
     /// Re-establishes every confirmed subscription with `since` = the tracked positions.
     ///
     /// Each topic's `since` goes with the first request whose patterns match it, so that no
     /// earlier request sends it a snapshot that would hide a gap.
     async fn resubscribe(&mut self, ws: &mut Ws) -> Result<(), String> {
+        self.prune_tracks();
         let subscriptions = &self.subscriptions;
-        self.tracks
-            .retain(|topic, _| subscriptions.iter().any(|p| pattern_matches(p, topic)));
         let mut assigned: HashSet<&str> = HashSet::new();
         let mut batches: Vec<Batch> = Vec::new();
         for pattern in subscriptions {
@@ -492,14 +672,17 @@ impl Task {
     fn connection_lost(&mut self) {
         for (_, pending) in std::mem::take(&mut self.pending) {
             match pending {
-                Pending::Subscribe { topics, reply } => {
+                Pending::Subscribe { topics, reply, .. } => {
                     self.replay.push(Command::Subscribe { topics, reply })
+                }
+                Pending::Retry { topics, attempt, .. } if !topics.is_empty() => {
+                    self.schedule_retry(Retry { topics, attempt }, Instant::now())
                 }
                 Pending::Unsubscribe { topics, reply } => {
                     self.replay.push(Command::Unsubscribe { topics, reply })
                 }
                 Pending::Publish { reply: Some(reply) } => drop(reply.send(Err(Error::Disconnected))),
-                Pending::Publish { reply: None } | Pending::Resubscribe { .. } => {}
+                Pending::Publish { reply: None } | Pending::Resubscribe { .. } | Pending::Retry { .. } => {}
             }
         }
         self.replay.retain(|cmd| !cmd.abandoned());
@@ -513,7 +696,12 @@ impl Task {
         match frame {
             Frame::Delivery(update) => self.on_delivery(update).await,
             Frame::Subscribed(id, subscribed) => match self.take_pending(id) {
-                Some(Pending::Subscribe { topics, reply }) => {
+                Some(Pending::Subscribe { topics, reply, .. }) => {
+                    // Accepted now: an older refusal of the same topics needs no retry.
+                    self.retries.retain(|_, retry| {
+                        retry.topics.retain(|t| !topics.contains(t));
+                        !retry.topics.is_empty()
+                    });
                     for topic in topics {
                         if !self.subscriptions.contains(&topic) {
                             self.subscriptions.push(topic);
@@ -523,14 +711,25 @@ impl Task {
                     let _ = reply.send(Ok(subscribed));
                 }
                 Some(Pending::Resubscribe { since, .. }) => self.apply_positions(&subscribed, &since).await,
+                Some(Pending::Retry { topics, since, .. }) => {
+                    if topics.is_empty() {
+                        return; // unsubscribed while in flight: the `unsubscribed` reply follows
+                    }
+                    for topic in &topics {
+                        if !self.subscriptions.contains(topic) {
+                            self.subscriptions.push(topic.clone());
+                        }
+                    }
+                    let state = SubscriptionState::Subscribed;
+                    self.emit(Event::Subscription { topics, state }).await;
+                    self.apply_positions(&subscribed, &since).await;
+                }
                 other => self.mismatch(other, "subscribed").await,
             },
             Frame::Unsubscribed(id, unsubscribed) => match self.take_pending(id) {
                 Some(Pending::Unsubscribe { topics, reply }) => {
                     self.subscriptions.retain(|s| !topics.contains(s));
-                    let subscriptions = &self.subscriptions;
-                    self.tracks
-                        .retain(|topic, _| subscriptions.iter().any(|p| pattern_matches(p, topic)));
+                    self.prune_tracks();
                     let _ = reply.send(Ok(unsubscribed));
                 }
                 other => self.mismatch(other, "unsubscribed").await,
@@ -544,10 +743,7 @@ impl Task {
                 other => self.mismatch(other, "published").await,
             },
             Frame::Pong => {}
-            Frame::Error { id, code, message } => {
-                let error = Error::Server { code, message };
-                self.on_error_reply(id, error).await;
-            }
+            Frame::Error { id, code, message } => self.on_error_reply(id, code, message).await,
         }
     }
 
@@ -566,32 +762,66 @@ impl Task {
             Pending::Subscribe { reply, .. } => drop(reply.send(Err(e()))),
             Pending::Unsubscribe { reply, .. } => drop(reply.send(Err(e()))),
             Pending::Publish { reply: Some(reply) } => drop(reply.send(Err(e()))),
-            Pending::Publish { reply: None } | Pending::Resubscribe { .. } => {}
+            Pending::Publish { reply: None } | Pending::Resubscribe { .. } | Pending::Retry { .. } => {}
         }
         self.emit(Event::Error(e())).await;
     }
 
-    /// An `error` reply: to its caller when one waits, otherwise to the event stream.
-    async fn on_error_reply(&mut self, id: Option<i64>, error: Error) {
+    /// An `error` reply: to its caller when one waits, otherwise to the event stream. A
+    /// refused subscribe may also become a retry (see [`Task::refused`]).
+    async fn on_error_reply(&mut self, id: Option<i64>, code: String, message: String) {
+        let error = || Error::Server {
+            code: code.clone(),
+            message: message.clone(),
+        };
         let unclaimed = match self.take_pending(id) {
-            Some(Pending::Subscribe { reply, .. }) => reply.send(Err(error)).err().and_then(Result::err),
-            Some(Pending::Unsubscribe { reply, .. }) => reply.send(Err(error)).err().and_then(Result::err),
+            Some(Pending::Subscribe {
+                topics,
+                reply,
+                cancelled,
+            }) => {
+                let wanted: Vec<String> = (topics.iter())
+                    .filter(|t| !cancelled.contains(t))
+                    .cloned()
+                    .collect();
+                let state = self.refused(&wanted, 0, error());
+                let unclaimed = reply.send(Err(error())).err().and_then(Result::err);
+                // A refusal for good is the caller's to report; a retry is news.
+                if matches!(state, SubscriptionState::Retrying { .. }) && !wanted.is_empty() {
+                    self.emit(Event::Subscription { topics, state }).await;
+                }
+                unclaimed
+            }
+            Some(Pending::Unsubscribe { reply, .. }) => reply.send(Err(error())).err().and_then(Result::err),
             Some(Pending::Publish { reply: Some(reply) }) => {
-                reply.send(Err(error)).err().and_then(Result::err)
+                reply.send(Err(error())).err().and_then(Result::err)
             }
             Some(Pending::Resubscribe { topics, .. }) => {
-                // The new server refuses what the old one accepted: drop those subscriptions.
+                // The new server refuses what the old one accepted: drop those subscriptions,
+                // and retry them when the refusal is transient (their tracks are kept for it).
                 self.subscriptions.retain(|s| !topics.contains(s));
-                let subscriptions = &self.subscriptions;
-                self.tracks
-                    .retain(|topic, _| subscriptions.iter().any(|p| pattern_matches(p, topic)));
-                Some(error)
+                self.background_refusal(topics, 0, error()).await.then(error)
             }
-            Some(Pending::Publish { reply: None }) | None => Some(error),
+            Some(Pending::Retry { topics, attempt, .. }) if !topics.is_empty() => self
+                .background_refusal(topics, attempt, error())
+                .await
+                .then(error),
+            Some(Pending::Retry { .. }) => None, // unsubscribed while in flight
+            Some(Pending::Publish { reply: None }) | None => Some(error()),
         };
         if let Some(error) = unclaimed {
             self.emit(Event::Error(error)).await;
         }
+    }
+
+    /// A refused subscribe nobody awaits (a re-subscription or a retry): reports its state;
+    /// true when the refusal is final (the error then goes to [`Event::Error`] too).
+    async fn background_refusal(&mut self, topics: Vec<String>, done: u32, error: Error) -> bool {
+        let state = self.refused(&topics, done, error);
+        let failed = matches!(state, SubscriptionState::Failed { .. });
+        self.prune_tracks();
+        self.emit(Event::Subscription { topics, state }).await;
+        failed
     }
 
     /// Applies a `subscribed` reply's positions. `since` are the topics the request asked to

@@ -53,6 +53,15 @@
 //! saw through a pattern subscription made *before* the topic existed, it does not know the
 //! epoch and cannot ask for recovery; after a reconnect such a topic gets `Reset` + snapshot.
 //!
+//! # Refused subscriptions
+//!
+//! A subscribe the server refuses with a transient error (`unavailable`: a cluster node that has
+//! lost Redis; `rate_limited`) returns that error to its caller, and the client retries it with
+//! backoff ([`ClientOptions::subscribe_retry`]) until a retry is accepted, the topics are
+//! unsubscribed, or the client closes. [`Event::Subscription`] reports the
+//! [`SubscriptionState`]: `Retrying`, then `Subscribed` or `Failed`. The re-subscription after a
+//! reconnect is retried the same way. Other refusals (`forbidden`, `invalid_topic`, ...) are final.
+//!
 //! # Backpressure
 //!
 //! Events go through a bounded channel ([`ClientOptions::event_buffer`]). A consumer that stops
@@ -83,7 +92,7 @@ mod url;
 pub use client::{Client, ClientBuilder, Events};
 pub use error::{BoxError, Error, Result};
 pub use http::{HttpPublisher, Outgoing};
-pub use message::{Event, Kind, Position, Published, Subscribed, Unsubscribed, Update};
+pub use message::{Event, Kind, Position, Published, Subscribed, SubscriptionState, Unsubscribed, Update};
 pub use options::{Backoff, ClientOptions, TokenProvider};
 pub use topic::pattern_matches;
 

@@ -1,6 +1,7 @@
 //! Typed messages: what the application receives, and the wire frames (protocol v1) behind them.
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -127,6 +128,45 @@ pub enum Event {
     /// caller stopped waiting (or used [`Client::publish_nowait`](crate::Client::publish_nowait)),
     /// a failed re-subscription, or a malformed frame from the server.
     Error(Error),
+    /// A subscription the client retries on its own changed state: the server refused it with
+    /// a transient error (`unavailable`: a cluster node without Redis; `rate_limited`), so it
+    /// is [`SubscriptionState::Retrying`], then [`SubscriptionState::Subscribed`] once a retry
+    /// is accepted, or [`SubscriptionState::Failed`] when a retry is refused for good.
+    /// Subscriptions accepted (or refused for good) at the first try report nothing here: their
+    /// caller has the reply.
+    Subscription {
+        /// The subscriptions (topics or patterns) of the refused request, as requested.
+        topics: Vec<String>,
+        /// Their new state.
+        state: SubscriptionState,
+    },
+}
+
+/// The state of subscriptions the client retries, reported by [`Event::Subscription`].
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum SubscriptionState {
+    /// Refused with a transient error; the next attempt is made after `delay` (or at once
+    /// after a reconnect). Stops on [`Client::unsubscribe`](crate::Client::unsubscribe) or
+    /// [`Client::close`](crate::Client::close).
+    Retrying {
+        /// The refusal, an [`Error::Server`] with code `unavailable` or `rate_limited`.
+        error: Error,
+        /// The number of the coming retry: 1 after the first refusal.
+        attempt: u32,
+        /// How long until that retry (backoff with full jitter, see
+        /// [`ClientOptions::subscribe_retry`](crate::ClientOptions::subscribe_retry)).
+        delay: Duration,
+    },
+    /// A retry was accepted: the subscription is active and re-established after reconnects
+    /// like any other. Its snapshots (or recovered updates) follow.
+    Subscribed,
+    /// Refused for good: a non-transient error (e.g. `forbidden`), or the retries ran out
+    /// ([`Backoff::max_attempts`](crate::Backoff::max_attempts)).
+    Failed {
+        /// The last refusal.
+        error: Error,
+    },
 }
 
 /// A request as sent on the wire.

@@ -1,4 +1,5 @@
-//! Connection options: reconnect backoff, timeouts, buffers, token provider, TLS.
+//! Connection options: reconnect and subscribe-retry backoff, timeouts, buffers, token
+//! provider, TLS.
 
 use std::fmt;
 use std::future::Future;
@@ -10,7 +11,8 @@ use rand::Rng;
 
 use crate::error::BoxError;
 
-/// Exponential backoff with full jitter between reconnect attempts.
+/// Exponential backoff with full jitter between reconnect attempts (or between retries of a
+/// refused subscription, see [`ClientOptions::subscribe_retry`]).
 ///
 /// Attempt `n` (from 0) waits a uniformly random time in
 /// `[0, min(max, initial * factor^n)]` ("full jitter"), so that many clients cut off at once do
@@ -126,6 +128,7 @@ impl fmt::Debug for TokenProvider {
 #[derive(Debug, Clone)]
 pub struct ClientOptions {
     pub(crate) reconnect: Option<Backoff>,
+    pub(crate) subscribe_retry: Option<Backoff>,
     pub(crate) request_timeout: Duration,
     pub(crate) connect_timeout: Duration,
     pub(crate) ping_interval: Option<Duration>,
@@ -141,6 +144,12 @@ impl Default for ClientOptions {
     fn default() -> ClientOptions {
         ClientOptions {
             reconnect: Some(Backoff::default()),
+            subscribe_retry: Some(Backoff {
+                initial: Duration::from_millis(500),
+                max: Duration::from_secs(30),
+                factor: 2.0,
+                max_attempts: None,
+            }),
             request_timeout: Duration::from_secs(10),
             connect_timeout: Duration::from_secs(10),
             ping_interval: Some(Duration::from_secs(20)),
@@ -168,6 +177,27 @@ impl ClientOptions {
     /// Never reconnects: the event stream ends after the first connection closes.
     pub fn no_reconnect(mut self) -> ClientOptions {
         self.reconnect = None;
+        self
+    }
+
+    /// Retries, with this backoff, a subscribe the server refused with a transient error:
+    /// `unavailable` (a cluster node that has lost Redis) or `rate_limited`. Default: 0.5 s
+    /// growing ×2 up to 30 s, full jitter, no attempt limit; a `max_attempts` turns the
+    /// subscription [`Failed`](crate::SubscriptionState::Failed) after that many refused retries.
+    ///
+    /// The caller of [`Client::subscribe`](crate::Client::subscribe) still gets the refusal;
+    /// the retries and their outcome are reported by
+    /// [`Event::Subscription`](crate::Event::Subscription). Other refusals (`forbidden`,
+    /// `invalid_topic`, `too_many_subscriptions`, ...) are final. The same applies to the
+    /// re-subscription after a reconnect.
+    pub fn subscribe_retry(mut self, backoff: Backoff) -> ClientOptions {
+        self.subscribe_retry = Some(backoff);
+        self
+    }
+
+    /// Never retries a refused subscribe: every refusal is final, as before retries existed.
+    pub fn no_subscribe_retry(mut self) -> ClientOptions {
+        self.subscribe_retry = None;
         self
     }
 

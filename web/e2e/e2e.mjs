@@ -7,6 +7,8 @@ import { join, dirname } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import assert from 'node:assert/strict';
 
+import { createServer } from 'node:net';
+
 const root = join(dirname(fileURLToPath(import.meta.url)), '..', '..');
 const { TICKWIRE_BIN, E2E_PORT, E2E_PIDFILE, E2E_LOG, E2E_WORK } = process.env;
 const base = `http://127.0.0.1:${E2E_PORT}`;
@@ -38,6 +40,43 @@ async function restartServer() {
   for (let i = 0; i < 100 && !(await healthy()); i++) await sleep(100);
   assert.ok(await healthy(), 'restarted server is not healthy');
   log(`server restarted on the same port (pid ${child.pid})`);
+}
+
+/** A free loopback port (bound, then released). */
+const freePort = () => new Promise((resolve, reject) => {
+  const s = createServer().listen(0, '127.0.0.1', () => { const { port } = s.address(); s.close(() => resolve(port)); });
+  s.on('error', reject);
+});
+
+/** Waits until `url` answers 200. */
+async function until200(url, what) {
+  for (let i = 0; i < 150; i++) {
+    try { if ((await fetch(url)).ok) return; } catch { /* not up yet */ }
+    await sleep(100);
+  }
+  throw new Error(`${what}: ${url} did not answer 200 within 15 s`);
+}
+
+/** Processes this script started (a cluster node, its Redis), killed at the end. */
+const children = [];
+process.on('exit', () => { for (const c of children) try { c.kill('SIGKILL'); } catch { /* gone */ } });
+
+/** Starts redis-server on `port` (no persistence) and waits until it answers. */
+async function startRedis(port) {
+  const redis = spawn('redis-server', ['--bind', '127.0.0.1', '--port', String(port), '--save', '', '--appendonly', 'no'],
+    { stdio: 'ignore' });
+  children.push(redis);
+  for (let i = 0; i < 100; i++) {
+    const up = await new Promise((resolve) => {
+      const c = spawn('redis-cli', ['-p', String(port), 'PING'], { stdio: ['ignore', 'pipe', 'ignore'] });
+      let out = '';
+      c.stdout.on('data', (d) => { out += d; });
+      c.on('close', () => resolve(out.trim() === 'PONG'));
+    });
+    if (up) return redis;
+    await sleep(100);
+  }
+  throw new Error(`redis-server on port ${port} did not answer PING`);
 }
 
 /** Symbol -> last price text of the dashboard's table. */
@@ -164,8 +203,61 @@ try {
   assert.deepEqual(await bob.evaluate(() => window.e2eResets), [], 'resets');
   log(`(e) bob reconnected and recovered ${missed.length} missed messages in order, no reset`);
 
+  // (f) A dashboard that connects to a cluster node while its Redis is down: the subscription
+  // is refused (`unavailable`) and retried with backoff; once Redis is up the prices flow.
+  const [nodePort, redisPort] = [await freePort(), await freePort()];
+  const node = spawn(TICKWIRE_BIN, ['serve'], {
+    stdio: ['ignore', openSync(E2E_LOG, 'a'), openSync(E2E_LOG, 'a')],
+    env: {
+      ...process.env,
+      TICKWIRE__SERVER__LISTEN: `127.0.0.1:${nodePort}`,
+      TICKWIRE__BROKER__KIND: 'redis',
+      TICKWIRE__BROKER__REDIS_URL: `redis://127.0.0.1:${redisPort}`,
+      TICKWIRE__BROKER__PREFIX: `e2e-${process.pid}`,
+      TICKWIRE__BROKER__RECONNECT_MIN: '50ms',
+      TICKWIRE__BROKER__RECONNECT_MAX: '200ms',
+    },
+  });
+  children.push(node);
+  const nodeBase = `http://127.0.0.1:${nodePort}`;
+  await until200(`${nodeBase}/healthz`, 'cluster node');
+  assert.equal((await fetch(`${nodeBase}/readyz`)).status, 503, 'the node must start without Redis');
+  const blip = await context.newPage();
+  watch(blip, 'dashboard without Redis');
+  await blip.goto(`${nodeBase}/`);
+  await blip.waitForSelector('#status[data-subscription="retrying"]', { timeout: 10000 });
+  const states = [];
+  await blip.exposeFunction('e2eSubscription', (s) => states.push(s));
+  await blip.evaluate(() => window.tickwire.addEventListener('subscription', (e) => window.e2eSubscription({
+    topics: e.detail.topics, state: e.detail.state, code: e.detail.error?.code, attempt: e.detail.attempt,
+  })));
+  // Retries keep being refused while Redis is down.
+  await blip.waitForFunction(() => document.querySelector('#status').textContent.startsWith('no data (unavailable)'));
+  for (let i = 0; i < 50 && states.length === 0; i++) await sleep(100);
+  assert.ok(states.length >= 1, 'no retry while Redis is down');
+  assert.deepEqual(states[0].topics, ['prices.*']);
+  assert.equal(states[0].state, 'retrying');
+  assert.equal(states[0].code, 'unavailable');
+  assert.ok(states[0].attempt >= 2, `attempt ${states[0].attempt}`);
+  assert.equal(await blip.$$eval('#rows tr', (trs) => trs.length), 0, 'no prices without a subscription');
+  log(`(f) dashboard on a cluster node without Redis: subscription ${states[0].state} (${states[0].code}), attempt ${states[0].attempt}`);
+  await startRedis(redisPort);
+  await until200(`${nodeBase}/readyz`, 'cluster node with Redis');
+  await blip.waitForSelector('#status[data-subscription="subscribed"]', { timeout: 40000 });
+  await blip.waitForFunction(() => document.querySelectorAll('#rows tr').length >= 20, null, { timeout: 10000 });
+  const q0 = await lastPrices(blip);
+  await sleep(2000);
+  const q1 = await lastPrices(blip);
+  const nq = changed(q0, q1);
+  assert.equal(states.at(-1).state, 'subscribed');
+  assert.ok(states.slice(0, -1).every((s) => s.state === 'retrying'), JSON.stringify(states));
+  assert.equal(await blip.evaluate(() => window.tickwire.status), 'open');
+  log(`    Redis started: ${states.length - 1} refused retries, then subscribed; ${nq} prices changed in 2 s`);
+  assert.ok(nq >= 10, `only ${nq} prices changed after Redis came up`);
+
   assert.deepEqual(errors, [], 'page errors');
   log('e2e: all checks passed');
 } finally {
   await context.close();
+  for (const c of children) c.kill('SIGTERM');
 }

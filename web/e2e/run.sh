@@ -6,13 +6,15 @@
 #
 # Builds target/debug/tickwire (unless TICKWIRE_BIN points at a binary), starts it on a free
 # 127.0.0.1 port with the price feed at 10 quotes/s per symbol, runs e2e.mjs (which restarts
-# the server once on the same port), and stops the server. Exits non-zero on any failure.
+# the server once on the same port, and starts a cluster node and its redis-server of its own
+# for case (f)), and stops the server. Exits non-zero on any failure.
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 root="$(cd "$here/../.." && pwd)"
 cd "$root"
 
 [ -x "${CHROMIUM:-/usr/bin/chromium}" ] || { echo "e2e: ${CHROMIUM:-/usr/bin/chromium} is missing (apt-get install -y chromium)" >&2; exit 1; }
+command -v redis-server > /dev/null && command -v redis-cli > /dev/null || { echo "e2e: redis-server is missing (apt-get install redis-server): case (f) runs a cluster node" >&2; exit 1; }
 [ -d "$here/node_modules/playwright-core" ] || { echo "e2e: run (cd web/e2e && npm ci) first" >&2; exit 1; }
 
 if [ -z "${TICKWIRE_BIN:-}" ]; then
