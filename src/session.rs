@@ -24,7 +24,6 @@
 use std::collections::HashSet;
 use std::future::{poll_fn, Future};
 use std::io::{self, IoSlice};
-use std::net::SocketAddr;
 use std::pin::{pin, Pin};
 use std::sync::Arc;
 use std::task::{ready, Poll};
@@ -37,8 +36,10 @@ use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncWrite, AsyncWriteExt, ReadHalf};
 use tracing::debug;
+use tracing::field::display;
 
 use crate::app::{App, ConnectionSlot};
+use crate::proxy::ClientAddr;
 use crate::auth::Identity;
 use crate::disconnect::Disconnect;
 use crate::error::{Action, RequestError};
@@ -83,7 +84,7 @@ pub fn run(
     upgrade: UpgradeFut,
     app: Arc<App>,
     slot: ConnectionSlot,
-    peer: SocketAddr,
+    addr: ClientAddr,
     identity: Identity,
     endpoint: Endpoint,
 ) -> impl Future<Output = ()> + Send {
@@ -91,7 +92,7 @@ pub fn run(
         let ws = match upgrade.await {
             Ok(ws) => ws,
             Err(e) => {
-                debug!(%peer, error = %e, "websocket upgrade failed");
+                debug!(addr = %addr, proxy = addr.proxy.map(display), error = %e, "websocket upgrade failed");
                 return;
             }
         };
@@ -102,7 +103,7 @@ pub fn run(
         let outbox = Arc::new(Outbox::new(settings.queue.max_bytes));
         let who = app.node.hub().new_subscriber(outbox.clone());
         let subject = identity.subject.as_deref().unwrap_or("-");
-        debug!(%peer, client = who.id, subject, ?endpoint, "connection opened");
+        debug!(addr = %addr, proxy = addr.proxy.map(display), client = who.id, subject, ?endpoint, "connection opened");
         let connection = Connection {
             app: &app,
             outbox: &outbox,
@@ -141,7 +142,7 @@ pub fn run(
         tokio::time::timeout(CLOSE_LINGER, drain(&mut reader)).await.ok();
         let reason = outbox.reason().unwrap_or(Disconnect::Error);
         app.metrics.disconnected(reason);
-        debug!(%peer, client = who.id, reason = reason.label(), "connection closed");
+        debug!(addr = %addr, proxy = addr.proxy.map(display), client = who.id, reason = reason.label(), "connection closed");
         drop(slot);
     }
 }
