@@ -36,7 +36,6 @@ use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncWrite, AsyncWriteExt, ReadHalf};
 use tracing::debug;
-use tracing::field::display;
 
 use crate::app::{App, ConnectionSlot};
 use crate::proxy::ClientAddr;
@@ -92,7 +91,7 @@ pub fn run(
         let ws = match upgrade.await {
             Ok(ws) => ws,
             Err(e) => {
-                debug!(addr = %addr, proxy = addr.proxy.map(display), error = %e, "websocket upgrade failed");
+                debug!(addr = %addr, proxy = addr.proxy.map(tracing::field::display), error = %e, "websocket upgrade failed");
                 return;
             }
         };
@@ -103,7 +102,7 @@ pub fn run(
         let outbox = Arc::new(Outbox::new(settings.queue.max_bytes));
         let who = app.node.hub().new_subscriber(outbox.clone());
         let subject = identity.subject.as_deref().unwrap_or("-");
-        debug!(addr = %addr, proxy = addr.proxy.map(display), client = who.id, subject, ?endpoint, "connection opened");
+        debug!(addr = %addr, proxy = addr.proxy.map(tracing::field::display), client = who.id, subject, ?endpoint, "connection opened");
         let connection = Connection {
             app: &app,
             outbox: &outbox,
@@ -142,7 +141,7 @@ pub fn run(
         tokio::time::timeout(CLOSE_LINGER, drain(&mut reader)).await.ok();
         let reason = outbox.reason().unwrap_or(Disconnect::Error);
         app.metrics.disconnected(reason);
-        debug!(addr = %addr, proxy = addr.proxy.map(display), client = who.id, reason = reason.label(), "connection closed");
+        debug!(addr = %addr, proxy = addr.proxy.map(tracing::field::display), client = who.id, reason = reason.label(), "connection closed");
         drop(slot);
     }
 }
