@@ -307,3 +307,56 @@ async fn a_proxy_header_from_an_untrusted_peer_is_refused() {
     let (second, _) = upgrade_with_xff(addr, "").await;
     assert_eq!(second, 429);
 }
+
+/// The header comes before TLS: a load balancer passing TLS through to tickwire sends it in
+/// clear, then the client's TLS handshake follows on the same connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_proxy_header_precedes_tls() {
+    use std::sync::Arc;
+    use tokio_rustls::rustls::pki_types::ServerName;
+    use tokio_rustls::rustls::{ClientConfig, RootCertStore};
+
+    let ck = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).expect("rcgen");
+    let dir = std::env::temp_dir().join(format!("tickwire-proxies-tls-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("cert.pem"), ck.cert.pem()).unwrap();
+    std::fs::write(dir.join("key.pem"), ck.key_pair.serialize_pem()).unwrap();
+    let (server, admin) = start_with_admin(&format!(
+        "{PROXY_PROTOCOL}[tls]\ncert = \"{}\"\nkey = \"{}\"\n",
+        dir.join("cert.pem").display(),
+        dir.join("key.pem").display()
+    ))
+    .await;
+    let mut roots = RootCertStore::empty();
+    roots.add(ck.cert.der().clone()).unwrap();
+    let provider = Arc::new(tokio_rustls::rustls::crypto::ring::default_provider());
+    let config = Arc::new(
+        ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth(),
+    );
+    let addr = server.addr;
+    let wss = |header: Vec<u8>| {
+        let config = config.clone();
+        async move {
+            let tcp = connect_with_header(addr, &header).await;
+            let name = ServerName::try_from("localhost").unwrap();
+            let tls = tokio_rustls::TlsConnector::from(config)
+                .connect(name, tcp)
+                .await
+                .expect("TLS handshake after the PROXY header");
+            match try_handshake(format!("ws://{addr}/ws"), tls, &[]).await {
+                Ok(ws) => (101, Some(ws)),
+                Err(refusal) => (refusal.status, None),
+            }
+        }
+    };
+    let (first, _a) = wss(v1("192.0.2.1", 1)).await;
+    let (second, _b) = wss(v2([192, 0, 2, 2], 2, &[])).await;
+    let (third, _) = wss(v1("192.0.2.1", 3)).await;
+    assert_eq!((first, second, third), (101, 101, 429));
+    assert_eq!(ip_limit_rejections(admin).await, 1.0);
+    std::fs::remove_dir_all(&dir).ok();
+}
