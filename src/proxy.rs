@@ -276,7 +276,9 @@ fn parse_v1(buf: &[u8]) -> Result<Parsed, ProxyHeaderError> {
             return Err(ProxyHeaderError::TooLong);
         }
         // A line never holds a lone CR or LF: fail early instead of waiting for more.
-        if window.iter().any(|&b| !(b.is_ascii_graphic() || b == b' ' || b == b'\r'))
+        if window
+            .iter()
+            .any(|&b| !(b.is_ascii_graphic() || b == b' ' || b == b'\r'))
             || window[..window.len().saturating_sub(1)].contains(&b'\r')
         {
             return Err(ProxyHeaderError::Malformed("v1 line has a control character"));
@@ -390,7 +392,10 @@ where
             Parsed::Incomplete => {
                 // `parse` never waits for more than 16 + V2_MAX_BODY bytes.
                 buf.reserve(512);
-                let read = stream.read_buf(&mut buf).await.map_err(|e| ProxyHeaderError::Io(e.kind()))?;
+                let read = stream
+                    .read_buf(&mut buf)
+                    .await
+                    .map_err(|e| ProxyHeaderError::Io(e.kind()))?;
                 if read == 0 {
                     return Err(ProxyHeaderError::Closed);
                 }
@@ -414,7 +419,11 @@ impl<S> Rewind<S> {
 }
 
 impl<S: AsyncRead + Unpin> AsyncRead for Rewind<S> {
-    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
         if !self.pending.is_empty() {
             let n = self.pending.len().min(buf.remaining());
             buf.put_slice(&self.pending[..n]);
@@ -480,11 +489,24 @@ mod tests {
         assert!(!c.contains("10.0.0.1".parse().unwrap()));
         assert_eq!(Cidr::parse("::1").unwrap().to_string(), "::1/128");
         assert!(Cidr::parse("::/0").unwrap().contains("1.2.3.4".parse().unwrap()));
-        assert!(Cidr::parse("0.0.0.0/0").unwrap().contains("::ffff:1.2.3.4".parse().unwrap()));
-        assert!(Cidr::parse("::ffff:10.0.0.0/104").unwrap().contains("10.9.9.9".parse().unwrap()));
+        assert!(Cidr::parse("0.0.0.0/0")
+            .unwrap()
+            .contains("::ffff:1.2.3.4".parse().unwrap()));
+        assert!(Cidr::parse("::ffff:10.0.0.0/104")
+            .unwrap()
+            .contains("10.9.9.9".parse().unwrap()));
         for bad in [
-            "", "10.0.0.0/", "10.0.0.0/33", "::/129", "10.0.0.0/+8", "10.0.0.0/08", "10.0.0.1/8",
-            "example.com", "10.0.0.0/8/8", "fe80::1%eth0", " /8",
+            "",
+            "10.0.0.0/",
+            "10.0.0.0/33",
+            "::/129",
+            "10.0.0.0/+8",
+            "10.0.0.0/08",
+            "10.0.0.1/8",
+            "example.com",
+            "10.0.0.0/8/8",
+            "fe80::1%eth0",
+            " /8",
         ] {
             assert!(Cidr::parse(bad).is_err(), "{bad:?} accepted");
         }
@@ -507,7 +529,10 @@ mod tests {
     fn forwarded_for_is_walked_from_the_right() {
         let lb = ["127.0.0.1", "10.0.0.0/8"];
         // Untrusted peer: headers ignored.
-        assert_eq!(client_of(&["10.0.0.0/8"], "127.0.0.1:5", &["6.6.6.6"]), "127.0.0.1:5");
+        assert_eq!(
+            client_of(&["10.0.0.0/8"], "127.0.0.1:5", &["6.6.6.6"]),
+            "127.0.0.1:5"
+        );
         assert_eq!(client_of(&[], "127.0.0.1:5", &["6.6.6.6"]), "127.0.0.1:5");
         // Trusted peer, no header: the peer.
         assert_eq!(client_of(&lb, "127.0.0.1:5", &[]), "127.0.0.1:5");
@@ -515,17 +540,29 @@ mod tests {
         // Trusted hops are skipped; a spoofed leftmost entry is never reached.
         assert_eq!(client_of(&lb, "127.0.0.1:5", &["6.6.6.6, 10.0.0.1"]), "6.6.6.6");
         assert_eq!(client_of(&lb, "127.0.0.1:5", &["1.1.1.1, 6.6.6.6"]), "6.6.6.6");
-        assert_eq!(client_of(&lb, "127.0.0.1:5", &["1.1.1.1", "6.6.6.6, 10.2.2.2"]), "6.6.6.6");
+        assert_eq!(
+            client_of(&lb, "127.0.0.1:5", &["1.1.1.1", "6.6.6.6, 10.2.2.2"]),
+            "6.6.6.6"
+        );
         assert_eq!(client_of(&lb, "127.0.0.1:5", &["6.6.6.6", "10.2.2.2"]), "6.6.6.6");
         // All trusted: the leftmost.
         assert_eq!(client_of(&lb, "127.0.0.1:5", &["10.0.0.3, 10.0.0.2"]), "10.0.0.3");
         // Ports and brackets.
         assert_eq!(client_of(&lb, "127.0.0.1:5", &["6.6.6.6:1234"]), "6.6.6.6");
-        assert_eq!(client_of(&lb, "127.0.0.1:5", &["[2001:db8::1]:80"]), "2001:db8::1");
+        assert_eq!(
+            client_of(&lb, "127.0.0.1:5", &["[2001:db8::1]:80"]),
+            "2001:db8::1"
+        );
         assert_eq!(client_of(&lb, "127.0.0.1:5", &["[2001:db8::1]"]), "2001:db8::1");
-        assert_eq!(client_of(&lb, "127.0.0.1:5", &["2001:db8::1, ,10.0.0.1"]), "2001:db8::1");
+        assert_eq!(
+            client_of(&lb, "127.0.0.1:5", &["2001:db8::1, ,10.0.0.1"]),
+            "2001:db8::1"
+        );
         // Malformed on the walk: the peer.
-        assert_eq!(client_of(&lb, "127.0.0.1:5", &["6.6.6.6, unknown"]), "127.0.0.1:5");
+        assert_eq!(
+            client_of(&lb, "127.0.0.1:5", &["6.6.6.6, unknown"]),
+            "127.0.0.1:5"
+        );
         assert_eq!(client_of(&lb, "127.0.0.1:5", &["garbage"]), "127.0.0.1:5");
         // ...but not when it is left of the client.
         assert_eq!(client_of(&lb, "127.0.0.1:5", &["garbage, 6.6.6.6"]), "6.6.6.6");
@@ -536,7 +573,10 @@ mod tests {
         assert_eq!(client_of(&lb, "127.0.0.1:5", &[huge.as_str()]), "127.0.0.1:5");
         // A non-ASCII header value.
         let mut h = HeaderMap::new();
-        h.append("x-forwarded-for", HeaderValue::from_bytes(b"6.6.6.6\xff").unwrap());
+        h.append(
+            "x-forwarded-for",
+            HeaderValue::from_bytes(b"6.6.6.6\xff").unwrap(),
+        );
         let addrs = PeerAddrs::direct("127.0.0.1:5".parse().unwrap());
         assert_eq!(trusted(&lb).client(addrs, &h).to_string(), "127.0.0.1:5");
     }
@@ -625,7 +665,10 @@ mod tests {
         body.extend_from_slice(&56324u16.to_be_bytes());
         body.extend_from_slice(&443u16.to_be_bytes());
         let h = v2(1, 0x11, &body);
-        assert_eq!(done(&h), (Header::Proxied("192.0.2.1:56324".parse().unwrap()), 28));
+        assert_eq!(
+            done(&h),
+            (Header::Proxied("192.0.2.1:56324".parse().unwrap()), 28)
+        );
         // TLVs after the addresses are skipped; what follows the header is not consumed.
         let mut with_tlv = body.clone();
         with_tlv.extend_from_slice(&[0x01, 0x00, 0x02, b'h', b'2']);
@@ -670,7 +713,10 @@ mod tests {
         let mut head = v2(1, 0x11, &[]);
         head[14..16].copy_from_slice(&((V2_MAX_BODY + 1) as u16).to_be_bytes());
         assert_eq!(parse(&head), Err(ProxyHeaderError::TooLong));
-        assert!(matches!(parse(&v2(1, 0x11, &vec![0; V2_MAX_BODY])), Ok(Parsed::Done(_, _))));
+        assert!(matches!(
+            parse(&v2(1, 0x11, &vec![0; V2_MAX_BODY])),
+            Ok(Parsed::Done(_, _))
+        ));
     }
 
     #[tokio::test]
@@ -682,7 +728,10 @@ mod tests {
         rest.read_to_end(&mut after).await.unwrap();
         assert_eq!(after, b"GET / HTTP/1.1\r\n\r\n");
         sent.truncate(20);
-        assert!(matches!(read_header(&sent[..]).await, Err(ProxyHeaderError::Closed)));
+        assert!(matches!(
+            read_header(&sent[..]).await,
+            Err(ProxyHeaderError::Closed)
+        ));
         assert!(matches!(
             read_header(&b"GET / HTTP/1.1\r\n\r\n"[..]).await,
             Err(ProxyHeaderError::Missing)

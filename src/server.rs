@@ -162,7 +162,15 @@ async fn accept_loop(
         match listener.accept().await {
             Ok((stream, peer)) => {
                 let proxy_protocol = proxy_protocol && app.proxies.contains(peer.ip());
-                let conn = connection(stream, tls.clone(), peer, proxy_protocol, app.clone(), routes, tracked);
+                let conn = connection(
+                    stream,
+                    tls.clone(),
+                    peer,
+                    proxy_protocol,
+                    app.clone(),
+                    routes,
+                    tracked,
+                );
                 if tracked {
                     app.tasks.spawn(conn);
                 } else {
@@ -197,7 +205,16 @@ async fn connection(
     // From an untrusted peer the header is not read: a client must not choose its own address.
     // Sent anyway, it reaches HTTP as the request line and fails as a bad request.
     if !proxy_protocol {
-        return secure(stream, tls, PeerAddrs::direct(peer), deadline, app, routes, tracked).await;
+        return secure(
+            stream,
+            tls,
+            PeerAddrs::direct(peer),
+            deadline,
+            app,
+            routes,
+            tracked,
+        )
+        .await;
     }
     let header = tokio::time::timeout_at(deadline, proxy::read_header(stream));
     let header = tokio::select! {

@@ -38,7 +38,6 @@ use tokio::io::{AsyncWrite, AsyncWriteExt, ReadHalf};
 use tracing::debug;
 
 use crate::app::{App, ConnectionSlot};
-use crate::proxy::ClientAddr;
 use crate::auth::Identity;
 use crate::disconnect::Disconnect;
 use crate::error::{Action, RequestError};
@@ -47,6 +46,7 @@ use crate::join::join;
 use crate::metrics::{Metrics, Source};
 use crate::outbox::{Next, Outbox};
 use crate::protocol::{parse_request, Reply, Request};
+use crate::proxy::ClientAddr;
 use crate::topic::Pattern;
 use crate::watchdog::Watchdog;
 use crate::wire::{self, FrameReader};

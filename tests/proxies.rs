@@ -51,10 +51,8 @@ async fn ip_limit_rejections(addr: SocketAddr) -> f64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forwarded_for_from_a_trusted_proxy_names_the_client() {
-    let server = start(
-        "[server]\ntrusted_proxies = [\"127.0.0.1/32\"]\n[limits]\nmax_connections_per_ip = 2\n",
-    )
-    .await;
+    let server =
+        start("[server]\ntrusted_proxies = [\"127.0.0.1/32\"]\n[limits]\nmax_connections_per_ip = 2\n").await;
     let addr = server.addr;
     let mut open = expect_upgrades(
         addr,
@@ -131,7 +129,10 @@ async fn the_rightmost_untrusted_hop_is_the_client() {
     let two = try_connect(
         server.addr,
         "/ws",
-        &[("X-Forwarded-For", "3.3.3.3"), ("X-Forwarded-For", "9.9.9.9, 10.0.0.1")],
+        &[
+            ("X-Forwarded-For", "3.3.3.3"),
+            ("X-Forwarded-For", "9.9.9.9, 10.0.0.1"),
+        ],
     )
     .await;
     assert!(two.is_err(), "9.9.9.9 (already connected) must be the client");
@@ -210,16 +211,18 @@ async fn proxy_protocol_source_is_the_client() {
     assert_eq!(ip_limit_rejections(admin).await, 4.0);
     // The header and the request may arrive in one segment.
     let mut both = v1("192.0.2.9", 7000);
-    both.extend_from_slice(
-        b"GET /api/v1/topics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
-    );
+    both.extend_from_slice(b"GET /api/v1/topics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
     let mut stream = connect_with_header(addr, &both).await;
     let mut reply = Vec::new();
     tokio::time::timeout(RECV_TIMEOUT, stream.read_to_end(&mut reply))
         .await
         .expect("response in time")
         .expect("read");
-    assert!(reply.starts_with(b"HTTP/1.1 200"), "{:?}", String::from_utf8_lossy(&reply));
+    assert!(
+        reply.starts_with(b"HTTP/1.1 200"),
+        "{:?}",
+        String::from_utf8_lossy(&reply)
+    );
 }
 
 /// Reads until the server closes; what it sent before closing.
@@ -245,13 +248,20 @@ async fn a_trusted_peer_without_a_valid_header_is_closed() {
     for (what, sent) in [
         ("no header", UPGRADE.to_vec()),
         ("garbled v1", b"PROXY TCP9 192.0.2.1 127.0.0.1 1 2\r\n".to_vec()),
-        ("v1 without CRLF", [b"PROXY UNKNOWN ".as_slice(), &[b'x'; 120]].concat()),
+        (
+            "v1 without CRLF",
+            [b"PROXY UNKNOWN ".as_slice(), &[b'x'; 120]].concat(),
+        ),
         ("garbled v2", garbled_v2),
     ] {
         let mut stream = connect_with_header(addr, &sent).await;
         let _ = stream.write_all(UPGRADE).await;
         let got = read_until_closed(&mut stream).await;
-        assert!(got.is_empty(), "{what}: the server answered {:?}", String::from_utf8_lossy(&got));
+        assert!(
+            got.is_empty(),
+            "{what}: the server answered {:?}",
+            String::from_utf8_lossy(&got)
+        );
     }
     wait_metric(
         admin,
@@ -267,7 +277,10 @@ async fn a_trusted_peer_without_a_valid_header_is_closed() {
     assert!(got.is_empty());
     let m = scrape(admin).await;
     assert_eq!(
-        m.value("tickwire_connections_rejected_total", &[("reason", "handshake_timeout")]),
+        m.value(
+            "tickwire_connections_rejected_total",
+            &[("reason", "handshake_timeout")]
+        ),
         1.0
     );
     assert_eq!(m.value("tickwire_connections", &[]), 0.0);
@@ -296,9 +309,10 @@ async fn a_proxy_header_from_an_untrusted_peer_is_refused() {
         );
     }
     assert_eq!(
-        scrape(addr)
-            .await
-            .value("tickwire_connections_rejected_total", &[("reason", "proxy_protocol")]),
+        scrape(addr).await.value(
+            "tickwire_connections_rejected_total",
+            &[("reason", "proxy_protocol")]
+        ),
         0.0
     );
     // The untrusted peer is served directly, as itself: one place for 127.0.0.1.
