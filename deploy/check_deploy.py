@@ -26,6 +26,7 @@ it the binary-based checks are skipped, or fail when CI is set.
 from __future__ import annotations
 
 import base64
+import ipaddress
 import json
 import os
 import re
@@ -447,6 +448,16 @@ def check_compose(docs: dict[Path, list]) -> None:
     nginx_deps = services["nginx"].get("depends_on", {})
     check(set(nodes) <= set(nginx_deps),
           f"compose: nginx depends on every node ({sorted(nginx_deps)})")
+    # The nodes believe nginx's X-Forwarded-For: nginx's fixed address is a trusted proxy.
+    nginx_nets = services["nginx"].get("networks", {})
+    nginx_ip = (nginx_nets.get("default") or {}).get("ipv4_address") \
+        if isinstance(nginx_nets, dict) else None
+
+    def trusts_nginx(n: str) -> bool:
+        nets = [c.strip() for c in merged[n].get("TICKWIRE__SERVER__TRUSTED_PROXIES", "").split(",")]
+        return nginx_ip is not None and any(
+            c and ipaddress.ip_address(nginx_ip) in ipaddress.ip_network(c) for c in nets)
+    across(f"server.trusted_proxies holds nginx's address {nginx_ip}", trusts_nginx)
     # Grafana: provider path is where the dashboard is mounted; provisioning datasource.
     graf = services["grafana"]
     dash_mount = next((v for v in graf.get("volumes", []) if "tickwire.json" in str(v)), None)
@@ -546,6 +557,15 @@ def check_nginx(eff: Eff, nodes: list[str]) -> None:
         check(t > eff.ping and t >= eff.idle,
               f"nginx.conf: /ws {directive} {t:g}s > ping_interval {eff.ping:g}s and "
               f">= idle_timeout {eff.idle:g}s")
+    # nginx drops inherited proxy_set_header lines in a location that sets its own, so each
+    # proxying location must set X-Forwarded-For itself (tickwire's server.trusted_proxies).
+    proxied = [(path, body) for path, body in
+               re.findall(r"location\s*=?\s*(\S+)\s*\{(.*?)\}", code, re.S) if "proxy_pass" in body]
+    check(proxied != [] and all(
+        re.search(r"proxy_set_header\s+X-Forwarded-For\s+\$proxy_add_x_forwarded_for", body)
+        for _, body in proxied),
+        f"nginx.conf: every proxying location ({', '.join(p for p, _ in proxied)}) sets "
+        "X-Forwarded-For $proxy_add_x_forwarded_for")
     m = re.search(r"client_max_body_size\s+(\S+);", code)
     size = nginx_size(m.group(1)) if m else 1 << 20
     check(size == eff.max_body,

@@ -1,7 +1,8 @@
 //! The state every connection handler shares: the node (hub and broker), settings, metrics, authentication, the
-//! drain signal, the connection counts that enforce `server.max_connections` and
-//! `limits.max_connections_per_ip`, and the request body budget that enforces
-//! `http.max_inflight_body_bytes`.
+//! trusted proxies, the drain signal, the connection counts that enforce
+//! `server.max_connections` and `limits.max_connections_per_ip` (per client address, as
+//! [`crate::proxy`] determines it behind a trusted proxy), and the request body budget that
+//! enforces `http.max_inflight_body_bytes`.
 
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -15,6 +16,7 @@ use tokio_util::task::TaskTracker;
 use crate::auth::Auth;
 use crate::metrics::Metrics;
 use crate::node::Node;
+use crate::proxy::TrustedProxies;
 use crate::settings::Settings;
 
 pub struct App {
@@ -22,6 +24,8 @@ pub struct App {
     pub settings: Arc<Settings>,
     pub metrics: Arc<Metrics>,
     pub auth: Auth,
+    /// `server.trusted_proxies`, parsed.
+    pub proxies: TrustedProxies,
     /// Cancelled when the server starts draining.
     pub drain: CancellationToken,
     /// Every connection task; the drain waits for them.
@@ -91,12 +95,19 @@ pub fn client_key(ip: IpAddr) -> IpAddr {
 }
 
 impl App {
-    pub fn new(node: Arc<Node>, settings: Arc<Settings>, metrics: Arc<Metrics>, auth: Auth) -> App {
+    pub fn new(
+        node: Arc<Node>,
+        settings: Arc<Settings>,
+        metrics: Arc<Metrics>,
+        auth: Auth,
+        proxies: TrustedProxies,
+    ) -> App {
         App {
             node,
             settings,
             metrics,
             auth,
+            proxies,
             drain: CancellationToken::new(),
             tasks: TaskTracker::new(),
             open: AtomicUsize::new(0),
@@ -111,8 +122,8 @@ impl App {
         permit.grow(n).then_some(permit)
     }
 
-    /// Takes a connection place for a client at `ip`: one of its address's, then one of the
-    /// server's.
+    /// Takes a connection place for a client at `ip` (the client's address, not a trusted
+    /// proxy's): one of its address's, then one of the server's.
     pub fn try_connection(self: &Arc<Self>, ip: IpAddr) -> Result<ConnectionSlot, Refused> {
         let per_ip = self.settings.limits.max_connections_per_ip;
         let ip = (per_ip > 0).then(|| client_key(ip));

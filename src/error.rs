@@ -175,3 +175,18 @@ pub enum ServerError {
     #[error("cluster broker: {0}")]
     Broker(#[from] crate::broker::BrokerError),
 }
+
+/// Why a PROXY protocol header (`server.proxy_protocol`) was refused; the connection is closed.
+#[derive(Debug, Error, Clone, PartialEq, Eq)]
+pub enum ProxyHeaderError {
+    #[error("the connection does not start with a PROXY protocol header")]
+    Missing,
+    #[error("malformed PROXY protocol header: {0}")]
+    Malformed(&'static str),
+    #[error("PROXY protocol header too long")]
+    TooLong,
+    #[error("connection closed before the PROXY protocol header was complete")]
+    Closed,
+    #[error("reading the PROXY protocol header: {0}")]
+    Io(std::io::ErrorKind),
+}

@@ -9,7 +9,6 @@
 //! (see [`read_body`]).
 
 use std::convert::Infallible;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -32,6 +31,7 @@ use crate::metrics::{
     Source, REJECT_AUTH, REJECT_BAD_HANDSHAKE, REJECT_IP_LIMIT, REJECT_LIMIT, REJECT_ORIGIN,
 };
 use crate::protocol;
+use crate::proxy::PeerAddrs;
 use crate::session::{self, Endpoint};
 use crate::topic::Topic;
 
@@ -133,7 +133,7 @@ pub async fn handle(
     req: Request<Incoming>,
     app: Arc<App>,
     routes: Routes,
-    peer: SocketAddr,
+    addrs: PeerAddrs,
 ) -> Result<Response<Body>, Infallible> {
     let started = Instant::now();
     let path = req.uri().path().to_owned();
@@ -146,8 +146,8 @@ pub async fn handle(
         route = "not_found";
     }
     let result = match (req.method(), route) {
-        (_, "ws") => Ok(upgrade(req, &app, peer, Endpoint::Requests)),
-        (_, "echo") => Ok(upgrade(req, &app, peer, Endpoint::Echo)),
+        (_, "ws") => Ok(upgrade(req, &app, addrs, Endpoint::Requests)),
+        (_, "echo") => Ok(upgrade(req, &app, addrs, Endpoint::Echo)),
         (&Method::POST, "publish") => publish(req, &app).await,
         (&Method::GET, "topics") => match reader(&req, &app) {
             Ok(()) => list_topics(&app).await,
@@ -271,9 +271,12 @@ fn check_origin(req: &Request<Incoming>, allowed: &[String]) -> Result<(), Reque
 fn upgrade(
     mut req: Request<Incoming>,
     app: &Arc<App>,
-    peer: SocketAddr,
+    addrs: PeerAddrs,
     endpoint: Endpoint,
 ) -> Response<Body> {
+    // Once per request: behind a trusted proxy, the address it says it relayed.
+    let client = app.proxies.client(addrs, req.headers());
+    let proxy = client.proxy.map(tracing::field::display);
     let rejected = |reason: &str| {
         app.metrics
             .connections_rejected
@@ -296,7 +299,7 @@ fn upgrade(
     }
     if let Err(e) = check_origin(&req, &app.settings.server.allowed_origins) {
         rejected(REJECT_ORIGIN);
-        debug!(%peer, error = %e, "websocket origin refused");
+        debug!(addr = %client, proxy, error = %e, "websocket origin refused");
         return error(&e);
     }
     // Validate the handshake before taking a place, so a malformed request is a 400, not a
@@ -305,7 +308,7 @@ fn upgrade(
         Ok(upgrade) => upgrade,
         Err(e) => {
             rejected(REJECT_BAD_HANDSHAKE);
-            debug!(%peer, error = %e, "bad websocket handshake");
+            debug!(addr = %client, proxy, error = %e, "bad websocket handshake");
             return error(&RequestError::BadRequest(format!("bad WebSocket handshake: {e}")));
         }
     };
@@ -315,14 +318,15 @@ fn upgrade(
         Ok(identity) => identity,
         Err(e) => {
             rejected(REJECT_AUTH);
-            debug!(%peer, error = %e, "websocket authentication failed");
+            debug!(addr = %client, proxy, error = %e, "websocket authentication failed");
             return error(&e.into());
         }
     };
-    let slot = match app.try_connection(peer.ip()) {
+    let slot = match app.try_connection(client.ip()) {
         Ok(slot) => slot,
         Err(Refused::IpLimit) => {
             rejected(REJECT_IP_LIMIT);
+            debug!(addr = %client, proxy, "websocket refused: too many connections from the address");
             let limit = app.settings.limits.max_connections_per_ip;
             return error(&RequestError::TooManyConnections(limit));
         }
@@ -332,7 +336,7 @@ fn upgrade(
         }
     };
     app.tasks
-        .spawn(session::run(fut, app.clone(), slot, peer, identity, endpoint));
+        .spawn(session::run(fut, app.clone(), slot, client, identity, endpoint));
     resp.map(|_| Full::new(Bytes::new()))
 }
 

@@ -11,6 +11,8 @@
 //! - [`server`]: the TCP accept loops, graceful drain and process-level set-up (fd limit).
 //! - [`tls`]: loading the certificate for wss:// and https://.
 //! - [`app`]: the state shared by every connection handler (and the connection limits).
+//! - [`proxy`]: the client's address behind trusted proxies: `X-Forwarded-For`, the PROXY
+//!   protocol header, the `server.trusted_proxies` CIDRs.
 //! - [`auth`]: who a WebSocket client or HTTP publisher is: anonymous, JWT or API key.
 //! - [`jwt`]: verifying (and minting) JSON Web Tokens.
 //! - [`apikey`]: HTTP publishers' keys, stored as SHA-256 digests.
@@ -53,6 +55,7 @@ pub mod node;
 pub mod outbox;
 pub mod patterns;
 pub mod protocol;
+pub mod proxy;
 pub mod server;
 pub mod session;
 pub mod settings;

@@ -44,7 +44,10 @@ pub const REJECT_ORIGIN: &str = "origin";
 pub const REJECT_IP_LIMIT: &str = "ip_limit";
 /// A TLS handshake that failed (a timed-out one counts as `handshake_timeout`).
 pub const REJECT_TLS: &str = "tls";
-const REJECT_REASONS: [&str; 7] = [
+/// A connection from a trusted proxy without a valid PROXY header (`server.proxy_protocol`; a
+/// header that does not arrive in time counts as `handshake_timeout`).
+pub const REJECT_PROXY_PROTOCOL: &str = "proxy_protocol";
+const REJECT_REASONS: [&str; 8] = [
     REJECT_LIMIT,
     REJECT_HANDSHAKE_TIMEOUT,
     REJECT_BAD_HANDSHAKE,
@@ -52,6 +55,7 @@ const REJECT_REASONS: [&str; 7] = [
     REJECT_ORIGIN,
     REJECT_IP_LIMIT,
     REJECT_TLS,
+    REJECT_PROXY_PROTOCOL,
 ];
 
 const LATENCY_BUCKETS: [f64; 16] = [

@@ -21,6 +21,7 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
 use tracing::{debug, info, warn};
 
@@ -29,8 +30,9 @@ use crate::auth::Auth;
 use crate::error::ServerError;
 use crate::feed;
 use crate::http::{self, Routes};
-use crate::metrics::{Metrics, REJECT_HANDSHAKE_TIMEOUT, REJECT_TLS};
+use crate::metrics::{Metrics, REJECT_HANDSHAKE_TIMEOUT, REJECT_PROXY_PROTOCOL, REJECT_TLS};
 use crate::node::Node;
+use crate::proxy::{self, PeerAddrs};
 use crate::settings::{AuthMode, Settings};
 use crate::tls;
 
@@ -80,10 +82,11 @@ pub async fn serve(
     let node = Arc::new(Node::start(&settings, metrics.clone())?);
     let hub = node.hub().clone();
     let auth = Auth::from_settings(&settings.auth)?;
+    let proxies = settings.trusted_proxies()?;
     let tls = tls::acceptor(&settings.tls)?;
     warn_if_open(&auth, tls.is_some());
     let settings = Arc::new(settings);
-    let app = Arc::new(App::new(node.clone(), settings.clone(), metrics, auth));
+    let app = Arc::new(App::new(node.clone(), settings.clone(), metrics, auth, proxies));
     let feed = (settings.feed.enabled).then(|| tokio::spawn(feed::run(node, settings.feed.clone())));
     let sweeper = tokio::spawn(async move {
         let mut every = tokio::time::interval(HISTORY_SWEEP);
@@ -97,14 +100,16 @@ pub async fn serve(
         Some(admin) => {
             info!(addr = %admin.local_addr()?, "admin listening (/metrics, /healthz, /readyz)");
             // Not tracked by the drain: probes and scrapes must keep working until we return.
-            let admin = tokio::spawn(accept_loop(admin, None, app.clone(), Routes::Admin, false));
+            // No PROXY header either: probes and scrapes reach it directly, not through the
+            // load balancer, even when they come from a trusted network.
+            let admin = tokio::spawn(accept_loop(admin, None, app.clone(), Routes::Admin, false, false));
             (Routes::Public, Some(admin))
         }
         None => (Routes::All, None),
     };
 
     tokio::select! {
-        () = accept_loop(listener, tls, app.clone(), routes, true) => {}
+        () = accept_loop(listener, tls, app.clone(), routes, true, settings.server.proxy_protocol) => {}
         () = shutdown => {}
     }
     info!("draining");
@@ -144,18 +149,29 @@ fn warn_if_open(auth: &Auth, tls: bool) {
 }
 
 /// Accepts connections until the task is dropped. `tracked` connections are waited for by the
-/// drain and asked to finish when it starts.
+/// drain and asked to finish when it starts. With `proxy_protocol`, connections from trusted
+/// proxies start with a PROXY header.
 async fn accept_loop(
     listener: TcpListener,
     tls: Option<TlsAcceptor>,
     app: Arc<App>,
     routes: Routes,
     tracked: bool,
+    proxy_protocol: bool,
 ) {
     loop {
         match listener.accept().await {
             Ok((stream, peer)) => {
-                let conn = connection(stream, tls.clone(), peer, app.clone(), routes, tracked);
+                let proxy_protocol = proxy_protocol && app.proxies.contains(peer.ip());
+                let conn = connection(
+                    stream,
+                    tls.clone(),
+                    peer,
+                    proxy_protocol,
+                    app.clone(),
+                    routes,
+                    tracked,
+                );
                 if tracked {
                     app.tasks.spawn(conn);
                 } else {
@@ -171,12 +187,14 @@ async fn accept_loop(
     }
 }
 
-/// Serves one TCP connection: the TLS handshake first when `tls` is set (here, in the
-/// connection's own task, bounded by `server.handshake_timeout`), then HTTP/1.1.
+/// Serves one TCP connection: the PROXY protocol header first when `proxy_protocol` (the
+/// setting is on and the peer is a trusted proxy), then the TLS handshake when `tls` is set (both here, in
+/// the connection's own task, together bounded by `server.handshake_timeout`), then HTTP/1.1.
 async fn connection(
     stream: TcpStream,
     tls: Option<TlsAcceptor>,
     peer: SocketAddr,
+    proxy_protocol: bool,
     app: Arc<App>,
     routes: Routes,
     tracked: bool,
@@ -184,8 +202,25 @@ async fn connection(
     if let Err(e) = stream.set_nodelay(true) {
         debug!(%peer, error = %e, "set_nodelay failed");
     }
-    let Some(tls) = tls else {
-        return serve_http(stream, peer, app, routes, tracked).await;
+    let deadline = Instant::now() + app.settings.server.handshake_timeout;
+    // From an untrusted peer the header is not read: a client must not choose its own address.
+    // Sent anyway, it reaches HTTP as the request line and fails as a bad request.
+    if !proxy_protocol {
+        return secure(
+            stream,
+            tls,
+            PeerAddrs::direct(peer),
+            deadline,
+            app,
+            routes,
+            tracked,
+        )
+        .await;
+    }
+    let header = tokio::time::timeout_at(deadline, proxy::read_header(stream));
+    let header = tokio::select! {
+        r = header => r,
+        () = app.drain.cancelled(), if tracked => return,
     };
     let rejected = |reason| {
         app.metrics
@@ -193,14 +228,57 @@ async fn connection(
             .with_label_values(&[reason])
             .inc()
     };
-    let handshake = tokio::time::timeout(app.settings.server.handshake_timeout, tls.accept(stream));
+    match header {
+        Ok(Ok((header, stream))) => {
+            let addrs = PeerAddrs {
+                peer,
+                proxied: header.source(),
+            };
+            secure(stream, tls, addrs, deadline, app, routes, tracked).await
+        }
+        // Dropping the stream closes the connection: there is no way to answer a peer that
+        // does not speak the protocol we were told it speaks.
+        Ok(Err(e)) => {
+            rejected(REJECT_PROXY_PROTOCOL);
+            debug!(%peer, error = %e, "PROXY protocol header refused");
+        }
+        Err(_) => {
+            rejected(REJECT_HANDSHAKE_TIMEOUT);
+            debug!(%peer, "PROXY protocol header timeout");
+        }
+    }
+}
+
+/// The TLS handshake when `tls` is set (by `deadline`), then HTTP/1.1.
+async fn secure<S>(
+    stream: S,
+    tls: Option<TlsAcceptor>,
+    addrs: PeerAddrs,
+    deadline: Instant,
+    app: Arc<App>,
+    routes: Routes,
+    tracked: bool,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let Some(tls) = tls else {
+        return serve_http(stream, addrs, app, routes, tracked).await;
+    };
+    let rejected = |reason| {
+        app.metrics
+            .connections_rejected
+            .with_label_values(&[reason])
+            .inc()
+    };
+    let peer = addrs.peer;
+    let handshake = tokio::time::timeout_at(deadline, tls.accept(stream));
     let stream = tokio::select! {
         r = handshake => r,
         // A client stalling its handshake must not hold up the drain.
         () = app.drain.cancelled(), if tracked => return,
     };
     match stream {
-        Ok(Ok(stream)) => serve_http(stream, peer, app, routes, tracked).await,
+        Ok(Ok(stream)) => serve_http(stream, addrs, app, routes, tracked).await,
         Ok(Err(e)) => {
             rejected(REJECT_TLS);
             debug!(%peer, error = %e, "TLS handshake failed");
@@ -213,7 +291,7 @@ async fn connection(
 }
 
 /// Serves HTTP/1.1 on one connection (and hands WebSocket upgrades to their session).
-async fn serve_http<S>(stream: S, peer: SocketAddr, app: Arc<App>, routes: Routes, tracked: bool)
+async fn serve_http<S>(stream: S, addrs: PeerAddrs, app: Arc<App>, routes: Routes, tracked: bool)
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -222,7 +300,7 @@ where
         let (app, served) = (app.clone(), served.clone());
         service_fn(move |req| {
             served.store(true, Ordering::Relaxed);
-            http::handle(req, app.clone(), routes, peer)
+            http::handle(req, app.clone(), routes, addrs)
         })
     };
     let mut conn = pin!(http1::Builder::new()
@@ -230,6 +308,7 @@ where
         .header_read_timeout(app.settings.server.handshake_timeout)
         .serve_connection(TokioIo::new(stream), service)
         .with_upgrades());
+    let peer = addrs.peer;
     let result = tokio::select! {
         r = conn.as_mut() => r,
         () = app.drain.cancelled(), if tracked => {

@@ -24,7 +24,6 @@
 use std::collections::HashSet;
 use std::future::{poll_fn, Future};
 use std::io::{self, IoSlice};
-use std::net::SocketAddr;
 use std::pin::{pin, Pin};
 use std::sync::Arc;
 use std::task::{ready, Poll};
@@ -47,6 +46,7 @@ use crate::join::join;
 use crate::metrics::{Metrics, Source};
 use crate::outbox::{Next, Outbox};
 use crate::protocol::{parse_request, Reply, Request};
+use crate::proxy::ClientAddr;
 use crate::topic::Pattern;
 use crate::watchdog::Watchdog;
 use crate::wire::{self, FrameReader};
@@ -83,7 +83,7 @@ pub fn run(
     upgrade: UpgradeFut,
     app: Arc<App>,
     slot: ConnectionSlot,
-    peer: SocketAddr,
+    addr: ClientAddr,
     identity: Identity,
     endpoint: Endpoint,
 ) -> impl Future<Output = ()> + Send {
@@ -91,7 +91,7 @@ pub fn run(
         let ws = match upgrade.await {
             Ok(ws) => ws,
             Err(e) => {
-                debug!(%peer, error = %e, "websocket upgrade failed");
+                debug!(addr = %addr, proxy = addr.proxy.map(tracing::field::display), error = %e, "websocket upgrade failed");
                 return;
             }
         };
@@ -102,7 +102,7 @@ pub fn run(
         let outbox = Arc::new(Outbox::new(settings.queue.max_bytes));
         let who = app.node.hub().new_subscriber(outbox.clone());
         let subject = identity.subject.as_deref().unwrap_or("-");
-        debug!(%peer, client = who.id, subject, ?endpoint, "connection opened");
+        debug!(addr = %addr, proxy = addr.proxy.map(tracing::field::display), client = who.id, subject, ?endpoint, "connection opened");
         let connection = Connection {
             app: &app,
             outbox: &outbox,
@@ -141,7 +141,7 @@ pub fn run(
         tokio::time::timeout(CLOSE_LINGER, drain(&mut reader)).await.ok();
         let reason = outbox.reason().unwrap_or(Disconnect::Error);
         app.metrics.disconnected(reason);
-        debug!(%peer, client = who.id, reason = reason.label(), "connection closed");
+        debug!(addr = %addr, proxy = addr.proxy.map(tracing::field::display), client = who.id, reason = reason.label(), "connection closed");
         drop(slot);
     }
 }

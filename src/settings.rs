@@ -15,6 +15,7 @@ use serde::{Deserialize, Deserializer};
 
 use crate::auth::Auth;
 use crate::error::SettingsError;
+use crate::proxy::TrustedProxies;
 use crate::topic::{Pattern, Topic};
 
 /// What an `update` or `snapshot` frame adds to its `data`, at most: the WebSocket header, the
@@ -135,6 +136,10 @@ pub struct ServerSettings {
     pub allowed_origins: Vec<String>,
     /// Serve `GET /echo`, an echo WebSocket for conformance testing.
     pub echo_endpoint: bool,
+    /// CIDRs of the reverse proxies whose `X-Forwarded-For` (and PROXY header) name the client.
+    pub trusted_proxies: Vec<String>,
+    /// Connections from a trusted proxy start with a PROXY protocol (v1 or v2) header.
+    pub proxy_protocol: bool,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -356,6 +361,7 @@ impl Settings {
             .list_separator(",")
             .with_list_parse_key("feed.symbols")
             .with_list_parse_key("server.allowed_origins")
+            .with_list_parse_key("server.trusted_proxies")
             .with_list_parse_key("auth.anonymous.subscribe")
             .with_list_parse_key("auth.anonymous.publish");
         // `try_parsing` turns an all-digit secret into a number and back, changing it (a long
@@ -383,6 +389,7 @@ impl Settings {
         let lists = [
             &mut settings.feed.symbols,
             &mut settings.server.allowed_origins,
+            &mut settings.server.trusted_proxies,
             &mut settings.auth.anonymous.subscribe,
             &mut settings.auth.anonymous.publish,
         ];
@@ -540,6 +547,13 @@ impl Settings {
                 &format!("{origin:?} is not an origin: scheme://host[:port], no path, no trailing slash"),
             )?;
         }
+        let proxies = self.trusted_proxies()?;
+        check(
+            !s.proxy_protocol || !proxies.is_empty(),
+            "server.proxy_protocol",
+            "needs server.trusted_proxies: the header is only read from a trusted proxy, so every \
+             connection would be refused",
+        )?;
         let b = &self.broker;
         let url = b.redis_url.expose();
         check(
@@ -587,6 +601,14 @@ impl Settings {
         Auth::from_settings(&self.auth)?;
         crate::tls::acceptor(&self.tls)?;
         Ok(())
+    }
+
+    /// Parses `server.trusted_proxies`.
+    pub fn trusted_proxies(&self) -> Result<TrustedProxies, SettingsError> {
+        TrustedProxies::parse(&self.server.trusted_proxies).map_err(|message| SettingsError::Invalid {
+            key: "server.trusted_proxies",
+            message: format!("{message} (a CIDR such as \"10.0.0.0/8\" or an address)"),
+        })
     }
 
     /// Parses the pattern lists of the topic rules; every failure names its key.
@@ -724,6 +746,15 @@ mod tests {
                 "broker.redis_ca_file",
             ),
             ("[broker]\ntimeout = \"1ms\"", "broker.timeout"),
+            (
+                "[server]\ntrusted_proxies = [\"10.0.0.0/33\"]",
+                "server.trusted_proxies",
+            ),
+            (
+                "[server]\ntrusted_proxies = [\"proxy.internal\"]",
+                "server.trusted_proxies",
+            ),
+            ("[server]\nproxy_protocol = true", "server.proxy_protocol"),
             (
                 "[history]\npolicies = [{pattern = \"a..b\", size = 1, ttl_seconds = 1}]",
                 "history.policies",

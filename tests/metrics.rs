@@ -46,6 +46,10 @@ async fn exposition_is_well_formed_and_every_series_exists_from_start() {
             vec![("reason", "ip_limit")],
         ),
         ("tickwire_connections_rejected_total", vec![("reason", "tls")]),
+        (
+            "tickwire_connections_rejected_total",
+            vec![("reason", "proxy_protocol")],
+        ),
         ("tickwire_disconnects_total", vec![("reason", "client_close")]),
         ("tickwire_disconnects_total", vec![("reason", "slow_consumer")]),
         ("tickwire_disconnects_total", vec![("reason", "idle_timeout")]),
