@@ -137,8 +137,8 @@ pub async fn handle(
         route = "not_found";
     }
     let result = match (req.method(), route) {
-        (_, "ws") => Ok(upgrade(req, &app, peer, Endpoint::Requests)),
-        (_, "echo") => Ok(upgrade(req, &app, peer, Endpoint::Echo)),
+        (_, "ws") => Ok(upgrade(req, &app, peer, Endpoint::Requests).await),
+        (_, "echo") => Ok(upgrade(req, &app, peer, Endpoint::Echo).await),
         (&Method::POST, "publish") => publish(req, &app).await,
         (&Method::GET, "topics") => match reader(&req, &app) {
             Ok(()) => list_topics(&app).await,
@@ -259,7 +259,7 @@ fn check_origin(req: &Request<Incoming>, allowed: &[String]) -> Result<(), Reque
     Err(RequestError::Origin(shown))
 }
 
-fn upgrade(
+async fn upgrade(
     mut req: Request<Incoming>,
     app: &Arc<App>,
     peer: SocketAddr,
@@ -302,7 +302,7 @@ fn upgrade(
     };
     // The token is checked before a place is taken, so unauthenticated clients cannot use up
     // the places of their address or of the server.
-    let identity = match app.auth.subscriber(req.headers(), req.uri().query()) {
+    let identity = match app.auth.subscriber(req.headers(), req.uri().query()).await {
         Ok(identity) => identity,
         Err(e) => {
             rejected(REJECT_AUTH);

@@ -13,6 +13,9 @@
 //! - [`app`]: the state shared by every connection handler (and the connection limits).
 //! - [`auth`]: who a WebSocket client or HTTP publisher is: anonymous, JWT or API key.
 //! - [`jwt`]: verifying (and minting) JSON Web Tokens.
+//! - [`jwks`]: the JWT key set fetched from the identity provider, kept fresh.
+//! - [`reload`]: rotating certificates and keys without a restart (SIGHUP, file changes).
+//! - [`swap`]: the snapshot-and-replace cell that makes those parts swappable.
 //! - [`apikey`]: HTTP publishers' keys, stored as SHA-256 digests.
 //! - [`acl`]: the topic patterns one client may subscribe and publish to.
 //! - [`http`]: HTTP routing, the publish and topic APIs, the WebSocket upgrade, `/metrics`,
@@ -45,15 +48,18 @@ pub mod history;
 pub mod http;
 pub mod hub;
 pub mod join;
+pub mod jwks;
 pub mod jwt;
 pub mod metrics;
 pub mod node;
 pub mod outbox;
 pub mod patterns;
 pub mod protocol;
+pub mod reload;
 pub mod server;
 pub mod session;
 pub mod settings;
+pub mod swap;
 pub mod tls;
 pub mod topic;
 pub mod watchdog;
