@@ -128,7 +128,9 @@ impl Auth {
                     .ok_or(AuthError::MissingToken)?;
                 let verifier = verifier.load();
                 match (verifier.verify(token), verifier.remote()) {
-                    (Err(AuthError::UnknownKeyId), Some(remote)) if remote.refresh_for_unknown_kid().await => {
+                    (Err(AuthError::UnknownKeyId), Some(remote))
+                        if remote.refresh_for_unknown_kid().await =>
+                    {
                         verifier.verify(token)
                     }
                     (result, _) => result,

@@ -103,15 +103,13 @@ impl Remote {
         if uri.scheme_str() != Some("https") {
             return Err(invalid(URL_KEY, "must start with https://"));
         }
-        let authority = uri
-            .authority()
-            .ok_or_else(|| invalid(URL_KEY, "has no host"))?;
+        let authority = uri.authority().ok_or_else(|| invalid(URL_KEY, "has no host"))?;
         if authority.as_str().contains('@') {
             return Err(invalid(URL_KEY, "must not carry credentials"));
         }
         let host = authority.host().trim_start_matches('[').trim_end_matches(']');
-        let server_name = ServerName::try_from(host.to_string())
-            .map_err(|_| invalid(URL_KEY, "has no valid host name"))?;
+        let server_name =
+            ServerName::try_from(host.to_string()).map_err(|_| invalid(URL_KEY, "has no valid host name"))?;
         let endpoint = Endpoint {
             host: host.to_string(),
             server_name,
@@ -180,7 +178,9 @@ impl Remote {
             return true;
         }
         let now = Instant::now();
-        if a.last_kid_refresh.is_some_and(|t| now.duration_since(t) < KID_REFRESH_INTERVAL) {
+        if a.last_kid_refresh
+            .is_some_and(|t| now.duration_since(t) < KID_REFRESH_INTERVAL)
+        {
             return false;
         }
         a.last_kid_refresh = Some(now);
@@ -278,7 +278,10 @@ impl Remote {
         let tcp = TcpStream::connect((e.host.as_str(), e.port))
             .await
             .map_err(JwksError::Connect)?;
-        let stream = tls.connect(e.server_name.clone(), tcp).await.map_err(JwksError::Tls)?;
+        let stream = tls
+            .connect(e.server_name.clone(), tcp)
+            .await
+            .map_err(JwksError::Tls)?;
         let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
         let request = Request::get(e.path.as_str())
             .header(HOST, e.authority.as_str())

@@ -222,7 +222,8 @@ pub(crate) fn jwks(
     setting: &'static str,
     json: &[u8],
 ) -> Result<Vec<(Option<String>, DecodingKey, Algorithm)>, SettingsError> {
-    let set: JwkSet = serde_json::from_slice(json).map_err(|e| invalid(setting, format!("not a JWKS: {e}")))?;
+    let set: JwkSet =
+        serde_json::from_slice(json).map_err(|e| invalid(setting, format!("not a JWKS: {e}")))?;
     let mut keys = Vec::new();
     for jwk in &set.keys {
         if matches!(jwk.common.public_key_use, Some(PublicKeyUse::Encryption)) {

@@ -117,7 +117,14 @@ fn reload(app: &App, certificate: Option<&Certificate>, cause: &str) -> bool {
         }
         None => false,
     };
-    info!(cause, ok, ?api_keys, jwt_key_file = key_file, tls, "reload finished");
+    info!(
+        cause,
+        ok,
+        ?api_keys,
+        jwt_key_file = key_file,
+        tls,
+        "reload finished"
+    );
     ok
 }
 

@@ -627,7 +627,10 @@ mod tests {
             ("[auth]\nmode = \"jwt\"", "auth.jwt"),
             ("[auth.jwt]\nleeway = \"6s\"", "auth.jwt.leeway"),
             ("[auth.jwt]\njwks_refresh = \"500ms\"", "auth.jwt.jwks_refresh"),
-            ("[auth.jwt]\njwks_ca_file = \"/etc/hosts\"", "auth.jwt.jwks_ca_file"),
+            (
+                "[auth.jwt]\njwks_ca_file = \"/etc/hosts\"",
+                "auth.jwt.jwks_ca_file",
+            ),
             (
                 "[auth]\nmode = \"jwt\"\n[auth.jwt]\njwks_url = \"http://idp.example/jwks\"",
                 "auth.jwt.jwks_url",

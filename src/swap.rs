@@ -26,7 +26,10 @@ impl<T> Swap<T> {
 
     pub fn store(&self, value: T) {
         let value = Arc::new(value);
-        let old = std::mem::replace(&mut *self.current.write().unwrap_or_else(|e| e.into_inner()), value);
+        let old = std::mem::replace(
+            &mut *self.current.write().unwrap_or_else(|e| e.into_inner()),
+            value,
+        );
         drop(old);
     }
 }

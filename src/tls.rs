@@ -55,7 +55,8 @@ impl ResolvesServerCert for Certificate {
 impl Certificate {
     /// Reads `tls.cert` and `tls.key` again; on error the pair in use stays.
     pub fn reload(&self) -> Result<(), SettingsError> {
-        self.current.store(certified_key(&self.cert, &self.key, &self.provider)?);
+        self.current
+            .store(certified_key(&self.cert, &self.key, &self.provider)?);
         Ok(())
     }
 }

@@ -97,7 +97,10 @@ where
 }
 
 async fn get_status(sender: &mut hyper::client::conn::http1::SendRequest<Empty<Bytes>>, path: &str) -> u16 {
-    let req = Request::get(path).header("host", "localhost").body(Empty::new()).unwrap();
+    let req = Request::get(path)
+        .header("host", "localhost")
+        .body(Empty::new())
+        .unwrap();
     let resp = tokio::time::timeout(RECV_TIMEOUT, sender.send_request(req))
         .await
         .expect("HTTPS request timed out")
@@ -150,10 +153,14 @@ impl Idp {
         let (a, r) = (answer.clone(), requests.clone());
         tokio::spawn(async move {
             loop {
-                let Ok((tcp, _)) = listener.accept().await else { return };
+                let Ok((tcp, _)) = listener.accept().await else {
+                    return;
+                };
                 let (acceptor, a, r) = (acceptor.clone(), a.clone(), r.clone());
                 tokio::spawn(async move {
-                    let Ok(tls) = acceptor.accept(tcp).await else { return };
+                    let Ok(tls) = acceptor.accept(tcp).await else {
+                        return;
+                    };
                     let service = service_fn(move |_req: Request<hyper::body::Incoming>| {
                         r.fetch_add(1, Ordering::SeqCst);
                         let answer = a.lock().unwrap().clone();
@@ -247,13 +254,14 @@ async fn accepted(addr: SocketAddr, token: &str) -> bool {
 }
 
 fn refreshes(m: &Scrape, result: &str) -> f64 {
-    m.get("tickwire_jwks_refresh_total", &[("result", result)]).unwrap_or(0.0)
+    m.get("tickwire_jwks_refresh_total", &[("result", result)])
+        .unwrap_or(0.0)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_token_with_a_new_kid_makes_the_server_fetch_the_rotated_jwks() {
     let k = keys();
-    let idp = Idp::start(jwks(&[k.a.clone()])).await;
+    let idp = Idp::start(jwks(std::slice::from_ref(&k.a))).await;
     // No periodic refresh during the test: only start-up and unknown kids fetch.
     let server = start(&idp.toml("1h")).await;
     let addr = server.addr;
@@ -266,7 +274,10 @@ async fn a_token_with_a_new_kid_makes_the_server_fetch_the_rotated_jwks() {
     // The provider rotates: B is published next to A. The first token signed with B names a
     // kid the server does not know: it fetches the set and accepts the token, first try.
     idp.answer(jwks(&[k.a.clone(), k.b.clone()]));
-    assert!(accepted(addr, &k.token_b).await, "key B, after a kid-triggered fetch");
+    assert!(
+        accepted(addr, &k.token_b).await,
+        "key B, after a kid-triggered fetch"
+    );
     assert!(accepted(addr, &k.token_a).await, "key A, still in the set");
     let m = scrape(addr).await;
     assert_eq!(refreshes(&m, "ok"), 2.0);
@@ -293,7 +304,7 @@ async fn a_failed_refresh_keeps_the_last_good_jwks() {
     assert!(accepted(addr, &k.token_b).await);
 
     // A leaves the set: its tokens are accepted only until the next refresh.
-    idp.answer(jwks(&[k.b.clone()]));
+    idp.answer(jwks(std::slice::from_ref(&k.b)));
     eventually("key A refused once it left the set", || async {
         !accepted(addr, &k.token_a).await
     })
@@ -347,7 +358,8 @@ fn write_pair(dir: &Path, cert: &str, key: &str) {
 }
 
 fn reloads(m: &Scrape, result: &str) -> f64 {
-    m.get("tickwire_config_reload_total", &[("result", result)]).unwrap_or(0.0)
+    m.get("tickwire_config_reload_total", &[("result", result)])
+        .unwrap_or(0.0)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -371,7 +383,10 @@ async fn a_rotated_certificate_reaches_new_handshakes_and_spares_open_connection
         tls_connect(addr, &der2).await.is_ok()
     })
     .await;
-    assert!(tls_connect(addr, &der1).await.is_err(), "certificate 1 is no longer served");
+    assert!(
+        tls_connect(addr, &der1).await.is_err(),
+        "certificate 1 is no longer served"
+    );
     assert_eq!(
         get_status(&mut open, "/api/v1/topics").await,
         200,
@@ -404,7 +419,10 @@ fn config_with_keys(listen: &str, digests: &[&str]) -> String {
 async fn publish_with(addr: SocketAddr, key: &str) -> u16 {
     let auth = format!("Bearer {key}");
     let body = json!({"topic": "prices.X", "data": 1}).to_string();
-    let headers = [("Authorization", auth.as_str()), ("Content-Type", "application/json")];
+    let headers = [
+        ("Authorization", auth.as_str()),
+        ("Content-Type", "application/json"),
+    ];
     http_request(addr, "POST", "/api/v1/publish", &headers, Some(body.as_bytes()))
         .await
         .status
@@ -412,7 +430,10 @@ async fn publish_with(addr: SocketAddr, key: &str) -> u16 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn api_keys_follow_the_config_file_and_a_bad_file_keeps_them() {
-    let (one, two) = (tickwire::apikey::generate().unwrap(), tickwire::apikey::generate().unwrap());
+    let (one, two) = (
+        tickwire::apikey::generate().unwrap(),
+        tickwire::apikey::generate().unwrap(),
+    );
     let dir = scratch("rotate-keys");
     let file = dir.join("tickwire.toml");
     std::fs::write(&file, config_with_keys("127.0.0.1:0", &[&one.sha256])).unwrap();
@@ -427,8 +448,15 @@ async fn api_keys_follow_the_config_file_and_a_bad_file_keeps_them() {
     assert_eq!(publish_with(addr, &two.key).await, 401);
 
     std::fs::write(&file, config_with_keys("127.0.0.1:0", &[&two.sha256])).unwrap();
-    eventually("the new key is accepted", || async { publish_with(addr, &two.key).await == 200 }).await;
-    assert_eq!(publish_with(addr, &one.key).await, 401, "the removed key is refused");
+    eventually("the new key is accepted", || async {
+        publish_with(addr, &two.key).await == 200
+    })
+    .await;
+    assert_eq!(
+        publish_with(addr, &one.key).await,
+        401,
+        "the removed key is refused"
+    );
 
     // Not a digest: the file is refused whole and the keys in use stay.
     std::fs::write(&file, config_with_keys("127.0.0.1:0", &["not-a-digest"])).unwrap();
@@ -443,7 +471,10 @@ async fn api_keys_follow_the_config_file_and_a_bad_file_keeps_them() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sighup_reloads_the_api_keys_of_the_binary() {
-    let (one, two) = (tickwire::apikey::generate().unwrap(), tickwire::apikey::generate().unwrap());
+    let (one, two) = (
+        tickwire::apikey::generate().unwrap(),
+        tickwire::apikey::generate().unwrap(),
+    );
     let dir = scratch("sighup");
     let file = dir.join("tickwire.toml");
     let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
@@ -477,15 +508,57 @@ async fn sighup_reloads_the_api_keys_of_the_binary() {
     std::fs::rename(&next, &file).unwrap();
     assert_eq!(std::fs::metadata(&file).unwrap().len(), old.len());
     tokio::time::sleep(Duration::from_secs(3)).await;
-    assert_eq!(publish_with(addr, &two.key).await, 401, "no reload without SIGHUP");
+    assert_eq!(
+        publish_with(addr, &two.key).await,
+        401,
+        "no reload without SIGHUP"
+    );
 
-    let hup = std::process::Command::new("kill").args(["-HUP", &pid]).status().unwrap();
+    let hup = std::process::Command::new("kill")
+        .args(["-HUP", &pid])
+        .status()
+        .unwrap();
     assert!(hup.success());
-    eventually("SIGHUP reloads the keys", || async { publish_with(addr, &two.key).await == 200 }).await;
+    eventually("SIGHUP reloads the keys", || async {
+        publish_with(addr, &two.key).await == 200
+    })
+    .await;
     assert_eq!(publish_with(addr, &one.key).await, 401);
     assert_eq!(child.try_wait().unwrap(), None, "SIGHUP does not stop the server");
     let m = scrape(addr).await;
     assert_eq!(reloads(&m, "ok"), 1.0);
     let _ = child.kill();
     let _ = child.wait();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replaced_jwks_file_is_read_again() {
+    let k = keys();
+    let dir = scratch("rotate-jwks-file");
+    let file = dir.join("jwks.json");
+    let write = |keys: &[Value]| std::fs::write(&file, json!({ "keys": keys }).to_string()).unwrap();
+    write(std::slice::from_ref(&k.a));
+    let server = start(&format!(
+        "[auth]\nmode = \"jwt\"\n[auth.jwt]\njwks_file = \"{}\"\n",
+        file.display()
+    ))
+    .await;
+    let addr = server.addr;
+    assert!(accepted(addr, &k.token_a).await);
+    assert!(!accepted(addr, &k.token_b).await);
+
+    write(std::slice::from_ref(&k.b));
+    eventually("key B accepted from the new file", || async {
+        accepted(addr, &k.token_b).await
+    })
+    .await;
+    assert!(!accepted(addr, &k.token_a).await, "key A left the file");
+
+    // Not a JWKS: the set in use stays.
+    std::fs::write(&file, "{\"keys\": 7}").unwrap();
+    eventually("the bad file is counted", || async {
+        reloads(&scrape(addr).await, "error") >= 1.0
+    })
+    .await;
+    assert!(accepted(addr, &k.token_b).await);
 }
