@@ -217,13 +217,12 @@ fn public_key(pem: &[u8]) -> Result<(DecodingKey, Algorithm), SettingsError> {
 }
 
 /// The signing keys of a JWKS that tickwire can use (RS256, ES256), with their kids; errors
-/// name `setting`, the setting the set came from.
+/// name `src`, the setting the set came from.
 pub(crate) fn jwks(
-    setting: &'static str,
+    src: &'static str,
     json: &[u8],
 ) -> Result<Vec<(Option<String>, DecodingKey, Algorithm)>, SettingsError> {
-    let set: JwkSet =
-        serde_json::from_slice(json).map_err(|e| invalid(setting, format!("not a JWKS: {e}")))?;
+    let set: JwkSet = serde_json::from_slice(json).map_err(|e| invalid(src, format!("not a JWKS: {e}")))?;
     let mut keys = Vec::new();
     for jwk in &set.keys {
         if matches!(jwk.common.public_key_use, Some(PublicKeyUse::Encryption)) {
@@ -241,16 +240,16 @@ pub(crate) fn jwks(
         };
         let key = DecodingKey::from_jwk(jwk).map_err(|e| {
             let kid = jwk.common.key_id.as_deref().unwrap_or("(no kid)");
-            invalid(setting, format!("key {kid}: {e}"))
+            invalid(src, format!("key {kid}: {e}"))
         })?;
         keys.push((jwk.common.key_id.clone(), key, alg));
     }
     if keys.is_empty() {
-        return Err(invalid(setting, "no RS256 or ES256 signing key in the set"));
+        return Err(invalid(src, "no RS256 or ES256 signing key in the set"));
     }
     let kids = keys.iter().filter(|(kid, ..)| kid.is_some()).count();
     if keys.len() > 1 && kids < keys.len() {
-        return Err(invalid(setting, "with several keys, every key needs a kid"));
+        return Err(invalid(src, "with several keys, every key needs a kid"));
     }
     Ok(keys)
 }
