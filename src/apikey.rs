@@ -6,6 +6,7 @@
 //! key, if any, came close.
 
 use std::collections::HashSet;
+use std::sync::Arc;
 
 use ring::digest::{digest, SHA256};
 use ring::rand::{SecureRandom, SystemRandom};
@@ -32,7 +33,8 @@ pub struct ApiKey {
 /// Every configured key. Empty means HTTP publishing is open.
 #[derive(Debug, Default)]
 pub struct ApiKeys {
-    keys: Vec<ApiKey>,
+    /// Shared, so that a request keeps its key while a reload replaces the set.
+    keys: Vec<Arc<ApiKey>>,
 }
 
 fn invalid(message: String) -> SettingsError {
@@ -65,11 +67,11 @@ impl ApiKeys {
             let publish = (k.publish.iter())
                 .map(|p| Pattern::parse(p).map_err(|e| invalid(format!("{name}: publish {p:?}: {e}"))))
                 .collect::<Result<Vec<_>, _>>()?;
-            keys.push(ApiKey {
+            keys.push(Arc::new(ApiKey {
                 name: name.to_string(),
                 digest,
                 acl: Acl::new(Vec::new(), publish),
-            });
+            }));
         }
         Ok(ApiKeys { keys })
     }
@@ -78,15 +80,19 @@ impl ApiKeys {
         self.keys.is_empty()
     }
 
+    pub fn len(&self) -> usize {
+        self.keys.len()
+    }
+
     /// The configured key `presented` is, if any.
-    pub fn find(&self, presented: &str) -> Option<&ApiKey> {
+    pub fn find(&self, presented: &str) -> Option<Arc<ApiKey>> {
         let presented = sha256(presented);
         // Every digest is compared, and the match is selected without a branch.
         let mut hit = u64::MAX;
         for (i, key) in self.keys.iter().enumerate() {
             hit.conditional_assign(&(i as u64), key.digest.ct_eq(&presented));
         }
-        self.keys.get(usize::try_from(hit).ok()?)
+        self.keys.get(usize::try_from(hit).ok()?).cloned()
     }
 }
 

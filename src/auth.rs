@@ -3,9 +3,13 @@
 //!
 //! WebSocket clients are anonymous (`auth.mode = "none"`, one shared ACL) or present a JWT
 //! (`"jwt"`, the ACL is in its claims). HTTP publishers present an API key once any is
-//! configured. Built once at start-up from the settings; reading a request's credentials
-//! happens here so that `http.rs` only maps the outcome to a status.
+//! configured. Built at start-up from the settings; reading a request's credentials happens
+//! here so that `http.rs` only maps the outcome to a status.
+//!
+//! The API keys and the JWT verifier are swapped whole by a reload (`reload.rs`); a check reads
+//! one snapshot of each, so it never sees half of an old set and half of a new one.
 
+use std::sync::Arc;
 use std::time::SystemTime;
 
 use hyper::header::AUTHORIZATION;
@@ -14,8 +18,10 @@ use hyper::HeaderMap;
 use crate::acl::Acl;
 use crate::apikey::{ApiKey, ApiKeys};
 use crate::error::{AuthError, SettingsError};
+use crate::jwks::Remote;
 use crate::jwt::Verifier;
-use crate::settings::{AuthMode, AuthSettings};
+use crate::settings::{AuthMode, AuthSettings, JwtSettings};
+use crate::swap::Swap;
 use crate::topic::Pattern;
 
 /// A WebSocket client as the server knows it.
@@ -30,12 +36,12 @@ pub struct Identity {
 
 enum Subscribers {
     Anonymous(Acl),
-    Jwt(Verifier),
+    Jwt(Swap<Verifier>),
 }
 
 pub struct Auth {
     subscribers: Subscribers,
-    api_keys: ApiKeys,
+    api_keys: Swap<ApiKeys>,
 }
 
 impl Auth {
@@ -58,12 +64,38 @@ impl Auth {
         );
         let subscribers = match s.mode {
             AuthMode::None => Subscribers::Anonymous(anonymous),
-            AuthMode::Jwt => Subscribers::Jwt(Verifier::from_settings(&s.jwt)?),
+            AuthMode::Jwt => Subscribers::Jwt(Swap::new(Verifier::from_settings(&s.jwt)?)),
         };
         Ok(Auth {
             subscribers,
-            api_keys: ApiKeys::from_settings(&s.api_keys)?,
+            api_keys: Swap::new(ApiKeys::from_settings(&s.api_keys)?),
         })
+    }
+
+    /// The JWKS fetched from `auth.jwt.jwks_url`, when that is the key source.
+    pub fn jwks(&self) -> Option<Arc<Remote>> {
+        match &self.subscribers {
+            Subscribers::Jwt(verifier) => verifier.load().remote().cloned(),
+            Subscribers::Anonymous(_) => None,
+        }
+    }
+
+    /// Replaces the API keys; requests under way keep the key they found.
+    pub fn set_api_keys(&self, keys: ApiKeys) {
+        self.api_keys.store(keys);
+    }
+
+    /// Reads `public_key_file` or `jwks_file` again. `Ok(false)` when the key source is not a
+    /// file (nothing to reload); on error the current keys stay.
+    pub fn reload_key_file(&self, s: &JwtSettings) -> Result<bool, SettingsError> {
+        let Subscribers::Jwt(verifier) = &self.subscribers else {
+            return Ok(false);
+        };
+        if s.public_key_file.is_none() && s.jwks_file.is_none() {
+            return Ok(false);
+        }
+        verifier.store(Verifier::from_settings(s)?);
+        Ok(true)
     }
 
     pub fn mode(&self) -> AuthMode {
@@ -75,12 +107,15 @@ impl Auth {
 
     /// Whether HTTP publishing and the topic API need a key.
     pub fn http_is_open(&self) -> bool {
-        self.api_keys.is_empty()
+        self.api_keys.load().is_empty()
     }
 
     /// The identity of a WebSocket upgrade request: its token from the `Authorization` header
     /// or, for browsers (which cannot set headers on a WebSocket), the `token` query parameter.
-    pub fn subscriber(&self, headers: &HeaderMap, query: Option<&str>) -> Result<Identity, AuthError> {
+    ///
+    /// A token whose `kid` the fetched JWKS lacks waits for a fetch (rate-limited, bounded by
+    /// `jwks::FETCH_TIMEOUT`) and is checked once more: the IdP may have just rotated its keys.
+    pub async fn subscriber(&self, headers: &HeaderMap, query: Option<&str>) -> Result<Identity, AuthError> {
         match &self.subscribers {
             Subscribers::Anonymous(acl) => Ok(Identity {
                 subject: None,
@@ -91,7 +126,15 @@ impl Auth {
                 let token = bearer(headers)
                     .or_else(|| query.and_then(query_token))
                     .ok_or(AuthError::MissingToken)?;
-                verifier.verify(token)
+                let verifier = verifier.load();
+                match (verifier.verify(token), verifier.remote()) {
+                    (Err(AuthError::UnknownKeyId), Some(remote))
+                        if remote.refresh_for_unknown_kid().await =>
+                    {
+                        verifier.verify(token)
+                    }
+                    (result, _) => result,
+                }
             }
         }
     }
@@ -102,7 +145,13 @@ impl Auth {
         let Subscribers::Jwt(verifier) = &self.subscribers else {
             return None;
         };
-        Some(verifier.verify(token).and_then(|id| {
+        let verifier = verifier.load();
+        let verified = verifier.verify(token);
+        if let (Err(AuthError::UnknownKeyId), Some(remote)) = (&verified, verifier.remote()) {
+            // The session does not wait on the network: the fetch serves the client's retry.
+            remote.request_refresh();
+        }
+        Some(verified.and_then(|id| {
             // A connection is one user's: a token for someone else is not a refresh.
             if id.subject == current.subject {
                 Ok(id)
@@ -113,12 +162,13 @@ impl Auth {
     }
 
     /// The API key of an HTTP request: `Ok(None)` when no key is configured (open publishing).
-    pub fn publisher(&self, headers: &HeaderMap) -> Result<Option<&ApiKey>, AuthError> {
-        if self.api_keys.is_empty() {
+    pub fn publisher(&self, headers: &HeaderMap) -> Result<Option<Arc<ApiKey>>, AuthError> {
+        let keys = self.api_keys.load();
+        if keys.is_empty() {
             return Ok(None);
         }
         let key = bearer(headers).ok_or(AuthError::MissingKey)?;
-        self.api_keys.find(key).map(Some).ok_or(AuthError::UnknownKey)
+        keys.find(key).map(Some).ok_or(AuthError::UnknownKey)
     }
 }
 

@@ -161,6 +161,25 @@ pub enum SettingsError {
     Invalid { key: &'static str, message: String },
 }
 
+/// Why fetching `auth.jwt.jwks_url` failed; the last good key set stays in use.
+#[derive(Debug, Error)]
+pub enum JwksError {
+    #[error("cannot connect: {0}")]
+    Connect(std::io::Error),
+    #[error("TLS: {0}")]
+    Tls(std::io::Error),
+    #[error("HTTP: {0}")]
+    Http(#[from] hyper::Error),
+    #[error("answered HTTP {0}, expected 200")]
+    Status(u16),
+    #[error("body larger than {0} bytes")]
+    TooLarge(usize),
+    #[error("no answer within {0:?}")]
+    Timeout(std::time::Duration),
+    #[error("not a usable key set: {0}")]
+    KeySet(String),
+}
+
 /// Why the server could not start or stopped with an error.
 #[derive(Debug, Error)]
 pub enum ServerError {

@@ -61,7 +61,6 @@ fn status_of(e: &RequestError) -> StatusCode {
         RequestError::PayloadTooLarge(_) | RequestError::MessageTooLarge { .. } => {
             StatusCode::PAYLOAD_TOO_LARGE
         }
-        RequestError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
         RequestError::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
         RequestError::TopicNotFound(_) | RequestError::NoRoute(_) => StatusCode::NOT_FOUND,
         RequestError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
@@ -146,8 +145,8 @@ pub async fn handle(
         route = "not_found";
     }
     let result = match (req.method(), route) {
-        (_, "ws") => Ok(upgrade(req, &app, addrs, Endpoint::Requests)),
-        (_, "echo") => Ok(upgrade(req, &app, addrs, Endpoint::Echo)),
+        (_, "ws") => Ok(upgrade(req, &app, addrs, Endpoint::Requests).await),
+        (_, "echo") => Ok(upgrade(req, &app, addrs, Endpoint::Echo).await),
         (&Method::POST, "publish") => publish(req, &app).await,
         (&Method::GET, "topics") => match reader(&req, &app) {
             Ok(()) => list_topics(&app).await,
@@ -268,7 +267,7 @@ fn check_origin(req: &Request<Incoming>, allowed: &[String]) -> Result<(), Reque
     Err(RequestError::Origin(shown))
 }
 
-fn upgrade(
+async fn upgrade(
     mut req: Request<Incoming>,
     app: &Arc<App>,
     addrs: PeerAddrs,
@@ -314,7 +313,7 @@ fn upgrade(
     };
     // The token is checked before a place is taken, so unauthenticated clients cannot use up
     // the places of their address or of the server.
-    let identity = match app.auth.subscriber(req.headers(), req.uri().query()) {
+    let identity = match app.auth.subscriber(req.headers(), req.uri().query()).await {
         Ok(identity) => identity,
         Err(e) => {
             rejected(REJECT_AUTH);
@@ -454,7 +453,7 @@ async fn publish(req: Request<Incoming>, app: &App) -> Result<Response<Body>, Re
             limit,
         });
     }
-    if let Some(key) = key {
+    if let Some(key) = &key {
         // All or nothing, like validation: one forbidden topic publishes none of the batch.
         if let Some((topic, _)) = messages.iter().find(|(t, _)| !key.acl.may_publish(t)) {
             debug!(key = %key.name, %topic, "publish refused by the key's ACL");
@@ -464,7 +463,7 @@ async fn publish(req: Request<Incoming>, app: &App) -> Result<Response<Body>, Re
     let (seqs, replayed) = match once {
         Some(once) => {
             // Scoped by publisher: two API keys that pick the same key never collide.
-            let scope = key.map_or("", |k| k.name.as_str());
+            let scope = key.as_ref().map_or("", |k| k.name.as_str());
             let once = IdempotencyKey::new(scope, &once, &body);
             app.node.publish_once(&messages, Source::Http, &once).await?
         }

@@ -5,8 +5,12 @@
 //! shared secret, RS256 or ES256 for a PEM public key, and per key for a JWKS. The token's own
 //! `alg` header never chooses how it is verified, which rules out `alg: none` and HS/RS
 //! confusion (an HS256 token "signed" with the public key as its secret).
+//!
+//! A JWKS fetched from `auth.jwt.jwks_url` is the fourth source; `jwks.rs` keeps it fresh and
+//! the verifier reads its current set at each token.
 
 use std::path::Path;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -19,6 +23,7 @@ use serde::{Deserialize, Serialize};
 use crate::acl::Acl;
 use crate::auth::Identity;
 use crate::error::{AuthError, SettingsError};
+use crate::jwks::Remote;
 use crate::settings::JwtSettings;
 use crate::topic::Pattern;
 
@@ -31,14 +36,16 @@ const P256_POINT_BYTES: usize = 65;
 /// Verifies tokens against the configured key(s).
 pub struct Verifier {
     keys: Vec<Key>,
+    /// With `jwks_url`, the keys are the fetched set's instead of `keys`.
+    remote: Option<Arc<Remote>>,
     leeway: Duration,
 }
 
-struct Key {
-    kid: Option<String>,
-    key: DecodingKey,
+pub(crate) struct Key {
+    pub(crate) kid: Option<String>,
+    pub(crate) key: DecodingKey,
     /// Accepts exactly this key's algorithm.
-    validation: Validation,
+    pub(crate) validation: Validation,
 }
 
 /// The claims tickwire reads. `aud`, `iss`, `nbf` and `exp` are checked by `jsonwebtoken` itself,
@@ -78,14 +85,23 @@ impl Verifier {
             !secret.is_empty(),
             s.public_key_file.is_some(),
             s.jwks_file.is_some(),
+            !s.jwks_url.is_empty(),
         ];
         if sources.iter().filter(|set| **set).count() != 1 {
             return Err(invalid(
                 "auth.jwt",
-                "auth.mode = \"jwt\" needs exactly one of hs256_secret, public_key_file, jwks_file",
+                "auth.mode = \"jwt\" needs exactly one of hs256_secret, public_key_file, jwks_file, jwks_url",
             ));
         }
         let validation = |alg| validation(alg, s);
+        let leeway = Duration::from_secs(s.leeway.as_secs());
+        if !s.jwks_url.is_empty() {
+            return Ok(Verifier {
+                keys: Vec::new(),
+                remote: Some(Arc::new(Remote::new(s)?)),
+                leeway,
+            });
+        }
         let keys = if !secret.is_empty() {
             if secret.len() < MIN_SECRET_BYTES {
                 return Err(invalid(
@@ -107,7 +123,7 @@ impl Verifier {
             }]
         } else {
             let path = s.jwks_file.as_deref().unwrap_or(Path::new(""));
-            jwks(&read("auth.jwt.jwks_file", path)?)?
+            jwks("auth.jwt.jwks_file", &read("auth.jwt.jwks_file", path)?)?
                 .into_iter()
                 .map(|(kid, key, alg)| Key {
                     kid,
@@ -118,14 +134,23 @@ impl Verifier {
         };
         Ok(Verifier {
             keys,
-            leeway: Duration::from_secs(s.leeway.as_secs()),
+            remote: None,
+            leeway,
         })
+    }
+
+    /// The fetched key set's source, with `jwks_url`.
+    pub fn remote(&self) -> Option<&Arc<Remote>> {
+        self.remote.as_ref()
     }
 
     /// Checks signature, algorithm and claims, and turns the claims into an [`Identity`].
     pub fn verify(&self, token: &str) -> Result<Identity, AuthError> {
         let header = jsonwebtoken::decode_header(token).map_err(|e| header_error(token, e))?;
-        let key = match (&header.kid, self.keys.as_slice()) {
+        // A refresh may swap the fetched set meanwhile: this token is checked against one set.
+        let fetched = self.remote.as_ref().map(|r| r.keys());
+        let keys = fetched.as_deref().map_or(self.keys.as_slice(), Vec::as_slice);
+        let key = match (&header.kid, keys) {
             (None, [only]) => only,
             (Some(kid), keys) => (keys.iter())
                 .find(|k| k.kid.as_deref() == Some(kid.as_str()))
@@ -168,7 +193,7 @@ impl Verifier {
     }
 }
 
-fn validation(alg: Algorithm, s: &JwtSettings) -> Validation {
+pub(crate) fn validation(alg: Algorithm, s: &JwtSettings) -> Validation {
     let mut v = Validation::new(alg);
     v.leeway = s.leeway.as_secs();
     v.validate_nbf = true;
@@ -205,10 +230,13 @@ fn public_key(pem: &[u8]) -> Result<(DecodingKey, Algorithm), SettingsError> {
     Ok((key, Algorithm::ES256))
 }
 
-/// The signing keys of a JWKS that tickwire can use (RS256, ES256), with their kids.
-fn jwks(json: &[u8]) -> Result<Vec<(Option<String>, DecodingKey, Algorithm)>, SettingsError> {
-    const KEY: &str = "auth.jwt.jwks_file";
-    let set: JwkSet = serde_json::from_slice(json).map_err(|e| invalid(KEY, format!("not a JWKS: {e}")))?;
+/// The signing keys of a JWKS that tickwire can use (RS256, ES256), with their kids; errors
+/// name `src`, the setting the set came from.
+pub(crate) fn jwks(
+    src: &'static str,
+    json: &[u8],
+) -> Result<Vec<(Option<String>, DecodingKey, Algorithm)>, SettingsError> {
+    let set: JwkSet = serde_json::from_slice(json).map_err(|e| invalid(src, format!("not a JWKS: {e}")))?;
     let mut keys = Vec::new();
     for jwk in &set.keys {
         if matches!(jwk.common.public_key_use, Some(PublicKeyUse::Encryption)) {
@@ -226,16 +254,16 @@ fn jwks(json: &[u8]) -> Result<Vec<(Option<String>, DecodingKey, Algorithm)>, Se
         };
         let key = DecodingKey::from_jwk(jwk).map_err(|e| {
             let kid = jwk.common.key_id.as_deref().unwrap_or("(no kid)");
-            invalid(KEY, format!("key {kid}: {e}"))
+            invalid(src, format!("key {kid}: {e}"))
         })?;
         keys.push((jwk.common.key_id.clone(), key, alg));
     }
     if keys.is_empty() {
-        return Err(invalid(KEY, "no RS256 or ES256 signing key in the set"));
+        return Err(invalid(src, "no RS256 or ES256 signing key in the set"));
     }
     let kids = keys.iter().filter(|(kid, ..)| kid.is_some()).count();
     if keys.len() > 1 && kids < keys.len() {
-        return Err(invalid(KEY, "with several keys, every key needs a kid"));
+        return Err(invalid(src, "with several keys, every key needs a kid"));
     }
     Ok(keys)
 }

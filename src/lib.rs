@@ -15,6 +15,9 @@
 //!   protocol header, the `server.trusted_proxies` CIDRs.
 //! - [`auth`]: who a WebSocket client or HTTP publisher is: anonymous, JWT or API key.
 //! - [`jwt`]: verifying (and minting) JSON Web Tokens.
+//! - [`jwks`]: the JWT key set fetched from the identity provider, kept fresh.
+//! - [`reload`]: rotating certificates and keys without a restart (SIGHUP, file changes).
+//! - [`swap`]: the snapshot-and-replace cell that makes those parts swappable.
 //! - [`apikey`]: HTTP publishers' keys, stored as SHA-256 digests.
 //! - [`acl`]: the topic patterns one client may subscribe and publish to.
 //! - [`idempotency`]: the `Idempotency-Key` of HTTP publishes and the ledger of recent keys.
@@ -49,6 +52,7 @@ pub mod http;
 pub mod hub;
 pub mod idempotency;
 pub mod join;
+pub mod jwks;
 pub mod jwt;
 pub mod metrics;
 pub mod node;
@@ -56,9 +60,11 @@ pub mod outbox;
 pub mod patterns;
 pub mod protocol;
 pub mod proxy;
+pub mod reload;
 pub mod server;
 pub mod session;
 pub mod settings;
+pub mod swap;
 pub mod tls;
 pub mod topic;
 pub mod watchdog;

@@ -95,6 +95,11 @@ pub struct Metrics {
     pub idempotent_replays: IntCounter,
     pub idempotency_keys: IntGauge,
     pub idempotency_bytes: IntGauge,
+    /// Fetches of `auth.jwt.jwks_url`: [error, ok].
+    jwks_refreshes: [IntCounter; 2],
+    pub jwks_keys: IntGauge,
+    /// Reloads (SIGHUP or a changed file): [error, ok].
+    config_reloads: [IntCounter; 2],
 }
 
 fn reg<C: Collector + Clone + 'static>(registry: &Registry, c: C) -> prometheus::Result<C> {
@@ -161,6 +166,19 @@ impl Metrics {
             &["result"],
         )?;
         let recoveries = ["reset", "recovered"].map(|r| recoveries.with_label_values(&[r]));
+        let jwks_refreshes = counter_vec(
+            "tickwire_jwks_refresh_total",
+            "Fetches of auth.jwt.jwks_url, by result; an error keeps the last good key set.",
+            &["result"],
+        )?;
+        let jwks_refreshes = ["error", "ok"].map(|r| jwks_refreshes.with_label_values(&[r]));
+        let config_reloads = counter_vec(
+            "tickwire_config_reload_total",
+            "Reloads of the TLS certificate, API keys and JWT key files (SIGHUP or a changed file), by \
+             result; an error keeps what was in use.",
+            &["result"],
+        )?;
+        let config_reloads = ["error", "ok"].map(|r| config_reloads.with_label_values(&[r]));
         Ok(Metrics {
             history_messages: gauge(
                 "tickwire_history_messages",
@@ -245,6 +263,12 @@ impl Metrics {
                 "tickwire_http_idempotency_bytes",
                 "Approximate memory held by the remembered idempotency keys and their seqs.",
             )?,
+            jwks_refreshes,
+            jwks_keys: gauge(
+                "tickwire_jwks_keys",
+                "Keys in the JWKS fetched from auth.jwt.jwks_url (0 until a fetch succeeds).",
+            )?,
+            config_reloads,
             registry: r,
         })
     }
@@ -255,6 +279,14 @@ impl Metrics {
 
     pub fn recovery(&self, recovered: bool) {
         self.recoveries[usize::from(recovered)].inc();
+    }
+
+    pub fn jwks_refresh(&self, ok: bool) {
+        self.jwks_refreshes[usize::from(ok)].inc();
+    }
+
+    pub fn config_reload(&self, ok: bool) {
+        self.config_reloads[usize::from(ok)].inc();
     }
 
     pub fn disconnected(&self, reason: Disconnect) {

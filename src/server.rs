@@ -3,6 +3,10 @@
 //! [`run`] takes bound listeners and a shutdown future, so the binary passes Ctrl-C/SIGTERM
 //! and tests pass their own signal after binding port 0.
 //!
+//! Besides the listeners it runs the reloader (SIGHUP and watched files: `reload.rs`) and, with
+//! `auth.jwt.jwks_url`, the JWKS fetch task (`jwks.rs`), whose first fetch it waits for before
+//! accepting connections.
+//!
 //! Drain: when `shutdown` resolves, `/readyz` turns 503, the main listener stops accepting,
 //! every WebSocket gets its queued messages and then close 1001, HTTP keep-alive connections
 //! finish their request in flight (a request body still arriving is cut at `http.body_timeout`),
@@ -33,6 +37,7 @@ use crate::http::{self, Routes};
 use crate::metrics::{Metrics, REJECT_HANDSHAKE_TIMEOUT, REJECT_PROXY_PROTOCOL, REJECT_TLS};
 use crate::node::Node;
 use crate::proxy::{self, PeerAddrs};
+use crate::reload;
 use crate::settings::{AuthMode, Settings};
 use crate::tls;
 
@@ -83,10 +88,18 @@ pub async fn serve(
     let hub = node.hub().clone();
     let auth = Auth::from_settings(&settings.auth)?;
     let proxies = settings.trusted_proxies()?;
-    let tls = tls::acceptor(&settings.tls)?;
+    let (tls, certificate) = match tls::acceptor(&settings.tls)? {
+        Some(t) => (Some(t.acceptor), Some(t.certificate)),
+        None => (None, None),
+    };
     warn_if_open(&auth, tls.is_some());
     let settings = Arc::new(settings);
     let app = Arc::new(App::new(node.clone(), settings.clone(), metrics, auth, proxies));
+    let jwks = match app.auth.jwks() {
+        Some(remote) => Some(remote.start(app.metrics.clone()).await),
+        None => None,
+    };
+    let reloader = tokio::spawn(reload::run(app.clone(), certificate));
     let feed = (settings.feed.enabled).then(|| tokio::spawn(feed::run(node, settings.feed.clone())));
     let sweeper = tokio::spawn(async move {
         let mut every = tokio::time::interval(HISTORY_SWEEP);
@@ -118,6 +131,10 @@ pub async fn serve(
         feed.abort();
     }
     sweeper.abort();
+    reloader.abort();
+    if let Some(jwks) = jwks {
+        jwks.abort();
+    }
     app.tasks.close();
     let timeout = settings.server.shutdown_timeout;
     match tokio::time::timeout(timeout, app.tasks.wait()).await {

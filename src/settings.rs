@@ -49,6 +49,10 @@ pub struct Settings {
     pub feed: FeedSettings,
     pub log: LogSettings,
     pub broker: BrokerSettings,
+    /// The `--config` file these were loaded from: a reload (SIGHUP, or the file changing)
+    /// reads it again for `auth.api_keys`.
+    #[serde(skip)]
+    pub config_file: Option<PathBuf>,
 }
 
 /// Where publications travel between the nodes of a cluster.
@@ -195,6 +199,15 @@ pub struct JwtSettings {
     pub public_key_file: Option<PathBuf>,
     #[serde(deserialize_with = "optional_path")]
     pub jwks_file: Option<PathBuf>,
+    /// HTTPS URL of the identity provider's JWKS; empty when not used.
+    pub jwks_url: String,
+    /// How often the JWKS at `jwks_url` is fetched again.
+    #[serde(with = "humantime_serde")]
+    pub jwks_refresh: Duration,
+    /// PEM CA certificate(s) the `jwks_url` server's certificate must chain to; `None` (empty)
+    /// trusts the system's roots.
+    #[serde(deserialize_with = "optional_path")]
+    pub jwks_ca_file: Option<PathBuf>,
     /// Required `aud` when not empty.
     pub audience: String,
     /// Required `iss` when not empty.
@@ -367,7 +380,9 @@ impl Settings {
         // `try_parsing` turns an all-digit secret into a number and back, changing it (a long
         // one comes back in float notation): the secret is taken from the environment as is.
         let secret = std::env::var(SECRET_ENV).ok().map(Secret);
-        Self::finish(builder.add_source(env).build()?, secret)
+        let mut settings = Self::finish(builder.add_source(env).build()?, secret)?;
+        settings.config_file = file.map(Path::to_path_buf);
+        Ok(settings)
     }
 
     /// Built-in defaults overlaid with `extra` TOML text; no files, no environment.
@@ -540,6 +555,16 @@ impl Settings {
             "auth.jwt.leeway",
             "must be at most 5s",
         )?;
+        check(
+            self.auth.jwt.jwks_refresh >= Duration::from_secs(1),
+            "auth.jwt.jwks_refresh",
+            "must be at least 1s",
+        )?;
+        check(
+            self.auth.jwt.jwks_ca_file.is_none() || !self.auth.jwt.jwks_url.is_empty(),
+            "auth.jwt.jwks_ca_file",
+            "is only used with auth.jwt.jwks_url",
+        )?;
         for origin in &self.server.allowed_origins {
             check(
                 crate::http::valid_origin(origin),
@@ -700,6 +725,24 @@ mod tests {
             ("[auth]\nmode = \"open\"", "mode"),
             ("[auth]\nmode = \"jwt\"", "auth.jwt"),
             ("[auth.jwt]\nleeway = \"6s\"", "auth.jwt.leeway"),
+            ("[auth.jwt]\njwks_refresh = \"500ms\"", "auth.jwt.jwks_refresh"),
+            (
+                "[auth.jwt]\njwks_ca_file = \"/etc/hosts\"",
+                "auth.jwt.jwks_ca_file",
+            ),
+            (
+                "[auth]\nmode = \"jwt\"\n[auth.jwt]\njwks_url = \"http://idp.example/jwks\"",
+                "auth.jwt.jwks_url",
+            ),
+            (
+                "[auth]\nmode = \"jwt\"\n[auth.jwt]\njwks_url = \"https://u:p@idp.example/jwks\"",
+                "auth.jwt.jwks_url",
+            ),
+            (
+                "[auth]\nmode = \"jwt\"\n[auth.jwt]\njwks_url = \"https://idp.example/j\"\n\
+                 jwks_ca_file = \"/nonexistent\"",
+                "auth.jwt.jwks_ca_file",
+            ),
             (
                 "[server]\nallowed_origins = [\"https://a.example/\"]",
                 "server.allowed_origins",
