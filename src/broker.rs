@@ -21,7 +21,7 @@
 //! backoff, re-subscribes everything still wanted and catches every mirrored topic up.
 //! Publishes and loads use a separate multiplexed connection, shared by all tasks.
 
-use std::collections::HashMap;
+use std::collections::{BinaryHeap, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
@@ -55,12 +55,19 @@ pub enum BrokerError {
     CaFile(std::path::PathBuf, std::io::Error),
     #[error("unexpected data in Redis key {key}: {what}")]
     Corrupt { key: String, what: &'static str },
+    #[error("Redis holds limits.max_topics = {0} topics: new topics are refused")]
+    TooManyTopics(usize),
 }
+
+/// The error code [`PUBLISH_LUA`] refuses a batch with when its new topics do not fit.
+const TOO_MANY_TOPICS: &str = "TOOMANYTOPICS";
 
 /// Subscription changes waiting for the link, at most this many.
 const COMMAND_QUEUE: usize = 4096;
 /// Channels per SUBSCRIBE when re-subscribing after a reconnect.
 const SUBSCRIBE_CHUNK: usize = 1000;
+/// Capacity reserved up front for a listing page's heap; it grows past this only as needed.
+const LIST_HEAP: usize = 1024;
 /// Topics per pipelined load.
 const LOAD_CHUNK: usize = 256;
 /// A link that lasted this long was healthy: losing it is retried at once.
@@ -70,14 +77,27 @@ const PING_EVERY: Duration = Duration::from_secs(5);
 
 /// Assigns seqs, stores and publishes a batch of publications, atomically and in order.
 /// KEYS: meta and stream of every message, then the topic set. ARGV: an epoch for topics that
-/// have none, the accept time, the channel prefix, then topic, data and history size per message.
+/// have none, the accept time, the channel prefix, `limits.max_topics`, then topic, data and
+/// history size per message. A batch whose new topics would take the set past the limit is
+/// refused whole, before anything is written.
 const PUBLISH_LUA: &str = r"
-local n = (#ARGV - 3) / 3
+local n = (#ARGV - 4) / 3
 local set = KEYS[#KEYS]
+local fresh, seen = 0, {}
+for i = 0, n - 1 do
+  local topic = ARGV[5 + 3 * i]
+  if not seen[topic] and redis.call('SISMEMBER', set, topic) == 0 then
+    fresh = fresh + 1
+  end
+  seen[topic] = true
+end
+if fresh > 0 and redis.call('SCARD', set) + fresh > tonumber(ARGV[4]) then
+  return redis.error_reply('TOOMANYTOPICS the topic limit is reached')
+end
 local out = {}
 for i = 0, n - 1 do
   local meta, stream = KEYS[2 * i + 1], KEYS[2 * i + 2]
-  local topic, data, size = ARGV[4 + 3 * i], ARGV[5 + 3 * i], tonumber(ARGV[6 + 3 * i])
+  local topic, data, size = ARGV[5 + 3 * i], ARGV[6 + 3 * i], tonumber(ARGV[7 + 3 * i])
   local epoch = redis.call('HGET', meta, 'e')
   if not epoch then
     epoch = ARGV[1]
@@ -304,9 +324,11 @@ impl Broker {
             call.key(self.meta_key(topic)).key(self.stream_key(topic));
         }
         call.key(self.topics_key());
+        let max_topics = self.hub.bounds().max_topics;
         call.arg(&*hub::new_epoch())
             .arg(now_ms())
-            .arg(self.channel_prefix());
+            .arg(self.channel_prefix())
+            .arg(max_topics);
         let rules = self.hub.rules();
         for (topic, data) in messages {
             call.arg(topic.as_str())
@@ -314,7 +336,12 @@ impl Broker {
                 .arg(rules.retention_for(topic).size);
         }
         let started = std::time::Instant::now();
-        let seqs: Vec<u64> = self.round_trip(call.invoke_async(&mut conn)).await?;
+        let seqs: Vec<u64> = match self.round_trip(call.invoke_async(&mut conn)).await {
+            Err(BrokerError::Redis(e)) if e.code() == Some(TOO_MANY_TOPICS) => {
+                return Err(BrokerError::TooManyTopics(max_topics))
+            }
+            result => result?,
+        };
         (self.metrics.broker_publish_duration).observe(started.elapsed().as_secs_f64());
         Ok(seqs)
     }
@@ -413,17 +440,42 @@ impl Broker {
         }
     }
 
-    /// Every topic Redis knows, with its seq.
-    pub async fn list(&self) -> Result<Vec<(Topic, u64)>, BrokerError> {
+    /// Up to `limit` topics Redis knows, in name order after `after`, with their seqs, and
+    /// the name the next page starts after (`None` on the last page). A set has no order, so
+    /// this scans all of it (SSCAN, in chunks) and keeps the `limit + 1` smallest names past
+    /// `after` in a heap: O(n log limit) time, O(limit) memory, one seq read per row.
+    pub async fn list(
+        &self,
+        after: Option<&Topic>,
+        limit: usize,
+    ) -> Result<(Vec<(Topic, u64)>, Option<Topic>), BrokerError> {
         let mut conn = self.connection()?;
-        let names: Vec<String> = self
-            .round_trip(
-                redis::cmd("SMEMBERS")
-                    .arg(self.topics_key())
-                    .query_async(&mut conn),
-            )
-            .await?;
-        let topics: Vec<Topic> = names.iter().filter_map(|n| Topic::parse(n).ok()).collect();
+        let keep = limit.saturating_add(1);
+        let (mut cursor, mut smallest) = (0u64, BinaryHeap::with_capacity(keep.min(LIST_HEAP)));
+        loop {
+            let mut cmd = redis::cmd("SSCAN");
+            cmd.arg(self.topics_key()).arg(cursor).arg("COUNT").arg(1000);
+            let (next, names): (u64, Vec<String>) = self.round_trip(cmd.query_async(&mut conn)).await?;
+            for topic in names.iter().filter_map(|n| Topic::parse(n).ok()) {
+                if after.is_some_and(|a| &topic <= a) {
+                    continue;
+                }
+                smallest.push(topic);
+                if smallest.len() > keep {
+                    smallest.pop();
+                }
+            }
+            if next == 0 {
+                break;
+            }
+            cursor = next;
+        }
+        let mut topics = smallest.into_sorted_vec();
+        topics.dedup();
+        let next = (topics.len() > limit).then(|| {
+            topics.truncate(limit);
+            topics.last().cloned()
+        });
         let mut out = Vec::with_capacity(topics.len());
         for chunk in topics.chunks(LOAD_CHUNK) {
             let mut pipe = redis::pipe();
@@ -433,7 +485,7 @@ impl Broker {
             let seqs: Vec<Option<u64>> = self.round_trip(pipe.query_async(&mut conn)).await?;
             out.extend(chunk.iter().cloned().zip(seqs).filter_map(|(t, s)| Some((t, s?))));
         }
-        Ok(out)
+        Ok((out, next.flatten()))
     }
 
     /// Makes sure the hub mirrors every topic `patterns` (new to this connection) cover:
