@@ -915,4 +915,27 @@ mod tests {
         assert_eq!(hub.list(None, 10).topics.len(), 1, "a topic with a last value stays");
         assert_eq!(hub.last(&topic("a.b")).unwrap().seq, 1);
     }
+
+    #[tokio::test]
+    async fn topic_limit_is_all_or_none_and_listing_pages() {
+        let hub = hub_with("[limits]\nmax_topics = 2");
+        let who = hub.new_subscriber(Arc::new(Outbox::new(1 << 20)));
+        hub.subscribe(&who, &pats(&["x.*"]), &HashMap::new()).unwrap();
+        hub.reserve(&[topic("x.a")]).unwrap();
+        let refused = hub.reserve(&[topic("x.b"), topic("x.c")]).unwrap_err();
+        assert_eq!(refused.code(), "too_many_topics");
+        // x.b was created (with the pattern subscriber on it) before x.c did not fit.
+        assert!(!hub.has(&topic("x.b")), "rolled back");
+        assert_eq!(hub.topic_count(), 1);
+        let refused = hub.subscribe(&who, &pats(&["x.b", "x.c"]), &HashMap::new());
+        assert!(refused.is_err());
+        assert_eq!(hub.topic_count(), 1);
+        hub.publish(&topic("x.b"), data("1"), Source::Http);
+        let page = hub.list(None, 1);
+        assert_eq!(page.topics[0].topic, topic("x.a"));
+        assert_eq!(page.topics[0].subscribers, 1);
+        assert_eq!(page.next, Some(topic("x.a")));
+        let page = hub.list(page.next.as_ref(), 1);
+        assert_eq!((page.topics[0].topic.clone(), page.next), (topic("x.b"), None));
+    }
 }
