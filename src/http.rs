@@ -419,10 +419,13 @@ async fn list_topics(query: &str, app: &App) -> Result<Response<Body>, RequestEr
             subscribers: t.subscribers,
         })
         .collect();
-    Ok(json(StatusCode::OK, &Listing {
-        topics,
-        next: page.next,
-    }))
+    Ok(json(
+        StatusCode::OK,
+        &Listing {
+            topics,
+            next: page.next,
+        },
+    ))
 }
 
 async fn get_topic(name: &str, app: &App) -> Result<Response<Body>, RequestError> {

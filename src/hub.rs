@@ -310,7 +310,11 @@ impl Hub {
         let max = self.bounds.max_topics;
         if bounded {
             let reserve = |n: usize| (n < max).then_some(n + 1);
-            if self.count.fetch_update(Ordering::AcqRel, Ordering::Acquire, reserve).is_err() {
+            if self
+                .count
+                .fetch_update(Ordering::AcqRel, Ordering::Acquire, reserve)
+                .is_err()
+            {
                 return Err(RequestError::TooManyTopics(max));
             }
         } else {
@@ -664,7 +668,7 @@ impl Hub {
             }
         }
         let evicted = (candidates.iter())
-            .filter(|topic| self.remove_if(topic, &idle))
+            .filter(|topic| self.remove_if(topic, idle))
             .count();
         if evicted > 0 {
             self.metrics.topics_evicted.inc_by(evicted as u64);
@@ -905,14 +909,19 @@ mod tests {
     async fn idle_topics_are_dropped() {
         let hub = hub();
         let who = hub.new_subscriber(Arc::new(Outbox::new(1 << 20)));
-        hub.subscribe(&who, &pats(&["a.b", "x.*"]), &HashMap::new()).unwrap();
+        hub.subscribe(&who, &pats(&["a.b", "x.*"]), &HashMap::new())
+            .unwrap();
         assert_eq!(hub.list(None, 10).topics.len(), 1);
         hub.unsubscribe(who.id, &pats(&["a.b", "x.*"]));
         assert!(hub.list(None, 10).topics.is_empty());
         hub.publish(&topic("a.b"), data("1"), Source::Http);
         hub.subscribe(&who, &pats(&["a.b"]), &HashMap::new()).unwrap();
         hub.unsubscribe(who.id, &pats(&["a.b"]));
-        assert_eq!(hub.list(None, 10).topics.len(), 1, "a topic with a last value stays");
+        assert_eq!(
+            hub.list(None, 10).topics.len(),
+            1,
+            "a topic with a last value stays"
+        );
         assert_eq!(hub.last(&topic("a.b")).unwrap().seq, 1);
     }
 

@@ -642,7 +642,11 @@ async fn max_topics_bounds_the_topics_in_redis_and_the_listing_pages() {
     assert_eq!(body["error"]["code"], "too_many_topics", "{body}");
     assert_eq!(get_topic(a, "m.a").await.unwrap()["seq"], 1, "all or none");
     assert_eq!(publish(b, "m.c", json!(1)).await, 1);
-    assert_eq!(publish(b, "m.a", json!(2)).await, 2, "existing topics still publish");
+    assert_eq!(
+        publish(b, "m.a", json!(2)).await,
+        2,
+        "existing topics still publish"
+    );
     let mut ws = connect(a).await;
     let reply = request(
         &mut ws,

@@ -41,7 +41,10 @@ async fn max_topics_refuses_new_topics_over_http_and_websocket() {
     let server = start("[limits]\nmax_topics = 3\n").await;
     let addr = server.addr;
 
-    assert_eq!(publish_batch(addr, &[("t.a", json!(1)), ("t.b", json!(1))]).await, [1, 1]);
+    assert_eq!(
+        publish_batch(addr, &[("t.a", json!(1)), ("t.b", json!(1))]).await,
+        [1, 1]
+    );
     // Two new topics where one fits: the whole batch is refused, nothing of it is published.
     let (status, body) = batch(addr, &["t.a", "t.c", "t.d"]).await;
     assert_too_many_topics(status, &body);
@@ -91,12 +94,22 @@ async fn idle_topics_are_evicted_unless_subscribed() {
     let mut ws = connect(addr).await;
     publish_batch(
         addr,
-        &[("i.gone", json!(1)), ("i.kept", json!(1)), ("j.pattern", json!(1))],
+        &[
+            ("i.gone", json!(1)),
+            ("i.kept", json!(1)),
+            ("j.pattern", json!(1)),
+        ],
     )
     .await;
     // An exact subscriber and a pattern subscriber keep their topics.
     subscribe(&mut ws, 1, &["i.kept", "j.*"]).await;
-    assert_eq!(recv_until_silence(&mut ws, Duration::from_millis(200)).await.len(), 2, "snapshots");
+    assert_eq!(
+        recv_until_silence(&mut ws, Duration::from_millis(200))
+            .await
+            .len(),
+        2,
+        "snapshots"
+    );
     let (status, _) = post_json(addr, "/api/v1/publish", &json!({"topic": "i.new", "data": 1})).await;
     assert_eq!(status, 503, "full");
 
@@ -156,7 +169,11 @@ async fn walk(addr: SocketAddr, limit: usize) -> (Vec<String>, usize) {
         pages += 1;
         match body["next"].as_str() {
             Some(next) => {
-                assert_eq!(rows.last().unwrap()["topic"], next, "next is the page's last topic");
+                assert_eq!(
+                    rows.last().unwrap()["topic"],
+                    next,
+                    "next is the page's last topic"
+                );
                 after = Some(next.to_string());
             }
             None => {
@@ -187,7 +204,10 @@ async fn listing_pages_walk_every_topic_exactly_once() {
     let (_, body) = get_json(addr, "/api/v1/topics").await;
     assert_eq!(body["topics"].as_array().unwrap().len(), 100);
     assert_eq!(body["next"], "p.t099");
-    assert_eq!(body["topics"][0], json!({"topic": "p.t000", "seq": 1, "subscribers": 0}));
+    assert_eq!(
+        body["topics"][0],
+        json!({"topic": "p.t000", "seq": 1, "subscribers": 0})
+    );
     // `after` need not name an existing topic.
     let (_, body) = get_json(addr, "/api/v1/topics?after=p.t2&limit=1").await;
     assert_eq!(body["topics"][0]["topic"], "p.t200");
