@@ -21,7 +21,7 @@
 //! backoff, re-subscribes everything still wanted and catches every mirrored topic up.
 //! Publishes and loads use a separate multiplexed connection, shared by all tasks.
 
-use std::collections::{BinaryHeap, HashMap};
+use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
@@ -66,8 +66,6 @@ const TOO_MANY_TOPICS: &str = "TOOMANYTOPICS";
 const COMMAND_QUEUE: usize = 4096;
 /// Channels per SUBSCRIBE when re-subscribing after a reconnect.
 const SUBSCRIBE_CHUNK: usize = 1000;
-/// Capacity reserved up front for a listing page's heap; it grows past this only as needed.
-const LIST_HEAP: usize = 1024;
 /// Topics per pipelined load.
 const LOAD_CHUNK: usize = 256;
 /// A link that lasted this long was healthy: losing it is retried at once.
@@ -443,7 +441,8 @@ impl Broker {
     /// Up to `limit` topics Redis knows, in name order after `after`, with their seqs, and
     /// the name the next page starts after (`None` on the last page). A set has no order, so
     /// this scans all of it (SSCAN, in chunks) and keeps the `limit + 1` smallest names past
-    /// `after` in a heap: O(n log limit) time, O(limit) memory, one seq read per row.
+    /// `after` in an ordered set (which also drops the duplicates SSCAN may return):
+    /// O(n log limit) time, O(limit) memory, one seq read per row.
     pub async fn list(
         &self,
         after: Option<&Topic>,
@@ -451,7 +450,7 @@ impl Broker {
     ) -> Result<(Vec<(Topic, u64)>, Option<Topic>), BrokerError> {
         let mut conn = self.connection()?;
         let keep = limit.saturating_add(1);
-        let (mut cursor, mut smallest) = (0u64, BinaryHeap::with_capacity(keep.min(LIST_HEAP)));
+        let (mut cursor, mut smallest) = (0u64, BTreeSet::new());
         loop {
             let mut cmd = redis::cmd("SSCAN");
             cmd.arg(self.topics_key()).arg(cursor).arg("COUNT").arg(1000);
@@ -460,9 +459,9 @@ impl Broker {
                 if after.is_some_and(|a| &topic <= a) {
                     continue;
                 }
-                smallest.push(topic);
+                smallest.insert(topic);
                 if smallest.len() > keep {
-                    smallest.pop();
+                    smallest.pop_last();
                 }
             }
             if next == 0 {
@@ -470,8 +469,7 @@ impl Broker {
             }
             cursor = next;
         }
-        let mut topics = smallest.into_sorted_vec();
-        topics.dedup();
+        let mut topics: Vec<Topic> = smallest.into_iter().collect();
         let next = (topics.len() > limit).then(|| {
             topics.truncate(limit);
             topics.last().cloned()
