@@ -23,7 +23,7 @@
 //! backoff, re-subscribes everything still wanted and catches every mirrored topic up.
 //! Publishes and loads use a separate multiplexed connection, shared by all tasks.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
@@ -58,7 +58,12 @@ pub enum BrokerError {
     CaFile(std::path::PathBuf, std::io::Error),
     #[error("unexpected data in Redis key {key}: {what}")]
     Corrupt { key: String, what: &'static str },
+    #[error("Redis holds limits.max_topics = {0} topics: new topics are refused")]
+    TooManyTopics(usize),
 }
+
+/// The error code [`PUBLISH_LUA`] refuses a batch with when its new topics do not fit.
+const TOO_MANY_TOPICS: &str = "TOOMANYTOPICS";
 
 /// Subscription changes waiting for the link, at most this many.
 const COMMAND_QUEUE: usize = 4096;
@@ -74,11 +79,13 @@ const PING_EVERY: Duration = Duration::from_secs(5);
 /// Assigns seqs, stores and publishes a batch of publications, atomically and in order.
 /// KEYS: meta and stream of every message, the topic set, then the idempotency key. ARGV: an
 /// epoch for topics that have none, the accept time, the channel prefix, the body digest (empty:
-/// no idempotency key) and the window in ms, then topic, data and history size per message.
-/// Returns `{0, seqs...}` once published, `{1, seqs...}` when the idempotency key already
-/// published this body (nothing published now), `{2}` when it published another body.
+/// no idempotency key), the window in ms, `limits.max_topics`, then topic, data and history
+/// size per message. Returns `{0, seqs...}` once published, `{1, seqs...}` when the idempotency
+/// key already published this body (nothing published now), `{2}` when it published another
+/// body. A batch whose new topics would take the set past the limit is refused whole, before
+/// anything is written.
 const PUBLISH_LUA: &str = r"
-local n = (#ARGV - 5) / 3
+local n = (#ARGV - 6) / 3
 local set, idem, digest = KEYS[#KEYS - 1], KEYS[#KEYS], ARGV[4]
 if digest ~= '' then
   local prior = redis.call('HMGET', idem, 'h', 's')
@@ -93,10 +100,21 @@ if digest ~= '' then
     return out
   end
 end
+local fresh, seen = 0, {}
+for i = 0, n - 1 do
+  local topic = ARGV[7 + 3 * i]
+  if not seen[topic] and redis.call('SISMEMBER', set, topic) == 0 then
+    fresh = fresh + 1
+  end
+  seen[topic] = true
+end
+if fresh > 0 and redis.call('SCARD', set) + fresh > tonumber(ARGV[6]) then
+  return redis.error_reply('TOOMANYTOPICS the topic limit is reached')
+end
 local out = {0}
 for i = 0, n - 1 do
   local meta, stream = KEYS[2 * i + 1], KEYS[2 * i + 2]
-  local topic, data, size = ARGV[6 + 3 * i], ARGV[7 + 3 * i], tonumber(ARGV[8 + 3 * i])
+  local topic, data, size = ARGV[7 + 3 * i], ARGV[8 + 3 * i], tonumber(ARGV[9 + 3 * i])
   local epoch = redis.call('HGET', meta, 'e')
   if not epoch then
     epoch = ARGV[1]
@@ -356,11 +374,13 @@ impl Broker {
             None => (format!("{}:idem:", self.prefix), String::new(), 0),
         };
         call.key(idem);
+        let max_topics = self.hub.bounds().max_topics;
         call.arg(&*hub::new_epoch())
             .arg(now_ms())
             .arg(self.channel_prefix())
             .arg(digest)
-            .arg(window);
+            .arg(window)
+            .arg(max_topics);
         let rules = self.hub.rules();
         for (topic, data) in messages {
             call.arg(topic.as_str())
@@ -368,7 +388,12 @@ impl Broker {
                 .arg(rules.retention_for(topic).size);
         }
         let started = std::time::Instant::now();
-        let mut reply: Vec<u64> = self.round_trip(call.invoke_async(&mut conn)).await?;
+        let mut reply: Vec<u64> = match self.round_trip(call.invoke_async(&mut conn)).await {
+            Err(BrokerError::Redis(e)) if e.code() == Some(TOO_MANY_TOPICS) => {
+                return Err(BrokerError::TooManyTopics(max_topics))
+            }
+            result => result?,
+        };
         (self.metrics.broker_publish_duration).observe(started.elapsed().as_secs_f64());
         let corrupt = |what| BrokerError::Corrupt {
             key: format!("{}:idem:", self.prefix),
@@ -480,17 +505,42 @@ impl Broker {
         }
     }
 
-    /// Every topic Redis knows, with its seq.
-    pub async fn list(&self) -> Result<Vec<(Topic, u64)>, BrokerError> {
+    /// Up to `limit` topics Redis knows, in name order after `after`, with their seqs, and
+    /// the name the next page starts after (`None` on the last page). A set has no order, so
+    /// this scans all of it (SSCAN, in chunks) and keeps the `limit + 1` smallest names past
+    /// `after` in an ordered set (which also drops the duplicates SSCAN may return):
+    /// O(n log limit) time, O(limit) memory, one seq read per row.
+    pub async fn list(
+        &self,
+        after: Option<&Topic>,
+        limit: usize,
+    ) -> Result<(Vec<(Topic, u64)>, Option<Topic>), BrokerError> {
         let mut conn = self.connection()?;
-        let names: Vec<String> = self
-            .round_trip(
-                redis::cmd("SMEMBERS")
-                    .arg(self.topics_key())
-                    .query_async(&mut conn),
-            )
-            .await?;
-        let topics: Vec<Topic> = names.iter().filter_map(|n| Topic::parse(n).ok()).collect();
+        let keep = limit.saturating_add(1);
+        let (mut cursor, mut smallest) = (0u64, BTreeSet::new());
+        loop {
+            let mut cmd = redis::cmd("SSCAN");
+            cmd.arg(self.topics_key()).arg(cursor).arg("COUNT").arg(1000);
+            let (next, names): (u64, Vec<String>) = self.round_trip(cmd.query_async(&mut conn)).await?;
+            for topic in names.iter().filter_map(|n| Topic::parse(n).ok()) {
+                if after.is_some_and(|a| &topic <= a) {
+                    continue;
+                }
+                smallest.insert(topic);
+                if smallest.len() > keep {
+                    smallest.pop_last();
+                }
+            }
+            if next == 0 {
+                break;
+            }
+            cursor = next;
+        }
+        let mut topics: Vec<Topic> = smallest.into_iter().collect();
+        let next = (topics.len() > limit).then(|| {
+            topics.truncate(limit);
+            topics.last().cloned()
+        });
         let mut out = Vec::with_capacity(topics.len());
         for chunk in topics.chunks(LOAD_CHUNK) {
             let mut pipe = redis::pipe();
@@ -500,7 +550,7 @@ impl Broker {
             let seqs: Vec<Option<u64>> = self.round_trip(pipe.query_async(&mut conn)).await?;
             out.extend(chunk.iter().cloned().zip(seqs).filter_map(|(t, s)| Some((t, s?))));
         }
-        Ok(out)
+        Ok((out, next.flatten()))
     }
 
     /// Makes sure the hub mirrors every topic `patterns` (new to this connection) cover:

@@ -40,6 +40,8 @@ pub enum RequestError {
     TooManyConnections(usize),
     #[error("subscription limit of {0} per connection exceeded")]
     TooManySubscriptions(usize),
+    #[error("topic limit of {0} reached: no new topic can be created until idle ones are dropped")]
+    TooManyTopics(usize),
     #[error("request rate limit exceeded")]
     RateLimited,
     #[error("body larger than {0} bytes")]
@@ -78,6 +80,7 @@ impl RequestError {
             RequestError::Unauthorized(_) => "unauthorized",
             RequestError::TooManyConnections(_) => "too_many_connections",
             RequestError::TooManySubscriptions(_) => "too_many_subscriptions",
+            RequestError::TooManyTopics(_) => "too_many_topics",
             RequestError::RateLimited => "rate_limited",
             RequestError::PayloadTooLarge(_) | RequestError::MessageTooLarge { .. } => "payload_too_large",
             RequestError::BodyTimeout(_) => "body_timeout",

@@ -64,7 +64,9 @@ fn status_of(e: &RequestError) -> StatusCode {
         RequestError::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
         RequestError::TopicNotFound(_) | RequestError::NoRoute(_) => StatusCode::NOT_FOUND,
         RequestError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
-        RequestError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+        // A limit of the whole server, not of the client asking: 503, like a full connection
+        // table, and retrying later can succeed once idle topics are dropped.
+        RequestError::Unavailable(_) | RequestError::TooManyTopics(_) => StatusCode::SERVICE_UNAVAILABLE,
         RequestError::IdempotencyConflict(_) => StatusCode::CONFLICT,
     }
 }
@@ -149,7 +151,7 @@ pub async fn handle(
         (_, "echo") => Ok(upgrade(req, &app, addrs, Endpoint::Echo).await),
         (&Method::POST, "publish") => publish(req, &app).await,
         (&Method::GET, "topics") => match reader(&req, &app) {
-            Ok(()) => list_topics(&app).await,
+            Ok(()) => list_topics(req.uri().query().unwrap_or(""), &app).await,
             Err(e) => Err(e),
         },
         (&Method::GET, "topic") => match reader(&req, &app) {
@@ -502,7 +504,11 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<&str>, RequestError> {
     idempotency::check_key(value.as_bytes()).map(Some)
 }
 
-async fn list_topics(app: &App) -> Result<Response<Body>, RequestError> {
+/// Topics one listing page returns by default, and at most.
+const DEFAULT_TOPIC_PAGE: usize = 100;
+const MAX_TOPIC_PAGE: usize = 1000;
+
+async fn list_topics(query: &str, app: &App) -> Result<Response<Body>, RequestError> {
     #[derive(Serialize)]
     struct Row {
         topic: Topic,
@@ -512,15 +518,44 @@ async fn list_topics(app: &App) -> Result<Response<Body>, RequestError> {
     #[derive(Serialize)]
     struct Listing {
         topics: Vec<Row>,
+        /// Pass as `after` for the next page; null on the last one.
+        next: Option<Topic>,
     }
-    let topics = (app.node.list().await?.into_iter())
+    let (mut after, mut limit) = (None, DEFAULT_TOPIC_PAGE);
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+        let bad = |what: &str| RequestError::BadRequest(format!("query parameter `{key}` must be {what}"));
+        match key {
+            "limit" => {
+                limit = value.parse().map_err(|_| bad("an integer from 1 to 1000"))?;
+                if !(1..=MAX_TOPIC_PAGE).contains(&limit) {
+                    return Err(bad("an integer from 1 to 1000"));
+                }
+            }
+            // Topic names are URL-safe as they are: no decoding needed, none accepted.
+            "after" => after = Some(Topic::parse(value).map_err(|e| RequestError::invalid_topic(value, e))?),
+            _ => {
+                return Err(RequestError::BadRequest(format!(
+                    "unknown query parameter `{key}`"
+                )))
+            }
+        }
+    }
+    let page = app.node.list(after.as_ref(), limit).await?;
+    let topics = (page.topics.into_iter())
         .map(|t| Row {
             topic: t.topic,
             seq: t.seq,
             subscribers: t.subscribers,
         })
         .collect();
-    Ok(json(StatusCode::OK, &Listing { topics }))
+    Ok(json(
+        StatusCode::OK,
+        &Listing {
+            topics,
+            next: page.next,
+        },
+    ))
 }
 
 async fn get_topic(name: &str, app: &App) -> Result<Response<Body>, RequestError> {

@@ -12,27 +12,36 @@
 //! and deliver exactly once, in seq order. A mirrored topic that loses its last subscriber is
 //! dropped: Redis keeps its state.
 //!
+//! Topics are bounded: creating one beyond `limits.max_topics` (by publish or by an exact
+//! subscription) is refused with `too_many_topics`, and [`Hub::sweep`] drops topics that have
+//! no subscriber and no publication for `topics.idle_ttl`, last value and history included. A
+//! topic created again later starts a new epoch, so nobody can mistake it for the old stream.
+//!
 //! Locks, always taken in this order and never held across an await:
-//! pattern index → topic map shard → topic state → outbox. A publication is encoded once and
+//! pattern index → topic map shard → topic state → outbox, and the name index innermost (only
+//! ever taken under a map shard, or alone). A publication is encoded once and
 //! pushed to every outbox while its topic's lock is held, which is what keeps per-topic order,
 //! makes snapshots race-free (no update lost or repeated around a snapshot) and guarantees that
 //! nothing arrives through a subscription after its `unsubscribed` reply.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::ops::Bound;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
+use dashmap::mapref::entry::Entry;
 use dashmap::DashMap;
 use rand::distr::{Alphanumeric, SampleString};
 
+use crate::error::RequestError;
 use crate::history::{self, History, Position};
 use crate::metrics::{Metrics, Source};
 use crate::outbox::{Outbox, Pushed, TopicKey};
 use crate::patterns::PatternIndex;
 use crate::protocol::{self, Data};
-use crate::settings::{Policy, TopicRules};
+use crate::settings::{Policy, TopicBounds, TopicRules};
 use crate::topic::{Pattern, Topic};
 
 /// Identifies a connection inside the hub.
@@ -61,6 +70,14 @@ pub struct TopicInfo {
     pub topic: Topic,
     pub seq: u64,
     pub subscribers: usize,
+}
+
+/// A page of the topic listing.
+#[derive(Debug, Clone, Default)]
+pub struct TopicPage {
+    pub topics: Vec<TopicInfo>,
+    /// The name to pass as `after` for the next page; `None` when this page is the last.
+    pub next: Option<Topic>,
 }
 
 /// Length of a topic epoch: random alphanumerics, fixed when the topic's stream starts.
@@ -132,6 +149,13 @@ pub struct HistoryPage {
 
 pub struct Hub {
     topics: DashMap<Topic, Arc<TopicEntry>>,
+    /// The names in `topics`, in order, so that a page of the listing costs O(log n + page)
+    /// instead of a sort of every topic. Changed only under the map shard of the name changed.
+    names: Mutex<BTreeSet<Topic>>,
+    /// `topics.len()`, kept exact (changed under the shard lock with the map) so that the limit
+    /// check is one atomic operation.
+    count: AtomicUsize,
+    bounds: TopicBounds,
     patterns: RwLock<PatternIndex<Arc<Outbox>>>,
     rules: TopicRules,
     metrics: Arc<Metrics>,
@@ -158,6 +182,9 @@ struct TopicState {
     snapshot: Option<Bytes>,
     history: History,
     subscribers: HashMap<ClientId, Subscription>,
+    /// The last publication's accept time (or the topic's creation, or its last load from the
+    /// broker): an idle topic is dropped `idle_ttl` after it.
+    touched: Instant,
     /// Set when the entry left the map; holders of a stale `Arc` must look the topic up again.
     removed: bool,
 }
@@ -210,6 +237,14 @@ impl TopicState {
         self.subscribers.is_empty() && (mirrored || self.last.is_none())
     }
 
+    /// Created and never used: no publication, no exact subscriber (pattern subscribers are
+    /// re-materialized if the topic comes back).
+    fn unused(&self) -> bool {
+        self.seq == 0
+            && self.last.is_none()
+            && (self.subscribers.values()).all(|s| s.reasons.iter().all(|r| r.as_exact().is_none()))
+    }
+
     /// The `snapshot` frame of the last value, if there is one (see `snapshot`).
     fn snapshot_frame(&mut self, topic: &Topic) -> Option<Bytes> {
         let (ts, data) = self.last.as_ref()?;
@@ -245,9 +280,12 @@ fn refill(history: &mut History, entries: &[Remote]) -> history::Delta {
 
 impl Hub {
     /// A hub that assigns seqs itself (`mirrored` false) or mirrors a broker's topics.
-    pub fn new(rules: TopicRules, metrics: Arc<Metrics>, mirrored: bool) -> Hub {
+    pub fn new(rules: TopicRules, bounds: TopicBounds, metrics: Arc<Metrics>, mirrored: bool) -> Hub {
         Hub {
             topics: DashMap::new(),
+            names: Mutex::default(),
+            count: AtomicUsize::new(0),
+            bounds,
             patterns: RwLock::default(),
             rules,
             metrics,
@@ -267,47 +305,131 @@ impl Hub {
         Subscriber { id, outbox }
     }
 
-    /// The topic's entry, created (with the pattern subscribers it matches) when missing.
-    fn entry(&self, topic: &Topic) -> Arc<TopicEntry> {
+    pub fn bounds(&self) -> TopicBounds {
+        self.bounds
+    }
+
+    /// The topic's entry, created (with the pattern subscribers it matches) when missing; with
+    /// `bounded`, creation beyond `max_topics` is refused. Also says whether it was created.
+    fn entry(&self, topic: &Topic, bounded: bool) -> Result<(Arc<TopicEntry>, bool), RequestError> {
         if let Some(entry) = self.topics.get(topic) {
-            return entry.clone();
+            return Ok((entry.clone(), false));
         }
         let patterns = self.patterns.read().unwrap_or_else(|e| e.into_inner());
-        let entry = self.topics.entry(topic.clone()).or_insert_with(|| {
-            let epoch = if self.mirrored {
-                UNKNOWN_EPOCH.into()
-            } else {
-                new_epoch()
+        let vacant = match self.topics.entry(topic.clone()) {
+            Entry::Occupied(e) => return Ok((e.get().clone(), false)),
+            Entry::Vacant(v) => v,
+        };
+        // Reserved under the shard lock, so concurrent creators can never overshoot the limit.
+        let max = self.bounds.max_topics;
+        if bounded {
+            let reserve = |n: usize| (n < max).then_some(n + 1);
+            if self
+                .count
+                .fetch_update(Ordering::AcqRel, Ordering::Acquire, reserve)
+                .is_err()
+            {
+                return Err(RequestError::TooManyTopics(max));
+            }
+        } else {
+            self.count.fetch_add(1, Ordering::AcqRel);
+        }
+        let epoch = if self.mirrored {
+            UNKNOWN_EPOCH.into()
+        } else {
+            new_epoch()
+        };
+        let mut state = TopicState {
+            epoch,
+            seq: 0,
+            last: None,
+            snapshot: None,
+            history: History::new(self.rules.retention_for(topic)),
+            subscribers: HashMap::new(),
+            touched: Instant::now(),
+            removed: false,
+        };
+        patterns.for_each_match(topic, |pattern, id, outbox| {
+            let who = Subscriber {
+                id,
+                outbox: outbox.clone(),
             };
-            let mut state = TopicState {
-                epoch,
-                seq: 0,
-                last: None,
-                snapshot: None,
-                history: History::new(self.rules.retention_for(topic)),
-                subscribers: HashMap::new(),
-                removed: false,
-            };
-            patterns.for_each_match(topic, |pattern, id, outbox| {
-                let who = Subscriber {
-                    id,
-                    outbox: outbox.clone(),
-                };
-                state.add(&who, pattern);
-            });
-            Arc::new(TopicEntry {
-                key: self.next_key.fetch_add(1, Ordering::Relaxed),
-                policy: self.rules.policy_for(topic),
-                state: Mutex::new(state),
-            })
+            state.add(&who, pattern);
         });
-        entry.clone()
+        let entry = Arc::new(TopicEntry {
+            key: self.next_key.fetch_add(1, Ordering::Relaxed),
+            policy: self.rules.policy_for(topic),
+            state: Mutex::new(state),
+        });
+        lock(&self.names).insert(topic.clone());
+        vacant.insert(entry.clone());
+        Ok((entry, true))
+    }
+
+    /// Makes sure every topic in `topics` exists, creating the missing ones within
+    /// `max_topics`: all or none, so that a refused batch or subscription leaves nothing behind
+    /// (what it created and nobody used yet is removed again).
+    pub fn reserve<'a>(&self, topics: impl IntoIterator<Item = &'a Topic>) -> Result<(), RequestError> {
+        let mut created = Vec::new();
+        for topic in topics {
+            if self.topics.contains_key(topic) {
+                continue;
+            }
+            match self.entry(topic, true) {
+                Ok((_, true)) => created.push(topic),
+                Ok((_, false)) => {}
+                Err(e) => {
+                    for topic in created {
+                        self.remove_if(topic, TopicState::unused);
+                    }
+                    return Err(e);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether `topics` not held yet would fit within `max_topics` now; no reservation, so
+    /// concurrent requests can overshoot by what they create between check and creation.
+    pub fn has_room<'a>(&self, topics: impl IntoIterator<Item = &'a Topic>) -> Result<(), RequestError> {
+        let missing: HashSet<&Topic> = topics.into_iter().filter(|t| !self.has(t)).collect();
+        let max = self.bounds.max_topics;
+        match self.topic_count().saturating_add(missing.len()) > max {
+            true => Err(RequestError::TooManyTopics(max)),
+            false => Ok(()),
+        }
+    }
+
+    /// Removes `topic` when `pred` holds for its state, with the `removed` protocol: the state
+    /// is marked under its lock while the map shard is held, so a holder of the old `Arc` sees
+    /// it and looks the topic up again. Returns whether it was removed.
+    fn remove_if(&self, topic: &Topic, pred: impl FnOnce(&TopicState) -> bool) -> bool {
+        let removed = self.topics.remove_if(topic, |_, entry| {
+            let mut state = lock(&entry.state);
+            if state.removed || !pred(&state) {
+                return false;
+            }
+            state.removed = true;
+            let held = state.history.clear();
+            self.count_history(held);
+            state.last = None;
+            state.snapshot = None;
+            lock(&self.names).remove(topic);
+            self.count.fetch_sub(1, Ordering::AcqRel);
+            true
+        });
+        removed.is_some()
     }
 
     /// Runs `f` on the live state of `topic`, creating the topic if needed.
     fn with_topic<R>(&self, topic: &Topic, mut f: impl FnMut(&TopicEntry, &mut TopicState) -> R) -> R {
         loop {
-            let entry = self.entry(topic);
+            // Unbounded: callers that create topics on a client's behalf `reserve` them first;
+            // this only re-creates one dropped in between, or a broker's mirror.
+            let (entry, _) = match self.entry(topic, false) {
+                Ok(found) => found,
+                Err(_) => unreachable!("unbounded creation cannot fail"),
+            };
             let mut state = lock(&entry.state);
             if !state.removed {
                 return f(&entry, &mut state);
@@ -341,6 +463,7 @@ impl Hub {
         accepted: Instant,
     ) {
         state.seq = seq;
+        state.touched = state.touched.max(accepted);
         let frame = protocol::update_frame(topic, seq, ts, data);
         self.fan_out(entry, state, &frame, accepted);
         let stored = state.history.push(seq, ts, data, accepted);
@@ -393,6 +516,8 @@ impl Hub {
     /// position: an explicit reset, never a silent gap.
     pub fn mirror(&self, topic: &Topic, stored: &Stored) {
         self.with_topic(topic, |entry, state| {
+            // Loaded for a subscriber about to register: not idle, however old the stream.
+            state.touched = Instant::now();
             state.adopt(&stored.epoch);
             if state.epoch == stored.epoch {
                 let have = state.seq;
@@ -462,7 +587,7 @@ impl Hub {
 
     /// How many topics the hub knows.
     pub fn topic_count(&self) -> usize {
-        self.topics.len()
+        self.count.load(Ordering::Acquire)
     }
 
     /// Adds subscriptions. For every topic they match, returns the topic's position and the
@@ -473,12 +598,17 @@ impl Hub {
     /// Live updates are queued on the client's outbox from the moment each topic is registered,
     /// so the caller must hold the outbox corked and put the returned frames in front of them;
     /// both are decided under the topic's lock, so nothing is lost or repeated in between.
+    ///
+    /// An exact subscription to a topic that does not exist creates it, and counts against
+    /// `max_topics`: when they do not all fit, nothing is registered (`too_many_topics`).
     pub fn subscribe(
         &self,
         who: &Subscriber,
         subscriptions: &[Pattern],
         since: &HashMap<Topic, Position>,
-    ) -> Subscribed {
+    ) -> Result<Subscribed, RequestError> {
+        let exact: Vec<Topic> = subscriptions.iter().filter_map(Pattern::as_exact).collect();
+        self.reserve(&exact)?;
         let mut out = Subscribed::default();
         let mut seen = HashSet::new();
         let now = Instant::now();
@@ -532,17 +662,37 @@ impl Hub {
                 }
             }
         }
-        out
+        Ok(out)
     }
 
     /// Drops expired history entries of every topic, so that topics nobody touches release
-    /// their memory too. Called periodically by the server.
-    pub fn expire_history(&self) {
+    /// their memory too, and drops idle topics (see [`TopicBounds::idle_ttl`]). Called
+    /// periodically by the server, off the async workers: it walks every topic, one map shard
+    /// at a time, collecting candidates, then removes each under its own shard and topic lock,
+    /// re-checked there (a publish or subscribe may have come in between). Returns how many
+    /// topics it dropped.
+    pub fn sweep(&self) -> usize {
         let now = Instant::now();
+        let cutoff = self.bounds.idle_ttl.and_then(|ttl| now.checked_sub(ttl));
+        let idle = |state: &TopicState| {
+            cutoff.is_some_and(|cutoff| state.subscribers.is_empty() && state.touched <= cutoff)
+        };
+        let mut candidates = Vec::new();
         for item in self.topics.iter() {
-            let expired = lock(&item.value().state).history.expire(now);
+            let mut state = lock(&item.value().state);
+            let expired = state.history.expire(now);
             self.count_history(expired);
+            if idle(&state) {
+                candidates.push(item.key().clone());
+            }
         }
+        let evicted = (candidates.iter())
+            .filter(|topic| self.remove_if(topic, idle))
+            .count();
+        if evicted > 0 {
+            self.metrics.topics_evicted.inc_by(evicted as u64);
+        }
+        evicted
     }
 
     fn count_history(&self, delta: history::Delta) {
@@ -574,15 +724,7 @@ impl Hub {
             }
         }
         for topic in idle {
-            self.topics.remove_if(&topic, |_, entry| {
-                let mut state = lock(&entry.state);
-                state.removed = state.is_idle(self.mirrored);
-                if state.removed {
-                    let held = state.history.clear();
-                    self.count_history(held);
-                }
-                state.removed
-            });
+            self.remove_if(&topic, |state| state.is_idle(self.mirrored));
         }
     }
 
@@ -617,20 +759,42 @@ impl Hub {
         })
     }
 
-    /// Every known topic, sorted by name.
-    pub fn list(&self) -> Vec<TopicInfo> {
-        let mut out: Vec<TopicInfo> = (self.topics.iter())
-            .map(|item| {
-                let state = lock(&item.value().state);
-                TopicInfo {
-                    topic: item.key().clone(),
+    /// Up to `limit` topics in name order, starting after `after`. O(log n + limit): a range
+    /// of the name index (held only to copy the names), then one lookup per name. A topic
+    /// dropped in between is left out of the page; the next page still starts after it.
+    pub fn list(&self, after: Option<&Topic>, limit: usize) -> TopicPage {
+        let mut names: Vec<Topic> = {
+            let index = lock(&self.names);
+            let from = after.map_or(Bound::Unbounded, Bound::Excluded);
+            let range = index.range::<Topic, _>((from, Bound::Unbounded));
+            range.take(limit.saturating_add(1)).cloned().collect()
+        };
+        let next = (names.len() > limit).then(|| {
+            names.truncate(limit);
+            names.last().cloned()
+        });
+        let topics = (names.into_iter())
+            .filter_map(|topic| {
+                let entry = self.topics.get(&topic).map(|e| e.clone())?;
+                let state = lock(&entry.state);
+                Some(TopicInfo {
                     seq: state.seq,
                     subscribers: state.subscribers.len(),
-                }
+                    topic,
+                })
             })
             .collect();
-        out.sort_by(|a, b| a.topic.cmp(&b.topic));
-        out
+        TopicPage {
+            topics,
+            next: next.flatten(),
+        }
+    }
+
+    /// Local subscribers of `topic`, if the hub holds it.
+    pub fn subscribers(&self, topic: &Topic) -> Option<usize> {
+        let entry = self.topics.get(topic).map(|e| e.clone())?;
+        let count = lock(&entry.state).subscribers.len();
+        Some(count)
     }
 }
 
@@ -642,8 +806,13 @@ mod tests {
     use serde_json::value::RawValue;
 
     fn hub() -> Hub {
-        let rules = Settings::from_toml("").unwrap().topic_rules().unwrap();
-        Hub::new(rules, Arc::new(Metrics::new().unwrap()), false)
+        hub_with("")
+    }
+
+    fn hub_with(toml: &str) -> Hub {
+        let settings = Settings::from_toml(toml).unwrap();
+        let (rules, bounds) = (settings.topic_rules().unwrap(), settings.topic_bounds());
+        Hub::new(rules, bounds, Arc::new(Metrics::new().unwrap()), false)
     }
 
     fn data(s: &str) -> Data {
@@ -674,11 +843,13 @@ mod tests {
         let hub = hub();
         assert_eq!(hub.publish(&topic("prices.A"), data("1"), Source::Http), 1);
         let who = hub.new_subscriber(Arc::new(Outbox::new(1 << 20)));
-        let done = hub.subscribe(
-            &who,
-            &pats(&["prices.A", "prices.*", "prices.>"]),
-            &HashMap::new(),
-        );
+        let done = hub
+            .subscribe(
+                &who,
+                &pats(&["prices.A", "prices.*", "prices.>"]),
+                &HashMap::new(),
+            )
+            .unwrap();
         assert_eq!(done.frames.len(), 1, "one snapshot per topic");
         let snap = String::from_utf8_lossy(&done.frames[0].0[2..]).into_owned();
         assert!(
@@ -712,6 +883,7 @@ mod tests {
         let who = hub.new_subscriber(Arc::new(Outbox::new(1 << 20)));
         let at = hub
             .subscribe(&who, &pats(&["chat.room"]), &HashMap::new())
+            .unwrap()
             .positions[&t]
             .clone();
         assert_eq!(at.seq, 5);
@@ -722,7 +894,7 @@ mod tests {
                 epoch: at.epoch.clone(),
             },
         )]);
-        let done = hub.subscribe(&who, &pats(&["chat.room"]), &since);
+        let done = hub.subscribe(&who, &pats(&["chat.room"]), &since).unwrap();
         assert!(done.recovered[&t]);
         let got: Vec<String> = done
             .frames
@@ -736,7 +908,7 @@ mod tests {
                 "{frame}"
             );
         }
-        let again = hub.subscribe(&who, &pats(&["chat.room", "chat.*"]), &HashMap::new());
+        let again = (hub.subscribe(&who, &pats(&["chat.room", "chat.*"]), &HashMap::new())).unwrap();
         assert!(again.frames.is_empty(), "already receiving: no second snapshot");
         assert_eq!(again.positions[&t].seq, 5);
         let wrong = HashMap::from([(
@@ -746,7 +918,7 @@ mod tests {
                 epoch: "other".into(),
             },
         )]);
-        let done = hub.subscribe(&who, &pats(&["chat.room"]), &wrong);
+        let done = hub.subscribe(&who, &pats(&["chat.room"]), &wrong).unwrap();
         assert!(!done.recovered[&t]);
         assert_eq!(done.frames.len(), 1);
         assert!(String::from_utf8_lossy(&done.frames[0].0).contains(r#""type":"snapshot""#));
@@ -756,14 +928,42 @@ mod tests {
     async fn idle_topics_are_dropped() {
         let hub = hub();
         let who = hub.new_subscriber(Arc::new(Outbox::new(1 << 20)));
-        hub.subscribe(&who, &pats(&["a.b", "x.*"]), &HashMap::new());
-        assert_eq!(hub.list().len(), 1);
+        hub.subscribe(&who, &pats(&["a.b", "x.*"]), &HashMap::new())
+            .unwrap();
+        assert_eq!(hub.list(None, 10).topics.len(), 1);
         hub.unsubscribe(who.id, &pats(&["a.b", "x.*"]));
-        assert!(hub.list().is_empty());
+        assert!(hub.list(None, 10).topics.is_empty());
         hub.publish(&topic("a.b"), data("1"), Source::Http);
-        hub.subscribe(&who, &pats(&["a.b"]), &HashMap::new());
+        hub.subscribe(&who, &pats(&["a.b"]), &HashMap::new()).unwrap();
         hub.unsubscribe(who.id, &pats(&["a.b"]));
-        assert_eq!(hub.list().len(), 1, "a topic with a last value stays");
+        assert_eq!(
+            hub.list(None, 10).topics.len(),
+            1,
+            "a topic with a last value stays"
+        );
         assert_eq!(hub.last(&topic("a.b")).unwrap().seq, 1);
+    }
+
+    #[tokio::test]
+    async fn topic_limit_is_all_or_none_and_listing_pages() {
+        let hub = hub_with("[limits]\nmax_topics = 2");
+        let who = hub.new_subscriber(Arc::new(Outbox::new(1 << 20)));
+        hub.subscribe(&who, &pats(&["x.*"]), &HashMap::new()).unwrap();
+        hub.reserve(&[topic("x.a")]).unwrap();
+        let refused = hub.reserve(&[topic("x.b"), topic("x.c")]).unwrap_err();
+        assert_eq!(refused.code(), "too_many_topics");
+        // x.b was created (with the pattern subscriber on it) before x.c did not fit.
+        assert!(!hub.has(&topic("x.b")), "rolled back");
+        assert_eq!(hub.topic_count(), 1);
+        let refused = hub.subscribe(&who, &pats(&["x.b", "x.c"]), &HashMap::new());
+        assert!(refused.is_err());
+        assert_eq!(hub.topic_count(), 1);
+        hub.publish(&topic("x.b"), data("1"), Source::Http);
+        let page = hub.list(None, 1);
+        assert_eq!(page.topics[0].topic, topic("x.a"));
+        assert_eq!(page.topics[0].subscribers, 1);
+        assert_eq!(page.next, Some(topic("x.a")));
+        let page = hub.list(page.next.as_ref(), 1);
+        assert_eq!((page.topics[0].topic.clone(), page.next), (topic("x.b"), None));
     }
 }

@@ -77,6 +77,7 @@ pub struct Metrics {
     disconnects: IntCounterVec,
     pub subscriptions: IntGauge,
     pub topics: IntGauge,
+    pub topics_evicted: IntCounter,
     published: [IntCounter; 3],
     pub delivered: IntCounter,
     pub conflated: IntCounter,
@@ -201,6 +202,11 @@ impl Metrics {
                 "Subscriptions (topics and patterns) held by open connections.",
             )?,
             topics: gauge("tickwire_topics", "Topics known to the hub.")?,
+            topics_evicted: counter(
+                "tickwire_topics_evicted_total",
+                "Topics dropped (with last value and history) after topics.idle_ttl without \
+                 subscribers or publications.",
+            )?,
             published,
             delivered: counter(
                 "tickwire_messages_delivered_total",

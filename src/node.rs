@@ -6,7 +6,6 @@
 //! topics local clients need; every publication, including one made on this node, reaches the
 //! local subscribers through Redis, which is what makes the order the same on every node.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -14,7 +13,7 @@ use tracing::warn;
 
 use crate::broker::{Broker, BrokerError, Published};
 use crate::error::RequestError;
-use crate::hub::{HistoryPage, Hub, Publication, TopicInfo};
+use crate::hub::{HistoryPage, Hub, Publication, TopicInfo, TopicPage};
 use crate::idempotency::{self, Claim, IdempotencyKey, Ledger};
 use crate::metrics::{Metrics, Source};
 use crate::protocol::Data;
@@ -38,6 +37,9 @@ pub struct Node {
 
 /// The edge's view of a broker failure, logged once here with its detail.
 fn unavailable(e: BrokerError) -> RequestError {
+    if let BrokerError::TooManyTopics(max) = e {
+        return RequestError::TooManyTopics(max);
+    }
     warn!(error = %e, "cluster broker request failed");
     RequestError::Unavailable(match e {
         BrokerError::Timeout(_) => "the cluster broker (Redis) did not answer in time",
@@ -51,7 +53,8 @@ impl Node {
     /// runtime). Redis need not be reachable yet: the node serves, unready, until it is.
     pub fn start(settings: &Settings, metrics: Arc<Metrics>) -> Result<Node, crate::error::ServerError> {
         let cluster = settings.broker.kind == BrokerKind::Redis;
-        let hub = Arc::new(Hub::new(settings.topic_rules()?, metrics.clone(), cluster));
+        let (rules, bounds) = (settings.topic_rules()?, settings.topic_bounds());
+        let hub = Arc::new(Hub::new(rules, bounds, metrics.clone(), cluster));
         let broker = match cluster {
             true => Some(Broker::start(&settings.broker, hub.clone(), metrics.clone())?),
             false => {
@@ -92,6 +95,8 @@ impl Node {
         source: Source,
     ) -> Result<Vec<u64>, RequestError> {
         let Some(broker) = &self.broker else {
+            // All or none: the batch's new topics are created (within max_topics) up front.
+            self.hub.reserve(messages.iter().map(|(topic, _)| topic))?;
             let mut seqs = Vec::with_capacity(messages.len());
             for (i, (topic, data)) in messages.iter().enumerate() {
                 if i > 0 && i % YIELD_EVERY == 0 {
@@ -155,10 +160,14 @@ impl Node {
     /// Gets the node ready to register `patterns`, new to one connection, with the hub. The
     /// caller must [`Node::release`] them when the connection drops them (not on error).
     pub async fn prepare(&self, patterns: &[Pattern]) -> Result<(), RequestError> {
-        match &self.broker {
-            Some(broker) => broker.prepare(patterns).await.map_err(unavailable),
-            None => Ok(()),
-        }
+        let Some(broker) = &self.broker else {
+            return Ok(());
+        };
+        // The broker loads an exact topic into the mirror before the hub sees the subscription
+        // (which then finds it held), so the mirror's room is checked here, before the load.
+        let exact: Vec<Topic> = patterns.iter().filter_map(Pattern::as_exact).collect();
+        self.hub.has_room(&exact)?;
+        broker.prepare(patterns).await.map_err(unavailable)
     }
 
     /// Forgets subscriptions a connection dropped (after the hub did).
@@ -206,23 +215,20 @@ impl Node {
         Ok(page.map(|stored| self.hub.page_of(topic, &stored, since, limit)))
     }
 
-    /// Every known topic, sorted by name; in a cluster, every topic in Redis, with this
-    /// node's subscriber counts.
-    pub async fn list(&self) -> Result<Vec<TopicInfo>, RequestError> {
+    /// A page of the known topics in name order, after `after`; in a cluster, of the topics
+    /// in Redis, with this node's subscriber counts.
+    pub async fn list(&self, after: Option<&Topic>, limit: usize) -> Result<TopicPage, RequestError> {
         let Some(broker) = &self.broker else {
-            return Ok(self.hub.list());
+            return Ok(self.hub.list(after, limit));
         };
-        let local: HashMap<Topic, usize> = (self.hub.list().into_iter())
-            .map(|t| (t.topic, t.subscribers))
-            .collect();
-        let mut out: Vec<TopicInfo> = (broker.list().await.map_err(unavailable)?.into_iter())
+        let (rows, next) = broker.list(after, limit).await.map_err(unavailable)?;
+        let topics = (rows.into_iter())
             .map(|(topic, seq)| TopicInfo {
-                subscribers: local.get(&topic).copied().unwrap_or(0),
+                subscribers: self.hub.subscribers(&topic).unwrap_or(0),
                 topic,
                 seq,
             })
             .collect();
-        out.sort_by(|a, b| a.topic.cmp(&b.topic));
-        Ok(out)
+        Ok(TopicPage { topics, next })
     }
 }

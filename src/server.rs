@@ -41,8 +41,14 @@ use crate::reload;
 use crate::settings::{AuthMode, Settings};
 use crate::tls;
 
-/// How often expired history entries are dropped from topics nobody touches.
+/// How often expired history entries are dropped from topics nobody touches, at most.
 const HISTORY_SWEEP: Duration = Duration::from_secs(5);
+
+/// How often the hub is swept: every 5 s, or every half `topics.idle_ttl` when that is shorter,
+/// so that an idle topic lives at most 1.5 × idle_ttl.
+fn sweep_interval(idle_ttl: Option<Duration>) -> Duration {
+    idle_ttl.map_or(HISTORY_SWEEP, |ttl| HISTORY_SWEEP.min(ttl / 2))
+}
 
 /// Binds a listener, with a backlog sized for connection storms.
 pub fn bind(addr: SocketAddr) -> Result<TcpListener, ServerError> {
@@ -102,10 +108,15 @@ pub async fn serve(
     let reloader = tokio::spawn(reload::run(app.clone(), certificate));
     let feed = (settings.feed.enabled).then(|| tokio::spawn(feed::run(node, settings.feed.clone())));
     let sweeper = tokio::spawn(async move {
-        let mut every = tokio::time::interval(HISTORY_SWEEP);
+        let mut every = tokio::time::interval(sweep_interval(hub.bounds().idle_ttl));
+        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             every.tick().await;
-            hub.expire_history();
+            // A walk over every topic: on the blocking pool, not on a worker serving sockets.
+            let hub = hub.clone();
+            if let Ok(evicted @ 1..) = tokio::task::spawn_blocking(move || hub.sweep()).await {
+                debug!(evicted, "idle topics dropped");
+            }
         }
     });
     info!(addr = %listener.local_addr()?, tls = tls.is_some(), "listening");

@@ -414,11 +414,18 @@ impl Session<'_> {
                     outbox.push(Reply::error(id, &e).frame());
                     return None;
                 }
-                self.app.metrics.subscriptions.add(new.len() as i64);
                 // Updates published while the hub registers us wait behind the reply and the
                 // catch-up frames (see `Hub::subscribe`).
                 outbox.cork();
-                let done = hub.subscribe(self.who, &topics, &since);
+                let done = match hub.subscribe(self.who, &topics, &since) {
+                    Ok(done) => done,
+                    Err(e) => {
+                        outbox.uncork(std::iter::once((Reply::error(id, &e).frame(), None)));
+                        self.app.node.release(&new);
+                        return None;
+                    }
+                };
+                self.app.metrics.subscriptions.add(new.len() as i64);
                 let reply = Reply::Subscribed {
                     id,
                     topics: &topics,

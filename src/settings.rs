@@ -44,6 +44,7 @@ pub struct Settings {
     pub queue: QueueSettings,
     pub history: HistorySettings,
     pub limits: LimitsSettings,
+    pub topics: TopicsSettings,
     pub tls: TlsSettings,
     pub auth: AuthSettings,
     pub feed: FeedSettings,
@@ -151,7 +152,29 @@ pub struct ServerSettings {
 pub struct LimitsSettings {
     /// Open WebSocket connections one client address may hold; 0 is unlimited.
     pub max_connections_per_ip: usize,
+    /// Topics the hub may hold; creating one more (publish, exact subscribe) is refused.
+    pub max_topics: usize,
 }
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TopicsSettings {
+    /// A topic without subscribers whose last publication is older than this is dropped with
+    /// its last value and history; zero keeps topics forever.
+    #[serde(with = "humantime_serde")]
+    pub idle_ttl: Duration,
+}
+
+/// How many topics the hub holds and how long an unused one lives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TopicBounds {
+    pub max_topics: usize,
+    /// `None` keeps idle topics forever.
+    pub idle_ttl: Option<Duration>,
+}
+
+/// Shortest non-zero `topics.idle_ttl`: the sweep runs every half of it.
+pub const MIN_IDLE_TTL: Duration = Duration::from_millis(100);
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -544,6 +567,17 @@ impl Settings {
             "log.level",
             "is not a valid level filter (e.g. info, debug, tickwire=debug)",
         )?;
+        check(
+            self.limits.max_topics >= 1,
+            "limits.max_topics",
+            "must be at least 1",
+        )?;
+        let ttl = self.topics.idle_ttl;
+        check(
+            ttl.is_zero() || ttl >= MIN_IDLE_TTL,
+            "topics.idle_ttl",
+            "must be 0s (keep forever) or at least 100ms",
+        )?;
         let sizes = std::iter::once(self.history.size).chain(self.history.policies.iter().map(|r| r.size));
         check(
             sizes.into_iter().all(|n| n <= MAX_HISTORY_SIZE),
@@ -636,6 +670,13 @@ impl Settings {
         })
     }
 
+    pub fn topic_bounds(&self) -> TopicBounds {
+        TopicBounds {
+            max_topics: self.limits.max_topics,
+            idle_ttl: (!self.topics.idle_ttl.is_zero()).then_some(self.topics.idle_ttl),
+        }
+    }
+
     /// Parses the pattern lists of the topic rules; every failure names its key.
     pub fn topic_rules(&self) -> Result<TopicRules, SettingsError> {
         fn parse(key: &'static str, p: &str) -> Result<Pattern, SettingsError> {
@@ -679,6 +720,15 @@ mod tests {
         assert_eq!(s.server.ping_interval, Duration::from_secs(25));
         assert_eq!(s.server.idle_timeout, Duration::from_secs(60));
         assert_eq!(s.admin.listen, None);
+        assert_eq!(
+            s.topic_bounds(),
+            TopicBounds {
+                max_topics: 1_000_000,
+                idle_ttl: Some(Duration::from_secs(3600)),
+            }
+        );
+        let forever = Settings::from_toml("[topics]\nidle_ttl = \"0s\"").unwrap();
+        assert_eq!(forever.topic_bounds().idle_ttl, None);
         let s = Settings::from_toml("[admin]\nlisten = \"127.0.0.1:9090\"").unwrap();
         assert_eq!(s.admin.listen, Some("127.0.0.1:9090".parse().unwrap()));
         let rules = s.topic_rules().unwrap();
@@ -774,6 +824,9 @@ mod tests {
             ("[admin]\nlisten = \"x\"", "listen"),
             ("[log]\nformat = \"xml\"", "format"),
             ("[history]\nsize = 1000000", "history.size"),
+            ("[limits]\nmax_topics = 0", "limits.max_topics"),
+            ("[topics]\nidle_ttl = \"10ms\"", "topics.idle_ttl"),
+            ("[topics]\nidle_ttl = \"later\"", "idle_ttl"),
             ("[broker]\nkind = \"nats\"", "kind"),
             (
                 "[broker]\nkind = \"redis\"\nredis_url = \"http://x\"",

@@ -622,3 +622,54 @@ async fn a_redis_killed_mid_stream_and_restarted_with_its_data_loses_nothing() {
     }
     stop_all(nodes).await;
 }
+
+#[tokio::test]
+async fn max_topics_bounds_the_topics_in_redis_and_the_listing_pages() {
+    let redis = RedisServer::start(false);
+    let config = format!("{}\n[limits]\nmax_topics = 3\n", redis.broker_toml("bounded"));
+    let nodes = [start(&config).await, start(&config).await];
+    for node in &nodes {
+        wait_ready(node.addr).await;
+    }
+    let (a, b) = (nodes[0].addr, nodes[1].addr);
+    publish_batch(a, &[("m.a", json!(1)), ("m.b", json!(1))]).await;
+    // The limit is the cluster's: node b sees node a's topics and refuses the whole batch.
+    let batch = json!({"messages": [
+        {"topic": "m.a", "data": 2}, {"topic": "m.c", "data": 1}, {"topic": "m.d", "data": 1},
+    ]});
+    let (status, body) = post_json(b, "/api/v1/publish", &batch).await;
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["error"]["code"], "too_many_topics", "{body}");
+    assert_eq!(get_topic(a, "m.a").await.unwrap()["seq"], 1, "all or none");
+    assert_eq!(publish(b, "m.c", json!(1)).await, 1);
+    assert_eq!(
+        publish(b, "m.a", json!(2)).await,
+        2,
+        "existing topics still publish"
+    );
+    let mut ws = connect(a).await;
+    let reply = request(
+        &mut ws,
+        json!({"op": "publish", "id": 1, "topic": "chat.new", "data": 1}),
+    )
+    .await;
+    assert_error(&reply, "too_many_topics", Some(1));
+
+    let (status, page) = get_json(b, "/api/v1/topics?limit=2").await;
+    assert_eq!(status, 200, "{page}");
+    assert_eq!(
+        page,
+        json!({"topics": [
+            {"topic": "m.a", "seq": 2, "subscribers": 0},
+            {"topic": "m.b", "seq": 1, "subscribers": 0},
+        ], "next": "m.b"})
+    );
+    let (_, page) = get_json(b, "/api/v1/topics?limit=2&after=m.b").await;
+    assert_eq!(
+        page,
+        json!({"topics": [{"topic": "m.c", "seq": 1, "subscribers": 0}], "next": null})
+    );
+    for node in nodes {
+        node.stop().await.unwrap();
+    }
+}
