@@ -49,7 +49,9 @@ async fn stalled_client(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stalled_bodies_hold_at_most_the_budget() {
     let config = format!(
-        "[http]\nmax_body_bytes = {BODY}\nmax_inflight_body_bytes = {BUDGET}\nbody_timeout = \"3s\"\n"
+        "[http]\nmax_body_bytes = {BODY}\nmax_inflight_body_bytes = {BUDGET}\nbody_timeout = \"3s\"\n\
+         [queue]\nmax_bytes = {}\n",
+        2 * BODY // room for a message as large as the body (tests/queue_bound.rs covers the limit)
     );
     let server = start(&config).await;
     let addr = server.addr;
