@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::redis::RedisServer;
-use common::{publish, start, RECV_TIMEOUT, SILENCE};
+use common::{free_port, metric, publish, start, wait_ready, RECV_TIMEOUT, SILENCE};
 use serde_json::{json, Value};
 use tickwire_client::{
     rustls, Backoff, Client, ClientOptions, Error, Event, Events, HttpPublisher, Kind, Outgoing,
@@ -308,11 +308,7 @@ async fn publish_returns_seq_and_server_errors_are_typed() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connect_failures_are_errors() {
-    let unused = TcpListener::bind("127.0.0.1:0")
-        .await
-        .unwrap()
-        .local_addr()
-        .unwrap();
+    let unused: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
     match Client::connect(ws_url(unused), options()).await {
         Err(Error::Connect { .. }) => {}
         other => panic!("expected a connect error, got {other:?}"),
@@ -799,18 +795,17 @@ async fn a_slow_consumer_cut_off_by_the_server_recovers_without_loss() {
     // reads no events meanwhile) get it disconnected with 4008.
     let pad = "x".repeat(1000);
     let mut published = 0u64;
-    let disconnected = |metrics: &str| {
-        metrics.lines().any(|l| {
-            l.starts_with("tickwire_disconnects_total{reason=\"slow_consumer\"} ") && !l.ends_with(" 0")
-        })
-    };
     loop {
         let batch: Vec<(&str, Value)> = (0..200)
             .map(|i| ("chat.slow", json!({"i": published + i + 1, "pad": pad})))
             .collect();
         published += common::publish_batch(server.addr, &batch).await.len() as u64;
-        let metrics = common::http_get(server.addr, "/metrics").await;
-        if disconnected(&String::from_utf8_lossy(&metrics.body)) {
+        let slow = metric(
+            server.addr,
+            "tickwire_disconnects_total{reason=\"slow_consumer\"}",
+        )
+        .await;
+        if slow.is_some_and(|n| n > 0.0) {
             break;
         }
         assert!(published < 40_000, "never disconnected as a slow consumer");
@@ -1058,17 +1053,6 @@ fn retrying_options() -> ClientOptions {
         factor: 2.0,
         max_attempts: None,
     })
-}
-
-async fn wait_ready(addr: SocketAddr) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while common::http_get(addr, "/readyz").await.status != 200 {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{addr} not ready within 10 s"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 /// The state of an `Event::Subscription` for exactly `topics`, if `event` is one.

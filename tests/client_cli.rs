@@ -6,15 +6,13 @@ mod common;
 use std::process::Stdio;
 use std::time::Duration;
 
-use common::{start, RECV_TIMEOUT};
+use common::{eventually, free_port, start, tickwire_command, RECV_TIMEOUT};
 use serde_json::{json, Value};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
 use tokio::process::{Child, ChildStdout, Command};
 
-const BIN: &str = env!("CARGO_BIN_EXE_tickwire");
-
 fn tickwire(args: &[&str]) -> Command {
-    let mut cmd = Command::new(BIN);
+    let mut cmd = Command::from(tickwire_command());
     cmd.args(args)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -57,15 +55,12 @@ async fn next_line(lines: &mut Lines<BufReader<ChildStdout>>) -> Value {
 
 /// Waits until the server lists `topic` with a subscriber.
 async fn wait_subscribed(addr: std::net::SocketAddr, topic: &str) {
-    for _ in 0..200 {
-        if let Some(row) = common::topic_listing(addr, topic).await {
-            if row["subscribers"].as_u64() > Some(0) {
-                return;
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    panic!("{topic} never got a subscriber");
+    let what = format!("{topic} has a subscriber");
+    eventually(&what, RECV_TIMEOUT, || async move {
+        let row = common::topic_listing(addr, topic).await;
+        row.is_some_and(|row| row["subscribers"].as_u64() > Some(0))
+    })
+    .await;
 }
 
 fn interrupt(child: &Child) {
@@ -221,11 +216,7 @@ async fn publish_errors_exit_non_zero_with_the_servers_message() {
         "{err}"
     );
 
-    let unused = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .unwrap()
-        .local_addr()
-        .unwrap();
+    let unused = format!("127.0.0.1:{}", free_port());
     let (code, _, err) = run(
         tickwire(&["publish", "--url", &format!("http://{unused}"), "chat.x", "1"]),
         None,
@@ -248,11 +239,7 @@ async fn subscribe_reports_refusals_and_lost_connections() {
         "{err}"
     );
 
-    let unused = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .unwrap()
-        .local_addr()
-        .unwrap();
+    let unused = format!("127.0.0.1:{}", free_port());
     let (code, _, err) = run(
         tickwire(&["subscribe", "--url", &format!("ws://{unused}/ws"), "x"]),
         None,

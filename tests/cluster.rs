@@ -40,17 +40,6 @@ async fn stop_all(nodes: Vec<TestServer>) {
     }
 }
 
-async fn wait_ready(addr: std::net::SocketAddr) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while http_get(addr, "/readyz").await.status != 200 {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{addr} not ready within 10 s"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 /// Reads messages until `n` updates of `topic` arrived (other messages are kept too).
 async fn recv_updates(ws: &mut Ws, topic: &str, n: usize) -> Vec<Value> {
     let mut out = Vec::new();

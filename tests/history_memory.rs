@@ -17,7 +17,6 @@ const PUBLICATIONS: usize = 20;
 const PAYLOAD: usize = 100;
 /// Messages per HTTP batch.
 const BATCH: usize = 4_000;
-const MIB: f64 = 1024.0 * 1024.0;
 
 fn payload(topic: usize, round: usize) -> String {
     let s = format!("t{topic}r{round}-");

@@ -3,18 +3,7 @@
 mod common;
 
 use common::*;
-use serde_json::{json, Value};
-
-#[track_caller]
-fn assert_http_error(status: u16, body: &Value, want_status: u16, code: Option<&str>) {
-    assert_eq!(status, want_status, "status (body {body})");
-    let err = &body["error"];
-    assert!(err["code"].is_string(), "no error.code string: {body}");
-    assert!(err["message"].is_string(), "no error.message string: {body}");
-    if let Some(code) = code {
-        assert_eq!(err["code"], code, "error code: {body}");
-    }
-}
+use serde_json::json;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn publish_single_and_read_back() {

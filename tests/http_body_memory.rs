@@ -19,7 +19,6 @@ const BODY: usize = 1_048_576;
 /// What each client sends of its body before it stalls.
 const SENT: usize = 1_048_000;
 const BUDGET: usize = 4 * BODY;
-const MIB: f64 = 1024.0 * 1024.0;
 
 /// Sends the head and `SENT` bytes of the body, signals `sent`, then waits for the response
 /// and returns its status (None when the connection was reset before one could be read).

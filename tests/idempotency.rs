@@ -273,14 +273,6 @@ async fn the_ledger_is_bounded_by_idempotency_max_keys() {
     );
 }
 
-async fn wait_ready(addr: SocketAddr) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while http_get(addr, "/readyz").await.status != 200 {
-        assert!(tokio::time::Instant::now() < deadline, "{addr} not ready");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 #[tokio::test]
 async fn in_a_cluster_a_retry_on_another_node_is_deduplicated_in_redis() {
     let redis = RedisServer::start(false);

@@ -13,7 +13,6 @@ use tickwire_client::{HttpPublisher, Outgoing};
 const MAX_KEYS: usize = 1_000;
 /// Messages per publish: each remembered key also holds this many seqs.
 const BATCH: usize = 64;
-const MIB: f64 = 1024.0 * 1024.0;
 
 /// `n` publishes, each under a new key (the client makes one per call).
 async fn publish_many(http: &HttpPublisher, n: usize) {

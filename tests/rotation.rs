@@ -28,22 +28,6 @@ use tokio_rustls::{TlsAcceptor, TlsConnector};
 /// Reloads follow file changes within the watch interval (2 s); a loaded machine gets slack.
 const ROTATION_WAIT: Duration = Duration::from_secs(15);
 
-/// Polls `check` until it holds or [`ROTATION_WAIT`] passes.
-async fn eventually<F, Fut>(what: &str, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = tokio::time::Instant::now() + ROTATION_WAIT;
-    while !check().await {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{what}: not within {ROTATION_WAIT:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
 /// A fresh scratch directory.
 fn scratch(name: &str) -> PathBuf {
     static NEXT: AtomicUsize = AtomicUsize::new(0);
@@ -305,7 +289,7 @@ async fn a_failed_refresh_keeps_the_last_good_jwks() {
 
     // A leaves the set: its tokens are accepted only until the next refresh.
     idp.answer(jwks(std::slice::from_ref(&k.b)));
-    eventually("key A refused once it left the set", || async {
+    eventually("key A refused once it left the set", ROTATION_WAIT, || async {
         !accepted(addr, &k.token_a).await
     })
     .await;
@@ -320,7 +304,7 @@ async fn a_failed_refresh_keeps_the_last_good_jwks() {
         let before = refreshes(&scrape(addr).await, "error");
         idp.answer(answer);
         // Two more errors: at least one whole fetch saw the new answer.
-        eventually("refresh errors counted", || async {
+        eventually("refresh errors counted", ROTATION_WAIT, || async {
             refreshes(&scrape(addr).await, "error") >= before + 2.0
         })
         .await;
@@ -379,7 +363,7 @@ async fn a_rotated_certificate_reaches_new_handshakes_and_spares_open_connection
     assert_eq!(get_status(&mut open, "/api/v1/topics").await, 200);
 
     write_pair(&dir, &cert2, &key2);
-    eventually("new handshakes get certificate 2", || async {
+    eventually("new handshakes get certificate 2", ROTATION_WAIT, || async {
         tls_connect(addr, &der2).await.is_ok()
     })
     .await;
@@ -397,7 +381,7 @@ async fn a_rotated_certificate_reaches_new_handshakes_and_spares_open_connection
     // A broken key file: logged and counted, and certificate 2 stays.
     let errors = reloads(&scrape(admin).await, "error");
     std::fs::write(dir.join("key.pem"), "-----BEGIN PRIVATE KEY-----\nnope\n").unwrap();
-    eventually("the bad key is counted", || async {
+    eventually("the bad key is counted", ROTATION_WAIT, || async {
         reloads(&scrape(admin).await, "error") > errors
     })
     .await;
@@ -448,7 +432,7 @@ async fn api_keys_follow_the_config_file_and_a_bad_file_keeps_them() {
     assert_eq!(publish_with(addr, &two.key).await, 401);
 
     std::fs::write(&file, config_with_keys("127.0.0.1:0", &[&two.sha256])).unwrap();
-    eventually("the new key is accepted", || async {
+    eventually("the new key is accepted", ROTATION_WAIT, || async {
         publish_with(addr, &two.key).await == 200
     })
     .await;
@@ -460,7 +444,7 @@ async fn api_keys_follow_the_config_file_and_a_bad_file_keeps_them() {
 
     // Not a digest: the file is refused whole and the keys in use stay.
     std::fs::write(&file, config_with_keys("127.0.0.1:0", &["not-a-digest"])).unwrap();
-    eventually("the bad file is counted", || async {
+    eventually("the bad file is counted", ROTATION_WAIT, || async {
         reloads(&scrape(addr).await, "error") >= 1.0
     })
     .await;
@@ -488,7 +472,7 @@ async fn sighup_reloads_the_api_keys_of_the_binary() {
         .spawn()
         .unwrap();
     let pid = child.id().to_string();
-    eventually("the server answers", || async {
+    eventually("the server answers", ROTATION_WAIT, || async {
         TcpStream::connect(addr).await.is_ok() && publish_with(addr, &one.key).await == 200
     })
     .await;
@@ -519,7 +503,7 @@ async fn sighup_reloads_the_api_keys_of_the_binary() {
         .status()
         .unwrap();
     assert!(hup.success());
-    eventually("SIGHUP reloads the keys", || async {
+    eventually("SIGHUP reloads the keys", ROTATION_WAIT, || async {
         publish_with(addr, &two.key).await == 200
     })
     .await;
@@ -548,7 +532,7 @@ async fn a_replaced_jwks_file_is_read_again() {
     assert!(!accepted(addr, &k.token_b).await);
 
     write(std::slice::from_ref(&k.b));
-    eventually("key B accepted from the new file", || async {
+    eventually("key B accepted from the new file", ROTATION_WAIT, || async {
         accepted(addr, &k.token_b).await
     })
     .await;
@@ -556,7 +540,7 @@ async fn a_replaced_jwks_file_is_read_again() {
 
     // Not a JWKS: the set in use stays.
     std::fs::write(&file, "{\"keys\": 7}").unwrap();
-    eventually("the bad file is counted", || async {
+    eventually("the bad file is counted", ROTATION_WAIT, || async {
         reloads(&scrape(addr).await, "error") >= 1.0
     })
     .await;

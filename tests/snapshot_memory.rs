@@ -13,7 +13,6 @@ use std::time::Duration;
 use common::*;
 use serde_json::json;
 
-const MIB: f64 = 1024.0 * 1024.0;
 /// Topics matched by the pattern, and the size of each one's last value.
 const TOPICS: usize = 100;
 const VALUE: usize = 50_000;

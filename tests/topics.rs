@@ -26,14 +26,11 @@ async fn batch(addr: SocketAddr, topics: &[&str]) -> (u16, Value) {
 
 /// Waits until `GET /api/v1/topics/{topic}` is a 404.
 async fn wait_gone(addr: SocketAddr, topic: &str) {
-    let deadline = tokio::time::Instant::now() + RECV_TIMEOUT;
-    while get_topic(addr, topic).await.is_some() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{topic} was never evicted"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let what = format!("{topic} evicted");
+    eventually(&what, RECV_TIMEOUT, || async move {
+        get_topic(addr, topic).await.is_none()
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -2,10 +2,11 @@
 //! no persistence unless asked, stopped (killed) on drop. Never a mock, never the machine's own
 //! Redis: a missing `redis-server` binary fails the test (`.ci/run` installs it).
 
-use std::net::TcpListener as StdListener;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+
+use super::process::free_port;
 
 pub struct RedisServer {
     pub port: u16,
@@ -17,11 +18,6 @@ pub struct RedisServer {
     password: Option<String>,
     /// Serves TLS only (no plain port), with this PEM certificate and key.
     tls: Option<(PathBuf, PathBuf)>,
-}
-
-fn free_port() -> u16 {
-    let l = StdListener::bind("127.0.0.1:0").expect("bind a free port");
-    l.local_addr().unwrap().port()
 }
 
 impl RedisServer {
