@@ -13,8 +13,8 @@ use ring::rand::{SecureRandom, SystemRandom};
 use subtle::{ConditionallySelectable, ConstantTimeEq};
 
 use crate::acl::Acl;
-use crate::error::SettingsError;
 use crate::settings::ApiKeySettings;
+use crate::settings::SettingsError;
 use crate::topic::Pattern;
 
 /// Random bytes in a key made by `tickwire hash-key`.

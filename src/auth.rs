@@ -10,29 +10,19 @@
 //! one snapshot of each, so it never sees half of an old set and half of a new one.
 
 use std::sync::Arc;
-use std::time::SystemTime;
 
 use hyper::header::AUTHORIZATION;
 use hyper::HeaderMap;
 
-use crate::acl::Acl;
+use crate::acl::{Acl, Identity};
 use crate::apikey::{ApiKey, ApiKeys};
-use crate::error::{AuthError, SettingsError};
+use crate::error::AuthError;
 use crate::jwks::Remote;
 use crate::jwt::Verifier;
+use crate::settings::SettingsError;
 use crate::settings::{AuthMode, AuthSettings, JwtSettings};
 use crate::swap::Swap;
 use crate::topic::Pattern;
-
-/// A WebSocket client as the server knows it.
-#[derive(Debug, Clone)]
-pub struct Identity {
-    /// The token's `sub`; `None` for anonymous clients.
-    pub subject: Option<String>,
-    pub acl: Acl,
-    /// When the connection must close unless the token is refreshed (exp plus leeway).
-    pub expires: Option<SystemTime>,
-}
 
 enum Subscribers {
     Anonymous(Acl),

@@ -37,11 +37,11 @@ use thiserror::Error;
 use tokio::sync::{mpsc, watch, Notify};
 use tracing::{debug, info, warn};
 
-use crate::history::Position;
 use crate::hub::{self, lock, now_ms, Applied, Hub, Remote, Stored};
 use crate::idempotency::IdempotencyKey;
 use crate::metrics::Metrics;
 use crate::protocol::Data;
+use crate::protocol::Position;
 use crate::settings::{BrokerSettings, BrokerSubscribe};
 use crate::topic::{Pattern, Topic};
 

@@ -33,6 +33,7 @@ use crate::metrics::{
 use crate::protocol;
 use crate::proxy::PeerAddrs;
 use crate::session::{self, Endpoint};
+use crate::settings::normalize_origin;
 use crate::topic::Topic;
 
 pub type Body = Full<Bytes>;
@@ -212,38 +213,6 @@ fn metrics(app: &App) -> Response<Body> {
 fn reader(req: &Request<Incoming>, app: &App) -> Result<(), RequestError> {
     app.auth.publisher(req.headers())?;
     Ok(())
-}
-
-/// An origin as browsers send it (`scheme://host[:port]`, the port only when it is not the
-/// scheme's default), lowercased; `None` when `s` is not one.
-fn normalize_origin(s: &str) -> Option<String> {
-    let s = s.trim().to_ascii_lowercase();
-    let (scheme, rest) = s.split_once("://")?;
-    let default_port = match scheme {
-        "http" => "80",
-        "https" => "443",
-        _ => return None,
-    };
-    if rest.is_empty() || rest.contains(['/', '?', '#', '@', ' ', '*']) {
-        return None;
-    }
-    // The port follows the last colon, unless that colon is inside an IPv6 literal.
-    let (host, port) = match rest.rsplit_once(':') {
-        Some((host, port)) if !port.contains(']') => (host, Some(port)),
-        _ => (rest, None),
-    };
-    if host.is_empty() || port.is_some_and(|p| p.is_empty() || !p.bytes().all(|b| b.is_ascii_digit())) {
-        return None;
-    }
-    Some(match port {
-        Some(port) if port != default_port => format!("{scheme}://{host}:{port}"),
-        _ => format!("{scheme}://{host}"),
-    })
-}
-
-/// Whether `s` can be listed in `server.allowed_origins`.
-pub fn valid_origin(s: &str) -> bool {
-    normalize_origin(s).is_some()
 }
 
 /// Refuses an upgrade whose `Origin` header names a page not in `server.allowed_origins`: a

@@ -16,6 +16,7 @@ use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use tickwire::apikey;
 use tickwire::jwt::{NewToken, MIN_SECRET_BYTES};
+use tickwire::prepare::prepare;
 use tickwire::server;
 use tickwire::settings::{LogFormat, Settings};
 use tickwire::topic::Pattern;
@@ -162,6 +163,12 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    // Builds what the settings describe (reads the key and certificate files), as `serve`
+    // does, so that a bad file fails here with the same message and exit code.
+    if let Err(e) = prepare(&settings) {
+        eprintln!("tickwire: {e}");
+        return ExitCode::from(2);
+    }
     if check_only {
         println!("{settings:#?}");
         println!("configuration is valid");

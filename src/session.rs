@@ -37,8 +37,8 @@ use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncWrite, AsyncWriteExt, ReadHalf};
 use tracing::debug;
 
+use crate::acl::Identity;
 use crate::app::{App, ConnectionSlot};
-use crate::auth::Identity;
 use crate::disconnect::Disconnect;
 use crate::error::{Action, RequestError};
 use crate::hub::Subscriber;

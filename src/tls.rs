@@ -19,7 +19,7 @@ use rustls::sign::CertifiedKey;
 use rustls::ServerConfig;
 use tokio_rustls::TlsAcceptor;
 
-use crate::error::SettingsError;
+use crate::settings::SettingsError;
 use crate::settings::TlsSettings;
 use crate::swap::Swap;
 
