@@ -8,9 +8,9 @@
 //! `check-config`) before any port is bound.
 
 use crate::auth::Auth;
-use crate::proxy::TrustedProxies;
 use crate::settings::{Settings, SettingsError};
-use crate::tls::{self, Tls};
+use crate::transport::proxy::TrustedProxies;
+use crate::transport::tls::{self, Tls};
 
 /// What the settings build; each part names its key when it fails.
 pub struct Prepared {

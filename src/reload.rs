@@ -18,11 +18,11 @@ use std::time::{Duration, SystemTime};
 
 use tracing::{info, warn};
 
-use crate::apikey::ApiKeys;
 use crate::app::App;
+use crate::auth::apikey::ApiKeys;
 use crate::prepare::prepare;
 use crate::settings::Settings;
-use crate::tls::Certificate;
+use crate::transport::tls::Certificate;
 
 /// How often the watched files' modification times are compared.
 pub const WATCH_INTERVAL: Duration = Duration::from_secs(2);

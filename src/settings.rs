@@ -13,8 +13,8 @@ use std::time::Duration;
 use config::{Config, Environment, File, FileFormat};
 use serde::{Deserialize, Deserializer};
 
-use crate::proxy::TrustedProxies;
 use crate::topic::{Pattern, Topic};
+use crate::transport::proxy::TrustedProxies;
 use thiserror::Error;
 
 /// Invalid configuration, naming the offending key.
@@ -793,5 +793,32 @@ mod tests {
         assert!(err.to_string().contains("listen_addr"), "{err}");
         let err = Settings::from_toml("[nope]\nx = 1").unwrap_err();
         assert!(err.to_string().contains("nope"), "{err}");
+    }
+
+    #[test]
+    fn origins_are_normalized() {
+        for (raw, normal) in [
+            ("https://App.Example.com", Some("https://app.example.com")),
+            ("https://app.example.com:443", Some("https://app.example.com")),
+            ("http://app.example.com:80", Some("http://app.example.com")),
+            (
+                "https://app.example.com:8443",
+                Some("https://app.example.com:8443"),
+            ),
+            ("http://[::1]:8080", Some("http://[::1]:8080")),
+            ("http://[::1]", Some("http://[::1]")),
+            ("https://app.example.com/", None),
+            ("https://app.example.com/x", None),
+            ("app.example.com", None),
+            ("ftp://app.example.com", None),
+            ("null", None),
+            ("https://", None),
+            ("https://a:", None),
+            ("https://a:x", None),
+            ("https://*.example.com", None),
+            ("https://user@a", None),
+        ] {
+            assert_eq!(normalize_origin(raw).as_deref(), normal, "{raw}");
+        }
     }
 }

@@ -4,6 +4,10 @@
 //! module sees raw JSON. `data` payloads stay raw (`RawValue`): they are passed through
 //! byte-for-byte and never re-encoded. Every string field accepts JSON escapes ([`Text`]).
 
+pub mod disconnect;
+pub mod error;
+pub mod wire;
+
 use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
@@ -14,9 +18,8 @@ use serde::de::{self, Visitor};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use serde_json::value::RawValue;
 
-use crate::error::RequestError;
+use crate::protocol::error::RequestError;
 use crate::topic::{Pattern, Topic};
-use crate::wire;
 
 /// A publication's payload: any JSON value, kept as its original text.
 pub type Data = Arc<RawValue>;

@@ -10,11 +10,11 @@ use hyper::header::{HeaderValue, CACHE_CONTROL, CONTENT_TYPE};
 use hyper::Response;
 
 /// The price dashboard served at `/`.
-pub const DASHBOARD_HTML: &str = include_str!("../web/index.html");
+pub const DASHBOARD_HTML: &str = include_str!("../../web/index.html");
 /// The chat page served at `/chat`.
-pub const CHAT_HTML: &str = include_str!("../web/chat.html");
+pub const CHAT_HTML: &str = include_str!("../../web/chat.html");
 /// The ES module client served at `/tickwire.js`.
-pub const CLIENT_JS: &str = include_str!("../web/tickwire.js");
+pub const CLIENT_JS: &str = include_str!("../../web/tickwire.js");
 
 /// The embedded page or module for a path, with its content type.
 pub fn asset(path: &str) -> Option<(&'static str, &'static str)> {

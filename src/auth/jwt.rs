@@ -19,11 +19,11 @@ use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header};
 use serde::{Deserialize, Serialize};
 
-use crate::acl::Acl;
-use crate::acl::Identity;
-use crate::error::AuthError;
-use crate::jwks::Remote;
-use crate::keyset::{invalid, jwks, validation, Key};
+use crate::auth::acl::Acl;
+use crate::auth::acl::Identity;
+use crate::auth::jwks::Remote;
+use crate::auth::keyset::{invalid, jwks, validation, Key};
+use crate::protocol::error::AuthError;
 use crate::settings::JwtSettings;
 use crate::settings::SettingsError;
 use crate::topic::Pattern;

@@ -35,12 +35,12 @@ use dashmap::mapref::entry::Entry;
 use dashmap::DashMap;
 use rand::distr::{Alphanumeric, SampleString};
 
-use crate::error::RequestError;
-use crate::history::{self, History};
 use crate::metrics::{Metrics, Source};
-use crate::outbox::{Outbox, Pushed, TopicKey};
-use crate::patterns::PatternIndex;
+use crate::protocol::error::RequestError;
 use crate::protocol::{self, Data, Position, EPOCH_LEN};
+use crate::pubsub::history::{self, History};
+use crate::pubsub::outbox::{Outbox, Pushed, TopicKey};
+use crate::pubsub::patterns::PatternIndex;
 use crate::settings::{Policy, TopicBounds, TopicRules};
 use crate::topic::{Pattern, Topic};
 
@@ -798,7 +798,7 @@ impl Hub {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::outbox::Next;
+    use crate::pubsub::outbox::Next;
     use crate::settings::Settings;
     use serde_json::value::RawValue;
 

@@ -12,7 +12,7 @@ use ring::digest::{digest, SHA256};
 use ring::rand::{SecureRandom, SystemRandom};
 use subtle::{ConditionallySelectable, ConstantTimeEq};
 
-use crate::acl::Acl;
+use crate::auth::acl::Acl;
 use crate::settings::ApiKeySettings;
 use crate::settings::SettingsError;
 use crate::topic::Pattern;

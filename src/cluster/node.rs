@@ -11,12 +11,12 @@ use std::time::Duration;
 
 use tracing::warn;
 
-use crate::broker::{Broker, BrokerError, Published};
-use crate::error::RequestError;
-use crate::hub::{HistoryPage, Hub, Publication, TopicInfo, TopicPage};
-use crate::idempotency::{self, Claim, IdempotencyKey, Ledger};
+use crate::cluster::broker::{Broker, BrokerError, Published};
+use crate::cluster::idempotency::{self, Claim, IdempotencyKey, Ledger};
 use crate::metrics::{Metrics, Source};
+use crate::protocol::error::RequestError;
 use crate::protocol::Data;
+use crate::pubsub::hub::{HistoryPage, Hub, Publication, TopicInfo, TopicPage};
 use crate::settings::{BrokerKind, Settings};
 use crate::topic::{Pattern, Topic};
 

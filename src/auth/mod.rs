@@ -9,16 +9,22 @@
 //! The API keys and the JWT verifier are swapped whole by a reload (`reload.rs`); a check reads
 //! one snapshot of each, so it never sees half of an old set and half of a new one.
 
+pub mod acl;
+pub mod apikey;
+pub mod jwks;
+pub mod jwt;
+pub mod keyset;
+
 use std::sync::Arc;
 
 use hyper::header::AUTHORIZATION;
 use hyper::HeaderMap;
 
-use crate::acl::{Acl, Identity};
-use crate::apikey::{ApiKey, ApiKeys};
-use crate::error::AuthError;
-use crate::jwks::Remote;
-use crate::jwt::Verifier;
+use crate::auth::acl::{Acl, Identity};
+use crate::auth::apikey::{ApiKey, ApiKeys};
+use crate::auth::jwks::Remote;
+use crate::auth::jwt::Verifier;
+use crate::protocol::error::AuthError;
 use crate::settings::SettingsError;
 use crate::settings::{AuthMode, AuthSettings, JwtSettings};
 use crate::swap::Swap;

@@ -32,14 +32,14 @@ use tracing::{debug, info, warn};
 
 use crate::app::App;
 use crate::auth::Auth;
+use crate::cluster::node::Node;
 use crate::feed;
-use crate::http::{self, Routes};
 use crate::metrics::{Metrics, REJECT_HANDSHAKE_TIMEOUT, REJECT_PROXY_PROTOCOL, REJECT_TLS};
-use crate::node::Node;
 use crate::prepare::{prepare, Prepared};
-use crate::proxy::{self, PeerAddrs};
 use crate::reload;
 use crate::settings::{AuthMode, Settings, SettingsError};
+use crate::transport::http::{self, Routes};
+use crate::transport::proxy::{self, PeerAddrs};
 
 /// Why the server could not start or stopped with an error.
 #[derive(Debug, Error)]
@@ -53,7 +53,7 @@ pub enum ServerError {
     #[error("metrics registry: {0}")]
     Metrics(#[from] prometheus::Error),
     #[error(transparent)]
-    Node(#[from] crate::node::StartError),
+    Node(#[from] crate::cluster::node::StartError),
 }
 
 /// How often expired history entries are dropped from topics nobody touches, at most.

@@ -32,7 +32,7 @@ use tracing::{debug, error, info, warn};
 
 use thiserror::Error;
 
-use crate::keyset::{self, Key};
+use crate::auth::keyset::{self, Key};
 use crate::metrics::Metrics;
 use crate::settings::JwtSettings;
 use crate::settings::SettingsError;
