@@ -20,7 +20,8 @@
 //!     `http::upgrade`: the WebSocket upgrade (origin check, auth, connection slot).
 //!   - `web`: the dashboard, chat page and JS client, compiled in.
 //!   - `ws`: WebSocket machinery around a session: `join` (reader and writer halves run
-//!     together), `watchdog` (stalled writes).
+//!     together), `watchdog` (the one timer:
+//!     heartbeat pings, idle timeout, token expiry).
 //! - `session`: one WebSocket client: its requests (ACL, rate limit, subscriptions, refresh)
 //!   and its read and write loops.
 //! - `app`: the state every connection handler shares (node, auth, metrics, connection limits).

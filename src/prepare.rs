@@ -135,7 +135,7 @@ mod tests {
             ),
         ] {
             let err = Settings::from_toml(toml).and_then(|s| prepare(&s).map(drop));
-            let err = err.err().expect("refused").to_string();
+            let err = err.expect_err("refused").to_string();
             assert!(err.contains(key), "{toml:?} gave {err:?}");
         }
     }

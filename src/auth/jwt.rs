@@ -429,7 +429,7 @@ mod tests {
         // Key files are read when the verifier is built (`prepare`), not by `Settings::load`.
         let err = |toml: &str| {
             let built = Settings::from_toml(toml).and_then(|s| Verifier::from_settings(&s.auth.jwt));
-            built.err().expect("refused").to_string()
+            built.map(drop).expect_err("refused").to_string()
         };
         let e = err("[auth]\nmode = \"jwt\"\n[auth.jwt]\nhs256_secret = \"short\"");
         assert!(e.contains("auth.jwt.hs256_secret"), "{e}");
