@@ -4,7 +4,7 @@
 //! WebSocket clients are anonymous (`auth.mode = "none"`, one shared ACL) or present a JWT
 //! (`"jwt"`, the ACL is in its claims). HTTP publishers present an API key once any is
 //! configured. Built at start-up from the settings; reading a request's credentials happens
-//! here so that `http.rs` only maps the outcome to a status.
+//! here so that `transport::http` only maps the outcome to a status.
 //!
 //! The API keys and the JWT verifier are swapped whole by a reload (`reload.rs`); a check reads
 //! one snapshot of each, so it never sees half of an old set and half of a new one.

@@ -1,9 +1,10 @@
 //! The errors a client sees: a refused request or refused credentials, and their wire codes.
 //!
 //! Library code returns these enums; the edges map them exactly once: [`RequestError::code`]
-//! gives the `code` string of the wire error shape, `http.rs` picks the HTTP status. Every other
-//! error type lives in the module that owns it (`TopicError` in `topic`, `SettingsError` in
-//! `settings`, `JwksError` in `jwks`, `ProxyHeaderError` in `proxy`, `ServerError` in `server`).
+//! gives the `code` string of the wire error shape, `transport::http` picks the HTTP status.
+//! Every other error type lives in the module that owns it (`TopicError` in `topic`,
+//! `SettingsError` in `settings`, `JwksError` in `jwks`, `ProxyHeaderError` in `proxy`,
+//! `ServerError` in `transport::listener`).
 
 use thiserror::Error;
 
