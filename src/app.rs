@@ -1,7 +1,7 @@
 //! The state every connection handler shares: the node (hub and broker), settings, metrics, authentication, the
 //! trusted proxies, the drain signal, the connection counts that enforce
 //! `server.max_connections` and `limits.max_connections_per_ip` (per client address, as
-//! [`crate::proxy`] determines it behind a trusted proxy), and the request body budget that
+//! [`crate::transport::proxy`] determines it behind a trusted proxy), and the request body budget that
 //! enforces `http.max_inflight_body_bytes`.
 
 use std::net::IpAddr;
@@ -14,10 +14,10 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::auth::Auth;
+use crate::cluster::node::Node;
 use crate::metrics::Metrics;
-use crate::node::Node;
-use crate::proxy::TrustedProxies;
 use crate::settings::Settings;
+use crate::transport::proxy::TrustedProxies;
 
 pub struct App {
     pub node: Arc<Node>,

@@ -16,8 +16,8 @@ use serde_json::value::RawValue;
 use tokio::time::MissedTickBehavior;
 use tracing::{info, warn};
 
+use crate::cluster::node::Node;
 use crate::metrics::Source;
-use crate::node::Node;
 use crate::settings::FeedSettings;
 use crate::topic::Topic;
 

@@ -1,72 +1,75 @@
 //! tickwire: a real-time data push server.
 //!
 //! Publishers (HTTP, WebSocket clients, the built-in price feed) produce updates on topics;
-//! tickwire fans every update out to the WebSocket clients subscribed to it.
+//! tickwire fans every update out to the WebSocket clients subscribed to it. Read
+//! `docs/architecture.md` first: the path of a publication and of a subscribe, the lock order,
+//! who owns which state.
 //!
 //! # Layout
 //!
-//! Data flows one way: transport → protocol → hub → outbox → socket.
+//! Folders by concern; dependencies point one way, down this list (edge → session → cluster →
+//! pubsub → protocol/topic), and `.ci/module-cycles.py` fails CI on any import cycle between
+//! modules. `auth` and `settings` depend only on `topic`/`protocol` types (plus `swap`).
 //!
-//! - [`settings`]: the typed configuration, its layering and validation.
-//! - [`server`]: the TCP accept loops, graceful drain and process-level set-up (fd limit).
-//! - [`tls`]: loading the certificate for wss:// and https://.
-//! - [`app`]: the state shared by every connection handler (and the connection limits).
-//! - [`proxy`]: the client's address behind trusted proxies: `X-Forwarded-For`, the PROXY
-//!   protocol header, the `server.trusted_proxies` CIDRs.
-//! - [`auth`]: who a WebSocket client or HTTP publisher is: anonymous, JWT or API key.
-//! - [`jwt`]: verifying (and minting) JSON Web Tokens.
-//! - [`jwks`]: the JWT key set fetched from the identity provider, kept fresh.
-//! - [`reload`]: rotating certificates and keys without a restart (SIGHUP, file changes).
-//! - [`swap`]: the snapshot-and-replace cell that makes those parts swappable.
-//! - [`apikey`]: HTTP publishers' keys, stored as SHA-256 digests.
-//! - [`acl`]: the topic patterns one client may subscribe and publish to.
-//! - [`idempotency`]: the `Idempotency-Key` of HTTP publishes and the ledger of recent keys.
-//! - [`http`]: HTTP routing, the publish and topic APIs, the WebSocket upgrade, `/metrics`,
-//!   `/healthz`, `/readyz`.
-//! - [`session`]: one WebSocket connection: reads requests, writes queued frames.
-//! - [`protocol`]: the JSON wire format: parsing requests, encoding replies.
-//! - [`topic`]: topic names and subscription patterns (validation and matching).
-//! - [`node`]: what publishers and sessions go through: the hub alone, or the hub mirroring a
-//!   cluster's broker.
-//! - [`broker`]: the Redis broker that makes several nodes act as one.
-//! - [`hub`]: topic registry, sequence numbers, last values and fan-out.
-//! - [`history`]: a topic's recent publications, for clients that recover after reconnecting.
-//! - [`patterns`]: the token trie that finds the pattern subscriptions matching a topic.
-//! - [`outbox`]: a connection's bounded outbound queue, with conflation.
-//! - [`wire`]: WebSocket framing: encoding server frames, reading client frames.
-//! - [`feed`]: the built-in simulated price feed.
-//! - [`metrics`]: the Prometheus registry and every metric.
-//! - [`disconnect`]: why a connection closed (close codes and metric labels).
-//! - [`error`]: error types and their wire codes.
+//! - [`transport`]: the edge, everything that knows about sockets.
+//!   - `listener`: the TCP accept loops, TLS handshakes, graceful drain, fd limit; `serve`.
+//!   - `tls`: the certificate for wss:// and https://, swappable on reload.
+//!   - `proxy`: the client's address behind trusted proxies (`X-Forwarded-For`, PROXY protocol).
+//!   - `http`: routing and the responses of `/metrics`, `/healthz`, `/readyz`; `http::api`: the
+//!     publish, topic and history endpoints; `http::body`: bounded body reading;
+//!     `http::upgrade`: the WebSocket upgrade (origin check, auth, connection slot).
+//!   - `web`: the dashboard, chat page and JS client, compiled in.
+//!   - `ws`: WebSocket machinery around a session: `join` (reader and writer halves run
+//!     together), `watchdog` (the one timer:
+//!     heartbeat pings, idle timeout, token expiry).
+//! - `session`: one WebSocket client: its requests (ACL, rate limit, subscriptions, refresh)
+//!   and its read and write loops.
+//! - `app`: the state every connection handler shares (node, auth, metrics, connection limits).
+//! - `reload`: rotating certificates and keys without a restart (SIGHUP, file changes).
+//! - `cluster`: what publishers and sessions go through. `node`: the hub alone or mirroring
+//!   the cluster; `broker`: the Redis broker (its Lua script is `cluster/publish.lua`);
+//!   `idempotency`: the `Idempotency-Key` ledger.
+//! - `pubsub`: local fan-out. `hub`: topic registry, seqs, last values, fan-out (its header
+//!   holds the lock order); `outbox`: a connection's bounded queue with conflation (its header
+//!   holds the queue bound rules); `history`: recent publications for recovery; `patterns`: the
+//!   token trie of pattern subscriptions.
+//! - `auth`: who a client is. `auth` itself: anonymous, JWT or API key; `jwt`: verifying and
+//!   minting tokens; `jwks`: the fetched key set, kept fresh; `keyset`: verification keys and
+//!   reading a JWKS (below both `jwt` and `jwks`); `apikey`: publishers' keys as SHA-256
+//!   digests; `acl`: the topic patterns a client may use, and its `Identity`.
+//! - [`prepare`]: turns the plain settings into runtime objects (auth, TLS, trusted proxies);
+//!   used by `serve`, `check-config` and a reload.
+//! - [`protocol`]: the JSON wire format (requests, replies, update frames, `Position`, epochs);
+//!   `protocol::error`: the errors a client sees and their wire codes; `protocol::disconnect`:
+//!   close codes; `protocol::wire`: WebSocket framing. Framing lives here rather than in
+//!   `transport` because the hub encodes each update once as a ready-to-write frame and the
+//!   outbox queues frames: putting it in `transport` would point `pubsub` up at the edge.
+//! - [`settings`]: the typed configuration, its layering and validation (plain data: it
+//!   builds nothing; see `prepare`).
+//! - [`topic`]: topic names and subscription patterns (validation and matching), `TopicError`.
+//! - `metrics`: the Prometheus registry and every metric.
+//! - `feed`: the built-in simulated price feed.
+//! - `swap`: the snapshot-and-replace cell that makes keys and certificates swappable.
+//!
+//! Modules are private unless the binary, the tests, the load test or the fuzz targets use them.
 
-pub mod acl;
-pub mod apikey;
-pub mod app;
-pub mod auth;
-pub mod broker;
-pub mod disconnect;
-pub mod error;
-pub mod feed;
-pub mod history;
-pub mod http;
-pub mod hub;
-pub mod idempotency;
-pub mod join;
-pub mod jwks;
-pub mod jwt;
-pub mod metrics;
-pub mod node;
-pub mod outbox;
-pub mod patterns;
+#![forbid(unsafe_code)]
+
+mod app;
+mod auth;
+mod cluster;
+mod feed;
+mod metrics;
+pub mod prepare;
 pub mod protocol;
-pub mod proxy;
-pub mod reload;
-pub mod server;
-pub mod session;
+mod pubsub;
+mod reload;
+mod session;
 pub mod settings;
-pub mod swap;
-pub mod tls;
+mod swap;
 pub mod topic;
-pub mod watchdog;
-pub mod web;
-pub mod wire;
+mod transport;
+
+// Paths kept for the binary and tests (they predate the folders).
+pub use auth::{apikey, jwt};
+pub use transport::listener as server;

@@ -13,7 +13,7 @@ use prometheus::{
     TextEncoder,
 };
 
-use crate::disconnect::Disconnect;
+use crate::protocol::disconnect::Disconnect;
 
 /// Where a publication came from (`source` label).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

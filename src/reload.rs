@@ -18,10 +18,11 @@ use std::time::{Duration, SystemTime};
 
 use tracing::{info, warn};
 
-use crate::apikey::ApiKeys;
 use crate::app::App;
+use crate::auth::apikey::ApiKeys;
+use crate::prepare::prepare;
 use crate::settings::Settings;
-use crate::tls::Certificate;
+use crate::transport::tls::Certificate;
 
 /// How often the watched files' modification times are compared.
 pub const WATCH_INTERVAL: Duration = Duration::from_secs(2);
@@ -94,7 +95,9 @@ fn reload(app: &App, certificate: Option<&Certificate>, cause: &str) -> bool {
     };
     let mut api_keys = None;
     if let Some(file) = &app.settings.config_file {
-        match Settings::load(Some(file)).and_then(|s| ApiKeys::from_settings(&s.auth.api_keys)) {
+        // Prepared whole, as at start-up: a file that would not start the server is not loaded.
+        let loaded = Settings::load(Some(file)).and_then(|s| prepare(&s).map(|_| s));
+        match loaded.and_then(|s| ApiKeys::from_settings(&s.auth.api_keys)) {
             Ok(keys) => {
                 api_keys = Some(keys.len());
                 app.auth.set_api_keys(keys);

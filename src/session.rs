@@ -38,18 +38,18 @@ use tokio::io::{AsyncWrite, AsyncWriteExt, ReadHalf};
 use tracing::debug;
 
 use crate::app::{App, ConnectionSlot};
-use crate::auth::Identity;
-use crate::disconnect::Disconnect;
-use crate::error::{Action, RequestError};
-use crate::hub::Subscriber;
-use crate::join::join;
+use crate::auth::acl::Identity;
 use crate::metrics::{Metrics, Source};
-use crate::outbox::{Next, Outbox};
+use crate::protocol::disconnect::Disconnect;
+use crate::protocol::error::{Action, RequestError};
+use crate::protocol::wire::{self, FrameReader};
 use crate::protocol::{parse_request, Reply, Request};
-use crate::proxy::ClientAddr;
+use crate::pubsub::hub::Subscriber;
+use crate::pubsub::outbox::{Next, Outbox};
 use crate::topic::Pattern;
-use crate::watchdog::Watchdog;
-use crate::wire::{self, FrameReader};
+use crate::transport::proxy::ClientAddr;
+use crate::transport::ws::join::join;
+use crate::transport::ws::watchdog::Watchdog;
 
 /// How long a closing connection may take to finish its last write.
 const CLOSE_GRACE: Duration = Duration::from_secs(5);

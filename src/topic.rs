@@ -8,7 +8,20 @@
 use std::fmt;
 use std::sync::Arc;
 
-use crate::error::TopicError;
+use thiserror::Error;
+
+/// Why a topic name or pattern was rejected.
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum TopicError {
+    #[error("topic must be 1 to {MAX_TOPIC_BYTES} bytes, got {0}")]
+    Length(usize),
+    #[error("token {0:?} is empty or has characters outside [A-Za-z0-9_:-]")]
+    Token(String),
+    #[error("wildcards (* and >) are only allowed in subscriptions")]
+    Wildcard,
+    #[error("'>' is only allowed as the last token")]
+    TailWildcard,
+}
 
 /// Longest accepted topic or pattern, in bytes.
 pub const MAX_TOPIC_BYTES: usize = 256;

@@ -78,6 +78,7 @@
 //! WebSocket client of the server's test suite. Per-message cost is irrelevant on the client
 //! side compared with correctness and portability.
 
+#![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
 mod client;

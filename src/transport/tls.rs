@@ -5,7 +5,7 @@
 //! key named. A reload (`reload.rs`: SIGHUP or a changed file) reads them again and swaps the
 //! pair in the acceptor's resolver: new handshakes get the new certificate, established
 //! connections keep theirs, and a bad new pair leaves the old one in place. The handshake
-//! itself runs in each connection's task (see `server.rs`), never in the accept loop, so a
+//! itself runs in each connection's task (see `listener.rs`), never in the accept loop, so a
 //! client that stalls mid-handshake delays nobody else.
 
 use std::path::{Path, PathBuf};
@@ -19,7 +19,7 @@ use rustls::sign::CertifiedKey;
 use rustls::ServerConfig;
 use tokio_rustls::TlsAcceptor;
 
-use crate::error::SettingsError;
+use crate::settings::SettingsError;
 use crate::settings::TlsSettings;
 use crate::swap::Swap;
 

@@ -4,6 +4,10 @@
 //! module sees raw JSON. `data` payloads stay raw (`RawValue`): they are passed through
 //! byte-for-byte and never re-encoded. Every string field accepts JSON escapes ([`Text`]).
 
+pub mod disconnect;
+pub mod error;
+pub mod wire;
+
 use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
@@ -14,13 +18,22 @@ use serde::de::{self, Visitor};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use serde_json::value::RawValue;
 
-use crate::error::RequestError;
-use crate::history::Position;
+use crate::protocol::error::RequestError;
 use crate::topic::{Pattern, Topic};
-use crate::wire;
 
 /// A publication's payload: any JSON value, kept as its original text.
 pub type Data = Arc<RawValue>;
+
+/// Length of a topic epoch: random alphanumerics, fixed when the topic's stream starts.
+pub const EPOCH_LEN: usize = 6;
+
+/// A place in a topic's stream: the last seq a client has, in the topic's epoch. Here, below
+/// `history` and the hub, because the `since` of a subscribe request carries it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Position {
+    pub seq: u64,
+    pub epoch: Arc<str>,
+}
 
 /// A validated client request.
 #[derive(Debug)]
@@ -367,13 +380,7 @@ mod tests {
         for frame in [
             update_frame(&topic, u64::MAX, u64::MAX, &data),
             snapshot_frame(&topic, u64::MAX, u64::MAX, &data),
-            reset_frame(
-                &topic,
-                u64::MAX,
-                u64::MAX,
-                &data,
-                &"e".repeat(crate::hub::EPOCH_LEN),
-            ),
+            reset_frame(&topic, u64::MAX, u64::MAX, &data, &"e".repeat(EPOCH_LEN)),
         ] {
             assert!(
                 frame.len() <= data.get().len() + FRAME_ENVELOPE_BYTES,

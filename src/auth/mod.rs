@@ -4,35 +4,31 @@
 //! WebSocket clients are anonymous (`auth.mode = "none"`, one shared ACL) or present a JWT
 //! (`"jwt"`, the ACL is in its claims). HTTP publishers present an API key once any is
 //! configured. Built at start-up from the settings; reading a request's credentials happens
-//! here so that `http.rs` only maps the outcome to a status.
+//! here so that `transport::http` only maps the outcome to a status.
 //!
 //! The API keys and the JWT verifier are swapped whole by a reload (`reload.rs`); a check reads
 //! one snapshot of each, so it never sees half of an old set and half of a new one.
 
+pub mod acl;
+pub mod apikey;
+pub mod jwks;
+pub mod jwt;
+pub mod keyset;
+
 use std::sync::Arc;
-use std::time::SystemTime;
 
 use hyper::header::AUTHORIZATION;
 use hyper::HeaderMap;
 
-use crate::acl::Acl;
-use crate::apikey::{ApiKey, ApiKeys};
-use crate::error::{AuthError, SettingsError};
-use crate::jwks::Remote;
-use crate::jwt::Verifier;
+use crate::auth::acl::{Acl, Identity};
+use crate::auth::apikey::{ApiKey, ApiKeys};
+use crate::auth::jwks::Remote;
+use crate::auth::jwt::Verifier;
+use crate::protocol::error::AuthError;
+use crate::settings::SettingsError;
 use crate::settings::{AuthMode, AuthSettings, JwtSettings};
 use crate::swap::Swap;
 use crate::topic::Pattern;
-
-/// A WebSocket client as the server knows it.
-#[derive(Debug, Clone)]
-pub struct Identity {
-    /// The token's `sub`; `None` for anonymous clients.
-    pub subject: Option<String>,
-    pub acl: Acl,
-    /// When the connection must close unless the token is refreshed (exp plus leeway).
-    pub expires: Option<SystemTime>,
-}
 
 enum Subscribers {
     Anonymous(Acl),

@@ -5,20 +5,10 @@
 //! payload plus [`ENTRY_OVERHEAD`] bytes; the hub reports the totals as metrics.
 
 use std::collections::VecDeque;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
-
-use serde::{Deserialize, Serialize};
 
 use crate::protocol::Data;
 use crate::settings::Retention;
-
-/// A place in a topic's stream: the last seq a client has, in the topic's epoch.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Position {
-    pub seq: u64,
-    pub epoch: Arc<str>,
-}
 
 /// Bytes one entry costs besides its payload: the ring slot, the payload's `Arc` header and
 /// allocator rounding. Used for the `tickwire_history_bytes` gauge and the documented bound.
@@ -154,6 +144,7 @@ impl History {
 mod tests {
     use super::*;
     use serde_json::value::RawValue;
+    use std::sync::Arc;
 
     fn data() -> Data {
         Arc::from(RawValue::from_string("1".into()).unwrap())

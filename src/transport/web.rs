@@ -9,14 +9,12 @@ use http_body_util::Full;
 use hyper::header::{HeaderValue, CACHE_CONTROL, CONTENT_TYPE};
 use hyper::Response;
 
-use crate::http::Body;
-
 /// The price dashboard served at `/`.
-pub const DASHBOARD_HTML: &str = include_str!("../web/index.html");
+pub const DASHBOARD_HTML: &str = include_str!("../../web/index.html");
 /// The chat page served at `/chat`.
-pub const CHAT_HTML: &str = include_str!("../web/chat.html");
+pub const CHAT_HTML: &str = include_str!("../../web/chat.html");
 /// The ES module client served at `/tickwire.js`.
-pub const CLIENT_JS: &str = include_str!("../web/tickwire.js");
+pub const CLIENT_JS: &str = include_str!("../../web/tickwire.js");
 
 /// The embedded page or module for a path, with its content type.
 pub fn asset(path: &str) -> Option<(&'static str, &'static str)> {
@@ -29,7 +27,7 @@ pub fn asset(path: &str) -> Option<(&'static str, &'static str)> {
 }
 
 /// A `200 OK` response with the embedded asset of `path`, or `None` for any other path.
-pub fn response(path: &str) -> Option<Response<Body>> {
+pub fn response(path: &str) -> Option<Response<Full<Bytes>>> {
     let (body, content_type) = asset(path)?;
     let mut resp = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
     let headers = resp.headers_mut();

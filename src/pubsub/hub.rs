@@ -35,12 +35,12 @@ use dashmap::mapref::entry::Entry;
 use dashmap::DashMap;
 use rand::distr::{Alphanumeric, SampleString};
 
-use crate::error::RequestError;
-use crate::history::{self, History, Position};
 use crate::metrics::{Metrics, Source};
-use crate::outbox::{Outbox, Pushed, TopicKey};
-use crate::patterns::PatternIndex;
-use crate::protocol::{self, Data};
+use crate::protocol::error::RequestError;
+use crate::protocol::{self, Data, Position, EPOCH_LEN};
+use crate::pubsub::history::{self, History};
+use crate::pubsub::outbox::{Outbox, Pushed, TopicKey};
+use crate::pubsub::patterns::PatternIndex;
 use crate::settings::{Policy, TopicBounds, TopicRules};
 use crate::topic::{Pattern, Topic};
 
@@ -79,9 +79,6 @@ pub struct TopicPage {
     /// The name to pass as `after` for the next page; `None` when this page is the last.
     pub next: Option<Topic>,
 }
-
-/// Length of a topic epoch: random alphanumerics, fixed when the topic's stream starts.
-pub const EPOCH_LEN: usize = 6;
 
 /// A fresh random epoch.
 pub fn new_epoch() -> Arc<str> {
@@ -801,7 +798,7 @@ impl Hub {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::outbox::Next;
+    use crate::pubsub::outbox::Next;
     use crate::settings::Settings;
     use serde_json::value::RawValue;
 

@@ -12,9 +12,9 @@ use ring::digest::{digest, SHA256};
 use ring::rand::{SecureRandom, SystemRandom};
 use subtle::{ConditionallySelectable, ConstantTimeEq};
 
-use crate::acl::Acl;
-use crate::error::SettingsError;
+use crate::auth::acl::Acl;
 use crate::settings::ApiKeySettings;
+use crate::settings::SettingsError;
 use crate::topic::Pattern;
 
 /// Random bytes in a key made by `tickwire hash-key`.

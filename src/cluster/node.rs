@@ -11,14 +11,23 @@ use std::time::Duration;
 
 use tracing::warn;
 
-use crate::broker::{Broker, BrokerError, Published};
-use crate::error::RequestError;
-use crate::hub::{HistoryPage, Hub, Publication, TopicInfo, TopicPage};
-use crate::idempotency::{self, Claim, IdempotencyKey, Ledger};
+use crate::cluster::broker::{Broker, BrokerError, Published};
+use crate::cluster::idempotency::{self, Claim, IdempotencyKey, Ledger};
 use crate::metrics::{Metrics, Source};
+use crate::protocol::error::RequestError;
 use crate::protocol::Data;
+use crate::pubsub::hub::{HistoryPage, Hub, Publication, TopicInfo, TopicPage};
 use crate::settings::{BrokerKind, Settings};
 use crate::topic::{Pattern, Topic};
+
+/// Why the node could not start: bad topic rules, or a broker that cannot be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Settings(#[from] crate::settings::SettingsError),
+    #[error("cluster broker: {0}")]
+    Broker(#[from] BrokerError),
+}
 
 /// Publications of one in-memory batch between two yields to the scheduler: a huge batch lands
 /// in every subscriber's queue at once, and letting writers run in between keeps readers that
@@ -51,7 +60,7 @@ fn unavailable(e: BrokerError) -> RequestError {
 impl Node {
     /// The hub, and in a cluster the broker with its link task (started here, so it needs a
     /// runtime). Redis need not be reachable yet: the node serves, unready, until it is.
-    pub fn start(settings: &Settings, metrics: Arc<Metrics>) -> Result<Node, crate::error::ServerError> {
+    pub fn start(settings: &Settings, metrics: Arc<Metrics>) -> Result<Node, StartError> {
         let cluster = settings.broker.kind == BrokerKind::Redis;
         let (rules, bounds) = (settings.topic_rules()?, settings.topic_bounds());
         let hub = Arc::new(Hub::new(rules, bounds, metrics.clone(), cluster));

@@ -6,6 +6,7 @@
 //! without a per-message check and still never hand a client a topic it may not read.
 
 use std::sync::Arc;
+use std::time::SystemTime;
 
 use crate::topic::{Pattern, Topic};
 
@@ -86,4 +87,15 @@ mod tests {
             assert!(!a.may_publish(&Topic::parse(no).unwrap()), "{no}");
         }
     }
+}
+
+/// A WebSocket client as the server knows it.
+// Here rather than in `auth`: `jwt` builds it, and `auth` uses `jwt`.
+#[derive(Debug, Clone)]
+pub struct Identity {
+    /// The token's `sub`; `None` for anonymous clients.
+    pub subject: Option<String>,
+    pub acl: Acl,
+    /// When the connection must close unless the token is refreshed (exp plus leeway).
+    pub expires: Option<SystemTime>,
 }

@@ -25,7 +25,7 @@ use fastwebsockets::{Frame, OpCode, Payload};
 use serde::Serialize;
 use tokio::io::{AsyncRead, AsyncReadExt, ReadBuf};
 
-use crate::disconnect::Disconnect;
+use crate::protocol::disconnect::Disconnect;
 
 /// Room for the longest server frame header (2 + 8 bytes, no mask).
 const HEAD_ROOM: usize = 10;

@@ -20,9 +20,23 @@ use std::task::{Context, Poll};
 
 use bytes::{Buf, Bytes};
 use hyper::header::HeaderMap;
+use thiserror::Error;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
 
-use crate::error::ProxyHeaderError;
+/// Why a PROXY protocol header (`server.proxy_protocol`) was refused; the connection is closed.
+#[derive(Debug, Error, Clone, PartialEq, Eq)]
+pub enum ProxyHeaderError {
+    #[error("the connection does not start with a PROXY protocol header")]
+    Missing,
+    #[error("malformed PROXY protocol header: {0}")]
+    Malformed(&'static str),
+    #[error("PROXY protocol header too long")]
+    TooLong,
+    #[error("connection closed before the PROXY protocol header was complete")]
+    Closed,
+    #[error("reading the PROXY protocol header: {0}")]
+    Io(std::io::ErrorKind),
+}
 
 /// The v2 signature; no valid v1 header or HTTP request starts with it.
 pub const V2_SIGNATURE: [u8; 12] = *b"\r\n\r\n\0\r\nQUIT\n";

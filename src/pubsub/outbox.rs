@@ -38,9 +38,9 @@ use std::time::Instant;
 use bytes::Bytes;
 use futures_util::task::AtomicWaker;
 
-use crate::disconnect::Disconnect;
+use crate::protocol::disconnect::Disconnect;
+use crate::protocol::wire;
 use crate::settings::Policy;
-use crate::wire;
 
 /// Identifies a topic inside outboxes: conflation replaces frames with equal keys.
 pub type TopicKey = u64;
@@ -353,6 +353,7 @@ impl Outbox {
     }
 
     /// Bytes currently waiting (not yet handed to the writer).
+    #[cfg(test)]
     pub fn queued_bytes(&self) -> usize {
         self.lock().bytes
     }

@@ -23,6 +23,7 @@ use std::time::Duration;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
+use thiserror::Error;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::time::Instant;
@@ -31,15 +32,29 @@ use tracing::{debug, info, warn};
 
 use crate::app::App;
 use crate::auth::Auth;
-use crate::error::ServerError;
+use crate::cluster::node::Node;
 use crate::feed;
-use crate::http::{self, Routes};
 use crate::metrics::{Metrics, REJECT_HANDSHAKE_TIMEOUT, REJECT_PROXY_PROTOCOL, REJECT_TLS};
-use crate::node::Node;
-use crate::proxy::{self, PeerAddrs};
+use crate::prepare::{prepare, Prepared};
 use crate::reload;
-use crate::settings::{AuthMode, Settings};
-use crate::tls;
+use crate::settings::{AuthMode, Settings, SettingsError};
+use crate::transport::http::{self, Routes};
+use crate::transport::proxy::{self, PeerAddrs};
+
+/// Why the server could not start or stopped with an error.
+#[derive(Debug, Error)]
+pub enum ServerError {
+    #[error("cannot bind {addr}")]
+    Bind { addr: String, source: std::io::Error },
+    #[error("listener failed: {0}")]
+    Io(#[from] std::io::Error),
+    #[error(transparent)]
+    Settings(#[from] SettingsError),
+    #[error("metrics registry: {0}")]
+    Metrics(#[from] prometheus::Error),
+    #[error(transparent)]
+    Node(#[from] crate::cluster::node::StartError),
+}
 
 /// How often expired history entries are dropped from topics nobody touches, at most.
 const HISTORY_SWEEP: Duration = Duration::from_secs(5);
@@ -92,9 +107,8 @@ pub async fn serve(
     let metrics = Arc::new(Metrics::new()?);
     let node = Arc::new(Node::start(&settings, metrics.clone())?);
     let hub = node.hub().clone();
-    let auth = Auth::from_settings(&settings.auth)?;
-    let proxies = settings.trusted_proxies()?;
-    let (tls, certificate) = match tls::acceptor(&settings.tls)? {
+    let Prepared { auth, proxies, tls } = prepare(&settings)?;
+    let (tls, certificate) = match tls {
         Some(t) => (Some(t.acceptor), Some(t.certificate)),
         None => (None, None),
     };

@@ -30,11 +30,32 @@ use tokio::task::JoinHandle;
 use tokio_rustls::TlsConnector;
 use tracing::{debug, error, info, warn};
 
-use crate::error::{JwksError, SettingsError};
-use crate::jwt::{self, Key};
+use thiserror::Error;
+
+use crate::auth::keyset::{self, Key};
 use crate::metrics::Metrics;
 use crate::settings::JwtSettings;
+use crate::settings::SettingsError;
 use crate::swap::Swap;
+
+/// Why fetching `auth.jwt.jwks_url` failed; the last good key set stays in use.
+#[derive(Debug, Error)]
+pub enum JwksError {
+    #[error("cannot connect: {0}")]
+    Connect(std::io::Error),
+    #[error("TLS: {0}")]
+    Tls(std::io::Error),
+    #[error("HTTP: {0}")]
+    Http(#[from] hyper::Error),
+    #[error("answered HTTP {0}, expected 200")]
+    Status(u16),
+    #[error("body larger than {0} bytes")]
+    TooLarge(usize),
+    #[error("no answer within {0:?}")]
+    Timeout(std::time::Duration),
+    #[error("not a usable key set: {0}")]
+    KeySet(String),
+}
 
 /// One fetch (connect, TLS, request, body) must finish within this.
 pub const FETCH_TIMEOUT: Duration = Duration::from_secs(5);
@@ -309,7 +330,7 @@ impl Remote {
             r = &mut exchange => r?,
             _ = &mut conn => exchange.await?,
         };
-        let keys = jwt::jwks(URL_KEY, &body).map_err(|err| match err {
+        let keys = keyset::jwks(URL_KEY, &body).map_err(|err| match err {
             SettingsError::Invalid { message, .. } => JwksError::KeySet(message),
             other => JwksError::KeySet(other.to_string()),
         })?;
@@ -318,7 +339,7 @@ impl Remote {
             .map(|(kid, key, alg)| Key {
                 kid,
                 key,
-                validation: jwt::validation(alg, &self.settings),
+                validation: keyset::validation(alg, &self.settings),
             })
             .collect())
     }

@@ -16,15 +16,16 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use jsonwebtoken::errors::ErrorKind;
-use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, JwkSet, KeyAlgorithm, PublicKeyUse};
-use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header};
 use serde::{Deserialize, Serialize};
 
-use crate::acl::Acl;
-use crate::auth::Identity;
-use crate::error::{AuthError, SettingsError};
-use crate::jwks::Remote;
+use crate::auth::acl::Acl;
+use crate::auth::acl::Identity;
+use crate::auth::jwks::Remote;
+use crate::auth::keyset::{invalid, jwks, validation, Key};
+use crate::protocol::error::AuthError;
 use crate::settings::JwtSettings;
+use crate::settings::SettingsError;
 use crate::topic::Pattern;
 
 /// Shortest accepted HS256 secret: RFC 7518 §3.2 asks for a key as long as the hash.
@@ -39,13 +40,6 @@ pub struct Verifier {
     /// With `jwks_url`, the keys are the fetched set's instead of `keys`.
     remote: Option<Arc<Remote>>,
     leeway: Duration,
-}
-
-pub(crate) struct Key {
-    pub(crate) kid: Option<String>,
-    pub(crate) key: DecodingKey,
-    /// Accepts exactly this key's algorithm.
-    pub(crate) validation: Validation,
 }
 
 /// The claims tickwire reads. `aud`, `iss`, `nbf` and `exp` are checked by `jsonwebtoken` itself,
@@ -64,13 +58,6 @@ struct Claims {
     subscribe: Vec<String>,
     #[serde(default)]
     publish: Vec<String>,
-}
-
-fn invalid(key: &'static str, message: impl Into<String>) -> SettingsError {
-    SettingsError::Invalid {
-        key,
-        message: message.into(),
-    }
 }
 
 fn read(key: &'static str, path: &Path) -> Result<Vec<u8>, SettingsError> {
@@ -193,26 +180,6 @@ impl Verifier {
     }
 }
 
-pub(crate) fn validation(alg: Algorithm, s: &JwtSettings) -> Validation {
-    let mut v = Validation::new(alg);
-    v.leeway = s.leeway.as_secs();
-    v.validate_nbf = true;
-    // `exp` is required too, but checked by `verify` (see `Claims`).
-    let mut required = vec!["sub"];
-    if s.audience.is_empty() {
-        v.validate_aud = false;
-    } else {
-        v.set_audience(&[&s.audience]);
-        required.push("aud");
-    }
-    if !s.issuer.is_empty() {
-        v.set_issuer(&[&s.issuer]);
-        required.push("iss");
-    }
-    v.set_required_spec_claims(&required);
-    v
-}
-
 /// A PEM public key and the algorithm its type implies.
 fn public_key(pem: &[u8]) -> Result<(DecodingKey, Algorithm), SettingsError> {
     if let Ok(key) = DecodingKey::from_rsa_pem(pem) {
@@ -228,44 +195,6 @@ fn public_key(pem: &[u8]) -> Result<(DecodingKey, Algorithm), SettingsError> {
         ));
     }
     Ok((key, Algorithm::ES256))
-}
-
-/// The signing keys of a JWKS that tickwire can use (RS256, ES256), with their kids; errors
-/// name `src`, the setting the set came from.
-pub(crate) fn jwks(
-    src: &'static str,
-    json: &[u8],
-) -> Result<Vec<(Option<String>, DecodingKey, Algorithm)>, SettingsError> {
-    let set: JwkSet = serde_json::from_slice(json).map_err(|e| invalid(src, format!("not a JWKS: {e}")))?;
-    let mut keys = Vec::new();
-    for jwk in &set.keys {
-        if matches!(jwk.common.public_key_use, Some(PublicKeyUse::Encryption)) {
-            continue;
-        }
-        let alg = match (&jwk.algorithm, jwk.common.key_algorithm) {
-            (AlgorithmParameters::RSA(_), None | Some(KeyAlgorithm::RS256)) => Algorithm::RS256,
-            (AlgorithmParameters::EllipticCurve(ec), None | Some(KeyAlgorithm::ES256))
-                if ec.curve == EllipticCurve::P256 =>
-            {
-                Algorithm::ES256
-            }
-            // Symmetric keys never come from a key set, and other algorithms are not offered.
-            _ => continue,
-        };
-        let key = DecodingKey::from_jwk(jwk).map_err(|e| {
-            let kid = jwk.common.key_id.as_deref().unwrap_or("(no kid)");
-            invalid(src, format!("key {kid}: {e}"))
-        })?;
-        keys.push((jwk.common.key_id.clone(), key, alg));
-    }
-    if keys.is_empty() {
-        return Err(invalid(src, "no RS256 or ES256 signing key in the set"));
-    }
-    let kids = keys.iter().filter(|(kid, ..)| kid.is_some()).count();
-    if keys.len() > 1 && kids < keys.len() {
-        return Err(invalid(src, "with several keys, every key needs a kid"));
-    }
-    Ok(keys)
 }
 
 fn auth_error(e: jsonwebtoken::errors::Error) -> AuthError {
@@ -497,7 +426,11 @@ mod tests {
 
     #[test]
     fn key_sources_are_checked() {
-        let err = |toml: &str| Settings::from_toml(toml).unwrap_err().to_string();
+        // Key files are read when the verifier is built (`prepare`), not by `Settings::load`.
+        let err = |toml: &str| {
+            let built = Settings::from_toml(toml).and_then(|s| Verifier::from_settings(&s.auth.jwt));
+            built.map(drop).expect_err("refused").to_string()
+        };
         let e = err("[auth]\nmode = \"jwt\"\n[auth.jwt]\nhs256_secret = \"short\"");
         assert!(e.contains("auth.jwt.hs256_secret"), "{e}");
         let e = err(&format!(

@@ -1,24 +1,14 @@
-//! Error types and their wire codes.
+//! The errors a client sees: a refused request or refused credentials, and their wire codes.
 //!
 //! Library code returns these enums; the edges map them exactly once: [`RequestError::code`]
-//! gives the `code` string of the wire error shape, `http.rs` picks the HTTP status.
+//! gives the `code` string of the wire error shape, `transport::http` picks the HTTP status.
+//! Every other error type lives in the module that owns it (`TopicError` in `topic`,
+//! `SettingsError` in `settings`, `JwksError` in `jwks`, `ProxyHeaderError` in `proxy`,
+//! `ServerError` in `transport::listener`).
 
 use thiserror::Error;
 
-use crate::topic::MAX_TOPIC_BYTES;
-
-/// Why a topic name or pattern was rejected.
-#[derive(Debug, Error, PartialEq, Eq)]
-pub enum TopicError {
-    #[error("topic must be 1 to {MAX_TOPIC_BYTES} bytes, got {0}")]
-    Length(usize),
-    #[error("token {0:?} is empty or has characters outside [A-Za-z0-9_:-]")]
-    Token(String),
-    #[error("wildcards (* and >) are only allowed in subscriptions")]
-    Wildcard,
-    #[error("'>' is only allowed as the last token")]
-    TailWildcard,
-}
+use crate::topic::{TopicError, MAX_TOPIC_BYTES};
 
 /// A request that cannot be carried out, from a WebSocket client or an HTTP publisher.
 /// Never fatal to the connection that sent it.
@@ -153,62 +143,4 @@ pub enum AuthError {
     BadClaim(String),
     #[error("a refreshed token must have the same subject")]
     SubjectChanged,
-}
-
-/// Invalid configuration, naming the offending key.
-#[derive(Debug, Error)]
-pub enum SettingsError {
-    #[error("configuration: {0}")]
-    Load(#[from] config::ConfigError),
-    #[error("configuration key `{key}`: {message}")]
-    Invalid { key: &'static str, message: String },
-}
-
-/// Why fetching `auth.jwt.jwks_url` failed; the last good key set stays in use.
-#[derive(Debug, Error)]
-pub enum JwksError {
-    #[error("cannot connect: {0}")]
-    Connect(std::io::Error),
-    #[error("TLS: {0}")]
-    Tls(std::io::Error),
-    #[error("HTTP: {0}")]
-    Http(#[from] hyper::Error),
-    #[error("answered HTTP {0}, expected 200")]
-    Status(u16),
-    #[error("body larger than {0} bytes")]
-    TooLarge(usize),
-    #[error("no answer within {0:?}")]
-    Timeout(std::time::Duration),
-    #[error("not a usable key set: {0}")]
-    KeySet(String),
-}
-
-/// Why the server could not start or stopped with an error.
-#[derive(Debug, Error)]
-pub enum ServerError {
-    #[error("cannot bind {addr}")]
-    Bind { addr: String, source: std::io::Error },
-    #[error("listener failed: {0}")]
-    Io(#[from] std::io::Error),
-    #[error(transparent)]
-    Settings(#[from] SettingsError),
-    #[error("metrics registry: {0}")]
-    Metrics(#[from] prometheus::Error),
-    #[error("cluster broker: {0}")]
-    Broker(#[from] crate::broker::BrokerError),
-}
-
-/// Why a PROXY protocol header (`server.proxy_protocol`) was refused; the connection is closed.
-#[derive(Debug, Error, Clone, PartialEq, Eq)]
-pub enum ProxyHeaderError {
-    #[error("the connection does not start with a PROXY protocol header")]
-    Missing,
-    #[error("malformed PROXY protocol header: {0}")]
-    Malformed(&'static str),
-    #[error("PROXY protocol header too long")]
-    TooLong,
-    #[error("connection closed before the PROXY protocol header was complete")]
-    Closed,
-    #[error("reading the PROXY protocol header: {0}")]
-    Io(std::io::ErrorKind),
 }

@@ -17,9 +17,9 @@ use std::time::{Duration, SystemTime};
 use futures_util::task::AtomicWaker;
 use tokio::time::Instant;
 
-use crate::disconnect::Disconnect;
-use crate::outbox::Outbox;
-use crate::wire;
+use crate::protocol::disconnect::Disconnect;
+use crate::protocol::wire;
+use crate::pubsub::outbox::Outbox;
 
 /// Longest single sleep: far-future deadlines are slept towards in steps.
 const MAX_SLEEP: Duration = Duration::from_secs(86_400);

@@ -37,11 +37,11 @@ use thiserror::Error;
 use tokio::sync::{mpsc, watch, Notify};
 use tracing::{debug, info, warn};
 
-use crate::history::Position;
-use crate::hub::{self, lock, now_ms, Applied, Hub, Remote, Stored};
-use crate::idempotency::IdempotencyKey;
+use crate::cluster::idempotency::IdempotencyKey;
 use crate::metrics::Metrics;
 use crate::protocol::Data;
+use crate::protocol::Position;
+use crate::pubsub::hub::{self, lock, now_ms, Applied, Hub, Remote, Stored};
 use crate::settings::{BrokerSettings, BrokerSubscribe};
 use crate::topic::{Pattern, Topic};
 
@@ -84,63 +84,8 @@ const PING_EVERY: Duration = Duration::from_secs(5);
 /// key already published this body (nothing published now), `{2}` when it published another
 /// body. A batch whose new topics would take the set past the limit is refused whole, before
 /// anything is written.
-const PUBLISH_LUA: &str = r"
-local n = (#ARGV - 6) / 3
-local set, idem, digest = KEYS[#KEYS - 1], KEYS[#KEYS], ARGV[4]
-if digest ~= '' then
-  local prior = redis.call('HMGET', idem, 'h', 's')
-  if prior[1] then
-    if prior[1] ~= digest then
-      return {2}
-    end
-    local out = {1}
-    for seq in string.gmatch(prior[2], '%d+') do
-      out[#out + 1] = tonumber(seq)
-    end
-    return out
-  end
-end
-local fresh, seen = 0, {}
-for i = 0, n - 1 do
-  local topic = ARGV[7 + 3 * i]
-  if not seen[topic] and redis.call('SISMEMBER', set, topic) == 0 then
-    fresh = fresh + 1
-  end
-  seen[topic] = true
-end
-if fresh > 0 and redis.call('SCARD', set) + fresh > tonumber(ARGV[6]) then
-  return redis.error_reply('TOOMANYTOPICS the topic limit is reached')
-end
-local out = {0}
-for i = 0, n - 1 do
-  local meta, stream = KEYS[2 * i + 1], KEYS[2 * i + 2]
-  local topic, data, size = ARGV[7 + 3 * i], ARGV[8 + 3 * i], tonumber(ARGV[9 + 3 * i])
-  local epoch = redis.call('HGET', meta, 'e')
-  if not epoch then
-    epoch = ARGV[1]
-    redis.call('DEL', stream)
-    redis.call('HSET', meta, 'e', epoch)
-    redis.call('SADD', set, topic)
-  end
-  local seq = redis.call('HINCRBY', meta, 's', 1)
-  redis.call('HSET', meta, 't', ARGV[2], 'd', data)
-  if size > 0 then
-    redis.call('XADD', stream, 'MAXLEN', size, seq .. '-0', 't', ARGV[2], 'd', data)
-  else
-    redis.call('DEL', stream)
-  end
-  redis.call('PUBLISH', ARGV[3] .. topic, epoch .. ' ' .. seq .. ' ' .. ARGV[2] .. ' ' .. data)
-  out[#out + 1] = string.format('%d', seq)
-end
-if digest ~= '' then
-  redis.call('HSET', idem, 'h', digest, 's', table.concat(out, ' ', 2))
-  redis.call('PEXPIRE', idem, ARGV[5])
-end
-for i = 2, #out do
-  out[i] = tonumber(out[i])
-end
-return out
-";
+// In its own file so that it reads (and lints) as Lua; the bytes are the script.
+const PUBLISH_LUA: &str = include_str!("publish.lua");
 
 /// What the publish script did.
 #[derive(Debug, PartialEq, Eq)]

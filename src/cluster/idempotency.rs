@@ -5,7 +5,7 @@
 //! with the SHA-256 of the request body and the seqs the publish got. A repeat with the same
 //! body gets those seqs again and publishes nothing; another body is a conflict. In a cluster
 //! the broker's publish script does the same in Redis, atomically with the publication
-//! (see [`crate::broker`]); this ledger is for one node.
+//! (see [`crate::cluster::broker`]); this ledger is for one node.
 //!
 //! Bounds: every entry shares one window, so insertion order is expiry order and one
 //! `VecDeque` beside the map expires and evicts oldest-first in O(1) per entry. The deque is
@@ -22,8 +22,8 @@ use prometheus::IntGauge;
 use ring::digest::{Context, SHA256};
 use tokio::sync::watch;
 
-use crate::error::RequestError;
-use crate::hub::lock;
+use crate::protocol::error::RequestError;
+use crate::pubsub::hub::lock;
 
 /// Longest `Idempotency-Key` accepted, in bytes.
 pub const MAX_KEY_BYTES: usize = 128;
@@ -184,6 +184,7 @@ impl Ledger {
     }
 
     /// Most bytes the ledger's entries hold.
+    #[cfg(test)]
     pub fn max_bytes(&self) -> usize {
         self.max_bytes
     }

@@ -1,0 +1,131 @@
+//! The binary's command-line client (`tickwire subscribe`, `tickwire publish`), built on the
+//! `tickwire-client` crate: their arguments, how a failure maps to an exit code, and Ctrl-C.
+//! Private to the binary; the server never depends on it.
+
+pub(crate) mod publish;
+pub(crate) mod subscribe;
+
+use std::io::Write as _;
+use std::process::ExitCode;
+
+use clap::Args;
+
+#[derive(Args)]
+pub(crate) struct SubscribeArgs {
+    /// WebSocket URL of the server.
+    #[arg(long, default_value = "ws://127.0.0.1:8080/ws")]
+    pub(crate) url: String,
+    /// Show a live table of price quotes (symbol, bid, ask, last, change since the first quote
+    /// seen) instead of JSON lines.
+    #[arg(long)]
+    pub(crate) table: bool,
+    /// Token sent as `?token=` on every (re)connect.
+    #[arg(long)]
+    pub(crate) token: Option<String>,
+    /// Exit (with status 1) when the connection drops instead of reconnecting.
+    #[arg(long)]
+    pub(crate) no_reconnect: bool,
+    /// Topics or patterns, e.g. `prices.*` `chat.lobby`.
+    #[arg(required = true, value_name = "TOPIC")]
+    pub(crate) topics: Vec<String>,
+}
+
+#[derive(Args)]
+pub(crate) struct PublishArgs {
+    /// Base URL of the server's HTTP API.
+    #[arg(long, default_value = "http://127.0.0.1:8080")]
+    pub(crate) url: String,
+    /// Messages per request when reading NDJSON from stdin.
+    #[arg(long, default_value_t = 500, value_parser = clap::value_parser!(u32).range(1..))]
+    pub(crate) batch_size: u32,
+    /// Token sent as `Authorization: Bearer`.
+    #[arg(long)]
+    pub(crate) token: Option<String>,
+    /// Tries per request: each request carries an `Idempotency-Key` and is retried with it
+    /// after a timeout, a connection failure or a 503, so the server publishes it once.
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=20))]
+    pub(crate) attempts: u32,
+    /// Topic to publish to.
+    #[arg(requires = "data")]
+    pub(crate) topic: Option<String>,
+    /// The payload: any JSON value, e.g. '{"text":"hi"}'.
+    pub(crate) data: Option<String>,
+}
+
+/// Why a client command failed, and its exit code.
+pub(crate) enum Failure {
+    /// Bad input from the user (exit 2).
+    Usage(String),
+    /// The connection or the server failed the command (exit 1).
+    Runtime(String),
+}
+
+pub(crate) fn runtime(e: impl std::fmt::Display) -> Failure {
+    Failure::Runtime(e.to_string())
+}
+
+pub(crate) fn run_client(command: impl std::future::Future<Output = Result<(), Failure>>) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("tickwire: starting the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(command) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(Failure::Usage(message)) => {
+            eprintln!("tickwire: {message}");
+            ExitCode::from(2)
+        }
+        Err(Failure::Runtime(message)) => {
+            eprintln!("tickwire: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// SIGINT and SIGTERM, registered as soon as this is created (not on first poll), so a signal
+/// arriving while connecting is not fatal.
+pub(crate) struct Interrupt {
+    #[cfg(unix)]
+    signals: [tokio::signal::unix::Signal; 2],
+}
+
+impl Interrupt {
+    fn new() -> Result<Interrupt, Failure> {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{signal, SignalKind};
+            let register = |kind| signal(kind).map_err(|e| runtime(format!("cannot handle signals: {e}")));
+            Ok(Interrupt {
+                signals: [
+                    register(SignalKind::interrupt())?,
+                    register(SignalKind::terminate())?,
+                ],
+            })
+        }
+        #[cfg(not(unix))]
+        Ok(Interrupt {})
+    }
+
+    async fn wait(&mut self) {
+        #[cfg(unix)]
+        {
+            let [int, term] = &mut self.signals;
+            tokio::select! {
+                _ = int.recv() => {}
+                _ = term.recv() => {}
+            }
+        }
+        #[cfg(not(unix))]
+        tokio::signal::ctrl_c().await.unwrap_or_default();
+    }
+}
+
+pub(crate) fn print_json(out: &mut std::io::Stdout, value: &impl serde::Serialize) -> std::io::Result<()> {
+    let line = serde_json::to_string(value).map_err(std::io::Error::other)?;
+    let mut out = out.lock();
+    writeln!(out, "{line}")?;
+    out.flush()
+}

@@ -1,0 +1,206 @@
+//! `tickwire subscribe`: prints every update and snapshot as a JSON line, or a live price table
+//! (`--table`), until Ctrl-C.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::io::Write as _;
+use std::time::Duration;
+
+use tickwire_client::{Client, ClientOptions, Event, SubscriptionState, TokenProvider, Update};
+
+use super::{print_json, runtime, Failure, Interrupt, SubscribeArgs};
+
+pub(crate) async fn run(args: SubscribeArgs) -> Result<(), Failure> {
+    let mut interrupt = Interrupt::new()?;
+    let mut options = ClientOptions::default();
+    if args.no_reconnect {
+        options = options.no_reconnect();
+    }
+    if let Some(token) = args.token {
+        options = options.token_provider(TokenProvider::fixed(token));
+    }
+    let start = async {
+        let client = Client::connect(args.url.as_str(), options)
+            .await
+            .map_err(runtime)?;
+        let events = client.events().expect("a new client's events are not taken yet");
+        match client.subscribe(args.topics.clone()).await {
+            Ok(_) => {}
+            // Refused for now (a cluster node without Redis): the client retries it and the
+            // events below report how that goes.
+            Err(e) if matches!(e.code(), Some("unavailable" | "rate_limited")) => {}
+            Err(e) => return Err(runtime(format!("subscribe failed: {e}"))),
+        }
+        Ok::<_, Failure>((client, events))
+    };
+    let (client, mut events) = tokio::select! {
+        started = start => started?,
+        () = interrupt.wait() => return Ok(()),
+    };
+    let mut table = args.table.then(Table::default);
+    let mut redraw = tokio::time::interval(Duration::from_millis(250));
+    let mut last_close = None;
+    let mut stdout = std::io::stdout();
+    loop {
+        tokio::select! {
+            () = interrupt.wait() => break,
+            _ = redraw.tick(), if table.is_some() => {
+                if let Some(table) = table.as_mut() {
+                    if table.draw(&mut stdout).is_err() {
+                        break;
+                    }
+                }
+            }
+            event = events.recv() => {
+                let Some(event) = event else {
+                    let (code, reason) = last_close.unwrap_or((1006, String::new()));
+                    return Err(Failure::Runtime(format!("connection closed: {code} {reason}")));
+                };
+                let written = match event {
+                    Event::Update(update) | Event::Snapshot(update) => match table.as_mut() {
+                        Some(table) => {
+                            table.apply(&update);
+                            Ok(())
+                        }
+                        None => print_json(&mut stdout, &update),
+                    },
+                    Event::Reset { topic } => match table.as_mut() {
+                        Some(table) => {
+                            table.reset(&topic);
+                            Ok(())
+                        }
+                        None => print_json(&mut stdout, &serde_json::json!({"type": "reset", "topic": topic})),
+                    },
+                    Event::Open => {
+                        if last_close.is_some() {
+                            eprintln!("tickwire: reconnected to {}", args.url);
+                        }
+                        Ok(())
+                    }
+                    Event::Close { code, reason } => {
+                        if !args.no_reconnect {
+                            eprintln!("tickwire: connection closed ({code} {reason}), reconnecting");
+                        }
+                        last_close = Some((code, reason));
+                        Ok(())
+                    }
+                    Event::Error(e) => {
+                        eprintln!("tickwire: {e}");
+                        Ok(())
+                    }
+                    Event::Subscription { topics, state } => {
+                        let topics = topics.join(" ");
+                        match state {
+                            SubscriptionState::Retrying { error, delay, .. } => {
+                                eprintln!("tickwire: subscribe {topics} refused ({error}), retrying in {delay:.1?}");
+                            }
+                            SubscriptionState::Subscribed => eprintln!("tickwire: subscribed {topics}"),
+                            SubscriptionState::Failed { error } => {
+                                eprintln!("tickwire: subscribe {topics} failed: {error}");
+                            }
+                            _ => {}
+                        }
+                        Ok(())
+                    }
+                    _ => Ok(()),
+                };
+                if written.is_err() {
+                    break; // stdout is gone (e.g. `| head`): nothing left to do
+                }
+            }
+        }
+    }
+    client.close().await;
+    Ok(())
+}
+
+/// The live price table of `subscribe --table`.
+#[derive(Default)]
+struct Table {
+    rows: BTreeMap<String, Quote>,
+    dirty: bool,
+}
+
+#[derive(Default)]
+struct Quote {
+    bid: Option<f64>,
+    ask: Option<f64>,
+    last: Option<f64>,
+    /// The first `last` seen, for the change column.
+    first: Option<f64>,
+}
+
+/// A price with cents for expensive instruments and 4 decimals for cheap ones (like the feed).
+fn price(p: Option<f64>) -> String {
+    match p {
+        Some(p) => format!("{p:.*}", decimals(p)),
+        None => "-".into(),
+    }
+}
+
+fn decimals(p: f64) -> usize {
+    if p.abs() >= 100.0 {
+        2
+    } else {
+        4
+    }
+}
+
+impl Table {
+    fn apply(&mut self, update: &Update) {
+        let Ok(value) = update.decode::<serde_json::Value>() else {
+            return;
+        };
+        let fallback = update.topic.strip_prefix("prices.").unwrap_or(&update.topic);
+        let symbol = value["symbol"].as_str().unwrap_or(fallback).to_string();
+        let row = self.rows.entry(symbol).or_default();
+        row.bid = value["bid"].as_f64().or(row.bid);
+        row.ask = value["ask"].as_f64().or(row.ask);
+        row.last = value["last"].as_f64().or(row.last);
+        if row.first.is_none() {
+            row.first = row.last;
+        }
+        self.dirty = true;
+    }
+
+    fn reset(&mut self, topic: &str) {
+        let symbol = topic.strip_prefix("prices.").unwrap_or(topic);
+        if let Some(row) = self.rows.get_mut(symbol) {
+            row.first = None;
+        }
+    }
+
+    fn draw(&mut self, out: &mut std::io::Stdout) -> std::io::Result<()> {
+        if !std::mem::take(&mut self.dirty) {
+            return Ok(());
+        }
+        // Home the cursor and clear the screen, then print the whole table.
+        let mut screen = String::from("\x1b[H\x1b[2J");
+        let _ = writeln!(
+            screen,
+            "{:<12} {:>14} {:>14} {:>14} {:>24}",
+            "SYMBOL", "BID", "ASK", "LAST", "CHANGE"
+        );
+        for (symbol, q) in &self.rows {
+            let change = match (q.last, q.first) {
+                (Some(last), Some(first)) if first != 0.0 => {
+                    let delta = last - first;
+                    let sign = if delta >= 0.0 { "+" } else { "" };
+                    let percent = delta / first * 100.0;
+                    format!("{sign}{delta:.*} ({percent:+.2}%)", decimals(last))
+                }
+                _ => "-".into(),
+            };
+            let _ = writeln!(
+                screen,
+                "{symbol:<12} {:>14} {:>14} {:>14} {change:>24}",
+                price(q.bid),
+                price(q.ask),
+                price(q.last)
+            );
+        }
+        let mut out = out.lock();
+        out.write_all(screen.as_bytes())?;
+        out.flush()
+    }
+}

@@ -1,0 +1,116 @@
+//! The WebSocket upgrade at `/ws` (and `/echo`): the handshake and origin checks, the
+//! client's credentials and connection slot, then the session is spawned on the upgraded
+//! connection while the 101 answer goes out.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::header::{HeaderValue, CONNECTION, ORIGIN, UPGRADE};
+use hyper::{Method, Request, Response, StatusCode};
+use tracing::debug;
+
+use crate::app::{App, Refused};
+use crate::metrics::{REJECT_AUTH, REJECT_BAD_HANDSHAKE, REJECT_IP_LIMIT, REJECT_LIMIT, REJECT_ORIGIN};
+use crate::protocol::error::RequestError;
+use crate::session::{self, Endpoint};
+use crate::settings::normalize_origin;
+use crate::transport::proxy::PeerAddrs;
+
+use super::body::{error, Body};
+
+/// Refuses an upgrade whose `Origin` header names a page not in `server.allowed_origins`: a
+/// browser always sends it, so a foreign page cannot ride on a user's access to the server.
+/// Requests without the header (non-browser clients, which can send anything anyway) pass.
+pub(super) fn check_origin(req: &Request<Incoming>, allowed: &[String]) -> Result<(), RequestError> {
+    let Some(origin) = req.headers().get(ORIGIN) else {
+        return Ok(());
+    };
+    if allowed.is_empty() {
+        return Ok(());
+    }
+    let presented = origin.to_str().ok().and_then(normalize_origin);
+    let listed =
+        presented.is_some_and(|o| allowed.iter().any(|a| normalize_origin(a).as_deref() == Some(&o)));
+    if listed {
+        return Ok(());
+    }
+    let shown = String::from_utf8_lossy(origin.as_bytes())
+        .chars()
+        .take(256)
+        .collect();
+    Err(RequestError::Origin(shown))
+}
+
+pub(super) async fn upgrade(
+    mut req: Request<Incoming>,
+    app: &Arc<App>,
+    addrs: PeerAddrs,
+    endpoint: Endpoint,
+) -> Response<Body> {
+    // Once per request: behind a trusted proxy, the address it says it relayed.
+    let client = app.proxies.client(addrs, req.headers());
+    let proxy = client.proxy.map(tracing::field::display);
+    let rejected = |reason: &str| {
+        app.metrics
+            .connections_rejected
+            .with_label_values(&[reason])
+            .inc()
+    };
+    if req.method() != Method::GET || !fastwebsockets::upgrade::is_upgrade_request(&req) {
+        rejected(REJECT_BAD_HANDSHAKE);
+        let e = RequestError::BadRequest("this endpoint only accepts WebSocket upgrades".into());
+        let mut resp = error(&e);
+        *resp.status_mut() = StatusCode::UPGRADE_REQUIRED;
+        resp.headers_mut()
+            .insert(UPGRADE, HeaderValue::from_static("websocket"));
+        resp.headers_mut()
+            .insert(CONNECTION, HeaderValue::from_static("Upgrade"));
+        return resp;
+    }
+    if app.drain.is_cancelled() {
+        return error(&RequestError::Unavailable("server is shutting down"));
+    }
+    if let Err(e) = check_origin(&req, &app.settings.server.allowed_origins) {
+        rejected(REJECT_ORIGIN);
+        debug!(addr = %client, proxy, error = %e, "websocket origin refused");
+        return error(&e);
+    }
+    // Validate the handshake before taking a place, so a malformed request is a 400, not a
+    // connection that counts as accepted.
+    let (resp, fut) = match fastwebsockets::upgrade::upgrade(&mut req) {
+        Ok(upgrade) => upgrade,
+        Err(e) => {
+            rejected(REJECT_BAD_HANDSHAKE);
+            debug!(addr = %client, proxy, error = %e, "bad websocket handshake");
+            return error(&RequestError::BadRequest(format!("bad WebSocket handshake: {e}")));
+        }
+    };
+    // The token is checked before a place is taken, so unauthenticated clients cannot use up
+    // the places of their address or of the server.
+    let identity = match app.auth.subscriber(req.headers(), req.uri().query()).await {
+        Ok(identity) => identity,
+        Err(e) => {
+            rejected(REJECT_AUTH);
+            debug!(addr = %client, proxy, error = %e, "websocket authentication failed");
+            return error(&e.into());
+        }
+    };
+    let slot = match app.try_connection(client.ip()) {
+        Ok(slot) => slot,
+        Err(Refused::IpLimit) => {
+            rejected(REJECT_IP_LIMIT);
+            debug!(addr = %client, proxy, "websocket refused: too many connections from the address");
+            let limit = app.settings.limits.max_connections_per_ip;
+            return error(&RequestError::TooManyConnections(limit));
+        }
+        Err(Refused::Limit) => {
+            rejected(REJECT_LIMIT);
+            return error(&RequestError::Unavailable("connection limit reached"));
+        }
+    };
+    app.tasks
+        .spawn(session::run(fut, app.clone(), slot, client, identity, endpoint));
+    resp.map(|_| Full::new(Bytes::new()))
+}

@@ -1,0 +1,13 @@
+//! The edge: everything that knows about sockets. Accepting TCP connections and draining them
+//! ([`listener`]), TLS ([`tls`]), the PROXY protocol and forwarded addresses ([`proxy`]), HTTP
+//! routing and the publish/topic/history API ([`http`]), the web pages ([`web`]) and the
+//! WebSocket connection machinery ([`ws`]).
+//!
+//! Depends on `session` (which a WebSocket upgrade starts) and below; nothing below depends on it.
+
+pub mod http;
+pub mod listener;
+pub mod proxy;
+pub mod tls;
+pub mod web;
+pub mod ws;
