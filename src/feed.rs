@@ -7,7 +7,7 @@
 //! points of spread; volume accumulates.
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -103,9 +103,7 @@ pub async fn run(node: Arc<Node>, settings: FeedSettings) {
     ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
     loop {
         ticker.tick().await;
-        let ts = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as u64);
+        let ts = crate::protocol::now_ms();
         let mut batch = Vec::with_capacity(instruments.len());
         for inst in &mut instruments {
             inst.last *= (step * normal(&mut rng) - 0.5 * step * step).exp();

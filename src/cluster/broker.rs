@@ -39,9 +39,10 @@ use tracing::{debug, info, warn};
 
 use crate::cluster::idempotency::IdempotencyKey;
 use crate::metrics::Metrics;
+use crate::protocol::now_ms;
 use crate::protocol::Data;
 use crate::protocol::Position;
-use crate::pubsub::hub::{self, lock, now_ms, Applied, Hub, Remote, Stored};
+use crate::pubsub::hub::{self, lock, Applied, Hub, Remote, Stored};
 use crate::settings::{BrokerSettings, BrokerSubscribe};
 use crate::topic::{Pattern, Topic};
 

@@ -323,6 +323,14 @@ struct Delivery<'a> {
     epoch: Option<&'a str>,
 }
 
+/// Wall-clock milliseconds since the Unix epoch: a publication's `ts`, set when it is accepted
+/// (by the hub, the Redis broker, or the feed for its quotes).
+pub(crate) fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
 pub fn update_frame(topic: &Topic, seq: u64, ts: u64, data: &RawValue) -> Bytes {
     delivery("update", topic, seq, ts, data, None)
 }

@@ -28,7 +28,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::ops::Bound;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use dashmap::mapref::entry::Entry;
@@ -37,7 +37,7 @@ use rand::distr::{Alphanumeric, SampleString};
 
 use crate::metrics::{Metrics, Source};
 use crate::protocol::error::RequestError;
-use crate::protocol::{self, Data, Position, EPOCH_LEN};
+use crate::protocol::{self, now_ms, Data, Position, EPOCH_LEN};
 use crate::pubsub::history::{self, History};
 use crate::pubsub::outbox::{Outbox, Pushed, TopicKey};
 use crate::pubsub::patterns::PatternIndex;
@@ -195,13 +195,6 @@ struct Subscription {
 /// Locks, ignoring poisoning: every critical section here leaves its data consistent.
 pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-/// Wall-clock milliseconds since the Unix epoch: publications' `ts`.
-pub(crate) fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }
 
 impl TopicState {
