@@ -26,6 +26,33 @@ pub enum SettingsError {
     Invalid { key: &'static str, message: String },
 }
 
+impl SettingsError {
+    pub(crate) fn invalid(key: &'static str, message: impl Into<String>) -> SettingsError {
+        SettingsError::Invalid {
+            key,
+            message: message.into(),
+        }
+    }
+}
+
+/// The PEM certificates in `path`, at least one, for the setting `key` (the served chain of
+/// `tls.cert`, the trusted CAs of `auth.jwt.jwks_ca_file`).
+pub(crate) fn pem_certificates(
+    key: &'static str,
+    path: &Path,
+) -> Result<Vec<rustls::pki_types::CertificateDer<'static>>, SettingsError> {
+    use rustls::pki_types::{pem::PemObject, CertificateDer};
+    let bad = |e: &dyn fmt::Display| SettingsError::invalid(key, format!("{}: {e}", path.display()));
+    let certs = CertificateDer::pem_file_iter(path)
+        .map_err(|e| bad(&e))?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| bad(&e))?;
+    if certs.is_empty() {
+        return Err(bad(&"no PEM certificate in the file"));
+    }
+    Ok(certs)
+}
+
 /// What an `update` or `snapshot` frame adds to its `data`, at most: the WebSocket header, the
 /// longest topic, 20-digit `seq` and `ts`, an epoch and the JSON around them (checked against
 /// the encoder by a test in `protocol`).

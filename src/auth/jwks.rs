@@ -21,7 +21,6 @@ use http_body_util::{BodyExt, Empty, Limited};
 use hyper::header::{ACCEPT, HOST, USER_AGENT};
 use hyper::{Request, StatusCode, Uri};
 use hyper_util::rt::TokioIo;
-use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName};
 use rustls::{ClientConfig, RootCertStore};
 use tokio::net::TcpStream;
@@ -69,13 +68,6 @@ pub const RETRY_AFTER_ERROR: Duration = Duration::from_secs(30);
 const URL_KEY: &str = "auth.jwt.jwks_url";
 const CA_KEY: &str = "auth.jwt.jwks_ca_file";
 
-fn invalid(key: &'static str, message: impl Into<String>) -> SettingsError {
-    SettingsError::Invalid {
-        key,
-        message: message.into(),
-    }
-}
-
 /// Where the set is fetched from.
 struct Endpoint {
     /// Without brackets for an IPv6 literal: what TCP connects to and TLS verifies.
@@ -120,17 +112,19 @@ impl Remote {
         let url = s.jwks_url.trim();
         let uri: Uri = url
             .parse()
-            .map_err(|e| invalid(URL_KEY, format!("not a URL: {e}")))?;
+            .map_err(|e| SettingsError::invalid(URL_KEY, format!("not a URL: {e}")))?;
         if uri.scheme_str() != Some("https") {
-            return Err(invalid(URL_KEY, "must start with https://"));
+            return Err(SettingsError::invalid(URL_KEY, "must start with https://"));
         }
-        let authority = uri.authority().ok_or_else(|| invalid(URL_KEY, "has no host"))?;
+        let authority = uri
+            .authority()
+            .ok_or_else(|| SettingsError::invalid(URL_KEY, "has no host"))?;
         if authority.as_str().contains('@') {
-            return Err(invalid(URL_KEY, "must not carry credentials"));
+            return Err(SettingsError::invalid(URL_KEY, "must not carry credentials"));
         }
         let host = authority.host().trim_start_matches('[').trim_end_matches(']');
-        let server_name =
-            ServerName::try_from(host.to_string()).map_err(|_| invalid(URL_KEY, "has no valid host name"))?;
+        let server_name = ServerName::try_from(host.to_string())
+            .map_err(|_| SettingsError::invalid(URL_KEY, "has no valid host name"))?;
         let endpoint = Endpoint {
             host: host.to_string(),
             server_name,
@@ -140,17 +134,7 @@ impl Remote {
         };
         let ca = match &s.jwks_ca_file {
             None => None,
-            Some(path) => {
-                let bad = |e: &dyn std::fmt::Display| invalid(CA_KEY, format!("{}: {e}", path.display()));
-                let certs = CertificateDer::pem_file_iter(path)
-                    .map_err(|e| bad(&e))?
-                    .collect::<Result<Vec<_>, _>>()
-                    .map_err(|e| bad(&e))?;
-                if certs.is_empty() {
-                    return Err(bad(&"no PEM certificate in the file"));
-                }
-                Some(certs)
-            }
+            Some(path) => Some(crate::settings::pem_certificates(CA_KEY, path)?),
         };
         Ok(Remote {
             url: url.to_string(),

@@ -22,7 +22,7 @@ use serde::{Deserialize, Serialize};
 use crate::auth::acl::Acl;
 use crate::auth::acl::Identity;
 use crate::auth::jwks::Remote;
-use crate::auth::keyset::{invalid, jwks, validation, Key};
+use crate::auth::keyset::{jwks, validation, Key};
 use crate::protocol::error::AuthError;
 use crate::settings::JwtSettings;
 use crate::settings::SettingsError;
@@ -61,7 +61,8 @@ struct Claims {
 }
 
 fn read(key: &'static str, path: &Path) -> Result<Vec<u8>, SettingsError> {
-    std::fs::read(path).map_err(|e| invalid(key, format!("cannot read {}: {e}", path.display())))
+    std::fs::read(path)
+        .map_err(|e| SettingsError::invalid(key, format!("cannot read {}: {e}", path.display())))
 }
 
 impl Verifier {
@@ -75,7 +76,7 @@ impl Verifier {
             !s.jwks_url.is_empty(),
         ];
         if sources.iter().filter(|set| **set).count() != 1 {
-            return Err(invalid(
+            return Err(SettingsError::invalid(
                 "auth.jwt",
                 "auth.mode = \"jwt\" needs exactly one of hs256_secret, public_key_file, jwks_file, jwks_url",
             ));
@@ -91,7 +92,7 @@ impl Verifier {
         }
         let keys = if !secret.is_empty() {
             if secret.len() < MIN_SECRET_BYTES {
-                return Err(invalid(
+                return Err(SettingsError::invalid(
                     "auth.jwt.hs256_secret",
                     format!("must be at least {MIN_SECRET_BYTES} bytes"),
                 ));
@@ -185,11 +186,12 @@ fn public_key(pem: &[u8]) -> Result<(DecodingKey, Algorithm), SettingsError> {
     if let Ok(key) = DecodingKey::from_rsa_pem(pem) {
         return Ok((key, Algorithm::RS256));
     }
-    let key = DecodingKey::from_ec_pem(pem)
-        .map_err(|_| invalid("auth.jwt.public_key_file", "not a PEM RSA or EC P-256 public key"))?;
+    let key = DecodingKey::from_ec_pem(pem).map_err(|_| {
+        SettingsError::invalid("auth.jwt.public_key_file", "not a PEM RSA or EC P-256 public key")
+    })?;
     let p256 = key.try_get_as_bytes().map(<[u8]>::len) == Ok(P256_POINT_BYTES);
     if !p256 {
-        return Err(invalid(
+        return Err(SettingsError::invalid(
             "auth.jwt.public_key_file",
             "EC keys must be on curve P-256 (ES256)",
         ));

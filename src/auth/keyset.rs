@@ -16,13 +16,6 @@ pub(crate) struct Key {
     pub(crate) validation: Validation,
 }
 
-pub(crate) fn invalid(key: &'static str, message: impl Into<String>) -> SettingsError {
-    SettingsError::Invalid {
-        key,
-        message: message.into(),
-    }
-}
-
 pub(crate) fn validation(alg: Algorithm, s: &JwtSettings) -> Validation {
     let mut v = Validation::new(alg);
     v.leeway = s.leeway.as_secs();
@@ -49,7 +42,8 @@ pub(crate) fn jwks(
     src: &'static str,
     json: &[u8],
 ) -> Result<Vec<(Option<String>, DecodingKey, Algorithm)>, SettingsError> {
-    let set: JwkSet = serde_json::from_slice(json).map_err(|e| invalid(src, format!("not a JWKS: {e}")))?;
+    let set: JwkSet =
+        serde_json::from_slice(json).map_err(|e| SettingsError::invalid(src, format!("not a JWKS: {e}")))?;
     let mut keys = Vec::new();
     for jwk in &set.keys {
         if matches!(jwk.common.public_key_use, Some(PublicKeyUse::Encryption)) {
@@ -67,16 +61,22 @@ pub(crate) fn jwks(
         };
         let key = DecodingKey::from_jwk(jwk).map_err(|e| {
             let kid = jwk.common.key_id.as_deref().unwrap_or("(no kid)");
-            invalid(src, format!("key {kid}: {e}"))
+            SettingsError::invalid(src, format!("key {kid}: {e}"))
         })?;
         keys.push((jwk.common.key_id.clone(), key, alg));
     }
     if keys.is_empty() {
-        return Err(invalid(src, "no RS256 or ES256 signing key in the set"));
+        return Err(SettingsError::invalid(
+            src,
+            "no RS256 or ES256 signing key in the set",
+        ));
     }
     let kids = keys.iter().filter(|(kid, ..)| kid.is_some()).count();
     if keys.len() > 1 && kids < keys.len() {
-        return Err(invalid(src, "with several keys, every key needs a kid"));
+        return Err(SettingsError::invalid(
+            src,
+            "with several keys, every key needs a kid",
+        ));
     }
     Ok(keys)
 }

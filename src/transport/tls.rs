@@ -23,13 +23,6 @@ use crate::settings::SettingsError;
 use crate::settings::TlsSettings;
 use crate::swap::Swap;
 
-fn invalid(key: &'static str, message: impl Into<String>) -> SettingsError {
-    SettingsError::Invalid {
-        key,
-        message: message.into(),
-    }
-}
-
 /// The TLS side of the main listener.
 pub struct Tls {
     pub acceptor: TlsAcceptor,
@@ -66,8 +59,8 @@ pub fn acceptor(s: &TlsSettings) -> Result<Option<Tls>, SettingsError> {
     let (cert, key) = match (&s.cert, &s.key) {
         (None, None) => return Ok(None),
         (Some(cert), Some(key)) => (cert, key),
-        (Some(_), None) => return Err(invalid("tls.key", "must be set when tls.cert is")),
-        (None, Some(_)) => return Err(invalid("tls.cert", "must be set when tls.key is")),
+        (Some(_), None) => return Err(SettingsError::invalid("tls.key", "must be set when tls.cert is")),
+        (None, Some(_)) => return Err(SettingsError::invalid("tls.cert", "must be set when tls.key is")),
     };
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let certificate = Arc::new(Certificate {
@@ -78,7 +71,7 @@ pub fn acceptor(s: &TlsSettings) -> Result<Option<Tls>, SettingsError> {
     });
     let mut config = ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
-        .map_err(|e| invalid("tls.cert", e.to_string()))?
+        .map_err(|e| SettingsError::invalid("tls.cert", e.to_string()))?
         .with_no_client_auth()
         .with_cert_resolver(certificate.clone());
     // Only HTTP/1.1 is served (WebSocket upgrades need it).
@@ -92,20 +85,13 @@ pub fn acceptor(s: &TlsSettings) -> Result<Option<Tls>, SettingsError> {
 /// The chain in `cert` with the private key in `key`, checked to belong together.
 fn certified_key(cert: &Path, key: &Path, provider: &CryptoProvider) -> Result<CertifiedKey, SettingsError> {
     let chain = certificates(cert)?;
-    let key = PrivateKeyDer::from_pem_file(key)
-        .map_err(|e| invalid("tls.key", format!("no PEM private key in {}: {e}", key.display())))?;
+    let key = PrivateKeyDer::from_pem_file(key).map_err(|e| {
+        SettingsError::invalid("tls.key", format!("no PEM private key in {}: {e}", key.display()))
+    })?;
     CertifiedKey::from_der(chain, key, provider)
-        .map_err(|e| invalid("tls.key", format!("does not fit tls.cert: {e}")))
+        .map_err(|e| SettingsError::invalid("tls.key", format!("does not fit tls.cert: {e}")))
 }
 
 fn certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, SettingsError> {
-    let bad = |e: &dyn std::fmt::Display| invalid("tls.cert", format!("{}: {e}", path.display()));
-    let chain = CertificateDer::pem_file_iter(path)
-        .map_err(|e| bad(&e))?
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| bad(&e))?;
-    if chain.is_empty() {
-        return Err(bad(&"no PEM certificate in the file"));
-    }
-    Ok(chain)
+    crate::settings::pem_certificates("tls.cert", path)
 }
