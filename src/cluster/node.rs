@@ -241,3 +241,62 @@ impl Node {
         Ok(TopicPage { topics, next })
     }
 }
+
+/// What a connection's session goes through for its subscriptions, so that it never touches
+/// the hub: the subscribe sequence (prepare in a cluster, cork, register, uncork with the reply
+/// and the catch-up) and its undoing, each written once here.
+impl Node {
+    /// A fresh identity for a new connection, delivering to `outbox`.
+    pub fn new_subscriber(
+        &self,
+        outbox: Arc<crate::pubsub::outbox::Outbox>,
+    ) -> crate::pubsub::hub::Subscriber {
+        self.hub.new_subscriber(outbox)
+    }
+
+    /// Registers `who`'s subscriptions `patterns`, of which `new` are new to its connection
+    /// (prepared in a cluster, counted, released again on failure), and queues on its outbox
+    /// the frame `reply` makes of the outcome, followed on success by the catch-up (recovered
+    /// publications from the `since` positions, or snapshots), ahead of every update published
+    /// meanwhile, so that nothing is lost or repeated around a snapshot. A failure is returned
+    /// after its reply is queued.
+    pub async fn subscribe(
+        &self,
+        who: &crate::pubsub::hub::Subscriber,
+        patterns: &[Pattern],
+        new: &[Pattern],
+        since: &std::collections::HashMap<Topic, crate::protocol::Position>,
+        reply: impl FnOnce(Result<&crate::pubsub::hub::Subscribed, &RequestError>) -> bytes::Bytes,
+    ) -> Result<(), RequestError> {
+        // In a cluster: listen to the new topics' channels and load their state first.
+        if let Err(e) = self.prepare(new).await {
+            who.outbox.push(reply(Err(&e)));
+            return Err(e);
+        }
+        // Updates published while the hub registers us wait behind the reply and the catch-up
+        // frames (see `Hub::subscribe`).
+        let cork = who.outbox.cork();
+        match self.hub.subscribe(who, patterns, since) {
+            Ok(done) => {
+                self.metrics.subscriptions.add(new.len() as i64);
+                let first = std::iter::once((reply(Ok(&done)), None));
+                cork.uncork(first.chain(done.frames));
+                Ok(())
+            }
+            Err(e) => {
+                cork.uncork(std::iter::once((reply(Err(&e)), None)));
+                self.release(new);
+                Err(e)
+            }
+        }
+    }
+
+    /// Ends `who`'s subscriptions `patterns` in the hub (so nothing more is queued through
+    /// them), then releases and uncounts `held`: those among them its connection held (an
+    /// unsubscribe request may name others).
+    pub fn unsubscribe(&self, who: &crate::pubsub::hub::Subscriber, patterns: &[Pattern], held: &[Pattern]) {
+        self.hub.unsubscribe(who.id, patterns);
+        self.release(held);
+        self.metrics.subscriptions.sub(held.len() as i64);
+    }
+}

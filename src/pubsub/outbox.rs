@@ -281,17 +281,20 @@ impl Outbox {
         .await
     }
 
-    /// Holds back everything pushed from now on until [`Outbox::uncork`].
-    pub fn cork(&self) {
+    /// Holds back everything pushed from now on, until the returned [`Cork`] is uncorked with
+    /// the frames that must go first (a subscription's reply and catch-up). One cork at a time.
+    pub fn cork(&self) -> Cork<'_> {
         let mut st = self.lock();
+        debug_assert!(st.cork.is_none(), "an outbox corked twice");
         st.cork = Some(st.waiting.len());
+        Cork { outbox: self }
     }
 
     /// Inserts `first` ahead of everything pushed since [`Outbox::cork`] and releases it all.
     /// Frames with a key (snapshots of `conflate` topics) conflate with later updates of their
     /// topic like any update; the others are the catch-up, exempt from both bounds (see the
-    /// module header for what bounds it instead).
-    pub fn uncork(&self, first: impl IntoIterator<Item = (Bytes, Option<TopicKey>)>) {
+    /// module header for what bounds it instead). Only through [`Cork::uncork`].
+    fn uncork(&self, first: impl IntoIterator<Item = (Bytes, Option<TopicKey>)>) {
         let mut st = self.lock();
         let Some(at) = st.cork.take() else { return };
         if !matches!(st.close, Close::Open) {
@@ -389,6 +392,31 @@ impl Outbox {
             }
         })
         .await
+    }
+}
+
+/// A corked outbox: the writer gets nothing until [`Cork::uncork`] puts the frames that must
+/// precede what was pushed meanwhile. The guard makes the order a type rule: uncorking needs a
+/// cork, and a cork dropped without being uncorked (a bug, or a panic in between) is loud in
+/// debug builds and releases the held frames anyway, so the connection never wedges.
+#[must_use = "a corked outbox sends nothing until uncorked"]
+pub struct Cork<'a> {
+    outbox: &'a Outbox,
+}
+
+impl Cork<'_> {
+    /// Puts `first` ahead of everything pushed since the cork, and releases it all.
+    pub fn uncork(self, first: impl IntoIterator<Item = (Bytes, Option<TopicKey>)>) {
+        self.outbox.uncork(first);
+        // Uncorked: nothing left for `drop` to do (and no second lock to take).
+        std::mem::forget(self);
+    }
+}
+
+impl Drop for Cork<'_> {
+    fn drop(&mut self) {
+        self.outbox.uncork([]);
+        debug_assert!(std::thread::panicking(), "an outbox corked and never uncorked");
     }
 }
 
@@ -527,12 +555,12 @@ mod tests {
     async fn corked_frames_wait_behind_the_prefix() {
         let o = Outbox::new(1 << 20);
         o.push(frame("before"));
-        o.cork();
+        let cork = o.cork();
         o.push_topic(&frame("live"), 1, Policy::Conflate, None);
         let mut out = Vec::new();
         let held = tokio::time::timeout(std::time::Duration::from_millis(20), o.next(&mut out)).await;
         assert!(held.is_err(), "nothing is handed out while corked");
-        o.uncork([(frame("reply"), None), (frame("snapshot"), None)]);
+        cork.uncork([(frame("reply"), None), (frame("snapshot"), None)]);
         let want: Vec<Bytes> = ["before", "reply", "snapshot", "live"]
             .iter()
             .map(|s| frame(s))
@@ -541,12 +569,27 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_cork_dropped_without_uncork_is_loud_and_releases_the_frames() {
+        let o = Outbox::new(1 << 20);
+        let dropped = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let _cork = o.cork();
+            o.push(frame("held"));
+        }));
+        assert_eq!(
+            dropped.is_err(),
+            cfg!(debug_assertions),
+            "a panic in debug builds only"
+        );
+        assert_eq!(drain(&o).await, vec![frame("held")], "released all the same");
+    }
+
+    #[tokio::test]
     async fn a_large_catch_up_neither_conflates_nor_overflows() {
         let o = Outbox::new(1024);
-        o.cork();
+        let cork = o.cork();
         let update = frame(&"u".repeat(300));
         o.push_topic(&update, 1, Policy::Queue, None);
-        o.uncork((0..10).map(|_| (frame(&"r".repeat(300)), None)));
+        cork.uncork((0..10).map(|_| (frame(&"r".repeat(300)), None)));
         assert!(o.queued_bytes() > 3000);
         assert_eq!(o.push_topic(&update, 2, Policy::Conflate, None), Pushed::Queued);
         assert_eq!(

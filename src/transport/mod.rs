@@ -1,9 +1,10 @@
 //! The edge: everything that knows about sockets. Accepting TCP connections and draining them
 //! ([`listener`]), TLS ([`tls`]), the PROXY protocol and forwarded addresses ([`proxy`]), HTTP
 //! routing and the publish/topic/history API ([`http`]), the web pages ([`web`]) and the
-//! WebSocket connection machinery ([`ws`]).
+//! WebSocket transport ([`ws`]: frames, reader and writer, timers).
 //!
-//! Depends on `session` (which a WebSocket upgrade starts) and below; nothing below depends on it.
+//! Depends on `session` (the transport-agnostic state of one client, which a transport feeds
+//! requests and whose replies it writes) and below; nothing below depends on it.
 
 pub mod http;
 pub mod listener;

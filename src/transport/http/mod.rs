@@ -19,8 +19,8 @@ use hyper::{Method, Request, Response, StatusCode};
 
 use crate::app::App;
 use crate::protocol::error::RequestError;
-use crate::session::Endpoint;
 use crate::transport::proxy::PeerAddrs;
+use crate::transport::ws::Endpoint;
 
 use self::api::{get_history, get_topic, list_topics, publish, reader};
 pub use self::body::Body;

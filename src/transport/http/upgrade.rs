@@ -1,6 +1,6 @@
 //! The WebSocket upgrade at `/ws` (and `/echo`): the handshake and origin checks, the
-//! client's credentials and connection slot, then the session is spawned on the upgraded
-//! connection while the 101 answer goes out.
+//! client's credentials and connection slot, then the connection ([`ws::run`], which runs the
+//! session) is spawned on the upgraded stream while the 101 answer goes out.
 
 use std::sync::Arc;
 
@@ -14,9 +14,9 @@ use tracing::debug;
 use crate::app::{App, Refused};
 use crate::metrics::{REJECT_AUTH, REJECT_BAD_HANDSHAKE, REJECT_IP_LIMIT, REJECT_LIMIT, REJECT_ORIGIN};
 use crate::protocol::error::RequestError;
-use crate::session::{self, Endpoint};
 use crate::settings::normalize_origin;
 use crate::transport::proxy::PeerAddrs;
+use crate::transport::ws::{self, Endpoint};
 
 use super::body::{error, Body};
 
@@ -111,6 +111,6 @@ pub(super) async fn upgrade(
         }
     };
     app.tasks
-        .spawn(session::run(fut, app.clone(), slot, client, identity, endpoint));
+        .spawn(ws::run(fut, app.clone(), slot, client, identity, endpoint));
     resp.map(|_| Full::new(Bytes::new()))
 }

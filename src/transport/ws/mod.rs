@@ -1,5 +1,12 @@
-//! WebSocket connection machinery around a session: running its reader and writer halves
-//! together ([`join`]) and its one timer: heartbeat pings, idle timeout, token expiry ([`watchdog`]).
+//! The WebSocket transport: one connection from upgrade to close ([`connection`]: frame reading,
+//! reassembly, ping/pong, the close handshake, the `/echo` endpoint), its write half
+//! ([`writer`]: vectored writes, stalled sockets, the last write), its reader and writer run
+//! together in one task ([`join`]), and its one timer: heartbeat pings, idle timeout, token
+//! expiry ([`watchdog`]). The requests themselves are the session's (`crate::session`).
 
-pub mod join;
-pub mod watchdog;
+mod connection;
+mod join;
+mod watchdog;
+mod writer;
+
+pub use self::connection::{run, Endpoint};

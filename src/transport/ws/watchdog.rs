@@ -20,6 +20,7 @@ use tokio::time::Instant;
 use crate::protocol::disconnect::Disconnect;
 use crate::protocol::wire;
 use crate::pubsub::outbox::Outbox;
+use crate::session::Expiry;
 
 /// Longest single sleep: far-future deadlines are slept towards in steps.
 const MAX_SLEEP: Duration = Duration::from_secs(86_400);
@@ -110,6 +111,13 @@ impl Watchdog {
 
     fn at(&self, millis: u64) -> Option<Instant> {
         (millis != NEVER).then(|| self.started + Duration::from_millis(millis))
+    }
+}
+
+/// A token refresh moves the expiry through the session.
+impl Expiry for Watchdog {
+    fn expire_at(&self, expires: Option<SystemTime>) {
+        Watchdog::expire_at(self, expires);
     }
 }
 

@@ -1,0 +1,200 @@
+//! One client's protocol state machine, whatever transport carries it: who the client is, what
+//! it is subscribed to, its rate limit, and the handling of its requests.
+//!
+//! The transport hands it complete text requests ([`Session::handle`]) or asks it to subscribe
+//! directly ([`Session::subscribe`], for a transport whose client cannot send, such as a
+//! stream opened from a URL). Every reply, error included, is queued on the connection's
+//! [`Outbox`](crate::pubsub::outbox::Outbox), which the transport's writer drains; the
+//! session never writes to a socket and never knows which protocol frames the bytes. It
+//! returns `Some(Disconnect)` when the connection must end, and the transport closes it.
+//!
+//! Every request is checked against the connection's ACL here, before it reaches the node: a
+//! subscription the ACL does not cover is refused whole, and a token refresh that narrows the
+//! ACL drops the subscriptions it no longer covers before its reply is queued. What the session
+//! needs from its transport besides the outbox is one timer, the token's expiry ([`Expiry`]).
+
+mod ratelimit;
+
+use std::collections::{HashMap, HashSet};
+use std::time::SystemTime;
+
+use crate::app::App;
+use crate::auth::acl::Identity;
+use crate::metrics::Source;
+use crate::protocol::disconnect::Disconnect;
+use crate::protocol::error::{Action, RequestError};
+use crate::protocol::{parse_request, Data, Position, Reply, Request};
+use crate::pubsub::hub::{Subscribed, Subscriber};
+use crate::topic::{Pattern, Topic};
+
+use self::ratelimit::{RateLimit, Verdict};
+
+/// What a transport provides for the token's expiry: a timer that ends the connection
+/// (`Disconnect::TokenExpired`) at `expires`. The transport arms it with the identity it
+/// accepted; a token refresh moves it, earlier or later (`None`: never).
+///
+/// A trait the transport implements, not a value the session holds: the timer is the
+/// transport's (the WebSocket one shares it with pings and the idle timeout), and a reference
+/// costs an idle connection no more than the one it replaced.
+pub trait Expiry {
+    fn expire_at(&self, expires: Option<SystemTime>);
+}
+
+pub struct Session<'a, E> {
+    app: &'a App,
+    who: &'a Subscriber,
+    /// Who the client is and what it may do; replaced by a token refresh.
+    identity: Identity,
+    /// Closes the connection when the token expires.
+    expiry: &'a E,
+    subscriptions: HashSet<Pattern>,
+    limit: RateLimit,
+}
+
+impl<'a, E: Expiry> Session<'a, E> {
+    /// The session of the client `who` (whose outbox gets the replies), known as `identity`;
+    /// `expiry` must already be armed for `identity.expires`.
+    pub fn new(app: &'a App, who: &'a Subscriber, identity: Identity, expiry: &'a E) -> Self {
+        let server = &app.settings.server;
+        Session {
+            app,
+            who,
+            identity,
+            expiry,
+            subscriptions: HashSet::new(),
+            limit: RateLimit::new(server.requests_per_second, server.request_burst),
+        }
+    }
+
+    /// Serves one request; every outcome, error included, is one reply queued on the outbox.
+    /// Returns a reason to disconnect when the client abuses the rate limit.
+    pub async fn handle(&mut self, text: &str) -> Option<Disconnect> {
+        let max_topics = self.app.settings.server.max_subscriptions_per_connection;
+        let (id, request) = parse_request(text, max_topics);
+        // Parsed first so that even a refused request gets its id echoed.
+        let request = match (self.limit.check(), request) {
+            (Verdict::Abuse, _) => return Some(Disconnect::RateLimit),
+            (Verdict::Refused, _) => Err(RequestError::RateLimited),
+            (Verdict::Allowed, request) => request,
+        };
+        match request {
+            Err(e) => self.reply(Reply::error(id, &e)),
+            Ok(Request::Subscribe { topics, since }) => self.subscribe(id, topics, since).await,
+            Ok(Request::Unsubscribe(topics)) => self.unsubscribe(id, &topics),
+            Ok(Request::Publish { topic, data }) => self.publish(id, topic, data).await,
+            Ok(Request::Auth { token }) => self.auth(id, &token),
+            Ok(Request::Ping) => self.reply(Reply::Pong { id }),
+        }
+        None
+    }
+
+    /// Subscribes to `topics` (recovering from the `since` positions), replying `subscribed`
+    /// followed by the catch-up, or an error: the whole subscribe request, ACL and limits
+    /// included. A transport whose client cannot send calls it directly.
+    pub async fn subscribe(
+        &mut self,
+        id: Option<i64>,
+        topics: Vec<Pattern>,
+        since: HashMap<Topic, Position>,
+    ) {
+        if let Some(denied) = self.identity.acl.first_unreadable(&topics) {
+            let e = RequestError::forbidden(Action::Subscribe, denied);
+            return self.reply(Reply::error(id, &e));
+        }
+        let mut new: Vec<Pattern> = (topics.iter())
+            .filter(|t| !self.subscriptions.contains(*t))
+            .cloned()
+            .collect();
+        new.sort();
+        new.dedup();
+        let limit = self.app.settings.server.max_subscriptions_per_connection;
+        if self.subscriptions.len() + new.len() > limit {
+            let e = RequestError::TooManySubscriptions(limit);
+            return self.reply(Reply::error(id, &e));
+        }
+        let reply = |done: Result<&Subscribed, &RequestError>| match done {
+            Ok(done) => Reply::Subscribed {
+                id,
+                topics: &topics,
+                positions: &done.positions,
+                recovered: &done.recovered,
+            }
+            .frame(),
+            Err(e) => Reply::error(id, e).frame(),
+        };
+        let subscribed = (self.app.node).subscribe(self.who, &topics, &new, &since, reply);
+        if subscribed.await.is_ok() {
+            self.subscriptions.extend(topics);
+        }
+    }
+
+    fn unsubscribe(&mut self, id: Option<i64>, topics: &[Pattern]) {
+        let held: Vec<Pattern> = (topics.iter())
+            .filter(|t| self.subscriptions.remove(*t))
+            .cloned()
+            .collect();
+        self.app.node.unsubscribe(self.who, topics, &held);
+        self.reply(Reply::Unsubscribed { id, topics });
+    }
+
+    async fn publish(&mut self, id: Option<i64>, topic: Topic, data: Data) {
+        if !self.identity.acl.may_publish(&topic) {
+            let e = RequestError::forbidden(Action::Publish, &topic);
+            return self.reply(Reply::error(id, &e));
+        }
+        let published = (self.app.node)
+            .publish(&[(topic.clone(), data)], Source::Client)
+            .await;
+        match published {
+            Ok(seqs) => self.reply(Reply::Published {
+                id,
+                topic: &topic,
+                seq: seqs[0],
+            }),
+            Err(e) => self.reply(Reply::error(id, &e)),
+        }
+    }
+
+    fn auth(&mut self, id: Option<i64>, token: &str) {
+        match self.refresh(token) {
+            Ok(dropped) => self.reply(Reply::Authed {
+                id,
+                dropped: &dropped,
+            }),
+            Err(e) => self.reply(Reply::error(id, &e)),
+        }
+    }
+
+    /// Replaces the connection's identity with the one `token` gives, and drops (from the hub
+    /// first, so nothing more is queued through them) the subscriptions it no longer allows.
+    /// A refused token changes nothing: the current one stays in force until it expires.
+    fn refresh(&mut self, token: &str) -> Result<Vec<Pattern>, RequestError> {
+        let identity = (self.app.auth.refresh(&self.identity, token))
+            .ok_or_else(|| RequestError::BadRequest("no tokens in use (auth.mode = \"none\")".into()))??;
+        let mut dropped: Vec<Pattern> = (self.subscriptions.iter())
+            .filter(|s| !identity.acl.may_subscribe(s))
+            .cloned()
+            .collect();
+        dropped.sort();
+        self.app.node.unsubscribe(self.who, &dropped, &dropped);
+        for s in &dropped {
+            self.subscriptions.remove(s);
+        }
+        self.expiry.expire_at(identity.expires);
+        self.identity = identity;
+        Ok(dropped)
+    }
+
+    fn reply(&self, reply: Reply<'_>) {
+        self.who.outbox.push(reply.frame());
+    }
+
+    /// Ends every subscription the client still holds: for the transport, once the connection
+    /// has ended.
+    pub fn close(mut self) {
+        let subscriptions: Vec<Pattern> = self.subscriptions.drain().collect();
+        self.app
+            .node
+            .unsubscribe(self.who, &subscriptions, &subscriptions);
+    }
+}
