@@ -19,15 +19,17 @@
 //!     publish, topic and history endpoints; `http::body`: bounded body reading;
 //!     `http::upgrade`: the WebSocket upgrade (origin check, auth, connection slot).
 //!   - `web`: the dashboard, chat page and JS client, compiled in.
-//!   - `ws`: WebSocket machinery around a session: `join` (reader and writer halves run
-//!     together), `watchdog` (the one timer:
-//!     heartbeat pings, idle timeout, token expiry).
-//! - `session`: one WebSocket client: its requests (ACL, rate limit, subscriptions, refresh)
-//!   and its read and write loops.
+//!   - `ws`: the WebSocket transport: `connection` (one connection after the upgrade: frame
+//!     reading, fragment reassembly, ping/pong, the close handshake, `/echo`), `writer`
+//!     (vectored writes, stalled sockets, the last write), `join` (reader and writer halves run
+//!     together), `watchdog` (the one timer: heartbeat pings, idle timeout, token expiry).
+//! - `session`: one client's protocol state machine, whatever transport carries it: its
+//!   requests (ACL, subscriptions, publish, token refresh), every reply queued on its outbox;
+//!   `session::ratelimit`: the request token bucket. It imports nothing from `transport`.
 //! - `app`: the state every connection handler shares (node, auth, metrics, connection limits).
 //! - `reload`: rotating certificates and keys without a restart (SIGHUP, file changes).
 //! - `cluster`: what publishers and sessions go through. `node`: the hub alone or mirroring
-//!   the cluster; `broker`: the Redis broker (its Lua script is `cluster/publish.lua`);
+//!   the cluster, and a connection's subscribe/unsubscribe sequences; `broker`: the Redis broker (its Lua script is `cluster/publish.lua`);
 //!   `idempotency`: the `Idempotency-Key` ledger.
 //! - `pubsub`: local fan-out. `hub`: topic registry, seqs, last values, fan-out (its header
 //!   holds the lock order); `outbox`: a connection's bounded queue with conflation (its header

@@ -79,7 +79,10 @@ impl<'a, E: Expiry> Session<'a, E> {
         };
         match request {
             Err(e) => self.reply(Reply::error(id, &e)),
-            Ok(Request::Subscribe { topics, since }) => self.subscribe(id, topics, since).await,
+            Ok(Request::Subscribe { topics, since }) => {
+                // Its reply, queued, says how it went.
+                let _ = self.subscribe(id, topics, since).await;
+            }
             Ok(Request::Unsubscribe(topics)) => self.unsubscribe(id, &topics),
             Ok(Request::Publish { topic, data }) => self.publish(id, topic, data).await,
             Ok(Request::Auth { token }) => self.auth(id, &token),
@@ -89,17 +92,17 @@ impl<'a, E: Expiry> Session<'a, E> {
     }
 
     /// Subscribes to `topics` (recovering from the `since` positions), replying `subscribed`
-    /// followed by the catch-up, or an error: the whole subscribe request, ACL and limits
-    /// included. A transport whose client cannot send calls it directly.
+    /// followed by the catch-up, or an error, which is returned too: the whole subscribe
+    /// request, ACL and limits included. A transport whose client cannot send calls it
+    /// directly, and may turn a refusal into its own answer.
     pub async fn subscribe(
         &mut self,
         id: Option<i64>,
         topics: Vec<Pattern>,
         since: HashMap<Topic, Position>,
-    ) {
+    ) -> Result<(), RequestError> {
         if let Some(denied) = self.identity.acl.first_unreadable(&topics) {
-            let e = RequestError::forbidden(Action::Subscribe, denied);
-            return self.reply(Reply::error(id, &e));
+            return self.refuse(id, RequestError::forbidden(Action::Subscribe, denied));
         }
         let mut new: Vec<Pattern> = (topics.iter())
             .filter(|t| !self.subscriptions.contains(*t))
@@ -109,8 +112,7 @@ impl<'a, E: Expiry> Session<'a, E> {
         new.dedup();
         let limit = self.app.settings.server.max_subscriptions_per_connection;
         if self.subscriptions.len() + new.len() > limit {
-            let e = RequestError::TooManySubscriptions(limit);
-            return self.reply(Reply::error(id, &e));
+            return self.refuse(id, RequestError::TooManySubscriptions(limit));
         }
         let reply = |done: Result<&Subscribed, &RequestError>| match done {
             Ok(done) => Reply::Subscribed {
@@ -123,9 +125,9 @@ impl<'a, E: Expiry> Session<'a, E> {
             Err(e) => Reply::error(id, e).frame(),
         };
         let subscribed = (self.app.node).subscribe(self.who, &topics, &new, &since, reply);
-        if subscribed.await.is_ok() {
-            self.subscriptions.extend(topics);
-        }
+        subscribed.await?;
+        self.subscriptions.extend(topics);
+        Ok(())
     }
 
     fn unsubscribe(&mut self, id: Option<i64>, topics: &[Pattern]) {
@@ -187,6 +189,12 @@ impl<'a, E: Expiry> Session<'a, E> {
 
     fn reply(&self, reply: Reply<'_>) {
         self.who.outbox.push(reply.frame());
+    }
+
+    /// Replies with the error `e`, and returns it.
+    fn refuse(&self, id: Option<i64>, e: RequestError) -> Result<(), RequestError> {
+        self.reply(Reply::error(id, &e));
+        Err(e)
     }
 
     /// Ends every subscription the client still holds: for the transport, once the connection
