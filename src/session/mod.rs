@@ -33,9 +33,10 @@ use self::ratelimit::{RateLimit, Verdict};
 /// (`Disconnect::TokenExpired`) at `expires`. The transport arms it with the identity it
 /// accepted; a token refresh moves it, earlier or later (`None`: never).
 ///
-/// A trait the transport implements, not a value the session holds: the timer is the
-/// transport's (the WebSocket one shares it with pings and the idle timeout), and a reference
-/// costs an idle connection no more than the one it replaced.
+/// A trait rather than a timer of the session's own: the timer is the transport's (the
+/// WebSocket one shares it with pings and the idle timeout), and the session holds only a
+/// reference to it, so an idle connection costs no more than before the seam (a generic
+/// parameter, not a `dyn`: no dispatch through a vtable).
 pub trait Expiry {
     fn expire_at(&self, expires: Option<SystemTime>);
 }
