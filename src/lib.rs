@@ -67,6 +67,7 @@ mod reload;
 mod session;
 pub mod settings;
 mod swap;
+mod sync;
 pub mod topic;
 mod transport;
 
