@@ -8,7 +8,9 @@
 //! An enum, not a trait object: the set of brokers is closed and known at build time, and a
 //! `match` is static dispatch the compiler can inline (a `dyn Broker` would also need boxed
 //! futures for its async methods, one allocation per publish). Either way the cost is once per
-//! publish *batch*, outside the hub's fan-out, so it adds nothing per delivery.
+//! publish *batch*, outside the hub's fan-out, so it adds nothing per delivery. Measured
+//! (callgrind, see docs/architecture.md "A broker"): node + broker outside the hub went from
+//! 6,365 to 5,908 instructions per batch (debug build), per-delivery functions unchanged.
 //!
 //! Adding a broker (e.g. NATS): a module beside `memory` and `redis` with the same methods,
 //! and one more arm in each `match` below. Errors become [`RequestError`]s inside each broker,

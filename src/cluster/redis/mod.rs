@@ -248,7 +248,7 @@ impl RedisBroker {
     }
 
     /// Gets the hub's mirror ready for `patterns`, new to one connection (see
-    /// [`RedisBroker::listen_and_load`]).
+    /// `listen_and_load`).
     pub async fn prepare(&self, patterns: &[Pattern]) -> Result<(), RequestError> {
         // The broker loads an exact topic into the mirror before the hub sees the subscription
         // (which then finds it held), so the mirror's room is checked here, before the load.
