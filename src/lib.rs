@@ -28,20 +28,24 @@
 //!   `session::ratelimit`: the request token bucket. It imports nothing from `transport`.
 //! - `app`: the state every connection handler shares (node, auth, metrics, connection limits).
 //! - `reload`: rotating certificates and keys without a restart (SIGHUP, file changes).
-//! - `cluster`: what publishers and sessions go through. `node`: the hub alone or mirroring
-//!   the cluster, and a connection's subscribe/unsubscribe sequences; `broker`: the Redis broker (its Lua script is `cluster/publish.lua`);
-//!   `idempotency`: the `Idempotency-Key` ledger.
-//! - `pubsub`: local fan-out. `hub`: topic registry, seqs, last values, fan-out (its header
-//!   holds the lock order); `outbox`: a connection's bounded queue with conflation (its header
-//!   holds the queue bound rules); `history`: recent publications for recovery; `patterns`: the
-//!   token trie of pattern subscriptions.
+//! - `cluster`: what publishers and sessions go through. `node`: the hub and the broker, the one
+//!   place publications are counted, and a connection's subscribe/unsubscribe sequences; `broker`: the seam, an enum of `memory` (the hub
+//!   assigns seqs; the `Idempotency-Key` ledger) and `redis` (Redis assigns and stores; its
+//!   `commands`, the wanted `interest`, the pub/sub `link`, the Lua script `publish.lua`);
+//!   `idempotency`: `Idempotency-Key` digests and the in-memory ledger.
+//! - `pubsub`: local fan-out. `hub`: seqs, last values and fan-out (its header holds the lock
+//!   order), with `hub::topics` (the registry), `hub::subscribe` (subscribe with catch-up) and
+//!   `hub::mirror` (a broker's publications); `outbox`: a connection's bounded queue with
+//!   conflation (its header holds the queue bound rules); `history`: recent publications for
+//!   recovery; `patterns`: the token trie of pattern subscriptions.
 //! - `auth`: who a client is. `auth` itself: anonymous, JWT or API key; `jwt`: verifying and
 //!   minting tokens; `jwks`: the fetched key set, kept fresh; `keyset`: verification keys and
 //!   reading a JWKS (below both `jwt` and `jwks`); `apikey`: publishers' keys as SHA-256
 //!   digests; `acl`: the topic patterns a client may use, and its `Identity`.
 //! - [`prepare`]: turns the plain settings into runtime objects (auth, TLS, trusted proxies);
 //!   used by `serve`, `check-config` and a reload.
-//! - [`protocol`]: the JSON wire format (requests, replies, update frames, `Position`, epochs);
+//! - [`protocol`]: the JSON wire format (requests, replies, `Position`, epochs);
+//!   `protocol::encoding`: the bytes of update and snapshot frames, per subscriber class;
 //!   `protocol::error`: the errors a client sees and their wire codes; `protocol::disconnect`:
 //!   close codes; `protocol::wire`: WebSocket framing. Framing lives here rather than in
 //!   `transport` because the hub encodes each update once as a ready-to-write frame and the
@@ -52,6 +56,7 @@
 //! - `metrics`: the Prometheus registry and every metric.
 //! - `feed`: the built-in simulated price feed.
 //! - `swap`: the snapshot-and-replace cell that makes keys and certificates swappable.
+//! - `sync`: taking `std::sync` locks without poisoning (`lock`, `read`, `write`).
 //!
 //! Modules are private unless the binary, the tests, the load test or the fuzz targets use them.
 
@@ -69,6 +74,7 @@ mod reload;
 mod session;
 pub mod settings;
 mod swap;
+mod sync;
 pub mod topic;
 mod transport;
 

@@ -5,7 +5,7 @@
 //! with the SHA-256 of the request body and the seqs the publish got. A repeat with the same
 //! body gets those seqs again and publishes nothing; another body is a conflict. In a cluster
 //! the broker's publish script does the same in Redis, atomically with the publication
-//! (see [`crate::cluster::broker`]); this ledger is for one node.
+//! (see `crate::cluster::redis`); this ledger is for one node.
 //!
 //! Bounds: every entry shares one window, so insertion order is expiry order and one
 //! `VecDeque` beside the map expires and evicts oldest-first in O(1) per entry. The deque is
@@ -23,7 +23,7 @@ use ring::digest::{Context, SHA256};
 use tokio::sync::watch;
 
 use crate::protocol::error::RequestError;
-use crate::pubsub::hub::lock;
+use crate::sync::lock;
 
 /// Longest `Idempotency-Key` accepted, in bytes.
 pub const MAX_KEY_BYTES: usize = 128;

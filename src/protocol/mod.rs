@@ -5,6 +5,7 @@
 //! byte-for-byte and never re-encoded. Every string field accepts JSON escapes ([`Text`]).
 
 pub mod disconnect;
+pub mod encoding;
 pub mod error;
 pub mod wire;
 
@@ -26,6 +27,13 @@ pub type Data = Arc<RawValue>;
 
 /// Length of a topic epoch: random alphanumerics, fixed when the topic's stream starts.
 pub const EPOCH_LEN: usize = 6;
+
+/// A fresh random epoch, for a topic's stream that starts (in the hub, or in Redis when it
+/// lost the topic).
+pub(crate) fn new_epoch() -> Arc<str> {
+    use rand::distr::{Alphanumeric, SampleString};
+    Alphanumeric.sample_string(&mut rand::rng(), EPOCH_LEN).into()
+}
 
 /// A place in a topic's stream: the last seq a client has, in the topic's epoch. Here, below
 /// `history` and the hub, because the `since` of a subscribe request carries it.
@@ -309,59 +317,12 @@ impl Reply<'_> {
     }
 }
 
-/// An `update` or `snapshot` frame: a publication as clients receive it.
-#[derive(Serialize)]
-struct Delivery<'a> {
-    #[serde(rename = "type")]
-    kind: &'static str,
-    topic: &'a Topic,
-    seq: u64,
-    ts: u64,
-    data: &'a RawValue,
-    /// Only on a reset: the epoch the topic's stream continues in.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    epoch: Option<&'a str>,
-}
-
 /// Wall-clock milliseconds since the Unix epoch: a publication's `ts`, set when it is accepted
 /// (by the hub, the Redis broker, or the feed for its quotes).
 pub(crate) fn now_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)
-}
-
-pub fn update_frame(topic: &Topic, seq: u64, ts: u64, data: &RawValue) -> Bytes {
-    delivery("update", topic, seq, ts, data, None)
-}
-
-pub fn snapshot_frame(topic: &Topic, seq: u64, ts: u64, data: &RawValue) -> Bytes {
-    delivery("snapshot", topic, seq, ts, data, None)
-}
-
-/// A `snapshot` outside any subscribe reply: the topic's stream could not be continued (a
-/// cluster's broker lost it, or missed publications left history), so the client must replace
-/// what it has with this value and track the topic from this seq, in this epoch.
-pub fn reset_frame(topic: &Topic, seq: u64, ts: u64, data: &RawValue, epoch: &str) -> Bytes {
-    delivery("snapshot", topic, seq, ts, data, Some(epoch))
-}
-
-fn delivery(
-    kind: &'static str,
-    topic: &Topic,
-    seq: u64,
-    ts: u64,
-    data: &RawValue,
-    epoch: Option<&str>,
-) -> Bytes {
-    wire::json_frame(&Delivery {
-        kind,
-        topic,
-        seq,
-        ts,
-        data,
-        epoch,
-    })
 }
 
 impl Serialize for Topic {
@@ -379,24 +340,6 @@ impl Serialize for Pattern {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn frames_add_at_most_the_envelope_to_their_data() {
-        use crate::settings::FRAME_ENVELOPE_BYTES;
-        let topic = Topic::parse(&"t".repeat(crate::topic::MAX_TOPIC_BYTES)).unwrap();
-        let data = RawValue::from_string(format!("\"{}\"", "x".repeat(70_000))).unwrap();
-        for frame in [
-            update_frame(&topic, u64::MAX, u64::MAX, &data),
-            snapshot_frame(&topic, u64::MAX, u64::MAX, &data),
-            reset_frame(&topic, u64::MAX, u64::MAX, &data, &"e".repeat(EPOCH_LEN)),
-        ] {
-            assert!(
-                frame.len() <= data.get().len() + FRAME_ENVELOPE_BYTES,
-                "{}",
-                frame.len()
-            );
-        }
-    }
 
     fn code(text: &str) -> (Option<i64>, &'static str) {
         let (id, r) = parse_request(text, 10);
@@ -617,13 +560,6 @@ mod tests {
 
     #[test]
     fn frames_are_exact() {
-        let t = Topic::parse("prices.BTC").unwrap();
-        let data = RawValue::from_string(r#"{"p": 1.50}"#.into()).unwrap();
-        let f = update_frame(&t, 42, 1700, &data);
-        assert_eq!(
-            &f[2..],
-            br#"{"type":"update","topic":"prices.BTC","seq":42,"ts":1700,"data":{"p": 1.50}}"#
-        );
         let topics = [Pattern::parse("a.*").unwrap()];
         let none = BTreeMap::new();
         let f = Reply::Subscribed {

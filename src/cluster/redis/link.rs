@@ -1,0 +1,293 @@
+//! The link: the one task that owns the Redis pub/sub connection. It applies subscription
+//! changes in the order they were made, hands channel messages to the hub (resolving gaps and
+//! topics new to this node), pings, and on any failure reconnects with backoff, re-subscribes
+//! everything still wanted and catches every mirrored topic up.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use rand::Rng;
+use redis::aio::{PubSubSink, PubSubStream};
+use redis::AsyncConnectionConfig;
+use serde_json::value::RawValue;
+use tokio::sync::mpsc;
+use tracing::{debug, info, warn};
+
+use crate::protocol::Position;
+use crate::pubsub::hub::{Applied, Remote, Stored};
+use crate::settings::BrokerSubscribe;
+use crate::sync::{lock, write};
+use crate::topic::{Pattern, Topic};
+
+use super::interest::{glob, Command};
+use super::{BrokerError, RedisBroker, LOAD_CHUNK};
+
+/// Channels per SUBSCRIBE when re-subscribing after a reconnect.
+const SUBSCRIBE_CHUNK: usize = 1000;
+/// A link that lasted this long was healthy: losing it is retried at once.
+const STABLE_LINK: Duration = Duration::from_secs(1);
+/// How often the link checks the pub/sub connection is alive.
+const PING_EVERY: Duration = Duration::from_secs(5);
+
+/// Parses a channel payload: `epoch seq ts data`.
+fn parse_remote(payload: &[u8]) -> Option<Remote> {
+    let text = std::str::from_utf8(payload).ok()?;
+    let mut parts = text.splitn(4, ' ');
+    let epoch = parts.next()?.into();
+    let seq = parts.next()?.parse().ok()?;
+    let ts = parts.next()?.parse().ok()?;
+    let data = RawValue::from_string(parts.next()?.to_string()).ok()?;
+    Some(Remote {
+        epoch,
+        seq,
+        ts,
+        data: Arc::from(data),
+    })
+}
+
+impl RedisBroker {
+    /// The link: connects, serves until the connection fails, and starts over with backoff.
+    pub(super) async fn link(self: Arc<Self>, mut queue: mpsc::Receiver<Command>) {
+        let (min, max) = (self.settings.reconnect_min, self.settings.reconnect_max);
+        let mut delay = min;
+        let mut connected_before = false;
+        loop {
+            let failure = match self.connect().await {
+                Ok((sink, stream)) => {
+                    if connected_before {
+                        self.metrics.broker_reconnects.inc();
+                    }
+                    connected_before = true;
+                    let since = std::time::Instant::now();
+                    let reason = self.serve(sink, stream, &mut queue).await;
+                    self.set_down();
+                    warn!(error = %reason, "lost Redis; reconnecting");
+                    // A link that held for a while earns an immediate retry; one that fails
+                    // right after connecting backs off like a failed connect.
+                    if since.elapsed() >= STABLE_LINK {
+                        delay = min;
+                        continue;
+                    }
+                    reason
+                }
+                Err(e) => {
+                    self.set_down();
+                    e
+                }
+            };
+            warn!(error = %failure, retry_in = ?delay, "cannot reach Redis");
+            let jitter = rand::rng().random_range(0.5..1.0);
+            tokio::time::sleep(delay.mul_f64(jitter)).await;
+            delay = (delay * 2).min(max);
+        }
+    }
+
+    fn set_down(&self) {
+        self.up.store(false, Ordering::Release);
+        self.metrics.broker_up.set(0);
+        *write(&self.conn) = None;
+    }
+
+    /// Opens both connections and subscribes to everything local clients want.
+    async fn connect(&self) -> Result<(PubSubSink, PubSubStream), BrokerError> {
+        let timeout = self.settings.timeout;
+        let config = AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(timeout))
+            .set_response_timeout(Some(timeout));
+        let conn = self
+            .client
+            .get_multiplexed_async_connection_with_config(&config)
+            .await?;
+        let pubsub = match tokio::time::timeout(timeout, self.client.get_async_pubsub()).await {
+            Ok(pubsub) => pubsub?,
+            Err(_) => return Err(BrokerError::Timeout(timeout)),
+        };
+        let (mut sink, stream) = pubsub.split();
+        if self.settings.subscribe == BrokerSubscribe::All {
+            sink.psubscribe(format!("{}*", self.channel_prefix())).await?;
+        } else {
+            let wanted = lock(&self.interest).all();
+            let (exact, patterns): (Vec<_>, Vec<_>) = wanted.iter().partition(|p| p.as_exact().is_some());
+            for chunk in exact.chunks(SUBSCRIBE_CHUNK) {
+                let channels: Vec<String> = chunk.iter().map(|p| self.channel(p)).collect();
+                sink.subscribe(channels).await?;
+            }
+            for chunk in patterns.chunks(SUBSCRIBE_CHUNK) {
+                let globs: Vec<String> = chunk.iter().map(|p| self.channel(p)).collect();
+                sink.psubscribe(globs).await?;
+            }
+        }
+        // Anything wanted meanwhile had its Subscribe queued and is subscribed again, harmlessly.
+        lock(&self.interest).set_live();
+        *write(&self.conn) = Some(conn);
+        // Subscribed first, then caught up: whatever was published meanwhile arrives either
+        // in the stream read below or as a channel message after it (then a duplicate).
+        let positions = self.hub.positions();
+        for chunk in positions.chunks(LOAD_CHUNK) {
+            self.catch_up(chunk).await?;
+        }
+        self.up.store(true, Ordering::Release);
+        self.metrics.broker_up.set(1);
+        info!(topics = positions.len(), "connected to Redis");
+        Ok((sink, stream))
+    }
+
+    /// The channel (or channel pattern) of a subscription.
+    fn channel(&self, pattern: &Pattern) -> String {
+        match pattern.as_exact() {
+            Some(topic) => format!("{}{}", self.channel_prefix(), topic.as_str()),
+            None => format!("{}{}", self.channel_prefix(), glob(pattern)),
+        }
+    }
+
+    /// Brings mirrored topics up to Redis: what they missed, or a reset when the stream they
+    /// follow is gone (new epoch) or no longer reaches back far enough.
+    async fn catch_up(&self, positions: &[(Topic, Position)]) -> Result<(), BrokerError> {
+        let after: Vec<(Topic, u64)> = positions.iter().map(|(t, p)| (t.clone(), p.seq)).collect();
+        let stored = self.load(&after).await?;
+        let mut restarted = Vec::new();
+        for ((topic, position), stored) in positions.iter().zip(stored) {
+            // Unknown to Redis: it lost the topic, and the next publication starts a new
+            // epoch, which resets the mirror when it arrives.
+            let Some(stored) = stored else { continue };
+            if stored.epoch == position.epoch || position.seq == 0 {
+                self.hub.mirror(topic, &stored);
+            } else {
+                restarted.push((topic.clone(), 0));
+            }
+        }
+        // A new epoch: the whole stored history, so that the mirror's history is complete.
+        if !restarted.is_empty() {
+            for ((topic, _), stored) in restarted.iter().zip(self.load(&restarted).await?) {
+                if let Some(stored) = stored {
+                    self.hub.mirror(topic, &stored);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Serves a connected link until it fails; returns why.
+    async fn serve(
+        &self,
+        mut sink: PubSubSink,
+        mut stream: PubSubStream,
+        queue: &mut mpsc::Receiver<Command>,
+    ) -> BrokerError {
+        let mut ping = tokio::time::interval(PING_EVERY);
+        let prefix = self.channel_prefix();
+        loop {
+            tokio::select! {
+                msg = stream.next() => {
+                    let Some(msg) = msg else { return BrokerError::Down };
+                    let topic = msg.get_channel_name().strip_prefix(&prefix).and_then(|t| Topic::parse(t).ok());
+                    let (Some(topic), Some(remote)) = (topic, parse_remote(msg.get_payload_bytes())) else {
+                        debug!(channel = msg.get_channel_name(), "ignoring a malformed channel message");
+                        continue;
+                    };
+                    if let Err(e) = self.dispatch(&topic, &remote).await {
+                        return e;
+                    }
+                }
+                command = queue.recv() => {
+                    let result = match command {
+                        Some(Command::Subscribe(pattern, live)) => {
+                            let r = self.listen(&mut sink, &pattern, true).await;
+                            if r.is_ok() {
+                                live.send_replace(true);
+                            }
+                            r
+                        }
+                        Some(Command::Unsubscribe(pattern)) => self.listen(&mut sink, &pattern, false).await,
+                        None => return BrokerError::Down,
+                    };
+                    if let Err(e) = result {
+                        return e;
+                    }
+                }
+                _ = ping.tick() => {
+                    // Subscribed, Redis answers PING with an array: any answer proves the link.
+                    if let Err(e) = self.round_trip(sink.ping::<redis::Value>()).await {
+                        return e;
+                    }
+                }
+                () = self.broken.notified() => return BrokerError::Down,
+            }
+        }
+    }
+
+    async fn listen(&self, sink: &mut PubSubSink, pattern: &Pattern, on: bool) -> Result<(), BrokerError> {
+        let channel = self.channel(pattern);
+        let exact = pattern.as_exact().is_some();
+        let work = async {
+            match (exact, on) {
+                (true, true) => sink.subscribe(&channel).await,
+                (true, false) => sink.unsubscribe(&channel).await,
+                (false, true) => sink.psubscribe(&channel).await,
+                (false, false) => sink.punsubscribe(&channel).await,
+            }
+        };
+        self.round_trip(work).await
+    }
+
+    /// Hands one channel message to the hub, resolving gaps and topics new to this node.
+    async fn dispatch(&self, topic: &Topic, remote: &Remote) -> Result<(), BrokerError> {
+        match self.hub.apply(topic, remote) {
+            Applied::Delivered | Applied::Duplicate => Ok(()),
+            Applied::Gap => match self.hub.position(topic) {
+                Some(known) => self.catch_up(&[(topic.clone(), known)]).await,
+                None => Ok(()),
+            },
+            Applied::Unknown if self.wanted(topic) => {
+                // A topic new to this node that a pattern subscription covers: it starts right
+                // before this message, so its subscribers receive it and everything after.
+                let previous = remote.seq - 1;
+                let mut before = if previous == 0 {
+                    None
+                } else {
+                    self.load(&[(topic.clone(), 0)]).await?.pop().flatten()
+                };
+                let baseline = match before.as_mut() {
+                    Some(stored) if stored.epoch == remote.epoch => {
+                        stored.entries.retain(|p| p.seq <= previous);
+                        Stored {
+                            epoch: remote.epoch.clone(),
+                            seq: previous,
+                            last: (stored.entries.last()).map(|p| (p.ts, p.data.clone())),
+                            entries: std::mem::take(&mut stored.entries),
+                        }
+                    }
+                    _ => Stored {
+                        epoch: remote.epoch.clone(),
+                        seq: previous,
+                        last: None,
+                        entries: Vec::new(),
+                    },
+                };
+                self.hub.mirror(topic, &baseline);
+                match (self.hub.apply(topic, remote), self.hub.position(topic)) {
+                    (Applied::Gap, Some(known)) => self.catch_up(&[(topic.clone(), known)]).await,
+                    _ => Ok(()),
+                }
+            }
+            Applied::Unknown => Ok(()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn channel_payloads_parse() {
+        let r = parse_remote(br#"Ab3xYz 42 1700000000000 {"p":1.5, "s":"a b"}"#).unwrap();
+        assert_eq!((&*r.epoch, r.seq, r.ts), ("Ab3xYz", 42, 1_700_000_000_000));
+        assert_eq!(r.data.get(), r#"{"p":1.5, "s":"a b"}"#);
+        assert!(parse_remote(b"e 1 2").is_none());
+        assert!(parse_remote(b"e x 2 1").is_none());
+        assert!(parse_remote(b"e 1 2 {bad").is_none());
+    }
+}

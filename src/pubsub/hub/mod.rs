@@ -1,0 +1,372 @@
+//! The hub: every topic's sequence number, last value and subscribers, and the fan-out of each
+//! publication to the outboxes of local connections.
+//!
+//! Pattern subscriptions are materialized onto topics: when a client subscribes to `prices.*`,
+//! it is recorded on every existing matching topic, and a topic created later picks up matching
+//! patterns from the [`PatternIndex`]. Publishing is then a lookup plus one pass over the topic's
+//! subscribers, each client at most once however many of its subscriptions match.
+//!
+//! In a cluster (`broker.kind = "redis"`) the hub is a *mirror*: seqs are assigned in Redis, and
+//! the broker feeds every publication of the topics local clients need through [`Hub::apply`]
+//! and [`Hub::mirror`], which keep each topic's seq, last value and history in step with Redis
+//! and deliver exactly once, in seq order. A mirrored topic that loses its last subscriber is
+//! dropped: Redis keeps its state.
+//!
+//! Topics are bounded: creating one beyond `limits.max_topics` (by publish or by an exact
+//! subscription) is refused with `too_many_topics`, and [`Hub::sweep`] drops topics that have
+//! no subscriber and no publication for `topics.idle_ttl`, last value and history included. A
+//! topic created again later starts a new epoch, so nobody can mistake it for the old stream.
+//!
+//! Locks, always taken in this order and never held across an await:
+//! pattern index → topic map shard → topic state → outbox, and the name index innermost (only
+//! ever taken under a map shard, or alone). A publication is encoded once and
+//! pushed to every outbox while its topic's lock is held, which is what keeps per-topic order,
+//! makes snapshots race-free (no update lost or repeated around a snapshot) and guarantees that
+//! nothing arrives through a subscription after its `unsubscribed` reply.
+//!
+//! Files: this one holds the hub's state and the publication path (publish, deliver, fan-out);
+//! `topics`: the registry (creation within the limit, removal, sweep, listing); `subscribe`:
+//! subscribing with catch-up, and unsubscribing; `mirror`: applying a broker's publications and
+//! stored state. The types live here, so that those files only ever look up at this one.
+
+mod mirror;
+mod subscribe;
+#[cfg(test)]
+mod tests;
+mod topics;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Instant;
+
+use bytes::Bytes;
+use dashmap::DashMap;
+
+use crate::metrics::Metrics;
+use crate::protocol::encoding::Encoding;
+use crate::protocol::{now_ms, Data, Position};
+use crate::pubsub::history::{self, History};
+use crate::pubsub::outbox::{Outbox, Pushed, TopicKey};
+use crate::pubsub::patterns::PatternIndex;
+use crate::settings::{Policy, TopicBounds, TopicRules};
+use crate::sync::lock;
+use crate::topic::{Pattern, Topic};
+
+/// How every subscriber receives publications: one class today. Each publication is encoded
+/// once per class and the bytes are shared by all its subscribers (see `protocol::encoding`).
+const ENCODING: Encoding = Encoding::Json;
+
+/// Identifies a connection inside the hub.
+pub type ClientId = u64;
+
+/// A connection as the hub sees it: where to deliver.
+#[derive(Clone)]
+pub struct Subscriber {
+    pub id: ClientId,
+    pub outbox: Arc<Outbox>,
+}
+
+/// The latest publication of a topic.
+#[derive(Debug, Clone)]
+pub struct Publication {
+    pub topic: Topic,
+    pub seq: u64,
+    /// Accept time, milliseconds since the Unix epoch.
+    pub ts: u64,
+    pub data: Data,
+}
+
+/// One row of the topic listing.
+#[derive(Debug, Clone)]
+pub struct TopicInfo {
+    pub topic: Topic,
+    pub seq: u64,
+    pub subscribers: usize,
+}
+
+/// A page of the topic listing.
+#[derive(Debug, Clone, Default)]
+pub struct TopicPage {
+    pub topics: Vec<TopicInfo>,
+    /// The name to pass as `after` for the next page; `None` when this page is the last.
+    pub next: Option<Topic>,
+}
+
+/// A publication that was assigned its seq elsewhere (by Redis), as the broker delivers it.
+#[derive(Debug, Clone)]
+pub struct Remote {
+    pub epoch: Arc<str>,
+    pub seq: u64,
+    /// Accept time, milliseconds since the Unix epoch.
+    pub ts: u64,
+    pub data: Data,
+}
+
+/// A topic's stream as the broker stores it: position, last value and (part of) its history.
+#[derive(Debug, Clone)]
+pub struct Stored {
+    pub epoch: Arc<str>,
+    pub seq: u64,
+    pub last: Option<(u64, Data)>,
+    /// Stored publications in seq order; the tail of the stream, possibly not all of it.
+    pub entries: Vec<Remote>,
+}
+
+/// What [`Hub::apply`] did with a remote publication.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Applied {
+    /// It was the next in the topic's stream: delivered and stored.
+    Delivered,
+    /// Already applied (it came twice, e.g. through a topic and a pattern channel).
+    Duplicate,
+    /// Publications are missing before it, or the stream restarted: the caller must load the
+    /// topic's stored state and pass it to [`Hub::mirror`].
+    Gap,
+    /// No local topic: nobody here was receiving it.
+    Unknown,
+}
+
+/// The epoch of a mirrored topic whose stream has not been seen yet (none in Redis): the first
+/// publication or stored state adopts its epoch.
+const UNKNOWN_EPOCH: &str = "";
+
+/// What a subscribe request produced, for its reply and the frames that follow it.
+#[derive(Debug, Default)]
+pub struct Subscribed {
+    /// The position of every topic the request matched, at the moment it was registered.
+    pub positions: BTreeMap<Topic, Position>,
+    /// For each topic the request carried a `since` for: whether the missed publications follow.
+    pub recovered: BTreeMap<Topic, bool>,
+    /// Recovered updates and snapshots, in the order they must reach the client, each with the
+    /// topic key it may be conflated under (snapshots of `conflate` topics), for
+    /// [`Outbox::uncork`].
+    pub frames: Vec<(Bytes, Option<TopicKey>)>,
+}
+
+/// A page of a topic's history.
+#[derive(Debug)]
+pub struct HistoryPage {
+    pub position: Position,
+    pub publications: Vec<history::Entry>,
+    pub complete: bool,
+}
+
+pub struct Hub {
+    topics: DashMap<Topic, Arc<TopicEntry>>,
+    /// The names in `topics`, in order, so that a page of the listing costs O(log n + page)
+    /// instead of a sort of every topic. Changed only under the map shard of the name changed.
+    names: Mutex<BTreeSet<Topic>>,
+    /// `topics.len()`, kept exact (changed under the shard lock with the map) so that the limit
+    /// check is one atomic operation.
+    count: AtomicUsize,
+    bounds: TopicBounds,
+    patterns: RwLock<PatternIndex<Arc<Outbox>>>,
+    rules: TopicRules,
+    metrics: Arc<Metrics>,
+    next_key: AtomicU64,
+    next_client: AtomicU64,
+    /// Seqs come from the broker; idle topics are dropped even when they have a last value.
+    mirrored: bool,
+}
+
+struct TopicEntry {
+    key: TopicKey,
+    policy: Policy,
+    state: Mutex<TopicState>,
+}
+
+struct TopicState {
+    /// Identifies this run of the topic's stream: seqs are only comparable within one epoch.
+    epoch: Arc<str>,
+    seq: u64,
+    last: Option<(u64, Data)>,
+    /// The `snapshot` frame of `last`, encoded at the first subscribe that needs it and shared
+    /// by every subscriber after it (a client's queue then holds a handle, not a copy); dropped
+    /// whenever `last` changes.
+    snapshot: Option<Bytes>,
+    history: History,
+    subscribers: HashMap<ClientId, Subscription>,
+    /// The last publication's accept time (or the topic's creation, or its last load from the
+    /// broker): an idle topic is dropped `idle_ttl` after it.
+    touched: Instant,
+    /// Set when the entry left the map; holders of a stale `Arc` must look the topic up again.
+    removed: bool,
+}
+
+/// A client's presence on one topic, with the subscriptions (exact or pattern) that put it there.
+struct Subscription {
+    outbox: Arc<Outbox>,
+    reasons: Vec<Pattern>,
+}
+
+impl TopicState {
+    /// Records `reason` for `who`; returns true when `who` was not receiving this topic before.
+    fn add(&mut self, who: &Subscriber, reason: &Pattern) -> bool {
+        let sub = (self.subscribers.entry(who.id)).or_insert_with(|| Subscription {
+            outbox: who.outbox.clone(),
+            reasons: Vec::with_capacity(1),
+        });
+        let fresh = sub.reasons.is_empty();
+        if !sub.reasons.contains(reason) {
+            sub.reasons.push(reason.clone());
+        }
+        fresh
+    }
+
+    /// Drops one reason; returns true when the topic is left with nothing worth keeping.
+    fn remove(&mut self, id: ClientId, reason: &Pattern, mirrored: bool) -> bool {
+        if let Some(sub) = self.subscribers.get_mut(&id) {
+            sub.reasons.retain(|r| r != reason);
+            if sub.reasons.is_empty() {
+                self.subscribers.remove(&id);
+            }
+        }
+        self.is_idle(mirrored)
+    }
+
+    /// Nothing worth keeping: no subscribers, and no last value that only this hub holds.
+    fn is_idle(&self, mirrored: bool) -> bool {
+        self.subscribers.is_empty() && (mirrored || self.last.is_none())
+    }
+
+    /// Created and never used: no publication, no exact subscriber (pattern subscribers are
+    /// re-materialized if the topic comes back).
+    fn unused(&self) -> bool {
+        self.seq == 0
+            && self.last.is_none()
+            && (self.subscribers.values()).all(|s| s.reasons.iter().all(|r| r.as_exact().is_none()))
+    }
+
+    /// The `snapshot` frame of the last value, if there is one (see `snapshot`).
+    fn snapshot_frame(&mut self, topic: &Topic) -> Option<Bytes> {
+        let (ts, data) = self.last.as_ref()?;
+        let frame =
+            (self.snapshot).get_or_insert_with(|| ENCODING.snapshot_frame(topic, self.seq, *ts, data));
+        Some(frame.clone())
+    }
+
+    /// A mirrored topic that has not seen its stream yet takes the first epoch it is shown.
+    fn adopt(&mut self, epoch: &Arc<str>) {
+        if self.seq == 0 && self.last.is_none() && &*self.epoch == UNKNOWN_EPOCH {
+            self.epoch = epoch.clone();
+        }
+    }
+}
+
+impl Hub {
+    /// A hub that assigns seqs itself (`mirrored` false) or mirrors a broker's topics.
+    pub fn new(rules: TopicRules, bounds: TopicBounds, metrics: Arc<Metrics>, mirrored: bool) -> Hub {
+        Hub {
+            topics: DashMap::new(),
+            names: Mutex::default(),
+            count: AtomicUsize::new(0),
+            bounds,
+            patterns: RwLock::default(),
+            rules,
+            metrics,
+            next_key: AtomicU64::new(1),
+            next_client: AtomicU64::new(1),
+            mirrored,
+        }
+    }
+
+    pub fn rules(&self) -> &TopicRules {
+        &self.rules
+    }
+
+    /// A fresh identity for a new connection.
+    pub fn new_subscriber(&self, outbox: Arc<Outbox>) -> Subscriber {
+        let id = self.next_client.fetch_add(1, Ordering::Relaxed);
+        Subscriber { id, outbox }
+    }
+
+    pub fn bounds(&self) -> TopicBounds {
+        self.bounds
+    }
+
+    /// Assigns the next seq, encodes the update once and queues it for every subscriber. (The
+    /// node counts it as published, for every broker alike.)
+    pub fn publish(&self, topic: &Topic, data: Data) -> u64 {
+        let (ts, accepted) = (now_ms(), Instant::now());
+        self.with_topic(topic, |entry, state| {
+            let seq = state.seq + 1;
+            self.deliver(topic, entry, state, seq, ts, &data, accepted);
+            seq
+        })
+    }
+
+    /// Makes publication `seq` the topic's newest: queued for every subscriber (encoded once),
+    /// stored in history and as the last value.
+    #[allow(clippy::too_many_arguments)]
+    fn deliver(
+        &self,
+        topic: &Topic,
+        entry: &TopicEntry,
+        state: &mut TopicState,
+        seq: u64,
+        ts: u64,
+        data: &Data,
+        accepted: Instant,
+    ) {
+        state.seq = seq;
+        state.touched = state.touched.max(accepted);
+        let frame = ENCODING.update_frame(topic, seq, ts, data);
+        self.fan_out(entry, state, &frame, accepted);
+        let stored = state.history.push(seq, ts, data, accepted);
+        self.count_history(stored);
+        state.last = Some((ts, data.clone()));
+        state.snapshot = None;
+    }
+
+    fn fan_out(&self, entry: &TopicEntry, state: &TopicState, frame: &Bytes, accepted: Instant) {
+        let mut conflated = 0;
+        for sub in state.subscribers.values() {
+            let pushed = sub
+                .outbox
+                .push_topic(frame, entry.key, entry.policy, Some(accepted));
+            conflated += u64::from(pushed == Pushed::Conflated);
+        }
+        if conflated > 0 {
+            self.metrics.conflated.inc_by(conflated);
+        }
+    }
+
+    fn count_history(&self, delta: history::Delta) {
+        if delta != history::Delta::default() {
+            self.metrics.history_messages.add(delta.messages);
+            self.metrics.history_bytes.add(delta.bytes);
+        }
+    }
+
+    /// The latest publication of `topic`, if it has one.
+    pub fn last(&self, topic: &Topic) -> Option<Publication> {
+        let entry = self.topics.get(topic).map(|e| e.clone())?;
+        let state = lock(&entry.state);
+        let (ts, data) = state.last.clone()?;
+        Some(Publication {
+            topic: topic.clone(),
+            seq: state.seq,
+            ts,
+            data,
+        })
+    }
+
+    /// Up to `limit` stored publications of `topic` after `since`, with the topic's position
+    /// and whether history still holds everything after `since`.
+    pub fn history(&self, topic: &Topic, since: u64, limit: usize) -> Option<HistoryPage> {
+        let entry = self.topics.get(topic).map(|e| e.clone())?;
+        let mut state = lock(&entry.state);
+        let expired = state.history.expire(Instant::now());
+        self.count_history(expired);
+        let (publications, complete) = state.history.page(since, limit, state.seq);
+        Some(HistoryPage {
+            position: Position {
+                seq: state.seq,
+                epoch: state.epoch.clone(),
+            },
+            publications,
+            complete,
+        })
+    }
+}

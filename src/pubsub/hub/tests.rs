@@ -1,0 +1,168 @@
+//! The hub's own tests: fan-out, recovery, idle topics and the topic limit.
+
+use super::*;
+use crate::pubsub::outbox::Next;
+use crate::settings::Settings;
+use serde_json::value::RawValue;
+
+fn hub() -> Hub {
+    hub_with("")
+}
+
+fn hub_with(toml: &str) -> Hub {
+    let settings = Settings::from_toml(toml).unwrap();
+    let (rules, bounds) = (settings.topic_rules().unwrap(), settings.topic_bounds());
+    Hub::new(rules, bounds, Arc::new(Metrics::new().unwrap()), false)
+}
+
+fn data(s: &str) -> Data {
+    Arc::from(RawValue::from_string(s.to_string()).unwrap())
+}
+
+fn pats(list: &[&str]) -> Vec<Pattern> {
+    list.iter().map(|p| Pattern::parse(p).unwrap()).collect()
+}
+
+fn topic(s: &str) -> Topic {
+    Topic::parse(s).unwrap()
+}
+
+async fn frames(o: &Outbox) -> Vec<String> {
+    if o.queued_bytes() == 0 {
+        return vec![];
+    }
+    let mut out = Vec::new();
+    assert!(matches!(o.next(&mut out).await, Next::Frames { .. }));
+    out.iter()
+        .map(|f| String::from_utf8_lossy(&f[2..]).into_owned())
+        .collect()
+}
+
+#[tokio::test]
+async fn overlapping_subscriptions_deliver_once_and_snapshot_once() {
+    let hub = hub();
+    assert_eq!(hub.publish(&topic("prices.A"), data("1")), 1);
+    let who = hub.new_subscriber(Arc::new(Outbox::new(1 << 20)));
+    let done = hub
+        .subscribe(
+            &who,
+            &pats(&["prices.A", "prices.*", "prices.>"]),
+            &HashMap::new(),
+        )
+        .unwrap();
+    assert_eq!(done.frames.len(), 1, "one snapshot per topic");
+    let snap = String::from_utf8_lossy(&done.frames[0].0[2..]).into_owned();
+    assert!(
+        snap.contains(r#""type":"snapshot""#) && snap.contains(r#""seq":1"#),
+        "{snap}"
+    );
+    assert_eq!(done.positions[&topic("prices.A")].seq, 1);
+    assert!(
+        frames(&who.outbox).await.is_empty(),
+        "snapshots are returned, not queued"
+    );
+    assert_eq!(hub.publish(&topic("prices.A"), data("2")), 2);
+    assert_eq!(frames(&who.outbox).await.len(), 1);
+    // a topic created after the pattern subscription picks it up
+    hub.publish(&topic("prices.B"), data("3"));
+    assert_eq!(frames(&who.outbox).await.len(), 1);
+    hub.unsubscribe(who.id, &pats(&["prices.*", "prices.>"]));
+    hub.publish(&topic("prices.B"), data("4"));
+    assert!(frames(&who.outbox).await.is_empty());
+    hub.publish(&topic("prices.A"), data("5"));
+    assert_eq!(frames(&who.outbox).await.len(), 1, "exact subscription remains");
+}
+
+#[tokio::test]
+async fn recovery_replays_exactly_the_missed_publications() {
+    let hub = hub();
+    let t = topic("chat.room");
+    for i in 1..=5 {
+        hub.publish(&t, data(&i.to_string()));
+    }
+    let who = hub.new_subscriber(Arc::new(Outbox::new(1 << 20)));
+    let at = hub
+        .subscribe(&who, &pats(&["chat.room"]), &HashMap::new())
+        .unwrap()
+        .positions[&t]
+        .clone();
+    assert_eq!(at.seq, 5);
+    let since = HashMap::from([(
+        t.clone(),
+        Position {
+            seq: 2,
+            epoch: at.epoch.clone(),
+        },
+    )]);
+    let done = hub.subscribe(&who, &pats(&["chat.room"]), &since).unwrap();
+    assert!(done.recovered[&t]);
+    let got: Vec<String> = done
+        .frames
+        .iter()
+        .map(|f| String::from_utf8_lossy(&f.0[2..]).into_owned())
+        .collect();
+    assert_eq!(got.len(), 3);
+    for (frame, seq) in got.iter().zip(3..) {
+        assert!(
+            frame.contains(&format!(r#""type":"update","topic":"chat.room","seq":{seq},"#)),
+            "{frame}"
+        );
+    }
+    let again = (hub.subscribe(&who, &pats(&["chat.room", "chat.*"]), &HashMap::new())).unwrap();
+    assert!(again.frames.is_empty(), "already receiving: no second snapshot");
+    assert_eq!(again.positions[&t].seq, 5);
+    let wrong = HashMap::from([(
+        t.clone(),
+        Position {
+            seq: 2,
+            epoch: "other".into(),
+        },
+    )]);
+    let done = hub.subscribe(&who, &pats(&["chat.room"]), &wrong).unwrap();
+    assert!(!done.recovered[&t]);
+    assert_eq!(done.frames.len(), 1);
+    assert!(String::from_utf8_lossy(&done.frames[0].0).contains(r#""type":"snapshot""#));
+}
+
+#[tokio::test]
+async fn idle_topics_are_dropped() {
+    let hub = hub();
+    let who = hub.new_subscriber(Arc::new(Outbox::new(1 << 20)));
+    hub.subscribe(&who, &pats(&["a.b", "x.*"]), &HashMap::new())
+        .unwrap();
+    assert_eq!(hub.list(None, 10).topics.len(), 1);
+    hub.unsubscribe(who.id, &pats(&["a.b", "x.*"]));
+    assert!(hub.list(None, 10).topics.is_empty());
+    hub.publish(&topic("a.b"), data("1"));
+    hub.subscribe(&who, &pats(&["a.b"]), &HashMap::new()).unwrap();
+    hub.unsubscribe(who.id, &pats(&["a.b"]));
+    assert_eq!(
+        hub.list(None, 10).topics.len(),
+        1,
+        "a topic with a last value stays"
+    );
+    assert_eq!(hub.last(&topic("a.b")).unwrap().seq, 1);
+}
+
+#[tokio::test]
+async fn topic_limit_is_all_or_none_and_listing_pages() {
+    let hub = hub_with("[limits]\nmax_topics = 2");
+    let who = hub.new_subscriber(Arc::new(Outbox::new(1 << 20)));
+    hub.subscribe(&who, &pats(&["x.*"]), &HashMap::new()).unwrap();
+    hub.reserve(&[topic("x.a")]).unwrap();
+    let refused = hub.reserve(&[topic("x.b"), topic("x.c")]).unwrap_err();
+    assert_eq!(refused.code(), "too_many_topics");
+    // x.b was created (with the pattern subscriber on it) before x.c did not fit.
+    assert!(!hub.has(&topic("x.b")), "rolled back");
+    assert_eq!(hub.topic_count(), 1);
+    let refused = hub.subscribe(&who, &pats(&["x.b", "x.c"]), &HashMap::new());
+    assert!(refused.is_err());
+    assert_eq!(hub.topic_count(), 1);
+    hub.publish(&topic("x.b"), data("1"));
+    let page = hub.list(None, 1);
+    assert_eq!(page.topics[0].topic, topic("x.a"));
+    assert_eq!(page.topics[0].subscribers, 1);
+    assert_eq!(page.next, Some(topic("x.a")));
+    let page = hub.list(page.next.as_ref(), 1);
+    assert_eq!((page.topics[0].topic.clone(), page.next), (topic("x.b"), None));
+}
