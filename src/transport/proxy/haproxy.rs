@@ -1,10 +1,5 @@
-//! Who the client is behind a reverse proxy or load balancer: the `server.trusted_proxies`
-//! CIDR list, the `X-Forwarded-For` walk, and the PROXY protocol (v1 text and v2 binary) header
-//! that a trusted load balancer sends before anything else on the connection.
-//!
-//! Trust is per hop: a forwarded address is believed only when the hop that reported it is in
-//! `server.trusted_proxies`. Anyone can send `X-Forwarded-For` or a PROXY header, so from any
-//! other peer both are ignored (see docs/security.md §9).
+//! The PROXY protocol (v1 text and v2 binary) header that a trusted load balancer sends before
+//! anything else on the connection, and reading it off a stream.
 //!
 //! PROXY protocol facts (HAProxy's "proxy-protocol.txt"): v1 is one text line
 //! `PROXY TCP4|TCP6|UNKNOWN ... \r\n` of at most 107 bytes; v2 is a 16-byte binary head (the
@@ -12,18 +7,13 @@
 //! many bytes of addresses and TLVs. A LOCAL (v2) or UNKNOWN (v1) header names no client: the
 //! connection's own peer is the client then.
 
-use std::fmt;
-use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::pin::Pin;
-use std::task::{Context, Poll};
 
-use bytes::{Buf, Bytes};
-use hyper::header::HeaderMap;
+use bytes::Bytes;
 use thiserror::Error;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncReadExt};
 
-use crate::settings::Cidr;
+use crate::transport::proxy::rewind::Rewind;
 
 /// Why a PROXY protocol header (`server.proxy_protocol`) was refused; the connection is closed.
 #[derive(Debug, Error, Clone, PartialEq, Eq)]
@@ -48,127 +38,6 @@ pub const V1_MAX: usize = 107;
 /// at most 216 (AF_UNIX), and the TLVs load balancers add (ALPN, authority, a VPC endpoint id,
 /// SSL facts) fit in a few hundred. A longer block is refused rather than buffered.
 pub const V2_MAX_BODY: usize = 1024;
-/// Most `X-Forwarded-For` entries examined from the right. No real chain has this many trusted
-/// proxies; past it the walk gives up and the peer is the client.
-pub const MAX_FORWARDED_HOPS: usize = 32;
-
-/// `server.trusted_proxies`, parsed once at start-up. Linear search: the list is a handful of
-/// networks, and it is consulted once per connection or upgrade, not per message.
-#[derive(Debug, Clone, Default)]
-pub struct TrustedProxies(Vec<Cidr>);
-
-/// The addresses one TCP connection arrived with.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct PeerAddrs {
-    /// The TCP peer.
-    pub peer: SocketAddr,
-    /// The source named by a PROXY protocol header that the (trusted) peer sent.
-    pub proxied: Option<SocketAddr>,
-}
-
-impl PeerAddrs {
-    pub fn direct(peer: SocketAddr) -> PeerAddrs {
-        PeerAddrs { peer, proxied: None }
-    }
-}
-
-/// The client of a request, as used for `limits.max_connections_per_ip` and in logs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ClientAddr {
-    /// The client; port 0 when it is not known (an `X-Forwarded-For` entry without one).
-    pub client: SocketAddr,
-    /// The TCP peer, when it is a trusted proxy that named another client.
-    pub proxy: Option<SocketAddr>,
-}
-
-impl ClientAddr {
-    pub fn ip(&self) -> IpAddr {
-        self.client.ip()
-    }
-}
-
-impl fmt::Display for ClientAddr {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self.client.port() {
-            0 => self.client.ip().fmt(f),
-            _ => self.client.fmt(f),
-        }
-    }
-}
-
-impl TrustedProxies {
-    /// The networks of `server.trusted_proxies`, as `Settings::trusted_proxies` parsed them.
-    pub fn new(networks: Vec<Cidr>) -> TrustedProxies {
-        TrustedProxies(networks)
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
-    }
-
-    pub fn contains(&self, ip: IpAddr) -> bool {
-        self.0.iter().any(|c| c.contains(ip))
-    }
-
-    /// The client of a request on a connection with `addrs`: the PROXY-protocol source when
-    /// there is one, else the peer; and when that hop is trusted, the rightmost
-    /// `X-Forwarded-For` entry that is not itself trusted (the leftmost if all are). Multiple
-    /// `X-Forwarded-For` headers count as one list, in order. Any malformed entry met on the
-    /// walk, or more than [`MAX_FORWARDED_HOPS`] entries, leaves the hop as the client.
-    pub fn client(&self, addrs: PeerAddrs, headers: &HeaderMap) -> ClientAddr {
-        let hop = addrs.proxied.unwrap_or(addrs.peer);
-        let via = |client: SocketAddr| ClientAddr {
-            client,
-            proxy: (client != addrs.peer).then_some(addrs.peer),
-        };
-        if !self.contains(hop.ip()) {
-            return via(hop);
-        }
-        match self.forwarded_for(headers) {
-            Some(ip) => via(SocketAddr::new(ip, 0)),
-            None => via(hop),
-        }
-    }
-
-    /// The `X-Forwarded-For` walk, right to left; `None`: no usable entry.
-    fn forwarded_for(&self, headers: &HeaderMap) -> Option<IpAddr> {
-        let mut examined = 0;
-        let mut leftmost = None;
-        for value in headers.get_all("x-forwarded-for").iter().rev() {
-            let value = value.to_str().ok()?;
-            for entry in value.rsplit(',') {
-                examined += 1;
-                if examined > MAX_FORWARDED_HOPS {
-                    return None;
-                }
-                let entry = entry.trim();
-                if entry.is_empty() {
-                    continue;
-                }
-                let ip = parse_hop(entry)?;
-                if !self.contains(ip) {
-                    return Some(ip);
-                }
-                leftmost = Some(ip);
-            }
-        }
-        leftmost
-    }
-}
-
-/// One `X-Forwarded-For` entry: an address, optionally with a port (`1.2.3.4:5`, `[::1]:5`) or
-/// in brackets (`[::1]`), as various proxies write them.
-fn parse_hop(entry: &str) -> Option<IpAddr> {
-    if let Ok(ip) = entry.parse::<IpAddr>() {
-        return Some(ip);
-    }
-    if let Ok(addr) = entry.parse::<SocketAddr>() {
-        return Some(addr.ip());
-    }
-    let inner = entry.strip_prefix('[')?.strip_suffix(']')?;
-    inner.parse::<Ipv6Addr>().ok().map(IpAddr::V6)
-}
-
 /// A complete PROXY protocol header.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Header {
@@ -349,161 +218,11 @@ where
     }
 }
 
-/// A stream that first yields bytes already read from it.
-pub struct Rewind<S> {
-    pending: Bytes,
-    inner: S,
-}
-
-impl<S> Rewind<S> {
-    pub fn new(pending: Bytes, inner: S) -> Rewind<S> {
-        // An empty slice of the header buffer would still keep the buffer alive.
-        let pending = if pending.is_empty() { Bytes::new() } else { pending };
-        Rewind { pending, inner }
-    }
-}
-
-impl<S: AsyncRead + Unpin> AsyncRead for Rewind<S> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        if !self.pending.is_empty() {
-            let n = self.pending.len().min(buf.remaining());
-            buf.put_slice(&self.pending[..n]);
-            self.pending.advance(n);
-            if self.pending.is_empty() {
-                self.pending = Bytes::new();
-            }
-            return Poll::Ready(Ok(()));
-        }
-        Pin::new(&mut self.inner).poll_read(cx, buf)
-    }
-}
-
-impl<S: AsyncWrite + Unpin> AsyncWrite for Rewind<S> {
-    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
-    }
-
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use hyper::header::HeaderValue;
-
-    fn trusted(list: &[&str]) -> TrustedProxies {
-        TrustedProxies::new(list.iter().map(|s| Cidr::parse(s).unwrap()).collect())
-    }
-
-    fn headers(xff: &[&str]) -> HeaderMap {
-        let mut h = HeaderMap::new();
-        for v in xff {
-            h.append("x-forwarded-for", HeaderValue::from_str(v).unwrap());
-        }
-        h
-    }
-
-    fn client_of(list: &[&str], peer: &str, xff: &[&str]) -> String {
-        let addrs = PeerAddrs::direct(peer.parse().unwrap());
-        trusted(list).client(addrs, &headers(xff)).to_string()
-    }
-
-    #[test]
-    fn forwarded_for_is_walked_from_the_right() {
-        let lb = ["127.0.0.1", "10.0.0.0/8"];
-        // Untrusted peer: headers ignored.
-        assert_eq!(
-            client_of(&["10.0.0.0/8"], "127.0.0.1:5", &["6.6.6.6"]),
-            "127.0.0.1:5"
-        );
-        assert_eq!(client_of(&[], "127.0.0.1:5", &["6.6.6.6"]), "127.0.0.1:5");
-        // Trusted peer, no header: the peer.
-        assert_eq!(client_of(&lb, "127.0.0.1:5", &[]), "127.0.0.1:5");
-        assert_eq!(client_of(&lb, "127.0.0.1:5", &["6.6.6.6"]), "6.6.6.6");
-        // Trusted hops are skipped; a spoofed leftmost entry is never reached.
-        assert_eq!(client_of(&lb, "127.0.0.1:5", &["6.6.6.6, 10.0.0.1"]), "6.6.6.6");
-        assert_eq!(client_of(&lb, "127.0.0.1:5", &["1.1.1.1, 6.6.6.6"]), "6.6.6.6");
-        assert_eq!(
-            client_of(&lb, "127.0.0.1:5", &["1.1.1.1", "6.6.6.6, 10.2.2.2"]),
-            "6.6.6.6"
-        );
-        assert_eq!(client_of(&lb, "127.0.0.1:5", &["6.6.6.6", "10.2.2.2"]), "6.6.6.6");
-        // All trusted: the leftmost.
-        assert_eq!(client_of(&lb, "127.0.0.1:5", &["10.0.0.3, 10.0.0.2"]), "10.0.0.3");
-        // Ports and brackets.
-        assert_eq!(client_of(&lb, "127.0.0.1:5", &["6.6.6.6:1234"]), "6.6.6.6");
-        assert_eq!(
-            client_of(&lb, "127.0.0.1:5", &["[2001:db8::1]:80"]),
-            "2001:db8::1"
-        );
-        assert_eq!(client_of(&lb, "127.0.0.1:5", &["[2001:db8::1]"]), "2001:db8::1");
-        assert_eq!(
-            client_of(&lb, "127.0.0.1:5", &["2001:db8::1, ,10.0.0.1"]),
-            "2001:db8::1"
-        );
-        // Malformed on the walk: the peer.
-        assert_eq!(
-            client_of(&lb, "127.0.0.1:5", &["6.6.6.6, unknown"]),
-            "127.0.0.1:5"
-        );
-        assert_eq!(client_of(&lb, "127.0.0.1:5", &["garbage"]), "127.0.0.1:5");
-        // ...but not when it is left of the client.
-        assert_eq!(client_of(&lb, "127.0.0.1:5", &["garbage, 6.6.6.6"]), "6.6.6.6");
-        // Too many hops: the peer.
-        let long = vec!["10.0.0.1"; MAX_FORWARDED_HOPS + 1].join(",");
-        assert_eq!(client_of(&lb, "127.0.0.1:5", &[long.as_str()]), "127.0.0.1:5");
-        let huge = ",".repeat(100_000);
-        assert_eq!(client_of(&lb, "127.0.0.1:5", &[huge.as_str()]), "127.0.0.1:5");
-        // A non-ASCII header value.
-        let mut h = HeaderMap::new();
-        h.append(
-            "x-forwarded-for",
-            HeaderValue::from_bytes(b"6.6.6.6\xff").unwrap(),
-        );
-        let addrs = PeerAddrs::direct("127.0.0.1:5".parse().unwrap());
-        assert_eq!(trusted(&lb).client(addrs, &h).to_string(), "127.0.0.1:5");
-    }
-
-    #[test]
-    fn proxied_source_is_the_hop() {
-        let lb = trusted(&["127.0.0.1/32"]);
-        let peer = "127.0.0.1:9".parse().unwrap();
-        let addrs = PeerAddrs {
-            peer,
-            proxied: Some("192.0.2.1:4000".parse().unwrap()),
-        };
-        // An untrusted PROXY source: its XFF is not believed.
-        let c = lb.client(addrs, &headers(&["6.6.6.6"]));
-        assert_eq!((c.to_string(), c.proxy), ("192.0.2.1:4000".into(), Some(peer)));
-        // A trusted one: it is.
-        let lb = trusted(&["127.0.0.1/32", "192.0.2.1"]);
-        let c = lb.client(addrs, &headers(&["6.6.6.6"]));
-        assert_eq!((c.to_string(), c.proxy), ("6.6.6.6".into(), Some(peer)));
-        let direct = lb.client(PeerAddrs::direct(peer), &headers(&[]));
-        assert_eq!(direct.proxy, None);
-    }
+    use std::net::Ipv6Addr;
+    use tokio::io::AsyncReadExt;
 
     fn v2(command: u8, family: u8, body: &[u8]) -> Vec<u8> {
         let mut h = V2_SIGNATURE.to_vec();
