@@ -9,12 +9,15 @@
 //!
 //! Folders by concern; dependencies point one way, down this list (edge → session → cluster →
 //! pubsub → protocol/topic), and `.ci/module-cycles.py` fails CI on any import cycle between
-//! modules. `auth` and `settings` depend only on `topic`/`protocol` types (plus `swap`).
+//! modules. `auth` depends only on `settings`, `topic`/`protocol` types, `swap` and `metrics`;
+//! `settings` only on `topic`.
 //!
 //! - [`transport`]: the edge, everything that knows about sockets.
 //!   - `listener`: the TCP accept loops, TLS handshakes, graceful drain, fd limit; `serve`.
 //!   - `tls`: the certificate for wss:// and https://, swappable on reload.
-//!   - `proxy`: the client's address behind trusted proxies (`X-Forwarded-For`, PROXY protocol).
+//!   - `proxy`: the client's address behind trusted proxies; `proxy::forwarded`: the
+//!     `X-Forwarded-For` walk; `proxy::haproxy`: the PROXY protocol (v1/v2) header;
+//!     `proxy::rewind`: replaying what was read past that header.
 //!   - `http`: routing and the responses of `/metrics`, `/healthz`, `/readyz`; `http::api`: the
 //!     publish, topic and history endpoints; `http::body`: bounded body reading;
 //!     `http::upgrade`: the WebSocket upgrade (origin check, auth, connection slot).
@@ -45,13 +48,17 @@
 //! - [`prepare`]: turns the plain settings into runtime objects (auth, TLS, trusted proxies);
 //!   used by `serve`, `check-config` and a reload.
 //! - [`protocol`]: the JSON wire format (requests, replies, `Position`, epochs);
+//!   `protocol::fields`: a request's fields as they arrive (the envelope, escaped strings);
 //!   `protocol::encoding`: the bytes of update and snapshot frames, per subscriber class;
 //!   `protocol::error`: the errors a client sees and their wire codes; `protocol::disconnect`:
 //!   close codes; `protocol::wire`: WebSocket framing. Framing lives here rather than in
 //!   `transport` because the hub encodes each update once as a ready-to-write frame and the
 //!   outbox queues frames: putting it in `transport` would point `pubsub` up at the edge.
-//! - [`settings`]: the typed configuration, its layering and validation (plain data: it
-//!   builds nothing; see `prepare`).
+//! - [`settings`]: the typed configuration (plain data: it builds nothing; see `prepare`).
+//!   `sections`: the typed sections and defaults; `load`: the layering of files and env vars;
+//!   `validate`: the checks, one function per section; `rules`: the parsed topic rules and the
+//!   one pattern-list parser; `cidr`: the networks of `server.trusted_proxies`; `origin`:
+//!   allowed origins; `pem`: reading certificate files; `error`: `SettingsError`.
 //! - [`topic`]: topic names and subscription patterns (validation and matching), `TopicError`.
 //! - `metrics`: the Prometheus registry and every metric.
 //! - `feed`: the built-in simulated price feed.

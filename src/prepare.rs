@@ -26,7 +26,7 @@ pub fn prepare(settings: &Settings) -> Result<Prepared, SettingsError> {
     // The order validation used to check them in: the auth files first, then TLS.
     let auth = Auth::from_settings(&settings.auth)?;
     let tls = tls::acceptor(&settings.tls)?;
-    let proxies = settings.trusted_proxies()?;
+    let proxies = TrustedProxies::new(settings.trusted_proxies()?);
     Ok(Prepared { auth, proxies, tls })
 }
 

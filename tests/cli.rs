@@ -168,12 +168,8 @@ fn the_production_example_is_valid_once_its_files_exist() {
     assert_eq!(o.status.code(), Some(2), "stderr: {}", stderr(&o));
     assert!(stderr(&o).contains("auth.jwt.public_key_file"), "{}", stderr(&o));
 
-    let dir = std::env::temp_dir().join(format!("tickwire-prod-example-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let ck = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+    let (dir, _) = certificate_files("prod-example");
     let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
-    std::fs::write(&cert, ck.cert.pem()).unwrap();
-    std::fs::write(&key, ck.key_pair.serialize_pem()).unwrap();
     let public = fixture("ec-public.pem");
     let o = run(
         &["check-config", "--config", example],

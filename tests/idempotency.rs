@@ -22,6 +22,11 @@ async fn post_keyed(addr: SocketAddr, key: &str, body: &Value, extra: &[(&str, &
     http_request(addr, "POST", PUBLISH, &headers, Some(body.to_string().as_bytes())).await
 }
 
+/// A publish reply's seq and whether it was a replay (`Idempotent-Replayed`).
+fn seq_and_replay(r: &HttpResponse) -> (Option<u64>, Option<&str>) {
+    (r.json()["seq"].as_u64(), r.header("Idempotent-Replayed"))
+}
+
 fn seq_of(addr_topic: Option<Value>) -> u64 {
     addr_topic.expect("topic exists")["seq"].as_u64().unwrap()
 }
@@ -148,10 +153,7 @@ async fn a_key_is_forgotten_after_the_window_and_ignored_when_the_window_is_zero
     assert_eq!(post_keyed(addr, "w", &body, &[]).await.json()["seq"], 1);
     tokio::time::sleep(Duration::from_millis(400)).await;
     let r = post_keyed(addr, "w", &body, &[]).await;
-    assert_eq!(
-        (r.json()["seq"].as_u64(), r.header("Idempotent-Replayed")),
-        (Some(2), None)
-    );
+    assert_eq!(seq_and_replay(&r), (Some(2), None));
     // Once forgotten, a key may carry another body.
     tokio::time::sleep(Duration::from_millis(400)).await;
     let r = post_keyed(addr, "w", &json!({"topic": "idem.w", "data": 2}), &[]).await;
@@ -210,39 +212,21 @@ async fn keys_are_scoped_per_api_key() {
         a.sha256, b.sha256
     );
     let server = start(&toml).await;
-    let auth = |k: &str| format!("Bearer {k}");
-    let (ha, hb) = (auth(&a.key), auth(&b.key));
-    let r = post_keyed(
-        server.addr,
-        "same",
-        &json!({"topic": "idem.s", "data": "a"}),
-        &[("Authorization", &ha)],
-    )
-    .await;
+    // The same Idempotency-Key, "same", from the publisher with API key `key`.
+    let post_as = |key: &str, data: &str| {
+        let (body, auth) = (json!({"topic": "idem.s", "data": data}), format!("Bearer {key}"));
+        async move { post_keyed(server.addr, "same", &body, &[("Authorization", &auth)]).await }
+    };
+    let r = post_as(&a.key, "a").await;
     assert_eq!(r.json()["seq"], 1);
-    let r = post_keyed(
-        server.addr,
-        "same",
-        &json!({"topic": "idem.s", "data": "b"}),
-        &[("Authorization", &hb)],
-    )
-    .await;
+    let r = post_as(&b.key, "b").await;
     assert_eq!(
         (r.status, r.json()["seq"].as_u64()),
         (200, Some(2)),
         "another publisher's key"
     );
-    let r = post_keyed(
-        server.addr,
-        "same",
-        &json!({"topic": "idem.s", "data": "a"}),
-        &[("Authorization", &ha)],
-    )
-    .await;
-    assert_eq!(
-        (r.json()["seq"].as_u64(), r.header("Idempotent-Replayed")),
-        (Some(1), Some("true"))
-    );
+    let r = post_as(&a.key, "a").await;
+    assert_eq!(seq_and_replay(&r), (Some(1), Some("true")));
 }
 
 #[tokio::test]
@@ -267,10 +251,7 @@ async fn the_ledger_is_bounded_by_idempotency_max_keys() {
     let r = post_keyed(addr, "k999", &json!({"topic": "idem.m", "data": 999}), &[]).await;
     assert_eq!(r.header("Idempotent-Replayed"), Some("true"));
     let r = post_keyed(addr, "k0", &json!({"topic": "idem.m", "data": 0}), &[]).await;
-    assert_eq!(
-        (r.json()["seq"].as_u64(), r.header("Idempotent-Replayed")),
-        (Some(1001), None)
-    );
+    assert_eq!(seq_and_replay(&r), (Some(1001), None));
 }
 
 #[tokio::test]
@@ -337,6 +318,37 @@ async fn in_a_cluster_a_retry_on_another_node_is_deduplicated_in_redis() {
     b.stop().await.unwrap();
 }
 
+/// One HTTP/1.1 request off `client`: its head, then its Content-Length bytes of body; `None`
+/// when the connection ends first.
+async fn read_request(client: &mut TcpStream) -> Option<(String, Vec<u8>)> {
+    let mut raw = Vec::new();
+    let mut buf = [0u8; 8192];
+    let head_end = loop {
+        if let Some(i) = raw.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i + 4;
+        }
+        match client.read(&mut buf).await {
+            Ok(0) | Err(_) => return None,
+            Ok(k) => raw.extend_from_slice(&buf[..k]),
+        }
+    };
+    let head = String::from_utf8_lossy(&raw[..head_end]).to_string();
+    let len: usize = header(&head, "content-length").map_or(0, |v| v.parse().unwrap());
+    while raw.len() < head_end + len {
+        let k = client.read(&mut buf).await.unwrap();
+        raw.extend_from_slice(&buf[..k]);
+    }
+    Some((head, raw.split_off(head_end)))
+}
+
+/// The value of header `name` in a request `head`.
+fn header(head: &str, name: &str) -> Option<String> {
+    (head.lines())
+        .filter_map(|l| l.split_once(':'))
+        .find(|(k, _)| k.trim().eq_ignore_ascii_case(name))
+        .map(|(_, v)| v.trim().to_string())
+}
+
 /// A proxy that passes requests to `upstream`, but answers the first with 503 after the server
 /// handled it (the reply lost on the way back); returns the Idempotency-Key of each request.
 async fn lossy_proxy(upstream: SocketAddr) -> (SocketAddr, tokio::sync::mpsc::UnboundedReceiver<String>) {
@@ -348,38 +360,16 @@ async fn lossy_proxy(upstream: SocketAddr) -> (SocketAddr, tokio::sync::mpsc::Un
         loop {
             let (mut client, _) = listener.accept().await.unwrap();
             loop {
-                // One request: head, then Content-Length bytes of body.
-                let mut raw = Vec::new();
-                let mut buf = [0u8; 8192];
-                let head_end = loop {
-                    if let Some(i) = raw.windows(4).position(|w| w == b"\r\n\r\n") {
-                        break Some(i + 4);
-                    }
-                    match client.read(&mut buf).await {
-                        Ok(0) | Err(_) => break None,
-                        Ok(k) => raw.extend_from_slice(&buf[..k]),
-                    }
+                let Some((head, body)) = read_request(&mut client).await else {
+                    break;
                 };
-                let Some(head_end) = head_end else { break };
-                let head = String::from_utf8_lossy(&raw[..head_end]).to_string();
-                let header = |name: &str| {
-                    head.lines()
-                        .filter_map(|l| l.split_once(':'))
-                        .find(|(k, _)| k.trim().eq_ignore_ascii_case(name))
-                        .map(|(_, v)| v.trim().to_string())
-                };
-                let len: usize = header("content-length").map_or(0, |v| v.parse().unwrap());
-                while raw.len() < head_end + len {
-                    let k = client.read(&mut buf).await.unwrap();
-                    raw.extend_from_slice(&buf[..k]);
-                }
                 keys_tx
-                    .send(header("idempotency-key").unwrap_or_default())
+                    .send(header(&head, "idempotency-key").unwrap_or_default())
                     .unwrap();
                 let mut up = TcpStream::connect(upstream).await.unwrap();
                 let forwarded = head.replacen("\r\n", "\r\nConnection: close\r\n", 1);
                 up.write_all(forwarded.as_bytes()).await.unwrap();
-                up.write_all(&raw[head_end..]).await.unwrap();
+                up.write_all(&body).await.unwrap();
                 let mut reply = Vec::new();
                 up.read_to_end(&mut reply).await.unwrap();
                 n += 1;
@@ -396,6 +386,11 @@ async fn lossy_proxy(upstream: SocketAddr) -> (SocketAddr, tokio::sync::mpsc::Un
     (addr, keys_rx)
 }
 
+/// The Rust client's HTTP publisher, talking to the server through `proxy`.
+fn publisher_via(proxy: SocketAddr) -> tickwire_client::HttpPublisher {
+    tickwire_client::HttpPublisher::new(&format!("http://{proxy}")).unwrap()
+}
+
 #[tokio::test]
 async fn the_client_retries_a_lost_reply_with_the_same_key_and_publishes_once() {
     let server = start("").await;
@@ -403,7 +398,7 @@ async fn the_client_retries_a_lost_reply_with_the_same_key_and_publishes_once() 
     subscribe(&mut ws, 1, &["idem.client"]).await;
     let (proxy, mut keys) = lossy_proxy(server.addr).await;
 
-    let http = tickwire_client::HttpPublisher::new(&format!("http://{proxy}")).unwrap();
+    let http = publisher_via(proxy);
     let published = http.publish("idem.client", &json!({"n": 1})).await.unwrap();
     assert_eq!(published.seq, 1);
     let (k1, k2) = (keys.recv().await.unwrap(), keys.recv().await.unwrap());
@@ -418,7 +413,7 @@ async fn the_client_retries_a_lost_reply_with_the_same_key_and_publishes_once() 
 
     // The next logical publish gets a new key.
     let (proxy, mut keys) = lossy_proxy(server.addr).await;
-    let http = tickwire_client::HttpPublisher::new(&format!("http://{proxy}")).unwrap();
+    let http = publisher_via(proxy);
     assert_eq!(
         http.publish("idem.client", &json!({"n": 1})).await.unwrap().seq,
         2
@@ -427,9 +422,7 @@ async fn the_client_retries_a_lost_reply_with_the_same_key_and_publishes_once() 
 
     // With one attempt, the 503 is the answer (and the publication happened all the same).
     let (proxy, _keys) = lossy_proxy(server.addr).await;
-    let http = tickwire_client::HttpPublisher::new(&format!("http://{proxy}"))
-        .unwrap()
-        .attempts(1);
+    let http = publisher_via(proxy).attempts(1);
     let e = http.publish("idem.client", &json!({"n": 3})).await.unwrap_err();
     assert!(
         matches!(e, tickwire_client::Error::Http { status: 503, .. }),

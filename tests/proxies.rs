@@ -326,39 +326,14 @@ async fn a_proxy_header_from_an_untrusted_peer_is_refused() {
 /// clear, then the client's TLS handshake follows on the same connection.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_proxy_header_precedes_tls() {
-    use std::sync::Arc;
-    use tokio_rustls::rustls::pki_types::ServerName;
-    use tokio_rustls::rustls::{ClientConfig, RootCertStore};
-
-    let ck = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).expect("rcgen");
-    let dir = std::env::temp_dir().join(format!("tickwire-proxies-tls-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    std::fs::write(dir.join("cert.pem"), ck.cert.pem()).unwrap();
-    std::fs::write(dir.join("key.pem"), ck.key_pair.serialize_pem()).unwrap();
-    let (server, admin) = start_with_admin(&format!(
-        "{PROXY_PROTOCOL}[tls]\ncert = \"{}\"\nkey = \"{}\"\n",
-        dir.join("cert.pem").display(),
-        dir.join("key.pem").display()
-    ))
-    .await;
-    let mut roots = RootCertStore::empty();
-    roots.add(ck.cert.der().clone()).unwrap();
-    let provider = Arc::new(tokio_rustls::rustls::crypto::ring::default_provider());
-    let config = Arc::new(
-        ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_root_certificates(roots)
-            .with_no_client_auth(),
-    );
+    let (dir, cert) = certificate_files("proxies-tls");
+    let (server, admin) = start_with_admin(&format!("{PROXY_PROTOCOL}{}", tls_toml(&dir, ""))).await;
     let addr = server.addr;
     let wss = |header: Vec<u8>| {
-        let config = config.clone();
+        let cert = cert.der.clone();
         async move {
             let tcp = connect_with_header(addr, &header).await;
-            let name = ServerName::try_from("localhost").unwrap();
-            let tls = tokio_rustls::TlsConnector::from(config)
-                .connect(name, tcp)
+            let tls = tls_handshake(tcp, &cert)
                 .await
                 .expect("TLS handshake after the PROXY header");
             match try_handshake(format!("ws://{addr}/ws"), tls, &[]).await {

@@ -6,7 +6,7 @@ mod common;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -21,52 +21,12 @@ use jsonwebtoken::{Algorithm, EncodingKey};
 use serde_json::{json, Value};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::rustls::pki_types::pem::PemObject;
-use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
-use tokio_rustls::rustls::{ClientConfig, RootCertStore, ServerConfig};
-use tokio_rustls::{TlsAcceptor, TlsConnector};
+use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use tokio_rustls::rustls::ServerConfig;
+use tokio_rustls::TlsAcceptor;
 
 /// Reloads follow file changes within the watch interval (2 s); a loaded machine gets slack.
 const ROTATION_WAIT: Duration = Duration::from_secs(15);
-
-/// A fresh scratch directory.
-fn scratch(name: &str) -> PathBuf {
-    static NEXT: AtomicUsize = AtomicUsize::new(0);
-    let n = NEXT.fetch_add(1, Ordering::Relaxed);
-    let dir = std::env::temp_dir().join(format!("tickwire-{name}-{}-{n}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
-/// A self-signed certificate for `localhost` and 127.0.0.1: (cert PEM, key PEM, cert DER).
-fn certificate() -> (String, String, CertificateDer<'static>) {
-    let names = vec!["localhost".to_string(), "127.0.0.1".to_string()];
-    let ck = rcgen::generate_simple_self_signed(names).expect("rcgen");
-    (ck.cert.pem(), ck.key_pair.serialize_pem(), ck.cert.der().clone())
-}
-
-fn client_tls(trusted: &CertificateDer<'static>) -> TlsConnector {
-    let mut roots = RootCertStore::empty();
-    roots.add(trusted.clone()).unwrap();
-    let provider = Arc::new(tokio_rustls::rustls::crypto::ring::default_provider());
-    let config = ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    TlsConnector::from(Arc::new(config))
-}
-
-/// A TLS connection to `addr` that accepts only `trusted` as the server's certificate.
-async fn tls_connect(
-    addr: SocketAddr,
-    trusted: &CertificateDer<'static>,
-) -> std::io::Result<tokio_rustls::client::TlsStream<TcpStream>> {
-    let tcp = TcpStream::connect(addr).await?;
-    let name = ServerName::try_from("localhost").unwrap();
-    tokio::time::timeout(RECV_TIMEOUT, client_tls(trusted).connect(name, tcp))
-        .await
-        .map_err(|_| std::io::Error::other("TLS handshake timed out"))?
-}
 
 /// An HTTP/1.1 client connection (kept alive) over `stream`.
 async fn http_client<S>(stream: S) -> hyper::client::conn::http1::SendRequest<Empty<Bytes>>
@@ -116,7 +76,9 @@ struct Idp {
 
 impl Idp {
     async fn start(answer: Answer) -> Idp {
-        let (cert_pem, key_pem, _) = certificate();
+        let Certificate {
+            cert_pem, key_pem, ..
+        } = certificate();
         let dir = scratch("idp");
         let ca_file = dir.join("ca.pem");
         std::fs::write(&ca_file, &cert_pem).unwrap();
@@ -336,11 +298,6 @@ fn check_config_checks_the_jwks_url_without_fetching_it() {
 // Reloading files: TLS certificate, API keys
 // ---------------------------------------------------------------------------------------------
 
-fn write_pair(dir: &Path, cert: &str, key: &str) {
-    std::fs::write(dir.join("cert.pem"), cert).unwrap();
-    std::fs::write(dir.join("key.pem"), key).unwrap();
-}
-
 fn reloads(m: &Scrape, result: &str) -> f64 {
     m.get("tickwire_config_reload_total", &[("result", result)])
         .unwrap_or(0.0)
@@ -348,27 +305,21 @@ fn reloads(m: &Scrape, result: &str) -> f64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rotated_certificate_reaches_new_handshakes_and_spares_open_connections() {
-    let (cert1, key1, der1) = certificate();
-    let (cert2, key2, der2) = certificate();
-    let dir = scratch("rotate-tls");
-    write_pair(&dir, &cert1, &key1);
-    let (server, admin) = start_with_admin(&format!(
-        "[tls]\ncert = \"{}\"\nkey = \"{}\"\n",
-        dir.join("cert.pem").display(),
-        dir.join("key.pem").display()
-    ))
-    .await;
+    let (dir, first) = certificate_files("rotate-tls");
+    let second = certificate();
+    let (der1, der2) = (&first.der, &second.der);
+    let (server, admin) = start_with_admin(&tls_toml(&dir, "")).await;
     let addr = server.addr;
-    let mut open = http_client(tls_connect(addr, &der1).await.expect("certificate 1")).await;
+    let mut open = http_client(tls_connect(addr, der1).await.expect("certificate 1")).await;
     assert_eq!(get_status(&mut open, "/api/v1/topics").await, 200);
 
-    write_pair(&dir, &cert2, &key2);
+    second.write(&dir);
     eventually("new handshakes get certificate 2", ROTATION_WAIT, || async {
-        tls_connect(addr, &der2).await.is_ok()
+        tls_connect(addr, der2).await.is_ok()
     })
     .await;
     assert!(
-        tls_connect(addr, &der1).await.is_err(),
+        tls_connect(addr, der1).await.is_err(),
         "certificate 1 is no longer served"
     );
     assert_eq!(
@@ -385,7 +336,7 @@ async fn a_rotated_certificate_reaches_new_handshakes_and_spares_open_connection
         reloads(&scrape(admin).await, "error") > errors
     })
     .await;
-    let mut new = http_client(tls_connect(addr, &der2).await.expect("certificate 2 kept")).await;
+    let mut new = http_client(tls_connect(addr, der2).await.expect("certificate 2 kept")).await;
     assert_eq!(get_status(&mut new, "/api/v1/topics").await, 200);
 }
 

@@ -5,8 +5,6 @@
 mod common;
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::Duration;
 
 use common::*;
@@ -14,9 +12,7 @@ use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio_rustls::rustls::pki_types::{CertificateDer, ServerName};
-use tokio_rustls::rustls::{ClientConfig, RootCertStore};
-use tokio_rustls::TlsConnector;
+use tokio_rustls::rustls::pki_types::CertificateDer;
 use tokio_tungstenite::tungstenite::Message;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -88,49 +84,6 @@ async fn connections_per_ip_are_limited_and_released_on_close() {
 // TLS
 // ---------------------------------------------------------------------------------------------
 
-/// A self-signed certificate for `localhost` in a fresh directory; returns (dir, cert DER).
-fn certificate() -> (PathBuf, CertificateDer<'static>) {
-    let ck = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).expect("rcgen");
-    static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let dir = std::env::temp_dir().join(format!("tickwire-tls-{}-{n}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    std::fs::write(dir.join("cert.pem"), ck.cert.pem()).unwrap();
-    std::fs::write(dir.join("key.pem"), ck.key_pair.serialize_pem()).unwrap();
-    (dir, ck.cert.der().clone())
-}
-
-fn tls_toml(dir: &std::path::Path, extra: &str) -> String {
-    format!(
-        "[tls]\ncert = \"{}\"\nkey = \"{}\"\n{extra}",
-        dir.join("cert.pem").display(),
-        dir.join("key.pem").display()
-    )
-}
-
-async fn tls_connect(
-    addr: SocketAddr,
-    cert: &CertificateDer<'static>,
-) -> tokio_rustls::client::TlsStream<TcpStream> {
-    let mut roots = RootCertStore::empty();
-    roots.add(cert.clone()).unwrap();
-    let provider = Arc::new(tokio_rustls::rustls::crypto::ring::default_provider());
-    let config = ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    let tcp = TcpStream::connect(addr).await.unwrap();
-    let name = ServerName::try_from("localhost").unwrap();
-    tokio::time::timeout(
-        RECV_TIMEOUT,
-        TlsConnector::from(Arc::new(config)).connect(name, tcp),
-    )
-    .await
-    .expect("TLS handshake timed out")
-    .expect("TLS handshake failed")
-}
-
 /// One HTTPS request with `Connection: close`; returns (status, JSON body).
 async fn https(
     addr: SocketAddr,
@@ -139,7 +92,7 @@ async fn https(
     path: &str,
     body: &str,
 ) -> (u16, Value) {
-    let mut tls = tls_connect(addr, cert).await;
+    let mut tls = tls_connect(addr, cert).await.expect("TLS handshake");
     let request = format!(
         "{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{body}",
         body.len()
@@ -156,10 +109,11 @@ async fn https(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wss_and_https_share_the_tls_listener() {
-    let (dir, cert) = certificate();
+    let (dir, cert) = certificate_files("tls");
+    let cert = cert.der;
     let server = start(&tls_toml(&dir, "")).await;
     let addr = server.addr;
-    let stream = tls_connect(addr, &cert).await;
+    let stream = tls_connect(addr, &cert).await.expect("TLS handshake");
     let mut ws = try_handshake(format!("wss://localhost:{}/ws", addr.port()), stream, &[])
         .await
         .expect("wss handshake");
@@ -215,7 +169,7 @@ async fn wss_and_https_share_the_tls_listener() {
 
 /// `GET /metrics` over TLS, parsed.
 async fn tls_metric(addr: SocketAddr, cert: &CertificateDer<'static>, reason: &str) -> f64 {
-    let mut tls = tls_connect(addr, cert).await;
+    let mut tls = tls_connect(addr, cert).await.expect("TLS handshake");
     tls.write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
         .await
         .unwrap();
@@ -228,13 +182,14 @@ async fn tls_metric(addr: SocketAddr, cert: &CertificateDer<'static>, reason: &s
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stalled_tls_handshake_blocks_nobody_and_times_out() {
-    let (dir, cert) = certificate();
+    let (dir, cert) = certificate_files("tls");
+    let cert = cert.der;
     let server = start(&tls_toml(&dir, "[server]\nhandshake_timeout = \"300ms\"\n")).await;
     let addr = server.addr;
     // Connects and never says a word.
     let mut stalled = TcpStream::connect(addr).await.unwrap();
     // Meanwhile others get through at once.
-    let stream = tls_connect(addr, &cert).await;
+    let stream = tls_connect(addr, &cert).await.expect("TLS handshake");
     let mut ws = try_handshake(format!("wss://localhost:{}/ws", addr.port()), stream, &[])
         .await
         .expect("wss handshake");

@@ -13,9 +13,7 @@ use ring::rand::{SecureRandom, SystemRandom};
 use subtle::{ConditionallySelectable, ConstantTimeEq};
 
 use crate::auth::acl::Acl;
-use crate::settings::ApiKeySettings;
-use crate::settings::SettingsError;
-use crate::topic::Pattern;
+use crate::settings::{patterns, ApiKeySettings, SettingsError};
 
 /// Random bytes in a key made by `tickwire hash-key`.
 const KEY_BYTES: usize = 32;
@@ -37,11 +35,11 @@ pub struct ApiKeys {
     keys: Vec<Arc<ApiKey>>,
 }
 
+/// The setting every error here names.
+const KEY: &str = "auth.api_keys";
+
 fn invalid(message: String) -> SettingsError {
-    SettingsError::Invalid {
-        key: "auth.api_keys",
-        message,
-    }
+    SettingsError::invalid(KEY, message)
 }
 
 impl ApiKeys {
@@ -64,9 +62,8 @@ impl ApiKeys {
             if !digests.insert(digest) {
                 return Err(invalid(format!("{name}: the same key is configured twice")));
             }
-            let publish = (k.publish.iter())
-                .map(|p| Pattern::parse(p).map_err(|e| invalid(format!("{name}: publish {p:?}: {e}"))))
-                .collect::<Result<Vec<_>, _>>()?;
+            let publish = patterns(KEY, k.publish.iter().map(String::as_str))
+                .map_err(|e| e.prefixed(&format!("{name}: publish ")))?;
             keys.push(Arc::new(ApiKey {
                 name: name.to_string(),
                 digest,

@@ -25,10 +25,8 @@ use crate::auth::apikey::{ApiKey, ApiKeys};
 use crate::auth::jwks::Remote;
 use crate::auth::jwt::Verifier;
 use crate::protocol::error::AuthError;
-use crate::settings::SettingsError;
-use crate::settings::{AuthMode, AuthSettings, JwtSettings};
+use crate::settings::{patterns, AuthMode, AuthSettings, JwtSettings, SettingsError};
 use crate::swap::Swap;
-use crate::topic::Pattern;
 
 enum Subscribers {
     Anonymous(Acl),
@@ -43,16 +41,7 @@ pub struct Auth {
 impl Auth {
     /// Parses the ACLs and loads the key files; every failure names its key.
     pub fn from_settings(s: &AuthSettings) -> Result<Auth, SettingsError> {
-        fn patterns(key: &'static str, list: &[String]) -> Result<Vec<Pattern>, SettingsError> {
-            (list.iter())
-                .map(|p| {
-                    Pattern::parse(p).map_err(|e| SettingsError::Invalid {
-                        key,
-                        message: format!("{p:?}: {e}"),
-                    })
-                })
-                .collect()
-        }
+        let patterns = |key, list: &[String]| patterns(key, list.iter().map(String::as_str));
         // Parsed in both modes so that a typo is caught before someone switches modes.
         let anonymous = Acl::new(
             patterns("auth.anonymous.subscribe", &s.anonymous.subscribe)?,

@@ -6,105 +6,40 @@ use std::fmt::Write as _;
 use std::io::Write as _;
 use std::time::Duration;
 
-use tickwire_client::{Client, ClientOptions, Event, SubscriptionState, TokenProvider, Update};
+use tickwire_client::{Client, ClientOptions, Event, Events, SubscriptionState, TokenProvider, Update};
 
 use super::{print_json, runtime, Failure, Interrupt, SubscribeArgs};
 
 pub(crate) async fn run(args: SubscribeArgs) -> Result<(), Failure> {
     let mut interrupt = Interrupt::new()?;
-    let mut options = ClientOptions::default();
-    if args.no_reconnect {
-        options = options.no_reconnect();
-    }
-    if let Some(token) = args.token {
-        options = options.token_provider(TokenProvider::fixed(token));
-    }
-    let start = async {
-        let client = Client::connect(args.url.as_str(), options)
-            .await
-            .map_err(runtime)?;
-        let events = client.events().expect("a new client's events are not taken yet");
-        match client.subscribe(args.topics.clone()).await {
-            Ok(_) => {}
-            // Refused for now (a cluster node without Redis): the client retries it and the
-            // events below report how that goes.
-            Err(e) if matches!(e.code(), Some("unavailable" | "rate_limited")) => {}
-            Err(e) => return Err(runtime(format!("subscribe failed: {e}"))),
-        }
-        Ok::<_, Failure>((client, events))
-    };
     let (client, mut events) = tokio::select! {
-        started = start => started?,
+        started = start(&args) => started?,
         () = interrupt.wait() => return Ok(()),
     };
-    let mut table = args.table.then(Table::default);
+    let mut out = Output {
+        table: args.table.then(Table::default),
+        stdout: std::io::stdout(),
+        last_close: None,
+        url: &args.url,
+        reconnects: !args.no_reconnect,
+    };
     let mut redraw = tokio::time::interval(Duration::from_millis(250));
-    let mut last_close = None;
-    let mut stdout = std::io::stdout();
     loop {
         tokio::select! {
             () = interrupt.wait() => break,
-            _ = redraw.tick(), if table.is_some() => {
-                if let Some(table) = table.as_mut() {
-                    if table.draw(&mut stdout).is_err() {
+            _ = redraw.tick(), if out.table.is_some() => {
+                if let Some(table) = out.table.as_mut() {
+                    if table.draw(&mut out.stdout).is_err() {
                         break;
                     }
                 }
             }
             event = events.recv() => {
                 let Some(event) = event else {
-                    let (code, reason) = last_close.unwrap_or((1006, String::new()));
+                    let (code, reason) = out.last_close.unwrap_or((1006, String::new()));
                     return Err(Failure::Runtime(format!("connection closed: {code} {reason}")));
                 };
-                let written = match event {
-                    Event::Update(update) | Event::Snapshot(update) => match table.as_mut() {
-                        Some(table) => {
-                            table.apply(&update);
-                            Ok(())
-                        }
-                        None => print_json(&mut stdout, &update),
-                    },
-                    Event::Reset { topic } => match table.as_mut() {
-                        Some(table) => {
-                            table.reset(&topic);
-                            Ok(())
-                        }
-                        None => print_json(&mut stdout, &serde_json::json!({"type": "reset", "topic": topic})),
-                    },
-                    Event::Open => {
-                        if last_close.is_some() {
-                            eprintln!("tickwire: reconnected to {}", args.url);
-                        }
-                        Ok(())
-                    }
-                    Event::Close { code, reason } => {
-                        if !args.no_reconnect {
-                            eprintln!("tickwire: connection closed ({code} {reason}), reconnecting");
-                        }
-                        last_close = Some((code, reason));
-                        Ok(())
-                    }
-                    Event::Error(e) => {
-                        eprintln!("tickwire: {e}");
-                        Ok(())
-                    }
-                    Event::Subscription { topics, state } => {
-                        let topics = topics.join(" ");
-                        match state {
-                            SubscriptionState::Retrying { error, delay, .. } => {
-                                eprintln!("tickwire: subscribe {topics} refused ({error}), retrying in {delay:.1?}");
-                            }
-                            SubscriptionState::Subscribed => eprintln!("tickwire: subscribed {topics}"),
-                            SubscriptionState::Failed { error } => {
-                                eprintln!("tickwire: subscribe {topics} failed: {error}");
-                            }
-                            _ => {}
-                        }
-                        Ok(())
-                    }
-                    _ => Ok(()),
-                };
-                if written.is_err() {
+                if out.show(event).is_err() {
                     break; // stdout is gone (e.g. `| head`): nothing left to do
                 }
             }
@@ -112,6 +47,100 @@ pub(crate) async fn run(args: SubscribeArgs) -> Result<(), Failure> {
     }
     client.close().await;
     Ok(())
+}
+
+/// Connects and subscribes; the events are taken before the subscribe so none is missed.
+async fn start(args: &SubscribeArgs) -> Result<(Client, Events), Failure> {
+    let mut options = ClientOptions::default();
+    if args.no_reconnect {
+        options = options.no_reconnect();
+    }
+    if let Some(token) = args.token.clone() {
+        options = options.token_provider(TokenProvider::fixed(token));
+    }
+    let client = Client::connect(args.url.as_str(), options)
+        .await
+        .map_err(runtime)?;
+    let events = client.events().expect("a new client's events are not taken yet");
+    match client.subscribe(args.topics.clone()).await {
+        Ok(_) => {}
+        // Refused for now (a cluster node without Redis): the client retries it and the
+        // events below report how that goes.
+        Err(e) if matches!(e.code(), Some("unavailable" | "rate_limited")) => {}
+        Err(e) => return Err(runtime(format!("subscribe failed: {e}"))),
+    }
+    Ok((client, events))
+}
+
+/// Where the events go: data to stdout (JSON lines or the table), the connection's story to
+/// stderr.
+struct Output<'a> {
+    table: Option<Table>,
+    stdout: std::io::Stdout,
+    /// The last close, reported when the events end.
+    last_close: Option<(u16, String)>,
+    url: &'a str,
+    reconnects: bool,
+}
+
+impl Output<'_> {
+    /// Shows one event; an error means stdout is gone.
+    fn show(&mut self, event: Event) -> std::io::Result<()> {
+        match event {
+            Event::Update(update) | Event::Snapshot(update) => match self.table.as_mut() {
+                Some(table) => {
+                    table.apply(&update);
+                    Ok(())
+                }
+                None => print_json(&mut self.stdout, &update),
+            },
+            Event::Reset { topic } => match self.table.as_mut() {
+                Some(table) => {
+                    table.reset(&topic);
+                    Ok(())
+                }
+                None => print_json(
+                    &mut self.stdout,
+                    &serde_json::json!({"type": "reset", "topic": topic}),
+                ),
+            },
+            Event::Open => {
+                if self.last_close.is_some() {
+                    eprintln!("tickwire: reconnected to {}", self.url);
+                }
+                Ok(())
+            }
+            Event::Close { code, reason } => {
+                if self.reconnects {
+                    eprintln!("tickwire: connection closed ({code} {reason}), reconnecting");
+                }
+                self.last_close = Some((code, reason));
+                Ok(())
+            }
+            Event::Error(e) => {
+                eprintln!("tickwire: {e}");
+                Ok(())
+            }
+            Event::Subscription { topics, state } => {
+                subscription(&topics.join(" "), state);
+                Ok(())
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
+fn subscription(topics: &str, state: SubscriptionState) {
+    match state {
+        SubscriptionState::Retrying { error, delay, .. } => {
+            eprintln!("tickwire: subscribe {topics} refused ({error}), retrying in {delay:.1?}");
+        }
+        SubscriptionState::Subscribed => eprintln!("tickwire: subscribed {topics}"),
+        SubscriptionState::Failed { error } => {
+            eprintln!("tickwire: subscribe {topics} failed: {error}");
+        }
+        _ => {}
+    }
 }
 
 /// The live price table of `subscribe --table`.

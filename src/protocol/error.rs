@@ -3,7 +3,7 @@
 //! Library code returns these enums; the edges map them exactly once: [`RequestError::code`]
 //! gives the `code` string of the wire error shape, `transport::http` picks the HTTP status.
 //! Every other error type lives in the module that owns it (`TopicError` in `topic`,
-//! `SettingsError` in `settings`, `JwksError` in `jwks`, `ProxyHeaderError` in `proxy`,
+//! `SettingsError` in `settings`, `JwksError` in `jwks`, `ProxyHeaderError` in `proxy::haproxy`,
 //! `ServerError` in `transport::listener`).
 
 use thiserror::Error;

@@ -26,6 +26,7 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use thiserror::Error;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
 use tracing::{debug, info, warn};
@@ -36,6 +37,7 @@ use crate::cluster::node::Node;
 use crate::feed;
 use crate::metrics::{Metrics, REJECT_HANDSHAKE_TIMEOUT, REJECT_PROXY_PROTOCOL, REJECT_TLS};
 use crate::prepare::{prepare, Prepared};
+use crate::pubsub::hub::Hub;
 use crate::reload;
 use crate::settings::{AuthMode, Settings, SettingsError};
 use crate::transport::http::{self, Routes};
@@ -121,18 +123,8 @@ pub async fn serve(
     };
     let reloader = tokio::spawn(reload::run(app.clone(), certificate));
     let feed = (settings.feed.enabled).then(|| tokio::spawn(feed::run(node, settings.feed.clone())));
-    let sweeper = tokio::spawn(async move {
-        let mut every = tokio::time::interval(sweep_interval(hub.bounds().idle_ttl));
-        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            every.tick().await;
-            // A walk over every topic: on the blocking pool, not on a worker serving sockets.
-            let hub = hub.clone();
-            if let Ok(evicted @ 1..) = tokio::task::spawn_blocking(move || hub.sweep()).await {
-                debug!(evicted, "idle topics dropped");
-            }
-        }
-    });
+    // Stopped when the drain starts, in this order.
+    let background = [feed, Some(sweeper(hub)), Some(reloader), jwks];
     info!(addr = %listener.local_addr()?, tls = tls.is_some(), "listening");
     let (routes, admin) = match admin {
         Some(admin) => {
@@ -150,18 +142,43 @@ pub async fn serve(
         () = accept_loop(listener, tls, app.clone(), routes, true, settings.server.proxy_protocol) => {}
         () = shutdown => {}
     }
+    drain(
+        &app,
+        background.into_iter().flatten(),
+        settings.server.shutdown_timeout,
+    )
+    .await;
+    if let Some(admin) = admin {
+        admin.abort();
+        // Wait for the abort, so the admin port is released when we return.
+        let _ = admin.await;
+    }
+    Ok(())
+}
+
+/// Drops idle topics (`topics.idle_ttl`) every half of the ttl.
+fn sweeper(hub: Arc<Hub>) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut every = tokio::time::interval(sweep_interval(hub.bounds().idle_ttl));
+        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            every.tick().await;
+            // A walk over every topic: on the blocking pool, not on a worker serving sockets.
+            let hub = hub.clone();
+            if let Ok(evicted @ 1..) = tokio::task::spawn_blocking(move || hub.sweep()).await {
+                debug!(evicted, "idle topics dropped");
+            }
+        }
+    })
+}
+
+/// Stops accepting work: cancels every connection, stops the `background` tasks, and waits up
+/// to `timeout` for the connections to finish.
+async fn drain(app: &App, background: impl Iterator<Item = JoinHandle<()>>, timeout: Duration) {
     info!("draining");
     app.drain.cancel();
-    if let Some(feed) = feed {
-        feed.abort();
-    }
-    sweeper.abort();
-    reloader.abort();
-    if let Some(jwks) = jwks {
-        jwks.abort();
-    }
+    background.for_each(|task| task.abort());
     app.tasks.close();
-    let timeout = settings.server.shutdown_timeout;
     match tokio::time::timeout(timeout, app.tasks.wait()).await {
         Ok(()) => info!("drained"),
         Err(_) => warn!(
@@ -169,12 +186,6 @@ pub async fn serve(
             "shutdown timeout: closing remaining connections"
         ),
     }
-    if let Some(admin) = admin {
-        admin.abort();
-        // Wait for the abort, so the admin port is released when we return.
-        let _ = admin.await;
-    }
-    Ok(())
 }
 
 /// Says at start-up what is open to anyone who can reach the port.

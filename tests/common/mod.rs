@@ -22,7 +22,9 @@ pub mod server;
 #[allow(dead_code)]
 pub mod time;
 #[allow(dead_code)]
+pub mod tls;
+#[allow(dead_code)]
 pub mod ws;
 
 #[allow(unused_imports)]
-pub use self::{http::*, jwt::*, metrics::*, process::*, server::*, time::*, ws::*};
+pub use self::{http::*, jwt::*, metrics::*, process::*, server::*, time::*, tls::*, ws::*};

@@ -1,0 +1,84 @@
+//! The parsed forms of the settings' lists, built once at start-up: the topic rules (queue
+//! policies, history retention), the topic bounds and the trusted proxies' networks, and the one
+//! parser of pattern lists that every list of topic patterns (these, the anonymous ACL, the API
+//! keys' `publish`) goes through, so each failure reads the same and names its key.
+
+use std::time::Duration;
+
+use crate::settings::cidr::Cidr;
+use crate::settings::error::SettingsError;
+use crate::settings::sections::{Policy, Retention, Settings, TopicBounds};
+use crate::topic::{Pattern, Topic};
+
+/// Validated, parsed forms of the pattern lists, built once at start-up.
+#[derive(Debug, Clone)]
+pub struct TopicRules {
+    pub policies: Vec<(Pattern, Policy)>,
+    pub retention: Retention,
+    pub retention_policies: Vec<(Pattern, Retention)>,
+}
+
+impl TopicRules {
+    pub fn policy_for(&self, topic: &Topic) -> Policy {
+        self.policies
+            .iter()
+            .find(|(p, _)| p.matches(topic))
+            .map_or(Policy::Conflate, |(_, policy)| *policy)
+    }
+
+    pub fn retention_for(&self, topic: &Topic) -> Retention {
+        (self.retention_policies.iter())
+            .find(|(p, _)| p.matches(topic))
+            .map_or(self.retention, |(_, r)| *r)
+    }
+}
+
+/// Parses every pattern of the list under `key`; the first invalid one fails, quoted.
+pub(crate) fn patterns<'a>(
+    key: &'static str,
+    list: impl IntoIterator<Item = &'a str>,
+) -> Result<Vec<Pattern>, SettingsError> {
+    (list.into_iter())
+        .map(|p| Pattern::parse(p).map_err(|e| SettingsError::invalid(key, format!("{p:?}: {e}"))))
+        .collect()
+}
+
+impl Settings {
+    /// Parses `server.trusted_proxies`.
+    pub fn trusted_proxies(&self) -> Result<Vec<Cidr>, SettingsError> {
+        (self.server.trusted_proxies.iter())
+            .map(|s| Cidr::parse(s))
+            .collect::<Result<_, _>>()
+            .map_err(|message| {
+                SettingsError::invalid(
+                    "server.trusted_proxies",
+                    format!("{message} (a CIDR such as \"10.0.0.0/8\" or an address)"),
+                )
+            })
+    }
+
+    pub fn topic_bounds(&self) -> TopicBounds {
+        TopicBounds {
+            max_topics: self.limits.max_topics,
+            idle_ttl: (!self.topics.idle_ttl.is_zero()).then_some(self.topics.idle_ttl),
+        }
+    }
+
+    /// Parses the pattern lists of the topic rules; every failure names its key.
+    pub fn topic_rules(&self) -> Result<TopicRules, SettingsError> {
+        let (queue, history) = (&self.queue.policies, &self.history.policies);
+        let retention = |size, ttl_seconds| Retention {
+            size,
+            ttl: Duration::from_secs(ttl_seconds),
+        };
+        let policies = patterns("queue.policies", queue.iter().map(|r| r.pattern.as_str()))?;
+        let retentions = patterns("history.policies", history.iter().map(|r| r.pattern.as_str()))?;
+        Ok(TopicRules {
+            policies: policies.into_iter().zip(queue.iter().map(|r| r.policy)).collect(),
+            retention: retention(self.history.size, self.history.ttl_seconds),
+            retention_policies: (retentions.into_iter())
+                .zip(history.iter().map(|r| retention(r.size, r.ttl_seconds)))
+                .collect(),
+        })
+    }
+}

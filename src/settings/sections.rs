@@ -1,0 +1,346 @@
+//! The typed configuration: [`Settings`] and one struct per section of the file, the limits
+//! their values are checked against, and the shipped defaults (`config/default.toml`).
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer};
+
+/// What an `update` or `snapshot` frame adds to its `data`, at most: the WebSocket header, the
+/// longest topic, 20-digit `seq` and `ts`, an epoch and the JSON around them (checked against
+/// the encoder by a test in `protocol`).
+pub const FRAME_ENVELOPE_BYTES: usize = crate::topic::MAX_TOPIC_BYTES + 128;
+
+/// Largest per-topic history accepted: recovery replays at most this many messages.
+pub const MAX_HISTORY_SIZE: usize = 100_000;
+
+/// Longest `http.idempotency_window`: a retry comes within minutes, and Redis keeps every
+/// key for the whole window.
+pub const MAX_IDEMPOTENCY_WINDOW: Duration = Duration::from_secs(24 * 3600);
+/// Most `http.idempotency_max_keys`: the ledger may hold 512 bytes per key (about 512 MB here).
+pub const MAX_IDEMPOTENCY_KEYS: usize = 1_000_000;
+
+/// The shipped defaults; the same file users read and copy.
+pub const DEFAULTS_TOML: &str = include_str!("../../config/default.toml");
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
+    pub server: ServerSettings,
+    pub admin: AdminSettings,
+    pub http: HttpSettings,
+    pub queue: QueueSettings,
+    pub history: HistorySettings,
+    pub limits: LimitsSettings,
+    pub topics: TopicsSettings,
+    pub tls: TlsSettings,
+    pub auth: AuthSettings,
+    pub feed: FeedSettings,
+    pub log: LogSettings,
+    pub broker: BrokerSettings,
+    /// The `--config` file these were loaded from: a reload (SIGHUP, or the file changing)
+    /// reads it again for `auth.api_keys`.
+    #[serde(skip)]
+    pub config_file: Option<PathBuf>,
+}
+
+/// Where publications travel between the nodes of a cluster.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BrokerKind {
+    /// One node: everything stays in this process.
+    Memory,
+    /// Nodes share seqs, last values and history through Redis.
+    Redis,
+}
+
+/// Which Redis channels a node listens to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BrokerSubscribe {
+    /// Only the topics and patterns its own clients subscribe to.
+    Interest,
+    /// Every publication of the cluster (one pattern subscription).
+    All,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BrokerSettings {
+    pub kind: BrokerKind,
+    /// May carry a password: never printed.
+    pub redis_url: Secret,
+    /// PEM CA certificate(s) that a `rediss://` server's certificate must chain to; `None`
+    /// (empty) trusts the system's roots.
+    #[serde(deserialize_with = "optional_path")]
+    pub redis_ca_file: Option<PathBuf>,
+    pub prefix: String,
+    pub subscribe: BrokerSubscribe,
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+    #[serde(with = "humantime_serde")]
+    pub reconnect_min: Duration,
+    #[serde(with = "humantime_serde")]
+    pub reconnect_max: Duration,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HistorySettings {
+    pub size: usize,
+    pub ttl_seconds: u64,
+    pub policies: Vec<HistoryRule>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HistoryRule {
+    pub pattern: String,
+    pub size: usize,
+    pub ttl_seconds: u64,
+}
+
+/// How much of a topic's stream is kept for recovery.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Retention {
+    /// Publications kept; 0 keeps none.
+    pub size: usize,
+    pub ttl: Duration,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerSettings {
+    pub listen: SocketAddr,
+    pub max_message_bytes: usize,
+    pub max_subscriptions_per_connection: usize,
+    pub requests_per_second: f64,
+    pub request_burst: u32,
+    pub max_connections: usize,
+    #[serde(with = "humantime_serde")]
+    pub ping_interval: Duration,
+    #[serde(with = "humantime_serde")]
+    pub idle_timeout: Duration,
+    #[serde(with = "humantime_serde")]
+    pub handshake_timeout: Duration,
+    #[serde(with = "humantime_serde")]
+    pub shutdown_timeout: Duration,
+    /// Origins (`scheme://host[:port]`) whose pages may open WebSockets; empty allows all.
+    pub allowed_origins: Vec<String>,
+    /// Serve `GET /echo`, an echo WebSocket for conformance testing.
+    pub echo_endpoint: bool,
+    /// CIDRs of the reverse proxies whose `X-Forwarded-For` (and PROXY header) name the client.
+    pub trusted_proxies: Vec<String>,
+    /// Connections from a trusted proxy start with a PROXY protocol (v1 or v2) header.
+    pub proxy_protocol: bool,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsSettings {
+    /// Open WebSocket connections one client address may hold; 0 is unlimited.
+    pub max_connections_per_ip: usize,
+    /// Topics the hub may hold; creating one more (publish, exact subscribe) is refused.
+    pub max_topics: usize,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TopicsSettings {
+    /// A topic without subscribers whose last publication is older than this is dropped with
+    /// its last value and history; zero keeps topics forever.
+    #[serde(with = "humantime_serde")]
+    pub idle_ttl: Duration,
+}
+
+/// How many topics the hub holds and how long an unused one lives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TopicBounds {
+    pub max_topics: usize,
+    /// `None` keeps idle topics forever.
+    pub idle_ttl: Option<Duration>,
+}
+
+/// Shortest non-zero `topics.idle_ttl`: the sweep runs every half of it.
+pub const MIN_IDLE_TTL: Duration = Duration::from_millis(100);
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsSettings {
+    /// PEM certificate chain; `None` (empty) serves plain TCP.
+    #[serde(deserialize_with = "optional_path")]
+    pub cert: Option<PathBuf>,
+    /// PEM private key of the certificate.
+    #[serde(deserialize_with = "optional_path")]
+    pub key: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AuthMode {
+    /// No credentials: every WebSocket client gets the anonymous ACL.
+    None,
+    /// Every WebSocket client presents a JWT whose claims are its ACL.
+    Jwt,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthSettings {
+    pub mode: AuthMode,
+    pub anonymous: AnonymousSettings,
+    pub jwt: JwtSettings,
+    /// HTTP publisher keys; none configured leaves HTTP publishing open.
+    pub api_keys: Vec<ApiKeySettings>,
+}
+
+/// What WebSocket clients may do in `auth.mode = "none"`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AnonymousSettings {
+    pub subscribe: Vec<String>,
+    pub publish: Vec<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JwtSettings {
+    pub hs256_secret: Secret,
+    #[serde(deserialize_with = "optional_path")]
+    pub public_key_file: Option<PathBuf>,
+    #[serde(deserialize_with = "optional_path")]
+    pub jwks_file: Option<PathBuf>,
+    /// HTTPS URL of the identity provider's JWKS; empty when not used.
+    pub jwks_url: String,
+    /// How often the JWKS at `jwks_url` is fetched again.
+    #[serde(with = "humantime_serde")]
+    pub jwks_refresh: Duration,
+    /// PEM CA certificate(s) the `jwks_url` server's certificate must chain to; `None` (empty)
+    /// trusts the system's roots.
+    #[serde(deserialize_with = "optional_path")]
+    pub jwks_ca_file: Option<PathBuf>,
+    /// Required `aud` when not empty.
+    pub audience: String,
+    /// Required `iss` when not empty.
+    pub issuer: String,
+    #[serde(with = "humantime_serde")]
+    pub leeway: Duration,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiKeySettings {
+    pub name: String,
+    /// Hex SHA-256 digest of the key: the key itself is never stored.
+    pub sha256: String,
+    pub publish: Vec<String>,
+}
+
+/// A configuration value that must not appear in logs or `check-config` output.
+#[derive(Clone, Default, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(pub(super) String);
+
+impl Secret {
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(if self.0.is_empty() { "\"\"" } else { "<redacted>" })
+    }
+}
+
+/// Longest accepted `auth.jwt.leeway`: clocks that disagree more need fixing, not tolerance.
+pub const MAX_JWT_LEEWAY: Duration = Duration::from_secs(5);
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminSettings {
+    /// Separate listener for /metrics, /healthz and /readyz; `None` serves them on the main one.
+    #[serde(deserialize_with = "optional_addr")]
+    pub listen: Option<SocketAddr>,
+}
+
+/// An empty string means "not set": TOML has no null, and env vars cannot unset a key.
+fn optional_addr<'de, D: Deserializer<'de>>(d: D) -> Result<Option<SocketAddr>, D::Error> {
+    let s = String::deserialize(d)?;
+    if s.trim().is_empty() {
+        return Ok(None);
+    }
+    s.parse().map(Some).map_err(serde::de::Error::custom)
+}
+
+fn optional_path<'de, D: Deserializer<'de>>(d: D) -> Result<Option<PathBuf>, D::Error> {
+    let s = String::deserialize(d)?;
+    Ok((!s.trim().is_empty()).then(|| PathBuf::from(s)))
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpSettings {
+    pub max_body_bytes: usize,
+    /// Largest `data` of one published message (a batch may hold many); 0 as set means the most
+    /// that fits in `queue.max_bytes`, which [`Settings::finish`] fills in.
+    pub max_message_bytes: usize,
+    /// Time a request body has to arrive in full, counted from its request head.
+    #[serde(with = "humantime_serde")]
+    pub body_timeout: Duration,
+    /// Bytes of request bodies all connections together may be reading or holding at once.
+    pub max_inflight_body_bytes: usize,
+    /// How long a publish's `Idempotency-Key` is remembered; zero turns the header off.
+    #[serde(with = "humantime_serde")]
+    pub idempotency_window: Duration,
+    /// Most keys remembered at once (memory mode); the oldest goes first.
+    pub idempotency_max_keys: usize,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QueueSettings {
+    pub max_bytes: usize,
+    pub policies: Vec<PolicyRule>,
+}
+
+/// How a connection's outbound queue treats a topic's updates when the client is behind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Policy {
+    /// Keep only the newest waiting update per topic.
+    Conflate,
+    /// Keep every update; disconnect the client when the queue overflows.
+    Queue,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyRule {
+    pub pattern: String,
+    pub policy: Policy,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FeedSettings {
+    pub enabled: bool,
+    pub symbols: Vec<String>,
+    pub updates_per_second: f64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogSettings {
+    pub level: String,
+    pub format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
