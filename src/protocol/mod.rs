@@ -15,7 +15,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use serde::de::{self, Visitor};
-use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::value::RawValue;
 
 use crate::protocol::error::RequestError;
@@ -27,13 +27,9 @@ pub type Data = Arc<RawValue>;
 /// Length of a topic epoch: random alphanumerics, fixed when the topic's stream starts.
 pub const EPOCH_LEN: usize = 6;
 
-/// A place in a topic's stream: the last seq a client has, in the topic's epoch. Here, below
-/// `history` and the hub, because the `since` of a subscribe request carries it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Position {
-    pub seq: u64,
-    pub epoch: Arc<str>,
-}
+/// A place in a topic's stream (seq + epoch): shared with the clients (`tickwire-proto`). Here,
+/// below `history` and the hub, because the `since` of a subscribe request carries it.
+pub use tickwire_proto::Position;
 
 /// A validated client request.
 #[derive(Debug)]
@@ -362,18 +358,6 @@ fn delivery(
         data,
         epoch,
     })
-}
-
-impl Serialize for Topic {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(self.as_str())
-    }
-}
-
-impl Serialize for Pattern {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(self.as_str())
-    }
 }
 
 #[cfg(test)]

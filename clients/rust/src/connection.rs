@@ -19,6 +19,7 @@ use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use serde_json::value::RawValue;
+use tickwire_proto::pattern_matches;
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
@@ -34,7 +35,6 @@ use crate::message::{
     Event, Frame, Kind, Position, Published, Request, Subscribed, SubscriptionState, Unsubscribed, Update,
 };
 use crate::options::{default_tls, ClientOptions};
-use crate::topic::pattern_matches;
 use crate::url::with_token;
 
 pub(crate) type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
@@ -118,7 +118,7 @@ struct Track {
     /// Last seq delivered (or, right after subscribing, one less than the snapshot to come).
     seq: u64,
     /// The topic's epoch, when a `subscribed` reply told it.
-    epoch: Option<String>,
+    epoch: Option<Arc<str>>,
 }
 
 /// A request waiting for its reply.
@@ -520,7 +520,7 @@ impl Task {
                 continue;
             }
             asked.insert(topic.clone());
-            let epoch = track.epoch.clone().unwrap_or_default();
+            let epoch: Arc<str> = track.epoch.clone().unwrap_or_else(|| "".into());
             let cost = topic.len() + epoch.len() + 40;
             if bytes + cost > SINCE_BYTES {
                 continue; // no room to ask for recovery: the topic resets, as in `resubscribe`
@@ -638,7 +638,7 @@ impl Task {
                 if !pattern_matches(pattern, topic) || !assigned.insert(topic) {
                     continue;
                 }
-                let epoch = track.epoch.clone().unwrap_or_default();
+                let epoch: Arc<str> = track.epoch.clone().unwrap_or_else(|| "".into());
                 let cost = topic.len() + epoch.len() + 40;
                 if batch.bytes + cost > SINCE_BYTES {
                     // No room to ask for recovery: the topic resets (and its snapshot follows).
@@ -878,7 +878,7 @@ impl Task {
             // A reset: the stream restarted (possibly at a lower seq), so the old track is void.
             let track = Track {
                 seq: update.seq,
-                epoch: Some(epoch.clone()),
+                epoch: Some(epoch.as_str().into()),
             };
             self.tracks.insert(update.topic.clone(), track);
             let topic = update.topic.clone();
