@@ -48,7 +48,9 @@
 //!   outbox queues frames: putting it in `transport` would point `pubsub` up at the edge.
 //! - [`settings`]: the typed configuration, its layering and validation (plain data: it
 //!   builds nothing; see `prepare`).
-//! - [`topic`]: topic names and subscription patterns (validation and matching), `TopicError`.
+//! - [`topic`]: topic names and subscription patterns (validation and matching), `TopicError`:
+//!   re-exported from the `tickwire-proto` crate (`proto/`), which the client and the load test
+//!   share, as they share `protocol::Position`.
 //! - `metrics`: the Prometheus registry and every metric.
 //! - `feed`: the built-in simulated price feed.
 //! - `swap`: the snapshot-and-replace cell that makes keys and certificates swappable.
