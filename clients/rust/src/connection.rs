@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use serde_json::value::RawValue;
-use tickwire_proto::pattern_matches;
+use tickwire_proto::{close, code, pattern_matches};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
@@ -54,13 +54,11 @@ const CLOSE_WAIT: Duration = Duration::from_secs(2);
 const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 /// A connection that lasted less than this does not reset the backoff.
 const STABLE_AFTER: Duration = Duration::from_secs(1);
-/// Close code for "the server kept refusing our requests": reconnecting would not help.
-const CLOSE_RATE_LIMIT: u16 = 4029;
 
 /// Refusals that say "not now" rather than "no": the request was not carried out and the same
 /// request may succeed later (Redis back, rate limit refilled).
 fn transient(code: &str) -> bool {
-    matches!(code, "unavailable" | "rate_limited")
+    code == code::UNAVAILABLE || code == code::RATE_LIMITED
 }
 
 /// A request from a [`Client`](crate::Client) handle.
@@ -930,6 +928,6 @@ async fn closed_by_server(mut ws: Ws, frame: Option<CloseFrame>) -> End {
     End {
         code,
         reason,
-        stop: code == CLOSE_RATE_LIMIT,
+        stop: code == close::RATE_LIMIT,
     }
 }
