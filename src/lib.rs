@@ -59,7 +59,9 @@
 //!   `validate`: the checks, one function per section; `rules`: the parsed topic rules and the
 //!   one pattern-list parser; `cidr`: the networks of `server.trusted_proxies`; `origin`:
 //!   allowed origins; `pem`: reading certificate files; `error`: `SettingsError`.
-//! - [`topic`]: topic names and subscription patterns (validation and matching), `TopicError`.
+//! - [`topic`]: topic names and subscription patterns (validation and matching), `TopicError`:
+//!   re-exported from the `tickwire-proto` crate (`proto/`), which the client and the load test
+//!   share, as they share `protocol::Position`.
 //! - `metrics`: the Prometheus registry and every metric.
 //! - `feed`: the built-in simulated price feed.
 //! - `swap`: the snapshot-and-replace cell that makes keys and certificates swappable.

@@ -10,10 +10,12 @@
 //!
 //! # Layout
 //!
-//! - [`opts`]: URL, source address range and duration parsing (loopback enforcement).
+//! - [`opts`]: URL, source address range and duration parsing (loopback enforcement), topic
+//!   prefixes (checked with `tickwire-proto`'s `Topic`).
 //! - [`client`]: TCP connections bound to a source address, the WebSocket upgrade.
 //! - [`frame`]: the zero-copy WebSocket frame parser and the masked frame encoder.
-//! - [`proto`]: recognising tickwire's frames, building requests and publish bodies.
+//! - [`proto`]: recognising tickwire's frames, building requests and publish bodies (the
+//!   publish replies parse into the shared `tickwire-proto` types).
 //! - [`pool`]: the subscriber connections and their receiver threads.
 //! - [`gaps`]: per (connection, topic) sequence accounting: received, conflated, lost.
 //! - [`publisher`]: the paced fan-out publisher.

@@ -7,6 +7,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr, ToSocketAddrs};
 use std::time::Duration;
 
 use anyhow::{bail, Context};
+use tickwire_proto::Topic;
 
 /// Where the server is: the WebSocket endpoint and the HTTP base derived from it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -185,16 +186,14 @@ pub fn parse_duration(s: &str) -> anyhow::Result<Duration> {
     Ok(Duration::from_secs_f64(secs))
 }
 
-/// A topic name prefix must make valid topics when an index is appended.
+/// A topic name prefix must make valid topics when an index is appended: checked as the
+/// server checks a topic (`tickwire_proto::Topic`), on the first one.
 pub fn check_topic_prefix(prefix: &str) -> anyhow::Result<()> {
-    let ok = !prefix.is_empty()
-        && prefix
-            .bytes()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'.' | b'_' | b'-'))
-        && !prefix.starts_with('.')
-        && !prefix.contains("..");
-    if !ok {
-        bail!("topic prefix {prefix:?} must be letters, digits, '.', '_' or '-' (no empty tokens)");
+    if prefix.is_empty() {
+        bail!("the topic prefix must not be empty");
+    }
+    if let Err(e) = Topic::parse(&format!("{prefix}0")) {
+        bail!("topic prefix {prefix:?} does not make valid topics: {e}");
     }
     Ok(())
 }

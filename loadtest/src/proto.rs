@@ -1,5 +1,6 @@
 //! tickwire protocol v1 as the load client needs it: recognising server messages without a
-//! full JSON parse, and building subscribe requests and publish bodies.
+//! full JSON parse, and building subscribe requests and publish bodies. Where a full parse is
+//! fine (publish replies, off the receive path) it uses the shared types of `tickwire-proto`.
 //!
 //! The server writes `update`/`snapshot` frames with a fixed field order
 //! (`{"type":..,"topic":..,"seq":..,"ts":..,"data":..}`), and the publisher embeds its send time
@@ -10,6 +11,7 @@ use std::io::Write;
 use std::sync::LazyLock;
 
 use memchr::memmem::Finder;
+use tickwire_proto::{Published, PublishedBatch};
 
 /// A server message, borrowed from the read buffer.
 #[derive(Debug, PartialEq, Eq)]
@@ -133,7 +135,7 @@ pub fn single_body(topic: &str, sent_us: u64, payload_bytes: usize, out: &mut Ve
 }
 
 fn single_message(topic: &str, sent_us: u64, payload_bytes: usize, out: &mut Vec<u8>) {
-    // Topic names are validated by the tool (letters, digits, `.`, `_`, `-`): no escaping needed.
+    // Topic names are validated as topics by the tool (`opts::check_topic_prefix`): no escaping needed.
     out.extend_from_slice(br#"{"topic":""#);
     out.extend_from_slice(topic.as_bytes());
     out.extend_from_slice(br#"","data":"#);
@@ -144,19 +146,10 @@ fn single_message(topic: &str, sent_us: u64, payload_bytes: usize, out: &mut Vec
 /// The `results` of a publish response: `(topic, seq)` per message, in order.
 pub fn parse_publish_response(body: &[u8]) -> anyhow::Result<Vec<(String, u64)>> {
     #[derive(serde::Deserialize)]
-    struct One {
-        topic: String,
-        seq: u64,
-    }
-    #[derive(serde::Deserialize)]
-    struct Batch {
-        results: Vec<One>,
-    }
-    #[derive(serde::Deserialize)]
     #[serde(untagged)]
     enum Resp {
-        Batch(Batch),
-        One(One),
+        Batch(PublishedBatch),
+        One(Published),
     }
     let resp: Resp = serde_json::from_slice(body)?;
     Ok(match resp {

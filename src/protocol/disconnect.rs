@@ -2,7 +2,10 @@
 //! label counted in `tickwire_disconnects_total{reason}`.
 //!
 //! Codes 4000–4499 are tickwire's own. A client should reconnect after any of them except
-//! after fixing its own behaviour (4029), or with a fresh token (4003).
+//! after fixing its own behaviour (4029), or with a fresh token (4003). Those codes are shared
+//! with the clients (`tickwire_proto::close`).
+
+use tickwire_proto::close;
 
 /// The reason a WebSocket connection was closed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -36,11 +39,11 @@ impl Disconnect {
     pub fn close_frame(self) -> Option<(u16, &'static str)> {
         Some(match self {
             Disconnect::ClientClose | Disconnect::Error => return None,
-            Disconnect::SlowConsumer => (4008, "slow consumer"),
-            Disconnect::IdleTimeout => (4012, "idle timeout"),
+            Disconnect::SlowConsumer => (close::SLOW_CONSUMER, "slow consumer"),
+            Disconnect::IdleTimeout => (close::IDLE_TIMEOUT, "idle timeout"),
             Disconnect::Shutdown => (1001, "server shutting down"),
-            Disconnect::RateLimit => (4029, "rate limit exceeded"),
-            Disconnect::TokenExpired => (4003, "token expired"),
+            Disconnect::RateLimit => (close::RATE_LIMIT, "rate limit exceeded"),
+            Disconnect::TokenExpired => (close::TOKEN_EXPIRED, "token expired"),
             Disconnect::MessageTooBig => (1009, "message too big"),
             Disconnect::InvalidUtf8 => (1007, "invalid UTF-8"),
             Disconnect::Binary => (1003, "binary messages are not supported"),

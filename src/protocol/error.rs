@@ -7,6 +7,7 @@
 //! `ServerError` in `transport::listener`).
 
 use thiserror::Error;
+use tickwire_proto::code;
 
 use crate::topic::{TopicError, MAX_TOPIC_BYTES};
 
@@ -60,24 +61,26 @@ pub enum RequestError {
 }
 
 impl RequestError {
-    /// The stable `code` string clients match on.
+    /// The stable `code` string clients match on (shared with them: `tickwire_proto::code`).
     pub fn code(&self) -> &'static str {
         match self {
-            RequestError::BadRequest(_) => "bad_request",
-            RequestError::UnknownOp(_) => "unknown_op",
-            RequestError::InvalidTopic { .. } => "invalid_topic",
-            RequestError::Forbidden { .. } | RequestError::Origin(_) => "forbidden",
-            RequestError::Unauthorized(_) => "unauthorized",
-            RequestError::TooManyConnections(_) => "too_many_connections",
-            RequestError::TooManySubscriptions(_) => "too_many_subscriptions",
-            RequestError::TooManyTopics(_) => "too_many_topics",
-            RequestError::RateLimited => "rate_limited",
-            RequestError::PayloadTooLarge(_) | RequestError::MessageTooLarge { .. } => "payload_too_large",
-            RequestError::BodyTimeout(_) => "body_timeout",
-            RequestError::TopicNotFound(_) | RequestError::NoRoute(_) => "not_found",
-            RequestError::MethodNotAllowed => "method_not_allowed",
-            RequestError::Unavailable(_) => "unavailable",
-            RequestError::IdempotencyConflict(_) => "idempotency_conflict",
+            RequestError::BadRequest(_) => code::BAD_REQUEST,
+            RequestError::UnknownOp(_) => code::UNKNOWN_OP,
+            RequestError::InvalidTopic { .. } => code::INVALID_TOPIC,
+            RequestError::Forbidden { .. } | RequestError::Origin(_) => code::FORBIDDEN,
+            RequestError::Unauthorized(_) => code::UNAUTHORIZED,
+            RequestError::TooManyConnections(_) => code::TOO_MANY_CONNECTIONS,
+            RequestError::TooManySubscriptions(_) => code::TOO_MANY_SUBSCRIPTIONS,
+            RequestError::TooManyTopics(_) => code::TOO_MANY_TOPICS,
+            RequestError::RateLimited => code::RATE_LIMITED,
+            RequestError::PayloadTooLarge(_) | RequestError::MessageTooLarge { .. } => {
+                code::PAYLOAD_TOO_LARGE
+            }
+            RequestError::BodyTimeout(_) => code::BODY_TIMEOUT,
+            RequestError::TopicNotFound(_) | RequestError::NoRoute(_) => code::NOT_FOUND,
+            RequestError::MethodNotAllowed => code::METHOD_NOT_ALLOWED,
+            RequestError::Unavailable(_) => code::UNAVAILABLE,
+            RequestError::IdempotencyConflict(_) => code::IDEMPOTENCY_CONFLICT,
         }
     }
 

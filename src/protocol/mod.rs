@@ -14,7 +14,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use bytes::Bytes;
-use serde::{Deserialize, Serialize, Serializer};
+use serde::Serialize;
 use serde_json::value::RawValue;
 
 use crate::protocol::error::RequestError;
@@ -34,13 +34,9 @@ pub(crate) fn new_epoch() -> Arc<str> {
     Alphanumeric.sample_string(&mut rand::rng(), EPOCH_LEN).into()
 }
 
-/// A place in a topic's stream: the last seq a client has, in the topic's epoch. Here, below
-/// `history` and the hub, because the `since` of a subscribe request carries it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Position {
-    pub seq: u64,
-    pub epoch: Arc<str>,
-}
+/// A place in a topic's stream (seq + epoch): shared with the clients (`tickwire-proto`). Here,
+/// below `history` and the hub, because the `since` of a subscribe request carries it.
+pub use tickwire_proto::Position;
 
 /// A validated client request.
 #[derive(Debug)]
@@ -223,18 +219,6 @@ pub(crate) fn now_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)
-}
-
-impl Serialize for Topic {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(self.as_str())
-    }
-}
-
-impl Serialize for Pattern {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(self.as_str())
-    }
 }
 
 #[cfg(test)]

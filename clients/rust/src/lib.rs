@@ -87,15 +87,15 @@ mod error;
 mod http;
 mod message;
 mod options;
-mod topic;
 mod url;
 
 pub use client::{Client, ClientBuilder, Events};
 pub use error::{BoxError, Error, Result};
 pub use http::{HttpPublisher, Outgoing};
-pub use message::{Event, Kind, Position, Published, Subscribed, SubscriptionState, Unsubscribed, Update};
+pub use message::{Event, SubscriptionState};
 pub use options::{Backoff, ClientOptions, TokenProvider};
-pub use topic::pattern_matches;
+/// The wire types and pattern matching, shared with the server (crate `tickwire-proto`).
+pub use tickwire_proto::{pattern_matches, Kind, Position, Published, Subscribed, Unsubscribed, Update};
 
 /// Re-export of the rustls version used for `wss://` and `https://`, to build a custom
 /// [`ClientOptions::tls_config`] (private CA, client certificates).

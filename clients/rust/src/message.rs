@@ -1,101 +1,16 @@
 //! Typed messages: what the application receives, and the wire frames (protocol v1) behind them.
+//! The server's messages themselves (`Update`, `Subscribed`, `Position`...) are the shared
+//! definitions of `tickwire-proto`; this module adds the client's events, its requests and the
+//! dispatch of a received frame.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
+pub use tickwire_proto::{Kind, Position, Published, Subscribed, Unsubscribed, Update};
 
 use crate::error::Error;
-
-/// A place in a topic's stream: a seq, valid within the topic's epoch.
-///
-/// Epochs change when the server restarts (or forgets an idle topic), and seqs of different
-/// epochs are unrelated.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
-pub struct Position {
-    /// The topic's latest seq (0: nothing published yet).
-    pub seq: u64,
-    /// The topic's epoch.
-    pub epoch: String,
-}
-
-/// Whether a delivered publication is a live (or recovered) update or a snapshot.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Kind {
-    /// A publication, delivered live or replayed after a reconnect.
-    Update,
-    /// The topic's latest value, sent when subscribing without (successful) recovery.
-    Snapshot,
-}
-
-/// A publication delivered on a topic: an `update` or `snapshot` frame.
-///
-/// Serializes back to the exact wire shape
-/// `{"type":"update","topic":..,"seq":..,"ts":..,"data":..}`, with `data` byte-for-byte as the
-/// server sent it.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Update {
-    /// Update or snapshot.
-    #[serde(rename = "type")]
-    pub kind: Kind,
-    /// The concrete topic (never a pattern).
-    pub topic: String,
-    /// The publication's seq in the topic's stream.
-    pub seq: u64,
-    /// When the server accepted the publication, milliseconds since the Unix epoch.
-    pub ts: u64,
-    /// The payload, as the publisher sent it.
-    pub data: Box<RawValue>,
-    /// Set only on a snapshot that resets the topic outside a subscribe reply (a cluster's
-    /// broker lost the stream, or history no longer reaches back): the epoch the topic
-    /// continues in. The client then tracks the topic from this snapshot.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub epoch: Option<String>,
-}
-
-impl Update {
-    /// Whether this is a snapshot rather than an update.
-    pub fn is_snapshot(&self) -> bool {
-        self.kind == Kind::Snapshot
-    }
-
-    /// Decodes the payload.
-    pub fn decode<T: DeserializeOwned>(&self) -> Result<T, serde_json::Error> {
-        serde_json::from_str(self.data.get())
-    }
-}
-
-/// The server's reply to a subscribe request.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Subscribed {
-    /// The subscriptions (topics or patterns) as requested.
-    pub topics: Vec<String>,
-    /// The position of every existing topic the subscriptions match.
-    #[serde(default)]
-    pub positions: BTreeMap<String, Position>,
-    /// For topics given in `since`: whether the missed publications were replayed.
-    #[serde(default)]
-    pub recovered: BTreeMap<String, bool>,
-}
-
-/// The server's reply to an unsubscribe request.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Unsubscribed {
-    /// The subscriptions removed, as requested.
-    pub topics: Vec<String>,
-}
-
-/// The server's reply to a publish: the seq the publication got.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Published {
-    /// The topic published to.
-    pub topic: String,
-    /// The publication's seq.
-    pub seq: u64,
-}
 
 /// What happens on a client, in order: the stream [`Events`](crate::Events) yields, and what
 /// the [`ClientBuilder`](crate::ClientBuilder) callbacks receive.
@@ -336,7 +251,7 @@ mod tests {
         let Ok(Frame::Subscribed(Some(1), s)) = f else {
             panic!("{f:?}")
         };
-        assert_eq!(s.positions["a.b"].epoch, "k3j2");
+        assert_eq!(&*s.positions["a.b"].epoch, "k3j2");
         assert!(s.recovered["a.b"]);
         let f = Frame::parse(r#"{"type":"subscribed","topics":["x"]}"#);
         assert!(matches!(f, Ok(Frame::Subscribed(None, s)) if s.positions.is_empty()));

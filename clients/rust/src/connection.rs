@@ -19,6 +19,7 @@ use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use serde_json::value::RawValue;
+use tickwire_proto::{close, code, pattern_matches};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
@@ -34,7 +35,6 @@ use crate::message::{
     Event, Frame, Kind, Position, Published, Request, Subscribed, SubscriptionState, Unsubscribed, Update,
 };
 use crate::options::{default_tls, ClientOptions};
-use crate::topic::pattern_matches;
 use crate::url::with_token;
 
 pub(crate) type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
@@ -54,13 +54,11 @@ const CLOSE_WAIT: Duration = Duration::from_secs(2);
 const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 /// A connection that lasted less than this does not reset the backoff.
 const STABLE_AFTER: Duration = Duration::from_secs(1);
-/// Close code for "the server kept refusing our requests": reconnecting would not help.
-const CLOSE_RATE_LIMIT: u16 = 4029;
 
 /// Refusals that say "not now" rather than "no": the request was not carried out and the same
 /// request may succeed later (Redis back, rate limit refilled).
 fn transient(code: &str) -> bool {
-    matches!(code, "unavailable" | "rate_limited")
+    code == code::UNAVAILABLE || code == code::RATE_LIMITED
 }
 
 /// A request from a [`Client`](crate::Client) handle.
@@ -118,7 +116,7 @@ struct Track {
     /// Last seq delivered (or, right after subscribing, one less than the snapshot to come).
     seq: u64,
     /// The topic's epoch, when a `subscribed` reply told it.
-    epoch: Option<String>,
+    epoch: Option<Arc<str>>,
 }
 
 /// A request waiting for its reply.
@@ -520,7 +518,7 @@ impl Task {
                 continue;
             }
             asked.insert(topic.clone());
-            let epoch = track.epoch.clone().unwrap_or_default();
+            let epoch: Arc<str> = track.epoch.clone().unwrap_or_else(|| "".into());
             let cost = topic.len() + epoch.len() + 40;
             if bytes + cost > SINCE_BYTES {
                 continue; // no room to ask for recovery: the topic resets, as in `resubscribe`
@@ -638,7 +636,7 @@ impl Task {
                 if !pattern_matches(pattern, topic) || !assigned.insert(topic) {
                     continue;
                 }
-                let epoch = track.epoch.clone().unwrap_or_default();
+                let epoch: Arc<str> = track.epoch.clone().unwrap_or_else(|| "".into());
                 let cost = topic.len() + epoch.len() + 40;
                 if batch.bytes + cost > SINCE_BYTES {
                     // No room to ask for recovery: the topic resets (and its snapshot follows).
@@ -878,7 +876,7 @@ impl Task {
             // A reset: the stream restarted (possibly at a lower seq), so the old track is void.
             let track = Track {
                 seq: update.seq,
-                epoch: Some(epoch.clone()),
+                epoch: Some(epoch.as_str().into()),
             };
             self.tracks.insert(update.topic.clone(), track);
             let topic = update.topic.clone();
@@ -930,6 +928,6 @@ async fn closed_by_server(mut ws: Ws, frame: Option<CloseFrame>) -> End {
     End {
         code,
         reason,
-        stop: code == CLOSE_RATE_LIMIT,
+        stop: code == close::RATE_LIMIT,
     }
 }

@@ -11,12 +11,12 @@ use hyper::{Request, Uri};
 use hyper_util::rt::TokioIo;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
+use tickwire_proto::{Published, PublishedBatch};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tracing::debug;
 
 use crate::error::{BoxError, Error, Result};
-use crate::message::Published;
 use crate::options::{default_tls, TokenProvider};
 use crate::url::check_scheme;
 
@@ -100,11 +100,6 @@ impl std::fmt::Debug for HttpPublisher {
             .field("url", &self.url)
             .finish_non_exhaustive()
     }
-}
-
-#[derive(Deserialize)]
-struct Batch {
-    results: Vec<Published>,
 }
 
 #[derive(Serialize)]
@@ -194,7 +189,7 @@ impl HttpPublisher {
         }
         let body = serde_json::to_vec(&BatchBody { messages })?;
         let reply = self.post(body).await?;
-        let batch: Batch =
+        let batch: PublishedBatch =
             serde_json::from_slice(&reply).map_err(|e| Error::Protocol(format!("bad batch reply: {e}")))?;
         if batch.results.len() != messages.len() {
             return Err(Error::Protocol(format!(
