@@ -40,7 +40,8 @@
 //!   order), with `hub::topics` (the registry), `hub::subscribe` (subscribe with catch-up) and
 //!   `hub::mirror` (a broker's publications); `outbox`: a connection's bounded queue with
 //!   conflation (its header holds the queue bound rules); `history`: recent publications for
-//!   recovery; `patterns`: the token trie of pattern subscriptions.
+//!   recovery; `patterns`: the token trie of pattern subscriptions; `names`: the topics' names,
+//!   in order (listing) and in a token trie (the topics a pattern matches).
 //! - `auth`: who a client is. `auth` itself: anonymous, JWT or API key; `jwt`: verifying and
 //!   minting tokens; `jwks`: the fetched key set, kept fresh; `keyset`: verification keys and
 //!   reading a JWKS (below both `jwt` and `jwks`); `apikey`: publishers' keys as SHA-256

@@ -133,6 +133,10 @@ impl Node {
     }
 }
 
+/// Topics a subscribe or unsubscribe registers or drops between two yields to the runtime:
+/// well under a millisecond of work in a release build.
+const SLICE: usize = 512;
+
 /// What a connection's session goes through for its subscriptions, so that it never touches
 /// the hub: the subscribe sequence (prepare in a cluster, cork, register, uncork with the reply
 /// and the catch-up) and its undoing, each written once here.
@@ -167,26 +171,50 @@ impl Node {
         // Updates published while the hub registers us wait behind the reply and the catch-up
         // frames (see `Hub::subscribe`).
         let cork = who.outbox.cork();
-        match self.hub.subscribe(who, patterns, since) {
-            Ok(done) => {
-                self.metrics.subscriptions.add(new.len() as i64);
-                let first = std::iter::once((reply(Ok(&done)), None));
-                cork.uncork(first.chain(done.frames));
-                Ok(())
-            }
+        let mut job = match self.hub.subscribing(who, patterns, since) {
+            Ok(job) => job,
             Err(e) => {
                 cork.uncork(std::iter::once((reply(Err(&e)), None)));
                 self.release(new);
-                Err(e)
+                return Err(e);
+            }
+        };
+        // A request of many patterns over many topics is registered in slices, with the
+        // runtime free between them, so that it never stalls other connections for long.
+        for pattern in patterns {
+            job.add(pattern);
+            while !job.run(SLICE) {
+                tokio::task::yield_now().await;
+            }
+            if job.worked(SLICE) {
+                tokio::task::yield_now().await;
             }
         }
+        let done = job.finish();
+        self.metrics.subscriptions.add(new.len() as i64);
+        let first = std::iter::once((reply(Ok(&done)), None));
+        cork.uncork(first.chain(done.frames));
+        Ok(())
     }
 
     /// Ends `who`'s subscriptions `patterns` in the hub (so nothing more is queued through
     /// them), then releases and uncounts `held`: those among them its connection held (an
     /// unsubscribe request may name others).
-    pub fn unsubscribe(&self, who: &crate::pubsub::hub::Subscriber, patterns: &[Pattern], held: &[Pattern]) {
-        self.hub.unsubscribe(who.id, patterns);
+    pub async fn unsubscribe(
+        &self,
+        who: &crate::pubsub::hub::Subscriber,
+        patterns: &[Pattern],
+        held: &[Pattern],
+    ) {
+        // One pattern at a time, with the runtime free between slices (see `subscribe`).
+        let mut work = 0;
+        for pattern in patterns {
+            work += self.hub.unsubscribe(who.id, std::slice::from_ref(pattern));
+            if work >= SLICE {
+                work = 0;
+                tokio::task::yield_now().await;
+            }
+        }
         self.release(held);
         self.metrics.subscriptions.sub(held.len() as i64);
     }

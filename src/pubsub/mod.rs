@@ -1,12 +1,14 @@
 //! Local fan-out: the topic registry with sequence numbers, last values and fan-out ([`hub`]),
 //! each subscriber's bounded outbound queue ([`outbox`]), a topic's recent publications
-//! ([`history`]) and the trie that finds the pattern subscriptions matching a topic
-//! ([`patterns`]).
+//! ([`history`]), the trie that finds the pattern subscriptions matching a topic
+//! ([`patterns`]) and the names of the topics, in order and by token, which find the topics
+//! matching a pattern ([`names`]).
 //!
 //! Knows nothing of sockets or of other nodes; depends only on `protocol`, `topic`, `settings`
 //! and `metrics`.
 
 pub mod history;
 pub mod hub;
+pub mod names;
 pub mod outbox;
 pub mod patterns;

@@ -84,9 +84,9 @@ impl<'a, E: Expiry> Session<'a, E> {
                 // Its reply, queued, says how it went.
                 let _ = self.subscribe(id, topics, since).await;
             }
-            Ok(Request::Unsubscribe(topics)) => self.unsubscribe(id, &topics),
+            Ok(Request::Unsubscribe(topics)) => self.unsubscribe(id, &topics).await,
             Ok(Request::Publish { topic, data }) => self.publish(id, topic, data).await,
-            Ok(Request::Auth { token }) => self.auth(id, &token),
+            Ok(Request::Auth { token }) => self.auth(id, &token).await,
             Ok(Request::Ping) => self.reply(Reply::Pong { id }),
         }
         None
@@ -131,12 +131,12 @@ impl<'a, E: Expiry> Session<'a, E> {
         Ok(())
     }
 
-    fn unsubscribe(&mut self, id: Option<i64>, topics: &[Pattern]) {
+    async fn unsubscribe(&mut self, id: Option<i64>, topics: &[Pattern]) {
         let held: Vec<Pattern> = (topics.iter())
             .filter(|t| self.subscriptions.remove(*t))
             .cloned()
             .collect();
-        self.app.node.unsubscribe(self.who, topics, &held);
+        self.app.node.unsubscribe(self.who, topics, &held).await;
         self.reply(Reply::Unsubscribed { id, topics });
     }
 
@@ -158,8 +158,8 @@ impl<'a, E: Expiry> Session<'a, E> {
         }
     }
 
-    fn auth(&mut self, id: Option<i64>, token: &str) {
-        match self.refresh(token) {
+    async fn auth(&mut self, id: Option<i64>, token: &str) {
+        match self.refresh(token).await {
             Ok(dropped) => self.reply(Reply::Authed {
                 id,
                 dropped: &dropped,
@@ -171,7 +171,7 @@ impl<'a, E: Expiry> Session<'a, E> {
     /// Replaces the connection's identity with the one `token` gives, and drops (from the hub
     /// first, so nothing more is queued through them) the subscriptions it no longer allows.
     /// A refused token changes nothing: the current one stays in force until it expires.
-    fn refresh(&mut self, token: &str) -> Result<Vec<Pattern>, RequestError> {
+    async fn refresh(&mut self, token: &str) -> Result<Vec<Pattern>, RequestError> {
         let identity = (self.app.auth.refresh(&self.identity, token))
             .ok_or_else(|| RequestError::BadRequest("no tokens in use (auth.mode = \"none\")".into()))??;
         let mut dropped: Vec<Pattern> = (self.subscriptions.iter())
@@ -179,7 +179,7 @@ impl<'a, E: Expiry> Session<'a, E> {
             .cloned()
             .collect();
         dropped.sort();
-        self.app.node.unsubscribe(self.who, &dropped, &dropped);
+        self.app.node.unsubscribe(self.who, &dropped, &dropped).await;
         for s in &dropped {
             self.subscriptions.remove(s);
         }
@@ -200,10 +200,10 @@ impl<'a, E: Expiry> Session<'a, E> {
 
     /// Ends every subscription the client still holds: for the transport, once the connection
     /// has ended.
-    pub fn close(mut self) {
+    pub async fn close(mut self) {
         let subscriptions: Vec<Pattern> = self.subscriptions.drain().collect();
-        self.app
-            .node
-            .unsubscribe(self.who, &subscriptions, &subscriptions);
+        (self.app.node)
+            .unsubscribe(self.who, &subscriptions, &subscriptions)
+            .await;
     }
 }

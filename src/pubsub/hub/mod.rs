@@ -2,9 +2,12 @@
 //! publication to the outboxes of local connections.
 //!
 //! Pattern subscriptions are materialized onto topics: when a client subscribes to `prices.*`,
-//! it is recorded on every existing matching topic, and a topic created later picks up matching
-//! patterns from the [`PatternIndex`]. Publishing is then a lookup plus one pass over the topic's
-//! subscribers, each client at most once however many of its subscriptions match.
+//! it is recorded on every existing matching topic (found by walking the pattern down the
+//! names' token trie, [`TopicNames`], so the cost is what it matches, not the number of topics),
+//! and a topic created later picks up matching patterns from the [`PatternIndex`]. Publishing
+//! is then a lookup plus one pass over the topic's subscribers, each client at most once
+//! however many of its subscriptions match. A subscribe runs in steps ([`Hub::subscribing`])
+//! that hold no lock between them, so the node can let other work run during a large one.
 //!
 //! In a cluster (`broker.kind = "redis"`) the hub is a *mirror*: seqs are assigned in Redis, and
 //! the broker feeds every publication of the topics local clients need through [`Hub::apply`]
@@ -35,7 +38,7 @@ mod subscribe;
 mod tests;
 mod topics;
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Instant;
@@ -47,6 +50,7 @@ use crate::metrics::Metrics;
 use crate::protocol::encoding::Encoding;
 use crate::protocol::{now_ms, Data, Position};
 use crate::pubsub::history::{self, History};
+use crate::pubsub::names::TopicNames;
 use crate::pubsub::outbox::{Outbox, Pushed, TopicKey};
 use crate::pubsub::patterns::PatternIndex;
 use crate::settings::{Policy, TopicBounds, TopicRules};
@@ -154,9 +158,9 @@ pub struct HistoryPage {
 
 pub struct Hub {
     topics: DashMap<Topic, Arc<TopicEntry>>,
-    /// The names in `topics`, in order, so that a page of the listing costs O(log n + page)
-    /// instead of a sort of every topic. Changed only under the map shard of the name changed.
-    names: Mutex<BTreeSet<Topic>>,
+    /// The names in `topics`, in order (the listing) and by token (the topics a pattern
+    /// matches). Changed only under the map shard of the name changed.
+    names: Mutex<TopicNames>,
     /// `topics.len()`, kept exact (changed under the shard lock with the map) so that the limit
     /// check is one atomic operation.
     count: AtomicUsize,

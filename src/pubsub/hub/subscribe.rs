@@ -2,6 +2,7 @@
 //! a snapshot), and unsubscribing.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use crate::protocol::error::RequestError;
@@ -25,15 +26,37 @@ impl Hub {
     ///
     /// An exact subscription to a topic that does not exist creates it, and counts against
     /// `max_topics`: when they do not all fit, nothing is registered (`too_many_topics`).
+    ///
+    /// In one go, for the tests; the node runs the same steps with yields between them.
+    #[cfg(test)]
     pub fn subscribe(
         &self,
         who: &Subscriber,
         subscriptions: &[Pattern],
         since: &HashMap<Topic, Position>,
     ) -> Result<Subscribed, RequestError> {
+        let mut job = self.subscribing(who, subscriptions, since)?;
+        for sub in subscriptions {
+            job.add(sub);
+            while !job.run(usize::MAX) {}
+        }
+        Ok(job.finish())
+    }
+
+    /// [`Hub::subscribe`] in steps, so that a large request can let other work run between
+    /// them (every step leaves the hub consistent, and no lock is held between steps): the
+    /// exact topics are reserved here, all or none; then each subscription is [added]
+    /// (`Subscribing::add`) and [run](`Subscribing::run`) to the end in slices; then
+    /// [`Subscribing::finish`] gives what [`Hub::subscribe`] returns.
+    pub fn subscribing<'a>(
+        &'a self,
+        who: &'a Subscriber,
+        subscriptions: &[Pattern],
+        since: &'a HashMap<Topic, Position>,
+    ) -> Result<Subscribing<'a>, RequestError> {
         let exact: Vec<Topic> = subscriptions.iter().filter_map(Pattern::as_exact).collect();
         self.reserve(&exact)?;
-        let mut catch_up = CatchUp {
+        let catch_up = CatchUp {
             hub: self,
             who,
             since,
@@ -41,26 +64,20 @@ impl Hub {
             seen: HashSet::new(),
             out: Subscribed::default(),
         };
-        for sub in subscriptions {
-            if let Some(topic) = sub.as_exact() {
-                self.with_topic(&topic, |entry, state| catch_up.add(&topic, entry, state, sub));
-                continue;
-            }
-            let mut patterns = write(&self.patterns);
-            patterns.insert(sub, who.id, who.outbox.clone());
-            for item in self.topics.iter() {
-                if sub.matches(item.key()) {
-                    let mut state = lock(&item.value().state);
-                    catch_up.add(item.key(), item.value(), &mut state, sub);
-                }
-            }
-        }
-        Ok(catch_up.out)
+        Ok(Subscribing {
+            catch_up,
+            pattern: None,
+            pending: Vec::new(),
+            work: 0,
+            created_from: 0,
+        })
     }
 
-    /// Removes subscriptions. Once this returns, nothing more is queued through them.
-    pub fn unsubscribe(&self, who: ClientId, subscriptions: &[Pattern]) {
+    /// Removes subscriptions. Once this returns, nothing more is queued through them. Returns
+    /// the work done (patterns plus topics visited), for callers that pace themselves.
+    pub fn unsubscribe(&self, who: ClientId, subscriptions: &[Pattern]) -> usize {
         let mut idle = Vec::new();
+        let mut work = subscriptions.len();
         for sub in subscriptions {
             if let Some(topic) = sub.as_exact() {
                 let entry = self.topics.get(&topic).map(|e| e.clone());
@@ -71,17 +88,113 @@ impl Hub {
                 }
                 continue;
             }
-            let mut patterns = write(&self.patterns);
-            patterns.remove(sub, who);
-            for item in self.topics.iter() {
-                if sub.matches(item.key()) && lock(&item.value().state).remove(who, sub, self.mirrored) {
-                    idle.push(item.key().clone());
+            // Out of the index first: a topic created from now on does not pick the pattern up,
+            // and every topic that did is in the names by the time the write lock is ours.
+            write(&self.patterns).remove(sub, who);
+            let matching = lock(&self.names).matching(sub);
+            work += matching.len();
+            for topic in matching {
+                let Some(entry) = self.topics.get(&topic).map(|e| e.clone()) else {
+                    continue;
+                };
+                if lock(&entry.state).remove(who, sub, self.mirrored) {
+                    idle.push(topic);
                 }
             }
         }
         for topic in idle {
             self.remove_if(&topic, |state| state.is_idle(self.mirrored));
         }
+        work
+    }
+}
+
+/// A subscribe request in progress (see [`Hub::subscribing`]).
+pub struct Subscribing<'a> {
+    catch_up: CatchUp<'a>,
+    /// The pattern whose existing topics `pending` holds.
+    pattern: Option<Pattern>,
+    /// Topics the pattern matched when it was added, not registered yet.
+    pending: Vec<Topic>,
+    /// Subscriptions added and topics registered since [`Subscribing::worked`] last said so.
+    work: usize,
+    /// The first topic key handed out after the pattern entered the index: a topic with this
+    /// key or a later one was created with the pattern already registered on it.
+    created_from: TopicKey,
+}
+
+impl Subscribing<'_> {
+    /// Registers `sub`. An exact subscription is registered at once; a pattern enters the
+    /// pattern index (from then on every new topic it matches is created with the subscriber
+    /// on it) and the topics it matches now wait for [`Subscribing::run`].
+    pub fn add(&mut self, sub: &Pattern) {
+        debug_assert!(
+            self.pending.is_empty(),
+            "run the previous subscription to the end first"
+        );
+        self.work += 1;
+        let hub = self.catch_up.hub;
+        if let Some(topic) = sub.as_exact() {
+            let catch_up = &mut self.catch_up;
+            hub.with_topic(&topic, |entry, state| catch_up.add(&topic, entry, state, sub));
+            return;
+        }
+        let who = self.catch_up.who;
+        {
+            let mut patterns = write(&hub.patterns);
+            patterns.insert(sub, who.id, who.outbox.clone());
+            // Read under the write lock: no topic is being created meanwhile (creation holds
+            // the read lock while it takes its key and looks the patterns up).
+            self.created_from = hub.next_key.load(Ordering::Relaxed);
+        }
+        self.pending = lock(&hub.names).matching(sub);
+        self.pattern = Some(sub.clone());
+    }
+
+    /// Registers up to `budget` of the waiting topics; true when none is left.
+    pub fn run(&mut self, budget: usize) -> bool {
+        let Some(sub) = &self.pattern else {
+            return true;
+        };
+        let hub = self.catch_up.hub;
+        let from = self.pending.len().saturating_sub(budget);
+        self.work += self.pending.len() - from;
+        for topic in self.pending.drain(from..) {
+            let Some(entry) = hub.topics.get(&topic).map(|e| e.clone()) else {
+                continue; // dropped since: if it comes back, it picks the pattern up
+            };
+            // Created after the pattern was indexed: registered at its creation, delivering
+            // from its first publication, like a topic created after this request. Reporting
+            // a position now could name a seq the client is about to receive as an update.
+            if entry.key >= self.created_from {
+                continue;
+            }
+            let mut state = lock(&entry.state);
+            if !state.removed {
+                self.catch_up.add(&topic, &entry, &mut state, sub);
+            }
+        }
+        if self.pending.is_empty() {
+            self.pattern = None;
+            self.pending = Vec::new();
+        }
+        self.pattern.is_none()
+    }
+
+    /// Whether `slice` units of work (subscriptions added, topics registered) were done since
+    /// it last said so: the caller's cue to let other work run.
+    pub fn worked(&mut self, slice: usize) -> bool {
+        let due = self.work >= slice;
+        if due {
+            self.work = 0;
+        }
+        due
+    }
+
+    /// What the request collected: positions, recovery outcomes and catch-up frames.
+    pub fn finish(self) -> Subscribed {
+        debug_assert!(self.pending.is_empty());
+        self.catch_up.out
     }
 }
 

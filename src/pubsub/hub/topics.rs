@@ -3,7 +3,6 @@
 //! and the ordered listing.
 
 use std::collections::{HashMap, HashSet};
-use std::ops::Bound;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -71,7 +70,7 @@ impl Hub {
             policy: self.rules.policy_for(topic),
             state: Mutex::new(state),
         });
-        lock(&self.names).insert(topic.clone());
+        lock(&self.names).insert(topic);
         vacant.insert(entry.clone());
         Ok((entry, true))
     }
@@ -195,12 +194,7 @@ impl Hub {
     /// of the name index (held only to copy the names), then one lookup per name. A topic
     /// dropped in between is left out of the page; the next page still starts after it.
     pub fn list(&self, after: Option<&Topic>, limit: usize) -> TopicPage {
-        let mut names: Vec<Topic> = {
-            let index = lock(&self.names);
-            let from = after.map_or(Bound::Unbounded, Bound::Excluded);
-            let range = index.range::<Topic, _>((from, Bound::Unbounded));
-            range.take(limit.saturating_add(1)).cloned().collect()
-        };
+        let mut names = lock(&self.names).page(after, limit);
         let next = (names.len() > limit).then(|| {
             names.truncate(limit);
             names.last().cloned()

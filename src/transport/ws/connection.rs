@@ -97,7 +97,7 @@ pub fn run(
                 Endpoint::Requests => {
                     let mut session = Session::new(&app, &who, identity, &connection.watchdog);
                     connection.serve(&mut reader, &mut session).await;
-                    session.close();
+                    session.close().await;
                 }
                 Endpoint::Echo => connection.serve(&mut reader, &mut Echo(&outbox)).await,
             }
