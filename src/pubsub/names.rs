@@ -260,7 +260,7 @@ mod tests {
     fn agrees_with_brute_force() {
         let mut rng = StdRng::seed_from_u64(7);
         let tokens = ["a", "b", "c", "BTC-USD", "x_1"];
-        let mut token = |rng: &mut StdRng, wild: bool| {
+        let token = |rng: &mut StdRng, wild: bool| {
             let n = if wild { tokens.len() + 2 } else { tokens.len() };
             match rng.random_range(0..n) {
                 i if i < tokens.len() => tokens[i],
