@@ -43,6 +43,17 @@ pub(super) fn check_origin(req: &Request<Incoming>, allowed: &[String]) -> Resul
     Err(RequestError::Origin(shown))
 }
 
+/// 426 for a request to a WebSocket endpoint that is not an upgrade, saying what it takes.
+fn upgrade_required() -> Response<Body> {
+    let e = RequestError::BadRequest("this endpoint only accepts WebSocket upgrades".into());
+    let mut resp = error(&e);
+    *resp.status_mut() = StatusCode::UPGRADE_REQUIRED;
+    let headers = resp.headers_mut();
+    headers.insert(UPGRADE, HeaderValue::from_static("websocket"));
+    headers.insert(CONNECTION, HeaderValue::from_static("Upgrade"));
+    resp
+}
+
 pub(super) async fn upgrade(
     mut req: Request<Incoming>,
     app: &Arc<App>,
@@ -60,14 +71,7 @@ pub(super) async fn upgrade(
     };
     if req.method() != Method::GET || !fastwebsockets::upgrade::is_upgrade_request(&req) {
         rejected(REJECT_BAD_HANDSHAKE);
-        let e = RequestError::BadRequest("this endpoint only accepts WebSocket upgrades".into());
-        let mut resp = error(&e);
-        *resp.status_mut() = StatusCode::UPGRADE_REQUIRED;
-        resp.headers_mut()
-            .insert(UPGRADE, HeaderValue::from_static("websocket"));
-        resp.headers_mut()
-            .insert(CONNECTION, HeaderValue::from_static("Upgrade"));
-        return resp;
+        return upgrade_required();
     }
     if app.drain.is_cancelled() {
         return error(&RequestError::Unavailable("server is shutting down"));
@@ -99,15 +103,20 @@ pub(super) async fn upgrade(
     };
     let slot = match app.try_connection(client.ip()) {
         Ok(slot) => slot,
-        Err(Refused::IpLimit) => {
-            rejected(REJECT_IP_LIMIT);
-            debug!(addr = %client, proxy, "websocket refused: too many connections from the address");
-            let limit = app.settings.limits.max_connections_per_ip;
-            return error(&RequestError::TooManyConnections(limit));
-        }
-        Err(Refused::Limit) => {
-            rejected(REJECT_LIMIT);
-            return error(&RequestError::Unavailable("connection limit reached"));
+        Err(refused) => {
+            let (reason, e) = match refused {
+                Refused::IpLimit => {
+                    debug!(addr = %client, proxy, "websocket refused: too many connections from the address");
+                    let limit = app.settings.limits.max_connections_per_ip;
+                    (REJECT_IP_LIMIT, RequestError::TooManyConnections(limit))
+                }
+                Refused::Limit => (
+                    REJECT_LIMIT,
+                    RequestError::Unavailable("connection limit reached"),
+                ),
+            };
+            rejected(reason);
+            return error(&e);
         }
     };
     app.tasks
