@@ -137,6 +137,24 @@ impl Node {
 /// well under a millisecond of work in a release build.
 const SLICE: usize = 512;
 
+/// Undoes a subscribe that stopped between its slices because its connection ended (the
+/// transport dropped the request's future): what the hub registered so far goes, and the
+/// prepared patterns are released, so nothing stays behind that the session does not know of
+/// (its own subscriptions it ends itself, `Session::close`).
+struct Interrupted<'a> {
+    node: &'a Node,
+    who: &'a crate::pubsub::hub::Subscriber,
+    patterns: &'a [Pattern],
+    new: &'a [Pattern],
+}
+
+impl Drop for Interrupted<'_> {
+    fn drop(&mut self) {
+        self.node.hub.unsubscribe(self.who.id, self.patterns);
+        self.node.release(self.new);
+    }
+}
+
 /// What a connection's session goes through for its subscriptions, so that it never touches
 /// the hub: the subscribe sequence (prepare in a cluster, cork, register, uncork with the reply
 /// and the catch-up) and its undoing, each written once here.
@@ -181,6 +199,12 @@ impl Node {
         };
         // A request of many patterns over many topics is registered in slices, with the
         // runtime free between them, so that it never stalls other connections for long.
+        let interrupted = Interrupted {
+            node: self,
+            who,
+            patterns,
+            new,
+        };
         for pattern in patterns {
             job.add(pattern);
             while !job.run(SLICE) {
@@ -190,6 +214,7 @@ impl Node {
                 tokio::task::yield_now().await;
             }
         }
+        std::mem::forget(interrupted);
         let done = job.finish();
         self.metrics.subscriptions.add(new.len() as i64);
         let first = std::iter::once((reply(Ok(&done)), None));
@@ -217,5 +242,49 @@ impl Node {
         }
         self.release(held);
         self.metrics.subscriptions.sub(held.len() as i64);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pubsub::outbox::Outbox;
+    use serde_json::value::RawValue;
+
+    /// A subscribe whose connection ends between its slices leaves nothing in the hub: no
+    /// subscriber on the topics registered so far, no pattern that a new topic would pick up.
+    #[tokio::test]
+    async fn an_interrupted_subscribe_leaves_nothing_behind() {
+        let settings = Settings::from_toml("").unwrap();
+        let node = Node::start(&settings, Arc::new(Metrics::new().unwrap())).unwrap();
+        let topics: Vec<Topic> = (0..3 * SLICE)
+            .map(|i| Topic::parse(&format!("p.t{i}")).unwrap())
+            .collect();
+        let one: Data = Arc::from(RawValue::from_string("1".into()).unwrap());
+        for topic in &topics {
+            node.hub.publish(topic, one.clone());
+        }
+        let outbox = Arc::new(Outbox::new(1 << 20));
+        let who = node.new_subscriber(outbox.clone());
+        let patterns = [Pattern::parse("p.*").unwrap()];
+        let since = std::collections::HashMap::new();
+        {
+            let subscribe = node.subscribe(&who, &patterns, &patterns, &since, |_| bytes::Bytes::new());
+            tokio::pin!(subscribe);
+            let first = futures_util::poll!(subscribe.as_mut());
+            assert!(first.is_pending(), "3 slices' worth of topics yield in between");
+            let registered = topics
+                .iter()
+                .filter(|t| node.hub.subscribers(t) == Some(1))
+                .count();
+            assert!(
+                registered >= SLICE,
+                "the first slice was registered: {registered}"
+            );
+        }
+        assert!(topics.iter().all(|t| node.hub.subscribers(t) == Some(0)));
+        node.hub.publish(&Topic::parse("p.new").unwrap(), one);
+        assert_eq!(node.hub.subscribers(&Topic::parse("p.new").unwrap()), Some(0));
+        assert_eq!(outbox.queued_bytes(), 0, "nothing delivered, nothing left corked");
     }
 }

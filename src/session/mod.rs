@@ -132,11 +132,18 @@ impl<'a, E: Expiry> Session<'a, E> {
     }
 
     async fn unsubscribe(&mut self, id: Option<i64>, topics: &[Pattern]) {
-        let held: Vec<Pattern> = (topics.iter())
-            .filter(|t| self.subscriptions.remove(*t))
+        let mut held: Vec<Pattern> = (topics.iter())
+            .filter(|t| self.subscriptions.contains(*t))
             .cloned()
             .collect();
+        held.sort();
+        held.dedup();
         self.app.node.unsubscribe(self.who, topics, &held).await;
+        // Forgotten only once the node is done: a connection that ends in between still ends
+        // them all (`close`).
+        for t in &held {
+            self.subscriptions.remove(t);
+        }
         self.reply(Reply::Unsubscribed { id, topics });
     }
 
