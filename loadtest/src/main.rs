@@ -10,7 +10,7 @@ use anyhow::Context;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use serde::Serialize;
 use tickwire_loadtest::opts::{self, parse_duration};
-use tickwire_loadtest::scenario::{connect, fanout, idle, publish, Common};
+use tickwire_loadtest::scenario::{connect, fanout, idle, patterns, publish, Common};
 use tickwire_loadtest::{bench, report, sys};
 
 #[derive(Parser)]
@@ -35,6 +35,8 @@ enum Command {
     Connect(ConnectArgs),
     /// HTTP publish ingest rate, single messages and batches.
     Publish(PublishArgs),
+    /// T topics, then subscribe/unsubscribe round trips of patterns matching K of them each.
+    Patterns(PatternsArgs),
     /// Build the benchmark page section and chart from saved JSON results.
     Report(bench::ReportArgs),
 }
@@ -211,6 +213,27 @@ struct PublishArgs {
     topic_prefix: String,
 }
 
+#[derive(Args)]
+struct PatternsArgs {
+    #[command(flatten)]
+    common: CommonArgs,
+    /// Topics created before the measurement (the server's max_topics must allow them).
+    #[arg(short = 't', long, default_value_t = 100_000)]
+    topics: usize,
+    /// Topics each pattern matches.
+    #[arg(short = 'k', long, default_value_t = 10)]
+    per_pattern: usize,
+    /// Subscribe round trips measured (each followed by its unsubscribe).
+    #[arg(long, default_value_t = 1000)]
+    subscribes: usize,
+    /// Messages per HTTP batch while creating the topics (the server's http.max_body_bytes
+    /// must take a batch: about 40 bytes per message).
+    #[arg(long, default_value_t = 10_000)]
+    batch: usize,
+    #[arg(long, default_value = "bench.p")]
+    topic_prefix: String,
+}
+
 /// Context of every error in the options (exit code 2).
 const INVALID_OPTIONS: &str = "invalid options";
 
@@ -246,6 +269,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Idle(a) => Some(&a.common),
         Command::Connect(a) => Some(&a.common),
         Command::Publish(a) => Some(&a.common),
+        Command::Patterns(a) => Some(&a.common),
         Command::Report(_) => None,
     };
     if let Some(c) = common_args {
@@ -339,6 +363,32 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             );
             let r = publish::run(&cfg)?;
             emit(a.common.json, &r, report::publish(&r))
+        }
+        Command::Patterns(a) => {
+            let common = a.common.common().context(INVALID_OPTIONS)?;
+            let cfg = patterns::PatternsConfig {
+                common,
+                topics: a.topics,
+                per_pattern: a.per_pattern,
+                subscribes: a.subscribes,
+                topic_prefix: a.topic_prefix,
+                batch: a.batch,
+            };
+            watchdog(a.common.deadline.unwrap_or(Duration::from_secs(600)));
+            let r = patterns::run(&cfg)?;
+            let human = format!(
+                "patterns: {} topics created in {:.1} s (server RSS {}), {} subscribes of a pattern matching {}: {}\n",
+                r.topics,
+                r.create_s,
+                r.server_rss_mib.map_or("?".into(), |m| format!("{m:.1} MiB")),
+                r.subscribes,
+                r.per_pattern,
+                r.subscribe_ms.as_ref().map_or("no samples".into(), |l| format!(
+                    "p50 {:.3} ms, p99 {:.3} ms, max {:.3} ms",
+                    l.p50, l.p99, l.max
+                )),
+            );
+            emit(a.common.json, &r, human)
         }
         Command::Report(a) => bench::run(&a).context("building the benchmark report"),
     }

@@ -4,6 +4,7 @@
 pub mod connect;
 pub mod fanout;
 pub mod idle;
+pub mod patterns;
 pub mod publish;
 
 use std::net::IpAddr;
