@@ -98,6 +98,9 @@ pub struct FanoutParams {
     pub topics: u32,
     pub subs_per_conn: u32,
     pub rate: f64,
+    /// Publications sent in lockstep (`rate` then does not apply).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lockstep: Option<u64>,
     pub payload_bytes: usize,
     pub warmup_s: f64,
     pub duration_s: f64,
@@ -391,6 +394,7 @@ pub fn run(cfg: &FanoutConfig) -> anyhow::Result<FanoutReport> {
             topics: cfg.topics,
             subs_per_conn: cfg.subs_per_conn,
             rate: cfg.rate,
+            lockstep: cfg.lockstep,
             payload_bytes: cfg.payload_bytes,
             warmup_s: secs(warmup),
             duration_s,
