@@ -151,6 +151,11 @@ struct FanoutArgs {
     /// http://127.0.0.1:8081 (loopback only).
     #[arg(long)]
     publish_url: Option<String>,
+    /// Publish N messages one at a time, each once every subscriber has received the previous
+    /// one (ignores --rate, --pub-interval and --warmup; --duration is an upper bound): the same
+    /// server work in every run, for instruction counts.
+    #[arg(long, value_name = "N")]
+    lockstep: Option<u64>,
 }
 
 #[derive(Args)]
@@ -294,6 +299,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             cfg.drain = a.drain;
             cfg.topic_prefix = a.topic_prefix;
             cfg.pub_interval = a.pub_interval;
+            cfg.lockstep = a.lockstep;
             if let Some(url) = &a.publish_url {
                 let node = opts::parse_http_url(url).context(INVALID_OPTIONS)?;
                 cfg.publish_to = Some(opts::HttpEndpoint {

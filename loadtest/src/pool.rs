@@ -300,6 +300,11 @@ impl Pool {
         &self.shared
     }
 
+    /// The shared state, for a thread that outlives this borrow (the lockstep publisher).
+    pub fn shared_arc(&self) -> Arc<Shared> {
+        self.shared.clone()
+    }
+
     /// Connections that are ready: subscribed (acknowledged) when subscribing, else upgraded.
     pub fn ready(&self) -> usize {
         if self.config.plan.per_conn > 0 {

@@ -4,7 +4,14 @@
 //! `POST /api/v1/publish` batch, topics taken round-robin, each payload stamped with the send
 //! time just before the request is built. The response's `seq` per message tells which
 //! sequence numbers the run produced.
+//!
+//! In lockstep (`--lockstep N`) it instead sends N messages one request at a time, each only
+//! once every subscriber has received the one before, so the server sees the same sequence of
+//! wake-ups in every run: a harness for instruction counts (callgrind), not for latency.
 
+use std::fmt;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -13,7 +20,7 @@ use serde::Serialize;
 
 use crate::http::HttpClient;
 use crate::opts::HttpEndpoint;
-use crate::pool::histogram;
+use crate::pool::{histogram, Shared};
 use crate::proto;
 use crate::sys::now_us;
 
@@ -30,6 +37,37 @@ pub struct PublisherConfig {
     pub t1: u64,
     /// How long after `t1` a request still in flight may take to be answered.
     pub grace: Duration,
+    /// Publish in lockstep with the subscribers instead of at `rate`.
+    pub lockstep: Option<Lockstep>,
+}
+
+/// Lockstep publishing: `publications` messages, one per request, each sent once the pool has
+/// received every delivery of the ones before.
+#[derive(Clone)]
+pub struct Lockstep {
+    pub publications: u64,
+    /// Subscribers of each topic (index as in `topics`): the deliveries one message makes.
+    pub fan: Vec<u64>,
+    /// The subscriber pool, whose `updates` counter tells what has arrived.
+    pub pool: Arc<Shared>,
+}
+
+impl fmt::Debug for Lockstep {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Lockstep")
+            .field("publications", &self.publications)
+            .field("fan", &self.fan)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Lockstep {
+    /// Waits until the pool has received `target` updates, or the window (`t1`) is over.
+    async fn wait(&self, target: u64, t1: u64) {
+        while self.pool.updates.load(Relaxed) < target && now_us() < t1 && !crate::sys::abort_requested() {
+            tokio::time::sleep(Duration::from_micros(200)).await;
+        }
+    }
 }
 
 #[derive(Debug, Clone, Default, Serialize)]
@@ -82,14 +120,25 @@ async fn publish(cfg: PublisherConfig) -> PublisherResult {
     let mut body = Vec::new();
     let mut names: Vec<&str> = Vec::new();
     let n_topics = cfg.topics.len().max(1) as u64;
+    // Lockstep: the pool's `updates` count once the last message sent has reached everyone.
+    let mut lockstep_target = cfg.lockstep.as_ref().map_or(0, |l| l.pool.updates.load(Relaxed));
     loop {
-        ticker.tick().await;
+        match &cfg.lockstep {
+            Some(l) if res.sent >= l.publications => break,
+            Some(_) => {}
+            None => {
+                ticker.tick().await;
+            }
+        }
         if now_us() >= cfg.t1 || crate::sys::abort_requested() {
             break;
         }
-        let due = ((start.elapsed().as_secs_f64() * cfg.rate) as u64)
-            .saturating_sub(res.sent)
-            .min(cfg.batch_max);
+        let due = match cfg.lockstep {
+            Some(_) => 1,
+            None => ((start.elapsed().as_secs_f64() * cfg.rate) as u64)
+                .saturating_sub(res.sent)
+                .min(cfg.batch_max),
+        };
         if due == 0 {
             continue;
         }
@@ -144,6 +193,13 @@ async fn publish(cfg: PublisherConfig) -> PublisherResult {
         if let Some(e) = error {
             res.errors += 1;
             res.first_error.get_or_insert(e);
+            if cfg.lockstep.is_some() {
+                break; // its deliveries would never come
+            }
+        }
+        if let Some(l) = &cfg.lockstep {
+            lockstep_target += l.fan[((res.sent - 1) % n_topics) as usize];
+            l.wait(lockstep_target, cfg.t1).await;
         }
     }
     res

@@ -80,12 +80,16 @@ pub fn fanout(r: &FanoutReport) -> String {
     let p = &r.params;
     let g = &r.gaps;
     let d = &r.deliveries;
+    let pace = match p.lockstep {
+        Some(n) => format!("{n} publications in lockstep"),
+        None => format!("R={} msg/s", p.rate),
+    };
     let mut t = Table::new();
     t.row(
         "scenario",
         format!(
-            "fanout{}: N={} T={} K={} R={} msg/s, {} B payloads, warmup {}s + window {}s + drain ≤{}s",
-            label(&r.label), p.connections, p.topics, p.subs_per_conn, p.rate, p.payload_bytes, p.warmup_s, p.duration_s, p.drain_s
+            "fanout{}: N={} T={} K={} {pace}, {} B payloads, warmup {}s + window {}s + drain ≤{}s",
+            label(&r.label), p.connections, p.topics, p.subs_per_conn, p.payload_bytes, p.warmup_s, p.duration_s, p.drain_s
         ),
     )
     .row(

@@ -6,21 +6,40 @@ use tickwire_loadtest::opts::parse_ws_url;
 use tickwire_loadtest::scenario::fanout::{self, FanoutConfig};
 use tickwire_loadtest::scenario::Common;
 
-#[test]
-fn fanout_delivers_every_message_to_every_subscriber() -> anyhow::Result<()> {
-    let started = Instant::now();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()?;
+/// A tickwire server on a free loopback port of `rt`, and what stops it.
+struct InProcess {
+    addr: std::net::SocketAddr,
+    stop: tokio::sync::oneshot::Sender<()>,
+    server: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+fn start_server(rt: &tokio::runtime::Runtime) -> anyhow::Result<InProcess> {
     let any_port: std::net::SocketAddr = "127.0.0.1:0".parse()?;
     let listener = rt.block_on(async { tickwire::server::bind(any_port) })?;
     let addr = listener.local_addr()?;
     let settings = tickwire::settings::Settings::from_toml("[feed]\nenabled = false")?;
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = rt.spawn(tickwire::server::run(listener, settings, async {
-        let _ = stopped.await;
-    }));
+    let server = rt.spawn(async move {
+        let shutdown = async {
+            let _ = stopped.await;
+        };
+        Ok(tickwire::server::run(listener, settings, shutdown).await?)
+    });
+    Ok(InProcess { addr, stop, server })
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?)
+}
+
+#[test]
+fn fanout_delivers_every_message_to_every_subscriber() -> anyhow::Result<()> {
+    let started = Instant::now();
+    let rt = runtime()?;
+    let InProcess { addr, stop, server } = start_server(&rt)?;
 
     let mut cfg = FanoutConfig::new(Common::new(parse_ws_url(&format!("ws://{addr}/ws"))?));
     cfg.connections = 50;
@@ -66,5 +85,41 @@ fn fanout_delivers_every_message_to_every_subscriber() -> anyhow::Result<()> {
         "took {:?}",
         started.elapsed()
     );
+    Ok(())
+}
+
+#[test]
+fn lockstep_publishes_a_fixed_count_and_ends_the_window_when_done() -> anyhow::Result<()> {
+    let rt = runtime()?;
+    let InProcess { addr, stop, server } = start_server(&rt)?;
+
+    let mut cfg = FanoutConfig::new(Common::new(parse_ws_url(&format!("ws://{addr}/ws"))?));
+    cfg.connections = 20;
+    // Two topics, one each: every message reaches 10 subscribers.
+    cfg.topics = 2;
+    cfg.subs_per_conn = 1;
+    cfg.lockstep = Some(40);
+    cfg.duration = Duration::from_secs(30); // an upper bound only
+    cfg.drain = Duration::from_secs(3);
+    cfg.topic_prefix = "it.lockstep.t".into();
+    let r = fanout::run(&cfg)?;
+
+    assert!(r.errors.is_empty(), "{:?}", r.errors);
+    assert_eq!(
+        (r.publish.sent, r.publish.requests, r.publish.confirmed),
+        (40, 40, 40)
+    );
+    assert_eq!(r.publish.sent_in_window, 40, "no warmup in lockstep");
+    assert_eq!(r.deliveries.updates_received, 400);
+    assert_eq!(r.deliveries.delivered_in_window, 400);
+    assert_eq!((r.gaps.lost, r.gaps.conflated), (0, 0));
+    assert!(
+        r.params.duration_s < 20.0,
+        "the window ends with the publications: {}",
+        r.params.duration_s
+    );
+
+    stop.send(()).ok();
+    rt.block_on(server)??;
     Ok(())
 }

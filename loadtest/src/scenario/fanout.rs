@@ -7,6 +7,10 @@
 //! close. A message counts as delivered in the window if its send stamp falls in the window and
 //! it arrives before the drain ends; the latency histogram holds exactly those. Sequence
 //! accounting (received / conflated / lost) covers every message of the run.
+//!
+//! With `lockstep` (`--lockstep N`) there is no warmup and the window ends when the publisher has
+//! sent its N messages one by one, each once the previous one reached every subscriber (or at
+//! `duration`, an upper bound): the server's work is then the same in every run, for callgrind.
 
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
@@ -19,7 +23,7 @@ use crate::gaps::GapCounts;
 use crate::opts::{self, HttpEndpoint};
 use crate::pool::{topic_name, ConnectOutcome, Pool, RecvCounters, SubPlan};
 use crate::progress::Progress;
-use crate::publisher::{self, PublisherConfig, PublisherResult};
+use crate::publisher::{self, Lockstep, PublisherConfig, PublisherResult};
 use crate::server::{self, ServerSnap};
 use crate::sys::{self, now_us, CpuSnap};
 
@@ -39,6 +43,8 @@ pub struct FanoutConfig {
     pub batch_max: u64,
     /// The publish API of another node of a cluster; `None`: the subscribers' node.
     pub publish_to: Option<HttpEndpoint>,
+    /// Publish this many messages in lockstep with the subscribers instead of at `rate`.
+    pub lockstep: Option<u64>,
 }
 
 impl FanoutConfig {
@@ -57,6 +63,7 @@ impl FanoutConfig {
             pub_interval: Duration::from_millis(5),
             batch_max: 10_000,
             publish_to: None,
+            lockstep: None,
         }
     }
 
@@ -75,6 +82,9 @@ impl FanoutConfig {
         if !(self.rate.is_finite() && self.rate >= 0.0) {
             bail!("--rate must be a non-negative number");
         }
+        if self.lockstep == Some(0) {
+            bail!("--lockstep must be at least 1");
+        }
         if self.duration.is_zero() {
             bail!("--duration must be positive");
         }
@@ -88,6 +98,9 @@ pub struct FanoutParams {
     pub topics: u32,
     pub subs_per_conn: u32,
     pub rate: f64,
+    /// Publications sent in lockstep (`rate` then does not apply).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lockstep: Option<u64>,
     pub payload_bytes: usize,
     pub warmup_s: f64,
     pub duration_s: f64,
@@ -188,12 +201,25 @@ pub fn run(cfg: &FanoutConfig) -> anyhow::Result<FanoutReport> {
         .collect::<anyhow::Result<Vec<u64>>>()
         .context("reading the topics' current seq")?;
     let srv_connected = c.scrape(&progress, &mut warned);
+    if cfg.lockstep.is_some() && outcome.ready < cfg.connections {
+        pool.finish(now_us());
+        bail!(
+            "--lockstep needs every connection: {} of {} ready",
+            outcome.ready,
+            cfg.connections
+        );
+    }
+    let warmup = if cfg.lockstep.is_some() {
+        Duration::ZERO
+    } else {
+        cfg.warmup
+    };
 
     let t_start = now_us();
-    let t0 = t_start + cfg.warmup.as_micros() as u64;
+    let t0 = t_start + warmup.as_micros() as u64;
     let t1 = t0 + cfg.duration.as_micros() as u64;
     pool.shared().set_window(t0, t1);
-    let publisher = (cfg.rate > 0.0).then(|| {
+    let publisher = (cfg.rate > 0.0 || cfg.lockstep.is_some()).then(|| {
         let pcfg = PublisherConfig {
             endpoint: api.clone(),
             topics: names.clone(),
@@ -204,6 +230,11 @@ pub fn run(cfg: &FanoutConfig) -> anyhow::Result<FanoutReport> {
             t0,
             t1,
             grace: cfg.drain.max(Duration::from_millis(500)),
+            lockstep: cfg.lockstep.map(|publications| Lockstep {
+                publications,
+                fan: plan.subscribers_per_topic(cfg.connections),
+                pool: pool.shared_arc(),
+            }),
         };
         std::thread::Builder::new()
             .name("publisher".into())
@@ -213,8 +244,10 @@ pub fn run(cfg: &FanoutConfig) -> anyhow::Result<FanoutReport> {
 
     let shared = pool.shared();
     let mut last = (shared.updates.load(Relaxed), std::time::Instant::now());
+    // A lockstep publisher ends the window when it has sent everything.
+    let published_all = || cfg.lockstep.is_some() && publisher.as_ref().is_some_and(|h| h.is_finished());
     let mut wait_until = |until: u64, phase: &str, progress: &mut Progress| {
-        while now_us() < until && !sys::abort_requested() {
+        while now_us() < until && !sys::abort_requested() && !published_all() {
             std::thread::sleep(Duration::from_micros((until - now_us()).min(100_000)));
             let now = std::time::Instant::now();
             let dt = now.duration_since(last.1).as_secs_f64();
@@ -239,6 +272,11 @@ pub fn run(cfg: &FanoutConfig) -> anyhow::Result<FanoutReport> {
     let (cpu_a, srv_a) = (CpuSnap::now(), c.scrape(&progress, &mut warned));
     wait_until(t1, "measure", &mut progress);
     let (cpu_b, srv_b) = (CpuSnap::now(), c.scrape(&progress, &mut warned));
+    let window_us = if cfg.lockstep.is_some() {
+        now_us().min(t1) - t0
+    } else {
+        t1 - t0
+    };
     let interrupted = sys::abort_requested();
 
     let pub_result = match publisher {
@@ -337,7 +375,7 @@ pub fn run(cfg: &FanoutConfig) -> anyhow::Result<FanoutReport> {
         .map(|t| pub_result.in_window_per_topic.get(t).copied().unwrap_or(0) * subscribers[t])
         .sum();
     let delivered = result.counters.delivered_in_window;
-    let duration_s = secs(cfg.duration);
+    let duration_s = window_us as f64 / 1e6;
     let per_conn = |rss: Option<f64>| match (rss, srv_before.and_then(|s| s.rss_bytes)) {
         (Some(r), Some(b)) if result.connected > 0 => Some((r - b) / result.connected as f64),
         _ => None,
@@ -356,8 +394,9 @@ pub fn run(cfg: &FanoutConfig) -> anyhow::Result<FanoutReport> {
             topics: cfg.topics,
             subs_per_conn: cfg.subs_per_conn,
             rate: cfg.rate,
+            lockstep: cfg.lockstep,
             payload_bytes: cfg.payload_bytes,
-            warmup_s: secs(cfg.warmup),
+            warmup_s: secs(warmup),
             duration_s,
             drain_s: secs(cfg.drain),
             threads: c.threads,
