@@ -128,10 +128,7 @@ impl<'a, E: Expiry> Session<'a, E> {
         // The reply echoes the request as sent; the hub gets each pattern once (a repeat would
         // walk its topics again for nothing).
         let mut seen = HashSet::with_capacity(topics.len());
-        let unique: Vec<Pattern> = (topics.iter())
-            .filter(|t| seen.insert(*t))
-            .cloned()
-            .collect();
+        let unique: Vec<Pattern> = (topics.iter()).filter(|t| seen.insert(*t)).cloned().collect();
         let subscribed = (self.app.node).subscribe(self.who, &unique, &new, &since, reply);
         subscribed.await?;
         self.subscriptions.extend(topics);

@@ -54,12 +54,19 @@ pub fn run(cfg: &PatternsConfig) -> anyhow::Result<PatternsReport> {
         bail!("need --per-pattern ≥ 1, --topics ≥ --per-pattern and --subscribes ≥ 1");
     }
     crate::opts::check_topic_prefix(&cfg.topic_prefix)?;
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
     runtime.block_on(measure(cfg))
 }
 
 fn topic(cfg: &PatternsConfig, i: usize) -> String {
-    format!("{}g{}.t{}", cfg.topic_prefix, i / cfg.per_pattern, i % cfg.per_pattern)
+    format!(
+        "{}g{}.t{}",
+        cfg.topic_prefix,
+        i / cfg.per_pattern,
+        i % cfg.per_pattern
+    )
 }
 
 async fn measure(cfg: &PatternsConfig) -> anyhow::Result<PatternsReport> {
@@ -74,7 +81,11 @@ async fn measure(cfg: &PatternsConfig) -> anyhow::Result<PatternsReport> {
         let body = format!(r#"{{"messages":[{}]}}"#, messages.join(","));
         let resp = http.post_json(Bytes::from(body)).await.context("publishing")?;
         if resp.status != 200 {
-            bail!("publish answered {}: {}", resp.status, String::from_utf8_lossy(&resp.body));
+            bail!(
+                "publish answered {}: {}",
+                resp.status,
+                String::from_utf8_lossy(&resp.body)
+            );
         }
     }
     let create_s = started.elapsed().as_secs_f64();
@@ -93,7 +104,10 @@ async fn measure(cfg: &PatternsConfig) -> anyhow::Result<PatternsReport> {
         hist.record(sent.elapsed().as_micros() as u64)?;
         let matched = reply.matches(r#""seq":"#).count();
         if !reply.contains(r#""type":"subscribed""#) || matched != cfg.per_pattern {
-            bail!("subscribe to {pattern}: expected {} positions, got {reply}", cfg.per_pattern);
+            bail!(
+                "subscribe to {pattern}: expected {} positions, got {reply}",
+                cfg.per_pattern
+            );
         }
         let unsub = format!(r#"{{"op":"unsubscribe","id":2,"topics":["{pattern}"]}}"#);
         ws.request(&unsub).await?;
