@@ -315,8 +315,12 @@ impl Hub {
     ) {
         state.seq = seq;
         state.touched = state.touched.max(accepted);
-        let frame = ENCODING.update_frame(topic, seq, ts, data);
-        self.fan_out(entry, state, &frame, accepted);
+        // A topic nobody watches (most of them, on a node with many) skips the encoding: it was
+        // half the cost of such a publication (callgrind, 1M topics).
+        if !state.subscribers.is_empty() {
+            let frame = ENCODING.update_frame(topic, seq, ts, data);
+            self.fan_out(entry, state, &frame, accepted);
+        }
         let stored = state.history.push(seq, ts, data, accepted);
         self.count_history(stored);
         state.last = Some((ts, data.clone()));
