@@ -530,3 +530,25 @@ async fn thousand_concurrent_clients_receive_one_publish() {
     let entry = topic_listing(addr, "fanout.all").await.expect("listed");
     assert_eq!(entry["subscribers"], N as u64, "{entry}");
 }
+
+/// A pattern named twice in one request counts once (one subscription, one snapshot, one
+/// delivery per update) while the reply echoes the request as sent; unsubscribing it twice in
+/// one request ends it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_repeated_pattern_is_one_subscription() {
+    let server = start("").await;
+    let addr = server.addr;
+    publish(addr, "dup.a", json!(1)).await;
+    let mut ws = connect(addr).await;
+    subscribe(&mut ws, 1, &["dup.*", "dup.a", "dup.*"]).await;
+    let snapshot = recv_json(&mut ws).await;
+    assert_eq!(snapshot["type"], "snapshot", "{snapshot}");
+    publish(addr, "dup.a", json!(2)).await;
+    assert_eq!(assert_update(&recv_json(&mut ws).await, "dup.a"), 2);
+    expect_silence(&mut ws, std::time::Duration::from_millis(200)).await;
+    assert_eq!(metric_value(addr, "tickwire_subscriptions").await, 2.0);
+    unsubscribe(&mut ws, 2, &["dup.*", "dup.a", "dup.*"]).await;
+    assert_eq!(metric_value(addr, "tickwire_subscriptions").await, 0.0);
+    publish(addr, "dup.a", json!(3)).await;
+    expect_silence(&mut ws, std::time::Duration::from_millis(200)).await;
+}

@@ -1,9 +1,11 @@
-//! The fan-out scenario, as a library call, against a tickwire server running in this process.
+//! The fan-out and patterns scenarios, as library calls, against a tickwire server running in
+//! this process.
 
 use std::time::{Duration, Instant};
 
 use tickwire_loadtest::opts::parse_ws_url;
 use tickwire_loadtest::scenario::fanout::{self, FanoutConfig};
+use tickwire_loadtest::scenario::patterns::{self, PatternsConfig};
 use tickwire_loadtest::scenario::Common;
 
 /// A tickwire server on a free loopback port of `rt`, and what stops it.
@@ -14,10 +16,15 @@ struct InProcess {
 }
 
 fn start_server(rt: &tokio::runtime::Runtime) -> anyhow::Result<InProcess> {
+    start_server_with(rt, "")
+}
+
+/// [`start_server`] with `extra` settings (TOML) after the feed is disabled.
+fn start_server_with(rt: &tokio::runtime::Runtime, extra: &str) -> anyhow::Result<InProcess> {
     let any_port: std::net::SocketAddr = "127.0.0.1:0".parse()?;
     let listener = rt.block_on(async { tickwire::server::bind(any_port) })?;
     let addr = listener.local_addr()?;
-    let settings = tickwire::settings::Settings::from_toml("[feed]\nenabled = false")?;
+    let settings = tickwire::settings::Settings::from_toml(&format!("[feed]\nenabled = false\n{extra}"))?;
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let server = rt.spawn(async move {
         let shutdown = async {
@@ -119,6 +126,35 @@ fn lockstep_publishes_a_fixed_count_and_ends_the_window_when_done() -> anyhow::R
         r.params.duration_s
     );
 
+    stop.send(()).ok();
+    rt.block_on(server)??;
+    Ok(())
+}
+
+#[test]
+fn patterns_creates_the_topics_and_times_every_subscribe() -> anyhow::Result<()> {
+    let rt = runtime()?;
+    let limits = "[server]\nrequests_per_second = 100000.0\nrequest_burst = 100000";
+    let InProcess { addr, stop, server } = start_server_with(&rt, limits)?;
+    let cfg = PatternsConfig {
+        common: Common::new(parse_ws_url(&format!("ws://{addr}/ws"))?),
+        topics: 2_000,
+        per_pattern: 10,
+        subscribes: 50,
+        topic_prefix: "it.patterns.".into(),
+        batch: 500,
+    };
+    // The scenario checks each reply itself: `subscribed` with exactly `per_pattern` positions.
+    let r = patterns::run(&cfg)?;
+    assert_eq!((r.topics, r.per_pattern, r.subscribes), (2_000, 10, 50));
+    let latency = r.subscribe_ms.expect("every subscribe timed");
+    assert_eq!(latency.count, 50);
+    let (status, body) = tickwire_loadtest::server::get(&cfg.common.metrics, "/metrics")?;
+    assert_eq!(status, 200);
+    let topics = String::from_utf8_lossy(&body)
+        .lines()
+        .find_map(|l| l.strip_prefix("tickwire_topics ")?.trim().parse::<f64>().ok());
+    assert_eq!(topics, Some(2_000.0), "the topics were created");
     stop.send(()).ok();
     rt.block_on(server)??;
     Ok(())

@@ -7,6 +7,7 @@
 //! same on every node). It does not branch on which broker it has; it is the one place that
 //! counts publications (`tickwire_messages_published_total`), whichever broker stored them.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -15,8 +16,11 @@ use crate::cluster::idempotency::IdempotencyKey;
 use crate::cluster::redis::BrokerError;
 use crate::metrics::{Metrics, Source};
 use crate::protocol::error::RequestError;
-use crate::protocol::Data;
-use crate::pubsub::hub::{HistoryPage, Hub, Publication, TopicPage};
+use bytes::Bytes;
+
+use crate::protocol::{Data, Position};
+use crate::pubsub::hub::{HistoryPage, Hub, Publication, Subscribed, Subscriber, TopicPage};
+use crate::pubsub::outbox::Outbox;
 use crate::settings::Settings;
 use crate::topic::{Pattern, Topic};
 
@@ -102,12 +106,12 @@ impl Node {
 
     /// Gets the node ready to register `patterns`, new to one connection, with the hub. The
     /// caller must [`Node::release`] them when the connection drops them (not on error).
-    pub async fn prepare(&self, patterns: &[Pattern]) -> Result<(), RequestError> {
+    async fn prepare(&self, patterns: &[Pattern]) -> Result<(), RequestError> {
         self.broker.prepare(patterns).await
     }
 
     /// Forgets subscriptions a connection dropped (after the hub did).
-    pub fn release(&self, patterns: &[Pattern]) {
+    fn release(&self, patterns: &[Pattern]) {
         self.broker.release(patterns);
     }
 
@@ -143,7 +147,7 @@ const SLICE: usize = 512;
 /// (its own subscriptions it ends itself, `Session::close`).
 struct Interrupted<'a> {
     node: &'a Node,
-    who: &'a crate::pubsub::hub::Subscriber,
+    who: &'a Subscriber,
     patterns: &'a [Pattern],
     new: &'a [Pattern],
 }
@@ -160,10 +164,7 @@ impl Drop for Interrupted<'_> {
 /// and the catch-up) and its undoing, each written once here.
 impl Node {
     /// A fresh identity for a new connection, delivering to `outbox`.
-    pub fn new_subscriber(
-        &self,
-        outbox: Arc<crate::pubsub::outbox::Outbox>,
-    ) -> crate::pubsub::hub::Subscriber {
+    pub fn new_subscriber(&self, outbox: Arc<Outbox>) -> Subscriber {
         self.hub.new_subscriber(outbox)
     }
 
@@ -175,11 +176,11 @@ impl Node {
     /// after its reply is queued.
     pub async fn subscribe(
         &self,
-        who: &crate::pubsub::hub::Subscriber,
+        who: &Subscriber,
         patterns: &[Pattern],
         new: &[Pattern],
-        since: &std::collections::HashMap<Topic, crate::protocol::Position>,
-        reply: impl FnOnce(Result<&crate::pubsub::hub::Subscribed, &RequestError>) -> bytes::Bytes,
+        since: &HashMap<Topic, Position>,
+        reply: impl FnOnce(Result<&Subscribed, &RequestError>) -> Bytes,
     ) -> Result<(), RequestError> {
         // In a cluster: listen to the new topics' channels and load their state first.
         if let Err(e) = self.prepare(new).await {
@@ -207,11 +208,14 @@ impl Node {
         };
         for pattern in patterns {
             job.add(pattern);
-            while !job.run(SLICE) {
-                tokio::task::yield_now().await;
-            }
-            if job.worked(SLICE) {
-                tokio::task::yield_now().await;
+            loop {
+                let done = job.run(SLICE);
+                if job.worked(SLICE) {
+                    tokio::task::yield_now().await;
+                }
+                if done {
+                    break;
+                }
             }
         }
         std::mem::forget(interrupted);
@@ -225,12 +229,7 @@ impl Node {
     /// Ends `who`'s subscriptions `patterns` in the hub (so nothing more is queued through
     /// them), then releases and uncounts `held`: those among them its connection held (an
     /// unsubscribe request may name others).
-    pub async fn unsubscribe(
-        &self,
-        who: &crate::pubsub::hub::Subscriber,
-        patterns: &[Pattern],
-        held: &[Pattern],
-    ) {
+    pub async fn unsubscribe(&self, who: &Subscriber, patterns: &[Pattern], held: &[Pattern]) {
         // One pattern at a time, with the runtime free between slices (see `subscribe`).
         let mut work = 0;
         for pattern in patterns {
@@ -248,7 +247,6 @@ impl Node {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::pubsub::outbox::Outbox;
     use serde_json::value::RawValue;
 
     /// A subscribe whose connection ends between its slices leaves nothing in the hub: no
@@ -267,9 +265,9 @@ mod tests {
         let outbox = Arc::new(Outbox::new(1 << 20));
         let who = node.new_subscriber(outbox.clone());
         let patterns = [Pattern::parse("p.*").unwrap()];
-        let since = std::collections::HashMap::new();
+        let since = HashMap::new();
         {
-            let subscribe = node.subscribe(&who, &patterns, &patterns, &since, |_| bytes::Bytes::new());
+            let subscribe = node.subscribe(&who, &patterns, &patterns, &since, |_| Bytes::new());
             tokio::pin!(subscribe);
             let first = futures_util::poll!(subscribe.as_mut());
             assert!(first.is_pending(), "3 slices' worth of topics yield in between");

@@ -105,12 +105,13 @@ impl<'a, E: Expiry> Session<'a, E> {
         if let Some(denied) = self.identity.acl.first_unreadable(&topics) {
             return self.refuse(id, RequestError::forbidden(Action::Subscribe, denied));
         }
-        let mut new: Vec<Pattern> = (topics.iter())
+        // The node gets each pattern once (a repeat would walk its topics again for nothing);
+        // the reply echoes the request as sent.
+        let unique = distinct(&topics);
+        let new: Vec<Pattern> = (unique.iter())
             .filter(|t| !self.subscriptions.contains(*t))
             .cloned()
             .collect();
-        new.sort();
-        new.dedup();
         let limit = self.app.settings.server.max_subscriptions_per_connection;
         if self.subscriptions.len() + new.len() > limit {
             return self.refuse(id, RequestError::TooManySubscriptions(limit));
@@ -125,10 +126,6 @@ impl<'a, E: Expiry> Session<'a, E> {
             .frame(),
             Err(e) => Reply::error(id, e).frame(),
         };
-        // The reply echoes the request as sent; the hub gets each pattern once (a repeat would
-        // walk its topics again for nothing).
-        let mut seen = HashSet::with_capacity(topics.len());
-        let unique: Vec<Pattern> = (topics.iter()).filter(|t| seen.insert(*t)).cloned().collect();
         let subscribed = (self.app.node).subscribe(self.who, &unique, &new, &since, reply);
         subscribed.await?;
         self.subscriptions.extend(topics);
@@ -136,13 +133,12 @@ impl<'a, E: Expiry> Session<'a, E> {
     }
 
     async fn unsubscribe(&mut self, id: Option<i64>, topics: &[Pattern]) {
-        let mut held: Vec<Pattern> = (topics.iter())
+        let unique = distinct(topics);
+        let held: Vec<Pattern> = (unique.iter())
             .filter(|t| self.subscriptions.contains(*t))
             .cloned()
             .collect();
-        held.sort();
-        held.dedup();
-        self.app.node.unsubscribe(self.who, topics, &held).await;
+        self.app.node.unsubscribe(self.who, &unique, &held).await;
         // Forgotten only once the node is done: a connection that ends in between still ends
         // them all (`close`).
         for t in &held {
@@ -217,4 +213,10 @@ impl<'a, E: Expiry> Session<'a, E> {
             .unsubscribe(self.who, &subscriptions, &subscriptions)
             .await;
     }
+}
+
+/// `patterns` without repeats, in their first order.
+fn distinct(patterns: &[Pattern]) -> Vec<Pattern> {
+    let mut seen = HashSet::with_capacity(patterns.len());
+    (patterns.iter()).filter(|p| seen.insert(*p)).cloned().collect()
 }

@@ -112,7 +112,7 @@ impl Hub {
 /// A subscribe request in progress (see [`Hub::subscribing`]).
 pub struct Subscribing<'a> {
     catch_up: CatchUp<'a>,
-    /// The pattern whose existing topics `pending` holds.
+    /// The pattern last added, whose existing topics `pending` holds.
     pattern: Option<Pattern>,
     /// Topics the pattern matched when it was added, not registered yet.
     pending: Vec<Topic>,
@@ -175,10 +175,9 @@ impl Subscribing<'_> {
             }
         }
         if self.pending.is_empty() {
-            self.pattern = None;
-            self.pending = Vec::new();
+            self.pending = Vec::new(); // a large pattern's list is not kept for the next one
         }
-        self.pattern.is_none()
+        self.pending.is_empty()
     }
 
     /// Whether `slice` units of work (subscriptions added, topics registered) were done since
