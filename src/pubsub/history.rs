@@ -49,20 +49,28 @@ fn cost(entry: &Entry) -> usize {
     entry.data.get().len() + ENTRY_OVERHEAD
 }
 
+/// Every topic holds one, so its size matters at millions of topics: the bounds are kept as
+/// `u32` (4 billion entries, 136 years: beyond what memory or a config can mean), and the ring
+/// is allocated for one entry at the first publication, since most topics of a node with many
+/// keep only their last value (a first push would otherwise allocate room for four).
 #[derive(Debug)]
 pub struct History {
     entries: VecDeque<Entry>,
-    size: usize,
-    ttl: Duration,
+    size: u32,
+    ttl_secs: u32,
 }
 
 impl History {
     pub fn new(retention: Retention) -> History {
         History {
             entries: VecDeque::new(),
-            size: retention.size,
-            ttl: retention.ttl,
+            size: u32::try_from(retention.size).unwrap_or(u32::MAX),
+            ttl_secs: u32::try_from(retention.ttl.as_secs()).unwrap_or(u32::MAX),
         }
+    }
+
+    fn ttl(&self) -> Duration {
+        Duration::from_secs(self.ttl_secs.into())
     }
 
     /// Stores a publication (seqs must grow), evicting what falls out of the bounds.
@@ -78,8 +86,11 @@ impl History {
             at: now,
         };
         delta.add(&entry, 1);
+        if self.entries.capacity() == 0 {
+            self.entries.reserve_exact(1);
+        }
         self.entries.push_back(entry);
-        while self.entries.len() > self.size {
+        while self.entries.len() > self.size as usize {
             let old = self.entries.pop_front().expect("longer than size, so not empty");
             delta.add(&old, -1);
         }
@@ -90,8 +101,9 @@ impl History {
     /// Drops entries older than the TTL.
     pub fn expire(&mut self, now: Instant) -> Delta {
         let mut delta = Delta::default();
+        let ttl = self.ttl();
         while let Some(front) = self.entries.front() {
-            if now.duration_since(front.at) < self.ttl {
+            if now.duration_since(front.at) < ttl {
                 break;
             }
             let old = self.entries.pop_front().expect("front exists");
@@ -180,6 +192,16 @@ mod tests {
         let cleared = h.clear();
         assert_eq!((cleared.messages, cleared.bytes), (-total.messages, -total.bytes));
         assert!(h.page(0, 10, 0).0.is_empty());
+    }
+
+    #[test]
+    fn a_first_entry_takes_one_slot() {
+        let mut h = History::new(retention(100, 60));
+        assert_eq!(h.entries.capacity(), 0, "nothing before the first publication");
+        h.push(1, 0, &data(), Instant::now());
+        assert_eq!(h.entries.capacity(), 1, "most topics keep only their last value");
+        h.push(2, 0, &data(), Instant::now());
+        assert_eq!(seqs(h.after(0, 2).unwrap()), vec![1, 2]);
     }
 
     #[test]

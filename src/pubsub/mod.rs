@@ -2,13 +2,14 @@
 //! each subscriber's bounded outbound queue ([`outbox`]), a topic's recent publications
 //! ([`history`]), the trie that finds the pattern subscriptions matching a topic
 //! ([`patterns`]) and the names of the topics, in order and by token, which find the topics
-//! matching a pattern ([`names`]).
+//! matching a pattern ([`names`]); a topic's subscribers, keyed by connection ([`idmap`]).
 //!
 //! Knows nothing of sockets or of other nodes; depends only on `protocol`, `topic`, `settings`
 //! and `metrics`.
 
 pub mod history;
 pub mod hub;
+mod idmap;
 pub mod names;
 pub mod outbox;
 pub mod patterns;

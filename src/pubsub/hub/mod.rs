@@ -21,8 +21,8 @@
 //! topic created again later starts a new epoch, so nobody can mistake it for the old stream.
 //!
 //! Locks, always taken in this order and never held across an await:
-//! pattern index → topic map shard → topic state → outbox, and the name index innermost (only
-//! ever taken under a map shard, or alone). A publication is encoded once and
+//! pattern index → topic map shard → topic state → outbox, and the name index and the creation
+//! epoch innermost (each only ever taken under a map shard, or alone, and never together). A publication is encoded once and
 //! pushed to every outbox while its topic's lock is held, which is what keeps per-topic order,
 //! makes snapshots race-free (no update lost or repeated around a snapshot) and guarantees that
 //! nothing arrives through a subscription after its `unsubscribed` reply.
@@ -38,7 +38,7 @@ mod subscribe;
 mod tests;
 mod topics;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Instant;
@@ -48,8 +48,9 @@ use dashmap::DashMap;
 
 use crate::metrics::Metrics;
 use crate::protocol::encoding::Encoding;
-use crate::protocol::{now_ms, Data, Position};
+use crate::protocol::{new_epoch, now_ms, Data, Position};
 use crate::pubsub::history::{self, History};
+use crate::pubsub::idmap::IdMap;
 use crate::pubsub::names::TopicNames;
 use crate::pubsub::outbox::{Outbox, Pushed, TopicKey};
 use crate::pubsub::patterns::PatternIndex;
@@ -170,6 +171,11 @@ pub struct Hub {
     metrics: Arc<Metrics>,
     next_key: AtomicU64,
     next_client: AtomicU64,
+    /// The epoch a topic created now starts in (taken under the topic's map shard). Shared by
+    /// every topic created since it was last replaced, which saves an allocation per topic. It
+    /// is replaced, under the map shard, when a topic in it is removed, so the topic created
+    /// again later starts a new epoch. A mirror's is the unknown epoch, and is never replaced.
+    epoch: Mutex<Arc<str>>,
     /// Seqs come from the broker; idle topics are dropped even when they have a last value.
     mirrored: bool,
 }
@@ -187,10 +193,11 @@ struct TopicState {
     last: Option<(u64, Data)>,
     /// The `snapshot` frame of `last`, encoded at the first subscribe that needs it and shared
     /// by every subscriber after it (a client's queue then holds a handle, not a copy); dropped
-    /// whenever `last` changes.
-    snapshot: Option<Bytes>,
+    /// whenever `last` changes. Boxed: most topics of a node with many never get one, and an
+    /// empty `Option<Bytes>` is 32 bytes on every topic.
+    snapshot: Option<Box<Bytes>>,
     history: History,
-    subscribers: HashMap<ClientId, Subscription>,
+    subscribers: IdMap<Subscription>,
     /// The last publication's accept time (or the topic's creation, or its last load from the
     /// broker): an idle topic is dropped `idle_ttl` after it.
     touched: Instant,
@@ -207,7 +214,7 @@ struct Subscription {
 impl TopicState {
     /// Records `reason` for `who`; returns true when `who` was not receiving this topic before.
     fn add(&mut self, who: &Subscriber, reason: &Pattern) -> bool {
-        let sub = (self.subscribers.entry(who.id)).or_insert_with(|| Subscription {
+        let sub = (self.subscribers).get_or_insert_with(who.id, || Subscription {
             outbox: who.outbox.clone(),
             reasons: Vec::with_capacity(1),
         });
@@ -220,10 +227,10 @@ impl TopicState {
 
     /// Drops one reason; returns true when the topic is left with nothing worth keeping.
     fn remove(&mut self, id: ClientId, reason: &Pattern, mirrored: bool) -> bool {
-        if let Some(sub) = self.subscribers.get_mut(&id) {
+        if let Some(sub) = self.subscribers.get_mut(id) {
             sub.reasons.retain(|r| r != reason);
             if sub.reasons.is_empty() {
-                self.subscribers.remove(&id);
+                self.subscribers.remove(id);
             }
         }
         self.is_idle(mirrored)
@@ -245,9 +252,9 @@ impl TopicState {
     /// The `snapshot` frame of the last value, if there is one (see `snapshot`).
     fn snapshot_frame(&mut self, topic: &Topic) -> Option<Bytes> {
         let (ts, data) = self.last.as_ref()?;
-        let frame =
-            (self.snapshot).get_or_insert_with(|| ENCODING.snapshot_frame(topic, self.seq, *ts, data));
-        Some(frame.clone())
+        let frame = (self.snapshot)
+            .get_or_insert_with(|| Box::new(ENCODING.snapshot_frame(topic, self.seq, *ts, data)));
+        Some(Bytes::clone(frame))
     }
 
     /// A mirrored topic that has not seen its stream yet takes the first epoch it is shown.
@@ -271,6 +278,10 @@ impl Hub {
             metrics,
             next_key: AtomicU64::new(1),
             next_client: AtomicU64::new(1),
+            epoch: Mutex::new(match mirrored {
+                true => UNKNOWN_EPOCH.into(),
+                false => new_epoch(),
+            }),
             mirrored,
         }
     }

@@ -4,6 +4,7 @@ use super::*;
 use crate::pubsub::outbox::Next;
 use crate::settings::Settings;
 use serde_json::value::RawValue;
+use std::collections::HashMap;
 
 fn hub() -> Hub {
     hub_with("")
@@ -122,6 +123,30 @@ async fn recovery_replays_exactly_the_missed_publications() {
     assert!(!done.recovered[&t]);
     assert_eq!(done.frames.len(), 1);
     assert!(String::from_utf8_lossy(&done.frames[0].0).contains(r#""type":"snapshot""#));
+}
+
+/// Topics created together share one epoch (one allocation for all of them), but a topic that
+/// was removed and is created again never continues its old epoch, and the others keep theirs.
+#[tokio::test]
+async fn a_topic_created_again_starts_a_new_epoch() {
+    let hub = hub();
+    let who = hub.new_subscriber(Arc::new(Outbox::new(1 << 20)));
+    let epochs = |hub: &Hub, list: &[&str]| {
+        let done = hub.subscribe(&who, &pats(list), &HashMap::new()).unwrap();
+        list.iter()
+            .map(|t| done.positions[&topic(t)].epoch.clone())
+            .collect::<Vec<_>>()
+    };
+    let first = epochs(&hub, &["a.b", "a.c"]);
+    assert!(Arc::ptr_eq(&first[0], &first[1]), "one shared epoch");
+    hub.unsubscribe(who.id, &pats(&["a.b"]));
+    assert!(!hub.has(&topic("a.b")), "no subscriber and no value: removed");
+    let again = epochs(&hub, &["a.b", "a.c"]);
+    assert_ne!(again[0], first[0], "created again: a new epoch");
+    assert_eq!(again[1], first[1], "a.c was never removed");
+    hub.unsubscribe(who.id, &pats(&["a.b"]));
+    hub.publish(&topic("a.b"), data("1"));
+    assert_ne!(hub.history(&topic("a.b"), 0, 1).unwrap().position.epoch, again[0]);
 }
 
 #[tokio::test]

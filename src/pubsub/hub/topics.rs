@@ -2,7 +2,7 @@
 //! (the `removed` protocol that tells holders of a stale entry to look again), the idle sweep,
 //! and the ordered listing.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -12,10 +12,11 @@ use dashmap::mapref::entry::Entry;
 use crate::protocol::error::RequestError;
 use crate::protocol::new_epoch;
 use crate::pubsub::history::History;
+use crate::pubsub::idmap::IdMap;
 use crate::sync::{lock, read};
 use crate::topic::Topic;
 
-use super::{Hub, Subscriber, TopicEntry, TopicInfo, TopicPage, TopicState, UNKNOWN_EPOCH};
+use super::{Hub, Subscriber, TopicEntry, TopicInfo, TopicPage, TopicState};
 
 impl Hub {
     /// The topic's entry, created (with the pattern subscribers it matches) when missing; with
@@ -43,18 +44,14 @@ impl Hub {
         } else {
             self.count.fetch_add(1, Ordering::AcqRel);
         }
-        let epoch = if self.mirrored {
-            UNKNOWN_EPOCH.into()
-        } else {
-            new_epoch()
-        };
+        let epoch = lock(&self.epoch).clone();
         let mut state = TopicState {
             epoch,
             seq: 0,
             last: None,
             snapshot: None,
             history: History::new(self.rules.retention_for(topic)),
-            subscribers: HashMap::new(),
+            subscribers: IdMap::default(),
             touched: Instant::now(),
             removed: false,
         };
@@ -119,6 +116,12 @@ impl Hub {
                 return false;
             }
             state.removed = true;
+            // Under the map shard, so no one can create the topic again before this.
+            let mut epoch = lock(&self.epoch);
+            if !self.mirrored && Arc::ptr_eq(&epoch, &state.epoch) {
+                *epoch = new_epoch();
+            }
+            drop(epoch);
             let held = state.history.clear();
             self.count_history(held);
             state.last = None;

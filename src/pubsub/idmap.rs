@@ -1,0 +1,118 @@
+//! A map keyed by connection id that costs one pointer while it is empty: a topic's subscribers.
+//!
+//! A node with a million topics has subscribers on few of them, so an empty map is what matters:
+//! a `HashMap` with a `RandomState` is 48 bytes on every topic, this is 8 (the table is boxed and
+//! dropped with its last entry). Ids are handed out by the hub, one after the other, never chosen
+//! by a client, so they need no keyed hash against flooding: a multiply spreads them over the
+//! table, and the hasher has no state to store.
+
+use std::collections::hash_map::{self, HashMap};
+use std::hash::{BuildHasherDefault, Hasher};
+
+/// Hashes one `u64` id by a multiply (Fibonacci hashing): consecutive ids differ in the high
+/// bits the table uses for its control bytes, and in the low bits that pick the bucket.
+#[derive(Default)]
+pub struct IdHasher(u64);
+
+impl Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        // Only `u64` keys are hashed; any other key still gets a usable (if slower) hash.
+        for &b in bytes {
+            self.write_u64(u64::from(b) ^ self.0.rotate_left(8));
+        }
+    }
+
+    fn write_u64(&mut self, id: u64) {
+        self.0 = (self.0 ^ id).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    }
+}
+
+type Table<V> = HashMap<u64, V, BuildHasherDefault<IdHasher>>;
+
+/// Invariant: `None` exactly when there is no entry.
+pub struct IdMap<V>(Option<Box<Table<V>>>);
+
+impl<V> Default for IdMap<V> {
+    fn default() -> Self {
+        IdMap(None)
+    }
+}
+
+impl<V> IdMap<V> {
+    pub fn is_empty(&self) -> bool {
+        self.0.is_none()
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.as_ref().map_or(0, |t| t.len())
+    }
+
+    pub fn values(&self) -> impl Iterator<Item = &V> {
+        self.0.iter().flat_map(|t| t.values())
+    }
+
+    pub fn get_mut(&mut self, id: u64) -> Option<&mut V> {
+        self.0.as_mut()?.get_mut(&id)
+    }
+
+    /// The entry of `id`, made by `new` when missing.
+    pub fn get_or_insert_with(&mut self, id: u64, new: impl FnOnce() -> V) -> &mut V {
+        let table = self.0.get_or_insert_with(Box::default);
+        match table.entry(id) {
+            hash_map::Entry::Occupied(e) => e.into_mut(),
+            hash_map::Entry::Vacant(e) => e.insert(new()),
+        }
+    }
+
+    pub fn remove(&mut self, id: u64) -> Option<V> {
+        let table = self.0.as_mut()?;
+        let removed = table.remove(&id);
+        if table.is_empty() {
+            self.0 = None;
+        }
+        removed
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn holds_nothing_while_empty() {
+        assert_eq!(std::mem::size_of::<IdMap<[u64; 4]>>(), 8);
+        let mut map = IdMap::default();
+        assert!(map.is_empty());
+        *map.get_or_insert_with(7, || 1) += 1;
+        *map.get_or_insert_with(7, || 100) += 1;
+        map.get_or_insert_with(9, || 5);
+        assert_eq!((map.len(), map.get_mut(7).copied()), (2, Some(3)));
+        let mut values: Vec<i32> = map.values().copied().collect();
+        values.sort();
+        assert_eq!(values, vec![3, 5]);
+        assert_eq!(map.remove(7), Some(3));
+        assert!(!map.is_empty());
+        assert_eq!(map.remove(9), Some(5));
+        assert!(
+            map.is_empty() && map.0.is_none(),
+            "the table goes with its last entry"
+        );
+        assert_eq!(map.remove(9), None);
+    }
+
+    #[test]
+    fn consecutive_ids_spread_over_the_table() {
+        let hash = |id: u64| {
+            let mut h = IdHasher::default();
+            h.write_u64(id);
+            h.finish()
+        };
+        // The control byte of hashbrown is the top 7 bits: consecutive ids must not share it.
+        let tops: std::collections::HashSet<u64> = (1..=64).map(|id| hash(id) >> 57).collect();
+        assert!(tops.len() > 32, "only {} distinct control bytes", tops.len());
+    }
+}
