@@ -552,3 +552,53 @@ async fn a_repeated_pattern_is_one_subscription() {
     publish(addr, "dup.a", json!(3)).await;
     expect_silence(&mut ws, std::time::Duration::from_millis(200)).await;
 }
+
+/// A pattern over more topics than `limits.max_catch_up_topics` subscribes to all of them, but
+/// the reply brings only that many up to date (position and snapshot) and says `truncated`;
+/// topics named in `since` are caught up beyond the cap.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pattern_catches_up_at_most_max_catch_up_topics() {
+    let server = start("[limits]\nmax_catch_up_topics = 3\n").await;
+    let addr = server.addr;
+    for i in 1..=5 {
+        publish(addr, &format!("wide.t{i}"), json!(i)).await;
+    }
+    let mut ws = connect(addr).await;
+    let reply = request(&mut ws, json!({"op":"subscribe","id":1,"topics":["wide.*"]})).await;
+    assert_eq!(reply["truncated"], true, "{reply}");
+    let positions = reply["positions"].as_object().expect("positions").clone();
+    assert_eq!(positions.len(), 3, "{reply}");
+    for _ in 0..3 {
+        let snapshot = recv_json(&mut ws).await;
+        assert_eq!(snapshot["type"], "snapshot", "{snapshot}");
+        let topic = snapshot["topic"].as_str().unwrap();
+        assert!(
+            positions.contains_key(topic),
+            "a snapshot for a topic without position: {snapshot}"
+        );
+    }
+    expect_silence(&mut ws, std::time::Duration::from_millis(200)).await;
+    // Every matching topic is subscribed to, with or without its catch-up.
+    for i in 1..=5 {
+        publish(addr, &format!("wide.t{i}"), json!(i * 10)).await;
+        let update = recv_json(&mut ws).await;
+        assert_eq!(update["topic"], format!("wide.t{i}"), "{update}");
+        assert_eq!(assert_update(&update, &format!("wide.t{i}")), 2);
+    }
+    // Within the cap nothing is said.
+    let reply = request(&mut ws, json!({"op":"subscribe","id":2,"topics":["wide.t1"]})).await;
+    assert!(reply.get("truncated").is_none(), "{reply}");
+    // A recovery is always answered, even past the cap.
+    let mut other = connect(addr).await;
+    let epoch = positions.values().next().unwrap()["epoch"].clone();
+    let since: serde_json::Map<String, serde_json::Value> = (1..=5)
+        .map(|i| (format!("wide.t{i}"), json!({"seq": 1, "epoch": epoch})))
+        .collect();
+    let reply = request(
+        &mut other,
+        json!({"op":"subscribe","id":3,"topics":["wide.*"],"since":since}),
+    )
+    .await;
+    assert_eq!(reply["positions"].as_object().unwrap().len(), 5, "{reply}");
+    assert_eq!(reply["recovered"].as_object().unwrap().len(), 5, "{reply}");
+}

@@ -84,6 +84,10 @@ pub struct Subscribed {
     /// For topics given in `since`: whether the missed publications were replayed.
     #[serde(default)]
     pub recovered: BTreeMap<String, bool>,
+    /// The patterns matched more topics than the server's `limits.max_catch_up_topics`: some
+    /// matching topics have no position here and got no snapshot, but are subscribed to.
+    #[serde(default)]
+    pub truncated: bool,
 }
 
 /// The server's reply to an unsubscribe request.

@@ -169,6 +169,10 @@ pub enum Reply<'a> {
         positions: &'a BTreeMap<Topic, Position>,
         #[serde(skip_serializing_if = "BTreeMap::is_empty")]
         recovered: &'a BTreeMap<Topic, bool>,
+        /// More topics matched than `limits.max_catch_up_topics`: some have no position here
+        /// and got no snapshot (they are subscribed to all the same).
+        #[serde(skip_serializing_if = "std::ops::Not::not")]
+        truncated: bool,
     },
     Unsubscribed {
         #[serde(skip_serializing_if = "Option::is_none")]
@@ -439,6 +443,7 @@ mod tests {
             topics: &topics,
             positions: &none,
             recovered: &BTreeMap::new(),
+            truncated: false,
         }
         .frame();
         assert_eq!(&f[2..], br#"{"type":"subscribed","id":1,"topics":["a.*"]}"#);
@@ -455,11 +460,12 @@ mod tests {
             topics: &topics,
             positions: &positions,
             recovered: &BTreeMap::from([(a, true)]),
+            truncated: true,
         }
         .frame();
         assert_eq!(
             &f[2..],
-            br#"{"type":"subscribed","topics":["a.*"],"positions":{"a.b":{"seq":40,"epoch":"k3j2"}},"recovered":{"a.b":true}}"#
+            br#"{"type":"subscribed","topics":["a.*"],"positions":{"a.b":{"seq":40,"epoch":"k3j2"}},"recovered":{"a.b":true},"truncated":true}"#
         );
         let f = Reply::Pong { id: None }.frame();
         assert_eq!(&f[2..], br#"{"type":"pong"}"#);

@@ -122,6 +122,7 @@ impl<'a, E: Expiry> Session<'a, E> {
                 topics: &topics,
                 positions: &done.positions,
                 recovered: &done.recovered,
+                truncated: done.truncated,
             }
             .frame(),
             Err(e) => Reply::error(id, e).frame(),

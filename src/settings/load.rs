@@ -94,6 +94,7 @@ mod tests {
             s.topic_bounds(),
             TopicBounds {
                 max_topics: 1_000_000,
+                max_catch_up_topics: 10_000,
                 idle_ttl: Some(Duration::from_secs(3600)),
             }
         );

@@ -60,6 +60,7 @@ impl Settings {
     pub fn topic_bounds(&self) -> TopicBounds {
         TopicBounds {
             max_topics: self.limits.max_topics,
+            max_catch_up_topics: self.limits.max_catch_up_topics,
             idle_ttl: (!self.topics.idle_ttl.is_zero()).then_some(self.topics.idle_ttl),
         }
     }

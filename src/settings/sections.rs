@@ -144,6 +144,8 @@ pub struct LimitsSettings {
     pub max_connections_per_ip: usize,
     /// Topics the hub may hold; creating one more (publish, exact subscribe) is refused.
     pub max_topics: usize,
+    /// Topics one subscribe reply gives positions and snapshots for (see `TopicBounds`).
+    pub max_catch_up_topics: usize,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -159,6 +161,10 @@ pub struct TopicsSettings {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TopicBounds {
     pub max_topics: usize,
+    /// Topics a subscribe request's patterns bring up to date (position and snapshot); the
+    /// rest are subscribed to without, and the reply says `truncated`. Bounds what one request
+    /// makes the server hold for a pattern that matches a large part of a big node.
+    pub max_catch_up_topics: usize,
     /// `None` keeps idle topics forever.
     pub idle_ttl: Option<Duration>,
 }

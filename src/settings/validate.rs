@@ -167,6 +167,11 @@ impl Settings {
             "limits.max_topics",
             "must be at least 1",
         )?;
+        check(
+            self.limits.max_catch_up_topics >= 1,
+            "limits.max_catch_up_topics",
+            "must be at least 1",
+        )?;
         let ttl = self.topics.idle_ttl;
         check(
             ttl.is_zero() || ttl >= MIN_IDLE_TTL,

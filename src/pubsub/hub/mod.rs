@@ -147,6 +147,9 @@ pub struct Subscribed {
     /// topic key it may be conflated under (snapshots of `conflate` topics), for
     /// [`Outbox::uncork`].
     pub frames: Vec<(Bytes, Option<TopicKey>)>,
+    /// Patterns matched more topics than `limits.max_catch_up_topics`: the others are
+    /// subscribed to without a position or a snapshot.
+    pub truncated: bool,
 }
 
 /// A page of a topic's history.

@@ -226,3 +226,17 @@ async fn pattern_subscribe_in_slices_misses_and_repeats_nothing() {
     hub.publish(&topic("p.new"), data("3"));
     assert!(frames(&who.outbox).await.is_empty());
 }
+
+/// The per-topic layout, at millions of topics (issue 16): a `TopicEntry` in its `Arc` must fit
+/// the allocator's 176-byte chunk. Fails when a field grows it past that.
+#[test]
+fn a_topic_entry_stays_small() {
+    let arc_inner = 16 + std::mem::size_of::<TopicEntry>();
+    println!(
+        "TopicEntry {} B, TopicState {} B, History {} B",
+        std::mem::size_of::<TopicEntry>(),
+        std::mem::size_of::<TopicState>(),
+        std::mem::size_of::<History>()
+    );
+    assert!(arc_inner <= 168, "{arc_inner} B with the Arc's counts");
+}
