@@ -296,3 +296,23 @@ async fn unknown_topic_is_404() {
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["data"], 1);
 }
+
+/// A 405 names the method the resource takes (RFC 9110 §15.5.6), for every route.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn method_not_allowed_says_which_method_is() {
+    let server = start("").await;
+    let addr = server.addr;
+    for (method, path, allow) in [
+        ("GET", "/api/v1/publish", "POST"),
+        ("PUT", "/api/v1/publish", "POST"),
+        ("POST", "/api/v1/topics", "GET"),
+        ("DELETE", "/api/v1/topics/a.b", "GET"),
+        ("POST", "/api/v1/topics/a.b/history", "GET"),
+        ("POST", "/healthz", "GET"),
+        ("POST", "/metrics", "GET"),
+    ] {
+        let r = http_request(addr, method, path, &[], Some(b"{}")).await;
+        assert_eq!(r.status, 405, "{method} {path}");
+        assert_eq!(r.header("allow"), Some(allow), "{method} {path}: {:?}", r.headers);
+    }
+}

@@ -14,7 +14,7 @@ use std::time::Instant;
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::body::Incoming;
-use hyper::header::{HeaderValue, CONTENT_TYPE};
+use hyper::header::{HeaderValue, ALLOW, CONTENT_TYPE};
 use hyper::{Method, Request, Response, StatusCode};
 
 use crate::app::App;
@@ -112,7 +112,13 @@ pub async fn handle(
         (_, "not_found") => Err(RequestError::NoRoute(path.chars().take(256).collect())),
         _ => Err(RequestError::MethodNotAllowed),
     };
-    let resp = result.unwrap_or_else(|e| error(&e));
+    let mut resp = result.unwrap_or_else(|e| error(&e));
+    if resp.status() == StatusCode::METHOD_NOT_ALLOWED {
+        // RFC 9110 §15.5.6: a 405 names the methods the resource takes.
+        let allowed = if route == "publish" { "POST" } else { "GET" };
+        resp.headers_mut()
+            .insert(ALLOW, HeaderValue::from_static(allowed));
+    }
     let m = &app.metrics;
     m.http_requests
         .with_label_values(&[route, resp.status().as_str()])
