@@ -10,7 +10,7 @@ use anyhow::Context;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use serde::Serialize;
 use tickwire_loadtest::opts::{self, parse_duration};
-use tickwire_loadtest::scenario::{connect, fanout, idle, patterns, publish, Common};
+use tickwire_loadtest::scenario::{connect, fanout, idle, patterns, publish, reconnect, topics, Common};
 use tickwire_loadtest::{bench, report, sys};
 
 #[derive(Parser)]
@@ -37,6 +37,11 @@ enum Command {
     Publish(PublishArgs),
     /// T topics, then subscribe/unsubscribe round trips of patterns matching K of them each.
     Patterns(PatternsArgs),
+    /// Many topics, many subscriptions (exact and patterns), a publisher spread over them:
+    /// deliveries/s, loss, latency, server memory per topic and per subscription.
+    Topics(TopicsArgs),
+    /// A reconnect storm: every connection drops at once and recovers with `since`.
+    Reconnect(ReconnectArgs),
     /// Build the benchmark page section and chart from saved JSON results.
     Report(bench::ReportArgs),
 }
@@ -239,6 +244,86 @@ struct PatternsArgs {
     topic_prefix: String,
 }
 
+/// The load of `topics` and `reconnect`: topics in groups, subscriptions, a publisher.
+#[derive(Args)]
+struct PlanArgs {
+    #[arg(short = 'n', long, default_value_t = 1000)]
+    connections: usize,
+    /// Topics, named <topic-prefix><g>.<j> in groups of --group (created with one value each).
+    #[arg(short = 't', long, default_value_t = 10_000)]
+    topics: u32,
+    /// Subscriptions per connection, patterns included.
+    #[arg(short = 'k', long, default_value_t = 10)]
+    subs_per_conn: u32,
+    /// How many of the -k subscriptions are group patterns <topic-prefix><g>.*
+    #[arg(long, default_value_t = 1)]
+    patterns: u32,
+    /// Topics per group: what one pattern matches.
+    #[arg(long, default_value_t = 10)]
+    group: u32,
+    /// Messages per second over all topics, round-robin.
+    #[arg(short = 'r', long, default_value_t = 1000.0)]
+    rate: f64,
+    #[arg(long, default_value_t = 100)]
+    payload_bytes: usize,
+    /// Messages per HTTP batch while creating the topics (http.max_body_bytes must take it).
+    #[arg(long, default_value_t = 5000)]
+    batch: usize,
+    #[arg(long, default_value = "bench.tp.")]
+    topic_prefix: String,
+    /// Longest wait after publishing for messages in flight (ends early once all arrived).
+    #[arg(long, default_value = "3s", value_parser = parse_duration)]
+    drain: Duration,
+}
+
+impl PlanArgs {
+    fn config(&self, common: Common) -> topics::TopicsConfig {
+        let mut cfg = topics::TopicsConfig::new(common);
+        cfg.connections = self.connections;
+        cfg.topics = self.topics;
+        cfg.subs_per_conn = self.subs_per_conn;
+        cfg.patterns_per_conn = self.patterns;
+        cfg.group = self.group;
+        cfg.rate = self.rate;
+        cfg.payload_bytes = self.payload_bytes;
+        cfg.batch = self.batch;
+        cfg.topic_prefix = self.topic_prefix.clone();
+        cfg.drain = self.drain;
+        cfg
+    }
+}
+
+#[derive(Args)]
+struct TopicsArgs {
+    #[command(flatten)]
+    common: CommonArgs,
+    #[command(flatten)]
+    plan: PlanArgs,
+    /// Measurement window.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    duration: Duration,
+    /// Publishing before the window (not measured).
+    #[arg(long, default_value = "2s", value_parser = parse_duration)]
+    warmup: Duration,
+}
+
+#[derive(Args)]
+struct ReconnectArgs {
+    #[command(flatten)]
+    common: CommonArgs,
+    #[command(flatten)]
+    plan: PlanArgs,
+    /// Publishing before every connection drops.
+    #[arg(long, default_value = "2s", value_parser = parse_duration)]
+    before: Duration,
+    /// Publishing after every connection is back.
+    #[arg(long, default_value = "2s", value_parser = parse_duration)]
+    after: Duration,
+    /// Longest wait for every connection to come back.
+    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    recover_timeout: Duration,
+}
+
 /// Context of every error in the options (exit code 2).
 const INVALID_OPTIONS: &str = "invalid options";
 
@@ -275,6 +360,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Connect(a) => Some(&a.common),
         Command::Publish(a) => Some(&a.common),
         Command::Patterns(a) => Some(&a.common),
+        Command::Topics(a) => Some(&a.common),
+        Command::Reconnect(a) => Some(&a.common),
         Command::Report(_) => None,
     };
     if let Some(c) = common_args {
@@ -395,6 +482,31 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 )),
             );
             emit(a.common.json, &r, human)
+        }
+        Command::Topics(a) => {
+            let common = a.common.common().context(INVALID_OPTIONS)?;
+            let mut cfg = a.plan.config(common);
+            cfg.warmup = a.warmup;
+            cfg.duration = a.duration;
+            let budget = Duration::from_secs(120) + cfg.warmup + cfg.duration + cfg.drain + extra;
+            watchdog(a.common.deadline.unwrap_or(budget + cfg.common.connect_timeout));
+            let r = topics::run(&cfg)?;
+            emit(a.common.json, &r, report::topics(&r))
+        }
+        Command::Reconnect(a) => {
+            let common = a.common.common().context(INVALID_OPTIONS)?;
+            let mut load = a.plan.config(common);
+            load.warmup = a.before;
+            load.duration = a.after;
+            let cfg = reconnect::ReconnectConfig {
+                load,
+                recover_timeout: a.recover_timeout,
+            };
+            let l = &cfg.load;
+            let budget = Duration::from_secs(60) + l.common.connect_timeout + l.warmup + cfg.recover_timeout;
+            watchdog(a.common.deadline.unwrap_or(budget + l.duration + l.drain + extra));
+            let r = reconnect::run(&cfg)?;
+            emit(a.common.json, &r, report::reconnect(&r))
         }
         Command::Report(a) => bench::run(&a).context("building the benchmark report"),
     }
