@@ -38,11 +38,7 @@ impl SubPlan {
     }
 
     fn groups(&self) -> u32 {
-        if self.group == 0 {
-            0
-        } else {
-            self.topics / self.group
-        }
+        self.topics.checked_div(self.group).unwrap_or(0)
     }
 
     /// Checks that the plan can be laid out: groups divide the topics, patterns need groups,
@@ -65,7 +61,7 @@ impl SubPlan {
                 self.topics
             );
         }
-        if self.group > 0 && (self.topics % self.group != 0) {
+        if self.group > 0 && !self.topics.is_multiple_of(self.group) {
             anyhow::bail!(
                 "the group size ({}) must divide the topics ({})",
                 self.group,
@@ -128,10 +124,9 @@ impl SubPlan {
 
     /// The name of topic `index`.
     pub fn name(&self, prefix: &str, index: u32) -> String {
-        if self.group == 0 {
-            topic_name(prefix, index)
-        } else {
-            format!("{prefix}{}.{}", index / self.group, index % self.group)
+        match index.checked_div(self.group) {
+            None => topic_name(prefix, index),
+            Some(g) => format!("{prefix}{g}.{}", index % self.group),
         }
     }
 

@@ -768,7 +768,9 @@ fn on_message(th: &Thread, streams: &mut Streams, p: &[u8], now: u64, (t0, t1): 
             }
             // A live update (not the catch-up) to a connection back from a storm still going on.
             if let (Some(i), Some(t), true) = (at, sent_us, streams.back) {
-                if seq > streams.positions[i] && th.shared.storm.active.load(Relaxed) {
+                if seq <= streams.positions[i] {
+                    th.shared.storm.caught_up.fetch_add(1, Relaxed);
+                } else if th.shared.storm.active.load(Relaxed) {
                     th.storm_latency
                         .borrow_mut()
                         .saturating_record(now.saturating_sub(t).max(1));

@@ -287,7 +287,7 @@ mod tests {
                 epoch: "k3".into()
             }
         );
-        assert_eq!(r.recovered["a.b"], true);
+        assert!(r.recovered["a.b"]);
         let plain = parse_subscribed(br#"{"type":"subscribed","topics":["x"]}"#).unwrap();
         assert_eq!(plain, Subscribed::default());
         let req = subscribe_since_request(&["a.*"], &[("a.b".into(), 40, "k3")]);

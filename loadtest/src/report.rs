@@ -313,19 +313,6 @@ pub fn publish(r: &PublishReport) -> String {
     t.render("tickwire-loadtest publish")
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn thousands_separators() {
-        assert_eq!(thousands(0), "0");
-        assert_eq!(thousands(999), "999");
-        assert_eq!(thousands(1000), "1,000");
-        assert_eq!(thousands(20_030_000), "20,030,000");
-    }
-}
-
 fn gaps_row(g: &crate::gaps::GapCounts) -> String {
     format!(
         "expected {} = received {} + conflated {} + lost {}  (streams conflated {}, with loss {}, duplicates {})",
@@ -430,14 +417,15 @@ pub fn reconnect(r: &ReconnectReport) -> String {
     .row(
         "storm",
         format!(
-            "all back in {:.2} s: {} recovered, {} reset, {} failed{} (topics: {} recovered, {} reset)",
+            "all back in {:.2} s: {} recovered, {} reset, {} failed{} (topics: {} recovered, {} reset; {} updates caught up)",
             s.seconds,
             s.recovered,
             s.reset,
             s.failed,
             if s.timed_out { ", TIMED OUT" } else { "" },
             thousands(s.topics_recovered),
-            thousands(s.topics_reset)
+            thousands(s.topics_reset),
+            thousands(s.caught_up)
         ),
     )
     .row("reconnect handshake", latency(&r.rehandshake_ms))
@@ -463,4 +451,17 @@ pub fn reconnect(r: &ReconnectReport) -> String {
         let _ = writeln!(out, "  error: {e}");
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn thousands_separators() {
+        assert_eq!(thousands(0), "0");
+        assert_eq!(thousands(999), "999");
+        assert_eq!(thousands(1000), "1,000");
+        assert_eq!(thousands(20_030_000), "20,030,000");
+    }
 }

@@ -32,6 +32,9 @@ pub struct Storm {
     /// Topics named in `since`, over all connections, that recovered or were reset.
     pub topics_recovered: AtomicU64,
     pub topics_reset: AtomicU64,
+    /// Updates of the catch-up (`seq` up to the recovering reply's position): what the drop
+    /// missed and recovery delivered.
+    pub caught_up: AtomicU64,
 }
 
 impl Storm {
@@ -46,6 +49,7 @@ impl Storm {
             last_back_us: AtomicU64::new(0),
             topics_recovered: AtomicU64::new(0),
             topics_reset: AtomicU64::new(0),
+            caught_up: AtomicU64::new(0),
         }
     }
 
@@ -110,6 +114,7 @@ impl Storm {
             failed: self.failed.load(Relaxed),
             topics_recovered: self.topics_recovered.load(Relaxed),
             topics_reset: self.topics_reset.load(Relaxed),
+            caught_up: self.caught_up.load(Relaxed),
             seconds: self.last_back_us.load(Relaxed).saturating_sub(dropped) as f64 / 1e6,
             timed_out,
         }
@@ -126,6 +131,8 @@ pub struct StormOutcome {
     pub failed: usize,
     pub topics_recovered: u64,
     pub topics_reset: u64,
+    /// Catch-up updates received so far (recovered messages the drop had missed).
+    pub caught_up: u64,
     /// Drop to the last connection back (its `subscribed` reply parsed), seconds.
     pub seconds: f64,
     pub timed_out: bool,

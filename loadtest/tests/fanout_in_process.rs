@@ -247,6 +247,10 @@ fn reconnect_recovers_every_client_without_gaps_or_duplicates() -> anyhow::Resul
         "every stream named in since recovered"
     );
     assert_eq!(s.topics_reset, 0);
+    assert!(
+        s.caught_up > 0,
+        "the drop missed publications and recovery sent them: {s:?}"
+    );
     assert_eq!(r.rehandshake_ms.expect("reconnect handshakes").count, 40);
     // Recovery filled exactly what the drop missed: no gap, no duplicate, nothing lost.
     assert!(r.publish.sent >= 300, "published only {}", r.publish.sent);

@@ -212,6 +212,8 @@ pub fn run(cfg: &ReconnectConfig) -> anyhow::Result<ReconnectReport> {
         std::thread::sleep(Duration::from_millis(5));
     }
     errors.extend(shared.first_errors());
+    let mut storm = storm;
+    storm.caught_up = shared.storm.caught_up.load(Relaxed);
     let result = pool.finish(now_us());
     progress.finish();
     let mut gaps = GapCounts::default();
