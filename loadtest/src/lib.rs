@@ -27,7 +27,8 @@
 //! - [`http`]: the keep-alive HTTP client used to publish.
 //! - [`server`]: reading the server's `/metrics` and topic `seq`s.
 //! - [`report`]: the human summary tables.
-//! - [`bench`]: the benchmark page and chart built from saved JSON results.
+//! - [`bench`]: the benchmark page and chart built from saved JSON results; [`scale`]: its
+//!   many-topics and reconnect-storm tables.
 //! - [`progress`], [`sys`]: the live progress line; clocks, /proc, limits, Ctrl-C.
 
 pub mod bench;
@@ -42,6 +43,7 @@ pub mod progress;
 pub mod proto;
 pub mod publisher;
 pub mod report;
+pub mod scale;
 pub mod scenario;
 pub mod server;
 pub mod storm;
