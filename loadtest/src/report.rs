@@ -445,6 +445,16 @@ pub fn reconnect(r: &ReconnectReport) -> String {
             v.listen_overflows.map_or("-".into(), |x| x.to_string()),
             v.listen_drops.map_or("-".into(), |x| x.to_string())
         ),
+    )
+    .row(
+        "client in storm",
+        format!(
+            "CPU {:.0} % of one core; machine {:.0} % busy of {} cores (other processes {})",
+            r.client.cpu_pct,
+            r.client.machine_busy_pct,
+            r.client.ncpu,
+            opt(r.other_cpu_pct, 0, " % of one core")
+        ),
     );
     let mut out = t.render("tickwire-loadtest reconnect");
     for e in &r.errors {

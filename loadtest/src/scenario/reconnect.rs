@@ -20,14 +20,14 @@ use hdrhistogram::Histogram;
 use serde::Serialize;
 
 use super::topics::TopicsConfig;
-use super::{connect_progress, secs, LatencySummary};
+use super::{connect_progress, secs, ClientUsage, LatencySummary};
 use crate::gaps::GapCounts;
 use crate::opts::{self, HttpEndpoint};
 use crate::pool::{histogram, ConnectOutcome, Pool, RecvCounters};
 use crate::progress::Progress;
 use crate::publisher::{self, PublisherConfig, PublisherResult};
 use crate::storm::StormOutcome;
-use crate::sys::{self, now_us};
+use crate::sys::{self, now_us, CpuSnap};
 
 #[derive(Debug, Clone)]
 pub struct ReconnectConfig {
@@ -83,6 +83,10 @@ pub struct ReconnectReport {
     /// Live updates to connections already back, while the storm went on.
     pub storm_delivery_ms: Option<LatencySummary>,
     pub server: StormServer,
+    /// This client during the storm (it competes with the server for the cores).
+    pub client: ClientUsage,
+    /// CPU of other processes during the storm, % of one core.
+    pub other_cpu_pct: Option<f64>,
     pub publish: PublisherResult,
     /// Over the whole run: `conflated + lost` is the gap count (0 when all recovered),
     /// `out_of_order` the duplicates.
@@ -164,7 +168,7 @@ pub fn run(cfg: &ReconnectConfig) -> anyhow::Result<ReconnectReport> {
     };
     let cpu = |pid: Option<u32>| pid.and_then(|p| sys::cpu_seconds(&p.to_string()));
     let rss_before = c.server_pid.and_then(|p| sys::rss_bytes(&p.to_string()));
-    let (cpu_a, at_a) = (cpu(c.server_pid), Instant::now());
+    let (cpu_a, at_a, client_a) = (cpu(c.server_pid), Instant::now(), CpuSnap::now());
     pool.storm();
     let storm = pool.wait_back(outcome.ready, cfg.recover_timeout, |s| {
         progress.update(|| {
@@ -177,7 +181,7 @@ pub fn run(cfg: &ReconnectConfig) -> anyhow::Result<ReconnectReport> {
             )
         })
     });
-    let (cpu_b, at_b) = (cpu(c.server_pid), Instant::now());
+    let (cpu_b, at_b, client_b) = (cpu(c.server_pid), Instant::now(), CpuSnap::now());
     watch_stop.store(true, Relaxed);
     let watched = watcher.join().unwrap_or_default();
     let drops_after = sys::listen_drops();
@@ -224,6 +228,12 @@ pub fn run(cfg: &ReconnectConfig) -> anyhow::Result<ReconnectReport> {
         Some(f(b?).saturating_sub(f(a?)))
     };
     let storm_s = at_b.duration_since(at_a).as_secs_f64();
+    let server_cpu = (cpu_a.zip(cpu_b))
+        .filter(|_| storm_s > 0.0)
+        .map(|(a, b)| (b - a) / storm_s * 100.0);
+    let client = ClientUsage::between(&client_a, &client_b);
+    let other_cpu_pct =
+        server_cpu.map(|s| (client.machine_busy_pct * client.ncpu as f64 - s - client.cpu_pct).max(0.0));
     Ok(ReconnectReport {
         scenario: "reconnect",
         label: c.label.clone(),
@@ -246,10 +256,7 @@ pub fn run(cfg: &ReconnectConfig) -> anyhow::Result<ReconnectReport> {
         rehandshake_ms: LatencySummary::of(&result.rehandshake),
         storm_delivery_ms: LatencySummary::of(&result.storm_latency),
         server: StormServer {
-            cpu_pct: cpu_a
-                .zip(cpu_b)
-                .filter(|_| storm_s > 0.0)
-                .map(|(a, b)| (b - a) / storm_s * 100.0),
+            cpu_pct: server_cpu,
             rss_before: rss_before.map(|b| b as f64),
             rss_peak: watched.rss_peak.map(|b| b as f64),
             healthz_samples: watched.healthz.len(),
@@ -260,6 +267,8 @@ pub fn run(cfg: &ReconnectConfig) -> anyhow::Result<ReconnectReport> {
             listen_overflows: delta(drops_before, drops_after, |d| d.0),
             listen_drops: delta(drops_before, drops_after, |d| d.1),
         },
+        client,
+        other_cpu_pct,
         publish: pub_result,
         gaps,
         receive: result.counters,
