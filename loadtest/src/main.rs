@@ -244,61 +244,12 @@ struct PatternsArgs {
     topic_prefix: String,
 }
 
-/// The load of `topics` and `reconnect`: topics in groups, subscriptions, a publisher.
-#[derive(Args)]
-struct PlanArgs {
-    #[arg(short = 'n', long, default_value_t = 1000)]
-    connections: usize,
-    /// Topics, named <topic-prefix><g>.<j> in groups of --group (created with one value each).
-    #[arg(short = 't', long, default_value_t = 10_000)]
-    topics: u32,
-    /// Subscriptions per connection, patterns included.
-    #[arg(short = 'k', long, default_value_t = 10)]
-    subs_per_conn: u32,
-    /// How many of the -k subscriptions are group patterns <topic-prefix><g>.*
-    #[arg(long, default_value_t = 1)]
-    patterns: u32,
-    /// Topics per group: what one pattern matches.
-    #[arg(long, default_value_t = 10)]
-    group: u32,
-    /// Messages per second over all topics, round-robin.
-    #[arg(short = 'r', long, default_value_t = 1000.0)]
-    rate: f64,
-    #[arg(long, default_value_t = 100)]
-    payload_bytes: usize,
-    /// Messages per HTTP batch while creating the topics (http.max_body_bytes must take it).
-    #[arg(long, default_value_t = 5000)]
-    batch: usize,
-    #[arg(long, default_value = "bench.tp.")]
-    topic_prefix: String,
-    /// Longest wait after publishing for messages in flight (ends early once all arrived).
-    #[arg(long, default_value = "3s", value_parser = parse_duration)]
-    drain: Duration,
-}
-
-impl PlanArgs {
-    fn config(&self, common: Common) -> topics::TopicsConfig {
-        let mut cfg = topics::TopicsConfig::new(common);
-        cfg.connections = self.connections;
-        cfg.topics = self.topics;
-        cfg.subs_per_conn = self.subs_per_conn;
-        cfg.patterns_per_conn = self.patterns;
-        cfg.group = self.group;
-        cfg.rate = self.rate;
-        cfg.payload_bytes = self.payload_bytes;
-        cfg.batch = self.batch;
-        cfg.topic_prefix = self.topic_prefix.clone();
-        cfg.drain = self.drain;
-        cfg
-    }
-}
-
 #[derive(Args)]
 struct TopicsArgs {
     #[command(flatten)]
     common: CommonArgs,
     #[command(flatten)]
-    plan: PlanArgs,
+    plan: topics::LoadArgs,
     /// Measurement window.
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     duration: Duration,
@@ -312,7 +263,7 @@ struct ReconnectArgs {
     #[command(flatten)]
     common: CommonArgs,
     #[command(flatten)]
-    plan: PlanArgs,
+    plan: topics::LoadArgs,
     /// Publishing before every connection drops.
     #[arg(long, default_value = "2s", value_parser = parse_duration)]
     before: Duration,
@@ -469,19 +420,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             };
             watchdog(a.common.deadline.unwrap_or(Duration::from_secs(600)));
             let r = patterns::run(&cfg)?;
-            let human = format!(
-                "patterns: {} topics created in {:.1} s (server RSS {}), {} subscribes of a pattern matching {}: {}\n",
-                r.topics,
-                r.create_s,
-                r.server_rss_mib.map_or("?".into(), |m| format!("{m:.1} MiB")),
-                r.subscribes,
-                r.per_pattern,
-                r.subscribe_ms.as_ref().map_or("no samples".into(), |l| format!(
-                    "p50 {:.3} ms, p99 {:.3} ms, max {:.3} ms",
-                    l.p50, l.p99, l.max
-                )),
-            );
-            emit(a.common.json, &r, human)
+            emit(a.common.json, &r, report::patterns(&r))
         }
         Command::Topics(a) => {
             let common = a.common.common().context(INVALID_OPTIONS)?;

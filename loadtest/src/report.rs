@@ -5,6 +5,7 @@ use std::fmt::Write;
 use crate::scenario::connect::ConnectReport;
 use crate::scenario::fanout::FanoutReport;
 use crate::scenario::idle::IdleReport;
+use crate::scenario::patterns::PatternsReport;
 use crate::scenario::publish::PublishReport;
 use crate::scenario::reconnect::ReconnectReport;
 use crate::scenario::topics::TopicsReport;
@@ -461,6 +462,21 @@ pub fn reconnect(r: &ReconnectReport) -> String {
         let _ = writeln!(out, "  error: {e}");
     }
     out
+}
+
+pub fn patterns(r: &PatternsReport) -> String {
+    format!(
+        "patterns: {} topics created in {:.1} s (server RSS {}), {} subscribes of a pattern matching {}: {}\n",
+        r.topics,
+        r.create_s,
+        r.server_rss_mib.map_or("?".into(), |m| format!("{m:.1} MiB")),
+        r.subscribes,
+        r.per_pattern,
+        r.subscribe_ms.as_ref().map_or("no samples".into(), |l| format!(
+            "p50 {:.3} ms, p99 {:.3} ms, max {:.3} ms",
+            l.p50, l.p99, l.max
+        )),
+    )
 }
 
 #[cfg(test)]

@@ -75,6 +75,56 @@ impl TopicsConfig {
     }
 }
 
+/// The load of `topics` and `reconnect`: topics in groups, subscriptions, a publisher.
+#[derive(clap::Args, Debug)]
+pub struct LoadArgs {
+    #[arg(short = 'n', long, default_value_t = 1000)]
+    pub connections: usize,
+    /// Topics, named <topic-prefix><g>.<j> in groups of --group (created with one value each).
+    #[arg(short = 't', long, default_value_t = 10_000)]
+    pub topics: u32,
+    /// Subscriptions per connection, patterns included.
+    #[arg(short = 'k', long, default_value_t = 10)]
+    pub subs_per_conn: u32,
+    /// How many of the -k subscriptions are group patterns <topic-prefix><g>.*
+    #[arg(long, default_value_t = 1)]
+    pub patterns: u32,
+    /// Topics per group: what one pattern matches.
+    #[arg(long, default_value_t = 10)]
+    pub group: u32,
+    /// Messages per second over all topics, round-robin.
+    #[arg(short = 'r', long, default_value_t = 1000.0)]
+    pub rate: f64,
+    #[arg(long, default_value_t = 100)]
+    pub payload_bytes: usize,
+    /// Messages per HTTP batch while creating the topics (http.max_body_bytes must take it).
+    #[arg(long, default_value_t = 5000)]
+    pub batch: usize,
+    #[arg(long, default_value = "bench.tp.")]
+    pub topic_prefix: String,
+    /// Longest wait after publishing for messages in flight (ends early once all arrived).
+    #[arg(long, default_value = "3s", value_parser = crate::opts::parse_duration)]
+    pub drain: Duration,
+}
+
+impl LoadArgs {
+    /// The configuration of a run with these options (warmup and duration left at their defaults).
+    pub fn config(&self, common: Common) -> TopicsConfig {
+        let mut cfg = TopicsConfig::new(common);
+        cfg.connections = self.connections;
+        cfg.topics = self.topics;
+        cfg.subs_per_conn = self.subs_per_conn;
+        cfg.patterns_per_conn = self.patterns;
+        cfg.group = self.group;
+        cfg.rate = self.rate;
+        cfg.payload_bytes = self.payload_bytes;
+        cfg.batch = self.batch;
+        cfg.topic_prefix = self.topic_prefix.clone();
+        cfg.drain = self.drain;
+        cfg
+    }
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct TopicsParams {
     pub connections: usize,
