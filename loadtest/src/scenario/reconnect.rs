@@ -169,15 +169,17 @@ pub fn run(cfg: &ReconnectConfig) -> anyhow::Result<ReconnectReport> {
     let cpu = |pid: Option<u32>| pid.and_then(|p| sys::cpu_seconds(&p.to_string()));
     let rss_before = c.server_pid.and_then(|p| sys::rss_bytes(&p.to_string()));
     let (cpu_a, at_a, client_a) = (cpu(c.server_pid), Instant::now(), CpuSnap::now());
+    // A connection the server already closed has nothing to drop.
+    let alive = outcome.ready - pool.shared().closed_early.load(Relaxed);
     pool.storm();
-    let storm = pool.wait_back(outcome.ready, cfg.recover_timeout, |s| {
+    let storm = pool.wait_back(alive, cfg.recover_timeout, |s| {
         progress.update(|| {
             format!(
                 "storm: {} recovered, {} reset, {} failed of {}",
                 s.recovered.load(Relaxed),
                 s.reset.load(Relaxed),
                 s.failed.load(Relaxed),
-                outcome.ready
+                alive
             )
         })
     });
