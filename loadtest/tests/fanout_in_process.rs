@@ -225,6 +225,8 @@ fn reconnect_recovers_every_client_without_gaps_or_duplicates() -> anyhow::Resul
     let rt = runtime()?;
     let InProcess { addr, stop, server } = start_server(&rt)?;
     let mut load = small_topics(addr, "it.reconnect.")?;
+    // Fast enough that every connection's topics get publications while it is away.
+    load.rate = 2000.0;
     load.warmup = Duration::from_millis(500); // publishing before the drop
     load.duration = Duration::from_millis(500); // and after everyone is back
     let cfg = ReconnectConfig {
