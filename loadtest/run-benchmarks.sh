@@ -24,6 +24,9 @@
 #   idle, N=10000 (peerbench -r 0): rawfan, tickwire, tickwire-b, rawfan-b
 #   idle (ours): N=10000, N=19000
 #   connect N=10000, publish
+#   topics N=10000 (100,000 topics, 50 subscriptions each, 5 of them patterns), its one-topic
+#   fan-out baseline at the same delivery rate, reconnect N=10000 (issue 16; compared with the
+#   connect run above)
 #   idle, N=19000 (peerbench -r 0, one process): rawfan, tickwire (last: may not fit)
 #
 # Environment:
@@ -44,8 +47,11 @@
 #   N_BIG N_SMALL N_MAX   subscriber counts (default 10000, 1000, 19000)
 #   WARMUP DURATION DRAIN IDLE_S   fan-out timeline and idle hold, seconds (default 3, 10, 3, 10)
 #   SWEEP         the chart's extra N_BIG rates (default "5 50 100")
+#   TOPICS_T TOPICS_K TOPICS_P TOPICS_R   the topics run: topics, subscriptions per connection,
+#                 how many of them are patterns, msg/s (default 100000, 50, 5, 20000)
+#   STORM_T STORM_R   the reconnect run's topics and msg/s (default 1000, 500)
 #   SMOKE=1       small defaults for all of the above (N 400/100/500, 1 s + 4 s + 1 s, no
-#                 sweep, no connect/publish runs), results only in $OUT
+#                 sweep, no publish run, small topics and reconnect runs), results only in $OUT
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -53,7 +59,8 @@ ROOT=$PWD
 SMOKE=${SMOKE:-0}
 if [[ $SMOKE == 1 ]]; then
     : "${N_BIG:=400}" "${N_SMALL:=100}" "${N_MAX:=500}" "${WARMUP:=1}" "${DURATION:=4}" \
-        "${DRAIN:=1}" "${IDLE_S:=4}" "${SWEEP:=}"
+        "${DRAIN:=1}" "${IDLE_S:=4}" "${SWEEP:=}" "${TOPICS_T:=2000}" "${TOPICS_K:=10}" \
+        "${TOPICS_R:=500}" "${STORM_T:=100}" "${STORM_R:=100}"
 fi
 PORT=${PORT:-18480}
 ADDR=127.0.0.1:$PORT
@@ -77,6 +84,12 @@ DURATION=${DURATION:-10}
 DRAIN=${DRAIN:-3}
 IDLE_S=${IDLE_S:-10}
 SWEEP=${SWEEP-5 50 100}
+TOPICS_T=${TOPICS_T:-100000}
+TOPICS_K=${TOPICS_K:-50}
+TOPICS_P=${TOPICS_P:-5}
+TOPICS_R=${TOPICS_R:-20000}
+STORM_T=${STORM_T:-1000}
+STORM_R=${STORM_R:-500}
 LT=$ROOT/target/release/tickwire-loadtest
 SERVER=$ROOT/target/release/tickwire
 
@@ -338,7 +351,23 @@ ours "idle-n$N_MAX" idle -n "$N_MAX" --duration "${IDLE_S}s"
 if [[ $SMOKE != 1 ]]; then
     ours connect-n10000 connect -n 10000
     ours publish publish --mode both --batch-size 100 --concurrency 4 --warmup 2s --duration 8s
+else
+    ours "connect-n$N_BIG" connect -n "$N_BIG"
 fi
+# Issue 16 (about 1.5 minutes): many topics, then the one-topic fan-out at the delivery rate the
+# topics run offered (the report's ratio: deliveries/s ≥ 0.8× it), then a reconnect storm of
+# N_BIG clients (the report compares its time with the connect run of as many clients above).
+ours "topics-n$N_BIG" topics -n "$N_BIG" -t "$TOPICS_T" -k "$TOPICS_K" --patterns "$TOPICS_P" --group 10 \
+    -r "$TOPICS_R" --warmup 2s --duration "${DURATION}s" --drain "${DRAIN}s"
+base_rate=$(python3 -c 'import json, sys; r = json.load(open(sys.argv[1]))
+print(round(r["offered_deliveries_per_s"] / r["params"]["connections"], 2))' "$OUT/topics-n$N_BIG.json" 2> /dev/null || true)
+if [[ -n $base_rate ]]; then
+    ours "topics-n$N_BIG-baseline" fanout -n "$N_BIG" -r "$base_rate" "${FANOUT[@]}"
+else
+    echo "no topics result: skipping its baseline" >&2
+fi
+ours "reconnect-n$N_BIG" reconnect -n "$N_BIG" -t "$STORM_T" -k 2 --patterns 1 --group 10 -r "$STORM_R" \
+    --before 3s --after 2s --drain "${DRAIN}s"
 # Last, as they may not fit: N_MAX idle connections from one peerbench process (20,000 fds).
 if [[ $RAWFAN == 1 ]]; then
     rawfan "idle-n$N_MAX" "$N_MAX" 0

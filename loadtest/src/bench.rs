@@ -203,6 +203,9 @@ pub struct Results {
     pub peer_idle: Vec<Value>,
     pub connect: Vec<Value>,
     pub publish: Vec<Value>,
+    /// `topics` and `reconnect` runs (issue 16).
+    pub topics: Vec<Value>,
+    pub reconnect: Vec<Value>,
     pub machine: Option<Value>,
     pub commands: String,
 }
@@ -241,6 +244,8 @@ pub fn load(dir: &Path) -> anyhow::Result<Results> {
             Some("idle") => r.idle.push(v),
             Some("connect") => r.connect.push(v),
             Some("publish") => r.publish.push(v),
+            Some("topics") => r.topics.push(v),
+            Some("reconnect") => r.reconnect.push(v),
             _ => match (Server::of_peerbench(&v), f(&v, &["rate"])) {
                 (Some(_), Some(0.0)) => r.peer_idle.push(v),
                 (Some(_), _) => match peerbench_fanout(&v) {
@@ -975,6 +980,18 @@ pub fn markdown(r: &Results, svg_name: &str) -> String {
         );
     }
 
+    // --- many topics and reconnect storms (issue 16)
+    let baselines: Vec<crate::scale::Baseline> = (r.fanout.iter())
+        .filter(|x| x.tool == Tool::Loadtest)
+        .map(|x| crate::scale::Baseline {
+            label: x.label.clone(),
+            deliveries_per_s: x.deliveries_per_s,
+            lost: x.lost,
+        })
+        .collect();
+    crate::scale::topics_markdown(&r.topics, &baselines, &mut o);
+    crate::scale::reconnect_markdown(&r.reconnect, &r.connect, &mut o);
+
     if !r.commands.trim().is_empty() {
         let _ = writeln!(o, "### Commands\n");
         let _ = writeln!(o, "```\n{}\n```\n", r.commands.trim_end());
@@ -1153,6 +1170,8 @@ pub fn run(a: &ReportArgs) -> anyhow::Result<()> {
         && r.peer_idle.is_empty()
         && r.connect.is_empty()
         && r.publish.is_empty()
+        && r.topics.is_empty()
+        && r.reconnect.is_empty()
     {
         bail!("no results in {}", a.dir.display());
     }

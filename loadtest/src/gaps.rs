@@ -51,6 +51,11 @@ impl SeqTrack {
         self.received += 1;
     }
 
+    /// The highest `seq` received, if any.
+    pub fn last(&self) -> Option<u64> {
+        (self.received > 0).then_some(self.last)
+    }
+
     pub fn received(&self) -> u64 {
         self.received
     }

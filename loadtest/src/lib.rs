@@ -2,7 +2,10 @@
 //!
 //! Scenarios ([`scenario`]): `fanout` (end-to-end latency, deliveries/s, conflation and loss
 //! with N subscribers over T topics and an HTTP publisher at R msg/s), `idle` (server memory
-//! per connection), `connect` (handshake rate and time) and `publish` (HTTP ingest rate).
+//! per connection), `connect` (handshake rate and time), `publish` (HTTP ingest rate),
+//! `patterns` (pattern subscribe cost among many topics), `topics` (many topics, many exact and
+//! pattern subscriptions: deliveries, loss, memory per topic and per subscription) and
+//! `reconnect` (every connection drops at once and recovers with `since`).
 //! Each is a library call returning a serializable report, so tests can run them against an
 //! in-process server; the `tickwire-loadtest` binary wraps them in a CLI.
 //!
@@ -16,13 +19,16 @@
 //! - [`frame`]: the zero-copy WebSocket frame parser and the masked frame encoder.
 //! - [`proto`]: recognising tickwire's frames, building requests and publish bodies (the
 //!   publish replies parse into the shared `tickwire-proto` types).
+//! - [`plan`]: topic names (flat or in groups for patterns) and who subscribes to what.
 //! - [`pool`]: the subscriber connections and their receiver threads.
+//! - [`storm`]: dropping every connection of a pool at once and recovering with `since`.
 //! - [`gaps`]: per (connection, topic) sequence accounting: received, conflated, lost.
 //! - [`publisher`]: the paced fan-out publisher.
 //! - [`http`]: the keep-alive HTTP client used to publish.
 //! - [`server`]: reading the server's `/metrics` and topic `seq`s.
 //! - [`report`]: the human summary tables.
-//! - [`bench`]: the benchmark page and chart built from saved JSON results.
+//! - [`bench`]: the benchmark page and chart built from saved JSON results; [`scale`]: its
+//!   many-topics and reconnect-storm tables.
 //! - [`progress`], [`sys`]: the live progress line; clocks, /proc, limits, Ctrl-C.
 
 pub mod bench;
@@ -31,11 +37,14 @@ pub mod frame;
 pub mod gaps;
 pub mod http;
 pub mod opts;
+pub mod plan;
 pub mod pool;
 pub mod progress;
 pub mod proto;
 pub mod publisher;
 pub mod report;
+pub mod scale;
 pub mod scenario;
 pub mod server;
+pub mod storm;
 pub mod sys;

@@ -10,7 +10,7 @@ use anyhow::Context;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use serde::Serialize;
 use tickwire_loadtest::opts::{self, parse_duration};
-use tickwire_loadtest::scenario::{connect, fanout, idle, patterns, publish, Common};
+use tickwire_loadtest::scenario::{connect, fanout, idle, patterns, publish, reconnect, topics, Common};
 use tickwire_loadtest::{bench, report, sys};
 
 #[derive(Parser)]
@@ -37,6 +37,11 @@ enum Command {
     Publish(PublishArgs),
     /// T topics, then subscribe/unsubscribe round trips of patterns matching K of them each.
     Patterns(PatternsArgs),
+    /// Many topics, many subscriptions (exact and patterns), a publisher spread over them:
+    /// deliveries/s, loss, latency, server memory per topic and per subscription.
+    Topics(TopicsArgs),
+    /// A reconnect storm: every connection drops at once and recovers with `since`.
+    Reconnect(ReconnectArgs),
     /// Build the benchmark page section and chart from saved JSON results.
     Report(bench::ReportArgs),
 }
@@ -239,6 +244,37 @@ struct PatternsArgs {
     topic_prefix: String,
 }
 
+#[derive(Args)]
+struct TopicsArgs {
+    #[command(flatten)]
+    common: CommonArgs,
+    #[command(flatten)]
+    plan: topics::LoadArgs,
+    /// Measurement window.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    duration: Duration,
+    /// Publishing before the window (not measured).
+    #[arg(long, default_value = "2s", value_parser = parse_duration)]
+    warmup: Duration,
+}
+
+#[derive(Args)]
+struct ReconnectArgs {
+    #[command(flatten)]
+    common: CommonArgs,
+    #[command(flatten)]
+    plan: topics::LoadArgs,
+    /// Publishing before every connection drops.
+    #[arg(long, default_value = "2s", value_parser = parse_duration)]
+    before: Duration,
+    /// Publishing after every connection is back.
+    #[arg(long, default_value = "2s", value_parser = parse_duration)]
+    after: Duration,
+    /// Longest wait for every connection to come back.
+    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    recover_timeout: Duration,
+}
+
 /// Context of every error in the options (exit code 2).
 const INVALID_OPTIONS: &str = "invalid options";
 
@@ -275,6 +311,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Connect(a) => Some(&a.common),
         Command::Publish(a) => Some(&a.common),
         Command::Patterns(a) => Some(&a.common),
+        Command::Topics(a) => Some(&a.common),
+        Command::Reconnect(a) => Some(&a.common),
         Command::Report(_) => None,
     };
     if let Some(c) = common_args {
@@ -382,19 +420,32 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             };
             watchdog(a.common.deadline.unwrap_or(Duration::from_secs(600)));
             let r = patterns::run(&cfg)?;
-            let human = format!(
-                "patterns: {} topics created in {:.1} s (server RSS {}), {} subscribes of a pattern matching {}: {}\n",
-                r.topics,
-                r.create_s,
-                r.server_rss_mib.map_or("?".into(), |m| format!("{m:.1} MiB")),
-                r.subscribes,
-                r.per_pattern,
-                r.subscribe_ms.as_ref().map_or("no samples".into(), |l| format!(
-                    "p50 {:.3} ms, p99 {:.3} ms, max {:.3} ms",
-                    l.p50, l.p99, l.max
-                )),
-            );
-            emit(a.common.json, &r, human)
+            emit(a.common.json, &r, report::patterns(&r))
+        }
+        Command::Topics(a) => {
+            let common = a.common.common().context(INVALID_OPTIONS)?;
+            let mut cfg = a.plan.config(common);
+            cfg.warmup = a.warmup;
+            cfg.duration = a.duration;
+            let budget = Duration::from_secs(120) + cfg.warmup + cfg.duration + cfg.drain + extra;
+            watchdog(a.common.deadline.unwrap_or(budget + cfg.common.connect_timeout));
+            let r = topics::run(&cfg)?;
+            emit(a.common.json, &r, report::topics(&r))
+        }
+        Command::Reconnect(a) => {
+            let common = a.common.common().context(INVALID_OPTIONS)?;
+            let mut load = a.plan.config(common);
+            load.warmup = a.before;
+            load.duration = a.after;
+            let cfg = reconnect::ReconnectConfig {
+                load,
+                recover_timeout: a.recover_timeout,
+            };
+            let l = &cfg.load;
+            let budget = Duration::from_secs(60) + l.common.connect_timeout + l.warmup + cfg.recover_timeout;
+            watchdog(a.common.deadline.unwrap_or(budget + l.duration + l.drain + extra));
+            let r = reconnect::run(&cfg)?;
+            emit(a.common.json, &r, report::reconnect(&r))
         }
         Command::Report(a) => bench::run(&a).context("building the benchmark report"),
     }

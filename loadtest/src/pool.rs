@@ -24,7 +24,9 @@ use crate::client::{self, Rng};
 use crate::frame::{self, Event, Reassembler};
 use crate::gaps::SeqTrack;
 use crate::opts::Target;
+pub use crate::plan::{topic_index, topic_name, SubPlan};
 use crate::proto::{self, ServerMsg};
+use crate::storm::{Storm, StormOutcome};
 use crate::sys::now_us;
 
 const READ_BUFFER: usize = 256 << 10;
@@ -32,38 +34,6 @@ const READ_BUFFER: usize = 256 << 10;
 /// A latency histogram in µs, 1 µs to 10 minutes, 3 significant digits.
 pub fn histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 600_000_000, 3).expect("valid histogram bounds")
-}
-
-/// Which topics connection `i` subscribes to: `per_conn` consecutive topics (modulo `topics`)
-/// starting at `i * per_conn`, so subscriptions spread evenly and a connection never holds the
-/// same topic twice.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct SubPlan {
-    pub topics: u32,
-    pub per_conn: u32,
-}
-
-impl SubPlan {
-    pub fn topics_of(&self, conn: usize) -> impl Iterator<Item = u32> {
-        let (t, k) = (u64::from(self.topics.max(1)), u64::from(self.per_conn));
-        let start = conn as u64 * k;
-        (0..k).map(move |j| ((start + j) % t) as u32)
-    }
-
-    /// Subscribers of each topic when connections `0..n` are all subscribed.
-    pub fn subscribers_per_topic(&self, n: usize) -> Vec<u64> {
-        let mut v = vec![0u64; self.topics as usize];
-        for i in 0..n {
-            for t in self.topics_of(i) {
-                v[t as usize] += 1;
-            }
-        }
-        v
-    }
-}
-
-pub fn topic_name(prefix: &str, index: u32) -> String {
-    format!("{prefix}{index}")
 }
 
 /// How to open the connections.
@@ -78,6 +48,9 @@ pub struct PoolConfig {
     /// `per_conn == 0`: connect only, subscribe to nothing.
     pub plan: SubPlan,
     pub topic_prefix: String,
+    /// Keep each topic's position (from `subscribed` replies) so that a [`Pool::storm`] can
+    /// reconnect with `since`.
+    pub recovery: bool,
 }
 
 /// State shared between the receiver threads and the coordinating thread.
@@ -97,6 +70,7 @@ pub struct Shared {
     /// When the last connection became ready (handshake done and, if subscribing, acknowledged).
     pub last_ready_us: AtomicU64,
     pub errors: Mutex<Vec<String>>,
+    pub storm: Storm,
 }
 
 impl Shared {
@@ -113,6 +87,7 @@ impl Shared {
             connect_started_us: AtomicU64::new(0),
             last_ready_us: AtomicU64::new(0),
             errors: Mutex::new(Vec::new()),
+            storm: Storm::new(),
         }
     }
 
@@ -210,13 +185,26 @@ impl Counters {
 
 /// One connection's protocol state.
 struct Conn {
-    /// Subscribed topics (by index, sorted) and what arrived on each.
-    topics: Vec<(u32, SeqTrack)>,
+    streams: Streams,
     reasm: Reassembler,
     /// Bytes of an incomplete frame, carried to the next read.
     carry: Vec<u8>,
+}
+
+/// What one connection receives and has seen.
+struct Streams {
+    /// Subscribed topics (by index, sorted) and what arrived on each.
+    topics: Vec<(u32, SeqTrack)>,
+    /// Per topic (as in `topics`), the `seq` of the last `subscribed` reply's position (with
+    /// `recovery`): updates above it are live, and a reconnect recovers from the higher of it
+    /// and the last update seen.
+    positions: Vec<u64>,
     subscribed: bool,
     wants_subscribed: bool,
+    /// Reconnected in a storm, the recovering `subscribed` reply not yet parsed.
+    recovering: bool,
+    /// Back from the current storm.
+    back: bool,
 }
 
 /// Per receiver thread state (single-threaded runtime: no locks).
@@ -231,12 +219,22 @@ struct Thread {
     rng: RefCell<Rng>,
     /// Control frames owed to the server (pong, close echo), written after each read.
     reply: RefCell<Vec<u8>>,
+    /// Bounds the connections being opened at once (first connect and reconnects).
+    opening: Arc<tokio::sync::Semaphore>,
+    /// Each topic's epoch, from `subscribed` replies (with `recovery`).
+    epochs: RefCell<std::collections::HashMap<u32, Rc<str>>>,
+    /// Reconnect handshakes in a storm, µs.
+    rehandshake: RefCell<Histogram<u64>>,
+    /// Live updates to connections already back while the storm goes on: latency, µs.
+    storm_latency: RefCell<Histogram<u64>>,
 }
 
 /// What a receiver thread hands back.
 pub struct ThreadOut {
     pub latency: Histogram<u64>,
     pub handshake: Histogram<u64>,
+    pub rehandshake: Histogram<u64>,
+    pub storm_latency: Histogram<u64>,
     pub counters: RecvCounters,
     /// (topic index, what one connection saw of it) for every connected subscriber.
     pub tracks: Vec<(u32, SeqTrack)>,
@@ -246,6 +244,10 @@ pub struct ThreadOut {
 pub struct PoolResult {
     pub latency: Histogram<u64>,
     pub handshake: Histogram<u64>,
+    /// Reconnect handshakes of a storm.
+    pub rehandshake: Histogram<u64>,
+    /// Live updates to connections already back while the storm went on.
+    pub storm_latency: Histogram<u64>,
     pub counters: RecvCounters,
     pub tracks: Vec<(u32, SeqTrack)>,
     pub connected: usize,
@@ -348,12 +350,26 @@ impl Pool {
         }
     }
 
+    /// Drops every connection at once (client side); each reconnects and subscribes again with
+    /// `since` (needs `recovery`). Returns the drop time, µs since the epoch.
+    pub fn storm(&self) -> u64 {
+        self.shared.storm.start()
+    }
+
+    /// Waits until `expected` connections are back from the storm (or failed), at most
+    /// `timeout`.
+    pub fn wait_back(&self, expected: usize, timeout: Duration, tick: impl FnMut(&Storm)) -> StormOutcome {
+        self.shared.storm.wait(expected, timeout, tick)
+    }
+
     /// Closes every connection at `stop_at_us` (µs since the epoch) and collects the results.
     pub fn finish(self, stop_at_us: u64) -> PoolResult {
         self.shared.stop_at.store(stop_at_us.max(1), Relaxed);
         let mut out = PoolResult {
             latency: histogram(),
             handshake: histogram(),
+            rehandshake: histogram(),
+            storm_latency: histogram(),
             counters: RecvCounters::default(),
             tracks: Vec::new(),
             connected: 0,
@@ -367,6 +383,12 @@ impl Pool {
             };
             out.latency.add(&t.latency).expect("same histogram bounds");
             out.handshake.add(&t.handshake).expect("same histogram bounds");
+            out.rehandshake
+                .add(&t.rehandshake)
+                .expect("same histogram bounds");
+            out.storm_latency
+                .add(&t.storm_latency)
+                .expect("same histogram bounds");
             out.counters += t.counters;
             out.tracks.extend(t.tracks);
         }
@@ -395,14 +417,17 @@ fn recv_thread(ids: Vec<usize>, concurrency: usize, cfg: Arc<PoolConfig>, shared
             now_us() ^ (ids.first().copied().unwrap_or(0) as u64) << 32,
         )),
         reply: RefCell::new(Vec::new()),
+        opening: Arc::new(tokio::sync::Semaphore::new(concurrency)),
+        epochs: RefCell::new(std::collections::HashMap::new()),
+        rehandshake: RefCell::new(histogram()),
+        storm_latency: RefCell::new(histogram()),
     });
     local.block_on(&rt, async {
-        let sem = Arc::new(tokio::sync::Semaphore::new(concurrency));
         let spawner = {
             let th = th.clone();
             async move {
                 for i in ids {
-                    let Ok(permit) = sem.clone().acquire_owned().await else {
+                    let Ok(permit) = th.opening.clone().acquire_owned().await else {
                         return;
                     };
                     tokio::task::spawn_local(connection(i, th.clone(), permit));
@@ -428,65 +453,80 @@ fn recv_thread(ids: Vec<usize>, concurrency: usize, cfg: Arc<PoolConfig>, shared
     ThreadOut {
         latency: th.latency.into_inner(),
         handshake: th.handshake.into_inner(),
+        rehandshake: th.rehandshake.into_inner(),
+        storm_latency: th.storm_latency.into_inner(),
         counters: th.counters.snapshot(),
-        tracks: conns.into_iter().flat_map(|c| c.topics).collect(),
+        tracks: conns.into_iter().flat_map(|c| c.streams.topics).collect(),
     }
 }
 
-/// Opens, upgrades and subscribes connection `i`, then reads it until the run ends.
-async fn connection(i: usize, th: Rc<Thread>, permit: tokio::sync::OwnedSemaphorePermit) {
+/// Opens and upgrades connection `i` and writes `request` (a subscribe, if any), retrying up
+/// to `connect_attempts` times; the handshake's duration with the stream.
+async fn open(i: usize, th: &Thread, request: &[u8]) -> Option<(tokio::net::TcpStream, Vec<u8>, Duration)> {
     let cfg = &th.cfg;
     let src = (!cfg.source_ips.is_empty()).then(|| cfg.source_ips[i % cfg.source_ips.len()]);
-    let topics: Vec<u32> = cfg.plan.topics_of(i).collect();
     let mut attempt = 0;
-    let (stream, leftover, took) = loop {
+    loop {
         let started = Instant::now();
         let r = async {
             let mut s = client::open(cfg.target.addr, src).await?;
             let mut rng = Rng::new(now_us() ^ ((i as u64) << 24));
             let leftover = client::handshake(&mut s, &cfg.target.host, &cfg.target.path, &mut rng).await?;
             let took = started.elapsed();
-            if !topics.is_empty() {
-                let names: Vec<String> = topics.iter().map(|&t| topic_name(&cfg.topic_prefix, t)).collect();
+            if !request.is_empty() {
                 let mut f = Vec::new();
-                frame::encode_masked(
-                    frame::OP_TEXT,
-                    &proto::subscribe_request(&names),
-                    rng.mask(),
-                    &mut f,
-                );
+                frame::encode_masked(frame::OP_TEXT, request, rng.mask(), &mut f);
                 s.write_all(&f).await?;
             }
             io::Result::Ok((s, leftover, took))
         }
         .await;
         match r {
-            Ok(ok) => break ok,
+            Ok(ok) => return Some(ok),
             Err(e) => {
                 attempt += 1;
                 if attempt >= cfg.connect_attempts.max(1) {
                     th.shared.note_error(format!("connection {i} from {src:?}: {e}"));
-                    th.shared.failed.fetch_add(1, Relaxed);
-                    return;
+                    return None;
                 }
                 tokio::time::sleep(Duration::from_millis(100 * u64::from(attempt))).await;
             }
         }
+    }
+}
+
+fn register(stream: tokio::net::TcpStream) -> io::Result<AsyncFd<std::net::TcpStream>> {
+    stream.into_std().and_then(|s| {
+        // SAFETY: the AsyncFd owns the std stream, so the descriptor stays open and the same
+        // for as long as it is registered.
+        unsafe { AsyncFd::register_with_interest(s, tokio::io::Interest::READABLE) }.map_err(io::Error::from)
+    })
+}
+
+/// Opens, upgrades and subscribes connection `i`, then reads it until the run ends; in a storm
+/// it drops the connection, reconnects and subscribes again with `since`.
+async fn connection(i: usize, th: Rc<Thread>, permit: tokio::sync::OwnedSemaphorePermit) {
+    let cfg = &th.cfg;
+    let names = cfg.plan.request_of(i, &cfg.topic_prefix);
+    let request = if names.is_empty() {
+        Vec::new()
+    } else {
+        proto::subscribe_request(&names)
+    };
+    let mut storms = th.shared.storm.watch();
+    let Some((stream, leftover, took)) = open(i, &th, &request).await else {
+        th.shared.failed.fetch_add(1, Relaxed);
+        return;
     };
     drop(permit);
     th.handshake
         .borrow_mut()
         .saturating_record(took.as_micros() as u64);
     th.shared.connected.fetch_add(1, Relaxed);
-    if topics.is_empty() {
+    if names.is_empty() {
         th.shared.last_ready_us.fetch_max(now_us(), Relaxed);
     }
-    let registered = stream.into_std().and_then(|s| {
-        // SAFETY: the AsyncFd owns the std stream, so the descriptor stays open and the same
-        // for as long as it is registered.
-        unsafe { AsyncFd::register_with_interest(s, tokio::io::Interest::READABLE) }.map_err(io::Error::from)
-    });
-    let fd = match registered {
+    let mut fd = match register(stream) {
         Ok(fd) => fd,
         Err(e) => {
             th.shared
@@ -495,22 +535,85 @@ async fn connection(i: usize, th: Rc<Thread>, permit: tokio::sync::OwnedSemaphor
             return;
         }
     };
-    let mut tracks: Vec<(u32, SeqTrack)> = topics.iter().map(|&t| (t, SeqTrack::default())).collect();
-    tracks.sort_unstable_by_key(|(t, _)| *t);
+    let topics = cfg.plan.streams_of(i);
     let idx = {
         let mut conns = th.conns.borrow_mut();
         conns.push(Conn {
-            topics: tracks,
+            streams: Streams {
+                positions: vec![0; topics.len()],
+                topics: topics.into_iter().map(|t| (t, SeqTrack::default())).collect(),
+                subscribed: false,
+                wants_subscribed: !names.is_empty(),
+                recovering: false,
+                back: false,
+            },
             reasm: Reassembler::default(),
             carry: leftover,
-            subscribed: false,
-            wants_subscribed: !topics.is_empty(),
         });
         conns.len() - 1
     };
-    if read_loop(&fd, idx, &th).await.is_err() {
-        th.shared.closed_early.fetch_add(1, Relaxed);
+    loop {
+        let storm = async {
+            if storms.changed().await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        };
+        tokio::select! {
+            r = read_loop(&fd, idx, &th) => {
+                if r.is_err() {
+                    th.shared.closed_early.fetch_add(1, Relaxed);
+                }
+                return;
+            }
+            () = storm => {}
+        }
+        // The storm: drop the connection (closing the socket), come back with `since`.
+        drop(fd);
+        let request = {
+            let mut conns = th.conns.borrow_mut();
+            let conn = &mut conns[idx];
+            conn.reasm = Reassembler::default();
+            conn.carry.clear();
+            conn.streams.recovering = true;
+            conn.streams.back = false;
+            since_request(&th, &names, &conn.streams)
+        };
+        let Ok(permit) = th.opening.clone().acquire_owned().await else {
+            return;
+        };
+        let Some((stream, leftover, took)) = open(i, &th, &request).await else {
+            th.shared.storm.failed.fetch_add(1, Relaxed);
+            return;
+        };
+        drop(permit);
+        th.rehandshake
+            .borrow_mut()
+            .saturating_record(took.as_micros() as u64);
+        fd = match register(stream) {
+            Ok(fd) => fd,
+            Err(e) => {
+                th.shared
+                    .note_error(format!("connection {i}: registering the socket: {e}"));
+                th.shared.storm.failed.fetch_add(1, Relaxed);
+                return;
+            }
+        };
+        th.conns.borrow_mut()[idx].carry = leftover;
     }
+}
+
+/// The subscribe that recovers a connection: its subscriptions again, with `since` = for each
+/// topic whose epoch is known the last `seq` seen (update or position).
+fn since_request(th: &Thread, names: &[String], streams: &Streams) -> Vec<u8> {
+    let epochs = th.epochs.borrow();
+    let since: Vec<(String, u64, &str)> = (streams.topics.iter().zip(&streams.positions))
+        .filter_map(|((t, track), &pos)| {
+            let epoch = epochs.get(t)?;
+            let seq = track.last().map_or(pos, |l| l.max(pos));
+            Some((th.cfg.plan.name(&th.cfg.topic_prefix, *t), seq, &**epoch))
+        })
+        .collect();
+    proto::subscribe_since_request(names, &since)
 }
 
 /// Reads until the connection closes (an `Err`) or the task is dropped at the end of the run.
@@ -607,15 +710,9 @@ fn process(th: &Thread, conn: &mut Conn, data: &[u8], now: u64) -> Result<usize,
     let window = th.shared.window();
     let before = th.counters.updates.get();
     let mut closing = false;
-    let Conn {
-        topics,
-        reasm,
-        subscribed,
-        wants_subscribed,
-        ..
-    } = conn;
+    let Conn { streams, reasm, .. } = conn;
     let result = reasm.feed(data, |event| match event {
-        Event::Text(p) => on_message(th, topics, subscribed, *wants_subscribed, p, now, window),
+        Event::Text(p) => on_message(th, streams, p, now, window),
         Event::Binary(_) => bump(&th.counters.unparsed, 1),
         Event::Ping(p) => {
             bump(&th.counters.pings, 1);
@@ -647,23 +744,16 @@ fn process(th: &Thread, conn: &mut Conn, data: &[u8], now: u64) -> Result<usize,
 }
 
 #[inline]
-fn on_message(
-    th: &Thread,
-    topics: &mut [(u32, SeqTrack)],
-    subscribed: &mut bool,
-    wants_subscribed: bool,
-    p: &[u8],
-    now: u64,
-    (t0, t1): (u64, u64),
-) {
+fn on_message(th: &Thread, streams: &mut Streams, p: &[u8], now: u64, (t0, t1): (u64, u64)) {
     let c = &th.counters;
     match proto::classify(p) {
         ServerMsg::Update { topic, seq, sent_us } => {
             bump(&c.updates, 1);
-            match topic_index(topic, th.cfg.topic_prefix.as_bytes())
-                .and_then(|t| topics.binary_search_by_key(&t, |(x, _)| *x).ok())
-            {
-                Some(i) => topics[i].1.on_update(seq),
+            let at = (th.cfg.plan)
+                .index_of(topic, th.cfg.topic_prefix.as_bytes())
+                .and_then(|t| streams.topics.binary_search_by_key(&t, |(x, _)| *x).ok());
+            match at {
+                Some(i) => streams.topics[i].1.on_update(seq),
                 None => bump(&c.foreign, 1),
             }
             match sent_us {
@@ -676,11 +766,24 @@ fn on_message(
                 Some(_) => {}
                 None => bump(&c.unstamped, 1),
             }
+            // A live update (not the catch-up) to a connection back from a storm still going on.
+            if let (Some(i), Some(t), true) = (at, sent_us, streams.back) {
+                if seq <= streams.positions[i] {
+                    th.shared.storm.caught_up.fetch_add(1, Relaxed);
+                } else if th.shared.storm.active.load(Relaxed) {
+                    th.storm_latency
+                        .borrow_mut()
+                        .saturating_record(now.saturating_sub(t).max(1));
+                }
+            }
         }
         ServerMsg::Snapshot { .. } => bump(&c.snapshots, 1),
-        ServerMsg::Subscribed => {
-            if wants_subscribed && !*subscribed {
-                *subscribed = true;
+        ServerMsg::Subscribed(reply) => {
+            if th.cfg.recovery {
+                on_subscribed(th, streams, reply);
+            }
+            if streams.wants_subscribed && !streams.subscribed {
+                streams.subscribed = true;
                 th.shared.subscribed.fetch_add(1, Relaxed);
                 th.shared.last_ready_us.fetch_max(now_us(), Relaxed);
             }
@@ -697,46 +800,35 @@ fn on_message(
     }
 }
 
-/// The index of a topic named `<prefix><digits>`.
-#[inline]
-pub fn topic_index(topic: &[u8], prefix: &[u8]) -> Option<u32> {
-    let digits = topic.strip_prefix(prefix)?;
-    if digits.is_empty() || digits.len() > 9 || !digits.iter().all(u8::is_ascii_digit) {
-        return None;
+/// Keeps the positions and epochs of a `subscribed` reply; after a storm's reconnect, counts
+/// the connection back, recovered or reset.
+#[cold]
+fn on_subscribed(th: &Thread, streams: &mut Streams, reply: &[u8]) {
+    let parsed = match proto::parse_subscribed(reply) {
+        Ok(p) => p,
+        Err(e) => {
+            th.shared.note_error(format!("unreadable subscribed reply: {e}"));
+            proto::Subscribed::default()
+        }
+    };
+    let prefix = th.cfg.topic_prefix.as_bytes();
+    let mut epochs = th.epochs.borrow_mut();
+    for (name, pos) in &parsed.positions {
+        let Some(t) = th.cfg.plan.index_of(name.as_bytes(), prefix) else {
+            continue;
+        };
+        if let Ok(i) = streams.topics.binary_search_by_key(&t, |(x, _)| *x) {
+            streams.positions[i] = pos.seq;
+        }
+        if epochs.get(&t).is_none_or(|e| **e != *pos.epoch) {
+            epochs.insert(t, Rc::from(pos.epoch.as_str()));
+        }
     }
-    Some(digits.iter().fold(0u32, |v, &d| v * 10 + u32::from(d - b'0')))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn plans_spread_subscriptions() {
-        let plan = SubPlan {
-            topics: 3,
-            per_conn: 2,
-        };
-        assert_eq!(plan.topics_of(0).collect::<Vec<_>>(), vec![0, 1]);
-        assert_eq!(plan.topics_of(1).collect::<Vec<_>>(), vec![2, 0]);
-        assert_eq!(plan.subscribers_per_topic(3), vec![2, 2, 2]);
-        let one = SubPlan {
-            topics: 1,
-            per_conn: 1,
-        };
-        assert_eq!(one.subscribers_per_topic(10), vec![10]);
-        let none = SubPlan {
-            topics: 1,
-            per_conn: 0,
-        };
-        assert_eq!(none.topics_of(5).count(), 0);
-    }
-
-    #[test]
-    fn topic_indexes() {
-        assert_eq!(topic_index(b"bench.t12", b"bench.t"), Some(12));
-        assert_eq!(topic_index(b"bench.t", b"bench.t"), None);
-        assert_eq!(topic_index(b"other.t1", b"bench.t"), None);
-        assert_eq!(topic_index(b"bench.t1x", b"bench.t"), None);
+    if streams.recovering {
+        streams.recovering = false;
+        streams.back = true;
+        let recovered = parsed.recovered.values().filter(|&&r| r).count() as u64;
+        let reset = parsed.recovered.len() as u64 - recovered;
+        th.shared.storm.back(recovered, reset);
     }
 }

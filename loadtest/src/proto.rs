@@ -26,7 +26,8 @@ pub enum ServerMsg<'a> {
         topic: &'a [u8],
         seq: u64,
     },
-    Subscribed,
+    /// A `subscribed` reply (the whole frame, for [`parse_subscribed`] when positions matter).
+    Subscribed(&'a [u8]),
     Error(&'a [u8]),
     /// Any other reply type (pong, unsubscribed, published).
     Other,
@@ -71,7 +72,7 @@ pub fn classify(p: &[u8]) -> ServerMsg<'_> {
     let kind = &rest[..end];
     match kind {
         b"update" | b"snapshot" => {}
-        b"subscribed" => return ServerMsg::Subscribed,
+        b"subscribed" => return ServerMsg::Subscribed(p),
         b"error" => return ServerMsg::Error(p),
         _ => return ServerMsg::Other,
     }
@@ -101,6 +102,39 @@ pub fn classify(p: &[u8]) -> ServerMsg<'_> {
 pub fn subscribe_request<S: AsRef<str>>(topics: &[S]) -> Vec<u8> {
     let names: Vec<&str> = topics.iter().map(AsRef::as_ref).collect();
     serde_json::to_vec(&serde_json::json!({"op": "subscribe", "topics": names}))
+        .expect("serializing JSON to a Vec cannot fail")
+}
+
+/// Where a topic's stream stands, from a `subscribed` reply's `positions`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
+pub struct Position {
+    pub seq: u64,
+    pub epoch: String,
+}
+
+/// What a `subscribed` reply says about the topics it matched (a full parse: once per
+/// subscribe, off the update path).
+#[derive(Debug, Default, Clone, PartialEq, Eq, serde::Deserialize)]
+pub struct Subscribed {
+    #[serde(default)]
+    pub positions: std::collections::HashMap<String, Position>,
+    /// Per topic named in `since`: recovered (`true`) or reset (`false`).
+    #[serde(default)]
+    pub recovered: std::collections::HashMap<String, bool>,
+}
+
+pub fn parse_subscribed(p: &[u8]) -> anyhow::Result<Subscribed> {
+    Ok(serde_json::from_slice(p)?)
+}
+
+/// `{"op":"subscribe","topics":[...],"since":{topic:{"seq":N,"epoch":E},...}}`: a subscribe that
+/// recovers from the positions the client has (protocol.md §4.5).
+pub fn subscribe_since_request<S: AsRef<str>>(topics: &[S], since: &[(String, u64, &str)]) -> Vec<u8> {
+    let names: Vec<&str> = topics.iter().map(AsRef::as_ref).collect();
+    let since: serde_json::Map<String, serde_json::Value> = (since.iter())
+        .map(|(t, seq, epoch)| (t.clone(), serde_json::json!({"seq": seq, "epoch": epoch})))
+        .collect();
+    serde_json::to_vec(&serde_json::json!({"op": "subscribe", "topics": names, "since": since}))
         .expect("serializing JSON to a Vec cannot fail")
 }
 
@@ -196,10 +230,10 @@ mod tests {
             classify(ts_only),
             ServerMsg::Update { sent_us: None, .. }
         ));
-        assert_eq!(
+        assert!(matches!(
             classify(br#"{"type":"subscribed","topics":["a"]}"#),
-            ServerMsg::Subscribed
-        );
+            ServerMsg::Subscribed(_)
+        ));
         assert!(matches!(
             classify(br#"{"type":"error","code":"x","message":"y"}"#),
             ServerMsg::Error(_)
@@ -238,6 +272,30 @@ mod tests {
         assert_eq!(j["data"]["t"], 7);
         let req: serde_json::Value = serde_json::from_slice(&subscribe_request(&["a", "b"])).unwrap();
         assert_eq!(req, serde_json::json!({"op":"subscribe","topics":["a","b"]}));
+    }
+
+    #[test]
+    fn subscribed_replies_and_recovery_requests() {
+        let r = parse_subscribed(
+            br#"{"type":"subscribed","id":1,"topics":["a.*"],"positions":{"a.b":{"seq":43,"epoch":"k3"}},"recovered":{"a.b":true}}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            r.positions["a.b"],
+            Position {
+                seq: 43,
+                epoch: "k3".into()
+            }
+        );
+        assert!(r.recovered["a.b"]);
+        let plain = parse_subscribed(br#"{"type":"subscribed","topics":["x"]}"#).unwrap();
+        assert_eq!(plain, Subscribed::default());
+        let req = subscribe_since_request(&["a.*"], &[("a.b".into(), 40, "k3")]);
+        let j: serde_json::Value = serde_json::from_slice(&req).unwrap();
+        assert_eq!(
+            j,
+            serde_json::json!({"op":"subscribe","topics":["a.*"],"since":{"a.b":{"seq":40,"epoch":"k3"}}})
+        );
     }
 
     #[test]

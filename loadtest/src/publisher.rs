@@ -10,7 +10,7 @@
 //! wake-ups in every run: a harness for instruction counts (callgrind), not for latency.
 
 use std::fmt;
-use std::sync::atomic::Ordering::Relaxed;
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -39,6 +39,8 @@ pub struct PublisherConfig {
     pub grace: Duration,
     /// Publish in lockstep with the subscribers instead of at `rate`.
     pub lockstep: Option<Lockstep>,
+    /// Stops publishing before `t1` once set (a run whose end is not known in advance).
+    pub stop: Option<Arc<AtomicBool>>,
 }
 
 /// Lockstep publishing: `publications` messages, one per request, each sent once the pool has
@@ -94,6 +96,39 @@ pub struct PublisherResult {
     pub request_us: Option<Histogram<u64>>,
 }
 
+/// Creates `topics` with one tiny value each (`"data":0`), `batch` messages per
+/// `POST /api/v1/publish`; returns each topic's `seq` after it (the base of the run's
+/// accounting). The server's `http.max_body_bytes` must take a batch (about 40 B a message).
+pub fn create_topics(endpoint: &HttpEndpoint, topics: &[String], batch: usize) -> anyhow::Result<Vec<u64>> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async {
+        let mut client = HttpClient::new(endpoint.clone());
+        let mut seqs = Vec::with_capacity(topics.len());
+        for chunk in topics.chunks(batch.max(1)) {
+            let messages: Vec<String> = (chunk.iter())
+                .map(|t| format!(r#"{{"topic":"{t}","data":0}}"#))
+                .collect();
+            let body = format!(r#"{{"messages":[{}]}}"#, messages.join(","));
+            let resp = client.post_json(Bytes::from(body)).await?;
+            if resp.status != 200 {
+                anyhow::bail!(
+                    "creating topics: publish answered {}: {}",
+                    resp.status,
+                    String::from_utf8_lossy(&resp.body)
+                );
+            }
+            let results = proto::parse_publish_response(&resp.body)?;
+            if results.len() != chunk.len() || results.iter().zip(chunk).any(|((t, _), n)| t != n) {
+                anyhow::bail!("creating topics: the publish reply does not match the batch");
+            }
+            seqs.extend(results.into_iter().map(|(_, seq)| seq));
+        }
+        Ok(seqs)
+    })
+}
+
 /// Runs on the calling thread until the window closes.
 pub fn run(cfg: PublisherConfig) -> PublisherResult {
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -130,7 +165,8 @@ async fn publish(cfg: PublisherConfig) -> PublisherResult {
                 ticker.tick().await;
             }
         }
-        if now_us() >= cfg.t1 || crate::sys::abort_requested() {
+        let stopped = cfg.stop.as_ref().is_some_and(|s| s.load(Relaxed));
+        if now_us() >= cfg.t1 || stopped || crate::sys::abort_requested() {
             break;
         }
         let due = match cfg.lockstep {

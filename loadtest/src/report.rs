@@ -5,7 +5,10 @@ use std::fmt::Write;
 use crate::scenario::connect::ConnectReport;
 use crate::scenario::fanout::FanoutReport;
 use crate::scenario::idle::IdleReport;
+use crate::scenario::patterns::PatternsReport;
 use crate::scenario::publish::PublishReport;
+use crate::scenario::reconnect::ReconnectReport;
+use crate::scenario::topics::TopicsReport;
 use crate::scenario::LatencySummary;
 
 /// `1234567` → `1,234,567`.
@@ -309,6 +312,171 @@ pub fn publish(r: &PublishReport) -> String {
         }
     }
     t.render("tickwire-loadtest publish")
+}
+
+fn gaps_row(g: &crate::gaps::GapCounts) -> String {
+    format!(
+        "expected {} = received {} + conflated {} + lost {}  (streams conflated {}, with loss {}, duplicates {})",
+        thousands(g.expected),
+        thousands(g.received),
+        thousands(g.conflated),
+        thousands(g.lost),
+        g.streams_with_conflation,
+        g.streams_with_loss,
+        g.out_of_order
+    )
+}
+
+pub fn topics(r: &TopicsReport) -> String {
+    let p = &r.params;
+    let m = &r.memory;
+    let mut t = Table::new();
+    t.row(
+        "scenario",
+        format!(
+            "topics{}: N={} T={} (groups of {}) K={} ({} patterns) R={} msg/s, {} B payloads, warmup {}s + window {}s",
+            label(&r.label), p.connections, p.topics, p.group, p.subs_per_conn, p.patterns_per_conn, p.rate,
+            p.payload_bytes, p.warmup_s, p.duration_s
+        ),
+    )
+    .row(
+        "connect",
+        format!(
+            "{} ready of {} ({} failed) in {:.2} s",
+            r.connect.ready, r.connect.requested, r.connect.failed, r.connect.seconds
+        ),
+    )
+    .row(
+        "deliveries",
+        format!(
+            "{} of {} in window = {}/s (offered {}/s); publish {:.0} msg/s",
+            thousands(r.delivered_in_window),
+            thousands(r.expected_in_window),
+            thousands(r.deliveries_per_s.round() as u64),
+            thousands(r.offered_deliveries_per_s.round() as u64),
+            r.publish_rate
+        ),
+    )
+    .row("latency", latency(&r.latency_ms))
+    .row("sequence", gaps_row(&r.gaps))
+    .row(
+        "memory",
+        format!(
+            "RSS empty {} / {} topics {} / subscribed {}: {} per topic, {} per subscription ({} subscriptions, {} streams); topics created in {:.1} s",
+            bytes(m.rss_empty),
+            thousands(u64::from(p.topics)),
+            bytes(m.rss_topics),
+            bytes(m.rss_subscribed),
+            bytes(m.per_topic),
+            bytes(m.per_subscription),
+            thousands(m.subscriptions),
+            thousands(m.streams),
+            m.create_s
+        ),
+    )
+    .row(
+        "server",
+        format!(
+            "CPU {} of one core; RSS end {}",
+            opt(r.server_cpu_pct, 0, " %"),
+            bytes(r.server_rss_end)
+        ),
+    )
+    .row(
+        "client",
+        format!(
+            "CPU {:.0} % of one core; other processes {}; {} closed early",
+            r.client.cpu_pct,
+            opt(r.other_cpu_pct, 0, " % of one core"),
+            r.closed_early
+        ),
+    );
+    let mut out = t.render("tickwire-loadtest topics");
+    for e in &r.errors {
+        let _ = writeln!(out, "  error: {e}");
+    }
+    out
+}
+
+pub fn reconnect(r: &ReconnectReport) -> String {
+    let p = &r.params;
+    let s = &r.storm;
+    let v = &r.server;
+    let mut t = Table::new();
+    t.row(
+        "scenario",
+        format!(
+            "reconnect{}: N={} T={} (groups of {}) K={} ({} patterns) R={} msg/s, {} at once",
+            label(&r.label), p.connections, p.topics, p.group, p.subs_per_conn, p.patterns_per_conn, p.rate,
+            p.connect_concurrency
+        ),
+    )
+    .row(
+        "first connect",
+        format!("{} ready in {:.2} s", r.connect.ready, r.connect.seconds),
+    )
+    .row(
+        "storm",
+        format!(
+            "all back in {:.2} s: {} recovered, {} reset, {} failed{} (topics: {} recovered, {} reset; {} updates caught up)",
+            s.seconds,
+            s.recovered,
+            s.reset,
+            s.failed,
+            if s.timed_out { ", TIMED OUT" } else { "" },
+            thousands(s.topics_recovered),
+            thousands(s.topics_reset),
+            thousands(s.caught_up)
+        ),
+    )
+    .row("reconnect handshake", latency(&r.rehandshake_ms))
+    .row("live during storm", latency(&r.storm_delivery_ms))
+    .row("sequence", gaps_row(&r.gaps))
+    .row(
+        "server in storm",
+        format!(
+            "CPU {}; RSS before {} peak {}; /healthz max {} p99 {} ({} samples, {} failed); listen overflows {} drops {}",
+            opt(v.cpu_pct, 0, " %"),
+            bytes(v.rss_before),
+            bytes(v.rss_peak),
+            opt(v.healthz_max_ms, 1, " ms"),
+            opt(v.healthz_p99_ms, 1, " ms"),
+            v.healthz_samples,
+            v.healthz_failed,
+            v.listen_overflows.map_or("-".into(), |x| x.to_string()),
+            v.listen_drops.map_or("-".into(), |x| x.to_string())
+        ),
+    )
+    .row(
+        "client in storm",
+        format!(
+            "CPU {:.0} % of one core; machine {:.0} % busy of {} cores (other processes {})",
+            r.client.cpu_pct,
+            r.client.machine_busy_pct,
+            r.client.ncpu,
+            opt(r.other_cpu_pct, 0, " % of one core")
+        ),
+    );
+    let mut out = t.render("tickwire-loadtest reconnect");
+    for e in &r.errors {
+        let _ = writeln!(out, "  error: {e}");
+    }
+    out
+}
+
+pub fn patterns(r: &PatternsReport) -> String {
+    format!(
+        "patterns: {} topics created in {:.1} s (server RSS {}), {} subscribes of a pattern matching {}: {}\n",
+        r.topics,
+        r.create_s,
+        r.server_rss_mib.map_or("?".into(), |m| format!("{m:.1} MiB")),
+        r.subscribes,
+        r.per_pattern,
+        r.subscribe_ms.as_ref().map_or("no samples".into(), |l| format!(
+            "p50 {:.3} ms, p99 {:.3} ms, max {:.3} ms",
+            l.p50, l.p99, l.max
+        )),
+    )
 }
 
 #[cfg(test)]

@@ -147,6 +147,16 @@ pub fn scrape(ep: &HttpEndpoint) -> anyhow::Result<ServerSnap> {
     Ok(ServerSnap::from_metrics(&m))
 }
 
+/// One `GET /healthz` on a new connection: its time in milliseconds, `None` when it failed or
+/// did not answer 200.
+pub fn healthz_ms(ep: &HttpEndpoint) -> Option<f64> {
+    let started = std::time::Instant::now();
+    match get(ep, "/healthz") {
+        Ok((200, _)) => Some(started.elapsed().as_secs_f64() * 1000.0),
+        _ => None,
+    }
+}
+
 /// The current `seq` of `topic` (0 when the topic has no publication yet).
 pub fn topic_seq(api: &HttpEndpoint, topic: &str) -> anyhow::Result<u64> {
     let (status, body) = get(api, &format!("/api/v1/topics/{topic}"))?;

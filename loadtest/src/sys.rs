@@ -73,9 +73,29 @@ fn clk_tck() -> f64 {
 
 /// Resident set size of this process, bytes.
 pub fn self_rss_bytes() -> Option<u64> {
-    let s = std::fs::read_to_string("/proc/self/status").ok()?;
+    rss_bytes("self")
+}
+
+/// Resident set size of process `pid` ("self" for this one), bytes.
+pub fn rss_bytes(pid: &str) -> Option<u64> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     let line = s.lines().find(|l| l.starts_with("VmRSS:"))?;
     Some(line.split_whitespace().nth(1)?.parse::<u64>().ok()? * 1024)
+}
+
+/// The kernel's `TcpExt` counters `ListenOverflows` (a full accept queue) and `ListenDrops`
+/// (SYNs dropped at a listener, overflows included), for this network namespace: every
+/// listener of the machine, not only the server's.
+pub fn listen_drops() -> Option<(u64, u64)> {
+    listen_drops_in(&std::fs::read_to_string("/proc/net/netstat").ok()?)
+}
+
+fn listen_drops_in(text: &str) -> Option<(u64, u64)> {
+    let mut lines = text.lines().filter(|l| l.starts_with("TcpExt:"));
+    let (names, values) = (lines.next()?, lines.next()?);
+    let pairs: Vec<(&str, &str)> = names.split_whitespace().zip(values.split_whitespace()).collect();
+    let get = |k: &str| pairs.iter().find(|(n, _)| *n == k)?.1.parse::<u64>().ok();
+    Some((get("ListenOverflows")?, get("ListenDrops")?))
 }
 
 /// (busy, total) jiffies over all CPUs, from /proc/stat.
@@ -198,6 +218,15 @@ fn listener_inode_in(text: &str, addr: std::net::SocketAddr) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn reads_listen_drops() {
+        let text = "TcpExt: SyncookiesSent ListenOverflows ListenDrops\nTcpExt: 0 3 5\n\
+            IpExt: InNoRoutes\nIpExt: 0\n";
+        assert_eq!(listen_drops_in(text), Some((3, 5)));
+        assert_eq!(listen_drops_in("IpExt: a\nIpExt: 1\n"), None);
+        assert!(listen_drops().is_some(), "this machine has /proc/net/netstat");
+    }
 
     #[test]
     fn finds_listeners_in_proc_net_tcp() {

@@ -1,11 +1,13 @@
-//! The fan-out and patterns scenarios, as library calls, against a tickwire server running in
-//! this process.
+//! The fan-out, patterns, topics and reconnect scenarios, as library calls, against a tickwire
+//! server running in this process.
 
 use std::time::{Duration, Instant};
 
 use tickwire_loadtest::opts::parse_ws_url;
 use tickwire_loadtest::scenario::fanout::{self, FanoutConfig};
 use tickwire_loadtest::scenario::patterns::{self, PatternsConfig};
+use tickwire_loadtest::scenario::reconnect::{self, ReconnectConfig};
+use tickwire_loadtest::scenario::topics::{self, TopicsConfig};
 use tickwire_loadtest::scenario::Common;
 
 /// A tickwire server on a free loopback port of `rt`, and what stops it.
@@ -155,6 +157,118 @@ fn patterns_creates_the_topics_and_times_every_subscribe() -> anyhow::Result<()>
         .lines()
         .find_map(|l| l.strip_prefix("tickwire_topics ")?.trim().parse::<f64>().ok());
     assert_eq!(topics, Some(2_000.0), "the topics were created");
+    stop.send(()).ok();
+    rt.block_on(server)??;
+    Ok(())
+}
+
+/// 200 topics in groups of 10; 40 connections with 5 subscriptions each, one a pattern.
+fn small_topics(addr: std::net::SocketAddr, prefix: &str) -> anyhow::Result<TopicsConfig> {
+    let mut cfg = TopicsConfig::new(Common::new(parse_ws_url(&format!("ws://{addr}/ws"))?));
+    cfg.connections = 40;
+    cfg.topics = 200;
+    cfg.subs_per_conn = 5;
+    cfg.patterns_per_conn = 1;
+    cfg.group = 10;
+    cfg.rate = 400.0;
+    cfg.warmup = Duration::from_millis(300);
+    cfg.duration = Duration::from_secs(2);
+    cfg.drain = Duration::from_secs(3);
+    cfg.topic_prefix = prefix.into();
+    cfg.batch = 50;
+    Ok(cfg)
+}
+
+#[test]
+fn topics_delivers_every_message_and_measures_memory() -> anyhow::Result<()> {
+    let rt = runtime()?;
+    let InProcess { addr, stop, server } = start_server(&rt)?;
+    let cfg = small_topics(addr, "it.topics.")?;
+    let r = topics::run(&cfg)?;
+
+    assert!(r.errors.is_empty(), "{:?}", r.errors);
+    assert_eq!((r.connect.ready, r.closed_early), (40, 0));
+    // 4 exact names + one group of 10 per connection, less the overlaps the plan computes.
+    let streams = cfg.plan().subscribers_per_topic(40).iter().sum::<u64>();
+    assert_eq!(r.memory.streams, streams);
+    assert!(streams > 40 * 10, "the patterns match: {streams}");
+    assert_eq!(r.memory.subscriptions, 40 * 5);
+    assert_eq!(
+        r.receive.snapshots, streams,
+        "one snapshot per stream: every topic has a value"
+    );
+    assert_eq!(r.publish.confirmed, r.publish.sent);
+    assert!(r.publish.sent >= 800, "published only {}", r.publish.sent);
+    assert_eq!(
+        (r.gaps.lost, r.gaps.conflated, r.gaps.out_of_order),
+        (0, 0, 0),
+        "{:?}",
+        r.gaps
+    );
+    assert_eq!(r.gaps.received, r.gaps.expected);
+    assert!(r.gaps.expected > 0);
+    assert_eq!(r.receive.foreign + r.receive.unstamped + r.receive.unparsed, 0);
+    assert_eq!(r.delivered_in_window, r.expected_in_window);
+    assert_eq!(r.latency_ms.expect("latencies").count, r.delivered_in_window);
+    // The memory figures are there (their size is for the release benchmark).
+    let m = &r.memory;
+    assert!(m.rss_empty.is_some() && m.rss_topics.is_some() && m.rss_subscribed.is_some());
+    assert!(m.per_topic.is_some() && m.per_subscription.is_some(), "{m:?}");
+
+    stop.send(()).ok();
+    rt.block_on(server)??;
+    Ok(())
+}
+
+#[test]
+fn reconnect_recovers_every_client_without_gaps_or_duplicates() -> anyhow::Result<()> {
+    let rt = runtime()?;
+    let InProcess { addr, stop, server } = start_server(&rt)?;
+    let mut load = small_topics(addr, "it.reconnect.")?;
+    // Fast enough that every connection's topics get publications while it is away.
+    load.rate = 2000.0;
+    load.warmup = Duration::from_millis(500); // publishing before the drop
+    load.duration = Duration::from_millis(500); // and after everyone is back
+    let cfg = ReconnectConfig {
+        load,
+        recover_timeout: Duration::from_secs(20),
+    };
+    let r = reconnect::run(&cfg)?;
+
+    assert!(r.errors.is_empty(), "{:?}", r.errors);
+    let s = &r.storm;
+    assert!(!s.timed_out);
+    assert_eq!(
+        (s.connections, s.recovered, s.reset, s.failed),
+        (40, 40, 0, 0),
+        "{s:?}"
+    );
+    let streams = cfg.load.plan().subscribers_per_topic(40).iter().sum::<u64>();
+    assert_eq!(
+        s.topics_recovered, streams,
+        "every stream named in since recovered"
+    );
+    assert_eq!(s.topics_reset, 0);
+    assert!(
+        s.caught_up > 0,
+        "the drop missed publications and recovery sent them: {s:?}"
+    );
+    assert_eq!(r.rehandshake_ms.expect("reconnect handshakes").count, 40);
+    // Recovery filled exactly what the drop missed: no gap, no duplicate, nothing lost.
+    assert!(r.publish.sent >= 300, "published only {}", r.publish.sent);
+    assert_eq!(r.publish.confirmed, r.publish.sent);
+    assert_eq!(
+        (r.gaps.lost, r.gaps.conflated, r.gaps.out_of_order),
+        (0, 0, 0),
+        "{:?}",
+        r.gaps
+    );
+    assert_eq!(r.gaps.received, r.gaps.expected);
+    assert_eq!(r.closed_early, 0);
+    // The server was watched during the storm.
+    assert!(r.server.healthz_samples >= 1 && r.server.healthz_max_ms.is_some());
+    assert!(r.server.listen_drops.is_some());
+
     stop.send(()).ok();
     rt.block_on(server)??;
     Ok(())

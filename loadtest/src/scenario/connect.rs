@@ -52,10 +52,7 @@ pub fn run(cfg: &ConnectConfig) -> anyhow::Result<ConnectReport> {
     let mut warned = false;
     let before = c.scrape(&progress, &mut warned);
     let cpu_a = CpuSnap::now();
-    let plan = SubPlan {
-        topics: 1,
-        per_conn: 0,
-    };
+    let plan = SubPlan::flat(1, 0);
     let pool = Pool::start(c.pool_config(cfg.connections, plan, "bench.connect"))?;
     let outcome = pool.wait_ready(c.connect_timeout, |p| progress.update(|| connect_progress(p)));
     let cpu_b = CpuSnap::now();

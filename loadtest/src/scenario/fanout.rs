@@ -173,10 +173,7 @@ pub fn run(cfg: &FanoutConfig) -> anyhow::Result<FanoutReport> {
     let c = &cfg.common;
     let mut progress = Progress::new(c.progress);
     let mut warned = false;
-    let plan = SubPlan {
-        topics: cfg.topics,
-        per_conn: cfg.subs_per_conn,
-    };
+    let plan = SubPlan::flat(cfg.topics, cfg.subs_per_conn);
     let names: Vec<String> = (0..cfg.topics)
         .map(|t| topic_name(&cfg.topic_prefix, t))
         .collect();
@@ -235,6 +232,7 @@ pub fn run(cfg: &FanoutConfig) -> anyhow::Result<FanoutReport> {
                 fan: plan.subscribers_per_topic(cfg.connections),
                 pool: pool.shared_arc(),
             }),
+            stop: None,
         };
         std::thread::Builder::new()
             .name("publisher".into())

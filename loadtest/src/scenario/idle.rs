@@ -95,10 +95,7 @@ pub fn run(cfg: &IdleConfig) -> anyhow::Result<IdleReport> {
             c.metrics.path
         );
     }
-    let plan = SubPlan {
-        topics: cfg.topics,
-        per_conn: cfg.subs_per_conn,
-    };
+    let plan = SubPlan::flat(cfg.topics, cfg.subs_per_conn);
     let pool = Pool::start(c.pool_config(cfg.connections, plan, &cfg.topic_prefix))?;
     let outcome = pool.wait_ready(c.connect_timeout, |p| progress.update(|| connect_progress(p)));
     if outcome.ready == 0 {

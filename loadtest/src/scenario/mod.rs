@@ -6,6 +6,8 @@ pub mod fanout;
 pub mod idle;
 pub mod patterns;
 pub mod publish;
+pub mod reconnect;
+pub mod topics;
 
 use std::net::IpAddr;
 use std::time::Duration;
@@ -64,6 +66,7 @@ impl Common {
             connect_attempts: self.connect_attempts,
             plan,
             topic_prefix: topic_prefix.to_string(),
+            recovery: false,
         }
     }
 
