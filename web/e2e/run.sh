@@ -25,7 +25,7 @@ if [ "${#need[@]}" -gt 0 ]; then
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" > /tmp/e2e-apt.log 2>&1 \
         || { echo "e2e: installing ${need[*]} failed:" >&2; tail -20 /tmp/e2e-apt.log >&2; exit 1; }
 fi
-[ -x "${CHROMIUM:-/usr/bin/chromium}" ] || { echo "e2e: ${CHROMIUM} is missing" >&2; exit 1; }
+[ -x "${CHROMIUM:-/usr/bin/chromium}" ] || { echo "e2e: ${CHROMIUM:-/usr/bin/chromium} is missing" >&2; exit 1; }
 if [ ! -d "$here/node_modules/playwright-core" ]; then
     echo "e2e: installing playwright-core from npm (web/e2e/package-lock.json; no browser download)"
     (cd "$here" && PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 npm ci --no-audit --no-fund --silent)
