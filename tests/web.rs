@@ -47,7 +47,8 @@ async fn pages_and_module_are_served_with_their_content_types() {
 /// address that a console page on another port would miss.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_readme_sends_the_browser_snippet_to_the_console_page() {
-    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).expect("README.md");
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).expect("README.md");
     let section = readme
         .split("\n### Subscribe from a browser\n")
         .nth(1)
@@ -116,7 +117,9 @@ async fn a_plain_get_of_ws_says_why_a_token_is_refused() {
     let server = start(JWT_TOML).await;
     let r = http_get(server.addr, "/ws").await;
     assert_eq!(r.status, 401);
-    assert!(r.header("www-authenticate").is_some_and(|h| h.starts_with("Bearer")));
+    assert!(r
+        .header("www-authenticate")
+        .is_some_and(|h| h.starts_with("Bearer")));
     assert_eq!(r.json()["error"]["code"], "unauthorized");
     assert!(
         r.json()["error"]["message"]
