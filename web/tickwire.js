@@ -5,7 +5,8 @@
 // (the last seq and epoch per topic), a `reset` event when the server cannot recover a topic
 // (its fresh snapshot follows), and duplicate updates (seq <= last seen) are dropped. A subscribe
 // refused with a transient error (`unavailable`: a cluster node without Redis; `rate_limited`)
-// is retried with backoff and reported as `subscription` events.
+// is retried with backoff and reported as `subscription` events. A connection refused for its
+// token (HTTP 401) is not retried with the same token.
 // See docs/web.md and docs/protocol.md §4.5.
 
 /**
@@ -31,6 +32,8 @@
  * @property {Backoff} [backoff]
  * @property {number} [requestTimeout=10000]  ms a request may wait for its reply (incl. while disconnected)
  * @property {string|(() => (string|Promise<string>))} [token]  appended as `?token=` on every (re)connect
+ * @property {boolean} [authCheck=true]  after a connection that never opened, ask the server
+ *   (a plain GET of the same URL) whether the token was refused
  * @property {(e: Event) => void} [onOpen]
  * @property {(u: Update) => void} [onMessage]
  * @property {(topic: string) => void} [onReset]
@@ -64,6 +67,8 @@ export class TickwireError extends Error {
     this.name = 'TickwireError';
     /** @type {string} the server's error code (`forbidden`, `invalid_topic`, ..., or `disconnected`, `timeout`, `closed`) */
     this.code = code;
+    /** @type {string} the message alone, without the code */
+    this.reason = message;
   }
 }
 
@@ -126,6 +131,8 @@ export class TickwireClient extends EventTarget {
     this._closed = false;
     this._timer = null;
     this._openedAt = 0;
+    /** @type {TickwireError|null} why the server refused the last connection (401), if it did */
+    this.refusal = null;
     this._connect();
   }
 
@@ -170,7 +177,10 @@ export class TickwireClient extends EventTarget {
       return;
     }
     this.ws = ws;
+    let opened = false;
     ws.onopen = (ev) => {
+      opened = true;
+      this.refusal = null;
       this._openedAt = Date.now();
       this._setStatus('open');
       this._resubscribe();
@@ -184,11 +194,18 @@ export class TickwireClient extends EventTarget {
       const err = new Error(`WebSocket error on ${this.url}`);
       this._emit('error', err, err);
     };
-    ws.onclose = (ev) => {
+    ws.onclose = async (ev) => {
       if (this.ws !== ws) return;
       this.ws = null;
       this._connectionLost();
       this._emit('close', { code: ev.code, reason: ev.reason }, ev.code, ev.reason);
+      const refusal = opened || this._closed ? null : await this._whyRefused(url);
+      if (refusal) {
+        this.refusal = refusal;
+        this._emit('error', refusal, refusal);
+        // The same token would be refused again; only a token function may bring a new one.
+        if (typeof this.options.token !== 'function') return this._finish();
+      }
       if (!this._closed && this.options.reconnect !== false && ev.code !== 4029) {
         if (this._openedAt && Date.now() - this._openedAt >= STABLE_MS) this._attempt = 0;
         this._scheduleReconnect();
@@ -196,6 +213,24 @@ export class TickwireClient extends EventTarget {
         this._finish();
       }
     };
+  }
+
+  /**
+   * A page cannot read why its upgrade failed (close 1006 either way), so this asks the server
+   * with a plain GET of the same URL: 401 means the token was refused (docs/protocol.md §2.1).
+   * Resolves with that refusal, or null (server down, another answer, a cross-origin URL).
+   * @param {string} url @returns {Promise<TickwireError|null>}
+   */
+  async _whyRefused(url) {
+    if (this.options.authCheck === false || typeof fetch !== 'function') return null;
+    try {
+      const r = await fetch(url.replace(/^ws/, 'http'), { cache: 'no-store' });
+      if (r.status !== 401) return null;
+      const { error = {} } = await r.json().catch(() => ({}));
+      return new TickwireError(error.code || 'unauthorized', error.message || 'authentication required');
+    } catch {
+      return null;
+    }
   }
 
   _scheduleReconnect() {

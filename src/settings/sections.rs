@@ -38,6 +38,7 @@ pub struct Settings {
     pub tls: TlsSettings,
     pub auth: AuthSettings,
     pub feed: FeedSettings,
+    pub web: WebSettings,
     pub log: LogSettings,
     pub broker: BrokerSettings,
     /// The `--config` file these were loaded from: a reload (SIGHUP, or the file changing)
@@ -335,6 +336,15 @@ pub struct FeedSettings {
     pub enabled: bool,
     pub symbols: Vec<String>,
     pub updates_per_second: f64,
+}
+
+/// The browser pages (docs/web.md).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebSettings {
+    /// Serve the demo pages (`/`, `/chat`, `/console`); when false they are 404, so a
+    /// production server shows no page that needs no token to look at. `/tickwire.js` stays.
+    pub enabled: bool,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -1,8 +1,9 @@
-// End-to-end test of the dashboard and chat pages in headless Chromium. Started by run.sh,
-// which provides the server (TICKWIRE_BIN, E2E_PORT, E2E_PIDFILE, E2E_LOG, E2E_WORK).
+// End-to-end test of the dashboard, chat and console pages in headless Chromium. Started by
+// run.sh, which provides the server (TICKWIRE_BIN, E2E_PORT, E2E_PIDFILE, E2E_LOG, E2E_WORK).
+// Screenshots go to target/e2e/.
 import { chromium } from 'playwright-core';
-import { spawn } from 'node:child_process';
-import { openSync, readFileSync, writeFileSync, mkdtempSync } from 'node:fs';
+import { spawn, spawnSync } from 'node:child_process';
+import { openSync, readFileSync, writeFileSync, mkdtempSync, mkdirSync } from 'node:fs';
 import { join, dirname } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import assert from 'node:assert/strict';
@@ -10,6 +11,8 @@ import assert from 'node:assert/strict';
 import { createServer } from 'node:net';
 
 const root = join(dirname(fileURLToPath(import.meta.url)), '..', '..');
+const out = join(root, 'target', 'e2e');
+mkdirSync(out, { recursive: true });
 const { TICKWIRE_BIN, E2E_PORT, E2E_PIDFILE, E2E_LOG, E2E_WORK } = process.env;
 const base = `http://127.0.0.1:${E2E_PORT}`;
 const started = Date.now();
@@ -154,9 +157,10 @@ try {
   // the committed docs/dashboard.png.
   const shot = process.env.UPDATE_SCREENSHOT === '1'
     ? join(root, 'docs', 'dashboard.png')
-    : join(root, 'target', 'e2e-dashboard.png');
+    : join(out, 'dashboard.png');
   await dash.screenshot({ path: shot });
   log(`(d) screenshot saved to ${shot}`);
+  await dash.close(); // fewer live pages: one 2-core machine runs them all
 
   // (c) The chat delivers a message between two pages.
   const alice = await context.newPage();
@@ -202,6 +206,8 @@ try {
   assert.deepEqual(texts.filter((t) => t.startsWith('missed ')), missed, 'recovered messages');
   assert.deepEqual(await bob.evaluate(() => window.e2eResets), [], 'resets');
   log(`(e) bob reconnected and recovered ${missed.length} missed messages in order, no reset`);
+  await alice.close();
+  await bob.close();
 
   // (f) A dashboard that connects to a cluster node while its Redis is down: the subscription
   // is refused (`unavailable`) and retried with backoff; once Redis is up the prices flow.
@@ -254,6 +260,139 @@ try {
   assert.equal(await blip.evaluate(() => window.tickwire.status), 'open');
   log(`    Redis started: ${states.length - 1} refused retries, then subscribed; ${nq} prices changed in 2 s`);
   assert.ok(nq >= 10, `only ${nq} prices changed after Redis came up`);
+  await blip.close();
+
+  // (g) The README's browser snippet, exactly as README.md shows it, pasted into the devtools
+  // console of /console: the update arrives. The console evaluates in REPL mode (a `const` stays
+  // for the next line), so this does too, through the DevTools protocol.
+  const readme = readFileSync(join(root, 'README.md'), 'utf8');
+  const section = readme.split('\n### Subscribe from a browser\n')[1].split(/\n#{2,3} /)[0];
+  const snippet = section.match(/```js\n([\s\S]*?)\n```/)[1];
+  const publishLine = section.match(/Publish from the same console with\s+`([^`]+)`/)[1];
+  const consolePage = await context.newPage();
+  watch(consolePage, 'console page');
+  const logged = [];
+  consolePage.on('console', async (m) => {
+    if (m.type() === 'log' && m.args().length) logged.push(await m.args()[0].jsonValue().catch(() => null));
+  });
+  await consolePage.goto(`${base}/console`);
+  assert.match(await consolePage.textContent('#hint'), /Open the devtools console .* paste the README's snippet/s);
+  const cdp = await context.newCDPSession(consolePage);
+  const paste = async (code) => {
+    const r = await cdp.send('Runtime.evaluate', { expression: code, replMode: true });
+    assert.equal(r.exceptionDetails, undefined, `${code}: ${JSON.stringify(r.exceptionDetails)}`);
+  };
+  await paste(snippet);
+  const seen = async (pred, what) => {
+    for (let i = 0; i < 100 && !logged.some(pred); i++) await sleep(100);
+    assert.ok(logged.some(pred), `${what} not logged; logged: ${JSON.stringify(logged.slice(0, 5))}`);
+  };
+  await seen((m) => m?.type === 'subscribed' && m.id === 1, 'subscribed');
+  await seen((m) => m?.type === 'update' && /^prices\./.test(m.topic), 'an update of prices.*');
+  await paste(publishLine);
+  await seen((m) => m?.type === 'published' && m.id === 2 && m.topic === 'chat.lobby', 'published');
+  log(`(g) README snippet on /console: subscribed, ${logged.filter((m) => m?.type === 'update').length} updates, publish line answered published`);
+  await consolePage.close();
+
+  // (h) The chat shows the room's recent history on join, not only the latest message.
+  const room = `hist${Date.now()}`;
+  const said = ['first', 'second', 'third'].map((w) => `${w} before carol`);
+  for (const text of said) {
+    const r = await fetch(`${base}/api/v1/publish`, {
+      method: 'POST', body: JSON.stringify({ topic: `chat.${room}`, data: { user: 'http', text } }),
+    });
+    assert.equal(r.status, 200);
+  }
+  const carol = await context.newPage();
+  watch(carol, 'carol');
+  await carol.goto(`${base}/chat?name=carol&room=${room}`);
+  await carol.waitForSelector(`li.notice:has-text("joined chat.${room}")`, { timeout: 10000 });
+  await carol.waitForFunction((n) => document.querySelectorAll('li.msg').length >= n, said.length, { timeout: 5000 });
+  await sleep(300); // a duplicate would show up by now
+  const history = await carol.$$eval('li.msg .text', (els) => els.map((e) => e.textContent));
+  assert.deepEqual(history, said, 'history on join');
+  log(`(h) chat on join shows the room's ${history.length} earlier messages in order`);
+  await carol.close();
+
+  // (i) Phone width (390 x 844): no horizontal overflow; screenshots of both pages.
+  const phone = await context.newPage();
+  watch(phone, 'phone');
+  await phone.setViewportSize({ width: 390, height: 844 });
+  await phone.goto(`${base}/`);
+  await phone.waitForFunction(() => document.querySelectorAll('#rows tr').length >= 20, null, { timeout: 10000 });
+  await sleep(1200); // ages and sparklines filled in
+  const widths = {};
+  widths['/'] = await phone.evaluate(() => document.documentElement.scrollWidth);
+  await phone.screenshot({ path: join(out, 'phone-dashboard.png') });
+  await phone.goto(`${base}/chat?name=dave&room=${room}`);
+  await phone.waitForFunction((n) => document.querySelectorAll('li.msg').length >= n, said.length, { timeout: 10000 });
+  widths['/chat'] = await phone.evaluate(() => document.documentElement.scrollWidth);
+  await phone.screenshot({ path: join(out, 'phone-chat.png') });
+  for (const [path, w] of Object.entries(widths)) assert.ok(w <= 390, `${path} is ${w} px wide at 390`);
+  log(`(i) at 390 px: scrollWidth ${JSON.stringify(widths)}; screenshots in ${out}`);
+  await phone.close();
+
+  // (j) JWT mode (auth.mode = "jwt", feed off): without a token the dashboard says
+  // "authentication required" and stops after one attempt; with ?token= it is live, and its
+  // empty table says why (the feed is off) until something is published to prices.*.
+  const jwtPort = await freePort();
+  const secret = `e2e-secret-${process.pid}-0123456789abcdef0123456789`;
+  const jwtNode = spawn(TICKWIRE_BIN, ['serve'], {
+    stdio: ['ignore', openSync(E2E_LOG, 'a'), openSync(E2E_LOG, 'a')],
+    env: {
+      ...process.env,
+      TICKWIRE__SERVER__LISTEN: `127.0.0.1:${jwtPort}`,
+      TICKWIRE__AUTH__MODE: 'jwt',
+      TICKWIRE__AUTH__JWT__HS256_SECRET: secret,
+      TICKWIRE__FEED__ENABLED: 'false',
+    },
+  });
+  children.push(jwtNode);
+  const jwtBase = `http://127.0.0.1:${jwtPort}`;
+  await until200(`${jwtBase}/healthz`, 'JWT-mode server');
+  const rejectedAuth = async () => {
+    const text = await (await fetch(`${jwtBase}/metrics`)).text();
+    const line = text.split('\n').find((l) => l.startsWith('tickwire_connections_rejected_total{reason="auth"}'));
+    return line ? Number(line.split(' ').at(-1)) : 0;
+  };
+  const guest = await context.newPage();
+  watch(guest, 'dashboard without token');
+  let attempts = 0;
+  guest.on('websocket', () => attempts++);
+  await guest.goto(`${jwtBase}/`);
+  await guest.waitForSelector('#auth:not([hidden])', { timeout: 10000 });
+  await sleep(3000); // the old page reconnected 4 to 6 times in this while
+  const authText = await guest.textContent('#auth');
+  assert.match(authText, /^authentication required \(missing token/);
+  assert.match(authText, /\?token=/);
+  assert.equal(await guest.textContent('#status'), 'authentication required');
+  assert.equal(attempts, 1, `${attempts} WebSocket attempts without a token`);
+  const refused = await rejectedAuth();
+  assert.ok(refused <= 2, `${refused} refused for auth (one upgrade, one plain GET asking why)`);
+  log(`(j) JWT mode without token: "${authText.slice(0, 60)}…", ${attempts} WebSocket attempt, ${refused} auth rejections in 3 s`);
+  await guest.close();
+  const minted = spawnSync(TICKWIRE_BIN, ['token', '--sub', 'e2e', '--subscribe', 'prices.>', '--ttl', '1h'],
+    { env: { ...process.env, TICKWIRE_JWT_SECRET: secret }, encoding: 'utf8' });
+  assert.equal(minted.status, 0, minted.stderr);
+  const token = minted.stdout.trim();
+  const member = await context.newPage();
+  watch(member, 'dashboard with token');
+  await member.goto(`${jwtBase}/?token=${encodeURIComponent(token)}`);
+  await member.waitForSelector('#status[data-status="open"]', { timeout: 10000 });
+  await member.waitForSelector('#empty:not([hidden])', { timeout: 5000 });
+  const hint = await member.textContent('#empty');
+  assert.equal(hint, 'no prices yet: the built-in feed is off (feed.enabled) — publish to prices.* to see rows');
+  const quote = (last) => fetch(`${jwtBase}/api/v1/publish`, {
+    method: 'POST',
+    body: JSON.stringify({ topic: 'prices.E2E', data: { symbol: 'E2E', bid: last - 1, ask: last + 1, last, volume: 1, ts: Date.now() } }),
+  });
+  assert.equal((await quote(101)).status, 200);
+  await member.waitForSelector('#rows tr[data-symbol="E2E"]', { timeout: 5000 });
+  assert.equal(await member.isHidden('#empty'), true, 'the hint goes once a row is there');
+  assert.equal((await quote(202)).status, 200);
+  await member.waitForFunction(() => document.querySelector('#rows tr[data-symbol="E2E"] td.last').textContent === '202.00', null, { timeout: 5000 });
+  assert.equal(await member.isHidden('#auth'), true);
+  log(`(j) JWT mode with ?token=: connected, hint "${hint.slice(0, 40)}…", then live updates (E2E 101 -> 202)`);
 
   assert.deepEqual(errors, [], 'page errors');
   log('e2e: all checks passed');

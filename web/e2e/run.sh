@@ -2,7 +2,7 @@
 # End-to-end test of the web pages in headless Chromium (Debian's /usr/bin/chromium, driven by
 # playwright-core; Playwright's own browsers are never downloaded).
 #
-#   (cd web/e2e && npm ci) && bash web/e2e/run.sh
+#   bash web/e2e/run.sh      (installs chromium, redis-server and playwright-core when missing)
 #
 # Builds target/debug/tickwire (unless TICKWIRE_BIN points at a binary), starts it on a free
 # 127.0.0.1 port with the price feed at 10 quotes/s per symbol, runs e2e.mjs (which restarts
@@ -13,9 +13,23 @@ here="$(cd "$(dirname "$0")" && pwd)"
 root="$(cd "$here/../.." && pwd)"
 cd "$root"
 
-[ -x "${CHROMIUM:-/usr/bin/chromium}" ] || { echo "e2e: ${CHROMIUM:-/usr/bin/chromium} is missing (apt-get install -y chromium)" >&2; exit 1; }
-command -v redis-server > /dev/null && command -v redis-cli > /dev/null || { echo "e2e: redis-server is missing (apt-get install redis-server): case (f) runs a cluster node" >&2; exit 1; }
-[ -d "$here/node_modules/playwright-core" ] || { echo "e2e: run (cd web/e2e && npm ci) first" >&2; exit 1; }
+# What the test needs and a fresh Debian machine lacks is installed here, saying so: Debian's
+# chromium and redis-server (as root), and playwright-core from npm (package-lock.json).
+need=()
+[ -n "${CHROMIUM:-}" ] || [ -x /usr/bin/chromium ] || need+=(chromium)
+command -v redis-server > /dev/null && command -v redis-cli > /dev/null || need+=(redis-server)
+if [ "${#need[@]}" -gt 0 ]; then
+    echo "e2e: installing the Debian packages ${need[*]} (the browser; case (f) runs a cluster node on Redis)"
+    [ "$(id -u)" -eq 0 ] || { echo "e2e: not root: apt-get install -y ${need[*]} first" >&2; exit 1; }
+    apt-get update -qq > /dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" > /tmp/e2e-apt.log 2>&1 \
+        || { echo "e2e: installing ${need[*]} failed:" >&2; tail -20 /tmp/e2e-apt.log >&2; exit 1; }
+fi
+[ -x "${CHROMIUM:-/usr/bin/chromium}" ] || { echo "e2e: ${CHROMIUM:-/usr/bin/chromium} is missing" >&2; exit 1; }
+if [ ! -d "$here/node_modules/playwright-core" ]; then
+    echo "e2e: installing playwright-core from npm (web/e2e/package-lock.json; no browser download)"
+    (cd "$here" && PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 npm ci --no-audit --no-fund --silent)
+fi
 
 if [ -z "${TICKWIRE_BIN:-}" ]; then
     cargo build --quiet --bin tickwire

@@ -1,6 +1,6 @@
 //! HTTP routing: the WebSocket upgrade at `/ws` (and `/echo`, when `server.echo_endpoint` is
 //! on; [`upgrade`]), the publish and topic APIs ([`api`]), the web pages (`/`, `/chat`,
-//! `/tickwire.js`; see [`crate::transport::web`]), and the operator endpoints `/metrics`,
+//! `/console`, `/tickwire.js`; see [`crate::transport::web`]), and the operator endpoints `/metrics`,
 //! `/healthz`, `/readyz`. Every request is counted in the HTTP metrics here.
 
 mod api;
@@ -50,7 +50,7 @@ fn route_of(path: &str) -> &'static str {
         "/metrics" => "metrics",
         "/healthz" => "healthz",
         "/readyz" => "readyz",
-        "/" | "/chat" | "/tickwire.js" => "web",
+        "/" | "/chat" | "/console" | "/tickwire.js" => "web",
         _ => "not_found",
     }
 }
@@ -77,6 +77,9 @@ pub async fn handle(
         route = "not_found";
     }
     if route == "echo" && !app.settings.server.echo_endpoint {
+        route = "not_found";
+    }
+    if route == "web" && !crate::transport::web::served(&path, &app.settings) {
         route = "not_found";
     }
     let result = match (req.method(), route) {
@@ -108,7 +111,9 @@ pub async fn handle(
             "cluster broker unavailable\n",
         )),
         (&Method::GET, "readyz") => Ok(text(StatusCode::OK, "ready\n")),
-        (&Method::GET, "web") => crate::transport::web::response(&path).ok_or(RequestError::MethodNotAllowed),
+        (&Method::GET, "web") => {
+            crate::transport::web::response(&path, &app.settings).ok_or(RequestError::MethodNotAllowed)
+        }
         (_, "not_found") => Err(RequestError::NoRoute(path.chars().take(256).collect())),
         _ => Err(RequestError::MethodNotAllowed),
     };

@@ -70,6 +70,15 @@ pub(super) async fn upgrade(
             .inc()
     };
     if req.method() != Method::GET || !fastwebsockets::upgrade::is_upgrade_request(&req) {
+        // A page cannot read why its upgrade was refused (it sees close 1006 only), so
+        // tickwire.js asks again with a plain GET and the same token: a refused token answers
+        // 401 with the reason here, where it would otherwise get the 426.
+        if req.method() == Method::GET {
+            if let Err(e) = app.auth.subscriber(req.headers(), req.uri().query()).await {
+                rejected(REJECT_AUTH);
+                return error(&e.into());
+            }
+        }
         rejected(REJECT_BAD_HANDSHAKE);
         return upgrade_required();
     }
