@@ -126,6 +126,7 @@ impl Output<'_> {
                 ),
             },
             Event::Open => {
+                self.refused = None;
                 if self.last_close.is_some() {
                     eprintln!("tickwire: reconnected to {}", self.url);
                 }

@@ -424,9 +424,14 @@ impl Task {
         }
     }
 
-    /// Asks the token provider for a token to replace `refused`.
-    async fn renewed_token(&self, refused: Option<&str>) -> Renewal {
-        match token(&self.options).await {
+    /// Asks the token provider for a token to replace `refused`; a close request ends the
+    /// wait (and the client).
+    async fn renewed_token(&mut self, refused: Option<&str>) -> Renewal {
+        let asked = tokio::select! {
+            () = shut_down(&mut self.shutdown) => return Renewal::None,
+            asked = token(&self.options) => asked,
+        };
+        match asked {
             Ok(Some(token)) if Some(token.as_str()) != refused => Renewal::New(token),
             Ok(_) => Renewal::None,
             // Maybe the provider's own source is down for a moment: the next attempt asks again.
