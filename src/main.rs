@@ -189,12 +189,47 @@ fn completions(shell: &str) -> ExitCode {
 }
 
 fn man() -> ExitCode {
-    let mut page = Vec::new();
-    if let Err(e) = clap_mangen::Man::new(Cli::command()).render(&mut page) {
-        eprintln!("tickwire: rendering the man page: {e}");
-        return ExitCode::FAILURE;
+    match man_page() {
+        Ok(page) => print_bytes(&page),
+        Err(e) => {
+            eprintln!("tickwire: rendering the man page: {e}");
+            ExitCode::FAILURE
+        }
     }
-    print_bytes(&page)
+}
+
+/// One page for the whole binary: clap_mangen's page for `tickwire` refers to a page per
+/// command (`tickwire-serve(1)`, ...) that nobody installs, so each command's synopsis,
+/// description and options follow here, one section per command.
+fn man_page() -> std::io::Result<Vec<u8>> {
+    use clap_mangen::Man;
+    let mut cmd = Cli::command();
+    cmd.build(); // gives the commands their full names (`tickwire serve`) for the synopses
+    let top = Man::new(cmd.clone());
+    let mut page = Vec::new();
+    top.render_title(&mut page)?;
+    top.render_name_section(&mut page)?;
+    top.render_synopsis_section(&mut page)?;
+    top.render_description_section(&mut page)?;
+    top.render_options_section(&mut page)?;
+    for sub in cmd.get_subcommands().filter(|s| !s.is_hide_set()) {
+        let man = Man::new(sub.clone());
+        let mut part = Vec::new();
+        man.render_synopsis_section(&mut part)?;
+        man.render_description_section(&mut part)?;
+        man.render_options_section(&mut part)?;
+        page.extend_from_slice(format!(".SH \"TICKWIRE {}\"\n", sub.get_name().to_uppercase()).as_bytes());
+        // The command's own sections become subsections of its section.
+        for line in String::from_utf8_lossy(&part).lines() {
+            let line = line
+                .strip_prefix(".SH ")
+                .map_or_else(|| line.to_string(), |h| format!(".SS {h}"));
+            page.extend_from_slice(line.as_bytes());
+            page.push(b'\n');
+        }
+    }
+    top.render_version_section(&mut page)?;
+    Ok(page)
 }
 
 /// Writes to stdout; a reader that went away (`| head`) is no error worth a message.

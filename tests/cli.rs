@@ -358,7 +358,14 @@ fn completions_and_man_page_come_from_the_command_line_definition() {
     let page = stdout(&o);
     assert!(page.contains(".TH tickwire 1"), "{page}");
     assert!(page.contains("Real\\-time data push server"), "{page}");
-    assert!(page.contains("completions"), "{page}");
+    // One page for every command and its options.
+    for section in ["SUBSCRIBE", "PUBLISH", "COMPLETIONS", "MAN"] {
+        assert!(
+            page.contains(&format!(".SH \"TICKWIRE {section}\"")),
+            "{section}: {page}"
+        );
+    }
+    assert!(page.contains("\\fB\\-\\-api\\-key\\fR"), "{page}");
 }
 
 #[test]
