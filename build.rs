@@ -1,5 +1,6 @@
 //! Build script of the `tickwire` binary: stamps `--version` with the git commit
-//! (`TICKWIRE_GIT_COMMIT`, "unknown" outside a git checkout or without git) and the build date
+//! (`TICKWIRE_GIT_COMMIT`: that environment variable when set, as in a container build without
+//! `.git`; else `git rev-parse --short HEAD`; else "unknown") and the build date
 //! (`TICKWIRE_BUILD_DATE`, UTC, from `SOURCE_DATE_EPOCH` when set, for reproducible builds).
 //! It never fails the build.
 //!
@@ -14,8 +15,12 @@ use std::time::{SystemTime, UNIX_EPOCH};
 fn main() {
     println!("cargo:rerun-if-changed=build.rs");
     println!("cargo:rerun-if-env-changed=SOURCE_DATE_EPOCH");
+    println!("cargo:rerun-if-env-changed=TICKWIRE_GIT_COMMIT");
     let root = PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR").unwrap_or_default());
-    let commit = git(&root, &["rev-parse", "--short", "HEAD"]).unwrap_or_else(|| "unknown".into());
+    let given = std::env::var("TICKWIRE_GIT_COMMIT").ok();
+    let commit = (given.map(|c| c.trim().to_string()).filter(|c| !c.is_empty()))
+        .or_else(|| git(&root, &["rev-parse", "--short", "HEAD"]))
+        .unwrap_or_else(|| "unknown".into());
     for file in watched(&root) {
         println!("cargo:rerun-if-changed={}", file.display());
     }
