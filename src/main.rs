@@ -1,6 +1,6 @@
 //! The `tickwire` binary: the server (`serve`, `check-config`), a command-line client
-//! (`subscribe`, `publish`) built on the `tickwire-client` crate, and security helpers
-//! (`hash-key`, `token`).
+//! (`subscribe`, `publish`) built on the `tickwire-client` crate, security helpers
+//! (`hash-key`, `token`), and its own shell completions and man page.
 //!
 //! Exit codes: 0 clean stop, 1 runtime failure (including an error reply from the server),
 //! 2 invalid configuration, arguments or input.
@@ -12,7 +12,8 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context;
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
+use clap_complete::Shell;
 use tickwire::apikey;
 use tickwire::jwt::{NewToken, MIN_SECRET_BYTES};
 use tickwire::prepare::prepare;
@@ -26,8 +27,21 @@ mod cli;
 
 use cli::{run_client, PublishArgs, SubscribeArgs};
 
+/// `--version`: the crate version, the commit and the build date (from `build.rs`).
+const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (commit ",
+    env!("TICKWIRE_GIT_COMMIT"),
+    ", built ",
+    env!("TICKWIRE_BUILD_DATE"),
+    ")"
+);
+
+/// The variable `token` reads the secret from.
+const SECRET_ENV: &str = "TICKWIRE_JWT_SECRET";
+
 #[derive(Parser)]
-#[command(name = "tickwire", version, about = "Real-time data push server")]
+#[command(name = "tickwire", version = VERSION, about = "Real-time data push server")]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -43,6 +57,7 @@ enum Command {
     },
     /// Validate the configuration and print the effective settings (secrets redacted).
     CheckConfig {
+        /// Configuration file layered over the defaults, as for `serve`.
         #[arg(long, value_name = "FILE")]
         config: Option<PathBuf>,
     },
@@ -61,8 +76,8 @@ enum Command {
     Token {
         /// The auth.jwt.hs256_secret (at least 32 bytes). Prefer the environment variable: the
         /// command line is visible to other users of the machine.
-        #[arg(long, env = "TICKWIRE_JWT_SECRET", hide_env_values = true)]
-        secret: String,
+        #[arg(long, env = SECRET_ENV, hide_env_values = true)]
+        secret: Option<String>,
         /// The user id (`sub` claim).
         #[arg(long)]
         sub: String,
@@ -88,6 +103,15 @@ enum Command {
     /// Publish over the HTTP API: one message from the arguments, or, without TOPIC and DATA,
     /// NDJSON lines `{"topic":..,"data":..}` from stdin, sent in batches.
     Publish(PublishArgs),
+    /// Print a shell completion script, e.g. `tickwire completions bash >
+    /// /etc/bash_completion.d/tickwire`.
+    Completions {
+        /// The shell.
+        #[arg(value_parser = ["bash", "zsh", "fish"])]
+        shell: String,
+    },
+    /// Print the man page (roff) to stdout, e.g. `tickwire man | man -l -`.
+    Man,
 }
 
 fn main() -> ExitCode {
@@ -96,6 +120,8 @@ fn main() -> ExitCode {
         Command::Subscribe(args) => return run_client(cli::subscribe::run(args)),
         Command::Publish(args) => return run_client(cli::publish::run(args)),
         Command::HashKey { name, publish } => return hash_key(&name, &publish),
+        Command::Completions { shell } => return completions(&shell),
+        Command::Man => return man(),
         Command::Token {
             secret,
             sub,
@@ -108,6 +134,12 @@ fn main() -> ExitCode {
             let mut claims = NewToken::new(&sub, ttl, subscribe, publish);
             claims.aud = audience;
             claims.iss = issuer;
+            let Some(secret) = secret else {
+                return usage_error(&format!(
+                    "no secret to sign with: set {SECRET_ENV} (or pass --secret) to the server's \
+                     auth.jwt.hs256_secret"
+                ));
+            };
             return token(&secret, &claims);
         }
         Command::Serve { config } => (false, config),
@@ -144,6 +176,74 @@ fn main() -> ExitCode {
 fn usage_error(message: &str) -> ExitCode {
     eprintln!("tickwire: {message}");
     ExitCode::from(2)
+}
+
+fn completions(shell: &str) -> ExitCode {
+    let Ok(shell) = shell.parse::<Shell>() else {
+        return usage_error(&format!("unsupported shell {shell:?}"));
+    };
+    // Into a buffer first: clap_complete panics when its writer fails (`| head`).
+    let mut script = Vec::new();
+    clap_complete::generate(shell, &mut Cli::command(), "tickwire", &mut script);
+    print_bytes(&script)
+}
+
+fn man() -> ExitCode {
+    match man_page() {
+        Ok(page) => print_bytes(&page),
+        Err(e) => {
+            eprintln!("tickwire: rendering the man page: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// One page for the whole binary: clap_mangen's page for `tickwire` refers to a page per
+/// command (`tickwire-serve(1)`, ...) that nobody installs, so each command's synopsis,
+/// description and options follow here, one section per command.
+fn man_page() -> std::io::Result<Vec<u8>> {
+    use clap_mangen::Man;
+    let mut cmd = Cli::command();
+    cmd.build(); // gives the commands their full names (`tickwire serve`) for the synopses
+    let top = Man::new(cmd.clone());
+    let mut page = Vec::new();
+    top.render_title(&mut page)?;
+    top.render_name_section(&mut page)?;
+    top.render_synopsis_section(&mut page)?;
+    top.render_description_section(&mut page)?;
+    top.render_options_section(&mut page)?;
+    for sub in cmd.get_subcommands().filter(|s| !s.is_hide_set()) {
+        let man = Man::new(sub.clone());
+        let mut part = Vec::new();
+        man.render_synopsis_section(&mut part)?;
+        man.render_description_section(&mut part)?;
+        man.render_options_section(&mut part)?;
+        page.extend_from_slice(format!(".SH \"TICKWIRE {}\"\n", sub.get_name().to_uppercase()).as_bytes());
+        // The command's own sections become subsections of its section.
+        for line in String::from_utf8_lossy(&part).lines() {
+            let line = line
+                .strip_prefix(".SH ")
+                .map_or_else(|| line.to_string(), |h| format!(".SS {h}"));
+            page.extend_from_slice(line.as_bytes());
+            page.push(b'\n');
+        }
+    }
+    top.render_version_section(&mut page)?;
+    Ok(page)
+}
+
+/// Writes to stdout; a reader that went away (`| head`) is no error worth a message.
+fn print_bytes(bytes: &[u8]) -> ExitCode {
+    use std::io::Write as _;
+    let mut out = std::io::stdout().lock();
+    match out.write_all(bytes).and_then(|()| out.flush()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("tickwire: writing to stdout: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 fn check_patterns(flag: &str, patterns: &[String]) -> Result<(), String> {

@@ -291,3 +291,91 @@ fn token_mints_a_verifiable_hs256_token() {
         assert_eq!(o.status.code(), Some(2), "{args:?}: {}", stderr(&o));
     }
 }
+
+#[test]
+fn token_without_a_secret_names_the_variable() {
+    let o = tickwire_command()
+        .env_remove("TICKWIRE_JWT_SECRET")
+        .args(["token", "--sub", "a"])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2), "stderr: {}", stderr(&o));
+    assert!(stderr(&o).contains("TICKWIRE_JWT_SECRET"), "{}", stderr(&o));
+    assert!(stdout(&o).is_empty());
+}
+
+#[test]
+fn version_names_the_commit_and_the_build_date() {
+    let o = run(&["--version"], &[]);
+    assert_eq!(o.status.code(), Some(0), "stderr: {}", stderr(&o));
+    let version = stdout(&o);
+    let commit = std::process::Command::new("git")
+        .args(["rev-parse", "--short", "HEAD"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .expect("git, for the commit the binary was built from");
+    let commit = String::from_utf8_lossy(&commit.stdout).trim().to_string();
+    assert!(!commit.is_empty(), "the tests run in a git checkout");
+    let (_, stamp) = version
+        .trim()
+        .split_once(" (commit ")
+        .unwrap_or_else(|| panic!("{version}"));
+    let (built_from, date) = stamp
+        .trim_end_matches(')')
+        .split_once(", built ")
+        .unwrap_or_else(|| panic!("{version}"));
+    // Built by this test run: the commit checked out now (a build script that missed a new
+    // commit would fail here).
+    assert_eq!(built_from, commit, "{version}");
+    let parts: Vec<u32> = date.split('-').map(|p| p.parse().unwrap()).collect();
+    assert!(
+        matches!(parts[..], [y, m, d] if y >= 2024 && (1..=12).contains(&m) && (1..=31).contains(&d)),
+        "{version}"
+    );
+}
+
+#[test]
+fn completions_and_man_page_come_from_the_command_line_definition() {
+    for (shell, marker) in [
+        ("bash", "complete -F _tickwire"),
+        ("zsh", "#compdef tickwire"),
+        ("fish", "complete -c tickwire"),
+    ] {
+        let o = run(&["completions", shell], &[]);
+        assert_eq!(o.status.code(), Some(0), "{shell}: {}", stderr(&o));
+        let script = stdout(&o);
+        assert!(script.contains(marker), "{shell}: {script}");
+        assert!(
+            script.contains("api-key") && script.contains("check-config"),
+            "{shell}"
+        );
+    }
+    let o = run(&["completions", "tcsh"], &[]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+
+    let o = run(&["man"], &[]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let page = stdout(&o);
+    assert!(page.contains(".TH tickwire 1"), "{page}");
+    assert!(page.contains("Real\\-time data push server"), "{page}");
+    // One page for every command and its options.
+    for section in ["SUBSCRIBE", "PUBLISH", "COMPLETIONS", "MAN"] {
+        assert!(
+            page.contains(&format!(".SH \"TICKWIRE {section}\"")),
+            "{section}: {page}"
+        );
+    }
+    assert!(page.contains("\\fB\\-\\-api\\-key\\fR"), "{page}");
+}
+
+#[test]
+fn help_names_check_config_file_and_publish_api_key() {
+    let o = run(&["check-config", "--help"], &[]);
+    let help = stdout(&o);
+    let line = help.lines().find(|l| l.contains("--config")).unwrap_or_default();
+    assert!(line.contains("Configuration file"), "{help}");
+    // publish's key is --api-key; --token stays accepted but is not shown.
+    let help = stdout(&run(&["publish", "--help"], &[]));
+    assert!(help.contains("--api-key <KEY>"), "{help}");
+    assert!(!help.contains("--token"), "{help}");
+}

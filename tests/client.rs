@@ -9,6 +9,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use common::jwt::{claims, token as sign_token, JWT_TOML};
 use common::redis::RedisServer;
 use common::{free_port, metric, publish, start, wait_ready, RECV_TIMEOUT, SILENCE};
 use serde_json::{json, Value};
@@ -338,6 +339,129 @@ async fn connect_failures_are_errors() {
         other => panic!("expected a token error, got {other:?}"),
     }
     first.close().await;
+}
+
+/// A provider that hands out `tokens[i]` on its `i`th call (the last one from then on), and
+/// the number of calls so far.
+fn counted_tokens(tokens: Vec<String>) -> (TokenProvider, Arc<AtomicUsize>) {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let counter = calls.clone();
+    let provider = TokenProvider::from_fn(move || {
+        let n = counter.fetch_add(1, Ordering::SeqCst);
+        Ok::<_, Error>(tokens[n.min(tokens.len() - 1)].clone())
+    });
+    (provider, calls)
+}
+
+/// Every event until the stream ends (bounded by `within`).
+async fn until_end(events: &mut Events, within: Duration) -> Vec<Event> {
+    let mut seen = Vec::new();
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        match tokio::time::timeout_at(deadline, events.recv()).await {
+            Ok(Some(event)) => seen.push(event),
+            Ok(None) => return seen,
+            Err(_) => panic!("the event stream did not end within {within:?}; saw {seen:?}"),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_tokens_are_final_unless_the_provider_has_a_new_one() {
+    let server = start(JWT_TOML).await;
+    let expired = sign_token(&claims("ann", &["chat.>"], &[], -10));
+    let fixed = options().token_provider(TokenProvider::fixed(expired));
+    match Client::connect(ws_url(server.addr), fixed).await {
+        Err(Error::Unauthorized {
+            status,
+            code,
+            message,
+        }) => {
+            assert_eq!((status, code.as_str()), (401, "unauthorized"));
+            assert_eq!(message, "token expired");
+        }
+        other => panic!("expected Unauthorized, got {other:?}"),
+    }
+
+    // Tokens that expire while connected (the server closes with 4003), three providers at
+    // once: the same token again, a new one that is refused too, a new valid one.
+    let short = sign_token(&claims("ann", &["chat.>"], &[], 2));
+    let refused = sign_token(&claims("bob", &["chat.>"], &[], -10));
+    let valid = sign_token(&claims("cy", &["chat.>"], &[], 3600));
+    let connect = |tokens: Vec<String>| async move {
+        let (provider, calls) = counted_tokens(tokens);
+        let client = Client::connect(ws_url(server.addr), options().token_provider(provider))
+            .await
+            .unwrap();
+        let events = client.events().unwrap();
+        (client, events, calls)
+    };
+    let (
+        (same, mut same_events, same_calls),
+        (other, mut other_events, other_calls),
+        (new, mut new_events, new_calls),
+    ) = tokio::join!(
+        connect(vec![short.clone()]),
+        connect(vec![short.clone(), refused]),
+        connect(vec![short, valid]),
+    );
+    let (same_seen, other_seen, new_seen) = tokio::join!(
+        until_end(&mut same_events, RECV_TIMEOUT),
+        until_end(&mut other_events, RECV_TIMEOUT),
+        until(&mut new_events, "a second Open", {
+            let mut opens = 0;
+            move |e| {
+                opens += usize::from(matches!(e, Event::Open));
+                opens == 2
+            }
+        }),
+    );
+
+    // The same token: no reconnect at all; the stream ends with the close.
+    assert!(
+        matches!(&same_seen[..], [Event::Open, Event::Close { code: 4003, .. }]),
+        "{same_seen:?}"
+    );
+    assert_eq!(
+        same_calls.load(Ordering::SeqCst),
+        2,
+        "the connect, and asking for a new token"
+    );
+    assert!(!same.is_connected());
+    assert!(matches!(same.subscribe(["chat.a"]).await, Err(Error::Closed)));
+
+    // A new token the server refuses: one attempt, then the refusal ends the stream.
+    assert!(
+        matches!(
+            &other_seen[..],
+            [
+                Event::Open,
+                Event::Close { code: 4003, .. },
+                Event::Error(Error::Unauthorized { status: 401, .. })
+            ]
+        ),
+        "{other_seen:?}"
+    );
+    assert_eq!(other_calls.load(Ordering::SeqCst), 3);
+    tokio::time::sleep(SILENCE).await;
+    assert_eq!(
+        other_calls.load(Ordering::SeqCst),
+        3,
+        "no attempt after the final refusal"
+    );
+    assert!(matches!(other.publish("chat.a", &1).await, Err(Error::Closed)));
+
+    // A new valid token: reconnected with it.
+    assert!(
+        matches!(
+            &new_seen[..],
+            [Event::Open, Event::Close { code: 4003, .. }, Event::Open]
+        ),
+        "{new_seen:?}"
+    );
+    assert_eq!(new_calls.load(Ordering::SeqCst), 2);
+    new.subscribe(["chat.a"]).await.unwrap();
+    new.close().await;
 }
 
 // ---------------------------------------------------------------------------------------------

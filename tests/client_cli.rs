@@ -6,14 +6,17 @@ mod common;
 use std::process::Stdio;
 use std::time::Duration;
 
+use common::jwt::{claims, token, JWT_TOML};
 use common::{eventually, free_port, start, tickwire_command, RECV_TIMEOUT};
 use serde_json::{json, Value};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
+use tokio::net::TcpListener;
 use tokio::process::{Child, ChildStdout, Command};
 
 fn tickwire(args: &[&str]) -> Command {
     let mut cmd = Command::from(tickwire_command());
-    cmd.args(args)
+    cmd.env_remove("TICKWIRE_URL")
+        .args(args)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -293,4 +296,289 @@ async fn subscribe_table_shows_quotes() {
         ["ACME", "101.00", "102.00", "101.50", "+1.50", "(+1.50%)"],
         "{screen}"
     );
+}
+
+/// Starts `tickwire subscribe` with `args` and `env`, and waits until the server sees its
+/// subscription to `topic`.
+async fn subscribed(addr: std::net::SocketAddr, args: &[&str], env: &[(&str, &str)], topic: &str) -> Child {
+    let mut cmd = tickwire(args);
+    cmd.envs(env.iter().copied());
+    let child = cmd.spawn().unwrap();
+    wait_subscribed(addr, topic).await;
+    child
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn both_commands_find_the_server_from_any_base_url_or_the_configuration() {
+    let server = start("").await;
+    let addr = server.addr;
+    let port = addr.port().to_string();
+    let listen = format!("0.0.0.0:{port}");
+    let config = std::env::temp_dir().join(format!("tickwire-cli-{}-{port}.toml", std::process::id()));
+    let config_listen = format!("[server]\nlisten = \"{listen}\"\n");
+    std::fs::write(&config, &config_listen).unwrap();
+    let config = config.to_str().unwrap().to_string();
+
+    // subscribe: a ws:// base without /ws, an http:// base from TICKWIRE_URL, and no URL at
+    // all (server.listen from TICKWIRE__SERVER__LISTEN, or from --config).
+    let subs = vec![
+        subscribed(
+            addr,
+            &["subscribe", "--url", &format!("ws://{addr}"), "chat.a"],
+            &[],
+            "chat.a",
+        )
+        .await,
+        subscribed(
+            addr,
+            &["subscribe", "chat.b"],
+            &[("TICKWIRE_URL", &format!("http://{addr}/"))],
+            "chat.b",
+        )
+        .await,
+        subscribed(
+            addr,
+            &["subscribe", "chat.c"],
+            &[("TICKWIRE__SERVER__LISTEN", &listen)],
+            "chat.c",
+        )
+        .await,
+        subscribed(addr, &["subscribe", "--config", &config, "chat.d"], &[], "chat.d").await,
+    ];
+
+    // publish: a ws:// URL with /ws, TICKWIRE_URL, the configured listen address.
+    let publishes = [
+        ("chat.a", vec!["--url".into(), format!("ws://{addr}/ws")], vec![]),
+        ("chat.b", vec![], vec![("TICKWIRE_URL", format!("ws://{addr}"))]),
+        (
+            "chat.c",
+            vec![],
+            vec![("TICKWIRE__SERVER__LISTEN", listen.clone())],
+        ),
+        ("chat.d", vec!["--config".into(), config.clone()], vec![]),
+    ];
+    for (topic, flags, env) in publishes {
+        let mut args = vec!["publish"];
+        args.extend(flags.iter().map(String::as_str));
+        args.extend([topic, r#"{"n":1}"#]);
+        let mut cmd = tickwire(&args);
+        cmd.envs(env.iter().map(|(k, v)| (*k, v.as_str())));
+        let (code, out, err) = run(cmd, None).await;
+        assert_eq!(code, 0, "{args:?}: {err}");
+        assert_eq!(
+            serde_json::from_str::<Value>(&out).unwrap(),
+            json!({"topic": topic, "seq": 1})
+        );
+    }
+    for (mut sub, topic) in subs.into_iter().zip(["chat.a", "chat.b", "chat.c", "chat.d"]) {
+        let mut lines = BufReader::new(sub.stdout.take().unwrap()).lines();
+        let update = next_line(&mut lines).await;
+        assert_eq!(
+            (update["topic"].as_str(), update["seq"].as_u64()),
+            (Some(topic), Some(1))
+        );
+        interrupt(&sub);
+        assert!(sub.wait().await.unwrap().success());
+    }
+
+    // The configured address says where it came from when nothing answers there, and a
+    // configuration that cannot be loaded is a usage error.
+    let mut cmd = tickwire(&["publish", "chat.x", "1"]);
+    let unused = format!("127.0.0.1:{}", free_port());
+    cmd.env("TICKWIRE__SERVER__LISTEN", &unused);
+    let (code, _, err) = run(cmd, None).await;
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains(&format!("cannot connect to http://{unused}")),
+        "{err}"
+    );
+    assert!(err.contains("from server.listen in the configuration"), "{err}");
+    let mut cmd = tickwire(&["subscribe", "chat.x"]);
+    cmd.env("TICKWIRE__SERVER__LISTEN", "nope");
+    let (code, _, err) = run(cmd, None).await;
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("no --url or TICKWIRE_URL"), "{err}");
+    std::fs::remove_file(&config).unwrap();
+}
+
+/// A plain HTTP server that answers every request with an HTML page, like a web server or a
+/// dashboard at the wrong address.
+async fn html_server() -> std::net::SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                let _ = tokio::io::AsyncReadExt::read(&mut stream, &mut buf).await;
+                let body = "<!doctype html>\n<html>\n<body>\n<h1>Welcome</h1>\n</body>\n</html>\n";
+                let reply = format!(
+                    "HTTP/1.1 200 OK\r\nContent-Type: text/html; charset=utf-8\r\n\
+                     Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = stream.write_all(reply.as_bytes()).await;
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_url_that_reaches_something_else_gets_a_one_line_error() {
+    let html = html_server().await;
+    let (code, out, err) = run(
+        tickwire(&["subscribe", "--url", &format!("http://{html}"), "x"]),
+        None,
+    )
+    .await;
+    assert_eq!(code, 1);
+    assert!(out.is_empty(), "{out}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+    for part in [&format!("ws://{html}/ws"), "HTTP 200", "text/html", "--url"] {
+        assert!(err.contains(part), "{part:?} missing: {err}");
+    }
+    assert!(!err.contains("doctype"), "{err}");
+
+    let (code, _, err) = run(
+        tickwire(&["publish", "--url", &format!("ws://{html}"), "chat.x", "1"]),
+        None,
+    )
+    .await;
+    assert_eq!(code, 1);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    for part in [&format!("http://{html}/api/v1/publish"), "--url"] {
+        assert!(err.contains(part), "{part:?} missing: {err}");
+    }
+
+    // A tickwire server under a path it does not have.
+    let server = start("").await;
+    let (code, _, err) = run(
+        tickwire(&["subscribe", "--url", &format!("http://{}/push", server.addr), "x"]),
+        None,
+    )
+    .await;
+    assert_eq!(code, 1);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(
+        err.contains("not a tickwire WebSocket endpoint") && err.contains("HTTP 404"),
+        "{err}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_or_expiring_tokens_end_subscribe_with_the_reason() {
+    let server = start(JWT_TOML).await;
+    let ws = format!("ws://{}", server.addr);
+    let expired = token(&claims("ann", &["chat.>"], &[], -10));
+    let started = std::time::Instant::now();
+    let (code, _, err) = run(
+        tickwire(&["subscribe", "--url", &ws, "--token", &expired, "chat.x"]),
+        None,
+    )
+    .await;
+    assert_eq!(code, 1);
+    assert!(err.contains("token expired") && err.contains("--token"), "{err}");
+    let (code, _, err) = run(tickwire(&["subscribe", "--url", &ws, "chat.x"]), None).await;
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("requires a token") && err.contains("--token"),
+        "{err}"
+    );
+
+    // A token that expires while subscribed: the server closes with 4003, and the command
+    // ends instead of reconnecting with it forever.
+    let short = token(&claims("ann", &["chat.>"], &[], 2));
+    let sub = subscribed(
+        server.addr,
+        &["subscribe", "--url", &ws, "--token", &short, "chat.x"],
+        &[],
+        "chat.x",
+    )
+    .await;
+    let out = tokio::time::timeout(RECV_TIMEOUT, sub.wait_with_output())
+        .await
+        .expect("subscribe still running after its token expired")
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("4003 token expired") && err.contains("--token"),
+        "{err}"
+    );
+    assert!(!err.contains("reconnecting"), "{err}");
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publish_takes_the_api_key_and_says_which_flag_was_wrong() {
+    let key = tickwire::apikey::generate().unwrap();
+    let server = start(&format!(
+        "[[auth.api_keys]]\nname = \"p\"\nsha256 = \"{}\"\npublish = [\">\"]\n",
+        key.sha256
+    ))
+    .await;
+    let http = format!("http://{}", server.addr);
+    let (code, _, err) = run(tickwire(&["publish", "--url", &http, "chat.k", "1"]), None).await;
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("HTTP 401") && err.contains("pass the publisher's API key with --api-key"),
+        "{err}"
+    );
+    let (code, _, err) = run(
+        tickwire(&["publish", "--url", &http, "--api-key", "nope", "chat.k", "1"]),
+        None,
+    )
+    .await;
+    assert_eq!(code, 1);
+    assert!(err.contains("the key given with --api-key was refused"), "{err}");
+    for flag in ["--api-key", "--token"] {
+        let (code, out, err) = run(
+            tickwire(&["publish", "--url", &http, flag, &key.key, "chat.k", "1"]),
+            None,
+        )
+        .await;
+        assert_eq!(code, 0, "{flag}: {err}");
+        assert!(out.contains("\"topic\":\"chat.k\""), "{out}");
+    }
+    // Singular when it is one.
+    let (code, _, err) = run(
+        tickwire(&["publish", "--url", &http, "--api-key", &key.key]),
+        Some(format!("{}\n", json!({"topic": "chat.k", "data": 3}))),
+    )
+    .await;
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("published 1 message in 1 request\n"), "{err}");
+    assert!(
+        !err.contains("reading NDJSON"),
+        "not said when stdin is a pipe: {err}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publish_at_a_terminal_says_it_reads_stdin() {
+    let server = start("").await;
+    let line = format!("{}\n", json!({"topic": "chat.tty", "data": 1}));
+    // `script` gives the command a terminal, forwards our stdin to it (and its end as Ctrl-D),
+    // and copies what the command writes to the terminal to its stdout.
+    let command = format!(
+        "{} publish --url http://{}",
+        env!("CARGO_BIN_EXE_tickwire"),
+        server.addr
+    );
+    let mut cmd = Command::new("script");
+    cmd.args(["-q", "-e", "-c", &command, "/dev/null"])
+        .current_dir(std::env::temp_dir())
+        .env_remove("TICKWIRE_URL")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    let (code, out, err) = run(cmd, Some(line)).await;
+    assert_eq!(code, 0, "{out} {err}");
+    assert!(out.contains("tickwire: reading NDJSON from stdin"), "{out}");
+    assert!(out.contains("published 1 message in 1 request"), "{out}");
 }

@@ -4,22 +4,37 @@
 
 pub(crate) mod publish;
 pub(crate) mod subscribe;
+mod target;
 
 use std::io::Write as _;
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Args;
 
+/// Where the server is: `--url`, `TICKWIRE_URL`, or the configuration's `server.listen`.
+#[derive(Args)]
+pub(crate) struct ServerArgs {
+    /// The server: its base URL (http://HOST:PORT, https://, ws://, wss://, with or without
+    /// /ws). Default: $TICKWIRE_URL, else server.listen from the configuration (as `serve`
+    /// loads it; 0.0.0.0 is reached as 127.0.0.1, https/wss when tls.cert is set).
+    #[arg(long, value_name = "URL")]
+    pub(crate) url: Option<String>,
+    /// Configuration file to take server.listen from when no URL is given.
+    #[arg(long, value_name = "FILE")]
+    pub(crate) config: Option<PathBuf>,
+}
+
 #[derive(Args)]
 pub(crate) struct SubscribeArgs {
-    /// WebSocket URL of the server.
-    #[arg(long, default_value = "ws://127.0.0.1:8080/ws")]
-    pub(crate) url: String,
+    #[command(flatten)]
+    pub(crate) server: ServerArgs,
     /// Show a live table of price quotes (symbol, bid, ask, last, change since the first quote
     /// seen) instead of JSON lines.
     #[arg(long)]
     pub(crate) table: bool,
-    /// Token sent as `?token=` on every (re)connect.
+    /// Token sent as `?token=` on every (re)connect (for `auth.mode = "jwt"`). A token the
+    /// server refuses, or one that expires, ends the command with status 1.
     #[arg(long)]
     pub(crate) token: Option<String>,
     /// Exit (with status 1) when the connection drops instead of reconnecting.
@@ -32,15 +47,14 @@ pub(crate) struct SubscribeArgs {
 
 #[derive(Args)]
 pub(crate) struct PublishArgs {
-    /// Base URL of the server's HTTP API.
-    #[arg(long, default_value = "http://127.0.0.1:8080")]
-    pub(crate) url: String,
+    #[command(flatten)]
+    pub(crate) server: ServerArgs,
     /// Messages per request when reading NDJSON from stdin.
     #[arg(long, default_value_t = 500, value_parser = clap::value_parser!(u32).range(1..))]
     pub(crate) batch_size: u32,
-    /// Token sent as `Authorization: Bearer`.
-    #[arg(long)]
-    pub(crate) token: Option<String>,
+    /// The publisher's API key (from `tickwire hash-key`), sent as `Authorization: Bearer`.
+    #[arg(long = "api-key", alias = "token", value_name = "KEY")]
+    pub(crate) api_key: Option<String>,
     /// Tries per request: each request carries an `Idempotency-Key` and is retried with it
     /// after a timeout, a connection failure or a 503, so the server publishes it once.
     #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=20))]

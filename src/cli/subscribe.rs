@@ -6,21 +6,27 @@ use std::fmt::Write as _;
 use std::io::Write as _;
 use std::time::Duration;
 
-use tickwire_client::{Client, ClientOptions, Event, Events, SubscriptionState, TokenProvider, Update};
+use tickwire_client::{
+    Client, ClientOptions, Error, Event, Events, SubscriptionState, TokenProvider, Update,
+};
+use tickwire_proto::close::TOKEN_EXPIRED;
 
+use super::target::Target;
 use super::{print_json, runtime, Failure, Interrupt, SubscribeArgs};
 
 pub(crate) async fn run(args: SubscribeArgs) -> Result<(), Failure> {
+    let target = Target::resolve(args.server.url.as_deref(), args.server.config.as_deref())?;
     let mut interrupt = Interrupt::new()?;
     let (client, mut events) = tokio::select! {
-        started = start(&args) => started?,
+        started = start(&args, &target) => started?,
         () = interrupt.wait() => return Ok(()),
     };
     let mut out = Output {
         table: args.table.then(Table::default),
         stdout: std::io::stdout(),
         last_close: None,
-        url: &args.url,
+        refused: None,
+        url: &target.ws,
         reconnects: !args.no_reconnect,
     };
     let mut redraw = tokio::time::interval(Duration::from_millis(250));
@@ -36,8 +42,7 @@ pub(crate) async fn run(args: SubscribeArgs) -> Result<(), Failure> {
             }
             event = events.recv() => {
                 let Some(event) = event else {
-                    let (code, reason) = out.last_close.unwrap_or((1006, String::new()));
-                    return Err(Failure::Runtime(format!("connection closed: {code} {reason}")));
+                    return Err(Failure::Runtime(out.ended(&target, args.token.is_some())));
                 };
                 if out.show(event).is_err() {
                     break; // stdout is gone (e.g. `| head`): nothing left to do
@@ -50,7 +55,7 @@ pub(crate) async fn run(args: SubscribeArgs) -> Result<(), Failure> {
 }
 
 /// Connects and subscribes; the events are taken before the subscribe so none is missed.
-async fn start(args: &SubscribeArgs) -> Result<(Client, Events), Failure> {
+async fn start(args: &SubscribeArgs, target: &Target) -> Result<(Client, Events), Failure> {
     let mut options = ClientOptions::default();
     if args.no_reconnect {
         options = options.no_reconnect();
@@ -58,9 +63,9 @@ async fn start(args: &SubscribeArgs) -> Result<(Client, Events), Failure> {
     if let Some(token) = args.token.clone() {
         options = options.token_provider(TokenProvider::fixed(token));
     }
-    let client = Client::connect(args.url.as_str(), options)
+    let client = Client::connect(target.ws.as_str(), options)
         .await
-        .map_err(runtime)?;
+        .map_err(|e| Failure::Runtime(target.connect_failure(&e, args.token.is_some())))?;
     let events = client.events().expect("a new client's events are not taken yet");
     match client.subscribe(args.topics.clone()).await {
         Ok(_) => {}
@@ -79,11 +84,27 @@ struct Output<'a> {
     stdout: std::io::Stdout,
     /// The last close, reported when the events end.
     last_close: Option<(u16, String)>,
+    /// A reconnect refused for its credentials: the client stops, and this is why.
+    refused: Option<Error>,
     url: &'a str,
     reconnects: bool,
 }
 
 impl Output<'_> {
+    /// Why the client stopped, once its events have ended.
+    fn ended(&mut self, target: &Target, token_given: bool) -> String {
+        if let Some(e) = self.refused.take() {
+            return target.connect_failure(&e, token_given);
+        }
+        match self.last_close.take() {
+            Some((TOKEN_EXPIRED, reason)) => {
+                format!("connection closed: {TOKEN_EXPIRED} {reason}; pass a fresh token with --token")
+            }
+            Some((code, reason)) => format!("connection closed: {code} {reason}"),
+            None => "connection closed: 1006".into(),
+        }
+    }
+
     /// Shows one event; an error means stdout is gone.
     fn show(&mut self, event: Event) -> std::io::Result<()> {
         match event {
@@ -105,16 +126,23 @@ impl Output<'_> {
                 ),
             },
             Event::Open => {
+                self.refused = None;
                 if self.last_close.is_some() {
                     eprintln!("tickwire: reconnected to {}", self.url);
                 }
                 Ok(())
             }
             Event::Close { code, reason } => {
-                if self.reconnects {
+                // An expired token is not reconnected with: the events end next.
+                if self.reconnects && code != TOKEN_EXPIRED {
                     eprintln!("tickwire: connection closed ({code} {reason}), reconnecting");
                 }
                 self.last_close = Some((code, reason));
+                Ok(())
+            }
+            // Final: reported once, when the events end.
+            Event::Error(e @ Error::Unauthorized { .. }) => {
+                self.refused = Some(e);
                 Ok(())
             }
             Event::Error(e) => {

@@ -57,8 +57,10 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 impl Client {
     /// Connects to `url` (`ws://` or `wss://`, e.g. `ws://127.0.0.1:8080/ws`).
     ///
-    /// Fails when the first connection cannot be made; after that, the client reconnects by
-    /// itself (unless [`ClientOptions::no_reconnect`]). Take the event stream with
+    /// Fails when the first connection cannot be made ([`Error::Unauthorized`] when the server
+    /// refuses the token); after that, the client reconnects by itself (unless
+    /// [`ClientOptions::no_reconnect`], or a reconnect's token is refused: see
+    /// [`ClientOptions::token_provider`]). Take the event stream with
     /// [`Client::events`]. Must be called within a Tokio runtime.
     pub async fn connect(url: impl Into<String>, options: ClientOptions) -> Result<Client> {
         Client::start(url.into(), options, None).await
@@ -75,7 +77,8 @@ impl Client {
 
     async fn start(url: String, options: ClientOptions, callbacks: Option<Callbacks>) -> Result<Client> {
         check_scheme(&url, &["ws", "wss"])?;
-        let ws = connection::open(&url, &options).await?;
+        let token = connection::token(&options).await?;
+        let ws = connection::open(&url, &options, token.as_deref()).await?;
         let (commands, commands_rx) = mpsc::channel(options.request_buffer);
         let (events_tx, events_rx) = mpsc::channel(options.event_buffer);
         let (shutdown, shutdown_rx) = watch::channel(false);
@@ -90,7 +93,7 @@ impl Client {
             None => (Some(events_rx), None),
         };
         let task = Task::new(url, options, commands_rx, events_tx, shutdown_rx, shared.clone());
-        let task = tokio::spawn(task.run(ws));
+        let task = tokio::spawn(task.run(ws, token));
         Ok(Client {
             inner: Arc::new(Inner {
                 commands,

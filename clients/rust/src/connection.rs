@@ -165,6 +165,16 @@ struct Retry {
     attempt: u32,
 }
 
+/// What the token provider says after the server refused a token.
+enum Renewal {
+    /// A different token: worth another attempt.
+    New(String),
+    /// The same token, or no provider: the refusal is final.
+    None,
+    /// The provider failed.
+    Failed(Error),
+}
+
 /// How a connection ended.
 struct End {
     code: u16,
@@ -188,10 +198,18 @@ fn tls() -> Arc<rustls::ClientConfig> {
     TLS.get_or_init(default_tls).clone()
 }
 
-/// Opens one connection: token, TCP, TLS for `wss://`, WebSocket handshake.
-pub(crate) async fn open(url: &str, options: &ClientOptions) -> Result<Ws> {
-    let target = match &options.token {
-        Some(provider) => with_token(url, &provider.token().await.map_err(Error::Token)?),
+/// A token from the provider, when there is one.
+pub(crate) async fn token(options: &ClientOptions) -> Result<Option<String>> {
+    match &options.token {
+        Some(provider) => Ok(Some(provider.token().await.map_err(Error::Token)?)),
+        None => Ok(None),
+    }
+}
+
+/// Opens one connection with `token`: TCP, TLS for `wss://`, WebSocket handshake.
+pub(crate) async fn open(url: &str, options: &ClientOptions, token: Option<&str>) -> Result<Ws> {
+    let target = match token {
+        Some(token) => with_token(url, token),
         None => url.to_string(),
     };
     let connect_err = |source: tungstenite::Error| Error::Connect {
@@ -216,7 +234,10 @@ pub(crate) async fn open(url: &str, options: &ClientOptions) -> Result<Ws> {
         }),
         Ok(Err(tungstenite::Error::Http(response))) => {
             let body = response.body().as_deref().unwrap_or_default();
-            Err(Error::from_http(response.status().as_u16(), body))
+            let content_type = (response.headers().get(tungstenite::http::header::CONTENT_TYPE))
+                .and_then(|v| v.to_str().ok());
+            let status = response.status().as_u16();
+            Err(Error::from_handshake(url, status, content_type, body))
         }
         Ok(Err(e)) => Err(connect_err(e)),
         Ok(Ok((ws, _response))) => Ok(ws),
@@ -283,15 +304,22 @@ impl Task {
         }
     }
 
-    /// Runs connections until the client is closed or reconnecting stops.
-    pub async fn run(mut self, first: Ws) {
+    /// Runs connections, the first opened with `token`, until the client is closed or
+    /// reconnecting stops.
+    pub async fn run(mut self, first: Ws, token: Option<String>) {
         let mut next = Some(first);
+        // The token of the open connection, and a replacement for the next one.
+        let mut current = token;
+        let mut fresh: Option<String> = None;
         let mut failures: u32 = 0;
         loop {
             let ws = match next.take() {
                 Some(ws) => ws,
-                None => match self.reconnect(&mut failures).await {
-                    Some(ws) => ws,
+                None => match self.reconnect(&mut failures, fresh.take()).await {
+                    Some((ws, token)) => {
+                        current = token;
+                        ws
+                    }
                     None => break,
                 },
             };
@@ -315,6 +343,18 @@ impl Task {
                 break;
             }
             self.emit(event).await;
+            if end.code == close::TOKEN_EXPIRED {
+                // Reconnecting with the token that just expired would be refused (or, within
+                // its last second, accepted and closed again at once): only a new one helps.
+                match self.renewed_token(current.as_deref()).await {
+                    Renewal::New(token) => fresh = Some(token),
+                    Renewal::Failed(e) => self.emit(Event::Error(e)).await,
+                    Renewal::None => {
+                        debug!("token expired and no new one: not reconnecting");
+                        break;
+                    }
+                }
+            }
         }
         self.shared.connected.store(false, Ordering::Release);
         for cmd in self.replay.drain(..) {
@@ -326,8 +366,17 @@ impl Task {
         }
     }
 
-    /// Waits out the backoff and opens a new connection; `None` when it is time to stop.
-    async fn reconnect(&mut self, failures: &mut u32) -> Option<Ws> {
+    /// Waits out the backoff and opens a new connection (with `fresh` as its token, else one
+    /// from the provider); returns it with its token, or `None` when it is time to stop.
+    ///
+    /// Refused credentials (401/403) stop it unless the token provider, asked again at once,
+    /// supplies a token other than the refused one: the same token would only be refused again,
+    /// forever (an expired token in a loop). The new token is kept for the next attempt.
+    async fn reconnect(
+        &mut self,
+        failures: &mut u32,
+        mut fresh: Option<String>,
+    ) -> Option<(Ws, Option<String>)> {
         loop {
             let backoff = self.options.reconnect.clone()?;
             if backoff.max_attempts.is_some_and(|max| *failures >= max) {
@@ -337,17 +386,56 @@ impl Task {
             let delay = backoff.delay(*failures);
             *failures = failures.saturating_add(1);
             debug!(?delay, attempt = *failures, "reconnecting");
-            let opened = tokio::select! {
+            let given = fresh.take();
+            let (used, opened) = tokio::select! {
                 () = shut_down(&mut self.shutdown) => return None,
                 opened = async {
                     tokio::time::sleep(delay).await;
-                    open(&self.url, &self.options).await
+                    let used = match given {
+                        Some(token) => Some(token),
+                        None => match token(&self.options).await {
+                            Ok(token) => token,
+                            Err(e) => return (None, Err(e)),
+                        },
+                    };
+                    let opened = open(&self.url, &self.options, used.as_deref()).await;
+                    (used, opened)
                 } => opened,
             };
             match opened {
-                Ok(ws) => return Some(ws),
+                Ok(ws) => return Some((ws, used)),
+                Err(e @ Error::Unauthorized { .. }) => match self.renewed_token(used.as_deref()).await {
+                    Renewal::New(token) => {
+                        fresh = Some(token);
+                        self.emit(Event::Error(e)).await;
+                    }
+                    Renewal::Failed(provider) => {
+                        self.emit(Event::Error(e)).await;
+                        self.emit(Event::Error(provider)).await;
+                    }
+                    Renewal::None => {
+                        debug!(error = %e, "credentials refused: not reconnecting");
+                        self.emit_final(Event::Error(e)).await;
+                        return None;
+                    }
+                },
                 Err(e) => self.emit(Event::Error(e)).await,
             }
+        }
+    }
+
+    /// Asks the token provider for a token to replace `refused`; a close request ends the
+    /// wait (and the client).
+    async fn renewed_token(&mut self, refused: Option<&str>) -> Renewal {
+        let asked = tokio::select! {
+            () = shut_down(&mut self.shutdown) => return Renewal::None,
+            asked = token(&self.options) => asked,
+        };
+        match asked {
+            Ok(Some(token)) if Some(token.as_str()) != refused => Renewal::New(token),
+            Ok(_) => Renewal::None,
+            // Maybe the provider's own source is down for a moment: the next attempt asks again.
+            Err(e) => Renewal::Failed(e),
         }
     }
 

@@ -55,6 +55,33 @@ pub enum Error {
         /// The error message from the body, or the body itself.
         message: String,
     },
+    /// The server refused the WebSocket handshake's credentials (HTTP 401: missing, expired or
+    /// invalid token) or its origin (HTTP 403).
+    ///
+    /// Permanent: from [`Client::connect`](crate::Client::connect) it is returned as is, and
+    /// after a reconnect attempt the client stops reconnecting (the event stream ends after the
+    /// [`Event::Error`](crate::Event::Error) carrying it) unless its
+    /// [`TokenProvider`](crate::TokenProvider) then supplies a token other than the refused one.
+    #[error("the server refused the connection: HTTP {status}: {code}: {message}")]
+    Unauthorized {
+        /// 401 or 403.
+        status: u16,
+        /// The error `code` from the body (`unauthorized`, `forbidden`), or `http_<status>`.
+        code: String,
+        /// Why, e.g. `token expired`.
+        message: String,
+    },
+    /// The URL answered the WebSocket handshake with a success or a redirect (2xx, 3xx) instead
+    /// of switching protocols: it is not a tickwire WebSocket endpoint (an HTML page, say).
+    #[error("{url} answered HTTP {status} ({content_type}) instead of a WebSocket upgrade: not a tickwire WebSocket endpoint")]
+    NotWebSocket {
+        /// The URL connected to, without its token.
+        url: String,
+        /// The HTTP status it answered with.
+        status: u16,
+        /// Its `Content-Type` (`text/html`, ...), or `no body`.
+        content_type: String,
+    },
     /// The server sent something that does not follow the protocol.
     #[error("protocol error: {0}")]
     Protocol(String),
@@ -79,10 +106,13 @@ pub enum Error {
 }
 
 impl Error {
-    /// The server's error code, for [`Error::Server`] and [`Error::Http`].
+    /// The server's error code, for [`Error::Server`], [`Error::Http`] and
+    /// [`Error::Unauthorized`].
     pub fn code(&self) -> Option<&str> {
         match self {
-            Error::Server { code, .. } | Error::Http { code, .. } => Some(code),
+            Error::Server { code, .. } | Error::Http { code, .. } | Error::Unauthorized { code, .. } => {
+                Some(code)
+            }
             _ => None,
         }
     }
@@ -107,10 +137,45 @@ impl Error {
             Err(_) => Error::Http {
                 status,
                 code: format!("http_{status}"),
-                message: String::from_utf8_lossy(body).chars().take(512).collect(),
+                message: one_line(&String::from_utf8_lossy(body), 512),
             },
         }
     }
+
+    /// The error for a WebSocket handshake answered with `status` instead of 101.
+    pub(crate) fn from_handshake(url: &str, status: u16, content_type: Option<&str>, body: &[u8]) -> Error {
+        if (200..400).contains(&status) {
+            let content_type = match content_type {
+                Some(t) => one_line(t.split(';').next().unwrap_or(t), 64),
+                None if body.is_empty() => "no body".into(),
+                None => "no Content-Type".into(),
+            };
+            return Error::NotWebSocket {
+                url: url.to_string(),
+                status,
+                content_type,
+            };
+        }
+        match Error::from_http(status, body) {
+            Error::Http {
+                status: status @ (401 | 403),
+                code,
+                message,
+            } => Error::Unauthorized {
+                status,
+                code,
+                message,
+            },
+            other => other,
+        }
+    }
+}
+
+/// `text` with every run of whitespace (newlines included) as one space, cut at `max` chars:
+/// an HTML error page must not spill over many lines of a log or a terminal.
+fn one_line(text: &str, max: usize) -> String {
+    let words: Vec<&str> = text.split_whitespace().collect();
+    words.join(" ").chars().take(max).collect()
 }
 
 #[cfg(test)]
@@ -124,5 +189,39 @@ mod tests {
         assert_eq!(e.to_string(), "HTTP 403: forbidden: no");
         let e = Error::from_http(502, b"bad gateway");
         assert_eq!(e.to_string(), "HTTP 502: http_502: bad gateway");
+        let e = Error::from_http(404, b"<html>\n  <h1>Not\r\nFound</h1>\n</html>\n");
+        assert_eq!(
+            e.to_string(),
+            "HTTP 404: http_404: <html> <h1>Not Found</h1> </html>"
+        );
+    }
+
+    #[test]
+    fn handshake_refusals() {
+        let body = br#"{"error":{"code":"unauthorized","message":"token expired"}}"#;
+        let e = Error::from_handshake("ws://h/ws", 401, Some("application/json"), body);
+        assert!(matches!(e, Error::Unauthorized { status: 401, .. }), "{e:?}");
+        assert_eq!(e.code(), Some("unauthorized"));
+        assert_eq!(
+            e.to_string(),
+            "the server refused the connection: HTTP 401: unauthorized: token expired"
+        );
+        let e = Error::from_handshake("ws://h/ws", 403, None, b"denied");
+        assert!(matches!(e, Error::Unauthorized { status: 403, .. }), "{e:?}");
+        let body = br#"{"error":{"code":"unavailable","message":"connection limit reached"}}"#;
+        let e = Error::from_handshake("ws://h/ws", 503, None, body);
+        assert!(matches!(e, Error::Http { status: 503, .. }), "{e:?}");
+        let e = Error::from_handshake(
+            "ws://h:1/",
+            200,
+            Some("text/html; charset=utf-8"),
+            b"<!doctype html>",
+        );
+        assert_eq!(
+            e.to_string(),
+            "ws://h:1/ answered HTTP 200 (text/html) instead of a WebSocket upgrade: not a tickwire WebSocket endpoint"
+        );
+        let e = Error::from_handshake("ws://h:1/", 301, None, b"");
+        assert!(e.to_string().contains("HTTP 301 (no body)"), "{e}");
     }
 }

@@ -62,6 +62,19 @@
 //! [`SubscriptionState`]: `Retrying`, then `Subscribed` or `Failed`. The re-subscription after a
 //! reconnect is retried the same way. Other refusals (`forbidden`, `invalid_topic`, ...) are final.
 //!
+//! # Refused credentials
+//!
+//! A WebSocket handshake answered with HTTP 401 (missing, invalid or expired token) or 403
+//! (origin not allowed) is [`Error::Unauthorized`], and it is permanent: [`Client::connect`]
+//! returns it, and when a reconnect gets it the client stops, with the error as the last
+//! [`Event::Error`] before the event stream ends. Likewise a connection the server closes
+//! because its token expired (close code 4003) is not reconnected with that token: the event
+//! stream ends after that [`Event::Close`]. The one exception, both times: a
+//! [`TokenProvider`] that, asked again right then, returns a different token; that one is
+//! tried next.
+//! A URL that answers the handshake with a page or a redirect instead (a wrong path, another
+//! server) is [`Error::NotWebSocket`].
+//!
 //! # Backpressure
 //!
 //! Events go through a bounded channel ([`ClientOptions::event_buffer`]). A consumer that stops

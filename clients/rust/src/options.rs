@@ -169,6 +169,11 @@ impl ClientOptions {
     /// off for ignoring its rate limit: reconnecting would repeat that). A connection that
     /// lasted under a second counts as a failed attempt, so a server that accepts and
     /// immediately closes does not get hammered.
+    ///
+    /// A reconnect refused with HTTP 401 or 403 ([`Error::Unauthorized`](crate::Error)), or a
+    /// close for an expired token (4003), stops reconnecting, unless the
+    /// [token provider](Self::token_provider) then returns a token other than the refused one
+    /// (see there).
     pub fn reconnect(mut self, backoff: Backoff) -> ClientOptions {
         self.reconnect = Some(backoff);
         self
@@ -248,6 +253,14 @@ impl ClientOptions {
     }
 
     /// Asks `provider` for a token before every (re)connect and sends it as `?token=`.
+    ///
+    /// When the server closes the connection because its token expired (close code 4003), or
+    /// refuses a reconnect's token (HTTP 401 or 403), the client asks the provider once more at
+    /// once: a different token is used for the next attempt; the same token (a
+    /// [`TokenProvider::fixed`] one, say) ends the client, after the `Close` event or with
+    /// [`Error::Unauthorized`](crate::Error) on the event stream, since retrying it would be
+    /// refused forever. A provider error is reported and the next attempt asks again. Without
+    /// a provider, a refusal is always final.
     pub fn token_provider(mut self, provider: TokenProvider) -> ClientOptions {
         self.token = Some(provider);
         self
