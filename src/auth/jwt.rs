@@ -173,6 +173,12 @@ impl Verifier {
         let expires = (UNIX_EPOCH.checked_add(Duration::from_secs(exp as u64)))
             .and_then(|t| t.checked_add(self.leeway))
             .ok_or_else(|| AuthError::BadClaim("exp".to_string()))?;
+        // `jsonwebtoken` compares whole seconds, so it takes a token during its `exp` second,
+        // which the connection's watchdog then closes at once (4003): a client reconnecting
+        // with it looped. Past its expiry (leeway included) a token is refused here instead.
+        if SystemTime::now() >= expires {
+            return Err(AuthError::Expired);
+        }
         Ok(Identity {
             subject: Some(claims.sub),
             acl,
@@ -314,6 +320,17 @@ mod tests {
         assert!(id.acl.may_publish(&crate::topic::Topic::parse("chat.x").unwrap()));
         let expires = id.expires.unwrap().duration_since(UNIX_EPOCH).unwrap().as_secs();
         assert_eq!(expires, t.exp + 5, "exp plus the default leeway");
+    }
+
+    /// A token is refused in its `exp` second, not accepted and then closed at once by the
+    /// connection's watchdog (which made clients loop).
+    #[test]
+    fn a_token_in_its_expiry_second_is_expired() {
+        let v = verifier("leeway = \"0s\"");
+        let claims = serde_json::json!({"sub": "a", "exp": now()});
+        assert_eq!(v.verify(&token(claims)).unwrap_err(), AuthError::Expired);
+        let later = serde_json::json!({"sub": "a", "exp": now() + 2});
+        assert!(v.verify(&token(later)).is_ok());
     }
 
     #[test]
