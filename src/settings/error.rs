@@ -96,6 +96,10 @@ impl fmt::Display for Problem {
         if let Some(value) = &self.value {
             write!(f, " = {value}")?;
         }
+        if self.value.is_none() && self.source == Source::Default {
+            // A section whose keys are all defaults: the message names what to set.
+            return write!(f, ": {}", self.message);
+        }
         write!(f, " ({}): {}", self.source, self.message)
     }
 }

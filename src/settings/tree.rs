@@ -123,22 +123,33 @@ fn fits(key: &str, default: &Value, value: &Value) -> bool {
 
 /// Why `key` is not a key of the settings, and which keys there are.
 pub(crate) fn unknown(key: &str) -> String {
-    let (parent, _) = key.rsplit_once('.').unwrap_or(("", key));
-    let siblings = if parent.is_empty() {
-        Some(defaults())
+    let parts: Vec<&str> = key.split('.').collect();
+    // The deepest section that exists on the way to `key`.
+    let (mut table, mut depth) = (defaults(), 0);
+    while let Some(inner) = parts.get(depth).and_then(|p| table.get(*p)) {
+        match inner.as_table() {
+            Some(inner) => (table, depth) = (inner, depth + 1),
+            None => {
+                return format!(
+                    "unknown key: `{}` is a value, not a section",
+                    parts[..=depth].join(".")
+                )
+            }
+        }
+    }
+    let names: Vec<&str> = table.keys().map(String::as_str).collect();
+    if depth == 0 {
+        format!(
+            "unknown section `{}`; the sections are: {}",
+            parts[0],
+            names.join(", ")
+        )
     } else {
-        get(defaults(), parent).and_then(Value::as_table)
-    };
-    match siblings {
-        Some(table) if parent.is_empty() => {
-            let names: Vec<&str> = table.keys().map(String::as_str).collect();
-            format!("unknown section; the sections are: {}", names.join(", "))
-        }
-        Some(table) => {
-            let names: Vec<&str> = table.keys().map(String::as_str).collect();
-            format!("unknown key; [{parent}] has: {}", names.join(", "))
-        }
-        None => format!("unknown key: `{parent}` has no keys of its own"),
+        format!(
+            "unknown key; [{}] has: {}",
+            parts[..depth].join("."),
+            names.join(", ")
+        )
     }
 }
 
