@@ -12,7 +12,7 @@ use toml::{Table, Value};
 use crate::settings::env;
 use crate::settings::error::{Problem, SettingsError, Source};
 use crate::settings::sections::{Settings, FRAME_ENVELOPE_BYTES};
-use crate::settings::tree::{self, defaults};
+use crate::settings::tree::{self, defaults, TABLE_LISTS};
 
 /// The working directory's optional file, loaded after the built-in defaults.
 const LOCAL_FILE: &str = "config/default.toml";
@@ -79,6 +79,13 @@ fn sorted(mut problems: Vec<Problem>) -> SettingsError {
 
 fn typed(table: Table) -> Result<Settings, toml::de::Error> {
     Value::Table(table).try_into()
+}
+
+/// The defaults with only `key` set to `value`, typed.
+fn alone(key: &str, value: Value) -> Result<Settings, toml::de::Error> {
+    let mut alone = defaults().clone();
+    tree::set(&mut alone, key, value);
+    typed(alone)
 }
 
 impl Layers {
@@ -215,12 +222,26 @@ impl Layers {
             let Some(value) = tree::get(&self.merged, key) else {
                 continue;
             };
-            let mut alone = defaults().clone();
-            tree::set(&mut alone, key, value.clone());
-            if let Err(e) = typed(alone) {
+            let Err(e) = alone(key, value.clone()) else {
+                continue;
+            };
+            // In a list of tables, the entries that fail alone, by index.
+            let entries = (value.as_array().filter(|_| TABLE_LISTS.contains(&key.as_str())))
+                .into_iter()
+                .flatten()
+                .enumerate()
+                .filter_map(|(i, entry)| {
+                    let e = alone(key, Value::Array(vec![entry.clone()])).err()?;
+                    Some((format!("{key}[{i}]"), entry, e))
+                });
+            let mut culprits: Vec<(String, &Value, toml::de::Error)> = entries.collect();
+            if culprits.is_empty() {
+                culprits.push((key.clone(), value, e));
+            }
+            for (shown_key, value, e) in culprits {
                 found.push(Problem {
-                    key: key.clone(),
-                    value: (!value.is_table()).then(|| tree::shown(key, value)),
+                    value: Some(tree::shown(key, value)),
+                    key: shown_key,
                     source: source.clone(),
                     message: e.message().trim().to_string(),
                 });

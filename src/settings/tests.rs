@@ -101,6 +101,18 @@ fn every_problem_is_reported_at_once() {
 }
 
 #[test]
+fn a_bad_entry_of_a_list_of_tables_is_named_by_its_index() {
+    let toml =
+        "[queue]\npolicies = [{pattern = \"a.>\", policy = \"queue\"}, {pattern = \"x\", policy = \"drop\"}]";
+    let [p] = &problems(toml)[..] else {
+        panic!("one problem")
+    };
+    assert_eq!(p.key, "queue.policies[1]");
+    assert_eq!(p.value.as_deref(), Some("{ pattern = \"x\", policy = \"drop\" }"));
+    assert!(p.message.contains("\"conflate\", \"queue\""), "{p}");
+}
+
+#[test]
 fn the_admin_listener_may_not_take_the_server_port() {
     for (server, admin) in [
         ("0.0.0.0:8080", "127.0.0.1:8080"),
