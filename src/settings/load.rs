@@ -194,7 +194,7 @@ impl Layers {
     fn related(&self, key: &str) -> bool {
         (self.problems.iter()).any(|p| {
             let b = &p.key;
-            b.is_empty() || b == key || key.starts_with(&format!("{b}.")) || b.starts_with(&format!("{key}."))
+            b == key || key.starts_with(&format!("{b}.")) || b.starts_with(&format!("{key}."))
         })
     }
 

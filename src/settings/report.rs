@@ -52,14 +52,14 @@ impl Settings {
     /// The effective configuration as TOML: pasted into a file, it loads to the same settings.
     /// Secrets are left out (their keys are named in a comment), so they load back as unset.
     pub fn to_toml(&self) -> String {
-        let hidden: Vec<&str> = [
-            ("auth.jwt.hs256_secret", &self.auth.jwt.hs256_secret),
-            ("broker.redis_url", &self.broker.redis_url),
-        ]
-        .into_iter()
-        .filter(|(_, secret)| secret.is_hidden())
-        .map(|(key, _)| key)
-        .collect();
+        let hidden = [
+            ("auth.jwt.hs256_secret", self.auth.jwt.hs256_secret.is_set()),
+            ("broker.redis_url", self.broker.redis_url.url_has_password()),
+        ];
+        let hidden = hidden
+            .into_iter()
+            .filter(|(_, hidden)| *hidden)
+            .map(|(key, _)| key);
         let mut out = String::from("# The effective configuration (defaults, files, environment).\n");
         for key in hidden {
             let source = tree::source_of(&self.origins, key);

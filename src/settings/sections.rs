@@ -81,7 +81,7 @@ settings_enum!(BrokerSubscribe { Interest => "interest", All => "all" });
 pub struct BrokerSettings {
     pub kind: BrokerKind,
     /// May carry a password: never printed then.
-    #[serde(skip_serializing_if = "Secret::is_hidden")]
+    #[serde(skip_serializing_if = "Secret::url_has_password")]
     pub redis_url: Secret,
     /// PEM CA certificate(s) that a `rediss://` server's certificate must chain to; `None`
     /// (empty) trusts the system's roots.
@@ -220,7 +220,7 @@ pub struct AnonymousSettings {
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct JwtSettings {
-    #[serde(skip_serializing_if = "Secret::is_hidden")]
+    #[serde(skip_serializing_if = "Secret::is_set")]
     pub hs256_secret: Secret,
     #[serde(with = "optional_path")]
     pub public_key_file: Option<PathBuf>,
@@ -262,11 +262,15 @@ impl Secret {
         &self.0
     }
 
-    /// Whether printing it would show a secret: anything set, except a URL without a password
-    /// (`redis://127.0.0.1:6379` is no secret, and the printed configuration needs it).
-    pub fn is_hidden(&self) -> bool {
-        let url_without_password = self.0.contains("://") && !self.0.contains('@');
-        !self.0.is_empty() && !url_without_password
+    pub fn is_set(&self) -> bool {
+        !self.0.is_empty()
+    }
+
+    /// Whether printing it as a URL would show a secret: anything set but a URL without a
+    /// password (`redis://127.0.0.1:6379` is no secret, and the printed configuration needs it).
+    pub fn url_has_password(&self) -> bool {
+        let printable_url = self.0.contains("://") && !self.0.contains('@');
+        self.is_set() && !printable_url
     }
 }
 
@@ -276,11 +280,15 @@ impl fmt::Debug for Secret {
     }
 }
 
-/// Printed only when not hidden (the fields skip it otherwise); `<redacted>` all the same if a
-/// field forgot to.
+/// Printed only when it shows no secret (the fields skip it otherwise); `<redacted>` all the
+/// same if a field forgot to.
 impl Serialize for Secret {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(if self.is_hidden() { "<redacted>" } else { &self.0 })
+        s.serialize_str(if self.url_has_password() {
+            "<redacted>"
+        } else {
+            &self.0
+        })
     }
 }
 

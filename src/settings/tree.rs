@@ -73,9 +73,7 @@ pub(crate) fn merge(
     for (k, v) in layer {
         let key = join(prefix, &k);
         match (base.get_mut(&k), v) {
-            (Some(Value::Table(inner)), Value::Table(v)) if !TABLE_LISTS.contains(&key.as_str()) => {
-                merge(inner, v, source, origins, &key)
-            }
+            (Some(Value::Table(inner)), Value::Table(v)) => merge(inner, v, source, origins, &key),
             (_, v) => {
                 origins.retain(|o, _| !(o == &key || o.starts_with(&format!("{key}."))));
                 origins.insert(key, source.clone());
