@@ -9,14 +9,11 @@ use std::sync::OnceLock;
 use toml::{Table, Value};
 
 use crate::settings::error::{Problem, Source};
-use crate::settings::sections::DEFAULTS_TOML;
+use crate::settings::sections::{Secret, DEFAULTS_TOML};
 
 /// The keys that hold lists of tables: an empty default list cannot say so itself, and the
 /// environment cannot set them.
 pub(crate) const TABLE_LISTS: [&str; 3] = ["queue.policies", "history.policies", "auth.api_keys"];
-
-/// Keys whose values are secrets: never shown in a message.
-const SECRETS: [&str; 2] = ["auth.jwt.hs256_secret", "broker.redis_url"];
 
 /// The compiled-in defaults as a tree.
 pub(crate) fn defaults() -> &'static Table {
@@ -83,9 +80,14 @@ pub(crate) fn merge(
     }
 }
 
-/// The value as a message shows it: TOML, with a secret hidden.
+/// The value as a message shows it: TOML, with a secret hidden (the rules of [`Secret`]).
 pub(crate) fn shown(key: &str, value: &Value) -> String {
-    if SECRETS.iter().any(|s| key.starts_with(s)) && value.as_str().is_some_and(|s| !s.is_empty()) {
+    let hidden = match value.as_str() {
+        Some(s) if key.starts_with("auth.jwt.hs256_secret") => !s.is_empty(),
+        Some(s) if key.starts_with("broker.redis_url") => Secret(s.to_string()).url_has_password(),
+        _ => false,
+    };
+    if hidden {
         return "<redacted>".to_string();
     }
     value.to_string()
