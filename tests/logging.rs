@@ -86,3 +86,14 @@ fn colour_on_a_terminal_unless_no_color_is_set() {
     assert!(empty.contains(ESC), "NO_COLOR=\"\" is not set: {empty:?}");
     assert!(!plain.contains(ESC), "NO_COLOR=1: no colour: {plain:?}");
 }
+
+#[tokio::test]
+async fn configuration_warnings_are_logged_at_start() {
+    let server = ServerProcess::start(&[("TICKWIRE__AUTH__JWT__HS256_SECRET", "tooshort")]).await;
+    let logs = server.logs();
+    let warning = (logs.lines())
+        .find(|l| l.contains("WARN") && l.contains("auth.jwt.hs256_secret"))
+        .unwrap_or_else(|| panic!("no warning about the short secret: {logs}"));
+    assert!(warning.contains("TICKWIRE__AUTH__JWT__HS256_SECRET"), "{warning}");
+    assert!(!logs.contains("tooshort"), "the secret is never logged: {logs}");
+}
