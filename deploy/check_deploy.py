@@ -127,22 +127,13 @@ def check_config(env: dict[str, str], config: Path | None = None) -> subprocess.
 
 
 def effective(stdout: str) -> dict[str, dict[str, str]]:
-    """The scalar keys of check-config's debug print, by section."""
+    """The scalar keys of check-config's output (the effective configuration as TOML), by
+    section, as strings: strings as they are, the rest as TOML writes them."""
     out: dict[str, dict[str, str]] = {}
-    section = None
-    lines = stdout.splitlines()
-    for i, line in enumerate(lines):
-        m = re.match(r"^ {4}(\w+): \w+ \{$", line)
-        if m:
-            section = out.setdefault(m.group(1), {})
-            continue
-        m = re.match(r"^ {8}(\w+): (.*?),?$", line)
-        if m and section is not None:
-            value = m.group(2)
-            if value == "Some(":  # pretty Debug puts an Option's content on the next line
-                value = f"Some({lines[i + 1].strip().rstrip(',')})"
-            if not value.endswith(("[", "{", "(")):
-                section[m.group(1)] = value
+    for name, section in tomllib.loads(stdout).items():
+        if isinstance(section, dict):
+            out[name] = {k: v if isinstance(v, str) else json.dumps(v) for k, v in section.items()
+                         if not isinstance(v, (dict, list))}
     return out
 
 
@@ -153,7 +144,7 @@ class Eff:
         self.s = s
         self.listen = s["server"]["listen"]
         admin = s["admin"]["listen"]
-        self.admin = None if admin == "None" else re.fullmatch(r"Some\((.*)\)", admin).group(1)
+        self.admin = admin or None
         self.server_port = port_of(self.listen)
         self.admin_port = port_of(self.admin)
         # The port that serves /healthz, /readyz and /metrics.
@@ -163,8 +154,8 @@ class Eff:
         self.shutdown = seconds(s["server"]["shutdown_timeout"])
         self.max_connections = int(s["server"]["max_connections"])
         self.max_body = int(s["http"]["max_body_bytes"])
-        # "Memory" or "Redis" (broker.redis_url is printed as <redacted>: read it from the
-        # files instead).
+        # "memory" or "redis" (a broker.redis_url with a password is not printed: read it from
+        # the files instead).
         self.broker = s.get("broker", {}).get("kind")
         self.prefix = s.get("broker", {}).get("prefix", "").strip('"')
         self.feed = s.get("feed", {}).get("enabled") == "true"
@@ -497,7 +488,7 @@ def check_compose(docs: dict[Path, list]) -> None:
     across("the effective settings are the same apart from the feed",
            lambda n: {k: v for k, v in vars(effs[n]).items() if k not in ("s", "feed")}
            == {k: v for k, v in vars(eff).items() if k not in ("s", "feed")})
-    across("broker.kind = redis (one shared broker)", lambda n: effs[n].broker == "Redis")
+    across("broker.kind = redis (one shared broker)", lambda n: effs[n].broker == "redis")
     on = [n for n in nodes if effs[n].feed]
     check(len(on) == 1, f"compose: the demo feed runs on exactly one node ({on}); on several, "
           "each would publish its own prices on the same topics")
@@ -684,7 +675,7 @@ def check_k8s(docs: dict[Path, list]) -> None:
     eff = settings_of("k8s container (ConfigMap file + env)", env, cm_file)
     if not eff:
         return
-    check(eff.broker == "Redis", f"k8s: broker.kind = redis ({eff.broker}): the replicas share "
+    check(eff.broker == "redis", f"k8s: broker.kind = redis ({eff.broker}): the replicas share "
           "one broker")
     check(not eff.feed, "k8s: the demo feed is off (on, every replica would publish its own "
           "prices on the same topics)")

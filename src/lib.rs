@@ -56,13 +56,18 @@
 //!   `transport` because the hub encodes each update once as a ready-to-write frame and the
 //!   outbox queues frames: putting it in `transport` would point `pubsub` up at the edge.
 //! - [`settings`]: the typed configuration (plain data: it builds nothing; see `prepare`).
-//!   `sections`: the typed sections and defaults; `load`: the layering of files and env vars;
-//!   `validate`: the checks, one function per section; `rules`: the parsed topic rules and the
+//!   `sections`: the typed sections and defaults; `values`: single values' forms; `tree`: the
+//!   layers as TOML trees, typed by the defaults' tree; `env`: the environment layer; `load`: the
+//!   layering of files and env vars; `validate`: the checks, one function per section, and the
+//!   warnings; `report`: values and sources in messages, the configuration printed as TOML;
+//!   `rules`: the parsed topic rules and the
 //!   one pattern-list parser; `cidr`: the networks of `server.trusted_proxies`; `origin`:
 //!   allowed origins; `pem`: reading certificate files; `error`: `SettingsError`.
 //! - [`topic`]: topic names and subscription patterns (validation and matching), `TopicError`:
 //!   re-exported from the `tickwire-proto` crate (`proto/`), which the client and the load test
 //!   share, as they share `protocol::Position`.
+//! - [`logging`]: the log subscriber (level, format, colour only on a terminal) and the
+//!   start-up summary line.
 //! - `metrics`: the Prometheus registry and every metric.
 //! - `feed`: the built-in simulated price feed.
 //! - `swap`: the snapshot-and-replace cell that makes keys and certificates swappable.
@@ -76,6 +81,7 @@ mod app;
 mod auth;
 mod cluster;
 mod feed;
+pub mod logging;
 mod metrics;
 pub mod prepare;
 pub mod protocol;

@@ -16,12 +16,12 @@ use clap::{CommandFactory, Parser, Subcommand};
 use clap_complete::Shell;
 use tickwire::apikey;
 use tickwire::jwt::{NewToken, MIN_SECRET_BYTES};
+use tickwire::logging;
 use tickwire::prepare::prepare;
 use tickwire::server;
-use tickwire::settings::{LogFormat, Settings};
+use tickwire::settings::Settings;
 use tickwire::topic::Pattern;
 use tracing::{info, warn};
-use tracing_subscriber::EnvFilter;
 
 mod cli;
 
@@ -155,12 +155,15 @@ fn main() -> ExitCode {
     // Builds what the settings describe (reads the key and certificate files), as `serve`
     // does, so that a bad file fails here with the same message and exit code.
     if let Err(e) = prepare(&settings) {
-        eprintln!("tickwire: {e}");
+        eprintln!("tickwire: {}", settings.explain(e));
         return ExitCode::from(2);
     }
     if check_only {
-        println!("{settings:#?}");
-        println!("configuration is valid");
+        for warning in settings.warnings() {
+            eprintln!("tickwire: warning: {warning}");
+        }
+        print!("{}", settings.to_toml());
+        println!("\n# configuration is valid");
         return ExitCode::SUCCESS;
     }
     match serve(settings) {
@@ -301,14 +304,8 @@ fn token(secret: &str, claims: &NewToken) -> ExitCode {
 }
 
 fn serve(settings: Settings) -> anyhow::Result<()> {
-    let filter = EnvFilter::try_from_default_env().or_else(|_| EnvFilter::try_new(&settings.log.level))?;
-    let logs = tracing_subscriber::fmt().with_env_filter(filter);
-    match settings.log.format {
-        LogFormat::Text => logs.init(),
-        LogFormat::Json => logs.json().init(),
-    }
-    // Secrets print as <redacted> (settings::Secret); API keys are stored only as digests.
-    info!(version = env!("CARGO_PKG_VERSION"), settings = ?settings, "starting");
+    logging::init(&settings)?;
+    logging::starting(&settings);
     match server::raise_fd_limit() {
         Ok(limit) => info!(limit, "open files limit"),
         Err(e) => warn!(error = %e, "could not raise the open files limit"),

@@ -183,7 +183,7 @@ fn the_production_example_is_valid_once_its_files_exist() {
     assert_eq!(o.status.code(), Some(0), "stderr: {}", stderr(&o));
     let out = stdout(&o);
     assert!(
-        out.contains("mode: Jwt") && out.contains("configuration is valid"),
+        out.contains("mode = \"jwt\"") && out.contains("configuration is valid"),
         "{out}"
     );
     assert!(out.contains("pricing-service"), "{out}");

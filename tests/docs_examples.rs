@@ -53,12 +53,7 @@ fn examples(doc: &str) -> Vec<Example> {
             let next = lines[i];
             if let Some(answer) = next.strip_prefix("# → ") {
                 expected.push(answer.to_string());
-            } else if line.starts_with("$ ")
-                && !next.starts_with("$ ")
-                && !next.starts_with('(')
-                && !next.starts_with("```")
-                && !(next.is_empty() && expected.iter().any(|l| l.starts_with('{')))
-            {
+            } else if line.starts_with("$ ") && !ends_an_answer(next, &expected) {
                 expected.push(next.to_string());
             } else {
                 break;
@@ -72,6 +67,15 @@ fn examples(doc: &str) -> Vec<Example> {
         });
     }
     out
+}
+
+/// A protocol-style answer ends at the next command, a `(…)` line describing another setup, the
+/// block's end, or the blank line after its JSON body (a blank line before it ends `-i` headers).
+fn ends_an_answer(next: &str, so_far: &[String]) -> bool {
+    next.starts_with("$ ")
+        || next.starts_with('(')
+        || next.starts_with("```")
+        || (next.is_empty() && so_far.iter().any(|l| l.starts_with('{')))
 }
 
 /// Whether `actual` has the shape of `documented`: objects with the same keys, values of the

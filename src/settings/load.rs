@@ -1,39 +1,42 @@
-//! The layering: compiled-in defaults, the optional files, the environment; then the values
-//! that depend on others are filled in and everything is validated.
+//! The layering: compiled-in defaults, the optional files, the environment (and `RUST_LOG`,
+//! which replaces `log.level`). Every layer is merged as a TOML tree and checked key by key, so
+//! that all unknown keys and bad values are reported at once, each with where it came from;
+//! then the values that depend on others are filled in and everything is validated.
 
-use std::path::Path;
+use std::collections::BTreeMap;
+use std::io::ErrorKind;
+use std::path::{Path, PathBuf};
 
-use config::{Config, Environment, File, FileFormat};
+use toml::{Table, Value};
 
-use crate::settings::error::SettingsError;
-use crate::settings::sections::{Secret, Settings, DEFAULTS_TOML, FRAME_ENVELOPE_BYTES};
+use crate::settings::env;
+use crate::settings::error::{Problem, SettingsError, Source};
+use crate::settings::sections::{Settings, FRAME_ENVELOPE_BYTES};
+use crate::settings::tree::{self, defaults, TABLE_LISTS};
 
-/// The environment variable of `auth.jwt.hs256_secret`, read verbatim.
-const SECRET_ENV: &str = "TICKWIRE__AUTH__JWT__HS256_SECRET";
+/// The working directory's optional file, loaded after the built-in defaults.
+const LOCAL_FILE: &str = "config/default.toml";
+
+/// The settings as the layers set them, before they are typed.
+struct Layers {
+    merged: Table,
+    origins: BTreeMap<String, Source>,
+    problems: Vec<Problem>,
+}
 
 impl Settings {
     /// The full layering used by the binary: defaults ← ./config/default.toml ← `file` ← env.
     pub fn load(file: Option<&Path>) -> Result<Settings, SettingsError> {
-        let mut builder = Config::builder()
-            .add_source(File::from_str(DEFAULTS_TOML, FileFormat::Toml))
-            .add_source(File::new("config/default.toml", FileFormat::Toml).required(false));
+        let mut layers = Layers::new();
+        layers.file(Path::new(LOCAL_FILE), false);
         if let Some(file) = file {
-            builder = builder.add_source(File::from(file).format(FileFormat::Toml));
+            layers.file(file, true);
         }
-        let env = Environment::with_prefix("TICKWIRE")
-            .prefix_separator("__")
-            .separator("__")
-            .try_parsing(true)
-            .list_separator(",")
-            .with_list_parse_key("feed.symbols")
-            .with_list_parse_key("server.allowed_origins")
-            .with_list_parse_key("server.trusted_proxies")
-            .with_list_parse_key("auth.anonymous.subscribe")
-            .with_list_parse_key("auth.anonymous.publish");
-        // `try_parsing` turns an all-digit secret into a number and back, changing it (a long
-        // one comes back in float notation): the secret is taken from the environment as is.
-        let secret = std::env::var(SECRET_ENV).ok().map(Secret);
-        let mut settings = Self::finish(builder.add_source(env).build()?, secret)?;
+        // Not `env::vars()`, which panics on a value that is not UTF-8 (of any variable).
+        let vars =
+            std::env::vars_os().filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)));
+        layers.env(vars);
+        let mut settings = layers.settings()?;
         settings.config_file = file.map(Path::to_path_buf);
         Ok(settings)
     }
@@ -41,90 +44,209 @@ impl Settings {
     /// Built-in defaults overlaid with `extra` TOML text; no files, no environment.
     /// For embedding and tests.
     pub fn from_toml(extra: &str) -> Result<Settings, SettingsError> {
-        let cfg = Config::builder()
-            .add_source(File::from_str(DEFAULTS_TOML, FileFormat::Toml))
-            .add_source(File::from_str(extra, FileFormat::Toml))
-            .build()?;
-        Self::finish(cfg, None)
+        let mut layers = Layers::new();
+        layers.text(extra, Source::File(PathBuf::from("<TOML text>")));
+        layers.settings()
     }
 
-    fn finish(cfg: Config, env_secret: Option<Secret>) -> Result<Settings, SettingsError> {
-        let mut settings: Settings = cfg.try_deserialize()?;
-        if let Some(secret) = env_secret {
-            settings.auth.jwt.hs256_secret = secret;
-        }
+    /// Fills in the values that depend on others, then validates: every failed check.
+    fn finish(&mut self) -> Vec<Problem> {
         // Lists from env vars are split on commas as is: "BTC-USD, ETH-USD" must still work.
         let lists = [
-            &mut settings.feed.symbols,
-            &mut settings.server.allowed_origins,
-            &mut settings.server.trusted_proxies,
-            &mut settings.auth.anonymous.subscribe,
-            &mut settings.auth.anonymous.publish,
+            &mut self.feed.symbols,
+            &mut self.server.allowed_origins,
+            &mut self.server.trusted_proxies,
+            &mut self.auth.anonymous.subscribe,
+            &mut self.auth.anonymous.publish,
         ];
         for list in lists {
             list.iter_mut().for_each(|item| *item = item.trim().to_string());
         }
-        if settings.http.max_message_bytes == 0 {
-            let room = settings.queue.max_bytes.saturating_sub(FRAME_ENVELOPE_BYTES);
-            settings.http.max_message_bytes = room.max(1);
+        if self.http.max_message_bytes == 0 {
+            let room = self.queue.max_bytes.saturating_sub(FRAME_ENVELOPE_BYTES);
+            self.http.max_message_bytes = room.max(1);
         }
-        settings.validate()?;
-        Ok(settings)
+        let errors = self.validate();
+        errors.into_iter().flat_map(|e| self.problems(e)).collect()
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::settings::sections::{Policy, TopicBounds};
-    use crate::topic::Topic;
-    use std::time::Duration;
+/// In key order (a file's own problems first), so a report reads the same every time.
+fn sorted(mut problems: Vec<Problem>) -> SettingsError {
+    problems.sort_by(|a, b| a.key.cmp(&b.key));
+    SettingsError::Problems(problems)
+}
 
-    #[test]
-    fn defaults_are_valid() {
-        let s = Settings::from_toml("").unwrap();
-        assert_eq!(s.server.listen.to_string(), "0.0.0.0:8080");
-        assert_eq!(s.server.max_message_bytes, 65536);
-        assert_eq!(s.queue.max_bytes, 1 << 20);
-        assert!(s.feed.enabled);
-        assert_eq!(s.server.ping_interval, Duration::from_secs(25));
-        assert_eq!(s.server.idle_timeout, Duration::from_secs(60));
-        assert_eq!(s.admin.listen, None);
-        assert_eq!(
-            s.topic_bounds(),
-            TopicBounds {
-                max_topics: 1_000_000,
-                max_catch_up_topics: 10_000,
-                idle_ttl: Some(Duration::from_secs(3600)),
-            }
-        );
-        let forever = Settings::from_toml("[topics]\nidle_ttl = \"0s\"").unwrap();
-        assert_eq!(forever.topic_bounds().idle_ttl, None);
-        let s = Settings::from_toml("[admin]\nlisten = \"127.0.0.1:9090\"").unwrap();
-        assert_eq!(s.admin.listen, Some("127.0.0.1:9090".parse().unwrap()));
-        let rules = s.topic_rules().unwrap();
-        assert_eq!(
-            rules.policy_for(&Topic::parse("chat.lobby").unwrap()),
-            Policy::Queue
-        );
-        assert_eq!(
-            rules.policy_for(&Topic::parse("prices.X").unwrap()),
-            Policy::Conflate
-        );
-        let chat = rules.retention_for(&Topic::parse("chat.x").unwrap());
-        assert_eq!((chat.size, chat.ttl), (100, Duration::from_secs(300)));
-        let s = Settings::from_toml("[history]\npolicies = [{pattern = \"a.>\", size = 5, ttl_seconds = 9}]")
-            .unwrap();
-        let rules = s.topic_rules().unwrap();
-        assert_eq!(rules.retention_for(&Topic::parse("a.b").unwrap()).size, 5);
-        assert_eq!(rules.retention_for(&Topic::parse("b.b").unwrap()).size, 100);
+fn typed(table: Table) -> Result<Settings, toml::de::Error> {
+    Value::Table(table).try_into()
+}
+
+/// The defaults with only `key` set to `value`, typed.
+fn alone(key: &str, value: Value) -> Result<Settings, toml::de::Error> {
+    let mut alone = defaults().clone();
+    tree::set(&mut alone, key, value);
+    typed(alone)
+}
+
+impl Layers {
+    fn new() -> Layers {
+        Layers {
+            merged: defaults().clone(),
+            origins: BTreeMap::new(),
+            problems: Vec::new(),
+        }
     }
 
-    #[test]
-    fn unknown_keys_are_rejected() {
-        let err = Settings::from_toml("[server]\nlisten_addr = \"1.2.3.4:5\"").unwrap_err();
-        assert!(err.to_string().contains("listen_addr"), "{err}");
-        let err = Settings::from_toml("[nope]\nx = 1").unwrap_err();
-        assert!(err.to_string().contains("nope"), "{err}");
+    fn file(&mut self, path: &Path, required: bool) {
+        let source = Source::File(path.to_path_buf());
+        let message = match std::fs::read_to_string(path) {
+            Ok(text) => return self.text(&text, source),
+            Err(e) if e.kind() == ErrorKind::NotFound && !required => return,
+            Err(e) if e.kind() == ErrorKind::NotFound => "not found".to_string(),
+            Err(e) => format!("cannot be read: {e}"),
+        };
+        self.problems.push(Problem {
+            key: String::new(),
+            value: None,
+            source,
+            message,
+        });
+    }
+
+    fn text(&mut self, text: &str, source: Source) {
+        match text.parse::<Table>() {
+            Ok(table) => tree::merge(&mut self.merged, table, &source, &mut self.origins, ""),
+            Err(e) => {
+                let at = e.span().map_or(0, |span| span.start).min(text.len());
+                let line = text[..at].matches('\n').count() + 1;
+                let column = at - text[..at].rfind('\n').map_or(0, |n| n + 1) + 1;
+                self.problems.push(Problem {
+                    key: String::new(),
+                    value: None,
+                    source,
+                    message: format!(
+                        "not valid TOML at line {line}, column {column}: {}",
+                        e.message().trim()
+                    ),
+                });
+            }
+        }
+    }
+
+    fn env(&mut self, vars: impl IntoIterator<Item = (String, String)>) {
+        let vars: Vec<(String, String)> = vars.into_iter().collect();
+        let (values, problems) = env::layer(vars.iter().cloned());
+        for v in values {
+            self.set(&v.key, v.value, v.source);
+        }
+        self.problems.extend(problems);
+        // RUST_LOG is the usual way to turn logs up; it replaces log.level, and an invalid one
+        // is refused like an invalid log.level rather than ignored.
+        if let Some((name, filter)) = vars
+            .into_iter()
+            .find(|(k, v)| k == "RUST_LOG" && !v.trim().is_empty())
+        {
+            self.set("log.level", Value::String(filter), Source::Env(name));
+        }
+    }
+
+    fn set(&mut self, key: &str, value: Value, source: Source) {
+        tree::set(&mut self.merged, key, value);
+        self.origins.insert(key.to_string(), source);
+    }
+
+    /// Typed and validated settings, or every problem found.
+    fn settings(mut self) -> Result<Settings, SettingsError> {
+        tree::check(&self.merged, defaults(), "", &self.origins, &mut self.problems);
+        let mut settings = match typed(self.merged.clone()) {
+            Ok(settings) if self.problems.is_empty() => settings,
+            whole => {
+                self.isolate();
+                if self.problems.is_empty() {
+                    self.problems.push(Problem {
+                        key: "(settings)".to_string(),
+                        value: None,
+                        source: Source::Default,
+                        message: whole.err().map_or_else(String::new, |e| e.message().to_string()),
+                    });
+                }
+                // The values that are fine go on to validation, so that one report holds every
+                // problem, not only those of the first stage that found one.
+                match typed(self.good()) {
+                    Ok(settings) => settings,
+                    Err(_) => return Err(sorted(self.problems)),
+                }
+            }
+        };
+        settings.origins = self.origins;
+        let mut problems = self.problems;
+        let bad: Vec<String> = problems.iter().map(|p| p.key.clone()).collect();
+        let more = settings.finish().into_iter().filter(|p| !bad.contains(&p.key));
+        problems.extend(more.collect::<Vec<_>>());
+        if problems.is_empty() {
+            Ok(settings)
+        } else {
+            Err(sorted(problems))
+        }
+    }
+
+    /// Whether `key` is, holds or is held by a key already found bad.
+    fn related(&self, key: &str) -> bool {
+        (self.problems.iter()).any(|p| {
+            let b = &p.key;
+            b == key || key.starts_with(&format!("{b}.")) || b.starts_with(&format!("{key}."))
+        })
+    }
+
+    /// The defaults with every value set that is not related to a problem.
+    fn good(&self) -> Table {
+        let mut good = defaults().clone();
+        for key in self.origins.keys().filter(|key| !self.related(key)) {
+            if let Some(value) = tree::get(&self.merged, key) {
+                tree::set(&mut good, key, value.clone());
+            }
+        }
+        good
+    }
+
+    /// Types each value set on its own over the defaults: the values that fail alone are the
+    /// culprits, so every one of them is reported, not only the first serde meets.
+    fn isolate(&mut self) {
+        let suspects: Vec<(&String, &Source)> = self
+            .origins
+            .iter()
+            .filter(|(key, _)| !self.related(key))
+            .collect();
+        let mut found = Vec::new();
+        for (key, source) in suspects {
+            let Some(value) = tree::get(&self.merged, key) else {
+                continue;
+            };
+            let Err(e) = alone(key, value.clone()) else {
+                continue;
+            };
+            // In a list of tables, the entries that fail alone, by index.
+            let entries = (value.as_array().filter(|_| TABLE_LISTS.contains(&key.as_str())))
+                .into_iter()
+                .flatten()
+                .enumerate()
+                .filter_map(|(i, entry)| {
+                    let e = alone(key, Value::Array(vec![entry.clone()])).err()?;
+                    Some((format!("{key}[{i}]"), entry, e))
+                });
+            let mut culprits: Vec<(String, &Value, toml::de::Error)> = entries.collect();
+            if culprits.is_empty() {
+                culprits.push((key.clone(), value, e));
+            }
+            for (shown_key, value, e) in culprits {
+                found.push(Problem {
+                    value: Some(tree::shown(key, value)),
+                    key: shown_key,
+                    source: source.clone(),
+                    message: e.message().trim().to_string(),
+                });
+            }
+        }
+        self.problems.extend(found);
     }
 }

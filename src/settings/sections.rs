@@ -1,12 +1,16 @@
 //! The typed configuration: [`Settings`] and one struct per section of the file, the limits
 //! their values are checked against, and the shipped defaults (`config/default.toml`).
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use serde::{Deserialize, Deserializer};
+use serde::{Deserialize, Serialize};
+
+use crate::settings::error::Source;
+use crate::settings::values::{addr, duration, optional_addr, optional_path, settings_enum};
 
 /// What an `update` or `snapshot` frame adds to its `data`, at most: the WebSocket header, the
 /// longest topic, 20-digit `seq` and `ts`, an epoch and the JSON around them (checked against
@@ -25,7 +29,7 @@ pub const MAX_IDEMPOTENCY_KEYS: usize = 1_000_000;
 /// The shipped defaults; the same file users read and copy.
 pub const DEFAULTS_TOML: &str = include_str!("../../config/default.toml");
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Settings {
     pub server: ServerSettings,
@@ -45,11 +49,14 @@ pub struct Settings {
     /// reads it again for `auth.api_keys`.
     #[serde(skip)]
     pub config_file: Option<PathBuf>,
+    /// Where each value not left at its default came from, by dotted key: what error
+    /// messages and warnings name.
+    #[serde(skip)]
+    pub(crate) origins: BTreeMap<String, Source>,
 }
 
 /// Where publications travel between the nodes of a cluster.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BrokerKind {
     /// One node: everything stays in this process.
     Memory,
@@ -57,9 +64,10 @@ pub enum BrokerKind {
     Redis,
 }
 
+settings_enum!(BrokerKind { Memory => "memory", Redis => "redis" });
+
 /// Which Redis channels a node listens to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BrokerSubscribe {
     /// Only the topics and patterns its own clients subscribe to.
     Interest,
@@ -67,27 +75,30 @@ pub enum BrokerSubscribe {
     All,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+settings_enum!(BrokerSubscribe { Interest => "interest", All => "all" });
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct BrokerSettings {
     pub kind: BrokerKind,
-    /// May carry a password: never printed.
+    /// May carry a password: never printed then.
+    #[serde(skip_serializing_if = "Secret::url_has_password")]
     pub redis_url: Secret,
     /// PEM CA certificate(s) that a `rediss://` server's certificate must chain to; `None`
     /// (empty) trusts the system's roots.
-    #[serde(deserialize_with = "optional_path")]
+    #[serde(with = "optional_path")]
     pub redis_ca_file: Option<PathBuf>,
     pub prefix: String,
     pub subscribe: BrokerSubscribe,
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "duration")]
     pub timeout: Duration,
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "duration")]
     pub reconnect_min: Duration,
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "duration")]
     pub reconnect_max: Duration,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct HistorySettings {
     pub size: usize,
@@ -95,7 +106,7 @@ pub struct HistorySettings {
     pub policies: Vec<HistoryRule>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct HistoryRule {
     pub pattern: String,
@@ -111,22 +122,23 @@ pub struct Retention {
     pub ttl: Duration,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ServerSettings {
+    #[serde(with = "addr")]
     pub listen: SocketAddr,
     pub max_message_bytes: usize,
     pub max_subscriptions_per_connection: usize,
     pub requests_per_second: f64,
     pub request_burst: u32,
     pub max_connections: usize,
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "duration")]
     pub ping_interval: Duration,
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "duration")]
     pub idle_timeout: Duration,
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "duration")]
     pub handshake_timeout: Duration,
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "duration")]
     pub shutdown_timeout: Duration,
     /// Origins (`scheme://host[:port]`) whose pages may open WebSockets; empty allows all.
     pub allowed_origins: Vec<String>,
@@ -138,7 +150,7 @@ pub struct ServerSettings {
     pub proxy_protocol: bool,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct LimitsSettings {
     /// Open WebSocket connections one client address may hold; 0 is unlimited.
@@ -149,12 +161,12 @@ pub struct LimitsSettings {
     pub max_catch_up_topics: usize,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct TopicsSettings {
     /// A topic without subscribers whose last publication is older than this is dropped with
     /// its last value and history; zero keeps topics forever.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "duration")]
     pub idle_ttl: Duration,
 }
 
@@ -173,19 +185,18 @@ pub struct TopicBounds {
 /// Shortest non-zero `topics.idle_ttl`: the sweep runs every half of it.
 pub const MIN_IDLE_TTL: Duration = Duration::from_millis(100);
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct TlsSettings {
     /// PEM certificate chain; `None` (empty) serves plain TCP.
-    #[serde(deserialize_with = "optional_path")]
+    #[serde(with = "optional_path")]
     pub cert: Option<PathBuf>,
     /// PEM private key of the certificate.
-    #[serde(deserialize_with = "optional_path")]
+    #[serde(with = "optional_path")]
     pub key: Option<PathBuf>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AuthMode {
     /// No credentials: every WebSocket client gets the anonymous ACL.
     None,
@@ -193,7 +204,9 @@ pub enum AuthMode {
     Jwt,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+settings_enum!(AuthMode { None => "none", Jwt => "jwt" });
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct AuthSettings {
     pub mode: AuthMode,
@@ -204,39 +217,40 @@ pub struct AuthSettings {
 }
 
 /// What WebSocket clients may do in `auth.mode = "none"`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct AnonymousSettings {
     pub subscribe: Vec<String>,
     pub publish: Vec<String>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct JwtSettings {
+    #[serde(skip_serializing_if = "Secret::is_set")]
     pub hs256_secret: Secret,
-    #[serde(deserialize_with = "optional_path")]
+    #[serde(with = "optional_path")]
     pub public_key_file: Option<PathBuf>,
-    #[serde(deserialize_with = "optional_path")]
+    #[serde(with = "optional_path")]
     pub jwks_file: Option<PathBuf>,
     /// HTTPS URL of the identity provider's JWKS; empty when not used.
     pub jwks_url: String,
     /// How often the JWKS at `jwks_url` is fetched again.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "duration")]
     pub jwks_refresh: Duration,
     /// PEM CA certificate(s) the `jwks_url` server's certificate must chain to; `None` (empty)
     /// trusts the system's roots.
-    #[serde(deserialize_with = "optional_path")]
+    #[serde(with = "optional_path")]
     pub jwks_ca_file: Option<PathBuf>,
     /// Required `aud` when not empty.
     pub audience: String,
     /// Required `iss` when not empty.
     pub issuer: String,
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "duration")]
     pub leeway: Duration,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ApiKeySettings {
     pub name: String,
@@ -254,6 +268,17 @@ impl Secret {
     pub fn expose(&self) -> &str {
         &self.0
     }
+
+    pub fn is_set(&self) -> bool {
+        !self.0.is_empty()
+    }
+
+    /// Whether printing it as a URL would show a secret: anything set but a URL without a
+    /// password (`redis://127.0.0.1:6379` is no secret, and the printed configuration needs it).
+    pub fn url_has_password(&self) -> bool {
+        let printable_url = self.0.contains("://") && !self.0.contains('@');
+        self.is_set() && !printable_url
+    }
 }
 
 impl fmt::Debug for Secret {
@@ -262,32 +287,30 @@ impl fmt::Debug for Secret {
     }
 }
 
+/// Printed only when it shows no secret (the fields skip it otherwise); `<redacted>` all the
+/// same if a field forgot to.
+impl Serialize for Secret {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(if self.url_has_password() {
+            "<redacted>"
+        } else {
+            &self.0
+        })
+    }
+}
+
 /// Longest accepted `auth.jwt.leeway`: clocks that disagree more need fixing, not tolerance.
 pub const MAX_JWT_LEEWAY: Duration = Duration::from_secs(5);
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct AdminSettings {
     /// Separate listener for /metrics, /healthz and /readyz; `None` serves them on the main one.
-    #[serde(deserialize_with = "optional_addr")]
+    #[serde(with = "optional_addr")]
     pub listen: Option<SocketAddr>,
 }
 
-/// An empty string means "not set": TOML has no null, and env vars cannot unset a key.
-fn optional_addr<'de, D: Deserializer<'de>>(d: D) -> Result<Option<SocketAddr>, D::Error> {
-    let s = String::deserialize(d)?;
-    if s.trim().is_empty() {
-        return Ok(None);
-    }
-    s.parse().map(Some).map_err(serde::de::Error::custom)
-}
-
-fn optional_path<'de, D: Deserializer<'de>>(d: D) -> Result<Option<PathBuf>, D::Error> {
-    let s = String::deserialize(d)?;
-    Ok((!s.trim().is_empty()).then(|| PathBuf::from(s)))
-}
-
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct HttpSettings {
     pub max_body_bytes: usize,
@@ -295,18 +318,18 @@ pub struct HttpSettings {
     /// that fits in `queue.max_bytes`, which [`Settings::finish`] fills in.
     pub max_message_bytes: usize,
     /// Time a request body has to arrive in full, counted from its request head.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "duration")]
     pub body_timeout: Duration,
     /// Bytes of request bodies all connections together may be reading or holding at once.
     pub max_inflight_body_bytes: usize,
     /// How long a publish's `Idempotency-Key` is remembered; zero turns the header off.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "duration")]
     pub idempotency_window: Duration,
     /// Most keys remembered at once (memory mode); the oldest goes first.
     pub idempotency_max_keys: usize,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct QueueSettings {
     pub max_bytes: usize,
@@ -314,8 +337,7 @@ pub struct QueueSettings {
 }
 
 /// How a connection's outbound queue treats a topic's updates when the client is behind.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Policy {
     /// Keep only the newest waiting update per topic.
     Conflate,
@@ -323,14 +345,16 @@ pub enum Policy {
     Queue,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+settings_enum!(Policy { Conflate => "conflate", Queue => "queue" });
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct PolicyRule {
     pub pattern: String,
     pub policy: Policy,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct FeedSettings {
     pub enabled: bool,
@@ -339,7 +363,7 @@ pub struct FeedSettings {
 }
 
 /// The browser pages (docs/web.md).
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct WebSettings {
     /// Serve the demo pages (`/`, `/chat`, `/console`); when false they are 404, so a
@@ -347,16 +371,17 @@ pub struct WebSettings {
     pub enabled: bool,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct LogSettings {
     pub level: String,
     pub format: LogFormat,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LogFormat {
     Text,
     Json,
 }
+
+settings_enum!(LogFormat { Text => "text", Json => "json" });

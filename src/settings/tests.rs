@@ -1,0 +1,207 @@
+//! The layering, the messages and the printed configuration, through `Settings::from_toml`
+//! (the binary's layers, environment included, are tested in `tests/config_errors.rs`).
+
+use std::time::Duration;
+
+use super::*;
+use crate::topic::Topic;
+
+fn problems(toml: &str) -> Vec<Problem> {
+    match Settings::from_toml(toml).expect_err("refused") {
+        SettingsError::Problems(problems) => problems,
+        other => panic!("not a report: {other}"),
+    }
+}
+
+#[test]
+fn defaults_are_valid() {
+    let s = Settings::from_toml("").unwrap();
+    assert_eq!(s.server.listen.to_string(), "0.0.0.0:8080");
+    assert_eq!(s.server.max_message_bytes, 65536);
+    assert_eq!(s.queue.max_bytes, 1 << 20);
+    assert!(s.feed.enabled);
+    assert_eq!(s.server.ping_interval, Duration::from_secs(25));
+    assert_eq!(s.server.idle_timeout, Duration::from_secs(60));
+    assert_eq!(s.admin.listen, None);
+    assert_eq!(
+        s.topic_bounds(),
+        TopicBounds {
+            max_topics: 1_000_000,
+            max_catch_up_topics: 10_000,
+            idle_ttl: Some(Duration::from_secs(3600)),
+        }
+    );
+    let forever = Settings::from_toml("[topics]\nidle_ttl = \"0s\"").unwrap();
+    assert_eq!(forever.topic_bounds().idle_ttl, None);
+    let s = Settings::from_toml("[admin]\nlisten = \"127.0.0.1:9090\"").unwrap();
+    assert_eq!(s.admin.listen, Some("127.0.0.1:9090".parse().unwrap()));
+    let rules = s.topic_rules().unwrap();
+    assert_eq!(
+        rules.policy_for(&Topic::parse("chat.lobby").unwrap()),
+        Policy::Queue
+    );
+    assert_eq!(
+        rules.policy_for(&Topic::parse("prices.X").unwrap()),
+        Policy::Conflate
+    );
+    let chat = rules.retention_for(&Topic::parse("chat.x").unwrap());
+    assert_eq!((chat.size, chat.ttl), (100, Duration::from_secs(300)));
+    let s = Settings::from_toml("[history]\npolicies = [{pattern = \"a.>\", size = 5, ttl_seconds = 9}]")
+        .unwrap();
+    let rules = s.topic_rules().unwrap();
+    assert_eq!(rules.retention_for(&Topic::parse("a.b").unwrap()).size, 5);
+    assert_eq!(rules.retention_for(&Topic::parse("b.b").unwrap()).size, 100);
+}
+
+#[test]
+fn unknown_keys_are_rejected() {
+    let err = Settings::from_toml("[server]\nlisten_addr = \"1.2.3.4:5\"").unwrap_err();
+    assert!(err.to_string().contains("server.listen_addr"), "{err}");
+    assert!(err.to_string().contains("[server] has: "), "{err}");
+    let err = Settings::from_toml("[nope]\nx = 1").unwrap_err();
+    assert!(err.to_string().contains("`nope`"), "{err}");
+}
+
+#[test]
+fn enum_values_are_read_in_any_case() {
+    let s = Settings::from_toml(
+        "[auth]\nmode = \"JWT\"\n[auth.jwt]\njwks_url = \"https://x/\"\n[log]\nformat = \"Json\"",
+    )
+    .unwrap();
+    assert_eq!((s.auth.mode, s.log.format), (AuthMode::Jwt, LogFormat::Json));
+    let [p] = &problems("[log]\nformat = \"yaml\"")[..] else {
+        panic!("one problem")
+    };
+    assert_eq!(p.key, "log.format");
+    assert_eq!(p.value.as_deref(), Some("\"yaml\""));
+    assert!(p.message.contains("\"text\", \"json\""), "{p}");
+    assert!(!p.message.contains("variant"), "no serde internals: {p}");
+}
+
+#[test]
+fn every_problem_is_reported_at_once() {
+    // A type error, an unknown key, a bad enum, a bad address and a failed check, in one file.
+    let toml = "[server]\nlisten = \"localhost:8080\"\nmax_connections = \"many\"\nnope = 1\n\
+                [log]\nformat = \"yaml\"\n[limits]\nmax_topics = 0\n";
+    let keys: Vec<String> = problems(toml).into_iter().map(|p| p.key).collect();
+    assert_eq!(
+        keys,
+        [
+            "limits.max_topics",
+            "log.format",
+            "server.listen",
+            "server.max_connections",
+            "server.nope"
+        ]
+    );
+    let listen = problems("[server]\nlisten = \"localhost:8080\"").remove(0);
+    assert!(
+        listen.message.contains("IP:PORT") && listen.message.contains("127.0.0.1:8080"),
+        "{listen}"
+    );
+}
+
+#[test]
+fn a_bad_entry_of_a_list_of_tables_is_named_by_its_index() {
+    let toml =
+        "[queue]\npolicies = [{pattern = \"a.>\", policy = \"queue\"}, {pattern = \"x\", policy = \"drop\"}]";
+    let [p] = &problems(toml)[..] else {
+        panic!("one problem")
+    };
+    assert_eq!(p.key, "queue.policies[1]");
+    assert_eq!(p.value.as_deref(), Some("{ pattern = \"x\", policy = \"drop\" }"));
+    assert!(p.message.contains("\"conflate\", \"queue\""), "{p}");
+}
+
+#[test]
+fn the_admin_listener_may_not_take_the_server_port() {
+    for (server, admin) in [
+        ("0.0.0.0:8080", "127.0.0.1:8080"),
+        ("127.0.0.1:8080", "127.0.0.1:8080"),
+        ("[::]:8080", "127.0.0.1:8080"),
+        ("127.0.0.1:8080", "0.0.0.0:8080"),
+    ] {
+        let toml = format!("[server]\nlisten = \"{server}\"\n[admin]\nlisten = \"{admin}\"");
+        let p = problems(&toml).remove(0);
+        assert_eq!(p.key, "admin.listen", "{p}");
+        assert!(p.message.contains(server), "{p}");
+    }
+    for (server, admin) in [
+        ("0.0.0.0:8080", "127.0.0.1:9090"),
+        ("127.0.0.1:8080", "127.0.0.2:8080"),
+        ("127.0.0.1:0", "127.0.0.1:0"),
+        ("0.0.0.0:8080", "[::1]:8080"),
+    ] {
+        let toml = format!("[server]\nlisten = \"{server}\"\n[admin]\nlisten = \"{admin}\"");
+        assert!(Settings::from_toml(&toml).is_ok(), "{server} and {admin}");
+    }
+}
+
+#[test]
+fn public_digests_and_short_secrets_are_warned_about() {
+    let zeros = "0".repeat(64);
+    let s = Settings::from_toml(&format!(
+        "[[auth.api_keys]]\nname = \"svc\"\nsha256 = \"{zeros}\"\npublish = [\">\"]"
+    ))
+    .unwrap();
+    let [w] = &s.warnings()[..] else {
+        panic!("one warning")
+    };
+    assert_eq!(w.key, "auth.api_keys");
+    assert!(
+        w.message.contains("\"svc\"") && w.message.contains("hash-key"),
+        "{w}"
+    );
+    let s = Settings::from_toml("[auth.jwt]\nhs256_secret = \"s3cr3t\"").unwrap();
+    let [w] = &s.warnings()[..] else {
+        panic!("one warning")
+    };
+    assert!(
+        w.to_string().contains("auth.jwt.hs256_secret") && !w.to_string().contains("s3cr3t"),
+        "{w}"
+    );
+    assert!(Settings::from_toml("").unwrap().warnings().is_empty());
+}
+
+#[test]
+fn the_printed_configuration_loads_back_the_same() {
+    let toml = "[server]\nlisten = \"127.0.0.1:9000\"\nidle_timeout = \"1m 30s\"\n\
+                [admin]\nlisten = \"127.0.0.1:9090\"\n[broker]\nprefix = \"007\"\n[auth]\nmode = \"JWT\"\n\
+                [auth.jwt]\njwks_url = \"https://idp.example/jwks\"\n\
+                [history]\npolicies = [{pattern = \"a.>\", size = 5, ttl_seconds = 9}]";
+    let s = Settings::from_toml(toml).unwrap();
+    let printed = s.to_toml();
+    let again = Settings::from_toml(&printed).unwrap();
+    assert_eq!(again.to_toml(), printed);
+    assert_eq!(again.broker.prefix, "007");
+    assert_eq!(again.server.idle_timeout, Duration::from_secs(90));
+    assert_eq!(again.admin.listen, s.admin.listen);
+    assert_eq!(again.auth.mode, AuthMode::Jwt);
+    assert_eq!(again.http.max_message_bytes, s.http.max_message_bytes);
+}
+
+#[test]
+fn the_printed_configuration_leaves_secrets_out() {
+    // A secret that looks like a URL without a password is still a secret.
+    let toml =
+        "[broker]\nredis_url = \"redis://:pw@127.0.0.1:6379\"\n[auth.jwt]\nhs256_secret = \"s3cr3t://x\"";
+    let printed = Settings::from_toml(toml).unwrap().to_toml();
+    assert!(
+        !printed.contains("s3cr3t") && !printed.contains(":pw@"),
+        "{printed}"
+    );
+    assert!(
+        printed.contains("# auth.jwt.hs256_secret = <redacted>"),
+        "{printed}"
+    );
+    assert!(printed.contains("# broker.redis_url = <redacted>"), "{printed}");
+    // Without them it is still configuration, with both unset (the default URL).
+    let again = Settings::from_toml(&printed).unwrap();
+    assert_eq!(again.auth.jwt.hs256_secret.expose(), "");
+    assert_eq!(again.broker.redis_url.expose(), "redis://127.0.0.1:6379");
+    let plain = Settings::from_toml("").unwrap().to_toml();
+    assert!(
+        plain.contains("redis_url = \"redis://127.0.0.1:6379\""),
+        "{plain}"
+    );
+}
