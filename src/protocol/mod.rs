@@ -460,12 +460,24 @@ mod tests {
             topics: &topics,
             positions: &positions,
             recovered: &BTreeMap::from([(a, true)]),
+            truncated: false,
+        }
+        .frame();
+        assert_eq!(
+            &f[2..],
+            br#"{"type":"subscribed","topics":["a.*"],"positions":{"a.b":{"seq":40,"epoch":"k3j2"}},"recovered":{"a.b":true}}"#
+        );
+        let f = Reply::Subscribed {
+            id: Some(2),
+            topics: &topics,
+            positions: &positions,
+            recovered: &BTreeMap::new(),
             truncated: true,
         }
         .frame();
         assert_eq!(
             &f[2..],
-            br#"{"type":"subscribed","topics":["a.*"],"positions":{"a.b":{"seq":40,"epoch":"k3j2"}},"recovered":{"a.b":true},"truncated":true}"#
+            br#"{"type":"subscribed","id":2,"topics":["a.*"],"positions":{"a.b":{"seq":40,"epoch":"k3j2"}},"truncated":true}"#
         );
         let f = Reply::Pong { id: None }.frame();
         assert_eq!(&f[2..], br#"{"type":"pong"}"#);
