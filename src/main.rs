@@ -162,9 +162,8 @@ fn main() -> ExitCode {
         for warning in settings.warnings() {
             eprintln!("tickwire: warning: {warning}");
         }
-        print!("{}", settings.to_toml());
-        println!("\n# configuration is valid");
-        return ExitCode::SUCCESS;
+        let text = format!("{}\n# configuration is valid\n", settings.to_toml());
+        return print_bytes(text.as_bytes());
     }
     match serve(settings) {
         Ok(()) => ExitCode::SUCCESS,

@@ -379,3 +379,19 @@ fn help_names_check_config_file_and_publish_api_key() {
     assert!(help.contains("--api-key <KEY>"), "{help}");
     assert!(!help.contains("--token"), "{help}");
 }
+
+/// `check-config | head -1`: a reader that goes away is no panic and no error.
+#[test]
+fn check_config_into_a_closed_pipe_does_not_panic() {
+    let mut child = tickwire_command()
+        .arg("check-config")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn tickwire");
+    drop(child.stdout.take()); // closed before the configuration is written
+    let out = child.wait_with_output().expect("wait");
+    assert!(!stderr(&out).contains("panicked"), "stderr: {}", stderr(&out));
+    assert_eq!(out.status.code(), Some(0), "stderr: {}", stderr(&out));
+}
