@@ -343,7 +343,10 @@ impl Hub {
 
     fn fan_out(&self, entry: &TopicEntry, state: &TopicState, frame: &Bytes, accepted: Instant) {
         let mut conflated = 0;
-        for sub in state.subscribers.values() {
+        let Some(subscribers) = state.subscribers.non_empty_values() else {
+            return;
+        };
+        for sub in subscribers {
             let pushed = sub
                 .outbox
                 .push_topic(frame, entry.key, entry.policy, Some(accepted));
