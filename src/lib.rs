@@ -41,7 +41,8 @@
 //!   `hub::mirror` (a broker's publications); `outbox`: a connection's bounded queue with
 //!   conflation (its header holds the queue bound rules); `history`: recent publications for
 //!   recovery; `patterns`: the token trie of pattern subscriptions; `names`: the topics' names,
-//!   in order (listing) and in a token trie (the topics a pattern matches).
+//!   in order (listing) and in a token trie (the topics a pattern matches); `idmap`: a topic's
+//!   subscribers by connection id, one pointer while empty.
 //! - `auth`: who a client is. `auth` itself: anonymous, JWT or API key; `jwt`: verifying and
 //!   minting tokens; `jwks`: the fetched key set, kept fresh; `keyset`: verification keys and
 //!   reading a JWKS (below both `jwt` and `jwks`); `apikey`: publishers' keys as SHA-256
