@@ -3,37 +3,8 @@
 mod common;
 
 use std::process::Output;
-use std::time::Duration;
 
 use common::*;
-
-fn run(args: &[&str], env: &[(&str, &str)]) -> Output {
-    let mut cmd = tickwire_command();
-    cmd.args(args);
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    let mut child = cmd
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("spawn tickwire");
-    // Bounded: a `serve` that wrongly starts would otherwise run forever.
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while child.try_wait().expect("try_wait").is_none() {
-        if std::time::Instant::now() > deadline {
-            let _ = child.kill();
-            let out = child.wait_with_output().unwrap();
-            panic!(
-                "tickwire {args:?} still running after 10 s; stderr: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    child.wait_with_output().expect("collect output")
-}
 
 fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).to_string()
@@ -41,14 +12,14 @@ fn stderr(o: &Output) -> String {
 
 #[test]
 fn check_config_accepts_the_defaults() {
-    let o = run(&["check-config"], &[]);
+    let o = run_tickwire(&["check-config"], &[]);
     assert_eq!(o.status.code(), Some(0), "stderr: {}", stderr(&o));
     assert!(String::from_utf8_lossy(&o.stdout).contains("configuration is valid"));
 }
 
 #[test]
 fn check_config_rejects_an_unknown_env_key() {
-    let o = run(&["check-config"], &[("TICKWIRE__SERVER__NOPE", "1")]);
+    let o = run_tickwire(&["check-config"], &[("TICKWIRE__SERVER__NOPE", "1")]);
     assert_eq!(o.status.code(), Some(2), "stderr: {}", stderr(&o));
     assert!(
         stderr(&o).contains("nope"),
@@ -65,16 +36,16 @@ fn check_config_rejects_an_unknown_env_key() {
 #[test]
 fn check_config_rejects_messages_that_cannot_fit_the_queue() {
     // The default server.max_message_bytes (64 KiB) cannot fit a 64 KiB queue once framed.
-    let o = run(&["check-config"], &[("TICKWIRE__QUEUE__MAX_BYTES", "65536")]);
+    let o = run_tickwire(&["check-config"], &[("TICKWIRE__QUEUE__MAX_BYTES", "65536")]);
     assert_eq!(o.status.code(), Some(2), "stderr: {}", stderr(&o));
     assert!(stderr(&o).contains("server.max_message_bytes"), "{}", stderr(&o));
-    let o = run(
+    let o = run_tickwire(
         &["check-config"],
         &[("TICKWIRE__HTTP__MAX_MESSAGE_BYTES", "1048576")],
     );
     assert_eq!(o.status.code(), Some(2), "stderr: {}", stderr(&o));
     assert!(stderr(&o).contains("http.max_message_bytes"), "{}", stderr(&o));
-    let o = run(
+    let o = run_tickwire(
         &["check-config"],
         &[
             ("TICKWIRE__QUEUE__MAX_BYTES", "65536"),
@@ -86,7 +57,7 @@ fn check_config_rejects_messages_that_cannot_fit_the_queue() {
 
 #[test]
 fn check_config_rejects_idle_timeout_shorter_than_ping_interval() {
-    let o = run(&["check-config"], &[("TICKWIRE__SERVER__IDLE_TIMEOUT", "1s")]);
+    let o = run_tickwire(&["check-config"], &[("TICKWIRE__SERVER__IDLE_TIMEOUT", "1s")]);
     assert_eq!(o.status.code(), Some(2), "stderr: {}", stderr(&o));
     assert!(
         stderr(&o).contains("server.idle_timeout"),
@@ -94,7 +65,7 @@ fn check_config_rejects_idle_timeout_shorter_than_ping_interval() {
         stderr(&o)
     );
     // Consistent with ping_interval: fine.
-    let o = run(
+    let o = run_tickwire(
         &["check-config"],
         &[
             ("TICKWIRE__SERVER__IDLE_TIMEOUT", "1s"),
@@ -112,7 +83,7 @@ fn serve_with_invalid_config_exits_2_before_binding() {
     let addr = held.local_addr().unwrap().to_string();
     let free = free_port();
     let admin = format!("127.0.0.1:{free}");
-    let o = run(
+    let o = run_tickwire(
         &["serve"],
         &[
             ("TICKWIRE__SERVER__LISTEN", &addr),
@@ -130,7 +101,7 @@ fn serve_with_invalid_config_exits_2_before_binding() {
         String::from_utf8_lossy(&o.stdout)
     );
     // Control: the same, with a valid config, does try to bind and fails with exit 1.
-    let o = run(
+    let o = run_tickwire(
         &["serve"],
         &[
             ("TICKWIRE__SERVER__LISTEN", &addr),
@@ -144,7 +115,7 @@ fn serve_with_invalid_config_exits_2_before_binding() {
 
 #[test]
 fn serve_with_unknown_key_exits_2() {
-    let o = run(
+    let o = run_tickwire(
         &["serve"],
         &[
             ("TICKWIRE__SERVER__LISTEN", "127.0.0.1:0"),
@@ -164,14 +135,14 @@ fn stdout(o: &Output) -> String {
 fn the_production_example_is_valid_once_its_files_exist() {
     let example = concat!(env!("CARGO_MANIFEST_DIR"), "/config/production.example.toml");
     // As shipped, its placeholder paths do not exist: refused, naming the key.
-    let o = run(&["check-config", "--config", example], &[]);
+    let o = run_tickwire(&["check-config", "--config", example], &[]);
     assert_eq!(o.status.code(), Some(2), "stderr: {}", stderr(&o));
     assert!(stderr(&o).contains("auth.jwt.public_key_file"), "{}", stderr(&o));
 
     let (dir, _) = certificate_files("prod-example");
     let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
     let public = fixture("ec-public.pem");
-    let o = run(
+    let o = run_tickwire(
         &["check-config", "--config", example],
         &[
             ("TICKWIRE__TLS__CERT", cert.to_str().unwrap()),
@@ -192,7 +163,7 @@ fn the_production_example_is_valid_once_its_files_exist() {
 #[test]
 fn check_config_never_prints_the_jwt_secret() {
     let secret = "a-secret-that-must-not-leak-0123456789";
-    let o = run(
+    let o = run_tickwire(
         &["check-config"],
         &[
             ("TICKWIRE__AUTH__MODE", "jwt"),
@@ -206,7 +177,7 @@ fn check_config_never_prints_the_jwt_secret() {
 
 #[test]
 fn hash_key_prints_a_key_and_a_paste_ready_entry() {
-    let o = run(&["hash-key", "--name", "feed", "--publish", "prices.>"], &[]);
+    let o = run_tickwire(&["hash-key", "--name", "feed", "--publish", "prices.>"], &[]);
     assert_eq!(o.status.code(), Some(0), "stderr: {}", stderr(&o));
     let out = stdout(&o);
     let field = |name: &str| {
@@ -234,15 +205,15 @@ fn hash_key_prints_a_key_and_a_paste_ready_entry() {
     assert!(found
         .acl
         .may_publish(&tickwire::topic::Topic::parse("prices.X").unwrap()));
-    let again = stdout(&run(&["hash-key"], &[]));
+    let again = stdout(&run_tickwire(&["hash-key"], &[]));
     assert!(!again.contains(&key), "keys are random");
-    let o = run(&["hash-key", "--publish", "a..b"], &[]);
+    let o = run_tickwire(&["hash-key", "--publish", "a..b"], &[]);
     assert_eq!(o.status.code(), Some(2), "stderr: {}", stderr(&o));
 }
 
 #[test]
 fn token_mints_a_verifiable_hs256_token() {
-    let o = run(
+    let o = run_tickwire(
         &[
             "token",
             "--sub",
@@ -287,7 +258,7 @@ fn token_mints_a_verifiable_hs256_token() {
         ],
         vec!["token", "--secret", JWT_SECRET, "--sub", "a", "--ttl", "soon"],
     ] {
-        let o = run(&args, &[]);
+        let o = run_tickwire(&args, &[]);
         assert_eq!(o.status.code(), Some(2), "{args:?}: {}", stderr(&o));
     }
 }
@@ -306,7 +277,7 @@ fn token_without_a_secret_names_the_variable() {
 
 #[test]
 fn version_names_the_commit_and_the_build_date() {
-    let o = run(&["--version"], &[]);
+    let o = run_tickwire(&["--version"], &[]);
     assert_eq!(o.status.code(), Some(0), "stderr: {}", stderr(&o));
     let version = stdout(&o);
     let commit = std::process::Command::new("git")
@@ -341,7 +312,7 @@ fn completions_and_man_page_come_from_the_command_line_definition() {
         ("zsh", "#compdef tickwire"),
         ("fish", "complete -c tickwire"),
     ] {
-        let o = run(&["completions", shell], &[]);
+        let o = run_tickwire(&["completions", shell], &[]);
         assert_eq!(o.status.code(), Some(0), "{shell}: {}", stderr(&o));
         let script = stdout(&o);
         assert!(script.contains(marker), "{shell}: {script}");
@@ -350,10 +321,10 @@ fn completions_and_man_page_come_from_the_command_line_definition() {
             "{shell}"
         );
     }
-    let o = run(&["completions", "tcsh"], &[]);
+    let o = run_tickwire(&["completions", "tcsh"], &[]);
     assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
 
-    let o = run(&["man"], &[]);
+    let o = run_tickwire(&["man"], &[]);
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
     let page = stdout(&o);
     assert!(page.contains(".TH tickwire 1"), "{page}");
@@ -370,12 +341,12 @@ fn completions_and_man_page_come_from_the_command_line_definition() {
 
 #[test]
 fn help_names_check_config_file_and_publish_api_key() {
-    let o = run(&["check-config", "--help"], &[]);
+    let o = run_tickwire(&["check-config", "--help"], &[]);
     let help = stdout(&o);
     let line = help.lines().find(|l| l.contains("--config")).unwrap_or_default();
     assert!(line.contains("Configuration file"), "{help}");
     // publish's key is --api-key; --token stays accepted but is not shown.
-    let help = stdout(&run(&["publish", "--help"], &[]));
+    let help = stdout(&run_tickwire(&["publish", "--help"], &[]));
     assert!(help.contains("--api-key <KEY>"), "{help}");
     assert!(!help.contains("--token"), "{help}");
 }

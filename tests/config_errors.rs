@@ -11,34 +11,6 @@ use std::time::Duration;
 
 use common::*;
 
-/// Runs `tickwire args` with `env` on top of a clean environment; bounded, for a `serve` that
-/// would wrongly start.
-fn run(args: &[&str], env: &[(&str, &str)]) -> Output {
-    let mut cmd = tickwire_command();
-    cmd.args(args);
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    let mut child = (cmd.stdin(std::process::Stdio::null()))
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("spawn tickwire");
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while child.try_wait().expect("try_wait").is_none() {
-        if std::time::Instant::now() > deadline {
-            let _ = child.kill();
-            let out = child.wait_with_output().unwrap();
-            panic!(
-                "tickwire {args:?} still running after 10 s: {}",
-                text(&out.stderr)
-            );
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    child.wait_with_output().expect("collect output")
-}
-
 fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).to_string()
 }
@@ -71,7 +43,7 @@ fn path(p: &Path) -> &str {
 
 #[test]
 fn an_enum_value_names_key_value_allowed_values_and_env_var() {
-    let o = run(&["check-config"], &[("TICKWIRE__LOG__FORMAT", "yaml")]);
+    let o = run_tickwire(&["check-config"], &[("TICKWIRE__LOG__FORMAT", "yaml")]);
     let err = refused(
         &o,
         &[
@@ -82,13 +54,13 @@ fn an_enum_value_names_key_value_allowed_values_and_env_var() {
         ],
     );
     assert!(!err.contains("variant"), "no Rust internals: {err}");
-    let o = run(&["serve"], &[("TICKWIRE__LOG__FORMAT", "yaml")]);
+    let o = run_tickwire(&["serve"], &[("TICKWIRE__LOG__FORMAT", "yaml")]);
     refused(&o, &["`log.format`", "TICKWIRE__LOG__FORMAT"]);
 }
 
 #[test]
 fn enum_values_are_case_insensitive() {
-    let o = run(
+    let o = run_tickwire(
         &["check-config"],
         &[
             ("TICKWIRE__AUTH__MODE", "JWT"),
@@ -108,7 +80,7 @@ fn enum_values_are_case_insensitive() {
 fn a_host_name_in_listen_says_the_form_and_the_file_as_given() {
     let config = file("listen.toml", "[server]\nlisten = \"localhost:8080\"\n");
     assert!(config.is_absolute());
-    let o = run(&["check-config", "--config", path(&config)], &[]);
+    let o = run_tickwire(&["check-config", "--config", path(&config)], &[]);
     let err = refused(
         &o,
         &[
@@ -127,10 +99,10 @@ fn a_host_name_in_listen_says_the_form_and_the_file_as_given() {
 fn a_missing_or_broken_file_is_named_as_given() {
     let dir = scratch("config-errors");
     let missing = dir.join("nope.toml");
-    let o = run(&["check-config", "--config", path(&missing)], &[]);
+    let o = run_tickwire(&["check-config", "--config", path(&missing)], &[]);
     refused(&o, &[path(&missing), "not found"]);
     let broken = file("broken.toml", "[server]\nlisten = 8080\n[feed\n");
-    let o = run(&["check-config", "--config", path(&broken)], &[]);
+    let o = run_tickwire(&["check-config", "--config", path(&broken)], &[]);
     refused(&o, &[path(&broken), "line 3"]);
 }
 
@@ -147,7 +119,7 @@ fn every_error_is_reported_at_once() {
         ("TICKWIRE__LIMITS__MAX_TOPICS", "0"),
     ];
     for command in ["check-config", "serve"] {
-        let o = run(&[command, "--config", path(&config)], &env);
+        let o = run_tickwire(&[command, "--config", path(&config)], &env);
         let err = refused(
             &o,
             &[
@@ -166,7 +138,7 @@ fn every_error_is_reported_at_once() {
 
 #[test]
 fn env_values_take_the_type_of_their_key() {
-    let o = run(
+    let o = run_tickwire(
         &["check-config"],
         &[
             ("TICKWIRE__BROKER__PREFIX", "007"),
@@ -179,7 +151,7 @@ fn env_values_take_the_type_of_their_key() {
     assert!(out.contains("prefix = \"007\""), "{out}");
     assert!(out.contains("symbols = [\"1234\"]"), "{out}");
     assert!(out.contains("allowed_origins = []"), "{out}");
-    let o = run(&["check-config"], &[("TICKWIRE__QUEUE__MAX_BYTES", "1MB")]);
+    let o = run_tickwire(&["check-config"], &[("TICKWIRE__QUEUE__MAX_BYTES", "1MB")]);
     refused(
         &o,
         &["`queue.max_bytes` = \"1MB\" (set by TICKWIRE__QUEUE__MAX_BYTES): must be a whole number"],
@@ -197,7 +169,7 @@ fn check_config_prints_toml_that_loads_back_the_same() {
         ("TICKWIRE__AUTH__MODE", "JWT"),
         ("TICKWIRE__AUTH__JWT__JWKS_URL", "https://idp.example/jwks.json"),
     ];
-    let o = run(&["check-config"], &env);
+    let o = run_tickwire(&["check-config"], &env);
     assert_eq!(o.status.code(), Some(0), "stderr: {}", text(&o.stderr));
     let printed = text(&o.stdout);
     // The same loader reads it back to the same settings...
@@ -212,7 +184,7 @@ fn check_config_prints_toml_that_loads_back_the_same() {
     );
     // ...and so does the binary, from a file and nothing else.
     let config = file("printed.toml", &printed);
-    let again = run(&["check-config", "--config", path(&config)], &[]);
+    let again = run_tickwire(&["check-config", "--config", path(&config)], &[]);
     assert_eq!(again.status.code(), Some(0), "stderr: {}", text(&again.stderr));
     assert_eq!(text(&again.stdout), printed);
 }
@@ -230,7 +202,7 @@ fn admin_listen_on_the_server_port_is_refused_before_binding() {
             ("TICKWIRE__FEED__ENABLED", "false"),
         ];
         for command in ["check-config", "serve"] {
-            let o = run(&[command], &env);
+            let o = run_tickwire(&[command], &env);
             let err = refused(
                 &o,
                 &[
@@ -254,7 +226,7 @@ fn public_api_key_digests_and_short_secrets_are_warnings() {
         "keys.toml",
         &format!("[[auth.api_keys]]\nname = \"svc\"\nsha256 = \"{zeros}\"\npublish = [\"prices.>\"]\n"),
     );
-    let o = run(
+    let o = run_tickwire(
         &["check-config", "--config", path(&config)],
         &[("TICKWIRE__AUTH__JWT__HS256_SECRET", "tooshort")],
     );
@@ -283,7 +255,7 @@ fn public_api_key_digests_and_short_secrets_are_warnings() {
         dir.join("key.pem"),
         fixture("ec-public.pem"),
     );
-    let o = run(
+    let o = run_tickwire(
         &["check-config", "--config", example],
         &[
             ("TICKWIRE__TLS__CERT", path(&cert)),
@@ -303,7 +275,7 @@ fn public_api_key_digests_and_short_secrets_are_warnings() {
 #[test]
 fn an_invalid_rust_log_exits_2_naming_it_and_the_directive() {
     for command in ["serve", "check-config"] {
-        let o = run(
+        let o = run_tickwire(
             &[command],
             &[
                 ("RUST_LOG", "info,tickwire=loud"),
@@ -313,7 +285,7 @@ fn an_invalid_rust_log_exits_2_naming_it_and_the_directive() {
         );
         refused(&o, &["RUST_LOG", "\"tickwire=loud\"", "`log.level`"]);
     }
-    let o = run(&["check-config"], &[("RUST_LOG", "warn,tickwire=debug")]);
+    let o = run_tickwire(&["check-config"], &[("RUST_LOG", "warn,tickwire=debug")]);
     assert_eq!(o.status.code(), Some(0), "stderr: {}", text(&o.stderr));
     assert!(text(&o.stdout).contains("level = \"warn,tickwire=debug\""));
 }

@@ -319,25 +319,10 @@ impl Pool {
     /// Waits until every connection is ready or failed, or `timeout` passes; `tick` is called
     /// about every 100 ms (for progress).
     pub fn wait_ready(&self, timeout: Duration, mut tick: impl FnMut(&Pool)) -> ConnectOutcome {
-        let started = Instant::now();
         let n = self.config.connections;
-        let mut timed_out = false;
-        let mut last_tick = Instant::now();
-        loop {
-            let failed = self.shared.failed.load(Relaxed);
-            if self.ready() + failed >= n {
-                break;
-            }
-            if started.elapsed() >= timeout || crate::sys::abort_requested() {
-                timed_out = true;
-                break;
-            }
-            if last_tick.elapsed() >= Duration::from_millis(100) {
-                tick(self);
-                last_tick = Instant::now();
-            }
-            std::thread::sleep(Duration::from_millis(2));
-        }
+        let all_in = || self.ready() + self.shared.failed.load(Relaxed) >= n;
+        let every = Duration::from_millis(2);
+        let timed_out = crate::sys::poll_until(timeout, every, all_in, || tick(self));
         let first = self.shared.connect_started_us.load(Relaxed);
         let last = self.shared.last_ready_us.load(Relaxed).max(first);
         ConnectOutcome {

@@ -130,6 +130,40 @@ pub fn create_topics(endpoint: &HttpEndpoint, topics: &[String], batch: usize) -
 }
 
 /// Runs on the calling thread until the window closes.
+/// Waits for a publisher thread; a panic in it becomes a result that says so.
+pub fn join(handle: std::thread::JoinHandle<PublisherResult>) -> PublisherResult {
+    handle.join().unwrap_or_else(|_| PublisherResult {
+        first_error: Some("publisher thread panicked".into()),
+        errors: 1,
+        ..PublisherResult::default()
+    })
+}
+
+impl PublisherResult {
+    /// What makes the run's loss and gap counts doubtful, as report lines: the first failed
+    /// request, and publications never acknowledged (their seqs are unknown).
+    pub fn problems(&self) -> Vec<String> {
+        let mut problems = Vec::new();
+        if let Some(e) = &self.first_error {
+            problems.push(format!("publisher: {e}"));
+        }
+        if self.unconfirmed > 0 || self.confirmed != self.sent {
+            problems.push(format!(
+                "{} of {} publications unacknowledged: the final seqs (and so the loss and gap counts) are uncertain",
+                self.sent - self.confirmed,
+                self.sent
+            ));
+        }
+        problems
+    }
+
+    /// Each topic's seq after the run: the highest acknowledged, or `base` (before it).
+    pub fn final_seqs(&self, base: &[u64]) -> Vec<u64> {
+        let last = |t: usize| self.last_seq.get(t).copied().unwrap_or(0);
+        (base.iter().enumerate()).map(|(t, &b)| b.max(last(t))).collect()
+    }
+}
+
 pub fn run(cfg: PublisherConfig) -> PublisherResult {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()

@@ -8,7 +8,7 @@
 //! from reset (at least one not).
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde::Serialize;
 use tokio::sync::watch;
@@ -91,20 +91,8 @@ impl Storm {
         timeout: Duration,
         mut tick: impl FnMut(&Storm),
     ) -> StormOutcome {
-        let started = Instant::now();
-        let mut last_tick = Instant::now();
-        let mut timed_out = false;
-        while self.done() < expected {
-            if started.elapsed() >= timeout || crate::sys::abort_requested() {
-                timed_out = true;
-                break;
-            }
-            if last_tick.elapsed() >= Duration::from_millis(100) {
-                tick(self);
-                last_tick = Instant::now();
-            }
-            std::thread::sleep(Duration::from_millis(1));
-        }
+        let every = Duration::from_millis(1);
+        let timed_out = crate::sys::poll_until(timeout, every, || self.done() >= expected, || tick(self));
         self.active.store(false, Relaxed);
         let dropped = self.dropped_at_us.load(Relaxed);
         StormOutcome {

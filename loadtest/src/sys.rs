@@ -1,7 +1,7 @@
 //! Process-level helpers: clocks, /proc readers, the open-files limit and Ctrl-C handling.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 /// Microseconds since the Unix epoch: the clock both the publisher's stamp and the
 /// subscribers' receive time are read from (same machine, same clock).
@@ -26,6 +26,29 @@ static ABORT: AtomicBool = AtomicBool::new(false);
 /// the run reports what it has.
 pub fn abort_requested() -> bool {
     ABORT.load(Ordering::Relaxed)
+}
+
+/// Polls `done` every `every` until it holds, `timeout` passes or an abort is requested,
+/// calling `tick` about every 100 ms meanwhile (for progress). True when it gave up.
+pub fn poll_until(
+    timeout: Duration,
+    every: Duration,
+    mut done: impl FnMut() -> bool,
+    mut tick: impl FnMut(),
+) -> bool {
+    let started = Instant::now();
+    let mut last_tick = started;
+    while !done() {
+        if started.elapsed() >= timeout || abort_requested() {
+            return true;
+        }
+        if last_tick.elapsed() >= Duration::from_millis(100) {
+            tick();
+            last_tick = Instant::now();
+        }
+        std::thread::sleep(every);
+    }
+    false
 }
 
 pub fn request_abort() {

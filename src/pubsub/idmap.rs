@@ -20,10 +20,8 @@ impl Hasher for IdHasher {
     }
 
     fn write(&mut self, bytes: &[u8]) {
-        // Only `u64` keys are hashed; any other key still gets a usable (if slower) hash.
-        for &b in bytes {
-            self.write_u64(u64::from(b) ^ self.0.rotate_left(8));
-        }
+        // Only `u64` keys are hashed here; this keeps any other key correct, if slower.
+        bytes.iter().for_each(|&b| self.write_u64(b.into()));
     }
 
     fn write_u64(&mut self, id: u64) {

@@ -43,6 +43,36 @@ pub fn tickwire_command() -> std::process::Command {
     cmd
 }
 
+/// Runs `tickwire args` with `env` on top of a clean environment ([`tickwire_command`]) and
+/// collects its output. Bounded: a `serve` that wrongly starts fails the test after 10 s.
+#[allow(dead_code)]
+pub fn run_tickwire(args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
+    use std::process::Stdio;
+    let mut cmd = tickwire_command();
+    cmd.args(args);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut child = (cmd.stdin(Stdio::null()))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn tickwire");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while child.try_wait().expect("try_wait").is_none() {
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let out = child.wait_with_output().unwrap();
+            panic!(
+                "tickwire {args:?} still running after 10 s; stderr: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    child.wait_with_output().expect("collect output")
+}
+
 /// A `tickwire serve` child process; killed on drop if still running.
 pub struct ServerProcess {
     pub child: std::process::Child,

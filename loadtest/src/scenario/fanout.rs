@@ -278,11 +278,7 @@ pub fn run(cfg: &FanoutConfig) -> anyhow::Result<FanoutReport> {
     let interrupted = sys::abort_requested();
 
     let pub_result = match publisher {
-        Some(h) => h.join().unwrap_or_else(|_| PublisherResult {
-            first_error: Some("publisher thread panicked".into()),
-            errors: 1,
-            ..PublisherResult::default()
-        }),
+        Some(h) => publisher::join(h),
         None => PublisherResult::default(),
     };
     let read_seqs = || -> anyhow::Result<Vec<u64>> {

@@ -191,25 +191,9 @@ pub fn run(cfg: &ReconnectConfig) -> anyhow::Result<ReconnectReport> {
     progress.update(|| "publishing after the storm".into());
     std::thread::sleep(load.duration);
     stop.store(true, Relaxed);
-    let pub_result = publisher.join().unwrap_or_else(|_| PublisherResult {
-        first_error: Some("publisher thread panicked".into()),
-        errors: 1,
-        ..PublisherResult::default()
-    });
-    let mut errors = Vec::new();
-    if let Some(e) = &pub_result.first_error {
-        errors.push(format!("publisher: {e}"));
-    }
-    if pub_result.confirmed != pub_result.sent {
-        errors.push(format!(
-            "{} of {} publications unacknowledged: the gap count is uncertain",
-            pub_result.sent - pub_result.confirmed,
-            pub_result.sent
-        ));
-    }
-    let final_seq: Vec<u64> = (base.iter().enumerate())
-        .map(|(t, &b)| b.max(pub_result.last_seq[t]))
-        .collect();
+    let pub_result = publisher::join(publisher);
+    let mut errors = pub_result.problems();
+    let final_seq = pub_result.final_seqs(&base);
     let subs = plan.subscribers_per_topic(load.connections);
     let expected: u64 = (0..names.len()).map(|t| (final_seq[t] - base[t]) * subs[t]).sum();
     let shared = pool.shared();

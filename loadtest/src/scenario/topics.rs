@@ -262,25 +262,9 @@ pub fn run(cfg: &TopicsConfig) -> anyhow::Result<TopicsReport> {
     wait_until(t1, "measure", &mut progress);
     let (cpu_b, srv_b) = (CpuSnap::now(), c.scrape(&progress, &mut warned));
     let interrupted = sys::abort_requested();
-    let pub_result = publisher.join().unwrap_or_else(|_| PublisherResult {
-        first_error: Some("publisher thread panicked".into()),
-        errors: 1,
-        ..PublisherResult::default()
-    });
-    let mut errors = Vec::new();
-    if let Some(e) = &pub_result.first_error {
-        errors.push(format!("publisher: {e}"));
-    }
-    if pub_result.unconfirmed > 0 || pub_result.confirmed != pub_result.sent {
-        errors.push(format!(
-            "{} of {} publications unacknowledged: the final seqs (and so the loss count) are uncertain",
-            pub_result.sent - pub_result.confirmed,
-            pub_result.sent
-        ));
-    }
-    let final_seq: Vec<u64> = (base.iter().enumerate())
-        .map(|(t, &b)| b.max(pub_result.last_seq[t]))
-        .collect();
+    let pub_result = publisher::join(publisher);
+    let mut errors = pub_result.problems();
+    let final_seq = pub_result.final_seqs(&base);
     let expected_total: u64 = if outcome.ready == cfg.connections {
         (0..names.len()).map(|t| (final_seq[t] - base[t]) * subs[t]).sum()
     } else {
