@@ -213,17 +213,16 @@ impl CatchUp<'_> {
     /// the topic, records its position and the frames that bring the client up to date.
     fn add(&mut self, topic: &Topic, entry: &TopicEntry, state: &mut TopicState, reason: &Pattern) {
         let fresh = state.add(self.who, reason);
-        if self.seen.contains(&entry.key) {
-            return;
-        }
         // Past the cap only what `since` names (bounded by the request's size) is caught up;
         // nor is a skipped topic remembered, so the request holds no more than the cap either.
         let full = self.out.positions.len() >= self.hub.bounds.max_catch_up_topics;
         if full && !self.since.contains_key(topic) {
-            self.out.truncated = true;
+            self.out.truncated |= !self.seen.contains(&entry.key);
             return;
         }
-        self.seen.insert(entry.key);
+        if !self.seen.insert(entry.key) {
+            return;
+        }
         let position = Position {
             seq: state.seq,
             epoch: state.epoch.clone(),
