@@ -214,7 +214,7 @@ impl Metrics {
             )?,
             conflated: counter(
                 "tickwire_messages_conflated_total",
-                "Updates replaced by a newer one of the same topic while waiting in a queue.",
+                "Updates replaced by a newer one of the same topic while waiting in a queue, or skipped by a max_rate.",
             )?,
             bytes_sent: counter(
                 "tickwire_bytes_sent_total",

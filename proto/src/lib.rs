@@ -12,6 +12,7 @@
 //!   [`Kind`]) and replies ([`Subscribed`], [`Unsubscribed`], [`Published`],
 //!   [`PublishedBatch`]).
 //! - [`code`]: the error codes of error replies; [`close`]: tickwire's own close codes.
+//! - [`rate`]: the bounds of a subscription's `max_rate`.
 //!
 //! Depends on serde, serde_json and thiserror only.
 
@@ -21,6 +22,7 @@
 pub mod close;
 pub mod code;
 mod message;
+pub mod rate;
 pub mod topic;
 
 pub use message::{Kind, Position, Published, PublishedBatch, Subscribed, Unsubscribed, Update};

@@ -127,6 +127,23 @@ impl Pattern {
         }
     }
 
+    /// Whether some topic matches both `self` and `other` (symmetric). `>` takes one or more
+    /// tokens, `*` exactly one, so two patterns overlap when they agree token by token up to
+    /// the first `>` of either, or to their common end.
+    pub fn overlaps(&self, other: &Pattern) -> bool {
+        let mut mine = self.0.split('.');
+        let mut theirs = other.0.split('.');
+        loop {
+            match (mine.next(), theirs.next()) {
+                (Some(">"), Some(_)) | (Some(_), Some(">")) => return true,
+                (Some("*"), Some(_)) | (Some(_), Some("*")) => {}
+                (Some(a), Some(b)) if a == b => {}
+                (None, None) => return true,
+                _ => return false,
+            }
+        }
+    }
+
     /// Whether this subscription matches the concrete `topic`.
     #[inline]
     pub fn matches(&self, topic: &Topic) -> bool {
@@ -193,6 +210,32 @@ mod tests {
 
     fn m(p: &str, t: &str) -> bool {
         Pattern::parse(p).unwrap().matches(&Topic::parse(t).unwrap())
+    }
+
+    #[test]
+    fn overlapping_patterns_share_a_topic() {
+        let p = |s: &str| Pattern::parse(s).unwrap();
+        for (a, b) in [
+            ("chat.>", "chat.*"),
+            ("chat.>", "*.lobby"),
+            ("chat.*", "*.lobby"),
+            ("chat.lobby", "chat.lobby"),
+            ("*.*", "a.b"),
+            (">", "a.b.c"),
+            ("a.*.c", "a.b.>"),
+        ] {
+            assert!(p(a).overlaps(&p(b)) && p(b).overlaps(&p(a)), "{a} {b}");
+        }
+        for (a, b) in [
+            ("chat.>", "prices.*"),
+            ("chat.>", "chat"),
+            ("chat.*", "chat.a.b"),
+            ("a.b", "a.c"),
+            ("*.*", "a"),
+            ("a.*.c", "a.b.d"),
+        ] {
+            assert!(!p(a).overlaps(&p(b)) && !p(b).overlaps(&p(a)), "{a} {b}");
+        }
     }
 
     #[test]

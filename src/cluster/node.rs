@@ -21,6 +21,7 @@ use bytes::Bytes;
 use crate::protocol::{Data, Position};
 use crate::pubsub::hub::{HistoryPage, Hub, Publication, Subscribed, Subscriber, TopicPage};
 use crate::pubsub::outbox::Outbox;
+use crate::pubsub::throttle::Interval;
 use crate::settings::Settings;
 use crate::topic::{Pattern, Topic};
 
@@ -50,6 +51,9 @@ impl Node {
         let (rules, bounds) = (settings.topic_rules()?, settings.topic_bounds());
         let hub = Arc::new(Hub::new(rules, bounds, metrics.clone(), mirrored));
         let broker = Broker::start(settings, hub.clone(), metrics.clone())?;
+        // One task releases every delivery a max rate held back, for the whole node.
+        let pacing = hub.clone();
+        tokio::spawn(async move { pacing.pace().await });
         Ok(Node {
             hub,
             broker,
@@ -180,6 +184,7 @@ impl Node {
         patterns: &[Pattern],
         new: &[Pattern],
         since: &HashMap<Topic, Position>,
+        interval: Interval,
         reply: impl FnOnce(Result<&Subscribed, &RequestError>) -> Bytes,
     ) -> Result<(), RequestError> {
         // In a cluster: listen to the new topics' channels and load their state first.
@@ -190,7 +195,7 @@ impl Node {
         // Updates published while the hub registers us wait behind the reply and the catch-up
         // frames (see `Hub::subscribe`).
         let cork = who.outbox.cork();
-        let mut job = match self.hub.subscribing(who, patterns, since) {
+        let mut job = match self.hub.subscribing(who, patterns, since, interval) {
             Ok(job) => job,
             Err(e) => {
                 cork.uncork(std::iter::once((reply(Err(&e)), None)));
@@ -267,7 +272,9 @@ mod tests {
         let patterns = [Pattern::parse("p.*").unwrap()];
         let since = HashMap::new();
         {
-            let subscribe = node.subscribe(&who, &patterns, &patterns, &since, |_| Bytes::new());
+            let subscribe = node.subscribe(&who, &patterns, &patterns, &since, Interval::NONE, |_| {
+                Bytes::new()
+            });
             tokio::pin!(subscribe);
             let first = futures_util::poll!(subscribe.as_mut());
             assert!(first.is_pending(), "3 slices' worth of topics yield in between");

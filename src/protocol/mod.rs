@@ -45,6 +45,8 @@ pub enum Request {
         topics: Vec<Pattern>,
         /// Positions the client already has, per concrete topic, for recovery.
         since: HashMap<Topic, Position>,
+        /// At most this many updates a second per topic (within `tickwire_proto::rate`).
+        max_rate: Option<f64>,
     },
     Unsubscribe(Vec<Pattern>),
     Publish {
@@ -84,6 +86,7 @@ fn request(env: &Envelope<'_>, max_topics: usize) -> Result<Request, RequestErro
         "subscribe" => Ok(Request::Subscribe {
             topics: patterns(env.topics, max_topics)?,
             since: since(env.since)?,
+            max_rate: max_rate(env.max_rate)?,
         }),
         "unsubscribe" => Ok(Request::Unsubscribe(patterns(env.topics, max_topics).map_err(
             |e| match e {
@@ -116,6 +119,17 @@ fn patterns(raw: Option<&RawValue>, max_topics: usize) -> Result<Vec<Pattern>, R
         .iter()
         .map(|name| Pattern::parse(name).map_err(|e| RequestError::invalid_topic(name, e)))
         .collect()
+}
+
+fn max_rate(raw: Option<&RawValue>) -> Result<Option<f64>, RequestError> {
+    use tickwire_proto::rate::{valid, MAX_RATE, MIN_RATE};
+    let Some(raw) = raw else { return Ok(None) };
+    match serde_json::from_str::<f64>(raw.get()) {
+        Ok(rate) if valid(rate) => Ok(Some(rate)),
+        _ => Err(bad(format!(
+            "field `max_rate` must be a number of updates a second, from {MIN_RATE} to {MAX_RATE}"
+        ))),
+    }
 }
 
 /// Longest accepted epoch in a `since` position; real ones are much shorter.
@@ -239,7 +253,7 @@ mod tests {
         let (id, r) = parse_request(r#"{"op":"subscribe","id":1,"topics":["a.b","a.*"]}"#, 10);
         assert_eq!(id, Some(1));
         assert!(
-            matches!(r, Ok(Request::Subscribe { topics, since }) if topics.len() == 2 && since.is_empty())
+            matches!(r, Ok(Request::Subscribe { topics, since, .. }) if topics.len() == 2 && since.is_empty())
         );
         let (_, r) = parse_request(
             r#"{"op":"subscribe","topics":["a.b"],"since":{"a.b":{"seq":4,"epoch":"x"}}}"#,
@@ -256,6 +270,25 @@ mod tests {
                 )
             }
             other => panic!("{other:?}"),
+        }
+        let (_, r) = parse_request(r#"{"op":"subscribe","topics":["a.b"],"max_rate":0.5}"#, 10);
+        assert!(
+            matches!(
+                r,
+                Ok(Request::Subscribe {
+                    max_rate: Some(0.5),
+                    ..
+                })
+            ),
+            "{r:?}"
+        );
+        for bad in ["0", "-1", "0.001", "1001", "\"4\"", "[4]"] {
+            let text = format!(r#"{{"op":"subscribe","topics":["a.b"],"max_rate":{bad}}}"#);
+            let (_, r) = parse_request(&text, 10);
+            assert!(
+                matches!(&r, Err(RequestError::BadRequest(m)) if m.contains("max_rate")),
+                "{bad}: {r:?}"
+            );
         }
         let (_, r) = parse_request(r#"{"op":"publish","topic":"chat.x","data":{"a":[1, 2]}}"#, 10);
         match r {
@@ -340,7 +373,7 @@ mod tests {
     /// A request's topic names, whatever the op, as the server will use and echo them.
     fn names(text: &str) -> Result<Vec<String>, &'static str> {
         match parse_request(text, 10).1 {
-            Ok(Request::Subscribe { topics, since }) => {
+            Ok(Request::Subscribe { topics, since, .. }) => {
                 let mut v: Vec<String> = topics.iter().map(|p| p.as_str().to_string()).collect();
                 v.extend(
                     since

@@ -2,7 +2,8 @@
 //! each subscriber's bounded outbound queue ([`outbox`]), a topic's recent publications
 //! ([`history`]), the trie that finds the pattern subscriptions matching a topic
 //! ([`patterns`]) and the names of the topics, in order and by token, which find the topics
-//! matching a pattern ([`names`]); a topic's subscribers, keyed by connection ([`idmap`]).
+//! matching a pattern ([`names`]); a topic's subscribers, keyed by connection ([`idmap`]); the
+//! max rate of a subscription and the node's one queue of held-back deliveries ([`throttle`]).
 //!
 //! Knows nothing of sockets or of other nodes; depends only on `protocol`, `topic`, `settings`
 //! and `metrics`.
@@ -13,3 +14,4 @@ mod idmap;
 pub mod names;
 pub mod outbox;
 pub mod patterns;
+pub mod throttle;

@@ -25,6 +25,7 @@ use crate::protocol::disconnect::Disconnect;
 use crate::protocol::error::{Action, RequestError};
 use crate::protocol::{parse_request, Data, Position, Reply, Request};
 use crate::pubsub::hub::{Subscribed, Subscriber};
+use crate::pubsub::throttle::Interval;
 use crate::topic::{Pattern, Topic};
 
 use self::ratelimit::{RateLimit, Verdict};
@@ -80,9 +81,13 @@ impl<'a, E: Expiry> Session<'a, E> {
         };
         match request {
             Err(e) => self.reply(Reply::error(id, &e)),
-            Ok(Request::Subscribe { topics, since }) => {
+            Ok(Request::Subscribe {
+                topics,
+                since,
+                max_rate,
+            }) => {
                 // Its reply, queued, says how it went.
-                let _ = self.subscribe(id, topics, since).await;
+                let _ = self.subscribe(id, topics, since, max_rate).await;
             }
             Ok(Request::Unsubscribe(topics)) => self.unsubscribe(id, &topics).await,
             Ok(Request::Publish { topic, data }) => self.publish(id, topic, data).await,
@@ -92,18 +97,36 @@ impl<'a, E: Expiry> Session<'a, E> {
         None
     }
 
-    /// Subscribes to `topics` (recovering from the `since` positions), replying `subscribed`
-    /// followed by the catch-up, or an error, which is returned too: the whole subscribe
-    /// request, ACL and limits included. A transport whose client cannot send calls it
-    /// directly, and may turn a refusal into its own answer.
+    /// Subscribes to `topics` (recovering from the `since` positions, at most `max_rate`
+    /// updates a second per topic), replying `subscribed` followed by the catch-up, or an
+    /// error, which is returned too: the whole subscribe request, ACL and limits included. A
+    /// transport whose client cannot send calls it directly, and may turn a refusal into its
+    /// own answer.
     pub async fn subscribe(
         &mut self,
         id: Option<i64>,
         topics: Vec<Pattern>,
         since: HashMap<Topic, Position>,
+        max_rate: Option<f64>,
     ) -> Result<(), RequestError> {
         if let Some(denied) = self.identity.acl.first_unreadable(&topics) {
             return self.refuse(id, RequestError::forbidden(Action::Subscribe, denied));
+        }
+        let interval = match max_rate.map(Interval::from_rate) {
+            None => Interval::NONE,
+            Some(Some(interval)) => interval,
+            Some(None) => return self.refuse(id, RequestError::BadRequest("max_rate out of range".into())),
+        };
+        // A queue topic delivers every message: a max rate there would be a silent loss.
+        let rules = self.app.node.hub().rules();
+        if let Some(queued) =
+            max_rate.and_then(|_| topics.iter().find_map(|t| rules.may_queue(t).map(|q| (t, q))))
+        {
+            let (topic, policy) = queued;
+            let e = RequestError::BadRequest(format!(
+                "max_rate cannot apply to {topic:?}: topics matching {policy:?} have the \"queue\" policy, which delivers every message"
+            ));
+            return self.refuse(id, e);
         }
         // The node gets each pattern once (a repeat would walk its topics again for nothing);
         // the reply echoes the request as sent.
@@ -127,7 +150,7 @@ impl<'a, E: Expiry> Session<'a, E> {
             .frame(),
             Err(e) => Reply::error(id, e).frame(),
         };
-        let subscribed = (self.app.node).subscribe(self.who, &unique, &new, &since, reply);
+        let subscribed = (self.app.node).subscribe(self.who, &unique, &new, &since, interval, reply);
         subscribed.await?;
         self.subscriptions.extend(topics);
         Ok(())

@@ -13,7 +13,8 @@ use crate::topic::{Pattern, Topic};
 /// Validated, parsed forms of the pattern lists, built once at start-up.
 #[derive(Debug, Clone)]
 pub struct TopicRules {
-    pub policies: Vec<(Pattern, Policy)>,
+    /// Per pattern, the first match wins: the delivery policy, and its max rate if it has one.
+    pub policies: Vec<(Pattern, Policy, Option<f64>)>,
     pub retention: Retention,
     pub retention_policies: Vec<(Pattern, Retention)>,
 }
@@ -22,8 +23,24 @@ impl TopicRules {
     pub fn policy_for(&self, topic: &Topic) -> Policy {
         self.policies
             .iter()
-            .find(|(p, _)| p.matches(topic))
-            .map_or(Policy::Conflate, |(_, policy)| *policy)
+            .find(|(p, ..)| p.matches(topic))
+            .map_or(Policy::Conflate, |(_, policy, _)| *policy)
+    }
+
+    /// The max rate the policy of `topic` sets, if any.
+    pub fn max_rate_for(&self, topic: &Topic) -> Option<f64> {
+        (self.policies.iter())
+            .find(|(p, ..)| p.matches(topic))
+            .and_then(|(.., rate)| *rate)
+    }
+
+    /// Whether `pattern` may match a topic delivered under the `queue` policy, where a max
+    /// rate cannot apply (every message must arrive). Any `queue` rule that overlaps counts,
+    /// even one an earlier rule shadows: refusing then is the safe side.
+    pub fn may_queue(&self, pattern: &Pattern) -> Option<&Pattern> {
+        (self.policies.iter())
+            .find(|(p, policy, _)| *policy == Policy::Queue && p.overlaps(pattern))
+            .map(|(p, ..)| p)
     }
 
     pub fn retention_for(&self, topic: &Topic) -> Retention {
@@ -75,7 +92,10 @@ impl Settings {
         let policies = patterns("queue.policies", queue.iter().map(|r| r.pattern.as_str()))?;
         let retentions = patterns("history.policies", history.iter().map(|r| r.pattern.as_str()))?;
         Ok(TopicRules {
-            policies: policies.into_iter().zip(queue.iter().map(|r| r.policy)).collect(),
+            policies: (policies.into_iter())
+                .zip(queue)
+                .map(|(pattern, rule)| (pattern, rule.policy, rule.max_rate))
+                .collect(),
             retention: retention(self.history.size, self.history.ttl_seconds),
             retention_policies: (retentions.into_iter())
                 .zip(history.iter().map(|r| retention(r.size, r.ttl_seconds)))

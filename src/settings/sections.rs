@@ -352,6 +352,10 @@ settings_enum!(Policy { Conflate => "conflate", Queue => "queue" });
 pub struct PolicyRule {
     pub pattern: String,
     pub policy: Policy,
+    /// Most updates a second per topic for every subscriber of the matching topics (conflate
+    /// only); a client's own `max_rate` can only lower it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_rate: Option<f64>,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]

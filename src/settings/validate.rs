@@ -9,11 +9,13 @@ use std::time::Duration;
 
 use crate::settings::error::{Problem, SettingsError};
 use crate::settings::origin::valid_origin;
+use crate::settings::sections::Policy;
 use crate::settings::sections::{
     AuthMode, BrokerKind, Settings, FRAME_ENVELOPE_BYTES, MAX_HISTORY_SIZE, MAX_IDEMPOTENCY_KEYS,
     MAX_IDEMPOTENCY_WINDOW, MAX_JWT_LEEWAY, MIN_IDLE_TTL,
 };
 use crate::topic::Topic;
+use tickwire_proto::rate::{MAX_RATE, MIN_RATE};
 
 /// Shortest HS256 secret `auth.mode = "jwt"` accepts (as `jwt::MIN_SECRET_BYTES`, which this
 /// module cannot import: `settings` sits below `auth`).
@@ -262,6 +264,25 @@ impl Settings {
             "topics.idle_ttl",
             "must be 0s (keep forever) or at least 100ms",
         );
+        for rule in &self.queue.policies {
+            let Some(rate) = rule.max_rate else { continue };
+            c.check(
+                (MIN_RATE..=MAX_RATE).contains(&rate),
+                "queue.policies",
+                &format!(
+                    "{:?}: max_rate = {rate} must be between {MIN_RATE} and {MAX_RATE} (updates a second)",
+                    rule.pattern
+                ),
+            );
+            c.check(
+                rule.policy == Policy::Conflate,
+                "queue.policies",
+                &format!(
+                    "{:?}: max_rate needs policy = \"conflate\" (\"queue\" delivers every message)",
+                    rule.pattern
+                ),
+            );
+        }
         let sizes = std::iter::once(self.history.size).chain(self.history.policies.iter().map(|r| r.size));
         c.check(
             sizes.into_iter().all(|n| n <= MAX_HISTORY_SIZE),

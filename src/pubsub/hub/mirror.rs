@@ -83,8 +83,11 @@ impl Hub {
             delta += refill(&mut state.history, &stored.entries);
             self.count_history(delta);
             if let Some((ts, data)) = &state.last {
-                let frame = ENCODING.reset_frame(topic, state.seq, *ts, data, &state.epoch);
-                self.fan_out(entry, state, &frame, instant_of(*ts));
+                let (frame, ts) = (
+                    ENCODING.reset_frame(topic, state.seq, *ts, data, &state.epoch),
+                    *ts,
+                );
+                self.fan_out(topic, entry, state, &frame, instant_of(ts), false);
             }
         });
     }

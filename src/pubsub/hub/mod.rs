@@ -54,6 +54,7 @@ use crate::pubsub::idmap::IdMap;
 use crate::pubsub::names::TopicNames;
 use crate::pubsub::outbox::{Outbox, Pushed, TopicKey};
 use crate::pubsub::patterns::PatternIndex;
+use crate::pubsub::throttle::{Admit, Due, Gate, Interval, Pacer};
 use crate::settings::{Policy, TopicBounds, TopicRules};
 use crate::sync::lock;
 use crate::topic::{Pattern, Topic};
@@ -71,6 +72,9 @@ pub struct Subscriber {
     pub id: ClientId,
     pub outbox: Arc<Outbox>,
 }
+
+/// A pattern subscriber as the pattern index keeps it: where to deliver, and at what rate.
+type Watcher = (Arc<Outbox>, Interval);
 
 /// The latest publication of a topic.
 #[derive(Debug, Clone)]
@@ -169,7 +173,7 @@ pub struct Hub {
     /// check is one atomic operation.
     count: AtomicUsize,
     bounds: TopicBounds,
-    patterns: RwLock<PatternIndex<Arc<Outbox>>>,
+    patterns: RwLock<PatternIndex<Watcher>>,
     rules: TopicRules,
     metrics: Arc<Metrics>,
     next_key: AtomicU64,
@@ -181,11 +185,15 @@ pub struct Hub {
     epoch: Mutex<Arc<str>>,
     /// Seqs come from the broker; idle topics are dropped even when they have a last value.
     mirrored: bool,
+    /// Deliveries held back by a max rate, released by [`Hub::pace`].
+    pacer: Pacer<Topic>,
 }
 
 struct TopicEntry {
     key: TopicKey,
     policy: Policy,
+    /// The max rate of the topic's policy (`queue.policies`), for every subscriber.
+    cap: Interval,
     state: Mutex<TopicState>,
 }
 
@@ -208,32 +216,67 @@ struct TopicState {
     removed: bool,
 }
 
-/// A client's presence on one topic, with the subscriptions (exact or pattern) that put it there.
+/// A client's presence on one topic, with the subscriptions (exact or pattern) that put it
+/// there, and its gate when a max rate applies.
 struct Subscription {
     outbox: Arc<Outbox>,
-    reasons: Vec<Pattern>,
+    reasons: Vec<Reason>,
+    gate: Option<Box<Gate>>,
+}
+
+/// A subscription that matches a topic, and the max rate it asked for.
+struct Reason {
+    pattern: Pattern,
+    interval: Interval,
+}
+
+impl Subscription {
+    /// Fits the gate to the reasons and the topic's `cap`; a new gate starts at `seq`.
+    fn regate(&mut self, client: ClientId, cap: Interval, seq: u64) {
+        let interval = Interval::effective(self.reasons.iter().map(|r| r.interval), cap);
+        match &mut self.gate {
+            Some(gate) => {
+                gate.set_interval(interval);
+                if gate.is_open() {
+                    self.gate = None;
+                }
+            }
+            None if !interval.is_none() => self.gate = Some(Box::new(Gate::new(client, interval, seq))),
+            None => {}
+        }
+    }
 }
 
 impl TopicState {
-    /// Records `reason` for `who`; returns true when `who` was not receiving this topic before.
-    fn add(&mut self, who: &Subscriber, reason: &Pattern) -> bool {
+    /// Records `reason` (at the max rate `interval`) for `who`, under the topic's `cap`;
+    /// returns true when `who` was not receiving this topic before. A reason already recorded
+    /// takes the new interval.
+    fn add(&mut self, who: &Subscriber, reason: &Pattern, interval: Interval, cap: Interval) -> bool {
         let sub = (self.subscribers).get_or_insert_with(who.id, || Subscription {
             outbox: who.outbox.clone(),
             reasons: Vec::with_capacity(1),
+            gate: None,
         });
         let fresh = sub.reasons.is_empty();
-        if !sub.reasons.contains(reason) {
-            sub.reasons.push(reason.clone());
+        match sub.reasons.iter_mut().find(|r| r.pattern == *reason) {
+            Some(known) => known.interval = interval,
+            None => sub.reasons.push(Reason {
+                pattern: reason.clone(),
+                interval,
+            }),
         }
+        sub.regate(who.id, cap, self.seq);
         fresh
     }
 
     /// Drops one reason; returns true when the topic is left with nothing worth keeping.
-    fn remove(&mut self, id: ClientId, reason: &Pattern, mirrored: bool) -> bool {
+    fn remove(&mut self, id: ClientId, reason: &Pattern, cap: Interval, mirrored: bool) -> bool {
         if let Some(sub) = self.subscribers.get_mut(id) {
-            sub.reasons.retain(|r| r != reason);
+            sub.reasons.retain(|r| r.pattern != *reason);
             if sub.reasons.is_empty() {
                 self.subscribers.remove(id);
+            } else {
+                sub.regate(id, cap, self.seq);
             }
         }
         self.is_idle(mirrored)
@@ -249,7 +292,7 @@ impl TopicState {
     fn unused(&self) -> bool {
         self.seq == 0
             && self.last.is_none()
-            && (self.subscribers.values()).all(|s| s.reasons.iter().all(|r| r.as_exact().is_none()))
+            && (self.subscribers.values()).all(|s| s.reasons.iter().all(|r| r.pattern.as_exact().is_none()))
     }
 
     /// The `snapshot` frame of the last value, if there is one (see `snapshot`).
@@ -286,6 +329,7 @@ impl Hub {
                 false => new_epoch(),
             }),
             mirrored,
+            pacer: Pacer::default(),
         }
     }
 
@@ -333,7 +377,7 @@ impl Hub {
         // half the cost of such a publication (callgrind, 1M topics).
         if !state.subscribers.is_empty() {
             let frame = ENCODING.update_frame(topic, seq, ts, data);
-            self.fan_out(entry, state, &frame, accepted);
+            self.fan_out(topic, entry, state, &frame, accepted, true);
         }
         let stored = state.history.push(seq, ts, data, accepted);
         self.count_history(stored);
@@ -341,12 +385,46 @@ impl Hub {
         state.snapshot = None;
     }
 
-    fn fan_out(&self, entry: &TopicEntry, state: &TopicState, frame: &Bytes, accepted: Instant) {
+    /// Queues `frame`, publication `state.seq`, for every subscriber; through their gates when
+    /// `gated` (an update), past them when not (a reset, which must not wait or be skipped).
+    fn fan_out(
+        &self,
+        topic: &Topic,
+        entry: &TopicEntry,
+        state: &mut TopicState,
+        frame: &Bytes,
+        accepted: Instant,
+        gated: bool,
+    ) {
         let mut conflated = 0;
-        let Some(subscribers) = state.subscribers.non_empty_values() else {
+        let seq = state.seq;
+        let Some(subscribers) = state.subscribers.non_empty_values_mut() else {
             return;
         };
         for sub in subscribers {
+            if let Some(gate) = sub.gate.as_deref_mut() {
+                let now = self.pacer.ms(accepted);
+                match gated.then(|| gate.admit(seq, now)) {
+                    None => gate.caught_up(seq),
+                    Some(Admit::Now) => {}
+                    Some(Admit::Replaced) => {
+                        conflated += 1;
+                        continue;
+                    }
+                    Some(Admit::Later(at)) => {
+                        let due = Due {
+                            at,
+                            key: entry.key,
+                            client: gate.client,
+                            target: topic.clone(),
+                        };
+                        if self.pacer.schedule(due) {
+                            continue;
+                        }
+                        gate.unschedule(seq, now);
+                    }
+                }
+            }
             let pushed = sub
                 .outbox
                 .push_topic(frame, entry.key, entry.policy, Some(accepted));
@@ -354,6 +432,70 @@ impl Hub {
         }
         if conflated > 0 {
             self.metrics.conflated.inc_by(conflated);
+        }
+    }
+
+    /// Releases the deliveries held back by max rates, as they fall due; runs for the node's
+    /// lifetime (the node spawns it). One task for every connection and topic.
+    pub async fn pace(&self) {
+        let mut due = Vec::new();
+        loop {
+            let now = self.pacer.ms(Instant::now());
+            let next = self.pacer.take_due(now, &mut due);
+            self.release(now, &mut due);
+            match next {
+                Some(at) if at <= now => tokio::task::yield_now().await,
+                next => self.pacer.wait(next).await,
+            }
+        }
+    }
+
+    /// Sends each due pair its topic's newest value, unless something sent it already; the
+    /// frame is encoded once per topic and seq for the pairs due together.
+    fn release(&self, now: u64, due: &mut Vec<Due<Topic>>) {
+        let mut encoded: Option<(TopicKey, u64, Bytes)> = None;
+        for due in due.drain(..) {
+            let Some(entry) = self.topics.get(&due.target).map(|e| e.clone()) else {
+                continue;
+            };
+            if entry.key != due.key {
+                continue; // the topic was dropped and created again since
+            }
+            let mut state = lock(&entry.state);
+            let TopicState {
+                seq,
+                last,
+                subscribers,
+                removed,
+                ..
+            } = &mut *state;
+            let (Some((ts, data)), false) = (last.as_ref(), *removed) else {
+                continue;
+            };
+            let Some(sub) = subscribers.get_mut(due.client) else {
+                continue;
+            };
+            let Some(gate) = sub.gate.as_deref_mut() else {
+                continue;
+            };
+            if !gate.release(*seq, now) {
+                continue;
+            }
+            if gate.is_open() {
+                sub.gate = None;
+            }
+            let frame = match &encoded {
+                Some((key, at, frame)) if (*key, *at) == (entry.key, *seq) => frame.clone(),
+                _ => {
+                    let frame = ENCODING.update_frame(&due.target, *seq, *ts, data);
+                    encoded = Some((entry.key, *seq, frame.clone()));
+                    frame
+                }
+            };
+            let pushed = sub.outbox.push_topic(&frame, entry.key, entry.policy, None);
+            if pushed == Pushed::Conflated {
+                self.metrics.conflated.inc();
+            }
         }
     }
 

@@ -8,6 +8,7 @@ use std::time::Instant;
 use crate::protocol::error::RequestError;
 use crate::protocol::Position;
 use crate::pubsub::outbox::TopicKey;
+use crate::pubsub::throttle::Interval;
 use crate::settings::Policy;
 use crate::sync::{lock, write};
 use crate::topic::{Pattern, Topic};
@@ -35,7 +36,19 @@ impl Hub {
         subscriptions: &[Pattern],
         since: &HashMap<Topic, Position>,
     ) -> Result<Subscribed, RequestError> {
-        let mut job = self.subscribing(who, subscriptions, since)?;
+        self.subscribe_at(who, subscriptions, since, Interval::NONE)
+    }
+
+    /// [`Hub::subscribe`] at a max rate.
+    #[cfg(test)]
+    pub fn subscribe_at(
+        &self,
+        who: &Subscriber,
+        subscriptions: &[Pattern],
+        since: &HashMap<Topic, Position>,
+        interval: Interval,
+    ) -> Result<Subscribed, RequestError> {
+        let mut job = self.subscribing(who, subscriptions, since, interval)?;
         for sub in subscriptions {
             job.add(sub);
             while !job.run(usize::MAX) {}
@@ -53,6 +66,7 @@ impl Hub {
         who: &'a Subscriber,
         subscriptions: &[Pattern],
         since: &'a HashMap<Topic, Position>,
+        interval: Interval,
     ) -> Result<Subscribing<'a>, RequestError> {
         let exact: Vec<Topic> = subscriptions.iter().filter_map(Pattern::as_exact).collect();
         self.reserve(&exact)?;
@@ -60,6 +74,7 @@ impl Hub {
             hub: self,
             who,
             since,
+            interval,
             now: Instant::now(),
             seen: HashSet::new(),
             out: Subscribed::default(),
@@ -82,7 +97,7 @@ impl Hub {
             if let Some(topic) = sub.as_exact() {
                 let entry = self.topics.get(&topic).map(|e| e.clone());
                 if let Some(entry) = entry {
-                    if lock(&entry.state).remove(who, sub, self.mirrored) {
+                    if lock(&entry.state).remove(who, sub, entry.cap, self.mirrored) {
                         idle.push(topic);
                     }
                 }
@@ -97,7 +112,7 @@ impl Hub {
                 let Some(entry) = self.topics.get(&topic).map(|e| e.clone()) else {
                     continue;
                 };
-                if lock(&entry.state).remove(who, sub, self.mirrored) {
+                if lock(&entry.state).remove(who, sub, entry.cap, self.mirrored) {
                     idle.push(topic);
                 }
             }
@@ -142,7 +157,8 @@ impl Subscribing<'_> {
         let who = self.catch_up.who;
         {
             let mut patterns = write(&hub.patterns);
-            patterns.insert(sub, who.id, who.outbox.clone());
+            let watcher = (who.outbox.clone(), self.catch_up.interval);
+            patterns.insert(sub, who.id, watcher);
             // Read under the write lock: no topic is being created meanwhile (creation holds
             // the read lock while it takes its key and looks the patterns up).
             self.created_from = hub.next_key.load(Ordering::Relaxed);
@@ -202,6 +218,8 @@ struct CatchUp<'a> {
     hub: &'a Hub,
     who: &'a Subscriber,
     since: &'a HashMap<Topic, Position>,
+    /// The request's max rate.
+    interval: Interval,
     now: Instant,
     /// Topics (by key) already answered for: a topic two subscriptions match is caught up once.
     seen: HashSet<TopicKey>,
@@ -212,7 +230,7 @@ impl CatchUp<'_> {
     /// Registers the subscriber on `topic` for `reason`, then, the first time the request meets
     /// the topic, records its position and the frames that bring the client up to date.
     fn add(&mut self, topic: &Topic, entry: &TopicEntry, state: &mut TopicState, reason: &Pattern) {
-        let fresh = state.add(self.who, reason);
+        let fresh = state.add(self.who, reason, self.interval, entry.cap);
         // Past the cap only what `since` names (bounded by the request's size) is caught up;
         // nor is a skipped topic remembered, so the request holds no more than the cap either.
         let full = self.out.positions.len() >= self.hub.bounds.max_catch_up_topics;

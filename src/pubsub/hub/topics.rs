@@ -13,6 +13,7 @@ use crate::protocol::error::RequestError;
 use crate::protocol::new_epoch;
 use crate::pubsub::history::History;
 use crate::pubsub::idmap::IdMap;
+use crate::pubsub::throttle::Interval;
 use crate::sync::{lock, read};
 use crate::topic::Topic;
 
@@ -55,16 +56,20 @@ impl Hub {
             touched: Instant::now(),
             removed: false,
         };
-        patterns.for_each_match(topic, |pattern, id, outbox| {
+        let cap = (self.rules.max_rate_for(topic)).map_or(Interval::NONE, |rate| {
+            Interval::from_rate(rate).expect("settings validate queue.policies' max_rate")
+        });
+        patterns.for_each_match(topic, |pattern, id, (outbox, interval)| {
             let who = Subscriber {
                 id,
                 outbox: outbox.clone(),
             };
-            state.add(&who, pattern);
+            state.add(&who, pattern, *interval, cap);
         });
         let entry = Arc::new(TopicEntry {
             key: self.next_key.fetch_add(1, Ordering::Relaxed),
             policy: self.rules.policy_for(topic),
+            cap,
             state: Mutex::new(state),
         });
         lock(&self.names).insert(topic);
