@@ -12,6 +12,7 @@
 //!   [`Kind`]) and replies ([`Subscribed`], [`Unsubscribed`], [`Published`],
 //!   [`PublishedBatch`]).
 //! - [`code`]: the error codes of error replies; [`close`]: tickwire's own close codes.
+//! - [`fossil`]: the Fossil delta codec of `"delta":"fossil"` subscriptions (create, apply).
 //!
 //! Depends on serde, serde_json and thiserror only.
 
@@ -20,6 +21,7 @@
 
 pub mod close;
 pub mod code;
+pub mod fossil;
 mod message;
 pub mod topic;
 
