@@ -13,6 +13,7 @@
 //!   [`PublishedBatch`]).
 //! - [`code`]: the error codes of error replies; [`close`]: tickwire's own close codes.
 //! - [`rate`]: the bounds of a subscription's `max_rate`.
+//! - [`fossil`]: the Fossil delta codec of `"delta":"fossil"` subscriptions (create, apply).
 //!
 //! Depends on serde, serde_json and thiserror only.
 
@@ -21,6 +22,7 @@
 
 pub mod close;
 pub mod code;
+pub mod fossil;
 mod message;
 pub mod rate;
 pub mod topic;
