@@ -81,6 +81,10 @@ pub struct Metrics {
     published: [IntCounter; 3],
     pub delivered: IntCounter,
     pub conflated: IntCounter,
+    /// `update` frames queued as a Fossil delta instead of the full data.
+    pub delta_frames: IntCounter,
+    /// `tickwire_bytes_saved_total{by="delta"}`: bytes of full frames not queued thanks to deltas.
+    pub bytes_saved_delta: IntCounter,
     pub bytes_sent: IntCounter,
     pub bytes_received: IntCounter,
     pub delivery_latency: Histogram,
@@ -133,6 +137,11 @@ impl Metrics {
             &["source"],
         )?;
         let published = Source::ALL.map(|s| published_vec.with_label_values(&[s.label()]));
+        let bytes_saved = counter_vec(
+            "tickwire_bytes_saved_total",
+            "Bytes not sent compared with the full uncompressed frames, by what saved them.",
+            &["by"],
+        )?;
         let connections_rejected = counter_vec(
             "tickwire_connections_rejected_total",
             "Connection attempts refused before the WebSocket session started, by reason.",
@@ -216,6 +225,11 @@ impl Metrics {
                 "tickwire_messages_conflated_total",
                 "Updates replaced by a newer one of the same topic while waiting in a queue, or skipped by a max_rate.",
             )?,
+            delta_frames: counter(
+                "tickwire_delta_frames_total",
+                "Update frames queued as a Fossil delta of the previous publication instead of the full data.",
+            )?,
+            bytes_saved_delta: bytes_saved.with_label_values(&["delta"]),
             bytes_sent: counter(
                 "tickwire_bytes_sent_total",
                 "Bytes written to WebSocket connections.",

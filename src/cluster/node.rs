@@ -21,7 +21,7 @@ use bytes::Bytes;
 use crate::protocol::{Data, Position};
 use crate::pubsub::hub::{HistoryPage, Hub, Publication, Subscribed, Subscriber, TopicPage};
 use crate::pubsub::outbox::Outbox;
-use crate::pubsub::throttle::Interval;
+use crate::pubsub::throttle::Terms;
 use crate::settings::Settings;
 use crate::topic::{Pattern, Topic};
 
@@ -184,7 +184,7 @@ impl Node {
         patterns: &[Pattern],
         new: &[Pattern],
         since: &HashMap<Topic, Position>,
-        interval: Interval,
+        terms: Terms,
         reply: impl FnOnce(Result<&Subscribed, &RequestError>) -> Bytes,
     ) -> Result<(), RequestError> {
         // In a cluster: listen to the new topics' channels and load their state first.
@@ -195,7 +195,7 @@ impl Node {
         // Updates published while the hub registers us wait behind the reply and the catch-up
         // frames (see `Hub::subscribe`).
         let cork = who.outbox.cork();
-        let mut job = match self.hub.subscribing(who, patterns, since, interval) {
+        let mut job = match self.hub.subscribing(who, patterns, since, terms) {
             Ok(job) => job,
             Err(e) => {
                 cork.uncork(std::iter::once((reply(Err(&e)), None)));
@@ -272,9 +272,8 @@ mod tests {
         let patterns = [Pattern::parse("p.*").unwrap()];
         let since = HashMap::new();
         {
-            let subscribe = node.subscribe(&who, &patterns, &patterns, &since, Interval::NONE, |_| {
-                Bytes::new()
-            });
+            let subscribe =
+                node.subscribe(&who, &patterns, &patterns, &since, Terms::PLAIN, |_| Bytes::new());
             tokio::pin!(subscribe);
             let first = futures_util::poll!(subscribe.as_mut());
             assert!(first.is_pending(), "3 slices' worth of topics yield in between");

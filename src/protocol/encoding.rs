@@ -37,6 +37,20 @@ impl Encoding {
         }
     }
 
+    /// An `update` frame whose `delta` (a Fossil delta, `tickwire_proto::fossil`) turns the
+    /// previous publication's data into this one's, in place of `data`.
+    pub fn delta_frame(self, topic: &Topic, seq: u64, ts: u64, delta: &str) -> Bytes {
+        match self {
+            Encoding::Json => wire::json_frame(&DeltaDelivery {
+                kind: "update",
+                topic,
+                seq,
+                ts,
+                delta,
+            }),
+        }
+    }
+
     /// A `snapshot` outside any subscribe reply: the topic's stream could not be continued (a
     /// cluster's broker lost it, or missed publications left history), so the client must
     /// replace what it has with this value and track the topic from this seq, in this epoch.
@@ -47,7 +61,10 @@ impl Encoding {
     }
 }
 
-/// An `update` or `snapshot` frame: a publication as clients receive it.
+/// An `update` or `snapshot` frame: a publication as clients receive it. `data` comes last,
+/// as the published text: a client applying deltas takes its base from the frame's text,
+/// everything after `"data":` but the closing brace (docs/protocol.md §4.1), so that no
+/// re-encoding can change a byte of it.
 #[derive(Serialize)]
 struct Delivery<'a> {
     #[serde(rename = "type")]
@@ -55,10 +72,21 @@ struct Delivery<'a> {
     topic: &'a Topic,
     seq: u64,
     ts: u64,
-    data: &'a RawValue,
     /// Only on a reset: the epoch the topic's stream continues in.
     #[serde(skip_serializing_if = "Option::is_none")]
     epoch: Option<&'a str>,
+    data: &'a RawValue,
+}
+
+/// An `update` frame carrying a delta in place of `data`.
+#[derive(Serialize)]
+struct DeltaDelivery<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    topic: &'a Topic,
+    seq: u64,
+    ts: u64,
+    delta: &'a str,
 }
 
 fn json_delivery(

@@ -33,6 +33,8 @@ pub(super) struct Envelope<'a> {
     pub(super) token: Option<&'a RawValue>,
     #[serde(borrow)]
     pub(super) max_rate: Option<&'a RawValue>,
+    #[serde(borrow)]
+    pub(super) delta: Option<&'a RawValue>,
 }
 
 /// Makes `"data": null` count as present (null is a valid payload), unlike a plain `Option`.

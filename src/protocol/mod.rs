@@ -47,6 +47,8 @@ pub enum Request {
         since: HashMap<Topic, Position>,
         /// At most this many updates a second per topic (within `tickwire_proto::rate`).
         max_rate: Option<f64>,
+        /// Updates may come as Fossil deltas (`"delta":"fossil"`).
+        delta: bool,
     },
     Unsubscribe(Vec<Pattern>),
     Publish {
@@ -87,6 +89,7 @@ fn request(env: &Envelope<'_>, max_topics: usize) -> Result<Request, RequestErro
             topics: patterns(env.topics, max_topics)?,
             since: since(env.since)?,
             max_rate: max_rate(env.max_rate)?,
+            delta: delta(env.delta)?,
         }),
         "unsubscribe" => Ok(Request::Unsubscribe(patterns(env.topics, max_topics).map_err(
             |e| match e {
@@ -129,6 +132,14 @@ fn max_rate(raw: Option<&RawValue>) -> Result<Option<f64>, RequestError> {
         _ => Err(bad(format!(
             "field `max_rate` must be a number of updates a second, from {MIN_RATE} to {MAX_RATE}"
         ))),
+    }
+}
+
+fn delta(raw: Option<&RawValue>) -> Result<bool, RequestError> {
+    let Some(raw) = raw else { return Ok(false) };
+    match serde_json::from_str::<Text<'_>>(raw.get()) {
+        Ok(kind) if &*kind == "fossil" => Ok(true),
+        _ => Err(bad("field `delta` must be \"fossil\" (the only delta format)")),
     }
 }
 
@@ -270,6 +281,16 @@ mod tests {
                 )
             }
             other => panic!("{other:?}"),
+        }
+        let (_, r) = parse_request(r#"{"op":"subscribe","topics":["a.b"],"delta":"fossil"}"#, 10);
+        assert!(matches!(r, Ok(Request::Subscribe { delta: true, .. })), "{r:?}");
+        for bad in ["true", "\"xdelta\"", "1"] {
+            let text = format!(r#"{{"op":"subscribe","topics":["a.b"],"delta":{bad}}}"#);
+            let (_, r) = parse_request(&text, 10);
+            assert!(
+                matches!(&r, Err(RequestError::BadRequest(m)) if m.contains("delta")),
+                "{bad}: {r:?}"
+            );
         }
         let (_, r) = parse_request(r#"{"op":"subscribe","topics":["a.b"],"max_rate":0.5}"#, 10);
         assert!(

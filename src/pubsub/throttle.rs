@@ -1,6 +1,8 @@
 //! Max rate per subscription (`"max_rate"` on subscribe, `max_rate` in `queue.policies`): a
 //! connection gets at most R frames a second per topic, and the newest value always arrives at
-//! the end of each interval (a trailing edge, never a stale last value).
+//! the end of each interval (a trailing edge, never a stale last value). And which frames of a
+//! `"delta":"fossil"` subscription may be deltas: only one that follows the last frame the pair
+//! was sent, since a delta is worth nothing to a client that lacks its base.
 //!
 //! What it costs, since a node may hold millions of (topic, connection) pairs: a throttled pair
 //! holds a [`Gate`] (boxed, so an unthrottled one pays one null pointer), and a publication a
@@ -62,13 +64,39 @@ impl Interval {
     }
 }
 
-/// One throttled (topic, connection) pair's state. Times are milliseconds on the [`Pacer`]'s
-/// clock.
+/// What a subscription asks for beyond plain delivery.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Terms {
+    pub interval: Interval,
+    /// Updates may come as Fossil deltas of the previous publication.
+    pub delta: bool,
+}
+
+impl Terms {
+    pub const PLAIN: Terms = Terms {
+        interval: Interval::NONE,
+        delta: false,
+    };
+
+    /// What a connection whose subscriptions to one topic ask for `asked` gets, under the
+    /// topic's max rate `cap`: the loosest rate ([`Interval::effective`]), and deltas if any of
+    /// them asked (a client that asked knows how to apply them).
+    pub fn effective(asked: impl IntoIterator<Item = Terms> + Clone, cap: Interval) -> Terms {
+        Terms {
+            interval: Interval::effective(asked.clone().into_iter().map(|t| t.interval), cap),
+            delta: asked.into_iter().any(|t| t.delta),
+        }
+    }
+}
+
+/// One (topic, connection) pair's state when its terms are not plain. Times are milliseconds
+/// on the [`Pacer`]'s clock.
 #[derive(Debug)]
 pub struct Gate {
     /// The connection (a hub client id), for the pacer to find the pair again.
     pub client: u64,
     interval: Interval,
+    delta: bool,
     /// A publication was held back, and a [`Due`] will deliver the newest one.
     pending: bool,
     /// When the next frame may go.
@@ -80,8 +108,9 @@ pub struct Gate {
 /// What a gate does with a publication.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Admit {
-    /// Send it now.
-    Now,
+    /// Send it now; `follows` when the pair was sent the publication just before (so a
+    /// delta of it can be applied).
+    Now { follows: bool },
     /// Hold it back; the caller schedules a delivery at this time.
     Later(u64),
     /// A held-back publication was waiting: this one replaces it (the older is conflated).
@@ -90,26 +119,38 @@ pub enum Admit {
 
 impl Gate {
     /// A gate for `client` that has been sent up to `seq`, free to send at once.
-    pub fn new(client: u64, interval: Interval, seq: u64) -> Gate {
+    pub fn new(client: u64, terms: Terms, seq: u64) -> Gate {
         Gate {
             client,
-            interval,
+            interval: terms.interval,
+            delta: terms.delta,
             pending: false,
             next: 0,
             sent: seq,
         }
     }
 
-    /// Changes the interval from the next frame on. A gate whose interval drops to none stays
+    /// Changes the terms from the next frame on. A gate whose interval drops to none stays
     /// until its pending delivery is made, so that the held-back value is neither lost nor
     /// sent twice.
-    pub fn set_interval(&mut self, interval: Interval) {
-        self.interval = interval;
+    pub fn set_terms(&mut self, terms: Terms) {
+        self.interval = terms.interval;
+        self.delta = terms.delta;
     }
 
-    /// Whether the gate may go: no interval and nothing pending.
+    /// Whether the gate has nothing left to do: plain terms and nothing pending.
     pub fn is_open(&self) -> bool {
-        self.interval.is_none() && !self.pending
+        self.interval.is_none() && !self.delta && !self.pending
+    }
+
+    /// Whether the pair takes deltas.
+    pub fn delta(&self) -> bool {
+        self.delta
+    }
+
+    /// The pair's client lacks the value a delta would start from (its catch-up was cut short).
+    pub fn forget_sent(&mut self) {
+        self.sent = 0;
     }
 
     /// Publication `seq` at time `now`.
@@ -118,9 +159,10 @@ impl Gate {
             return Admit::Replaced;
         }
         if now >= self.next {
+            let follows = self.sent + 1 == seq;
             self.sent = seq;
             self.next = now + self.interval.ms();
-            return Admit::Now;
+            return Admit::Now { follows };
         }
         self.pending = true;
         Admit::Later(self.next)
@@ -301,10 +343,17 @@ mod tests {
         assert_eq!(Interval::effective([], Interval::NONE), Interval::NONE);
     }
 
+    fn terms(ms: u32) -> Terms {
+        Terms {
+            interval: Interval(ms),
+            delta: false,
+        }
+    }
+
     #[test]
     fn a_gate_sends_the_first_holds_the_rest_and_releases_the_newest() {
-        let mut gate = Gate::new(7, Interval(100), 0);
-        assert_eq!(gate.admit(1, 1000), Admit::Now);
+        let mut gate = Gate::new(7, terms(100), 0);
+        assert_eq!(gate.admit(1, 1000), Admit::Now { follows: true });
         assert_eq!(gate.admit(2, 1010), Admit::Later(1100));
         assert_eq!(gate.admit(3, 1020), Admit::Replaced);
         assert_eq!(gate.admit(4, 1030), Admit::Replaced);
@@ -317,15 +366,15 @@ mod tests {
         );
         gate.caught_up(5);
         assert!(!gate.release(5, 1200), "a catch-up already brought seq 5");
-        assert_eq!(gate.admit(6, 1300), Admit::Now);
+        assert_eq!(gate.admit(6, 1300), Admit::Now { follows: true });
     }
 
     #[test]
     fn an_unthrottled_gate_opens_only_after_its_pending_delivery() {
-        let mut gate = Gate::new(7, Interval(100), 0);
-        assert_eq!(gate.admit(1, 0), Admit::Now);
+        let mut gate = Gate::new(7, terms(100), 0);
+        assert_eq!(gate.admit(1, 0), Admit::Now { follows: true });
         assert_eq!(gate.admit(2, 10), Admit::Later(100));
-        gate.set_interval(Interval::NONE);
+        gate.set_terms(Terms::PLAIN);
         assert!(!gate.is_open());
         assert_eq!(gate.admit(3, 20), Admit::Replaced);
         assert!(gate.release(3, 100));

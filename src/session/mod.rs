@@ -25,7 +25,7 @@ use crate::protocol::disconnect::Disconnect;
 use crate::protocol::error::{Action, RequestError};
 use crate::protocol::{parse_request, Data, Position, Reply, Request};
 use crate::pubsub::hub::{Subscribed, Subscriber};
-use crate::pubsub::throttle::Interval;
+use crate::pubsub::throttle::{Interval, Terms};
 use crate::topic::{Pattern, Topic};
 
 use self::ratelimit::{RateLimit, Verdict};
@@ -85,9 +85,10 @@ impl<'a, E: Expiry> Session<'a, E> {
                 topics,
                 since,
                 max_rate,
+                delta,
             }) => {
                 // Its reply, queued, says how it went.
-                let _ = self.subscribe(id, topics, since, max_rate).await;
+                let _ = self.subscribe(id, topics, since, max_rate, delta).await;
             }
             Ok(Request::Unsubscribe(topics)) => self.unsubscribe(id, &topics).await,
             Ok(Request::Publish { topic, data }) => self.publish(id, topic, data).await,
@@ -98,7 +99,7 @@ impl<'a, E: Expiry> Session<'a, E> {
     }
 
     /// Subscribes to `topics` (recovering from the `since` positions, at most `max_rate`
-    /// updates a second per topic), replying `subscribed` followed by the catch-up, or an
+    /// updates a second per topic, as deltas if `delta` and deltas are enabled), replying `subscribed` followed by the catch-up, or an
     /// error, which is returned too: the whole subscribe request, ACL and limits included. A
     /// transport whose client cannot send calls it directly, and may turn a refusal into its
     /// own answer.
@@ -108,6 +109,7 @@ impl<'a, E: Expiry> Session<'a, E> {
         topics: Vec<Pattern>,
         since: HashMap<Topic, Position>,
         max_rate: Option<f64>,
+        delta: bool,
     ) -> Result<(), RequestError> {
         if let Some(denied) = self.identity.acl.first_unreadable(&topics) {
             return self.refuse(id, RequestError::forbidden(Action::Subscribe, denied));
@@ -150,7 +152,11 @@ impl<'a, E: Expiry> Session<'a, E> {
             .frame(),
             Err(e) => Reply::error(id, e).frame(),
         };
-        let subscribed = (self.app.node).subscribe(self.who, &unique, &new, &since, interval, reply);
+        let terms = Terms {
+            interval,
+            delta: delta && self.app.settings.delta.enabled,
+        };
+        let subscribed = (self.app.node).subscribe(self.who, &unique, &new, &since, terms, reply);
         subscribed.await?;
         self.subscriptions.extend(topics);
         Ok(())

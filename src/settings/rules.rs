@@ -79,6 +79,7 @@ impl Settings {
             max_topics: self.limits.max_topics,
             max_catch_up_topics: self.limits.max_catch_up_topics,
             idle_ttl: (!self.topics.idle_ttl.is_zero()).then_some(self.topics.idle_ttl),
+            delta_min_bytes: self.delta.min_bytes,
         }
     }
 

@@ -43,6 +43,7 @@ pub struct Settings {
     pub auth: AuthSettings,
     pub feed: FeedSettings,
     pub web: WebSettings,
+    pub delta: DeltaSettings,
     pub log: LogSettings,
     pub broker: BrokerSettings,
     /// The `--config` file these were loaded from: a reload (SIGHUP, or the file changing)
@@ -180,6 +181,8 @@ pub struct TopicBounds {
     pub max_catch_up_topics: usize,
     /// `None` keeps idle topics forever.
     pub idle_ttl: Option<Duration>,
+    /// `delta.min_bytes`: data shorter than this is never sent as a delta.
+    pub delta_min_bytes: usize,
 }
 
 /// Shortest non-zero `topics.idle_ttl`: the sweep runs every half of it.
@@ -364,6 +367,16 @@ pub struct FeedSettings {
     pub enabled: bool,
     pub symbols: Vec<String>,
     pub updates_per_second: f64,
+}
+
+/// Delta updates for `"delta":"fossil"` subscriptions (docs/protocol.md §4.1).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeltaSettings {
+    /// When false, such subscriptions are accepted and always get full `data`.
+    pub enabled: bool,
+    /// Data shorter than this is always sent in full: a delta would save next to nothing.
+    pub min_bytes: usize,
 }
 
 /// The browser pages (docs/web.md).

@@ -29,6 +29,7 @@ fn defaults_are_valid() {
             max_topics: 1_000_000,
             max_catch_up_topics: 10_000,
             idle_ttl: Some(Duration::from_secs(3600)),
+            delta_min_bytes: 128,
         }
     );
     let forever = Settings::from_toml("[topics]\nidle_ttl = \"0s\"").unwrap();

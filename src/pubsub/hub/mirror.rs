@@ -9,7 +9,7 @@ use crate::pubsub::history::{self, History};
 use crate::sync::lock;
 use crate::topic::Topic;
 
-use super::{Applied, HistoryPage, Hub, Remote, Stored, ENCODING};
+use super::{Applied, HistoryPage, Hub, Outgoing, Remote, Stored, ENCODING};
 
 /// The local instant at which a publication accepted at `ts` (ms since the Unix epoch, maybe on
 /// another node) happened, for the latency histogram and the history TTL.
@@ -82,12 +82,18 @@ impl Hub {
             let mut delta = state.history.clear();
             delta += refill(&mut state.history, &stored.entries);
             self.count_history(delta);
-            if let Some((ts, data)) = &state.last {
-                let (frame, ts) = (
-                    ENCODING.reset_frame(topic, state.seq, *ts, data, &state.epoch),
-                    *ts,
-                );
-                self.fan_out(topic, entry, state, &frame, instant_of(ts), false);
+            if let Some((ts, data)) = state.last.clone() {
+                let frame = ENCODING.reset_frame(topic, state.seq, ts, &data, &state.epoch);
+                let out = Outgoing {
+                    topic,
+                    seq: state.seq,
+                    ts,
+                    data: &data,
+                    frame: &frame,
+                    accepted: instant_of(ts),
+                    gated: false,
+                };
+                self.fan_out(entry, state, &out);
             }
         });
     }

@@ -54,7 +54,7 @@ use crate::pubsub::idmap::IdMap;
 use crate::pubsub::names::TopicNames;
 use crate::pubsub::outbox::{Outbox, Pushed, TopicKey};
 use crate::pubsub::patterns::PatternIndex;
-use crate::pubsub::throttle::{Admit, Due, Gate, Interval, Pacer};
+use crate::pubsub::throttle::{Admit, Due, Gate, Interval, Pacer, Terms};
 use crate::settings::{Policy, TopicBounds, TopicRules};
 use crate::sync::lock;
 use crate::topic::{Pattern, Topic};
@@ -73,8 +73,8 @@ pub struct Subscriber {
     pub outbox: Arc<Outbox>,
 }
 
-/// A pattern subscriber as the pattern index keeps it: where to deliver, and at what rate.
-type Watcher = (Arc<Outbox>, Interval);
+/// A pattern subscriber as the pattern index keeps it: where to deliver, and on what terms.
+type Watcher = (Arc<Outbox>, Terms);
 
 /// The latest publication of a topic.
 #[derive(Debug, Clone)]
@@ -139,6 +139,19 @@ pub enum Applied {
 /// The epoch of a mirrored topic whose stream has not been seen yet (none in Redis): the first
 /// publication or stored state adopts its epoch.
 const UNKNOWN_EPOCH: &str = "";
+
+/// A publication on its way to a topic's subscribers.
+struct Outgoing<'a> {
+    topic: &'a Topic,
+    seq: u64,
+    ts: u64,
+    data: &'a Data,
+    /// Its frame, encoded once for every subscriber that takes it whole.
+    frame: &'a Bytes,
+    accepted: Instant,
+    /// Through the subscribers' gates (an update), or past them (a reset).
+    gated: bool,
+}
 
 /// What a subscribe request produced, for its reply and the frames that follow it.
 #[derive(Debug, Default)]
@@ -214,6 +227,9 @@ struct TopicState {
     touched: Instant,
     /// Set when the entry left the map; holders of a stale `Arc` must look the topic up again.
     removed: bool,
+    /// How many subscriptions have a gate (a max rate): while none, the fan-out skips the
+    /// check on every subscriber (callgrind: 7 instructions a delivery).
+    gates: u32,
 }
 
 /// A client's presence on one topic, with the subscriptions (exact or pattern) that put it
@@ -224,34 +240,40 @@ struct Subscription {
     gate: Option<Box<Gate>>,
 }
 
-/// A subscription that matches a topic, and the max rate it asked for.
+/// A subscription that matches a topic, and what it asked for.
 struct Reason {
     pattern: Pattern,
-    interval: Interval,
+    terms: Terms,
 }
 
 impl Subscription {
-    /// Fits the gate to the reasons and the topic's `cap`; a new gate starts at `seq`.
-    fn regate(&mut self, client: ClientId, cap: Interval, seq: u64) {
-        let interval = Interval::effective(self.reasons.iter().map(|r| r.interval), cap);
+    /// Fits the gate to the reasons and the topic's `cap`; a new gate starts at `seq`. Returns
+    /// the change in the number of gates.
+    fn regate(&mut self, client: ClientId, cap: Interval, seq: u64) -> i32 {
+        let terms = Terms::effective(self.reasons.iter().map(|r| r.terms), cap);
         match &mut self.gate {
             Some(gate) => {
-                gate.set_interval(interval);
+                gate.set_terms(terms);
                 if gate.is_open() {
                     self.gate = None;
+                    return -1;
                 }
+                0
             }
-            None if !interval.is_none() => self.gate = Some(Box::new(Gate::new(client, interval, seq))),
-            None => {}
+            None if terms != Terms::PLAIN => {
+                self.gate = Some(Box::new(Gate::new(client, terms, seq)));
+                1
+            }
+            None => 0,
         }
     }
 }
 
 impl TopicState {
-    /// Records `reason` (at the max rate `interval`) for `who`, under the topic's `cap`;
-    /// returns true when `who` was not receiving this topic before. A reason already recorded
-    /// takes the new interval.
-    fn add(&mut self, who: &Subscriber, reason: &Pattern, interval: Interval, cap: Interval) -> bool {
+    /// Records `reason` (on `terms`) for `who`, under the topic's max rate `cap`; returns true
+    /// when `who` was not receiving this topic before. A reason already recorded takes the new
+    /// terms.
+    fn add(&mut self, who: &Subscriber, reason: &Pattern, terms: Terms, cap: Interval) -> bool {
         let sub = (self.subscribers).get_or_insert_with(who.id, || Subscription {
             outbox: who.outbox.clone(),
             reasons: Vec::with_capacity(1),
@@ -259,13 +281,15 @@ impl TopicState {
         });
         let fresh = sub.reasons.is_empty();
         match sub.reasons.iter_mut().find(|r| r.pattern == *reason) {
-            Some(known) => known.interval = interval,
+            Some(known) => known.terms = terms,
             None => sub.reasons.push(Reason {
                 pattern: reason.clone(),
-                interval,
+                terms,
             }),
         }
-        sub.regate(who.id, cap, self.seq);
+        self.gates = self
+            .gates
+            .saturating_add_signed(sub.regate(who.id, cap, self.seq));
         fresh
     }
 
@@ -273,13 +297,20 @@ impl TopicState {
     fn remove(&mut self, id: ClientId, reason: &Pattern, cap: Interval, mirrored: bool) -> bool {
         if let Some(sub) = self.subscribers.get_mut(id) {
             sub.reasons.retain(|r| r.pattern != *reason);
-            if sub.reasons.is_empty() {
-                self.subscribers.remove(id);
-            } else {
-                sub.regate(id, cap, self.seq);
-            }
+            let change = match sub.reasons.is_empty() {
+                true => -i32::from(self.subscribers.remove(id).is_some_and(|s| s.gate.is_some())),
+                false => sub.regate(id, cap, self.seq),
+            };
+            self.gates = self.gates.saturating_add_signed(change);
         }
         self.is_idle(mirrored)
+    }
+
+    /// The client `id` has not been sent the topic's current value (see [`Gate::forget_sent`]).
+    fn forget_sent(&mut self, id: ClientId) {
+        if let Some(gate) = (self.subscribers.get_mut(id)).and_then(|s| s.gate.as_deref_mut()) {
+            gate.forget_sent();
+        }
     }
 
     /// Nothing worth keeping: no subscribers, and no last value that only this hub holds.
@@ -377,7 +408,16 @@ impl Hub {
         // half the cost of such a publication (callgrind, 1M topics).
         if !state.subscribers.is_empty() {
             let frame = ENCODING.update_frame(topic, seq, ts, data);
-            self.fan_out(topic, entry, state, &frame, accepted, true);
+            let out = Outgoing {
+                topic,
+                seq,
+                ts,
+                data,
+                frame: &frame,
+                accepted,
+                gated: true,
+            };
+            self.fan_out(entry, state, &out);
         }
         let stored = state.history.push(seq, ts, data, accepted);
         self.count_history(stored);
@@ -385,28 +425,51 @@ impl Hub {
         state.snapshot = None;
     }
 
-    /// Queues `frame`, publication `state.seq`, for every subscriber; through their gates when
-    /// `gated` (an update), past them when not (a reset, which must not wait or be skipped).
-    fn fan_out(
-        &self,
-        topic: &Topic,
-        entry: &TopicEntry,
-        state: &mut TopicState,
-        frame: &Bytes,
-        accepted: Instant,
-        gated: bool,
-    ) {
+    /// Queues `out`, publication `state.seq`, for every subscriber; through their gates when
+    /// `out.gated` (an update), past them when not (a reset, which must not wait or be skipped).
+    fn fan_out(&self, entry: &TopicEntry, state: &mut TopicState, out: &Outgoing<'_>) {
+        if state.gates > 0 {
+            return self.fan_out_gated(entry, state, out);
+        }
         let mut conflated = 0;
-        let seq = state.seq;
         let Some(subscribers) = state.subscribers.non_empty_values_mut() else {
             return;
         };
         for sub in subscribers {
+            let pushed = sub
+                .outbox
+                .push_topic(out.frame, entry.key, entry.policy, Some(out.accepted));
+            conflated += u64::from(pushed == Pushed::Conflated);
+        }
+        if conflated > 0 {
+            self.metrics.conflated.inc_by(conflated);
+        }
+    }
+
+    /// [`Hub::fan_out`] for a topic some subscribers of which have a gate (a max rate, deltas).
+    /// `state.last` is still the previous publication, the base of a delta.
+    #[inline(never)]
+    fn fan_out_gated(&self, entry: &TopicEntry, state: &mut TopicState, out: &Outgoing<'_>) {
+        let (mut conflated, mut deltas, mut saved) = (0, 0, 0);
+        let seq = state.seq;
+        let now = self.pacer.ms(out.accepted);
+        // Computed once, at the first subscriber that can take it; `None` inside: not worth it.
+        let mut delta: Option<Option<Bytes>> = None;
+        let base = state.last.as_ref().map(|(_, data)| data.clone());
+        let Some(subscribers) = state.subscribers.non_empty_values_mut() else {
+            return;
+        };
+        for sub in subscribers {
+            let mut frame = out.frame;
             if let Some(gate) = sub.gate.as_deref_mut() {
-                let now = self.pacer.ms(accepted);
-                match gated.then(|| gate.admit(seq, now)) {
+                match out.gated.then(|| gate.admit(seq, now)) {
                     None => gate.caught_up(seq),
-                    Some(Admit::Now) => {}
+                    Some(Admit::Now { follows }) => {
+                        if gate.delta() && follows {
+                            let made = delta.get_or_insert_with(|| self.delta_frame(out, base.as_ref()));
+                            frame = made.as_ref().unwrap_or(out.frame);
+                        }
+                    }
                     Some(Admit::Replaced) => {
                         conflated += 1;
                         continue;
@@ -416,7 +479,7 @@ impl Hub {
                             at,
                             key: entry.key,
                             client: gate.client,
-                            target: topic.clone(),
+                            target: out.topic.clone(),
                         };
                         if self.pacer.schedule(due) {
                             continue;
@@ -425,14 +488,44 @@ impl Hub {
                     }
                 }
             }
-            let pushed = sub
-                .outbox
-                .push_topic(frame, entry.key, entry.policy, Some(accepted));
+            let pushed = match std::ptr::eq(frame, out.frame) {
+                true => (sub.outbox).push_topic(frame, entry.key, entry.policy, Some(out.accepted)),
+                false => {
+                    let pushed = (sub.outbox).push_delta(
+                        frame,
+                        out.frame,
+                        entry.key,
+                        entry.policy,
+                        Some(out.accepted),
+                    );
+                    if pushed == Pushed::Queued {
+                        deltas += 1;
+                        saved += out.frame.len() - frame.len();
+                    }
+                    pushed
+                }
+            };
             conflated += u64::from(pushed == Pushed::Conflated);
         }
         if conflated > 0 {
             self.metrics.conflated.inc_by(conflated);
         }
+        if deltas > 0 {
+            self.metrics.delta_frames.inc_by(deltas);
+            self.metrics.bytes_saved_delta.inc_by(saved as u64);
+        }
+    }
+
+    /// The `update` frame of `out` as a Fossil delta of `base`, the previous publication's
+    /// data; `None` when there is no base, the data is under `delta.min_bytes`, or the delta
+    /// would not be smaller than the data.
+    fn delta_frame(&self, out: &Outgoing<'_>, base: Option<&Data>) -> Option<Bytes> {
+        let (base, data) = (base?.get(), out.data.get());
+        if data.len() < self.bounds.delta_min_bytes {
+            return None;
+        }
+        let delta = tickwire_proto::fossil::create_str(base, data);
+        (delta.len() < data.len()).then(|| ENCODING.delta_frame(out.topic, out.seq, out.ts, &delta))
     }
 
     /// Releases the deliveries held back by max rates, as they fall due; runs for the node's
@@ -467,6 +560,7 @@ impl Hub {
                 last,
                 subscribers,
                 removed,
+                gates,
                 ..
             } = &mut *state;
             let (Some((ts, data)), false) = (last.as_ref(), *removed) else {
@@ -483,6 +577,7 @@ impl Hub {
             }
             if gate.is_open() {
                 sub.gate = None;
+                *gates -= 1;
             }
             let frame = match &encoded {
                 Some((key, at, frame)) if (*key, *at) == (entry.key, *seq) => frame.clone(),

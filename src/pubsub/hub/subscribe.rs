@@ -8,7 +8,7 @@ use std::time::Instant;
 use crate::protocol::error::RequestError;
 use crate::protocol::Position;
 use crate::pubsub::outbox::TopicKey;
-use crate::pubsub::throttle::Interval;
+use crate::pubsub::throttle::Terms;
 use crate::settings::Policy;
 use crate::sync::{lock, write};
 use crate::topic::{Pattern, Topic};
@@ -36,19 +36,19 @@ impl Hub {
         subscriptions: &[Pattern],
         since: &HashMap<Topic, Position>,
     ) -> Result<Subscribed, RequestError> {
-        self.subscribe_at(who, subscriptions, since, Interval::NONE)
+        self.subscribe_on(who, subscriptions, since, Terms::PLAIN)
     }
 
-    /// [`Hub::subscribe`] at a max rate.
+    /// [`Hub::subscribe`] on `terms`.
     #[cfg(test)]
-    pub fn subscribe_at(
+    pub fn subscribe_on(
         &self,
         who: &Subscriber,
         subscriptions: &[Pattern],
         since: &HashMap<Topic, Position>,
-        interval: Interval,
+        terms: Terms,
     ) -> Result<Subscribed, RequestError> {
-        let mut job = self.subscribing(who, subscriptions, since, interval)?;
+        let mut job = self.subscribing(who, subscriptions, since, terms)?;
         for sub in subscriptions {
             job.add(sub);
             while !job.run(usize::MAX) {}
@@ -66,7 +66,7 @@ impl Hub {
         who: &'a Subscriber,
         subscriptions: &[Pattern],
         since: &'a HashMap<Topic, Position>,
-        interval: Interval,
+        terms: Terms,
     ) -> Result<Subscribing<'a>, RequestError> {
         let exact: Vec<Topic> = subscriptions.iter().filter_map(Pattern::as_exact).collect();
         self.reserve(&exact)?;
@@ -74,7 +74,7 @@ impl Hub {
             hub: self,
             who,
             since,
-            interval,
+            terms,
             now: Instant::now(),
             seen: HashSet::new(),
             out: Subscribed::default(),
@@ -157,7 +157,7 @@ impl Subscribing<'_> {
         let who = self.catch_up.who;
         {
             let mut patterns = write(&hub.patterns);
-            let watcher = (who.outbox.clone(), self.catch_up.interval);
+            let watcher = (who.outbox.clone(), self.catch_up.terms);
             patterns.insert(sub, who.id, watcher);
             // Read under the write lock: no topic is being created meanwhile (creation holds
             // the read lock while it takes its key and looks the patterns up).
@@ -218,8 +218,8 @@ struct CatchUp<'a> {
     hub: &'a Hub,
     who: &'a Subscriber,
     since: &'a HashMap<Topic, Position>,
-    /// The request's max rate.
-    interval: Interval,
+    /// What the request asked for: max rate, deltas.
+    terms: Terms,
     now: Instant,
     /// Topics (by key) already answered for: a topic two subscriptions match is caught up once.
     seen: HashSet<TopicKey>,
@@ -230,12 +230,16 @@ impl CatchUp<'_> {
     /// Registers the subscriber on `topic` for `reason`, then, the first time the request meets
     /// the topic, records its position and the frames that bring the client up to date.
     fn add(&mut self, topic: &Topic, entry: &TopicEntry, state: &mut TopicState, reason: &Pattern) {
-        let fresh = state.add(self.who, reason, self.interval, entry.cap);
+        let fresh = state.add(self.who, reason, self.terms, entry.cap);
         // Past the cap only what `since` names (bounded by the request's size) is caught up;
         // nor is a skipped topic remembered, so the request holds no more than the cap either.
         let full = self.out.positions.len() >= self.hub.bounds.max_catch_up_topics;
         if full && !self.since.contains_key(topic) {
             self.out.truncated |= !self.seen.contains(&entry.key);
+            if fresh {
+                // No snapshot: the client has no value a delta could start from.
+                state.forget_sent(self.who.id);
+            }
             return;
         }
         if !self.seen.insert(entry.key) {

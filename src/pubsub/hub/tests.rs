@@ -205,7 +205,7 @@ async fn pattern_subscribe_in_slices_misses_and_repeats_nothing() {
     let who = hub.new_subscriber(Arc::new(Outbox::new(1 << 20)));
     let since = HashMap::new();
     let subs = pats(&["p.*"]);
-    let mut job = hub.subscribing(&who, &subs, &since, Interval::NONE).unwrap();
+    let mut job = hub.subscribing(&who, &subs, &since, Terms::PLAIN).unwrap();
     job.add(&subs[0]);
     assert!(!job.run(4), "10 topics take three slices of 4");
     hub.publish(&topic("p.new"), data("2"));
@@ -239,4 +239,82 @@ fn a_topic_entry_stays_small() {
         std::mem::size_of::<History>()
     );
     assert!(arc_inner <= 168, "{arc_inner} B with the Arc's counts");
+}
+
+#[tokio::test]
+async fn a_gate_holds_publications_back_and_the_pacer_sends_the_newest() {
+    let hub = hub();
+    let t = topic("dash.a");
+    let who = hub.new_subscriber(Arc::new(Outbox::new(1 << 20)));
+    let other = hub.new_subscriber(Arc::new(Outbox::new(1 << 20)));
+    let ten_a_second = Terms {
+        interval: Interval::from_rate(10.0).unwrap(),
+        delta: false,
+    };
+    hub.subscribe_on(&who, &pats(&["dash.a"]), &HashMap::new(), ten_a_second)
+        .unwrap();
+    hub.subscribe(&other, &pats(&["dash.*"]), &HashMap::new())
+        .unwrap();
+    for i in 1..=3 {
+        hub.publish(&t, data(&i.to_string()));
+    }
+    let sent = frames(&who.outbox).await;
+    assert_eq!(sent.len(), 1, "the first goes at once: {sent:?}");
+    assert!(sent[0].contains(r#""seq":1"#), "{sent:?}");
+    assert_eq!(
+        frames(&other.outbox).await.len(),
+        3,
+        "the other subscriber has no gate"
+    );
+    assert_eq!(
+        hub.pacer.len(),
+        1,
+        "one held-back delivery, however many publications"
+    );
+
+    let mut due = Vec::new();
+    let now = hub.pacer.ms(Instant::now());
+    assert!(
+        hub.pacer.take_due(now, &mut due).is_some_and(|at| at > now),
+        "not yet due"
+    );
+    let later = now + 100;
+    hub.pacer.take_due(later, &mut due);
+    hub.release(later, &mut due);
+    let sent = frames(&who.outbox).await;
+    assert_eq!(sent.len(), 1, "{sent:?}");
+    assert!(
+        sent[0].contains(r#""seq":3"#) && sent[0].contains(r#""data":3"#),
+        "the newest: {sent:?}"
+    );
+
+    hub.unsubscribe(who.id, &pats(&["dash.a"]));
+    let entry = hub.topics.get(&t).unwrap().clone();
+    assert_eq!(lock(&entry.state).gates, 0, "the gate left with its subscription");
+}
+
+#[tokio::test]
+async fn a_subscription_without_a_rate_opens_the_gate_of_the_same_connection() {
+    let hub = hub();
+    let t = topic("dash.b");
+    let who = hub.new_subscriber(Arc::new(Outbox::new(1 << 20)));
+    let once_a_second = Terms {
+        interval: Interval::from_rate(1.0).unwrap(),
+        delta: false,
+    };
+    hub.subscribe_on(&who, &pats(&["dash.b"]), &HashMap::new(), once_a_second)
+        .unwrap();
+    hub.subscribe(&who, &pats(&["dash.*"]), &HashMap::new()).unwrap();
+    for i in 1..=3 {
+        hub.publish(&t, data(&i.to_string()));
+    }
+    assert_eq!(
+        frames(&who.outbox).await.len(),
+        3,
+        "the loosest subscription applies"
+    );
+    let entry = hub.topics.get(&t).unwrap().clone();
+    assert_eq!(lock(&entry.state).gates, 0);
+    hub.unsubscribe(who.id, &pats(&["dash.*"]));
+    assert_eq!(lock(&entry.state).gates, 1, "throttled again");
 }

@@ -55,16 +55,17 @@ impl Hub {
             subscribers: IdMap::default(),
             touched: Instant::now(),
             removed: false,
+            gates: 0,
         };
         let cap = (self.rules.max_rate_for(topic)).map_or(Interval::NONE, |rate| {
             Interval::from_rate(rate).expect("settings validate queue.policies' max_rate")
         });
-        patterns.for_each_match(topic, |pattern, id, (outbox, interval)| {
+        patterns.for_each_match(topic, |pattern, id, (outbox, terms)| {
             let who = Subscriber {
                 id,
                 outbox: outbox.clone(),
             };
-            state.add(&who, pattern, *interval, cap);
+            state.add(&who, pattern, *terms, cap);
         });
         let entry = Arc::new(TopicEntry {
             key: self.next_key.fetch_add(1, Ordering::Relaxed),

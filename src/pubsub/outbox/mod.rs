@@ -146,6 +146,34 @@ impl Outbox {
         policy: Policy,
         accepted: Option<Instant>,
     ) -> Pushed {
+        self.push_topic_or(frame, frame, key, policy, accepted)
+    }
+
+    /// Queues an update as a delta `frame`, which the client applies to the frame before it.
+    /// Conflation replaces the waiting update of the topic, and with it the delta's base: then
+    /// the `full` frame of the same publication goes in its place.
+    pub fn push_delta(
+        &self,
+        frame: &Bytes,
+        full: &Bytes,
+        key: TopicKey,
+        policy: Policy,
+        accepted: Option<Instant>,
+    ) -> Pushed {
+        self.push_topic_or(frame, full, key, policy, accepted)
+    }
+
+    /// [`Outbox::push_topic`], with `replacement` as what conflation puts in place of the
+    /// waiting update.
+    #[inline(always)]
+    fn push_topic_or(
+        &self,
+        frame: &Bytes,
+        replacement: &Bytes,
+        key: TopicKey,
+        policy: Policy,
+        accepted: Option<Instant>,
+    ) -> Pushed {
         let mut st = self.lock();
         if !matches!(st.close, Close::Open) {
             return Pushed::Closed;
@@ -159,8 +187,8 @@ impl Outbox {
             Policy::Conflate => {
                 if st.stalled || over {
                     if let Some(i) = st.conflation_index().get(&key).copied() {
-                        let old = std::mem::replace(&mut st.waiting[i].frame, frame.clone());
-                        st.bytes = st.bytes - old.len() + frame.len();
+                        let old = std::mem::replace(&mut st.waiting[i].frame, replacement.clone());
+                        st.bytes = st.bytes - old.len() + replacement.len();
                         return Pushed::Conflated;
                     }
                 }
