@@ -85,6 +85,10 @@ pub struct Metrics {
     pub delta_frames: IntCounter,
     /// `tickwire_bytes_saved_total{by="delta"}`: bytes of full frames not queued thanks to deltas.
     pub bytes_saved_delta: IntCounter,
+    /// Frames queued compressed (permessage-deflate).
+    pub compressed_frames: IntCounter,
+    /// `tickwire_bytes_saved_total{by="deflate"}`.
+    pub bytes_saved_deflate: IntCounter,
     pub bytes_sent: IntCounter,
     pub bytes_received: IntCounter,
     pub delivery_latency: Histogram,
@@ -230,6 +234,11 @@ impl Metrics {
                 "Update frames queued as a Fossil delta of the previous publication instead of the full data.",
             )?,
             bytes_saved_delta: bytes_saved.with_label_values(&["delta"]),
+            compressed_frames: counter(
+                "tickwire_compressed_frames_total",
+                "Frames queued compressed with permessage-deflate (each publication is compressed once).",
+            )?,
+            bytes_saved_deflate: bytes_saved.with_label_values(&["deflate"]),
             bytes_sent: counter(
                 "tickwire_bytes_sent_total",
                 "Bytes written to WebSocket connections.",

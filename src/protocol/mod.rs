@@ -4,6 +4,7 @@
 //! module sees raw JSON. `data` payloads stay raw (`RawValue`): they are passed through
 //! byte-for-byte and never re-encoded. Every string field accepts JSON escapes ([`Text`]).
 
+pub mod deflate;
 pub mod disconnect;
 pub mod encoding;
 pub mod error;

@@ -77,6 +77,8 @@ pub struct ClientFrame {
     pub fin: bool,
     pub opcode: OpCode,
     pub payload: BytesMut,
+    /// RSV1: the first frame of a message compressed with permessage-deflate.
+    pub compressed: bool,
 }
 
 /// Reads client frames from `stream`. Cancel safe: a partly read frame stays buffered for the
@@ -85,6 +87,8 @@ pub struct FrameReader<S> {
     stream: S,
     buf: BytesMut,
     max_frame: usize,
+    /// permessage-deflate was negotiated: RSV1 may mark a message's first frame.
+    compressed: bool,
 }
 
 impl<S: AsyncRead + Unpin> FrameReader<S> {
@@ -94,7 +98,13 @@ impl<S: AsyncRead + Unpin> FrameReader<S> {
             stream,
             buf: BytesMut::new(),
             max_frame,
+            compressed: false,
         }
+    }
+
+    /// Accepts RSV1 on the first frame of a text or binary message (permessage-deflate).
+    pub fn allow_compressed(&mut self, allow: bool) {
+        self.compressed = allow;
     }
 
     /// The next frame; `Err` says why the connection must end (the client left, or broke a
@@ -103,9 +113,12 @@ impl<S: AsyncRead + Unpin> FrameReader<S> {
         self.fill(2).await?;
         let (b0, b1) = (self.buf[0], self.buf[1]);
         let fin = b0 & 0x80 != 0;
-        // No extension is negotiated, so no reserved bit may be set.
+        // RSV1 only with permessage-deflate, and only where a message starts (RFC 7692 §6.1);
+        // no other extension exists here, so RSV2 and RSV3 never.
+        let rsv1 = b0 & 0x40 != 0;
         let opcode = match OpCode::try_from(b0 & 0x0f) {
-            Ok(opcode) if b0 & 0x70 == 0 => opcode,
+            Ok(opcode) if b0 & 0x30 == 0 && !rsv1 => opcode,
+            Ok(opcode @ (OpCode::Text | OpCode::Binary)) if b0 & 0x30 == 0 && self.compressed => opcode,
             _ => return Err(Disconnect::ProtocolError),
         };
         if b1 & 0x80 == 0 {
@@ -140,7 +153,12 @@ impl<S: AsyncRead + Unpin> FrameReader<S> {
             // The buffer's memory goes with the payload, instead of staying with the reader.
             self.buf = BytesMut::new();
         }
-        Ok(ClientFrame { fin, opcode, payload })
+        Ok(ClientFrame {
+            fin,
+            opcode,
+            payload,
+            compressed: rsv1,
+        })
     }
 
     /// Reads until at least `n` bytes are buffered.
@@ -276,6 +294,22 @@ mod tests {
         for (bytes, want) in cases {
             let mut reader = FrameReader::new(&bytes[..], 100);
             assert_eq!(reader.read_frame().await.unwrap_err(), want, "{bytes:02x?}");
+        }
+        // With permessage-deflate: RSV1 marks the first frame of a text or binary message only.
+        let part = client_frame(0x41, b"part");
+        let mut first = FrameReader::new(&part[..], 100);
+        first.allow_compressed(true);
+        let f = first.read_frame().await.unwrap();
+        assert!(f.compressed && !f.fin && f.opcode == OpCode::Text);
+        for bad in [0xc0u8, 0xc9, 0xa1, 0x91] {
+            let bytes = client_frame(bad, b"x");
+            let mut reader = FrameReader::new(&bytes[..], 100);
+            reader.allow_compressed(true);
+            assert_eq!(
+                reader.read_frame().await.unwrap_err(),
+                Disconnect::ProtocolError,
+                "{bad:02x}"
+            );
         }
         let exactly = client_frame(0x82, &[0; 100]);
         assert_eq!(

@@ -80,6 +80,8 @@ impl Settings {
             max_catch_up_topics: self.limits.max_catch_up_topics,
             idle_ttl: (!self.topics.idle_ttl.is_zero()).then_some(self.topics.idle_ttl),
             delta_min_bytes: self.delta.min_bytes,
+            deflate_min_bytes: self.compression.min_bytes,
+            deflate_level: self.compression.level,
         }
     }
 

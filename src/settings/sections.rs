@@ -44,6 +44,7 @@ pub struct Settings {
     pub feed: FeedSettings,
     pub web: WebSettings,
     pub delta: DeltaSettings,
+    pub compression: CompressionSettings,
     pub log: LogSettings,
     pub broker: BrokerSettings,
     /// The `--config` file these were loaded from: a reload (SIGHUP, or the file changing)
@@ -183,6 +184,10 @@ pub struct TopicBounds {
     pub idle_ttl: Option<Duration>,
     /// `delta.min_bytes`: data shorter than this is never sent as a delta.
     pub delta_min_bytes: usize,
+    /// `compression.min_bytes`: smaller frame payloads are sent uncompressed.
+    pub deflate_min_bytes: usize,
+    /// `compression.level`.
+    pub deflate_level: u32,
 }
 
 /// Shortest non-zero `topics.idle_ttl`: the sweep runs every half of it.
@@ -377,6 +382,18 @@ pub struct DeltaSettings {
     pub enabled: bool,
     /// Data shorter than this is always sent in full: a delta would save next to nothing.
     pub min_bytes: usize,
+}
+
+/// permessage-deflate (RFC 7692) for the clients that offer it (docs/protocol.md §2.1).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct CompressionSettings {
+    /// Accept a client's permessage-deflate offer.
+    pub enabled: bool,
+    /// Frames with a smaller payload are sent uncompressed.
+    pub min_bytes: usize,
+    /// zlib level, 1 (fastest) to 9 (smallest).
+    pub level: u32,
 }
 
 /// The browser pages (docs/web.md).

@@ -30,6 +30,8 @@ fn defaults_are_valid() {
             max_catch_up_topics: 10_000,
             idle_ttl: Some(Duration::from_secs(3600)),
             delta_min_bytes: 128,
+            deflate_min_bytes: 256,
+            deflate_level: 6,
         }
     );
     let forever = Settings::from_toml("[topics]\nidle_ttl = \"0s\"").unwrap();

@@ -264,6 +264,11 @@ impl Settings {
             "topics.idle_ttl",
             "must be 0s (keep forever) or at least 100ms",
         );
+        c.check(
+            (1..=9).contains(&self.compression.level),
+            "compression.level",
+            "must be from 1 (fastest) to 9 (smallest)",
+        );
         for rule in &self.queue.policies {
             let Some(rate) = rule.max_rate else { continue };
             c.check(

@@ -47,6 +47,7 @@ use bytes::Bytes;
 use dashmap::DashMap;
 
 use crate::metrics::Metrics;
+use crate::protocol::deflate;
 use crate::protocol::encoding::Encoding;
 use crate::protocol::{new_epoch, now_ms, Data, Position};
 use crate::pubsub::history::{self, History};
@@ -140,6 +141,65 @@ pub enum Applied {
 /// publication or stored state adopts its epoch.
 const UNKNOWN_EPOCH: &str = "";
 
+/// The compressed variants of one publication's frames, made as subscribers need them: at most
+/// one per frame (full or delta) and window size.
+#[derive(Default)]
+struct Variants {
+    made: Vec<(bool, u8, Option<Bytes>)>,
+    /// Compressed frames queued.
+    sent: u64,
+    /// Bytes compression saved over those frames.
+    saved: u64,
+}
+
+impl Variants {
+    /// The full frame and the one to send (`frame`, the delta when `delta`), each compressed
+    /// for a window of `bits` where that is worth it.
+    fn pair<'a>(
+        &'a mut self,
+        bounds: TopicBounds,
+        full: &'a Bytes,
+        frame: &'a Bytes,
+        delta: bool,
+        bits: u8,
+    ) -> (&'a Bytes, &'a Bytes) {
+        let full_at = self.make(bounds, full, false, bits);
+        let frame_at = match delta {
+            true => self.make(bounds, frame, true, bits),
+            false => full_at,
+        };
+        let pick = |at: usize, plain: &'a Bytes| self.made[at].2.as_ref().unwrap_or(plain);
+        let chosen = pick(frame_at, frame);
+        if let Some(compressed) = &self.made[frame_at].2 {
+            self.saved += (frame.len() - compressed.len()) as u64;
+        }
+        (pick(full_at, full), chosen)
+    }
+
+    /// Where `frame` compressed for `bits` is in `made`, making it if needed; `None` in it when
+    /// the frame is under `compression.min_bytes` or compressing does not shrink it.
+    fn make(&mut self, bounds: TopicBounds, frame: &Bytes, delta: bool, bits: u8) -> usize {
+        if let Some(at) = self.made.iter().position(|(d, b, _)| (*d, *b) == (delta, bits)) {
+            return at;
+        }
+        let small = frame.len() < bounds.deflate_min_bytes;
+        let made = (!small).then(|| deflate::compress_frame(frame, bits, bounds.deflate_level));
+        self.made.push((delta, bits, made.flatten()));
+        self.made.len() - 1
+    }
+
+    fn count(&self, metrics: &Metrics, deltas: u64, saved_by_delta: u64) {
+        if deltas > 0 {
+            metrics.delta_frames.inc_by(deltas);
+            metrics.bytes_saved_delta.inc_by(saved_by_delta);
+        }
+        if self.sent > 0 {
+            metrics.compressed_frames.inc_by(self.sent);
+            metrics.bytes_saved_deflate.inc_by(self.saved);
+        }
+    }
+}
+
 /// A publication on its way to a topic's subscribers.
 struct Outgoing<'a> {
     topic: &'a Topic,
@@ -227,9 +287,11 @@ struct TopicState {
     touched: Instant,
     /// Set when the entry left the map; holders of a stale `Arc` must look the topic up again.
     removed: bool,
-    /// How many subscriptions have a gate (a max rate): while none, the fan-out skips the
-    /// check on every subscriber (callgrind: 7 instructions a delivery).
+    /// How many subscriptions have a gate (a max rate, deltas), and how many take compressed
+    /// frames: while both are zero the fan-out skips those checks on every subscriber
+    /// (callgrind: 7 instructions a delivery).
     gates: u32,
+    deflated: u32,
 }
 
 /// A client's presence on one topic, with the subscriptions (exact or pattern) that put it
@@ -274,10 +336,14 @@ impl TopicState {
     /// when `who` was not receiving this topic before. A reason already recorded takes the new
     /// terms.
     fn add(&mut self, who: &Subscriber, reason: &Pattern, terms: Terms, cap: Interval) -> bool {
-        let sub = (self.subscribers).get_or_insert_with(who.id, || Subscription {
-            outbox: who.outbox.clone(),
-            reasons: Vec::with_capacity(1),
-            gate: None,
+        let deflated = &mut self.deflated;
+        let sub = (self.subscribers).get_or_insert_with(who.id, || {
+            *deflated += u32::from(who.outbox.deflate().is_some());
+            Subscription {
+                outbox: who.outbox.clone(),
+                reasons: Vec::with_capacity(1),
+                gate: None,
+            }
         });
         let fresh = sub.reasons.is_empty();
         match sub.reasons.iter_mut().find(|r| r.pattern == *reason) {
@@ -298,7 +364,11 @@ impl TopicState {
         if let Some(sub) = self.subscribers.get_mut(id) {
             sub.reasons.retain(|r| r.pattern != *reason);
             let change = match sub.reasons.is_empty() {
-                true => -i32::from(self.subscribers.remove(id).is_some_and(|s| s.gate.is_some())),
+                true => {
+                    let gone = self.subscribers.remove(id).expect("found above");
+                    self.deflated -= u32::from(gone.outbox.deflate().is_some());
+                    -i32::from(gone.gate.is_some())
+                }
                 false => sub.regate(id, cap, self.seq),
             };
             self.gates = self.gates.saturating_add_signed(change);
@@ -428,7 +498,7 @@ impl Hub {
     /// Queues `out`, publication `state.seq`, for every subscriber; through their gates when
     /// `out.gated` (an update), past them when not (a reset, which must not wait or be skipped).
     fn fan_out(&self, entry: &TopicEntry, state: &mut TopicState, out: &Outgoing<'_>) {
-        if state.gates > 0 {
+        if state.gates > 0 || state.deflated > 0 {
             return self.fan_out_gated(entry, state, out);
         }
         let mut conflated = 0;
@@ -446,15 +516,18 @@ impl Hub {
         }
     }
 
-    /// [`Hub::fan_out`] for a topic some subscribers of which have a gate (a max rate, deltas).
-    /// `state.last` is still the previous publication, the base of a delta.
+    /// [`Hub::fan_out`] for a topic some subscribers of which have a gate (a max rate, deltas)
+    /// or take compressed frames. `state.last` is still the previous publication, the base of
+    /// a delta. Every variant of the frame (delta, compressed for a window size) is made once,
+    /// at the first subscriber that takes it.
     #[inline(never)]
     fn fan_out_gated(&self, entry: &TopicEntry, state: &mut TopicState, out: &Outgoing<'_>) {
         let (mut conflated, mut deltas, mut saved) = (0, 0, 0);
         let seq = state.seq;
         let now = self.pacer.ms(out.accepted);
-        // Computed once, at the first subscriber that can take it; `None` inside: not worth it.
+        // `None` inside: not worth it.
         let mut delta: Option<Option<Bytes>> = None;
+        let mut variants = Variants::default();
         let base = state.last.as_ref().map(|(_, data)| data.clone());
         let Some(subscribers) = state.subscribers.non_empty_values_mut() else {
             return;
@@ -488,32 +561,29 @@ impl Hub {
                     }
                 }
             }
-            let pushed = match std::ptr::eq(frame, out.frame) {
-                true => (sub.outbox).push_topic(frame, entry.key, entry.policy, Some(out.accepted)),
-                false => {
-                    let pushed = (sub.outbox).push_delta(
-                        frame,
-                        out.frame,
-                        entry.key,
-                        entry.policy,
-                        Some(out.accepted),
-                    );
-                    if pushed == Pushed::Queued {
-                        deltas += 1;
-                        saved += out.frame.len() - frame.len();
-                    }
-                    pushed
-                }
+            let is_delta = !std::ptr::eq(frame, out.frame);
+            let uncompressed = frame.len();
+            let (full, frame) = match sub.outbox.deflate() {
+                None => (out.frame, frame),
+                Some(bits) => variants.pair(self.bounds, out.frame, frame, is_delta, bits),
             };
+            let pushed = match is_delta {
+                false => (sub.outbox).push_topic(frame, entry.key, entry.policy, Some(out.accepted)),
+                true => (sub.outbox).push_delta(frame, full, entry.key, entry.policy, Some(out.accepted)),
+            };
+            if pushed == Pushed::Queued && is_delta {
+                deltas += 1;
+                saved += out.frame.len() - uncompressed;
+            }
+            if pushed == Pushed::Queued && frame[0] & 0x40 != 0 {
+                variants.sent += 1;
+            }
             conflated += u64::from(pushed == Pushed::Conflated);
         }
         if conflated > 0 {
             self.metrics.conflated.inc_by(conflated);
         }
-        if deltas > 0 {
-            self.metrics.delta_frames.inc_by(deltas);
-            self.metrics.bytes_saved_delta.inc_by(saved as u64);
-        }
+        variants.count(&self.metrics, deltas, saved as u64);
     }
 
     /// The `update` frame of `out` as a Fossil delta of `base`, the previous publication's

@@ -78,6 +78,9 @@ pub struct Outbox {
     /// The reader side, woken when the outbox closes, and when the writer takes frames while
     /// the reader waits for room.
     reader: AtomicWaker,
+    /// The window its client accepts compressed frames for, if it negotiated permessage-deflate:
+    /// the hub picks the compressed frame of a publication by it.
+    deflate: Option<u8>,
 }
 
 struct Waiting {
@@ -123,13 +126,25 @@ enum Close {
 }
 
 impl Outbox {
+    #[cfg(test)]
     pub fn new(max_bytes: usize) -> Outbox {
+        Outbox::compressed(max_bytes, None)
+    }
+
+    /// An outbox whose client takes compressed frames for a window of `deflate` bits.
+    pub fn compressed(max_bytes: usize, deflate: Option<u8>) -> Outbox {
         Outbox {
             state: Mutex::default(),
             max_bytes,
             writer: AtomicWaker::new(),
             reader: AtomicWaker::new(),
+            deflate,
         }
+    }
+
+    /// The window of the client's permessage-deflate, if it negotiated it.
+    pub fn deflate(&self) -> Option<u8> {
+        self.deflate
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {

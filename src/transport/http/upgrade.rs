@@ -7,12 +7,13 @@ use std::sync::Arc;
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::body::Incoming;
-use hyper::header::{HeaderValue, CONNECTION, ORIGIN, UPGRADE};
+use hyper::header::{HeaderValue, CONNECTION, ORIGIN, SEC_WEBSOCKET_EXTENSIONS, UPGRADE};
 use hyper::{Method, Request, Response, StatusCode};
 use tracing::debug;
 
 use crate::app::{App, Refused};
 use crate::metrics::{REJECT_AUTH, REJECT_BAD_HANDSHAKE, REJECT_IP_LIMIT, REJECT_LIMIT, REJECT_ORIGIN};
+use crate::protocol::deflate;
 use crate::protocol::error::RequestError;
 use crate::settings::normalize_origin;
 use crate::transport::proxy::PeerAddrs;
@@ -128,7 +129,23 @@ pub(super) async fn upgrade(
             return error(&e);
         }
     };
-    app.tasks
-        .spawn(ws::run(fut, app.clone(), slot, client, identity, endpoint));
-    resp.map(|_| Full::new(Bytes::new()))
+    // permessage-deflate when the client offers it: agreed here, in the 101 answer.
+    let offers = (req.headers().get_all(SEC_WEBSOCKET_EXTENSIONS).iter()).filter_map(|v| v.to_str().ok());
+    let deflate = match app.settings.compression.enabled {
+        true => deflate::negotiate(offers),
+        false => None,
+    };
+    let mut resp = resp.map(|_| Full::new(Bytes::new()));
+    let deflate = deflate.map(|(agreed, answer)| {
+        let answer = HeaderValue::from_str(&answer).expect("built from ASCII");
+        resp.headers_mut().insert(SEC_WEBSOCKET_EXTENSIONS, answer);
+        agreed
+    });
+    let link = ws::Link {
+        identity,
+        endpoint,
+        deflate,
+    };
+    app.tasks.spawn(ws::run(fut, app.clone(), slot, client, link));
+    resp
 }

@@ -31,6 +31,7 @@ use tracing::debug;
 use crate::app::{App, ConnectionSlot};
 use crate::auth::acl::Identity;
 use crate::metrics::Metrics;
+use crate::protocol::deflate::{self, Negotiated};
 use crate::protocol::disconnect::Disconnect;
 use crate::protocol::wire::{self, FrameReader};
 use crate::pubsub::outbox::Outbox;
@@ -58,6 +59,14 @@ pub enum Endpoint {
     Echo,
 }
 
+/// What the handshake settled for a connection: who the client is, which endpoint it asked
+/// for, and whether it agreed to permessage-deflate.
+pub struct Link {
+    pub identity: Identity,
+    pub endpoint: Endpoint,
+    pub deflate: Option<Negotiated>,
+}
+
 /// Runs a connection after the HTTP upgrade until it closes.
 ///
 /// An `async` block rather than an `async fn`: the latter keeps a second copy of every
@@ -68,10 +77,14 @@ pub fn run(
     app: Arc<App>,
     slot: ConnectionSlot,
     addr: ClientAddr,
-    identity: Identity,
-    endpoint: Endpoint,
+    link: Link,
 ) -> impl Future<Output = ()> + Send {
     async move {
+        let Link {
+            identity,
+            endpoint,
+            deflate,
+        } = link;
         let ws = match upgrade.await {
             Ok(ws) => ws,
             Err(e) => {
@@ -82,8 +95,9 @@ pub fn run(
         let settings = &app.settings;
         let (read, write) = tokio::io::split(ws.into_inner());
         let mut reader = FrameReader::new(read, settings.server.max_message_bytes);
-
-        let outbox = Arc::new(Outbox::new(settings.queue.max_bytes));
+        reader.allow_compressed(deflate.is_some());
+        let window_bits = deflate.map(|d| d.window_bits);
+        let outbox = Arc::new(Outbox::compressed(settings.queue.max_bytes, window_bits));
         let who = app.node.new_subscriber(outbox.clone());
         let subject = identity.subject.as_deref().unwrap_or("-");
         debug!(addr = %addr, proxy = addr.proxy.map(tracing::field::display), client = who.id, subject, ?endpoint, "connection opened");
@@ -99,7 +113,14 @@ pub fn run(
                     connection.serve(&mut reader, &mut session).await;
                     session.close().await;
                 }
-                Endpoint::Echo => connection.serve(&mut reader, &mut Echo(&outbox)).await,
+                Endpoint::Echo => {
+                    let level = settings.compression.level;
+                    let echo = &mut Echo {
+                        outbox: &outbox,
+                        level,
+                    };
+                    connection.serve(&mut reader, echo).await
+                }
             }
         };
         // The writer runs beside the reader in this task (a task of its own would cost an idle
@@ -182,14 +203,21 @@ impl Connection<'_> {
                     continue;
                 }
                 (OpCode::Pong, _) => continue,
-                (OpCode::Text | OpCode::Binary, None) if frame.fin => {
+                (OpCode::Text | OpCode::Binary, None) if frame.fin && !frame.compressed => {
                     deliver(handler, frame.opcode, &frame.payload).await
+                }
+                (OpCode::Text | OpCode::Binary, None) if frame.fin => {
+                    match deflate::inflate(&frame.payload, max) {
+                        Ok(message) => deliver(handler, frame.opcode, &message).await,
+                        Err(reason) => return reason,
+                    }
                 }
                 (OpCode::Text | OpCode::Binary, None) => {
                     let mut p = Partial {
                         opcode: frame.opcode,
                         buf: Vec::new(),
                         checked: 0,
+                        compressed: frame.compressed,
                     };
                     if let Err(reason) = p.extend(&frame.payload) {
                         return reason;
@@ -207,8 +235,19 @@ impl Connection<'_> {
                     if !frame.fin {
                         continue;
                     }
-                    let Partial { opcode, buf, .. } = partial.take().expect("matched Some");
-                    deliver(handler, opcode, &buf).await
+                    let Partial {
+                        opcode,
+                        buf,
+                        compressed,
+                        ..
+                    } = partial.take().expect("matched Some");
+                    match compressed {
+                        false => deliver(handler, opcode, &buf).await,
+                        true => match deflate::inflate(&buf, max) {
+                            Ok(message) => deliver(handler, opcode, &message).await,
+                            Err(reason) => return reason,
+                        },
+                    }
                 }
                 _ => return Disconnect::ProtocolError,
             };
@@ -274,6 +313,8 @@ struct Partial {
     buf: Vec<u8>,
     /// How much of a text message's `buf` is known to be valid UTF-8.
     checked: usize,
+    /// permessage-deflate: `buf` is compressed, and checked as UTF-8 once inflated.
+    compressed: bool,
 }
 
 impl Partial {
@@ -281,7 +322,7 @@ impl Partial {
     /// last fragment (RFC 6455 §8.1); a character split between fragments is fine.
     fn extend(&mut self, fragment: &[u8]) -> Result<(), Disconnect> {
         self.buf.extend_from_slice(fragment);
-        if self.opcode != OpCode::Text {
+        if self.opcode != OpCode::Text || self.compressed {
             return Ok(());
         }
         match std::str::from_utf8(&self.buf[self.checked..]) {
@@ -294,8 +335,12 @@ impl Partial {
 }
 
 /// `/echo`: every message goes back with its own opcode, through the same outbox and writer
-/// as deliveries do.
-struct Echo<'a>(&'a Outbox);
+/// as deliveries do; compressed (at `level`) when the client negotiated permessage-deflate and
+/// that makes it smaller.
+struct Echo<'a> {
+    outbox: &'a Outbox,
+    level: u32,
+}
 
 impl Handler for Echo<'_> {
     async fn message(&mut self, message: Message<'_>) -> Option<Disconnect> {
@@ -303,7 +348,10 @@ impl Handler for Echo<'_> {
             Message::Text(text) => Frame::text(Payload::Borrowed(text.as_bytes())),
             Message::Binary(data) => Frame::binary(Payload::Borrowed(data)),
         };
-        self.0.push(wire::encode(frame));
+        let frame = wire::encode(frame);
+        let compressed =
+            (self.outbox.deflate()).and_then(|bits| deflate::compress_frame(&frame, bits, self.level));
+        self.outbox.push(compressed.unwrap_or(frame));
         None
     }
 }

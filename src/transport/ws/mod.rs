@@ -9,4 +9,4 @@ mod join;
 mod watchdog;
 mod writer;
 
-pub use self::connection::{run, Endpoint};
+pub use self::connection::{run, Endpoint, Link};
