@@ -11,7 +11,7 @@ use std::time::Duration;
 use common::*;
 use flate2::{Compress, Compression, Decompress, FlushCompress, FlushDecompress};
 use serde_json::{json, Value};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 /// Opens `/ws` (or `path`) offering `extensions` (none when empty); returns the socket and the
@@ -231,4 +231,66 @@ async fn compression_can_be_turned_off() {
     let server = start("[compression]\nenabled = false\n").await;
     let (_, answer) = open(server.addr, "/ws", "permessage-deflate").await;
     assert_eq!(answer, None, "the offer is declined");
+}
+
+/// A real client library (Python `websockets`, Debian's `python3-websockets`, which
+/// `scripts/test` installs): with its default `permessage-deflate` it negotiates the extension
+/// and reads the compressed frames; with compression off it reads the plain ones.
+#[tokio::test]
+async fn a_client_library_reads_the_compressed_frames() {
+    let server = start("").await;
+    let addr = server.addr;
+    let script = r#"
+import asyncio, json, sys, websockets
+async def main(url, compression):
+    async with websockets.connect(url, compression=compression, max_size=None) as ws:
+        print(json.dumps({"extensions": ws.response_headers.get("Sec-WebSocket-Extensions")}), flush=True)
+        await ws.send(json.dumps({"op": "subscribe", "id": 1, "topics": ["book.py"]}))
+        await ws.recv()
+        print(json.dumps({"ready": True}), flush=True)
+        print(await ws.recv(), flush=True)
+asyncio.run(main(sys.argv[1], None if sys.argv[2] == "off" else "deflate"))
+"#;
+    let python = "/usr/bin/python3";
+    assert!(
+        std::process::Command::new(python).args(["-c", "import websockets"]).status().is_ok_and(|s| s.success()),
+        "{python} with the websockets module is needed: apt-get install python3-websockets (scripts/test does)"
+    );
+    let url = format!("ws://{addr}/ws");
+    let mut clients = Vec::new();
+    for mode in ["deflate", "off"] {
+        let mut child = tokio::process::Command::new(python)
+            .args(["-c", script, &url, mode])
+            .stdout(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+        let mut next = async || -> Value {
+            let line = tokio::time::timeout(Duration::from_secs(10), lines.next_line()).await;
+            serde_json::from_str(&line.expect("the client answers").unwrap().expect("a line")).unwrap()
+        };
+        let extensions = next().await["extensions"].clone();
+        assert_eq!(next().await["ready"], true);
+        clients.push((mode, extensions, child, lines));
+    }
+    let before = scrape(addr).await;
+    let doc = document(9);
+    publish(addr, "book.py", doc.clone()).await;
+    for (mode, extensions, _child, lines) in &mut clients {
+        let line = tokio::time::timeout(Duration::from_secs(10), lines.next_line()).await;
+        let update: Value = serde_json::from_str(&line.unwrap().unwrap().unwrap()).unwrap();
+        assert_eq!(update["data"], doc, "{mode}");
+        match *mode {
+            "deflate" => assert!(
+                extensions.as_str().unwrap().starts_with("permessage-deflate"),
+                "{extensions}"
+            ),
+            _ => assert_eq!(*extensions, Value::Null),
+        }
+    }
+    let after = scrape(addr).await;
+    let frames = after.value("tickwire_compressed_frames_total", &[])
+        - before.value("tickwire_compressed_frames_total", &[]);
+    assert_eq!(frames, 1.0, "one compressed frame: the deflate client's");
 }
