@@ -55,8 +55,7 @@ impl Hub {
             subscribers: IdMap::default(),
             touched: Instant::now(),
             removed: false,
-            gates: 0,
-            deflated: 0,
+            special: 0,
         };
         let cap = (self.rules.max_rate_for(topic)).map_or(Interval::NONE, |rate| {
             Interval::from_rate(rate).expect("settings validate queue.policies' max_rate")
