@@ -15,12 +15,13 @@ use common::{free_port, metric, publish, start, wait_ready, RECV_TIMEOUT, SILENC
 use serde_json::{json, Value};
 use tickwire_client::{
     rustls, Backoff, Client, ClientOptions, Error, Event, Events, HttpPublisher, Kind, Outgoing,
-    SubscriptionState, TokenProvider,
+    SubscribeOptions, SubscriptionState, TokenProvider,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{oneshot, watch};
 use tokio::task::{AbortHandle, JoinHandle};
+use tokio::time::Instant;
 
 /// Options for tests: fast reconnects.
 fn options() -> ClientOptions {
@@ -1333,4 +1334,362 @@ async fn a_resubscribe_refused_after_a_reconnect_is_retried_and_recovers() {
 
     client.close().await;
     node.stop().await.unwrap();
+}
+
+// ---------------------------------------------------------------------------------------------
+// Subscribe options: max rate and Fossil deltas
+// ---------------------------------------------------------------------------------------------
+
+/// A deterministic generator (splitmix64), so that a failure reproduces.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n as u64) as usize
+    }
+}
+
+/// The next version of a JSON document of 30 fields (well over 128 bytes, the server's
+/// `delta.min_bytes`): a few fields change each time. Strings mix ASCII, multi-byte UTF-8 and
+/// JSON escapes, and the text is kept as written (spaces included) to check byte for byte.
+fn next_document(rng: &mut Rng, fields: &mut Vec<String>) -> String {
+    const WORDS: [&str; 9] = [
+        "price",
+        "é",
+        "мир",
+        "🟢",
+        "中文",
+        r#"\"quoted\""#,
+        r"back\\slash",
+        r"line\nbreak",
+        r"tab\t",
+    ];
+    if fields.is_empty() {
+        *fields = (0..30)
+            .map(|i| format!("\"{}-{i}\"", WORDS[i % WORDS.len()]))
+            .collect();
+    }
+    for _ in 0..1 + rng.below(3) {
+        let i = rng.below(fields.len());
+        fields[i] = match rng.below(3) {
+            0 => rng.next().to_string(),
+            1 => format!("\"{} {}\"", WORDS[rng.below(9)], WORDS[rng.below(9)]),
+            _ => format!("{{\"bid\": {}, \"ask\": [1, 2.5, null]}}", rng.below(1000)),
+        };
+    }
+    let body: Vec<String> = (fields.iter().enumerate())
+        .map(|(i, v)| format!("\"k{i}\": {v}"))
+        .collect();
+    format!("{{{}}}", body.join(", "))
+}
+
+/// Publishes `data` (JSON text) over HTTP as written, returning its seq.
+async fn publish_text(addr: SocketAddr, topic: &str, data: &str) -> u64 {
+    let body = format!("{{\"topic\":\"{topic}\",\"data\":{data}}}");
+    let response = common::http_post(addr, "/api/v1/publish", body.as_bytes()).await;
+    assert_eq!(response.status, 200, "{:?}", response.json());
+    response.json()["seq"].as_u64().unwrap()
+}
+
+async fn delta_frames(addr: SocketAddr) -> f64 {
+    metric(addr, "tickwire_delta_frames_total").await.unwrap_or(0.0)
+}
+
+/// Publishes `count` documents to `topic`, one at a time, and checks that each arrives with
+/// exactly the published text as its data. Returns how many deltas the server sent meanwhile.
+async fn documents_arrive_exactly(
+    addr: SocketAddr,
+    events: &mut Events,
+    topic: &str,
+    rng: &mut Rng,
+    fields: &mut Vec<String>,
+    count: usize,
+) -> f64 {
+    let before = delta_frames(addr).await;
+    for _ in 0..count {
+        let doc = next_document(rng, fields);
+        let seq = publish_text(addr, topic, &doc).await;
+        let seen = until(events, "the document", |e| is_delivery(e, topic, seq)).await;
+        for event in &seen {
+            match event {
+                Event::Update(u) if u.topic == topic && u.seq == seq => {
+                    assert_eq!(u.data.get(), doc, "{topic} #{seq} arrives byte for byte")
+                }
+                Event::Update(_) | Event::Snapshot(_) | Event::Open | Event::Close { .. } => {}
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+    }
+    delta_frames(addr).await - before
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delta_updates_reach_the_application_as_the_published_data() {
+    let server = start("").await;
+    let addr = server.addr;
+    let mut rng = Rng(18);
+    let mut fields = Vec::new();
+    let first = next_document(&mut rng, &mut fields);
+    publish_text(addr, "doc.d", &first).await;
+    let client = Client::connect(ws_url(addr), options()).await.unwrap();
+    let mut events = client.events().unwrap();
+    let delta = SubscribeOptions::default().delta(true);
+    client.subscribe_with(["doc.*"], delta).await.unwrap();
+    let seen = until(&mut events, "the snapshot", |e| is_delivery(e, "doc.d", 1)).await;
+    match seen.last() {
+        Some(Event::Snapshot(u)) => assert_eq!(u.data.get(), first),
+        other => panic!("expected the snapshot, got {other:?}"),
+    }
+
+    let deltas = documents_arrive_exactly(addr, &mut events, "doc.d", &mut rng, &mut fields, 100).await;
+    assert!(deltas >= 95.0, "the server sent them as deltas: {deltas} of 100");
+    // A plain subscriber of the same topic on the same client is not affected.
+    client.subscribe(["doc.d"]).await.unwrap();
+    let deltas = documents_arrive_exactly(addr, &mut events, "doc.d", &mut rng, &mut fields, 10).await;
+    assert!(
+        deltas >= 9.0,
+        "any delta subscription of a topic keeps deltas on: {deltas}"
+    );
+    expect_quiet(&mut events).await;
+    client.close().await;
+}
+
+/// Receives `topic`'s updates until seq `last`: (seq, data text, arrival time) of each.
+async fn timed_updates(events: &mut Events, topic: &str, last: u64) -> Vec<(u64, String, Instant)> {
+    let mut got = Vec::new();
+    let deadline = Instant::now() + RECV_TIMEOUT;
+    while got.last().is_none_or(|(seq, _, _)| *seq < last) {
+        match tokio::time::timeout_at(deadline, events.recv()).await {
+            Ok(Some(Event::Update(u))) if u.topic == topic => {
+                got.push((u.seq, u.data.get().to_string(), Instant::now()))
+            }
+            Ok(Some(_)) => {}
+            other => panic!("waiting for {topic} #{last}: {other:?}, got {got:?}"),
+        }
+    }
+    got
+}
+
+/// A burst of 500 publications reaches a `max_rate` 2 subscription as a few updates, at least
+/// 0.4 s apart, the last of which is the newest.
+async fn burst_is_thinned(addr: SocketAddr, events: &mut Events, topic: &str) {
+    let batch: Vec<(&str, Value)> = (0..500).map(|i| (topic, json!({"i": i}))).collect();
+    let seqs = common::publish_batch(addr, &batch).await;
+    let last = *seqs.last().unwrap();
+    let got = timed_updates(events, topic, last).await;
+    let seqs: Vec<u64> = got.iter().map(|(seq, _, _)| *seq).take(10).collect();
+    assert!(
+        got.len() <= 4,
+        "{} updates of a burst at max_rate 2: {seqs:?}…",
+        got.len()
+    );
+    assert_eq!(got.last().unwrap().1, r#"{"i":499}"#, "the newest arrives");
+    for pair in got.windows(2) {
+        let gap = pair[1].2 - pair[0].2;
+        assert!(
+            gap >= Duration::from_millis(400),
+            "updates {gap:?} apart: {seqs:?}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_rate_thins_a_burst_and_bad_rates_are_refused_locally() {
+    let server = start("").await;
+    let client = Client::connect(ws_url(server.addr), options()).await.unwrap();
+    let mut events = client.events().unwrap();
+    for bad in [0.0, 0.009, 1000.5, -1.0, f64::NAN] {
+        let refused = client
+            .subscribe_with(["rate.b"], SubscribeOptions::default().max_rate(bad))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(refused, Error::InvalidMaxRate(r) if r.to_bits() == bad.to_bits()),
+            "{refused:?}"
+        );
+    }
+    let reply = client
+        .subscribe_with(["rate.b"], SubscribeOptions::default().max_rate(2.0))
+        .await
+        .unwrap();
+    assert_eq!(reply.topics, ["rate.b"], "only the valid request was sent");
+    burst_is_thinned(server.addr, &mut events, "rate.b").await;
+    // The server refuses what it cannot thin out (chat.> is a `queue` topic by default).
+    let refused = client
+        .subscribe_with(["chat.b"], SubscribeOptions::default().max_rate(2.0))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Some("bad_request"), "{refused}");
+    client.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscribe_options_are_sent_again_after_a_reconnect() {
+    let server = start("").await;
+    let addr = server.addr;
+    let proxy = Proxy::start(addr).await;
+    let client = Client::connect(ws_url(proxy.addr), options()).await.unwrap();
+    let mut events = client.events().unwrap();
+    let mut rng = Rng(5);
+    let mut fields = Vec::new();
+    // Two subscriptions with different options: a reconnect sends them in two requests.
+    (client.subscribe_with(["doc.*"], SubscribeOptions::default().delta(true)))
+        .await
+        .unwrap();
+    (client.subscribe_with(["rate.*"], SubscribeOptions::default().max_rate(2.0)))
+        .await
+        .unwrap();
+    let deltas = documents_arrive_exactly(addr, &mut events, "doc.r", &mut rng, &mut fields, 5).await;
+    assert!(deltas >= 4.0, "{deltas}");
+    burst_is_thinned(addr, &mut events, "rate.x").await;
+
+    proxy.cut();
+    until(&mut events, "the reconnect", |e| matches!(e, Event::Open)).await;
+    // Once a publication of each arrives, both re-subscriptions are in place.
+    let seq = publish(addr, "rate.x", json!("after")).await;
+    until(&mut events, "rate.x after the reconnect", |e| {
+        is_delivery(e, "rate.x", seq)
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(600)).await; // past the rate's interval
+    let deltas = documents_arrive_exactly(addr, &mut events, "doc.r", &mut rng, &mut fields, 20).await;
+    assert!(deltas >= 19.0, "deltas after the reconnect: {deltas} of 20");
+    burst_is_thinned(addr, &mut events, "rate.x").await;
+    client.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delta_that_does_not_apply_is_never_delivered_and_the_topic_is_caught_up_in_full() {
+    use futures_util::{SinkExt, StreamExt};
+    use tickwire_proto::fossil;
+    use tokio_tungstenite::tungstenite::Message;
+    type FakeWs = tokio_tungstenite::WebSocketStream<TcpStream>;
+
+    async fn next_request(ws: &mut FakeWs) -> Value {
+        loop {
+            match ws.next().await {
+                Some(Ok(Message::Text(t))) => return serde_json::from_str(t.as_str()).unwrap(),
+                Some(Ok(_)) => continue,
+                other => panic!("no request: {other:?}"),
+            }
+        }
+    }
+    async fn send(ws: &mut FakeWs, frame: String) {
+        ws.send(Message::text(frame)).await.unwrap();
+    }
+    let full = |kind: &str, seq: usize, data: &str| {
+        format!(r#"{{"type":"{kind}","topic":"doc.f","seq":{seq},"ts":1,"data":{data}}}"#)
+    };
+    let delta = |seq: usize, from: &str, to: &str| {
+        let delta = fossil::create_str(from, to);
+        json!({"type": "update", "topic": "doc.f", "seq": seq, "ts": 1, "delta": delta}).to_string()
+    };
+    // docs[n] is the data of seq n.
+    let mut rng = Rng(9);
+    let mut fields = Vec::new();
+    let docs: Vec<String> = (0..=8).map(|_| next_document(&mut rng, &mut fields)).collect();
+    let wanted = SubscribeOptions::default().max_rate(4.0).delta(true);
+    let asked = |id: &Value, since: Option<Value>| {
+        let mut request =
+            json!({"op": "subscribe", "id": id, "topics": ["doc.*"], "max_rate": 4.0, "delta": "fossil"});
+        if let Some(since) = since {
+            request["since"] = since;
+        }
+        request
+    };
+
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server_docs = docs.clone();
+    let fake = tokio::spawn(async move {
+        let docs = server_docs;
+        let (tcp, _) = listener.accept().await.unwrap();
+        let mut ws = tokio_tungstenite::accept_async(tcp).await.unwrap();
+        let request = next_request(&mut ws).await;
+        assert_eq!(request, asked(&request["id"], None));
+        let id = &request["id"];
+        let reply = json!({"type": "subscribed", "id": id, "topics": ["doc.*"], "positions": {"doc.f": {"seq": 1, "epoch": "E"}}});
+        send(&mut ws, reply.to_string()).await;
+        send(&mut ws, full("snapshot", 1, &docs[1])).await;
+        send(&mut ws, delta(2, &docs[1], &docs[2])).await;
+        // Made for other data than seq 2's (its checksum gives it away), then one the client
+        // cannot apply either, sent before its resync request arrives.
+        send(&mut ws, delta(3, &docs[3], &docs[3])).await;
+        send(&mut ws, delta(4, &docs[3], &docs[4])).await;
+        let request = next_request(&mut ws).await;
+        let since = json!({"doc.f": {"seq": 2, "epoch": "E"}});
+        assert_eq!(
+            request,
+            asked(&request["id"], Some(since)),
+            "resync from the last delivered"
+        );
+        let reply = json!({"type": "subscribed", "id": request["id"], "topics": ["doc.*"],
+            "positions": {"doc.f": {"seq": 4, "epoch": "E"}}, "recovered": {"doc.f": true}});
+        send(&mut ws, reply.to_string()).await;
+        send(&mut ws, full("update", 3, &docs[3])).await;
+        send(&mut ws, full("update", 4, &docs[4])).await;
+        send(&mut ws, delta(5, &docs[4], &docs[5])).await;
+        // A delta whose base (seq 6) the client never got.
+        send(&mut ws, delta(7, &docs[6], &docs[7])).await;
+        let request = next_request(&mut ws).await;
+        let since = json!({"doc.f": {"seq": 5, "epoch": "E"}});
+        assert_eq!(request, asked(&request["id"], Some(since)));
+        // This time history does not reach back: a reset, and a snapshot to start from.
+        let reply = json!({"type": "subscribed", "id": request["id"], "topics": ["doc.*"],
+            "positions": {"doc.f": {"seq": 7, "epoch": "F"}}, "recovered": {"doc.f": false}});
+        send(&mut ws, reply.to_string()).await;
+        send(&mut ws, full("snapshot", 7, &docs[7])).await;
+        send(&mut ws, delta(8, &docs[7], &docs[8])).await;
+        while let Some(Ok(_)) = ws.next().await {}
+    });
+
+    let client = Client::connect(ws_url(addr), options()).await.unwrap();
+    let mut events = client.events().unwrap();
+    client.subscribe_with(["doc.*"], wanted).await.unwrap();
+    let seen = until(&mut events, "doc.f #8", |e| is_delivery(e, "doc.f", 8)).await;
+    let story: Vec<String> = (seen.iter())
+        .filter_map(|e| match e {
+            Event::Open => None,
+            Event::Update(u) | Event::Snapshot(u) => {
+                assert_eq!(u.data.get(), docs[u.seq as usize], "#{} is exact", u.seq);
+                Some(format!("{:?} {}", u.kind, u.seq))
+            }
+            Event::Error(Error::Delta { topic, seq, reason }) => {
+                // Fossil's own checks (checksum, copy bounds): which one depends on the data.
+                let why = if reason.starts_with("fossil delta:") {
+                    "refused by Fossil"
+                } else {
+                    reason
+                };
+                Some(format!("delta error {topic} {seq}: {why}"))
+            }
+            Event::Reset { topic } => Some(format!("reset {topic}")),
+            other => Some(format!("unexpected {other:?}")),
+        })
+        .collect();
+    assert_eq!(
+        story,
+        [
+            "Snapshot 1",
+            "Update 2",
+            "delta error doc.f 3: refused by Fossil",
+            "Update 3",
+            "Update 4",
+            "Update 5",
+            "delta error doc.f 7: it applies to seq 6, the last data is seq 5",
+            "reset doc.f",
+            "Snapshot 7",
+            "Update 8",
+        ]
+    );
+    client.close().await;
+    fake.await.unwrap();
 }

@@ -298,6 +298,115 @@ async fn subscribe_table_shows_quotes() {
     );
 }
 
+/// Version `i` of a JSON document of 24 fields (over `delta.min_bytes`, 128): two fields differ
+/// from version `i - 1`. Strings mix multi-byte UTF-8 and JSON escapes; the text keeps its spaces,
+/// to compare byte for byte.
+fn document(i: usize) -> String {
+    const WORDS: [&str; 6] = ["é", "мир", "🟢", "中文", r#"\"q\""#, r"a\nb\tc\\d"];
+    let fields: Vec<String> = (0..24)
+        .map(|k| {
+            if k == i % 24 {
+                format!("\"k{k}\": \"{} #{i}\"", WORDS[i % WORDS.len()])
+            } else {
+                format!("\"k{k}\": \"{}{k}\"", WORDS[k % WORDS.len()])
+            }
+        })
+        .collect();
+    format!("{{{}}}", fields.join(", "))
+}
+
+/// Reads `subscribe` lines until the one of `topic` #`seq`; returns them as text.
+async fn lines_until(lines: &mut Lines<BufReader<ChildStdout>>, topic: &str, seq: u64) -> Vec<String> {
+    let mut got = Vec::new();
+    loop {
+        let line = tokio::time::timeout(RECV_TIMEOUT, lines.next_line())
+            .await
+            .unwrap_or_else(|_| panic!("no line for {topic} #{seq}; got {got:?}"))
+            .unwrap()
+            .expect("tickwire subscribe closed its stdout");
+        let v: Value = serde_json::from_str(&line).unwrap();
+        got.push(line);
+        if v["topic"] == topic && v["seq"] == seq {
+            return got;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscribe_takes_max_rate_and_delta_and_prints_full_data() {
+    let server = start("").await;
+    let addr = server.addr;
+    let ws = format!("ws://{addr}/ws");
+    let (code, out, err) = run(
+        tickwire(&["subscribe", "--url", &ws, "--max-rate", "0", "doc.x"]),
+        None,
+    )
+    .await;
+    assert_eq!((code, out.as_str()), (2, ""), "{err}");
+    assert!(
+        err.contains("--max-rate") && err.contains("from 0.01 to 1000"),
+        "{err}"
+    );
+
+    // --delta: the server sends deltas, the command prints every document whole, as published.
+    let publish_text = |data: String| async move {
+        let body = format!("{{\"topic\":\"doc.c\",\"data\":{data}}}");
+        let response = common::http_post(addr, "/api/v1/publish", body.as_bytes()).await;
+        assert_eq!(response.status, 200);
+        response.json()["seq"].as_u64().unwrap()
+    };
+    publish_text(document(0)).await;
+    let mut sub = tickwire(&["subscribe", "--url", &ws, "--delta", "doc.*"])
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(sub.stdout.take().unwrap()).lines();
+    let snapshot = lines_until(&mut lines, "doc.c", 1).await;
+    assert!(
+        snapshot[0].ends_with(&format!(r#","data":{}}}"#, document(0))),
+        "{snapshot:?}"
+    );
+    let before = common::metric(addr, "tickwire_delta_frames_total")
+        .await
+        .unwrap_or(0.0);
+    for i in 1..=60 {
+        let seq = publish_text(document(i)).await;
+        let got = lines_until(&mut lines, "doc.c", seq).await;
+        let line = got.last().unwrap();
+        assert!(
+            line.starts_with(&format!(r#"{{"type":"update","topic":"doc.c","seq":{seq},"#)),
+            "{line}"
+        );
+        assert!(
+            line.ends_with(&format!(r#","data":{}}}"#, document(i))),
+            "#{i}: {line}"
+        );
+    }
+    let deltas = common::metric(addr, "tickwire_delta_frames_total")
+        .await
+        .unwrap_or(0.0)
+        - before;
+    assert!(deltas >= 55.0, "{deltas} of 60 updates were sent as deltas");
+    interrupt(&sub);
+    assert!(sub.wait().await.unwrap().success());
+
+    // --max-rate 2: a burst of 500 arrives as a few lines, the last one the newest.
+    let mut sub = subscribed(
+        addr,
+        &["subscribe", "--url", &ws, "--max-rate", "2", "rate.c"],
+        &[],
+        "rate.c",
+    )
+    .await;
+    let mut lines = BufReader::new(sub.stdout.take().unwrap()).lines();
+    let burst: Vec<(&str, Value)> = (0..500).map(|i| ("rate.c", json!({"i": i}))).collect();
+    common::publish_batch(addr, &burst).await;
+    let got = lines_until(&mut lines, "rate.c", 500).await;
+    assert!(got.len() <= 4, "{} lines for a burst at --max-rate 2", got.len());
+    assert!(got.last().unwrap().ends_with(r#","data":{"i":499}}"#), "{got:?}");
+    interrupt(&sub);
+    assert!(sub.wait().await.unwrap().success());
+}
+
 /// Starts `tickwire subscribe` with `args` and `env`, and waits until the server sees its
 /// subscription to `topic`.
 async fn subscribed(addr: std::net::SocketAddr, args: &[&str], env: &[(&str, &str)], topic: &str) -> Child {

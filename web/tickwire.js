@@ -6,17 +6,13 @@
 // (its fresh snapshot follows), and duplicate updates (seq <= last seen) are dropped. A subscribe
 // refused with a transient error (`unavailable`: a cluster node without Redis; `rate_limited`)
 // is retried with backoff and reported as `subscription` events. A connection refused for its
-// token (HTTP 401) is not retried with the same token.
-// See docs/web.md and docs/protocol.md §4.5.
+// token (HTTP 401) is not retried with the same token. Subscribe options (`maxRate`, `delta`)
+// are kept per subscription and sent again on every re-subscribe; Fossil deltas are applied
+// here, so the application always gets full `data`.
+// See docs/web.md and docs/protocol.md §4.1, §4.5.
 
-/**
- * @typedef {Object} Update
- * @property {'update'|'snapshot'} type
- * @property {string} topic
- * @property {number} seq
- * @property {number} ts   milliseconds since the Unix epoch (server clock)
- * @property {*} data
- */
+/** @typedef {{type: 'update'|'snapshot', topic: string, seq: number, ts: number, data: *}} Update
+ *  `ts`: milliseconds since the Unix epoch (server clock); `data`: the payload, always whole */
 
 /**
  * @typedef {Object} Backoff
@@ -45,6 +41,12 @@
  * @property {typeof WebSocket} [WebSocket]  WebSocket implementation (default: globalThis.WebSocket)
  */
 
+/** What a subscription asks of the server (docs/protocol.md §4.1).
+ * @typedef {Object} SubscribeOptions
+ * @property {number} [maxRate]  at most this many updates a second per topic (0.01 to 1000); the newest always arrives
+ * @property {boolean} [delta]  updates may come as Fossil deltas of the previous data (applied here: `data` is always whole)
+ */
+
 /**
  * What a `subscription` event tells (its `detail`, and the third argument of `onSubscription`).
  * @typedef {Object} SubscriptionInfo
@@ -65,17 +67,14 @@ export class TickwireError extends Error {
   constructor(code, message) {
     super(`${code}: ${message}`);
     this.name = 'TickwireError';
-    /** @type {string} the server's error code (`forbidden`, `invalid_topic`, ..., or `disconnected`, `timeout`, `closed`) */
+    /** @type {string} the server's error code (`forbidden`, `invalid_topic`, ..., or `disconnected`, `timeout`, `closed`, `delta`) */
     this.code = code;
-    /** @type {string} the message alone, without the code */
-    this.reason = message;
+    /** @type {string} the message alone, without the code */ this.reason = message;
   }
 }
 
-/**
- * NATS-style match of a subscription pattern (`*` one token, `>` one or more) against a topic.
- * @param {string} pattern @param {string} topic @returns {boolean}
- */
+/** NATS-style match of a subscription pattern (`*` one token, `>` one or more) against a topic.
+ * @param {string} pattern @param {string} topic @returns {boolean} */
 export function patternMatches(pattern, topic) {
   const p = pattern.split('.');
   const t = topic.split('.');
@@ -113,69 +112,53 @@ export class TickwireClient extends EventTarget {
     this.options = options;
     /** @type {Required<Backoff>} */
     this.backoff = { initial: 500, max: 15000, factor: 2, maxAttempts: Infinity, ...(options.backoff || {}) };
-    /** @type {'connecting'|'open'|'reconnecting'|'closed'} */
-    this.status = 'connecting';
+    /** @type {'connecting'|'open'|'reconnecting'|'closed'} */ this.status = 'connecting';
     /** @type {WebSocket|null} */ this.ws = null;
     this._nextId = 1;
-    /** @type {Map<number, {frame: Object, resolve: Function, reject: Function, timer: any, kind: string, since?: Set<string>}>} */
-    this._pending = new Map();
-    /** @type {Array<{frame: Object, resolve: Function, reject: Function, timer: any, kind: string}>} requests waiting for a connection */
-    this._queue = [];
-    /** @type {Set<string>} confirmed subscriptions (patterns) */
-    this.subscriptions = new Set();
+    // A request: {frame, kind, opts?, resolve, reject, timer, since?: Set<string>, ...}.
+    /** @type {Map<number, Object>} requests sent, by id */ this._pending = new Map();
+    /** @type {Array<Object>} requests waiting for a connection */ this._queue = [];
+    /** @type {Map<string, Object>} confirmed subscriptions (patterns) -> wire options {max_rate, delta} */
+    this.subscriptions = new Map();
     /** @type {Map<string, {seq: number, epoch: string|null}>} per topic: last delivered seq, epoch */
     this.positions = new Map();
-    /** @type {Set<{topics: string[], attempt: number, timer: any}>} refused subscribes waiting for a retry */
+    /** @type {Map<string, {seq: number, text: string}>} per topic of a delta subscription: last data (JSON text) */
+    this._bases = new Map();
+    /** @type {Set<string>} topics re-subscribed for full data after a delta that did not apply */
+    this._resyncing = new Set();
+    this.deltaFrames = 0; // delta updates applied (for tests and the curious)
+    /** @type {Set<{topics: string[], opts: Object, attempt: number, timer: any}>} refused subscribes waiting for a retry */
     this._retries = new Set();
-    this._attempt = 0;
-    this._closed = false;
-    this._timer = null;
-    this._openedAt = 0;
-    /** @type {TickwireError|null} why the server refused the last connection (401), if it did */
-    this.refusal = null;
+    this._attempt = 0; this._closed = false; this._timer = null; this._openedAt = 0;
+    /** @type {TickwireError|null} why the server refused the last connection (401), if it did */ this.refusal = null;
     this._connect();
   }
 
   /** @param {string} name @param {*} detail */
   _emit(name, detail, ...args) {
     const cb = this.options['on' + name[0].toUpperCase() + name.slice(1)];
-    try {
-      if (cb) cb(...args);
-    } catch (e) {
-      setTimeout(() => { throw e; });
-    }
+    try { if (cb) cb(...args); } catch (e) { setTimeout(() => { throw e; }); }
     this.dispatchEvent(new CustomEvent(name, { detail }));
   }
 
   _setStatus(s) {
-    if (this.status === s) return;
-    this.status = s;
-    this.dispatchEvent(new CustomEvent('status', { detail: s }));
+    if (this.status !== s) this.dispatchEvent(new CustomEvent('status', { detail: (this.status = s) }));
   }
 
   async _connect() {
     if (this._closed) return;
     this._setStatus(this._attempt === 0 && !this._openedAt ? 'connecting' : 'reconnecting');
     let url = this.url;
+    const failed = (e) => { this._emit('error', e, e); this._scheduleReconnect(); };
     try {
       const tok = this.options.token;
       const token = typeof tok === 'function' ? await tok() : tok;
       if (token) url += (url.includes('?') ? '&' : '?') + 'token=' + encodeURIComponent(token);
-    } catch (e) {
-      this._emit('error', e, e);
-      this._scheduleReconnect();
-      return;
-    }
+    } catch (e) { return failed(e); }
     if (this._closed) return;
     const WS = this.options.WebSocket || globalThis.WebSocket;
     let ws;
-    try {
-      ws = new WS(url);
-    } catch (e) {
-      this._emit('error', e, e);
-      this._scheduleReconnect();
-      return;
-    }
+    try { ws = new WS(url); } catch (e) { return failed(e); }
     this.ws = ws;
     let opened = false;
     ws.onopen = (ev) => {
@@ -190,10 +173,7 @@ export class TickwireClient extends EventTarget {
       this._emit('open', null, ev);
     };
     ws.onmessage = (ev) => this._onFrame(ev.data);
-    ws.onerror = () => {
-      const err = new Error(`WebSocket error on ${this.url}`);
-      this._emit('error', err, err);
-    };
+    ws.onerror = () => { const err = new Error(`WebSocket error on ${this.url}`); this._emit('error', err, err); };
     ws.onclose = async (ev) => {
       if (this.ws !== ws) return;
       this.ws = null;
@@ -209,9 +189,7 @@ export class TickwireClient extends EventTarget {
       if (!this._closed && this.options.reconnect !== false && ev.code !== 4029) {
         if (this._openedAt && Date.now() - this._openedAt >= STABLE_MS) this._attempt = 0;
         this._scheduleReconnect();
-      } else {
-        this._finish();
-      }
+      } else this._finish();
     };
   }
 
@@ -228,17 +206,12 @@ export class TickwireClient extends EventTarget {
       if (r.status !== 401) return null;
       const { error = {} } = await r.json().catch(() => ({}));
       return new TickwireError(error.code || 'unauthorized', error.message || 'authentication required');
-    } catch {
-      return null;
-    }
+    } catch { return null; }
   }
 
   _scheduleReconnect() {
     if (this._closed) return;
-    if (this.options.reconnect === false || this._attempt >= this.backoff.maxAttempts) {
-      this._finish();
-      return;
-    }
+    if (this.options.reconnect === false || this._attempt >= this.backoff.maxAttempts) return this._finish();
     const b = this.backoff;
     const cap = Math.min(b.max, b.initial * Math.pow(b.factor, this._attempt));
     const delay = Math.random() * cap; // full jitter
@@ -261,21 +234,18 @@ export class TickwireClient extends EventTarget {
     for (const r of pending) {
       if (r.kind === 'publish') this._fail(r, new TickwireError('disconnected', 'connection lost'));
       else if (r.kind === 'retry') {
-        if (r.topics.length) this._retries.add({ topics: r.topics, attempt: r.attempt, timer: null });
-      } else if (r.kind !== 'resubscribe') this._queue.push(r);
+        if (r.topics.length) this._retries.add({ topics: r.topics, opts: r.opts, attempt: r.attempt, timer: null });
+      } else if (r.kind !== 'resubscribe' && r.kind !== 'resync') this._queue.push(r);
     }
+    this._resyncing.clear(); // the next connection's re-subscription asks with `since` anyway
   }
 
-  _fail(r, err) {
-    clearTimeout(r.timer);
-    r.reject(err);
-  }
+  _fail(r, err) { clearTimeout(r.timer); r.reject(err); }
 
   _send(r) {
     if (r.kind === 'unsubscribe') this._cancelRetries(r.frame.topics);
-    const id = this._nextId++;
-    r.frame.id = id;
-    this._pending.set(id, r);
+    r.frame.id = this._nextId++;
+    this._pending.set(r.frame.id, r);
     this.ws.send(JSON.stringify(r.frame));
   }
 
@@ -288,23 +258,21 @@ export class TickwireClient extends EventTarget {
     const since = {};
     for (const [t, pos] of this.positions) {
       if (!retry.topics.some((p) => patternMatches(p, t))) continue;
-      if ([...this.subscriptions].some((p) => patternMatches(p, t))) continue;
+      if ([...this.subscriptions.keys()].some((p) => patternMatches(p, t))) continue;
       since[t] = { seq: pos.seq, epoch: pos.epoch || '' };
     }
-    const frame = { op: 'subscribe', topics: retry.topics };
+    const frame = { op: 'subscribe', topics: retry.topics, ...retry.opts };
     if (Object.keys(since).length) frame.since = since;
-    this._send({
-      frame, kind: 'retry', topics: retry.topics, attempt: retry.attempt,
-      since: new Set(Object.keys(since)), resolve() {}, reject() {}, timer: null,
-    });
+    const { topics, opts, attempt } = retry;
+    this._send({ frame, kind: 'retry', topics, opts, attempt, since: new Set(Object.keys(since)), resolve() {}, reject() {}, timer: null });
   }
 
   /**
    * A subscribe nobody else sends again was refused: schedules a retry when the refusal is
    * transient and retries remain (`done` refused so far). Returns the SubscriptionInfo.
-   * @param {string[]} topics @param {number} done @param {TickwireError} error
+   * @param {string[]} topics @param {Object} opts @param {number} done @param {TickwireError} error
    */
-  _refused(topics, done, error) {
+  _refused(topics, opts, done, error) {
     const policy = this.options.subscribeRetry;
     const b = { initial: 500, max: 30000, factor: 2, maxAttempts: Infinity, ...(policy || {}) };
     if (policy === false || !TRANSIENT.has(error.code) || done >= b.maxAttempts) {
@@ -317,7 +285,7 @@ export class TickwireClient extends EventTarget {
     const waiting = topics.filter((t) => !this.subscriptions.has(t)
       && ![...this._retries].some((r) => r.topics.includes(t)));
     if (waiting.length && !this._closed) {
-      const retry = { topics: waiting, attempt, timer: null };
+      const retry = { topics: waiting, opts, attempt, timer: null };
       retry.timer = setTimeout(() => {
         retry.timer = null;
         if (this.ws && this.ws.readyState === 1) this._sendRetry(retry);
@@ -328,15 +296,17 @@ export class TickwireClient extends EventTarget {
     return { topics, state: 'retrying', error, attempt, delay, retryAt: Date.now() + delay };
   }
 
-  /** An unsubscribe stops the retries of its topics, waiting or in flight. */
-  _cancelRetries(topics) {
+  /** Takes `topics` out of the waiting retries (accepted meanwhile, or unsubscribed). */
+  _unretry(topics) {
     for (const retry of [...this._retries]) {
       retry.topics = retry.topics.filter((t) => !topics.includes(t));
-      if (retry.topics.length === 0) {
-        clearTimeout(retry.timer);
-        this._retries.delete(retry);
-      }
+      if (retry.topics.length === 0) { clearTimeout(retry.timer); this._retries.delete(retry); }
     }
+  }
+
+  /** An unsubscribe stops the retries of its topics, waiting or in flight. */
+  _cancelRetries(topics) {
+    this._unretry(topics);
     for (const r of this._pending.values()) {
       if (r.kind === 'retry') r.topics = r.topics.filter((t) => !topics.includes(t));
       else if (r.kind === 'subscribe') (r.cancelled ||= []).push(...topics);
@@ -348,31 +318,65 @@ export class TickwireClient extends EventTarget {
     this._retries.clear();
   }
 
-  _subscriptionState(info) {
-    this._emit('subscription', info, info.topics, info.state, info);
-  }
+  _subscriptionState(info) { this._emit('subscription', info, info.topics, info.state, info); }
 
-  /** Forgets the positions of topics no subscription, waiting retry or retry in flight covers. */
+  /** Forgets the positions of topics no subscription, waiting retry or retry in flight covers,
+   * and the bases of topics no such one asking for deltas covers. */
   _pruneTracks() {
     const wanted = [...this.subscriptions];
-    for (const r of this._retries) wanted.push(...r.topics);
-    for (const r of this._pending.values()) if (r.kind === 'retry') wanted.push(...r.topics);
-    for (const t of [...this.positions.keys()]) {
-      if (!wanted.some((p) => patternMatches(p, t))) this.positions.delete(t);
+    for (const r of this._retries) wanted.push(...r.topics.map((t) => [t, r.opts]));
+    for (const r of this._pending.values()) if (r.kind === 'retry') wanted.push(...r.topics.map((t) => [t, r.opts]));
+    const covered = (t, delta) => wanted.some(([p, o]) => (!delta || o.delta) && patternMatches(p, t));
+    for (const t of [...this.positions.keys()]) if (!covered(t, false)) this.positions.delete(t);
+    for (const t of [...this._bases.keys()]) if (!covered(t, true)) this._bases.delete(t);
+  }
+
+  /** Re-establishes the confirmed subscriptions with `since` = the tracked positions: one
+   * request per set of options, each topic's `since` in the first request that matches it. */
+  _resubscribe() {
+    this._pruneTracks();
+    const groups = new Map();
+    for (const [p, o] of this.subscriptions) {
+      const key = JSON.stringify(o);
+      groups.set(key, [...(groups.get(key) || []), p]);
+    }
+    const assigned = new Set();
+    for (const [key, topics] of groups) {
+      /** @type {Record<string, {seq: number, epoch: string}>} */
+      const since = {};
+      for (const [t, pos] of this.positions) {
+        if (assigned.has(t) || !topics.some((p) => patternMatches(p, t))) continue;
+        assigned.add(t);
+        since[t] = { seq: pos.seq, epoch: pos.epoch || '' };
+      }
+      const opts = JSON.parse(key);
+      const frame = { op: 'subscribe', topics, ...opts };
+      if (Object.keys(since).length) frame.since = since;
+      this._send({ frame, kind: 'resubscribe', opts, since: new Set(Object.keys(since)), resolve() {}, reject() {}, timer: null });
     }
   }
 
-  /** Re-establishes the confirmed subscriptions with `since` = the tracked positions. */
-  _resubscribe() {
-    const topics = [...this.subscriptions];
-    this._pruneTracks();
-    if (topics.length === 0) return;
-    /** @type {Record<string, {seq: number, epoch: string}>} */
-    const since = {};
-    for (const [t, pos] of this.positions) since[t] = { seq: pos.seq, epoch: pos.epoch || '' };
-    const frame = { op: 'subscribe', topics };
-    if (Object.keys(since).length) frame.since = since;
-    this._send({ frame, kind: 'resubscribe', since: new Set(Object.keys(since)), resolve() {}, reject() {}, timer: null });
+  /** After a delta that did not apply: sends the subscription matching `topic` again, with
+   * `since` its last delivered position, so that the server replays it (or resets it) in full. */
+  _resync(topic, seq) {
+    const subs = [...this.subscriptions].filter(([p]) => patternMatches(p, topic));
+    const [pattern, opts] = subs.find(([, o]) => o.delta) || subs[0] || [];
+    if (!pattern) return;
+    this._resyncing.add(topic);
+    const track = this.positions.get(topic);
+    const since = { [topic]: { seq: Math.min(track ? track.seq : Infinity, seq - 1), epoch: (track && track.epoch) || '' } };
+    const frame = { op: 'subscribe', topics: [pattern], since, ...opts };
+    this._send({ frame, kind: 'resync', topic, since: new Set([topic]), resolve() {}, reject() {}, timer: null });
+  }
+
+  /** Keeps the data of update `msg` (frame `text`) as the base of its topic's next delta when
+   * a delta subscription matches the topic; an older seq (a replay) does not move it back.
+   * `data` is the frame's last member, so its exact text is the rest of the frame (§4.1). */
+  _keepBase(msg, text, reset) {
+    const base = this._bases.get(msg.topic);
+    const wanted = base || [...this.subscriptions].some(([p, o]) => o.delta && patternMatches(p, msg.topic));
+    if (!wanted || (base && msg.seq <= base.seq && !reset)) return;
+    this._bases.set(msg.topic, { seq: msg.seq, text: text.slice(text.indexOf('"data":') + 7, -1) });
   }
 
   /** Applies a `subscribed` reply's positions (see client/src/connection.rs apply_positions). */
@@ -383,50 +387,45 @@ export class TickwireClient extends EventTarget {
     const fresh = (p) => ({ seq: Math.max(0, p.seq - 1), epoch: p.epoch });
     for (const [topic, p] of Object.entries(positions)) {
       const track = this.positions.get(topic);
+      const reset = () => { resets.push(topic); this.positions.set(topic, fresh(p)); };
       if (since.has(topic)) {
-        if (recovered[topic] === true) {
-          if (track) track.epoch = p.epoch;
-        } else {
-          resets.push(topic);
-          this.positions.set(topic, fresh(p));
-        }
-        continue;
-      }
-      if (!track) this.positions.set(topic, fresh(p));
+        if (recovered[topic] !== true) reset();
+        else if (track) track.epoch = p.epoch;
+      } else if (!track) this.positions.set(topic, fresh(p));
       else if (track.epoch === p.epoch) { /* same stream */ }
       else if (track.epoch == null) track.epoch = p.epoch;
-      else {
-        resets.push(topic);
-        this.positions.set(topic, fresh(p));
-      }
+      else reset(); // another stream than the one delivered so far
     }
     for (const topic of since) {
       if (!(topic in positions)) {
         const track = this.positions.get(topic);
         this.positions.delete(topic);
+        this._bases.delete(topic);
         if (track && track.seq > 0) resets.push(topic);
       }
     }
-    for (const topic of resets) this._emit('reset', { topic }, topic);
+    for (const topic of resets) {
+      this._bases.delete(topic); // another stream: its deltas do not apply to this one's data
+      this._emit('reset', { topic }, topic);
+    }
   }
 
   _onFrame(text) {
     let msg;
-    try {
-      msg = JSON.parse(text);
-    } catch (e) {
-      this._emit('error', e, e);
-      return;
-    }
-    if (msg.type === 'snapshot' && typeof msg.epoch === 'string') {
-      // A reset outside any subscribe reply: the topic's stream restarted (a cluster's broker
-      // lost it), possibly at a lower seq. Track it from here.
-      this.positions.set(msg.topic, { seq: msg.seq, epoch: msg.epoch });
-      this._emit('reset', { topic: msg.topic }, msg.topic);
-      this._emit('message', msg, msg);
-      return;
-    }
+    try { msg = JSON.parse(text); } catch (e) { return this._emit('error', e, e); }
     if (msg.type === 'update' || msg.type === 'snapshot') {
+      const reset = msg.type === 'snapshot' && typeof msg.epoch === 'string';
+      if (typeof msg.delta === 'string') {
+        if (!this._applyDelta(msg)) return;
+      } else this._keepBase(msg, text, reset); // before the duplicate check: the server bases on what it sent
+      if (reset) {
+        // A reset outside any subscribe reply: the topic's stream restarted (a cluster's broker
+        // lost it), possibly at a lower seq. Track it from here.
+        this.positions.set(msg.topic, { seq: msg.seq, epoch: msg.epoch });
+        this._emit('reset', { topic: msg.topic }, msg.topic);
+        this._emit('message', msg, msg);
+        return;
+      }
       const track = this.positions.get(msg.topic);
       if (track && msg.seq <= track.seq) return; // duplicate
       if (track) track.seq = msg.seq;
@@ -435,20 +434,17 @@ export class TickwireClient extends EventTarget {
       return;
     }
     const r = msg.id != null ? this._pending.get(msg.id) : undefined;
+    const err = msg.type === 'error' ? new TickwireError(msg.code, msg.message) : null;
     if (!r) {
-      if (msg.type === 'error') {
-        const err = new TickwireError(msg.code, msg.message);
-        this._emit('error', err, err);
-      }
+      if (err) this._emit('error', err, err);
       return;
     }
     this._pending.delete(msg.id);
     clearTimeout(r.timer);
-    if (msg.type === 'error') {
-      const err = new TickwireError(msg.code, msg.message);
+    if (err) {
       if (r.kind === 'subscribe') {
         const wanted = r.frame.topics.filter((t) => !(r.cancelled || []).includes(t));
-        const info = this._refused(wanted, 0, err);
+        const info = this._refused(wanted, r.opts, 0, err);
         r.reject(err);
         // A refusal for good is the caller's to handle; a retry is news.
         if (info.state === 'retrying' && wanted.length) this._subscriptionState({ ...info, topics: r.frame.topics });
@@ -456,10 +452,14 @@ export class TickwireClient extends EventTarget {
         // Nobody awaits these: the server refuses what it accepted before (or still refuses).
         const topics = r.kind === 'retry' ? r.topics : r.frame.topics;
         for (const t of topics) this.subscriptions.delete(t);
-        const info = this._refused(topics, r.kind === 'retry' ? r.attempt : 0, err);
+        const info = this._refused(topics, r.opts, r.kind === 'retry' ? r.attempt : 0, err);
         this._pruneTracks();
         this._subscriptionState(info);
         if (info.state === 'failed') this._emit('error', err, err);
+      } else if (r.kind === 'resync') {
+        // The subscription stands (a refused subscribe changes nothing); the next delta asks again.
+        this._resyncing.delete(r.topic);
+        this._emit('error', err, err);
       } else {
         r.reject(err);
       }
@@ -467,34 +467,57 @@ export class TickwireClient extends EventTarget {
     }
     if (msg.type === 'subscribed' && r.kind === 'retry') {
       if (r.topics.length === 0) return; // unsubscribed meanwhile: the `unsubscribed` reply follows
-      for (const t of r.topics) this.subscriptions.add(t);
+      for (const t of r.topics) this.subscriptions.set(t, r.opts);
       this._subscriptionState({ topics: r.topics, state: 'subscribed' });
+      this._applyPositions(msg, r.since);
+      return;
+    }
+    if (msg.type === 'subscribed' && r.kind === 'resync') {
+      this._resyncing.delete(r.topic);
       this._applyPositions(msg, r.since);
       return;
     }
     if (msg.type === 'subscribed') {
       this._applyPositions(msg, r.since || new Set());
-      for (const t of msg.topics) this.subscriptions.add(t);
-      if (r.kind === 'subscribe') {
-        // Accepted now: an older refusal of the same topics needs no retry.
-        for (const retry of [...this._retries]) {
-          retry.topics = retry.topics.filter((t) => !msg.topics.includes(t));
-          if (retry.topics.length === 0) {
-            clearTimeout(retry.timer);
-            this._retries.delete(retry);
-          }
-        }
-      }
+      const opts = r.opts || {};
+      const dropped = msg.topics.some((t) => this.subscriptions.get(t)?.delta && !opts.delta);
+      for (const t of msg.topics) this.subscriptions.set(t, opts);
+      if (dropped) this._pruneTracks(); // bases no delta subscription needs any more
+      if (r.kind === 'subscribe') this._unretry(msg.topics); // accepted now: an older refusal needs no retry
     } else if (msg.type === 'unsubscribed') {
       for (const t of msg.topics) this.subscriptions.delete(t);
+      this._pruneTracks();
     }
     r.resolve(msg);
   }
 
-  _request(frame, kind) {
+  /** Replaces `msg.delta` with the `data` it encodes; false when it does not apply (then the
+   * topic is re-subscribed for full data, and an `error` event tells). */
+  _applyDelta(msg) {
+    const base = this._bases.get(msg.topic);
+    try {
+      if (!base) throw new Error('no data to apply it to');
+      if (base.seq !== msg.seq - 1) throw new Error(`it applies to seq ${msg.seq - 1}, the last data is seq ${base.seq}`);
+      const text = fossilApply(base.text, msg.delta);
+      msg.data = JSON.parse(text);
+      this._bases.set(msg.topic, { seq: msg.seq, text });
+    } catch (e) {
+      if (this._resyncing.has(msg.topic)) return false; // sent before the server saw the resync
+      this._bases.delete(msg.topic);
+      this._resync(msg.topic, msg.seq);
+      const err = new TickwireError('delta', `update ${msg.seq} of ${msg.topic} not applied (${e.message}); asking for full data again`);
+      this._emit('error', err, err);
+      return false;
+    }
+    delete msg.delta;
+    this.deltaFrames++;
+    return true;
+  }
+
+  _request(frame, kind, opts) {
     if (this._closed) return Promise.reject(new TickwireError('closed', 'client is closed'));
     return new Promise((resolve, reject) => {
-      const r = { frame, kind, resolve, reject, timer: null };
+      const r = { frame, kind, opts, resolve, reject, timer: null };
       const timeout = this.options.requestTimeout ?? 10000;
       r.timer = setTimeout(() => {
         const i = this._queue.indexOf(r);
@@ -511,25 +534,32 @@ export class TickwireClient extends EventTarget {
    * Subscribes to topics or patterns. Resolves with the `subscribed` reply, rejects with a
    * TickwireError. A refusal with `unavailable` or `rate_limited` is also retried in the
    * background (see `subscribeRetry`), reported by `subscription` events; `unsubscribe` stops it.
-   * @param {string|string[]} topics @returns {Promise<Object>}
+   * The options are kept with the subscriptions and sent again with every re-subscribe;
+   * subscribing again to a held subscription replaces them. A `maxRate` out of bounds rejects
+   * at once with code `bad_request`.
+   * @param {string|string[]} topics @param {SubscribeOptions} [options] @returns {Promise<Object>}
    */
-  subscribe(topics) {
-    return this._request({ op: 'subscribe', topics: [].concat(topics) }, 'subscribe');
+  subscribe(topics, { maxRate, delta } = {}) {
+    const opts = {};
+    if (maxRate != null) {
+      if (!(typeof maxRate === 'number' && maxRate >= 0.01 && maxRate <= 1000)) {
+        return Promise.reject(new TickwireError('bad_request', 'maxRate must be a number of updates a second from 0.01 to 1000'));
+      }
+      opts.max_rate = maxRate;
+    }
+    if (delta) opts.delta = 'fossil';
+    return this._request({ op: 'subscribe', topics: [].concat(topics), ...opts }, 'subscribe', opts);
   }
 
-  /**
-   * Removes subscriptions by their exact text. Resolves with the `unsubscribed` reply.
-   * @param {string|string[]} topics @returns {Promise<Object>}
-   */
+  /** Removes subscriptions by their exact text. Resolves with the `unsubscribed` reply.
+   * @param {string|string[]} topics @returns {Promise<Object>} */
   unsubscribe(topics) {
     return this._request({ op: 'unsubscribe', topics: [].concat(topics) }, 'unsubscribe');
   }
 
-  /**
-   * Publishes `data` to `topic` (must match the connection's publish ACL: `auth.anonymous.publish` or the token's `publish` claim).
+  /** Publishes `data` to `topic` (must match the connection's publish ACL: `auth.anonymous.publish` or the token's `publish` claim).
    * Resolves with the `published` reply ({topic, seq}); rejects with a TickwireError.
-   * @param {string} topic @param {*} data @returns {Promise<Object>}
-   */
+   * @param {string} topic @param {*} data @returns {Promise<Object>} */
   publish(topic, data) {
     return this._request({ op: 'publish', topic, data: data === undefined ? null : data }, 'publish');
   }
@@ -539,8 +569,81 @@ export class TickwireClient extends EventTarget {
     this._closed = true;
     clearTimeout(this._timer);
     this._stopRetries();
-    const ws = this.ws;
-    if (ws) ws.close(1000, 'client closed');
+    if (this.ws) this.ws.close(1000, 'client closed');
     else this._finish();
   }
+}
+
+// Fossil deltas: the browser's copy of `apply` in proto/src/fossil/mod.rs (its header describes
+// the format), with the same checks, so that a damaged delta or a wrong base is an Error, never
+// a wrong document. Both strings are JSON text; the delta counts UTF-8 bytes, hence the
+// TextEncoder. The server keeps inserts on character boundaries: the delta is a plain string.
+const DIGITS = '0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ_abcdefghijklmnopqrstuvwxyz~';
+const VALUE = new Int8Array(128).fill(-1);
+for (let i = 0; i < DIGITS.length; i++) VALUE[DIGITS.charCodeAt(i)] = i;
+
+/**
+ * The target of `deltaString` applied to `baseString` (the previous data, as received).
+ * @param {string} baseString @param {string} deltaString
+ * @param {number} [maxLen=67108864] largest target accepted, in UTF-8 bytes
+ * @returns {string} @throws {Error} on any fault in the delta, or a delta meant for another base
+ */
+export function fossilApply(baseString, deltaString, maxLen = 64 * 1024 * 1024) {
+  const enc = new TextEncoder();
+  const [base, delta] = [enc.encode(baseString), enc.encode(deltaString)];
+  let pos = 0;
+  const fail = (why) => { throw new Error(`fossil delta: ${why} (byte ${pos})`); };
+  const number = () => {
+    const start = pos;
+    let v = 0; // below 2^53: exact until the 32-bit check
+    while (pos < delta.length && delta[pos] < 128 && VALUE[delta[pos]] >= 0) {
+      v = v * 64 + VALUE[delta[pos++]];
+      if (v > 0xffffffff) fail('number over 32 bits');
+    }
+    if (pos === start) fail('number expected');
+    return v;
+  };
+  const declared = number();
+  if (delta[pos++] !== 0x0a) fail('header not ended by a newline');
+  if (declared > maxLen) fail(`declares ${declared} bytes, over ${maxLen}`);
+  // Slices, joined at the end: nothing is allocated on the strength of the header alone.
+  const parts = [];
+  let produced = 0;
+  while (pos < delta.length) {
+    const count = number();
+    const op = delta[pos++];
+    if (op === 0x3b) { // ';'
+      if (produced !== declared) fail(`produces ${produced} bytes, declares ${declared}`);
+      const out = new Uint8Array(produced);
+      let at = 0;
+      for (const p of parts) { out.set(p, at); at += p.length; }
+      if (checksum(out) !== count) fail('checksum mismatch: a damaged delta or another base');
+      if (pos !== delta.length) fail('data after the checksum');
+      try { return new TextDecoder('utf-8', { fatal: true, ignoreBOM: true }).decode(out); } catch { fail('target is not UTF-8'); }
+    }
+    if (op !== 0x40 && op !== 0x3a) fail('unknown operator');
+    if (count > declared - produced) fail('output longer than declared');
+    if (op === 0x40) { // '@': copy from the base
+      const offset = number();
+      if (delta[pos++] !== 0x2c) fail("copy not ended by ','");
+      if (offset + count > base.length) fail('copy outside the base');
+      parts.push(base.subarray(offset, offset + count));
+    } else { // ':': insert from the delta
+      if (count > delta.length - pos) fail('insert past the end of the delta');
+      parts.push(delta.subarray(pos, pos + count));
+      pos += count;
+    }
+    produced += count;
+  }
+  fail('ends before its checksum');
+}
+
+// The sum of the bytes read as big-endian 32-bit words, the last padded with zeros, mod 2^32.
+function checksum(b) {
+  let sum = 0;
+  const whole = b.length & ~3;
+  for (let i = 0; i < whole; i += 4) sum = (sum + ((b[i] << 24) | (b[i + 1] << 16) | (b[i + 2] << 8) | b[i + 3])) >>> 0;
+  let last = 0;
+  for (let i = whole; i < b.length; i++) last |= b[i] << (24 - 8 * (i - whole));
+  return (sum + last) >>> 0;
 }

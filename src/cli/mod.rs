@@ -40,9 +40,29 @@ pub(crate) struct SubscribeArgs {
     /// Exit (with status 1) when the connection drops instead of reconnecting.
     #[arg(long)]
     pub(crate) no_reconnect: bool,
+    /// At most R updates a second per topic (0.01 to 1000, e.g. 0.5 or 4): the server skips the
+    /// updates in between, and the newest always arrives. Not for `queue` topics (chat.> by
+    /// default), which the server refuses to thin out.
+    #[arg(long, value_name = "R", value_parser = max_rate)]
+    pub(crate) max_rate: Option<f64>,
+    /// Ask for updates as Fossil deltas of the previous one (less traffic for large documents
+    /// that change little). The client applies them: the output shows the full data as always.
+    #[arg(long)]
+    pub(crate) delta: bool,
     /// Topics or patterns, e.g. `prices.*` `chat.lobby`.
     #[arg(required = true, value_name = "TOPIC")]
     pub(crate) topics: Vec<String>,
+}
+
+/// `--max-rate`: a number within the bounds the server accepts, checked before connecting.
+fn max_rate(text: &str) -> Result<f64, String> {
+    use tickwire_proto::rate::{valid, MAX_RATE, MIN_RATE};
+    match text.trim().parse::<f64>() {
+        Ok(rate) if valid(rate) => Ok(rate),
+        _ => Err(format!(
+            "not a number of updates a second from {MIN_RATE} to {MAX_RATE}"
+        )),
+    }
 }
 
 #[derive(Args)]

@@ -1,5 +1,6 @@
 //! `tickwire subscribe`: prints every update and snapshot as a JSON line, or a live price table
-//! (`--table`), until Ctrl-C.
+//! (`--table`), until Ctrl-C. `--max-rate` and `--delta` are the subscription's options; deltas
+//! are applied by the client, so the output always shows full data.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -7,7 +8,7 @@ use std::io::Write as _;
 use std::time::Duration;
 
 use tickwire_client::{
-    Client, ClientOptions, Error, Event, Events, SubscriptionState, TokenProvider, Update,
+    Client, ClientOptions, Error, Event, Events, SubscribeOptions, SubscriptionState, TokenProvider, Update,
 };
 use tickwire_proto::close::TOKEN_EXPIRED;
 
@@ -67,7 +68,11 @@ async fn start(args: &SubscribeArgs, target: &Target) -> Result<(Client, Events)
         .await
         .map_err(|e| Failure::Runtime(target.connect_failure(&e, args.token.is_some())))?;
     let events = client.events().expect("a new client's events are not taken yet");
-    match client.subscribe(args.topics.clone()).await {
+    let subscribe = SubscribeOptions {
+        max_rate: args.max_rate,
+        delta: args.delta,
+    };
+    match client.subscribe_with(args.topics.clone(), subscribe).await {
         Ok(_) => {}
         // Refused for now (a cluster node without Redis): the client retries it and the
         // events below report how that goes.

@@ -394,6 +394,97 @@ try {
   assert.equal(await member.isHidden('#auth'), true);
   log(`(j) JWT mode with ?token=: connected, hint "${hint.slice(0, 40)}…", then live updates (E2E 101 -> 202)`);
 
+  // (k) Subscribe options in the browser client: a page subscribes to doc.* with {delta: true}
+  // and to rate.e2e with {maxRate: 2}; random documents published over HTTP arrive whole, each
+  // deep-equal to what was published, almost all of them as Fossil deltas; after a reconnect
+  // both options still hold.
+  const docs = await context.newPage();
+  watch(docs, 'deltas page');
+  await docs.goto(`${base}/console`);
+  await docs.evaluate(async () => {
+    const { TickwireClient } = await import('/tickwire.js');
+    window.e2eGot = [];
+    window.e2eErrors = [];
+    const client = new TickwireClient('/ws', {
+      onMessage: (u) => window.e2eGot.push(u),
+      onError: (e) => window.e2eErrors.push(e.code || e.message),
+    });
+    window.e2eClient = client;
+    await client.subscribe(['doc.*'], { delta: true });
+    await client.subscribe('rate.e2e', { maxRate: 2 });
+    await client.subscribe('rate.bad', { maxRate: 0 }).then(
+      () => window.e2eErrors.push('maxRate 0 accepted'),
+      (e) => { if (e.code !== 'bad_request') window.e2eErrors.push(`maxRate 0: ${e.code}`); });
+  });
+  let seed = 18;
+  const rand = (n) => { seed = (seed * 1103515245 + 12345) % 2147483648; return Math.floor(seed / 65536) % n; };
+  // JSON text fragments: multi-byte UTF-8 and escapes (a quote, a backslash, newline, tab).
+  const words = ['price', 'é', 'мир', '🟢', '中文', '\\"quoted\\"', 'back\\\\slash', 'line\\nbreak', 'tab\\t'];
+  const fields = Array.from({ length: 30 }, (_, i) => `"${words[i % words.length]}-${i}"`);
+  const nextDoc = () => {
+    for (let n = 1 + rand(3); n > 0; n--) {
+      const i = rand(fields.length);
+      fields[i] = [() => String(rand(1e6)), () => `"${words[rand(9)]} ${words[rand(9)]}"`,
+        () => `{"bid": ${rand(1000)}, "ask": [1, 2.5, null]}`][rand(3)]();
+    }
+    return `{${fields.map((v, i) => `"k${i}": ${v}`).join(', ')}}`;
+  };
+  const deltaFrames = async () => {
+    const line = (await (await fetch(`${base}/metrics`)).text()).split('\n').find((l) => l.startsWith('tickwire_delta_frames_total '));
+    return line ? Number(line.split(' ').at(-1)) : 0;
+  };
+  /** Publishes `n` documents to doc.e2e and checks that the page got each one, deep-equal. */
+  const publishDocs = async (n) => {
+    const sent = new Map();
+    for (let i = 0; i < n; i++) {
+      const text = nextDoc();
+      const r = await fetch(`${base}/api/v1/publish`, { method: 'POST', body: `{"topic":"doc.e2e","data":${text}}` });
+      const reply = await r.json();
+      assert.equal(r.status, 200, JSON.stringify(reply));
+      sent.set(reply.seq, JSON.parse(text));
+    }
+    const last = Math.max(...sent.keys());
+    await docs.waitForFunction((s) => window.e2eGot.some((u) => u.topic === 'doc.e2e' && u.seq === s), last, { timeout: 10000 });
+    const got = await docs.evaluate(() => window.e2eGot.filter((u) => u.topic === 'doc.e2e'));
+    for (const [seq, doc] of sent) {
+      const u = got.find((g) => g.seq === seq);
+      assert.ok(u, `doc.e2e #${seq} never arrived`);
+      assert.deepEqual(u.data, doc, `doc.e2e #${seq}`);
+      assert.equal(u.delta, undefined, 'the page sees data, not the delta');
+    }
+  };
+  const [frames0, applied0] = [await deltaFrames(), await docs.evaluate(() => window.e2eClient.deltaFrames)];
+  await publishDocs(60);
+  const [frames1, applied1] = [await deltaFrames(), await docs.evaluate(() => window.e2eClient.deltaFrames)];
+  assert.ok(applied1 - applied0 >= 55, `${applied1 - applied0} of 60 documents came as deltas`);
+  assert.equal(frames1 - frames0, applied1 - applied0, 'the page applied every delta the server sent');
+  log(`(k) 60 random documents arrived exact on a {delta: true} subscription, ${applied1 - applied0} as deltas`);
+  // A burst of 300 to the {maxRate: 2} subscription: a few updates, the last the newest.
+  const burst = async () => {
+    const messages = Array.from({ length: 300 }, (_, i) => ({ topic: 'rate.e2e', data: { i } }));
+    const r = await fetch(`${base}/api/v1/publish`, { method: 'POST', body: JSON.stringify({ messages }) });
+    const last = (await r.json()).results.at(-1).seq;
+    await docs.waitForFunction((s) => window.e2eGot.some((u) => u.topic === 'rate.e2e' && u.seq === s), last, { timeout: 10000 });
+    const got = await docs.evaluate((s) => window.e2eGot.filter((u) => u.topic === 'rate.e2e' && u.seq > s - 300), last);
+    assert.ok(got.length <= 4, `${got.length} updates of a burst of 300 at maxRate 2`);
+    assert.deepEqual(got.at(-1).data, { i: 299 }, 'the newest arrives');
+    return got.length;
+  };
+  const thinned = await burst();
+  // The connection drops; the client re-subscribes with both options.
+  await docs.evaluate(() => window.e2eClient.ws.close());
+  await docs.waitForFunction(() => window.e2eClient.status === 'reconnecting', null, { timeout: 5000 });
+  await docs.waitForFunction(() => window.e2eClient.status === 'open', null, { timeout: 10000 });
+  await sleep(600); // past the rate's interval
+  const applied2 = await docs.evaluate(() => window.e2eClient.deltaFrames);
+  await publishDocs(20);
+  const applied3 = await docs.evaluate(() => window.e2eClient.deltaFrames);
+  assert.ok(applied3 - applied2 >= 18, `${applied3 - applied2} of 20 as deltas after the reconnect`);
+  const thinnedAgain = await burst();
+  assert.deepEqual(await docs.evaluate(() => window.e2eErrors), [], 'client errors');
+  log(`    bursts of 300 at maxRate 2 gave ${thinned} and ${thinnedAgain} updates; after a reconnect ${applied3 - applied2} of 20 documents as deltas`);
+  await docs.close();
+
   assert.deepEqual(errors, [], 'page errors');
   log('e2e: all checks passed');
 } finally {

@@ -14,7 +14,7 @@ use tokio::task::JoinHandle;
 use crate::connection::{self, Command, Reply, Shared, Task};
 use crate::error::{Error, Result};
 use crate::message::{Event, Published, Subscribed, SubscriptionState, Unsubscribed, Update};
-use crate::options::ClientOptions;
+use crate::options::{ClientOptions, SubscribeOptions};
 use crate::url::check_scheme;
 
 /// A connection to a tickwire server that reconnects by itself.
@@ -142,13 +142,44 @@ impl Client {
     /// a cluster node without Redis; `rate_limited`) the client also keeps retrying the
     /// subscription in the background (see [`ClientOptions::subscribe_retry`]) and reports it
     /// with [`Event::Subscription`]; [`Client::unsubscribe`] with the same topics stops that.
+    ///
+    /// The same as [`Client::subscribe_with`] with the default [`SubscribeOptions`].
     pub async fn subscribe<I, S>(&self, topics: I) -> Result<Subscribed>
     where
         I: IntoIterator<Item = S>,
         S: Into<String>,
     {
+        self.subscribe_with(topics, SubscribeOptions::default()).await
+    }
+
+    /// [`Client::subscribe`] with options: a max rate per topic, Fossil deltas (see
+    /// [`SubscribeOptions`]). The options are kept with the subscriptions and sent again with
+    /// every re-subscription after a reconnect and every retry; subscribing again to a
+    /// subscription the client holds replaces its options.
+    ///
+    /// A `max_rate` out of bounds is [`Error::InvalidMaxRate`], and nothing is sent.
+    ///
+    /// ```no_run
+    /// # async fn run(client: tickwire_client::Client) -> Result<(), tickwire_client::Error> {
+    /// use tickwire_client::SubscribeOptions;
+    /// // At most 4 updates a second per topic, as deltas of the previous one.
+    /// let options = SubscribeOptions::default().max_rate(4.0).delta(true);
+    /// client.subscribe_with(["doc.*"], options).await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn subscribe_with<I, S>(&self, topics: I, options: SubscribeOptions) -> Result<Subscribed>
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        options.check()?;
         let topics: Vec<String> = topics.into_iter().map(Into::into).collect();
-        self.request(|reply| Command::Subscribe { topics, reply }).await
+        self.request(|reply| Command::Subscribe {
+            topics,
+            options,
+            reply,
+        })
+        .await
     }
 
     /// Removes subscriptions, exactly as they were given to [`Client::subscribe`]. Nothing

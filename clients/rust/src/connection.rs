@@ -11,6 +11,11 @@
 //! backoff by the connection loop's single retry timer (the earliest due entry), and at once
 //! on a new connection. Until a retry is accepted its patterns are not in `subscriptions`, so
 //! the reconnect path never subscribes them twice; an unsubscribe cancels them.
+//!
+//! Every subscription keeps its [`SubscribeOptions`], sent again with each re-subscription and
+//! retry. Topics of delta subscriptions keep a base ([`Bases`]) that delta updates apply to;
+//! one that cannot be applied is not delivered, and a [`Pending::Resync`] re-subscribes its
+//! topic with `since` the last delivered position, so the server sends full data from there.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -30,11 +35,14 @@ use tokio_tungstenite::tungstenite::{self, Message};
 use tokio_tungstenite::{Connector, MaybeTlsStream, WebSocketStream};
 use tracing::debug;
 
+use crate::delta::Bases;
 use crate::error::{Error, Result};
 use crate::message::{
-    Event, Frame, Kind, Position, Published, Request, Subscribed, SubscriptionState, Unsubscribed, Update,
+    DeltaUpdate, Event, Frame, Kind, Position, Published, Request, Subscribed, SubscriptionState,
+    Unsubscribed, Update,
 };
-use crate::options::{default_tls, ClientOptions};
+use crate::options::{default_tls, ClientOptions, SubscribeOptions};
+use crate::subscriptions::Subscriptions;
 use crate::url::with_token;
 
 pub(crate) type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
@@ -65,6 +73,7 @@ fn transient(code: &str) -> bool {
 pub(crate) enum Command {
     Subscribe {
         topics: Vec<String>,
+        options: SubscribeOptions,
         reply: Reply<Subscribed>,
     },
     Unsubscribe {
@@ -123,6 +132,7 @@ struct Track {
 enum Pending {
     Subscribe {
         topics: Vec<String>,
+        options: SubscribeOptions,
         reply: Reply<Subscribed>,
         /// Topics unsubscribed since it was sent: not retried if it is refused.
         cancelled: Vec<String>,
@@ -130,14 +140,22 @@ enum Pending {
     /// An internal re-subscription after a reconnect; `since` are the topics it gave positions for.
     Resubscribe {
         topics: Vec<String>,
+        options: SubscribeOptions,
         since: BTreeSet<String>,
     },
     /// A retry of a refused subscribe (the `attempt`th); unsubscribed topics are removed from
     /// `topics` while it is in flight.
     Retry {
         topics: Vec<String>,
+        options: SubscribeOptions,
         attempt: u32,
         since: BTreeSet<String>,
+    },
+    /// A subscription sent again, with `since` for `topic` alone, because a delta update of
+    /// `topic` could not be applied: the server replays (or snapshots) it as full data. The
+    /// subscription itself is unchanged either way.
+    Resync {
+        topic: String,
     },
     Unsubscribe {
         topics: Vec<String>,
@@ -152,6 +170,8 @@ enum Pending {
 #[derive(Default)]
 struct Batch {
     topics: Vec<String>,
+    /// The options of all of `topics`.
+    options: SubscribeOptions,
     since: BTreeMap<String, Position>,
     /// Tracked topics whose `since` did not fit.
     unrecoverable: BTreeSet<String>,
@@ -161,6 +181,7 @@ struct Batch {
 /// A refused subscribe waiting for its next attempt.
 struct Retry {
     topics: Vec<String>,
+    options: SubscribeOptions,
     /// The number of the coming attempt: 1 after the first refusal.
     attempt: u32,
 }
@@ -265,9 +286,17 @@ pub(crate) struct Task {
     events: mpsc::Sender<Event>,
     shutdown: watch::Receiver<bool>,
     shared: Arc<Shared>,
-    /// Subscriptions the server confirmed, in the order they were made.
-    subscriptions: Vec<String>,
+    /// Subscriptions the server confirmed, with their options.
+    subscriptions: Subscriptions,
     tracks: HashMap<String, Track>,
+    /// The last data of each topic a delta subscription matches.
+    bases: Bases,
+    /// Delta updates that could not be applied since the last read, (topic, seq): their topics
+    /// are re-subscribed for full data once the frame is handled.
+    resyncs: Vec<(String, u64)>,
+    /// Topics with a [`Pending::Resync`] in flight: their deltas are dropped until it is
+    /// answered, without asking again.
+    resyncing: HashSet<String>,
     pending: BTreeMap<i64, Pending>,
     /// Subscribe/unsubscribe requests in flight when the connection dropped, to send again.
     replay: Vec<Command>,
@@ -294,8 +323,11 @@ impl Task {
             events,
             shutdown,
             shared,
-            subscriptions: Vec::new(),
+            subscriptions: Subscriptions::default(),
             tracks: HashMap::new(),
+            bases: Bases::default(),
+            resyncs: Vec::new(),
+            resyncing: HashSet::new(),
             pending: BTreeMap::new(),
             replay: Vec::new(),
             retries: BTreeMap::new(),
@@ -511,7 +543,12 @@ impl Task {
                     match message {
                         None => return End::lost("connection closed without a close frame"),
                         Some(Err(e)) => return End::lost(format!("connection lost: {e}")),
-                        Some(Ok(Message::Text(text))) => self.on_text(text.as_str()).await,
+                        Some(Ok(Message::Text(text))) => {
+                            self.on_text(text.as_str()).await;
+                            if let Err(e) = self.send_resyncs(&mut ws).await {
+                                return End::lost(e);
+                            }
+                        }
                         Some(Ok(Message::Close(frame))) => return closed_by_server(ws, frame).await,
                         Some(Ok(Message::Binary(b))) => {
                             let e = Error::Protocol(format!("unexpected binary message of {} bytes", b.len()));
@@ -561,7 +598,9 @@ impl Task {
         }
         let id = self.next_id();
         let text = match &cmd {
-            Command::Subscribe { topics, .. } => Request::subscribe(id, topics, &BTreeMap::new()).encode(),
+            Command::Subscribe { topics, options, .. } => {
+                Request::subscribe(id, topics, &BTreeMap::new(), *options).encode()
+            }
             Command::Unsubscribe { topics, .. } => Request::unsubscribe(id, topics).encode(),
             Command::Publish { topic, data, .. } => Request::publish(id, topic, data).encode(),
         };
@@ -569,8 +608,13 @@ impl Task {
             self.cancel_retries(topics);
         }
         let pending = match cmd {
-            Command::Subscribe { topics, reply } => Pending::Subscribe {
+            Command::Subscribe {
                 topics,
+                options,
+                reply,
+            } => Pending::Subscribe {
+                topics,
+                options,
                 reply,
                 cancelled: Vec::new(),
             },
@@ -602,7 +646,7 @@ impl Task {
         let mut asked = BTreeSet::new();
         for (topic, track) in &self.tracks {
             let ours = retry.topics.iter().any(|p| pattern_matches(p, topic));
-            if !ours || self.subscriptions.iter().any(|p| pattern_matches(p, topic)) {
+            if !ours || self.subscriptions.covers(topic) {
                 continue;
             }
             asked.insert(topic.clone());
@@ -621,9 +665,10 @@ impl Task {
             );
         }
         let id = self.next_id();
-        let text = Request::subscribe(id, &retry.topics, &since).encode();
+        let text = Request::subscribe(id, &retry.topics, &since, retry.options).encode();
         let pending = Pending::Retry {
             topics: retry.topics,
+            options: retry.options,
             attempt: retry.attempt,
             since: asked,
         };
@@ -653,7 +698,13 @@ impl Task {
 
     /// A subscribe nobody else will send again was refused: schedules a retry when the
     /// refusal is transient and retries remain (`done` refused so far), and returns the state.
-    fn refused(&mut self, topics: &[String], done: u32, error: Error) -> SubscriptionState {
+    fn refused(
+        &mut self,
+        topics: &[String],
+        options: SubscribeOptions,
+        done: u32,
+        error: Error,
+    ) -> SubscriptionState {
         let delay = match &self.options.subscribe_retry {
             Some(backoff)
                 if error.code().is_some_and(transient)
@@ -665,7 +716,7 @@ impl Task {
         };
         // A topic already active or already waiting needs no second retry.
         let waiting: Vec<String> = (topics.iter())
-            .filter(|t| !self.subscriptions.contains(*t))
+            .filter(|t| !self.subscriptions.contains(t))
             .filter(|t| !self.retries.values().any(|r| r.topics.contains(*t)))
             .cloned()
             .collect();
@@ -673,6 +724,7 @@ impl Task {
         if !waiting.is_empty() {
             let retry = Retry {
                 topics: waiting,
+                options,
                 attempt,
             };
             self.schedule_retry(retry, Instant::now() + delay);
@@ -684,21 +736,26 @@ impl Task {
         }
     }
 
-    /// Forgets the tracks of topics no subscription, waiting retry or retry in flight covers.
+    /// Forgets the tracks of topics no subscription, waiting retry or retry in flight covers,
+    /// and the bases of topics no such one asking for deltas covers.
     fn prune_tracks(&mut self) {
-        let retried = self.retries.values().flat_map(|r| r.topics.iter());
-        let in_flight = self.pending.values().flat_map(|p| match p {
-            Pending::Retry { topics, .. } => topics.as_slice(),
-            _ => &[],
+        let retried = (self.retries.values()).map(|r| (r.topics.as_slice(), r.options.delta));
+        let in_flight = self.pending.values().filter_map(|p| match p {
+            Pending::Retry { topics, options, .. } => Some((topics.as_slice(), options.delta)),
+            _ => None,
         });
-        let wanted: Vec<&String> = self
-            .subscriptions
-            .iter()
-            .chain(retried)
-            .chain(in_flight)
-            .collect();
+        let mut wanted: Vec<(&String, bool)> = Vec::new();
+        for (topics, delta) in retried.chain(in_flight) {
+            wanted.extend(topics.iter().map(|t| (t, delta)));
+        }
+        let covered = |topic: &str, delta_only: bool| {
+            (wanted.iter()).any(|(p, delta)| (*delta || !delta_only) && pattern_matches(p, topic))
+        };
+        let subscriptions = &self.subscriptions;
         self.tracks
-            .retain(|topic, _| wanted.iter().any(|p| pattern_matches(p, topic)));
+            .retain(|topic, _| subscriptions.covers(topic) || covered(topic, false));
+        self.bases
+            .retain(|topic| subscriptions.delta_for(topic).is_some() || covered(topic, true));
     }
 
     /// Re-establishes every confirmed subscription with `since` = the tracked positions.
@@ -707,15 +764,20 @@ impl Task {
     /// earlier request sends it a snapshot that would hide a gap.
     async fn resubscribe(&mut self, ws: &mut Ws) -> Result<(), String> {
         self.prune_tracks();
-        let subscriptions = &self.subscriptions;
         let mut assigned: HashSet<&str> = HashSet::new();
         let mut batches: Vec<Batch> = Vec::new();
-        for pattern in subscriptions {
-            let full = batches
-                .last()
-                .is_none_or(|b| b.topics.len() >= BATCH_TOPICS || b.bytes + pattern.len() > BATCH_BYTES);
+        for sub in self.subscriptions.by_options() {
+            let pattern = &sub.pattern;
+            let full = batches.last().is_none_or(|b| {
+                b.options != sub.options
+                    || b.topics.len() >= BATCH_TOPICS
+                    || b.bytes + pattern.len() > BATCH_BYTES
+            });
             if full {
-                batches.push(Batch::default());
+                batches.push(Batch {
+                    options: sub.options,
+                    ..Batch::default()
+                });
             }
             let batch = batches.last_mut().expect("just ensured");
             batch.topics.push(pattern.clone());
@@ -743,11 +805,15 @@ impl Task {
         }
         for batch in batches {
             let id = self.next_id();
-            let text = Request::subscribe(id, &batch.topics, &batch.since).encode();
+            let text = Request::subscribe(id, &batch.topics, &batch.since, batch.options).encode();
             let mut since = batch.unrecoverable;
             since.extend(batch.since.into_keys());
-            let topics = batch.topics;
-            self.pending.insert(id, Pending::Resubscribe { topics, since });
+            let pending = Pending::Resubscribe {
+                topics: batch.topics,
+                options: batch.options,
+                since,
+            };
+            self.pending.insert(id, pending);
             send(ws, Message::text(text)).await?;
         }
         Ok(())
@@ -758,20 +824,43 @@ impl Task {
     fn connection_lost(&mut self) {
         for (_, pending) in std::mem::take(&mut self.pending) {
             match pending {
-                Pending::Subscribe { topics, reply, .. } => {
-                    self.replay.push(Command::Subscribe { topics, reply })
-                }
-                Pending::Retry { topics, attempt, .. } if !topics.is_empty() => {
-                    self.schedule_retry(Retry { topics, attempt }, Instant::now())
+                Pending::Subscribe {
+                    topics,
+                    options,
+                    reply,
+                    ..
+                } => self.replay.push(Command::Subscribe {
+                    topics,
+                    options,
+                    reply,
+                }),
+                Pending::Retry {
+                    topics,
+                    options,
+                    attempt,
+                    ..
+                } if !topics.is_empty() => {
+                    let retry = Retry {
+                        topics,
+                        options,
+                        attempt,
+                    };
+                    self.schedule_retry(retry, Instant::now())
                 }
                 Pending::Unsubscribe { topics, reply } => {
                     self.replay.push(Command::Unsubscribe { topics, reply })
                 }
                 Pending::Publish { reply: Some(reply) } => drop(reply.send(Err(Error::Disconnected))),
-                Pending::Publish { reply: None } | Pending::Resubscribe { .. } | Pending::Retry { .. } => {}
+                // The re-subscription of the next connection asks for what these asked for.
+                Pending::Publish { reply: None }
+                | Pending::Resubscribe { .. }
+                | Pending::Retry { .. }
+                | Pending::Resync { .. } => {}
             }
         }
         self.replay.retain(|cmd| !cmd.abandoned());
+        self.resyncs.clear();
+        self.resyncing.clear();
     }
 
     async fn on_text(&mut self, text: &str) {
@@ -781,40 +870,47 @@ impl Task {
         };
         match frame {
             Frame::Delivery(update) => self.on_delivery(update).await,
+            Frame::Delta(update) => self.on_delta(update).await,
             Frame::Subscribed(id, subscribed) => match self.take_pending(id) {
-                Some(Pending::Subscribe { topics, reply, .. }) => {
+                Some(Pending::Subscribe {
+                    topics,
+                    options,
+                    reply,
+                    ..
+                }) => {
                     // Accepted now: an older refusal of the same topics needs no retry.
                     self.retries.retain(|_, retry| {
                         retry.topics.retain(|t| !topics.contains(t));
                         !retry.topics.is_empty()
                     });
-                    for topic in topics {
-                        if !self.subscriptions.contains(&topic) {
-                            self.subscriptions.push(topic);
-                        }
-                    }
+                    self.confirmed(&topics, options);
                     self.apply_positions(&subscribed, &BTreeSet::new()).await;
                     let _ = reply.send(Ok(subscribed));
                 }
                 Some(Pending::Resubscribe { since, .. }) => self.apply_positions(&subscribed, &since).await,
-                Some(Pending::Retry { topics, since, .. }) => {
+                Some(Pending::Retry {
+                    topics,
+                    options,
+                    since,
+                    ..
+                }) => {
                     if topics.is_empty() {
                         return; // unsubscribed while in flight: the `unsubscribed` reply follows
                     }
-                    for topic in &topics {
-                        if !self.subscriptions.contains(topic) {
-                            self.subscriptions.push(topic.clone());
-                        }
-                    }
+                    self.confirmed(&topics, options);
                     let state = SubscriptionState::Subscribed;
                     self.emit(Event::Subscription { topics, state }).await;
                     self.apply_positions(&subscribed, &since).await;
+                }
+                Some(Pending::Resync { topic }) => {
+                    self.resyncing.remove(&topic);
+                    self.apply_positions(&subscribed, &BTreeSet::from([topic])).await;
                 }
                 other => self.mismatch(other, "subscribed").await,
             },
             Frame::Unsubscribed(id, unsubscribed) => match self.take_pending(id) {
                 Some(Pending::Unsubscribe { topics, reply }) => {
-                    self.subscriptions.retain(|s| !topics.contains(s));
+                    self.subscriptions.remove(&topics);
                     self.prune_tracks();
                     let _ = reply.send(Ok(unsubscribed));
                 }
@@ -848,6 +944,7 @@ impl Task {
             Pending::Subscribe { reply, .. } => drop(reply.send(Err(e()))),
             Pending::Unsubscribe { reply, .. } => drop(reply.send(Err(e()))),
             Pending::Publish { reply: Some(reply) } => drop(reply.send(Err(e()))),
+            Pending::Resync { topic } => drop(self.resyncing.remove(&topic)),
             Pending::Publish { reply: None } | Pending::Resubscribe { .. } | Pending::Retry { .. } => {}
         }
         self.emit(Event::Error(e())).await;
@@ -863,6 +960,7 @@ impl Task {
         let unclaimed = match self.take_pending(id) {
             Some(Pending::Subscribe {
                 topics,
+                options,
                 reply,
                 cancelled,
             }) => {
@@ -870,7 +968,7 @@ impl Task {
                     .filter(|t| !cancelled.contains(t))
                     .cloned()
                     .collect();
-                let state = self.refused(&wanted, 0, error());
+                let state = self.refused(&wanted, options, 0, error());
                 let unclaimed = reply.send(Err(error())).err().and_then(Result::err);
                 // A refusal for good is the caller's to report; a retry is news.
                 if matches!(state, SubscriptionState::Retrying { .. }) && !wanted.is_empty() {
@@ -882,17 +980,30 @@ impl Task {
             Some(Pending::Publish { reply: Some(reply) }) => {
                 reply.send(Err(error())).err().and_then(Result::err)
             }
-            Some(Pending::Resubscribe { topics, .. }) => {
+            Some(Pending::Resubscribe { topics, options, .. }) => {
                 // The new server refuses what the old one accepted: drop those subscriptions,
                 // and retry them when the refusal is transient (their tracks are kept for it).
-                self.subscriptions.retain(|s| !topics.contains(s));
-                self.background_refusal(topics, 0, error()).await.then(error)
+                self.subscriptions.remove(&topics);
+                self.background_refusal(topics, options, 0, error())
+                    .await
+                    .then(error)
             }
-            Some(Pending::Retry { topics, attempt, .. }) if !topics.is_empty() => self
-                .background_refusal(topics, attempt, error())
+            Some(Pending::Retry {
+                topics,
+                options,
+                attempt,
+                ..
+            }) if !topics.is_empty() => self
+                .background_refusal(topics, options, attempt, error())
                 .await
                 .then(error),
             Some(Pending::Retry { .. }) => None, // unsubscribed while in flight
+            Some(Pending::Resync { topic }) => {
+                // The subscription stands (a refused subscribe changes nothing); the topic has
+                // no base, so its next delta asks again.
+                self.resyncing.remove(&topic);
+                Some(error())
+            }
             Some(Pending::Publish { reply: None }) | None => Some(error()),
         };
         if let Some(error) = unclaimed {
@@ -902,8 +1013,14 @@ impl Task {
 
     /// A refused subscribe nobody awaits (a re-subscription or a retry): reports its state;
     /// true when the refusal is final (the error then goes to [`Event::Error`] too).
-    async fn background_refusal(&mut self, topics: Vec<String>, done: u32, error: Error) -> bool {
-        let state = self.refused(&topics, done, error);
+    async fn background_refusal(
+        &mut self,
+        topics: Vec<String>,
+        options: SubscribeOptions,
+        done: u32,
+        error: Error,
+    ) -> bool {
+        let state = self.refused(&topics, options, done, error);
         let failed = matches!(state, SubscriptionState::Failed { .. });
         self.prune_tracks();
         self.emit(Event::Subscription { topics, state }).await;
@@ -946,6 +1063,7 @@ impl Task {
         }
         for topic in since {
             if !subscribed.positions.contains_key(topic) {
+                self.bases.forget(topic);
                 if let Some(track) = self.tracks.remove(topic) {
                     if track.seq > 0 {
                         resets.push(topic.clone());
@@ -954,11 +1072,14 @@ impl Task {
             }
         }
         for topic in resets {
+            // Another stream: its next delta cannot apply to this one's data.
+            self.bases.forget(&topic);
             self.emit(Event::Reset { topic }).await;
         }
     }
 
-    /// Delivers an update or snapshot unless it is a duplicate.
+    /// Delivers an update or snapshot unless it is a duplicate; keeps its data as the base of
+    /// the topic's next delta when a delta subscription matches the topic.
     async fn on_delivery(&mut self, update: Update) {
         if let Some(epoch) = &update.epoch {
             // A reset: the stream restarted (possibly at a lower seq), so the old track is void.
@@ -967,11 +1088,15 @@ impl Task {
                 epoch: Some(epoch.as_str().into()),
             };
             self.tracks.insert(update.topic.clone(), track);
+            self.bases.forget(&update.topic);
+            self.keep_base(&update);
             let topic = update.topic.clone();
             self.emit(Event::Reset { topic }).await;
             self.emit(Event::Snapshot(update)).await;
             return;
         }
+        // Before the duplicate check: whatever the server sent last is what it bases on.
+        self.keep_base(&update);
         match self.tracks.get_mut(&update.topic) {
             Some(track) if update.seq <= track.seq => return,
             Some(track) => track.seq = update.seq,
@@ -988,6 +1113,88 @@ impl Task {
             Kind::Snapshot => Event::Snapshot(update),
         };
         self.emit(event).await;
+    }
+
+    fn keep_base(&mut self, update: &Update) {
+        if self.bases.has(&update.topic) || self.subscriptions.delta_for(&update.topic).is_some() {
+            (self.bases).record(&update.topic, update.seq, update.data.get());
+        }
+    }
+
+    /// A delta update: delivered with its full data when it applies; otherwise dropped, with
+    /// the topic's base, and the topic re-subscribed for full data (once the frame is handled,
+    /// see [`Task::send_resyncs`]).
+    async fn on_delta(&mut self, delta: DeltaUpdate) {
+        match self.bases.apply(&delta) {
+            Ok(data) => {
+                let update = Update {
+                    kind: Kind::Update,
+                    topic: delta.topic,
+                    seq: delta.seq,
+                    ts: delta.ts,
+                    data,
+                    epoch: None,
+                };
+                self.on_delivery(update).await;
+            }
+            // The deltas sent before the server saw the resync's request: expected.
+            Err(_) if self.resyncing.contains(&delta.topic) => {
+                debug!(topic = %delta.topic, seq = delta.seq, "delta dropped while resyncing");
+            }
+            Err(reason) => {
+                self.bases.forget(&delta.topic);
+                let error = Error::Delta {
+                    topic: delta.topic.clone(),
+                    seq: delta.seq,
+                    reason,
+                };
+                self.resyncing.insert(delta.topic.clone());
+                self.resyncs.push((delta.topic, delta.seq));
+                self.emit(Event::Error(error)).await;
+            }
+        }
+    }
+
+    /// Sends a subscription again, with its options, for each topic whose delta could not be
+    /// applied, with `since` its last delivered position (and at most the seq before the
+    /// failed delta), so that the server replays the missed publications as full data, or
+    /// resets the topic with a snapshot. The subscription that matches the topic is sent as
+    /// it is: the server keeps one it holds and only catches the topic up.
+    async fn send_resyncs(&mut self, ws: &mut Ws) -> Result<(), String> {
+        for (topic, seq) in std::mem::take(&mut self.resyncs) {
+            let sub = (self.subscriptions.delta_for(&topic)).or_else(|| {
+                self.subscriptions
+                    .iter()
+                    .find(|s| pattern_matches(&s.pattern, &topic))
+            });
+            let Some(sub) = sub.cloned() else {
+                self.resyncing.remove(&topic); // unsubscribed meanwhile: nothing to resync
+                continue;
+            };
+            let track = self.tracks.get(&topic);
+            let position = Position {
+                seq: track.map_or(u64::MAX, |t| t.seq).min(seq.saturating_sub(1)),
+                epoch: track.and_then(|t| t.epoch.clone()).unwrap_or_else(|| "".into()),
+            };
+            let id = self.next_id();
+            let since = BTreeMap::from([(topic.clone(), position)]);
+            let patterns = [sub.pattern];
+            let text = Request::subscribe(id, &patterns, &since, sub.options).encode();
+            self.pending.insert(id, Pending::Resync { topic });
+            send(ws, Message::text(text)).await?;
+        }
+        Ok(())
+    }
+
+    /// Records subscriptions the server accepted, with their options.
+    fn confirmed(&mut self, topics: &[String], options: SubscribeOptions) {
+        let mut dropped_delta = false;
+        for topic in topics {
+            dropped_delta |= self.subscriptions.insert(topic.clone(), options);
+        }
+        if dropped_delta {
+            self.prune_tracks(); // bases of topics no delta subscription matches any more
+        }
     }
 }
 
@@ -1017,5 +1224,62 @@ async fn closed_by_server(mut ws: Ws, frame: Option<CloseFrame>) -> End {
         code,
         reason,
         stop: code == close::RATE_LIMIT,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn task() -> Task {
+        let (_commands_tx, commands) = mpsc::channel(1);
+        let (events, _events_rx) = mpsc::channel(64);
+        let (_shutdown_tx, shutdown) = watch::channel(false);
+        let options = ClientOptions::default();
+        Task::new(
+            "ws://x/ws".into(),
+            options,
+            commands,
+            events,
+            shutdown,
+            Arc::default(),
+        )
+    }
+
+    fn update(topic: &str, seq: u64) -> Update {
+        Update {
+            kind: Kind::Update,
+            topic: topic.into(),
+            seq,
+            ts: 1,
+            data: RawValue::from_string(format!("{{\"seq\": {seq}}}")).unwrap(),
+            epoch: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn only_topics_of_delta_subscriptions_keep_a_base_until_unsubscribed() {
+        let mut task = task();
+        let delta = SubscribeOptions::default().delta(true);
+        task.confirmed(&["doc.*".into()], delta);
+        task.confirmed(&["doc.7".into(), "plain.>".into()], SubscribeOptions::default());
+        for (topic, seq) in [("doc.7", 3), ("doc.8", 1), ("plain.x", 5)] {
+            task.on_delivery(update(topic, seq)).await;
+        }
+        assert!(task.bases.has("doc.7") && task.bases.has("doc.8"));
+        assert!(!task.bases.has("plain.x"), "no delta subscription matches it");
+
+        // doc.7 keeps its track (its own subscription) but not its base.
+        task.subscriptions.remove(&["doc.*".into()]);
+        task.prune_tracks();
+        assert!(!task.bases.has("doc.7") && !task.bases.has("doc.8"));
+        assert!(task.tracks.contains_key("doc.7") && !task.tracks.contains_key("doc.8"));
+
+        // Subscribing again without deltas drops the bases too.
+        task.confirmed(&["doc.*".into()], delta);
+        task.on_delivery(update("doc.8", 2)).await;
+        assert!(task.bases.has("doc.8"));
+        task.confirmed(&["doc.*".into()], SubscribeOptions::default());
+        assert!(!task.bases.has("doc.8"));
     }
 }

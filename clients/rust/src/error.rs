@@ -103,6 +103,28 @@ pub enum Error {
     /// [`Client::publish_nowait`](crate::Client::publish_nowait)).
     #[error("the request queue is full")]
     Busy,
+    /// A [`SubscribeOptions::max_rate`](crate::SubscribeOptions::max_rate) outside the bounds
+    /// the server accepts (0.01 to 1000 updates a second, [`tickwire_proto::rate`]), or NaN:
+    /// [`Client::subscribe_with`](crate::Client::subscribe_with) returns it without sending
+    /// anything. (The server would refuse it as `bad_request`.)
+    #[error("invalid max_rate {0}: a number of updates a second from 0.01 to 1000")]
+    InvalidMaxRate(f64),
+    /// A delta update (a subscription with [`SubscribeOptions::delta`](crate::SubscribeOptions))
+    /// could not be applied: the client lacks the data it is based on (`seq - 1`), or the delta
+    /// is damaged or meant for other data (its checksum). Reported as an
+    /// [`Event::Error`](crate::Event::Error); the update was not delivered, and the client has
+    /// re-subscribed the topic with `since` its last delivered position, so the missed
+    /// publications follow as full data (or, when the server cannot replay them, an
+    /// [`Event::Reset`](crate::Event::Reset) and a fresh snapshot).
+    #[error("delta update {seq} of {topic} not applied ({reason}); asking for full data again")]
+    Delta {
+        /// The topic.
+        topic: String,
+        /// The seq of the update that was not applied.
+        seq: u64,
+        /// Why, e.g. `no data to apply it to` or the Fossil decoder's error.
+        reason: String,
+    },
 }
 
 impl Error {

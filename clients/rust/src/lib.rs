@@ -47,11 +47,33 @@
 //! `Reset` (its next publication starts a new stream at seq 1).
 //!
 //! Topics under the default `conflate` policy may skip seqs while the client is behind: that is
-//! the server conflating, not a loss the client reports.
+//! the server conflating, not a loss the client reports. So do subscriptions with a
+//! [`SubscribeOptions::max_rate`].
 //!
 //! Limitation (protocol v1): update frames carry no epoch, so for a topic the client only ever
 //! saw through a pattern subscription made *before* the topic existed, it does not know the
 //! epoch and cannot ask for recovery; after a reconnect such a topic gets `Reset` + snapshot.
+//!
+//! # Subscribe options: max rate, deltas
+//!
+//! [`Client::subscribe_with`] takes [`SubscribeOptions`]: `max_rate` (at most that many updates
+//! a second per topic; the newest always arrives) and `delta` (updates may come as Fossil deltas
+//! of the topic's previous data, docs/protocol.md §4.1). The client keeps each subscription's
+//! options and sends them again whenever it re-subscribes: after a reconnect (one request per
+//! set of options) and on retries.
+//!
+//! Deltas are applied inside the client: every [`Update`] carries its full `data`, byte for
+//! byte as published, whether it came whole or as a delta. For that the client keeps, for each
+//! topic a delta subscription matches (and only those; an unsubscribe drops them), the text of
+//! the last data it received and its seq. A delta applies only to the data of the seq just
+//! before it, and its length and checksum are checked, so it never yields wrong data. One that
+//! cannot be applied (no such data, a damaged delta) is not delivered: the client reports
+//! [`Error::Delta`] as an [`Event::Error`] and sends the topic's subscription again with `since`
+//! the last position it delivered, so the missed publications follow as full data (or, when the
+//! server can no longer replay them or the topic's epoch is unknown, an [`Event::Reset`] and a
+//! fresh snapshot). Turning deltas on for topics the client already receives (subscribing again
+//! with `delta`, or a new delta subscription overlapping a plain one) costs one such round per
+//! topic: the client kept no data for the first delta to apply to.
 //!
 //! # Refused subscriptions
 //!
@@ -96,17 +118,19 @@
 
 mod client;
 mod connection;
+mod delta;
 mod error;
 mod http;
 mod message;
 mod options;
+mod subscriptions;
 mod url;
 
 pub use client::{Client, ClientBuilder, Events};
 pub use error::{BoxError, Error, Result};
 pub use http::{HttpPublisher, Outgoing};
 pub use message::{Event, SubscriptionState};
-pub use options::{Backoff, ClientOptions, TokenProvider};
+pub use options::{Backoff, ClientOptions, SubscribeOptions, TokenProvider};
 /// The wire types and pattern matching, shared with the server (crate `tickwire-proto`).
 pub use tickwire_proto::{pattern_matches, Kind, Position, Published, Subscribed, Unsubscribed, Update};
 

@@ -11,6 +11,7 @@ use serde_json::value::RawValue;
 pub use tickwire_proto::{Kind, Position, Published, Subscribed, Unsubscribed, Update};
 
 use crate::error::Error;
+use crate::options::SubscribeOptions;
 
 /// What happens on a client, in order: the stream [`Events`](crate::Events) yields, and what
 /// the [`ClientBuilder`](crate::ClientBuilder) callbacks receive.
@@ -97,6 +98,11 @@ pub(crate) struct Request<'a> {
     pub data: Option<&'a RawValue>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub since: Option<&'a BTreeMap<String, Position>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_rate: Option<f64>,
+    /// `"fossil"`, the only delta format, when the subscription asks for deltas.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub delta: Option<&'static str>,
 }
 
 impl<'a> Request<'a> {
@@ -108,13 +114,22 @@ impl<'a> Request<'a> {
             topic: None,
             data: None,
             since: None,
+            max_rate: None,
+            delta: None,
         }
     }
 
-    pub fn subscribe(id: i64, topics: &'a [String], since: &'a BTreeMap<String, Position>) -> Request<'a> {
+    pub fn subscribe(
+        id: i64,
+        topics: &'a [String],
+        since: &'a BTreeMap<String, Position>,
+        options: SubscribeOptions,
+    ) -> Request<'a> {
         Request {
             topics: Some(topics),
             since: (!since.is_empty()).then_some(since),
+            max_rate: options.max_rate,
+            delta: options.delta.then_some("fossil"),
             ..Request::new("subscribe", id)
         }
     }
@@ -152,6 +167,18 @@ pub(crate) enum Frame {
         message: String,
     },
     Delivery(Update),
+    /// An `update` carrying a delta in place of its `data`.
+    Delta(DeltaUpdate),
+}
+
+/// An `update` frame of a `"delta":"fossil"` subscription whose `delta` turns the topic's
+/// previous data (seq - 1) into this one's (docs/protocol.md §4.1).
+#[derive(Debug, Deserialize)]
+pub(crate) struct DeltaUpdate {
+    pub topic: String,
+    pub seq: u64,
+    pub ts: u64,
+    pub delta: String,
 }
 
 #[derive(Deserialize)]
@@ -160,6 +187,9 @@ struct Head<'a> {
     kind: std::borrow::Cow<'a, str>,
     #[serde(default)]
     id: Option<i64>,
+    /// Only whether there is one: a delta frame has no `data` to parse into an [`Update`].
+    #[serde(default)]
+    delta: Option<serde::de::IgnoredAny>,
 }
 
 #[derive(Deserialize)]
@@ -178,6 +208,7 @@ impl Frame {
         let head: Head<'_> = serde_json::from_str(text).map_err(bad)?;
         let id = head.id;
         Ok(match &*head.kind {
+            "update" if head.delta.is_some() => Frame::Delta(serde_json::from_str(text).map_err(bad)?),
             "update" | "snapshot" => Frame::Delivery(serde_json::from_str(text).map_err(bad)?),
             "subscribed" => Frame::Subscribed(id, serde_json::from_str(text).map_err(bad)?),
             "unsubscribed" => Frame::Unsubscribed(id, serde_json::from_str(text).map_err(bad)?),
@@ -203,9 +234,15 @@ mod tests {
     fn requests_encode() {
         let topics = vec!["a.*".to_string()];
         let none = BTreeMap::new();
+        let plain = SubscribeOptions::default();
         assert_eq!(
-            Request::subscribe(1, &topics, &none).encode(),
+            Request::subscribe(1, &topics, &none, plain).encode(),
             r#"{"op":"subscribe","id":1,"topics":["a.*"]}"#
+        );
+        let options = SubscribeOptions::default().max_rate(0.5).delta(true);
+        assert_eq!(
+            Request::subscribe(1, &topics, &none, options).encode(),
+            r#"{"op":"subscribe","id":1,"topics":["a.*"],"max_rate":0.5,"delta":"fossil"}"#
         );
         let since = BTreeMap::from([(
             "a.b".to_string(),
@@ -215,7 +252,7 @@ mod tests {
             },
         )]);
         assert_eq!(
-            Request::subscribe(2, &topics, &since).encode(),
+            Request::subscribe(2, &topics, &since, plain).encode(),
             r#"{"op":"subscribe","id":2,"topics":["a.*"],"since":{"a.b":{"seq":40,"epoch":"k3j2"}}}"#
         );
         let data = RawValue::from_string(r#"{"p": 1.50}"#.into()).unwrap();
@@ -263,6 +300,13 @@ mod tests {
             Frame::parse(r#"{"type":"pong","id":9}"#),
             Ok(Frame::Pong)
         ));
+        let f =
+            Frame::parse(r#"{"type":"update","topic":"doc.7","seq":43,"ts":1700,"delta":"3\n3@0,2O8XE;"}"#);
+        let Ok(Frame::Delta(d)) = f else { panic!("{f:?}") };
+        assert_eq!(
+            (d.topic.as_str(), d.seq, d.ts, d.delta.as_str()),
+            ("doc.7", 43, 1700, "3\n3@0,2O8XE;")
+        );
     }
 
     #[test]
@@ -279,6 +323,8 @@ mod tests {
             r#"{"type":"subscribed","id":"x","topics":[]}"#,
             r#"{"type":"error","id":1}"#,
             r#"{"type":"published","id":1,"topic":"a","seq":1.5}"#,
+            r#"{"type":"update","topic":"a","seq":2,"ts":1,"delta":5}"#,
+            r#"{"type":"update","topic":"a","ts":1,"delta":"1\n"}"#,
         ] {
             assert!(matches!(Frame::parse(bad), Err(Error::Protocol(_))), "{bad:?}");
         }

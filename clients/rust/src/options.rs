@@ -1,5 +1,5 @@
 //! Connection options: reconnect and subscribe-retry backoff, timeouts, buffers, token
-//! provider, TLS.
+//! provider, TLS; and what one subscription asks of the server ([`SubscribeOptions`]).
 
 use std::fmt;
 use std::future::Future;
@@ -273,6 +273,59 @@ impl ClientOptions {
     }
 }
 
+/// What a subscription asks of the server beyond plain delivery, for
+/// [`Client::subscribe_with`](crate::Client::subscribe_with) (docs/protocol.md §4.1). The
+/// default asks for nothing: [`Client::subscribe`](crate::Client::subscribe).
+///
+/// The client remembers them per subscription and sends them again with every re-subscription
+/// (after a reconnect, and on retries of a refused subscribe). Subscribing again to a
+/// subscription the client holds replaces its options, as on the server.
+///
+/// ```
+/// use tickwire_client::SubscribeOptions;
+///
+/// let options = SubscribeOptions::default().max_rate(4.0).delta(true);
+/// assert_eq!(options, SubscribeOptions { max_rate: Some(4.0), delta: true });
+/// ```
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct SubscribeOptions {
+    /// At most this many updates a second per topic (`"max_rate"`, from 0.01 to 1000,
+    /// [`tickwire_proto::rate`]): updates in between are skipped (seqs jump), and the newest
+    /// always arrives at the end of the interval. A value outside those bounds (or NaN) is
+    /// refused locally with [`Error::InvalidMaxRate`](crate::Error::InvalidMaxRate), before
+    /// anything is sent. `None`: no limit.
+    pub max_rate: Option<f64>,
+    /// Asks for updates as Fossil deltas of the topic's previous data (`"delta":"fossil"`),
+    /// which saves bandwidth on large documents that change little. The client applies them:
+    /// the application still gets every [`Update`](crate::Update) with its full `data`, byte
+    /// for byte as published. A delta that cannot be applied is never delivered: the client
+    /// reports [`Error::Delta`](crate::Error::Delta) and asks the server for the topic's full
+    /// data again (see the crate docs).
+    pub delta: bool,
+}
+
+impl SubscribeOptions {
+    /// Sets [`Self::max_rate`].
+    pub fn max_rate(mut self, updates_per_second: f64) -> SubscribeOptions {
+        self.max_rate = Some(updates_per_second);
+        self
+    }
+
+    /// Sets [`Self::delta`].
+    pub fn delta(mut self, on: bool) -> SubscribeOptions {
+        self.delta = on;
+        self
+    }
+
+    /// Refuses what the server would refuse anyway, without a round trip.
+    pub(crate) fn check(&self) -> Result<(), crate::Error> {
+        match self.max_rate {
+            Some(rate) if !tickwire_proto::rate::valid(rate) => Err(crate::Error::InvalidMaxRate(rate)),
+            _ => Ok(()),
+        }
+    }
+}
+
 /// The default TLS configuration: ring, TLS 1.2 and 1.3, webpki roots.
 pub(crate) fn default_tls() -> Arc<rustls::ClientConfig> {
     let mut roots = rustls::RootCertStore::empty();
@@ -322,6 +375,24 @@ mod tests {
         assert_eq!(p.token().await.unwrap(), "b");
         let p = TokenProvider::from_fn(|| Err::<String, _>("nope"));
         assert_eq!(p.token().await.unwrap_err().to_string(), "nope");
+    }
+
+    #[test]
+    fn subscribe_options_check_the_rate_bounds() {
+        for ok in [None, Some(0.01), Some(4.0), Some(1000.0)] {
+            let options = SubscribeOptions {
+                max_rate: ok,
+                delta: false,
+            };
+            assert!(options.check().is_ok(), "{ok:?}");
+        }
+        for bad in [0.0, 0.009, -1.0, 1000.5, f64::NAN, f64::INFINITY] {
+            let e = SubscribeOptions::default().max_rate(bad).check().unwrap_err();
+            assert!(
+                matches!(e, crate::Error::InvalidMaxRate(r) if r.to_bits() == bad.to_bits()),
+                "{e:?}"
+            );
+        }
     }
 
     #[test]
