@@ -5,7 +5,8 @@
 //! and the npm `fossil-delta` package use) that turns the previous publication's `data` bytes
 //! into this one's. The server computes it once per publication with [`create_str`] (or
 //! [`create_into`], to reuse a buffer), shared by every subscriber; the Rust client and the CLI
-//! rebuild the data with [`apply`]; `web/fossil-apply.js` is the browser's copy of [`apply`].
+//! rebuild the data with [`apply`]; `fossilApply` in `web/tickwire.js` is the browser's copy of
+//! [`apply`].
 //! This module owns both directions so that they agree on every byte.
 //!
 //! # Format

@@ -352,9 +352,18 @@ impl TopicState {
                 terms,
             }),
         }
+        let had_deltas = sub.gate.as_ref().is_some_and(|g| g.delta());
         self.special = self
             .special
             .saturating_add_signed(sub.regate(who.id, cap, self.seq));
+        // A client that received the topic without deltas need not have kept a base (the
+        // clients keep one only for topics of delta subscriptions): its first delta-able
+        // update goes whole. A fresh one gets its base from the snapshot.
+        if let Some(gate) = sub.gate.as_deref_mut() {
+            if !fresh && !had_deltas && gate.delta() {
+                gate.forget_sent();
+            }
+        }
         fresh
     }
 

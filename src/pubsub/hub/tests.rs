@@ -322,3 +322,27 @@ async fn a_subscription_without_a_rate_opens_the_gate_of_the_same_connection() {
     hub.unsubscribe(who.id, &pats(&["dash.*"]));
     assert_eq!(lock(&entry.state).special, 1, "throttled again");
 }
+
+#[tokio::test]
+async fn deltas_start_with_a_whole_update_for_a_topic_already_received_without() {
+    let hub = hub();
+    let t = topic("doc.x");
+    let doc = |i: u32| data(&format!("{{\"i\":{i},\"pad\":\"{}\"}}", "p".repeat(200)));
+    hub.publish(&t, doc(1));
+    let who = hub.new_subscriber(Arc::new(Outbox::new(1 << 20)));
+    hub.subscribe(&who, &pats(&["doc.*"]), &HashMap::new()).unwrap();
+    hub.publish(&t, doc(2));
+    assert_eq!(frames(&who.outbox).await.len(), 1);
+    let deltas = Terms {
+        interval: Interval::NONE,
+        delta: true,
+    };
+    hub.subscribe_on(&who, &pats(&["doc.x"]), &HashMap::new(), deltas)
+        .unwrap();
+    hub.publish(&t, doc(3));
+    let sent = frames(&who.outbox).await;
+    assert!(sent[0].contains(r#""data":"#), "the first goes whole: {sent:?}");
+    hub.publish(&t, doc(4));
+    let sent = frames(&who.outbox).await;
+    assert!(sent[0].contains(r#""delta":"#), "then deltas: {sent:?}");
+}

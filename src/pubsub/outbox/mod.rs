@@ -239,6 +239,9 @@ impl Outbox {
         self.append(&mut st, frame, None)
     }
 
+    // Always inlined: with two callers of `push_topic_or` the compiler stopped inlining it into
+    // `push_topic`, +24 instructions a delivery (callgrind).
+    #[inline(always)]
     fn append(&self, st: &mut State, frame: Bytes, key: Option<TopicKey>) -> Pushed {
         let was_empty = st.waiting.is_empty();
         st.bytes += frame.len();
