@@ -42,7 +42,8 @@
 //!   conflation (its header holds the queue bound rules); `history`: recent publications for
 //!   recovery; `patterns`: the token trie of pattern subscriptions; `names`: the topics' names,
 //!   in order (listing) and in a token trie (the topics a pattern matches); `idmap`: a topic's
-//!   subscribers by connection id, one pointer while empty.
+//!   subscribers by connection id, one pointer while empty; `throttle`: a subscription's max
+//!   rate and delta terms (its `Gate`) and the node's one queue of held-back deliveries.
 //! - `auth`: who a client is. `auth` itself: anonymous, JWT or API key; `jwt`: verifying and
 //!   minting tokens; `jwks`: the fetched key set, kept fresh; `keyset`: verification keys and
 //!   reading a JWKS (below both `jwt` and `jwks`); `apikey`: publishers' keys as SHA-256
@@ -53,7 +54,9 @@
 //!   `protocol::fields`: a request's fields as they arrive (the envelope, escaped strings);
 //!   `protocol::encoding`: the bytes of update and snapshot frames, per subscriber class;
 //!   `protocol::error`: the errors a client sees and their wire codes; `protocol::disconnect`:
-//!   close codes; `protocol::wire`: WebSocket framing. Framing lives here rather than in
+//!   close codes; `protocol::deflate`: permessage-deflate (the handshake's answer, compressing
+//!   a frame once, inflating a client's message under a cap); `protocol::wire`: WebSocket
+//!   framing. Framing lives here rather than in
 //!   `transport` because the hub encodes each update once as a ready-to-write frame and the
 //!   outbox queues frames: putting it in `transport` would point `pubsub` up at the edge.
 //! - [`settings`]: the typed configuration (plain data: it builds nothing; see `prepare`).
