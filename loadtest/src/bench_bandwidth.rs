@@ -100,7 +100,7 @@ fn modes_table(runs: &[&Value], o: &mut String) {
     let _ = writeln!(
         o,
         "| shape | N | R msg/s | data | bytes/delivery plain | with deltas | plain / delta | \
-         full / wire (delta run) | delta frames | mismatches | p50 / p99 plain (ms) | p50 / p99 delta (ms) | \
+         with deltas, whole run | delta frames | mismatches | p50 / p99 plain (ms) | p50 / p99 delta (ms) | \
          CPU server plain / delta |"
     );
     let _ = writeln!(o, "|---|---|---|---|---|---|---|---|---|---|---|---|---|");
@@ -114,7 +114,7 @@ fn modes_table(runs: &[&Value], o: &mut String) {
                 .find(|v| key(v) == k && s(v, &["params", "mode"]) == mode)
         };
         let (plain, delta) = (of("plain"), of("delta"));
-        let per = |v: Option<&Value>| v.and_then(|v| f(v, &["bytes", "wire_per_delivery"]));
+        let per = |v: Option<&Value>| v.and_then(|v| f(v, &["bytes", "window", "wire_per_delivery"]));
         let (bp, bd) = (per(plain), per(delta));
         let any = plain.or(delta).expect("a run of this scenario");
         let mismatches: u64 = [plain, delta]
@@ -136,7 +136,8 @@ fn modes_table(runs: &[&Value], o: &mut String) {
                 _ => "-".into(),
             },
             delta.map_or("-".into(), |v| format!(
-                "{}×",
+                "{} ({}×)",
+                bytes(f(v, &["bytes", "wire_per_delivery"])),
                 num(f(v, &["bytes", "full_over_wire"]), 1)
             )),
             delta.map_or("-".into(), |v| format!(
@@ -157,8 +158,10 @@ fn modes_table(runs: &[&Value], o: &mut String) {
          update: `tick` (the feed's price tick, 2–3 numbers change), `book` (a 50-level order book, \
          2–4 levels change), `doc` (a JSON document with multi-byte UTF-8, one field changes). \
          *Bytes/delivery*: the update frames as read from the sockets, WebSocket headers included, \
-         per update received. *Full / wire*: the same updates as full frames (computed from the \
-         rebuilt data) over what came. Every subscriber rebuilds every update (applying the \
+         per update received, for the updates published in the window (the steady state). *Whole \
+         run*: every update, the warmup's too, so each subscriber's first update, always whole, \
+         counts; in brackets the same updates as full frames (computed from the rebuilt data) \
+         over what came. Every subscriber rebuilds every update (applying the \
          deltas) and compares it with what was published for its `seq`: *mismatches* must be 0. \
          Data under `delta.min_bytes` (128 B) always comes whole, so `tick` gets no deltas.\n"
     );
@@ -197,7 +200,7 @@ fn max_rate_table(runs: &[&Value], o: &mut String) {
             thousands(newest),
             thousands(newest + n(v, &["deliveries", "newest_not_last"])),
             thousands(n(v, &["mismatches"])),
-            bytes(f(v, &["bytes", "wire_per_delivery"])),
+            bytes(f(v, &["bytes", "window", "wire_per_delivery"])),
             pct(f(v, &["server", "cpu_pct"])),
         );
     }
@@ -219,8 +222,8 @@ mod tests {
     fn run(shape: &str, mode: &str, per: f64, max_rate: Option<f64>) -> Value {
         json!({"scenario":"bandwidth","label":format!("bw-{shape}-{mode}"),
             "params":{"shape":shape,"mode":mode,"connections":10000,"rate":10.0,"max_rate":max_rate},
-            "bytes":{"wire_per_delivery":per,"data_per_delivery":3241.0,"full_over_wire":3324.0 / per,
-                "delta_frames":99,"delta_share_pct":99.0},
+            "bytes":{"wire_per_delivery":per + 50.0,"data_per_delivery":3241.0,"full_over_wire":3324.0 / (per + 50.0),
+                "delta_frames":99,"delta_share_pct":99.0,"window":{"wire_per_delivery":per}},
             "deliveries":{"per_subscriber_min":5,"per_subscriber_max":6,"newest_last":10000,"newest_not_last":0},
             "max_rate":{"max_in_1s":2,"bound":2.0,"over_bound":0},
             "mismatches":0,"failures":[],"server":{"cpu_pct":42.0},"latency_ms":{"p50":1.0,"p99":2.5}})
@@ -238,7 +241,10 @@ mod tests {
         markdown(&runs, &mut o);
         // book first (by shape), its ratio 3324 / 195; doc has no plain run
         let book = o.lines().find(|l| l.starts_with("| book")).unwrap();
-        assert!(book.contains("| 3324 B | 195 B | **17.0×** |"), "{o}");
+        assert!(
+            book.contains("| 3324 B | 195 B | **17.0×** | 245 B (13.6×) |"),
+            "{o}"
+        );
         let doc = o.lines().find(|l| l.starts_with("| doc")).unwrap();
         assert!(doc.contains("| - | 140 B | **-** |"), "{o}");
         assert!(o.find("| book").unwrap() < o.find("| doc").unwrap());

@@ -87,6 +87,7 @@ fn assert_complete(r: &BandwidthReport) {
     assert!(d.delivered_in_window > 0, "{what}");
     // The wire counts every update frame; the socket carried them and a little more.
     assert!(r.bytes.socket_bytes > r.bytes.wire_bytes, "{what}: {:?}", r.bytes);
+    assert_eq!(r.bytes.window.updates, d.delivered_in_window, "{what}");
 }
 
 /// Runs `shape` plain and then with deltas on one server; returns both reports.
@@ -135,6 +136,10 @@ fn assert_deltas_pay(shape: Shape, plain: &BandwidthReport, delta: &BandwidthRep
         plain.bytes.wire_per_delivery
     );
     assert!(b.full_over_wire > at_least, "{shape:?}: {b:?}");
+    // In the window every update is a delta (the first, whole, went out in the warmup): the
+    // steady state saves more than the whole run.
+    assert!(b.window.full_over_wire > b.full_over_wire, "{shape:?}: {b:?}");
+    assert!(b.window.wire_per_delivery * at_least < plain.bytes.window.wire_per_delivery);
     // The same data either way: only the frames differ.
     let (pd, dd) = (plain.bytes.data_per_delivery, b.data_per_delivery);
     assert!((pd - dd).abs() < pd * 0.05, "{shape:?}: data {pd} vs {dd}");

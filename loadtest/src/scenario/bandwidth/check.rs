@@ -7,7 +7,10 @@
 //! *full* size is what the same update would have been as a full frame, `{…,"ts":T,"data":D}`
 //! with the rebuilt `D`, header included: for a full frame the two are equal, for a delta frame
 //! the envelope up to `"delta":` is the same and `"data":D}` replaces the rest. Their ratio is
-//! what deltas (and later compression, which would shrink the wire size alone) save.
+//! what deltas (and later compression, which would shrink the wire size alone) save. Both are
+//! also counted for the updates stamped in the measurement window alone: by then every
+//! subscriber has had the one full frame a subscription starts with, so those figures are the
+//! steady state, whatever the run's length.
 //!
 //! The record is keyed by `seq`: the run's one publisher is the topic's only one, so its k-th
 //! publication gets `base + 1 + k` (the scenario checks the acknowledgements say so). It holds
@@ -137,6 +140,10 @@ pub struct Totals {
     pub full_wire_bytes: u64,
     /// The rebuilt data texts.
     pub data_bytes: u64,
+    /// Updates stamped in the measurement window, and their wire and full sizes.
+    pub window_updates: u64,
+    pub window_wire_bytes: u64,
+    pub window_full_wire_bytes: u64,
     pub mismatches: Mismatches,
     /// Fewest and most updates one subscriber received.
     pub min_updates: Option<u64>,
@@ -156,6 +163,8 @@ pub struct Shared {
     pub last_seq: Box<[AtomicU64]>,
     /// Most updates a connection may get within any 1 s (`max_rate` + 1), when rate-limited.
     pub bound: Option<f64>,
+    /// The measurement window, µs since the epoch (as the pool's).
+    window: (AtomicU64, AtomicU64),
     pub totals: Mutex<Totals>,
 }
 
@@ -165,8 +174,18 @@ impl Shared {
             sent,
             last_seq: (0..connections).map(|_| AtomicU64::new(0)).collect(),
             bound: max_rate.map(|r| r + 1.0),
+            window: (AtomicU64::new(u64::MAX), AtomicU64::new(u64::MAX)),
             totals: Mutex::new(Totals::default()),
         }
+    }
+
+    pub fn set_window(&self, t0: u64, t1: u64) {
+        self.window.0.store(t0, Relaxed);
+        self.window.1.store(t1, Relaxed);
+    }
+
+    fn in_window(&self, stamp: u64) -> bool {
+        (self.window.0.load(Relaxed)..self.window.1.load(Relaxed)).contains(&stamp)
     }
 
     pub fn totals(&self) -> Totals {
@@ -252,7 +271,8 @@ impl Watch for Check {
         };
         self.base_seq = Some(seq);
         let m = &mut self.mine;
-        m.full_wire_bytes += frame::server_frame_len(full) as u64;
+        let full = frame::server_frame_len(full) as u64;
+        m.full_wire_bytes += full;
         m.data_bytes += self.base.len() as u64;
         match self.shared.sent.matches(seq, &self.base) {
             Some(true) => {}
@@ -260,7 +280,13 @@ impl Watch for Check {
             None => m.mismatches.unknown_seq += 1,
         }
         let at = STAMP.find(&self.base)? + STAMP.needle().len();
-        crate::proto::digits(&self.base[at..])
+        let stamp = crate::proto::digits(&self.base[at..])?;
+        if self.shared.in_window(stamp) {
+            m.window_updates += 1;
+            m.window_wire_bytes += wire_len as u64;
+            m.window_full_wire_bytes += full;
+        }
+        Some(stamp)
     }
 
     fn snapshot(&mut self, message: &[u8], seq: u64) {
@@ -285,6 +311,9 @@ impl Watch for Check {
         t.wire_bytes += m.wire_bytes;
         t.full_wire_bytes += m.full_wire_bytes;
         t.data_bytes += m.data_bytes;
+        t.window_updates += m.window_updates;
+        t.window_wire_bytes += m.window_wire_bytes;
+        t.window_full_wire_bytes += m.window_full_wire_bytes;
         t.mismatches.add(&m.mismatches);
         t.min_updates = Some(t.min_updates.map_or(m.updates, |x| x.min(m.updates)));
         t.max_updates = t.max_updates.max(m.updates);
@@ -339,6 +368,8 @@ mod tests {
         let v = published(&sent, 4);
         assert_eq!(sent.len(), 4);
         let shared = Arc::new(Shared::new(sent, 1, None));
+        // The window holds the stamps of the first two publications only.
+        shared.set_window(1_700_000_000_000_000, 1_700_000_000_000_002);
         let mut c = Box::new(Check::new(0, shared.clone()));
         let wire = |m: &[u8]| frame::server_frame_len(m.len());
 
@@ -382,6 +413,12 @@ mod tests {
                 + wire(&after_gap)
                 + wire(&swapped)
                 + wire(&unknown)
+        );
+        assert_eq!(t.window_updates, 2);
+        assert_eq!(t.window_wire_bytes as usize, wire(&f) + wire(&d));
+        assert_eq!(
+            t.window_full_wire_bytes as usize,
+            wire(&f) + wire(&full(12, &v[1]))
         );
         assert_eq!(
             t.wire_bytes as usize,

@@ -11,7 +11,8 @@
 //! Timeline (as `fanout`): connect and subscribe → read the topic's `seq` (the base) → publish
 //! for `warmup` and `duration` (the window: latency, deliveries/s, server CPU) → drain until
 //! every subscriber has the last publication (with a max rate it comes up to 1/R late) → close.
-//! Bytes, deltas and mismatches count every update of the run.
+//! Bytes, deltas and mismatches count every update of the run; the bytes also once more for the
+//! window alone (the steady state: a subscription's first update is always whole).
 //!
 //! Compression: permessage-deflate is not implemented by the server yet. A `--deflate` mode
 //! would offer it in the upgrade (`client::handshake`), have `frame::Reassembler` inflate RSV1
@@ -230,6 +231,17 @@ pub struct WireFigures {
     pub delta_share_pct: f64,
     /// full − wire: the bytes the delta frames saved (compare with the server's metric).
     pub saved_bytes: u64,
+    /// The same for the updates stamped in the window alone: the steady state, once every
+    /// subscriber has had the full frame its subscription starts with.
+    pub window: WindowFigures,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct WindowFigures {
+    pub updates: u64,
+    pub wire_per_delivery: f64,
+    pub full_per_delivery: f64,
+    pub full_over_wire: f64,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -324,6 +336,7 @@ pub fn run(cfg: &BandwidthConfig) -> anyhow::Result<BandwidthReport> {
     let t0 = t_start + cfg.warmup.as_micros() as u64;
     let t1 = t0 + cfg.duration.as_micros() as u64;
     pool.shared().set_window(t0, t1);
+    shared.set_window(t0, t1);
     let pcfg = PublisherConfig {
         endpoint: api.clone(),
         topics: vec![topic.clone()],
@@ -489,6 +502,12 @@ fn wire_figures(t: &Totals, socket_bytes: u64) -> WireFigures {
         delta_frames: t.delta_frames,
         delta_share_pct: 100.0 * t.delta_frames as f64 / t.updates.max(1) as f64,
         saved_bytes: t.full_wire_bytes.saturating_sub(t.wire_bytes),
+        window: WindowFigures {
+            updates: t.window_updates,
+            wire_per_delivery: t.window_wire_bytes as f64 / t.window_updates.max(1) as f64,
+            full_per_delivery: t.window_full_wire_bytes as f64 / t.window_updates.max(1) as f64,
+            full_over_wire: t.window_full_wire_bytes as f64 / t.window_wire_bytes.max(1) as f64,
+        },
     }
 }
 

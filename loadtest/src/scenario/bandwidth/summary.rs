@@ -63,7 +63,17 @@ pub fn text(r: &BandwidthReport) -> String {
     .row(
         "bytes/delivery",
         format!(
-            "wire {:.1} B, as full frames {:.1} B: full/wire {:.2}×; data {:.1} B; all socket bytes {:.1} B",
+            "in window: wire {:.1} B, as full frames {:.1} B: full/wire {:.2}× ({} updates)",
+            b.window.wire_per_delivery,
+            b.window.full_per_delivery,
+            b.window.full_over_wire,
+            thousands(b.window.updates)
+        ),
+    )
+    .row(
+        "",
+        format!(
+            "whole run: wire {:.1} B, as full frames {:.1} B: full/wire {:.2}×; data {:.1} B; all socket bytes {:.1} B",
             b.wire_per_delivery, b.full_per_delivery, b.full_over_wire, b.data_per_delivery, b.socket_per_delivery
         ),
     )
