@@ -1176,6 +1176,7 @@ pub fn run(a: &ReportArgs) -> anyhow::Result<()> {
         && r.publish.is_empty()
         && r.topics.is_empty()
         && r.reconnect.is_empty()
+        && r.bandwidth.is_empty()
     {
         bail!("no results in {}", a.dir.display());
     }

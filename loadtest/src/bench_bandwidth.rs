@@ -39,7 +39,14 @@ fn num(x: Option<f64>, digits: usize) -> String {
 }
 
 fn bytes(x: Option<f64>) -> String {
-    x.map_or("-".into(), |x| format!("{x:.0} B"))
+    x.map_or("-".into(), |x| {
+        format!("{} B", thousands(x.max(0.0).round() as u64))
+    })
+}
+
+/// A rate as given (`1`, `0.5`).
+fn given(x: Option<f64>) -> String {
+    x.map_or("-".into(), |x| x.to_string())
 }
 
 fn pct(x: Option<f64>) -> String {
@@ -191,11 +198,11 @@ fn max_rate_table(runs: &[&Value], o: &mut String) {
             s(v, &["params", "mode"]),
             thousands(n(v, &["params", "connections"])),
             num(f(v, &["params", "rate"]), 0),
-            num(f(v, &["params", "max_rate"]), 2),
+            given(f(v, &["params", "max_rate"])),
             n(v, &["deliveries", "per_subscriber_min"]),
             n(v, &["deliveries", "per_subscriber_max"]),
             n(v, &["max_rate", "max_in_1s"]),
-            num(f(v, &["max_rate", "bound"]), 2),
+            given(f(v, &["max_rate", "bound"])),
             thousands(n(v, &["max_rate", "over_bound"])),
             thousands(newest),
             thousands(newest + n(v, &["deliveries", "newest_not_last"])),
@@ -242,7 +249,7 @@ mod tests {
         // book first (by shape), its ratio 3324 / 195; doc has no plain run
         let book = o.lines().find(|l| l.starts_with("| book")).unwrap();
         assert!(
-            book.contains("| 3324 B | 195 B | **17.0×** | 245 B (13.6×) |"),
+            book.contains("| 3,324 B | 195 B | **17.0×** | 245 B (13.6×) |"),
             "{o}"
         );
         let doc = o.lines().find(|l| l.starts_with("| doc")).unwrap();
@@ -250,7 +257,7 @@ mod tests {
         assert!(o.find("| book").unwrap() < o.find("| doc").unwrap());
         let paced = o.lines().find(|l| l.starts_with("| tick")).unwrap();
         assert!(
-            paced.contains("| 1.00 | 5–6 | 2 (2.00) | 0 | 10,000 of 10,000 |"),
+            paced.contains("| 1 | 5–6 | 2 (2) | 0 | 10,000 of 10,000 |"),
             "{o}"
         );
         assert!(!o.contains("failed"));
