@@ -2,8 +2,8 @@
 # Runs tickwire's standard benchmark suite on this machine and rewrites the generated section
 # of docs/benchmarks.md and docs/latency-vs-throughput.svg.
 #
-#   loadtest/run-benchmarks.sh            # full suite (about 12-16 minutes on a quiet machine)
-#   RAWFAN=0 loadtest/run-benchmarks.sh   # without the rawfan runs (about 9-12 minutes)
+#   loadtest/run-benchmarks.sh            # full suite (about 14-18 minutes on a quiet machine)
+#   RAWFAN=0 loadtest/run-benchmarks.sh   # without the rawfan runs (about 11-14 minutes)
 #   REPORT_ONLY=DIR loadtest/run-benchmarks.sh   # rebuild the page from saved results in DIR
 #   SMOKE=1 loadtest/run-benchmarks.sh    # tiny, short runs that check the script; its page
 #                                         # goes to $OUT/benchmarks.md, not docs/
@@ -27,6 +27,8 @@
 #   topics N=10000 (100,000 topics, 50 subscriptions each, 5 of them patterns), its one-topic
 #   fan-out baseline at the same delivery rate, reconnect N=10000 (issue 16; compared with the
 #   connect run above)
+#   bandwidth N=10000 (issue 18): tick, book, doc, each plain then with deltas; then tick with
+#   a max rate
 #   idle, N=19000 (peerbench -r 0, one process): rawfan, tickwire (last: may not fit)
 #
 # Environment:
@@ -50,6 +52,11 @@
 #   TOPICS_T TOPICS_K TOPICS_P TOPICS_R   the topics run: topics, subscriptions per connection,
 #                 how many of them are patterns, msg/s (default 100000, 50, 5, 20000)
 #   STORM_T STORM_R   the reconnect run's topics and msg/s (default 1000, 500)
+#   BW_R_TICK BW_R_BOOK BW_R_DOC   the bandwidth runs' msg/s per shape (default 20, 10, 5: what
+#                 a 2-core machine delivers to N_BIG subscribers with the client checking
+#                 every update)
+#   BW_WARMUP BW_DURATION   the bandwidth runs' warmup and window, seconds (default 2, 5)
+#   BW_MAX_RATE BW_MAX_RATE_R   the max-rate run's max_rate and msg/s (default 1, 200)
 #   SMOKE=1       small defaults for all of the above (N 400/100/500, 1 s + 4 s + 1 s, no
 #                 sweep, no publish run, small topics and reconnect runs), results only in $OUT
 set -euo pipefail
@@ -62,6 +69,13 @@ if [[ $SMOKE == 1 ]]; then
         "${DRAIN:=1}" "${IDLE_S:=4}" "${SWEEP:=}" "${TOPICS_T:=2000}" "${TOPICS_K:=10}" \
         "${TOPICS_R:=500}" "${STORM_T:=100}" "${STORM_R:=100}"
 fi
+BW_R_TICK=${BW_R_TICK:-20}
+BW_R_BOOK=${BW_R_BOOK:-10}
+BW_R_DOC=${BW_R_DOC:-5}
+BW_WARMUP=${BW_WARMUP:-2}
+BW_DURATION=${BW_DURATION:-5}
+BW_MAX_RATE=${BW_MAX_RATE:-1}
+BW_MAX_RATE_R=${BW_MAX_RATE_R:-200}
 PORT=${PORT:-18480}
 ADDR=127.0.0.1:$PORT
 URL=ws://$ADDR/ws
@@ -368,6 +382,17 @@ else
 fi
 ours "reconnect-n$N_BIG" reconnect -n "$N_BIG" -t "$STORM_T" -k 2 --patterns 1 --group 10 -r "$STORM_R" \
     --before 3s --after 2s --drain "${DRAIN}s"
+# Issue 18 (about 2 minutes): bytes per delivery of each payload shape, plain then with deltas
+# (the report pairs them), and the max rate: at most R updates a second, the newest last. A
+# bandwidth run exits non-zero on any data mismatch; its JSON is kept either way.
+BW=(--warmup "${BW_WARMUP}s" --duration "${BW_DURATION}s" --drain "${DRAIN}s")
+for shape in tick book doc; do
+    rate_var=BW_R_${shape^^}
+    ours "bandwidth-$shape-n$N_BIG" bandwidth -n "$N_BIG" --shape "$shape" -r "${!rate_var}" "${BW[@]}"
+    ours "bandwidth-$shape-delta-n$N_BIG" bandwidth -n "$N_BIG" --shape "$shape" --delta -r "${!rate_var}" "${BW[@]}"
+done
+ours "bandwidth-maxrate-n$N_BIG" bandwidth -n "$N_BIG" --shape tick --max-rate "$BW_MAX_RATE" -r "$BW_MAX_RATE_R" \
+    --warmup 0s --duration "${DURATION}s" --drain "${DRAIN}s"
 # Last, as they may not fit: N_MAX idle connections from one peerbench process (20,000 fds).
 if [[ $RAWFAN == 1 ]]; then
     rawfan "idle-n$N_MAX" "$N_MAX" 0

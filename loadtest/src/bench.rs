@@ -206,6 +206,8 @@ pub struct Results {
     /// `topics` and `reconnect` runs (issue 16).
     pub topics: Vec<Value>,
     pub reconnect: Vec<Value>,
+    /// `bandwidth` runs (issue 18).
+    pub bandwidth: Vec<Value>,
     pub machine: Option<Value>,
     pub commands: String,
 }
@@ -246,6 +248,7 @@ pub fn load(dir: &Path) -> anyhow::Result<Results> {
             Some("publish") => r.publish.push(v),
             Some("topics") => r.topics.push(v),
             Some("reconnect") => r.reconnect.push(v),
+            Some("bandwidth") => r.bandwidth.push(v),
             _ => match (Server::of_peerbench(&v), f(&v, &["rate"])) {
                 (Some(_), Some(0.0)) => r.peer_idle.push(v),
                 (Some(_), _) => match peerbench_fanout(&v) {
@@ -991,6 +994,7 @@ pub fn markdown(r: &Results, svg_name: &str) -> String {
         .collect();
     crate::scale::topics_markdown(&r.topics, &baselines, &mut o);
     crate::scale::reconnect_markdown(&r.reconnect, &r.connect, &mut o);
+    crate::bench_bandwidth::markdown(&r.bandwidth, &mut o);
 
     if !r.commands.trim().is_empty() {
         let _ = writeln!(o, "### Commands\n");
@@ -1172,6 +1176,7 @@ pub fn run(a: &ReportArgs) -> anyhow::Result<()> {
         && r.publish.is_empty()
         && r.topics.is_empty()
         && r.reconnect.is_empty()
+        && r.bandwidth.is_empty()
     {
         bail!("no results in {}", a.dir.display());
     }

@@ -36,6 +36,17 @@ impl Header {
     }
 }
 
+/// The wire size of an unfragmented, unmasked frame (what a server sends) carrying `payload_len`
+/// bytes: the payload and its 2-, 4- or 10-byte header.
+pub fn server_frame_len(payload_len: usize) -> usize {
+    let header = match payload_len {
+        0..126 => 2,
+        126..=0xffff => 4,
+        _ => 10,
+    };
+    header + payload_len
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum FrameError {
     ReservedBits(u8),
@@ -286,6 +297,7 @@ mod tests {
             let h = parse_header(&f).unwrap().unwrap();
             assert_eq!(h.payload_len, n);
             assert_eq!(h.frame_len(), f.len());
+            assert_eq!(server_frame_len(n), f.len());
             assert!(h.fin && h.opcode == OP_TEXT && h.mask.is_none());
             // every strict prefix of the header is "need more"
             for cut in 0..h.header_len {

@@ -10,7 +10,9 @@ use anyhow::Context;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use serde::Serialize;
 use tickwire_loadtest::opts::{self, parse_duration};
-use tickwire_loadtest::scenario::{connect, fanout, idle, patterns, publish, reconnect, topics, Common};
+use tickwire_loadtest::scenario::{
+    bandwidth, connect, fanout, idle, patterns, publish, reconnect, topics, Common,
+};
 use tickwire_loadtest::{bench, report, sys};
 
 #[derive(Parser)]
@@ -42,6 +44,9 @@ enum Command {
     Topics(TopicsArgs),
     /// A reconnect storm: every connection drops at once and recovers with `since`.
     Reconnect(ReconnectArgs),
+    /// N subscribers of one topic whose payload changes a little per update (tick, book, doc),
+    /// plain, with deltas or a max rate: bytes per delivery, every update's data checked.
+    Bandwidth(BandwidthArgs),
     /// Build the benchmark page section and chart from saved JSON results.
     Report(bench::ReportArgs),
 }
@@ -275,6 +280,14 @@ struct ReconnectArgs {
     recover_timeout: Duration,
 }
 
+#[derive(Args)]
+struct BandwidthArgs {
+    #[command(flatten)]
+    common: CommonArgs,
+    #[command(flatten)]
+    run: bandwidth::Args,
+}
+
 /// Context of every error in the options (exit code 2).
 const INVALID_OPTIONS: &str = "invalid options";
 
@@ -313,6 +326,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Patterns(a) => Some(&a.common),
         Command::Topics(a) => Some(&a.common),
         Command::Reconnect(a) => Some(&a.common),
+        Command::Bandwidth(a) => Some(&a.common),
         Command::Report(_) => None,
     };
     if let Some(c) = common_args {
@@ -446,6 +460,19 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             watchdog(a.common.deadline.unwrap_or(budget + l.duration + l.drain + extra));
             let r = reconnect::run(&cfg)?;
             emit(a.common.json, &r, report::reconnect(&r))
+        }
+        Command::Bandwidth(a) => {
+            let common = a.common.common().context(INVALID_OPTIONS)?;
+            let cfg = a.run.config(common);
+            let budget = cfg.common.connect_timeout + cfg.warmup + cfg.duration + cfg.drain() + extra;
+            watchdog(a.common.deadline.unwrap_or(budget));
+            let r = bandwidth::run(&cfg)?;
+            emit(a.common.json, &r, bandwidth::summary::text(&r))?;
+            // Printed first, so a failed run still leaves its figures.
+            match r.failures.is_empty() {
+                true => Ok(()),
+                false => Err(anyhow::anyhow!("the run failed: {}", r.failures.join("; "))),
+            }
         }
         Command::Report(a) => bench::run(&a).context("building the benchmark report"),
     }

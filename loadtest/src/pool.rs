@@ -51,6 +51,36 @@ pub struct PoolConfig {
     /// Keep each topic's position (from `subscribed` replies) so that a [`Pool::storm`] can
     /// reconnect with `since`.
     pub recovery: bool,
+    /// Options of every subscribe (`max_rate`, `delta`); a storm's recovering subscribe does not
+    /// carry them.
+    pub subscribe: proto::SubscribeOptions,
+    /// A scenario's own look at each connection's updates and snapshots.
+    pub watch: Option<Watcher>,
+}
+
+/// What a scenario does with every `update` and `snapshot` a connection receives, beside the
+/// pool's own accounting (the bandwidth scenario rebuilds delta frames and checks their data).
+/// One per connection, made by its [`Watcher`] once the connection is open, run on the
+/// receiver thread, and finished when the pool is.
+pub trait Watch {
+    /// An update (the whole message, `wire_len` bytes on the wire with its header); returns its
+    /// send stamp (µs since the epoch), which the pool's own parse cannot find in a frame that
+    /// carries a delta instead of `data`.
+    fn update(&mut self, message: &[u8], wire_len: usize, seq: u64, now_us: u64) -> Option<u64>;
+    /// A snapshot (the whole message).
+    fn snapshot(&mut self, message: &[u8], seq: u64);
+    /// The run is over: hand the results over (the watch holds where they go).
+    fn finish(self: Box<Self>);
+}
+
+/// Makes the [`Watch`] of connection `i`.
+#[derive(Clone)]
+pub struct Watcher(pub Arc<dyn Fn(usize) -> Box<dyn Watch> + Send + Sync>);
+
+impl std::fmt::Debug for Watcher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Watcher")
+    }
 }
 
 /// State shared between the receiver threads and the coordinating thread.
@@ -205,6 +235,7 @@ struct Streams {
     recovering: bool,
     /// Back from the current storm.
     back: bool,
+    watch: Option<Box<dyn Watch>>,
 }
 
 /// Per receiver thread state (single-threaded runtime: no locks).
@@ -441,7 +472,14 @@ fn recv_thread(ids: Vec<usize>, concurrency: usize, cfg: Arc<PoolConfig>, shared
         rehandshake: th.rehandshake.into_inner(),
         storm_latency: th.storm_latency.into_inner(),
         counters: th.counters.snapshot(),
-        tracks: conns.into_iter().flat_map(|c| c.streams.topics).collect(),
+        tracks: (conns.into_iter())
+            .flat_map(|mut c| {
+                if let Some(w) = c.streams.watch.take() {
+                    w.finish();
+                }
+                c.streams.topics
+            })
+            .collect(),
     }
 }
 
@@ -496,7 +534,7 @@ async fn connection(i: usize, th: Rc<Thread>, permit: tokio::sync::OwnedSemaphor
     let request = if names.is_empty() {
         Vec::new()
     } else {
-        proto::subscribe_request(&names)
+        proto::subscribe_request(&names, &cfg.subscribe)
     };
     let mut storms = th.shared.storm.watch();
     let Some((stream, leftover, took)) = open(i, &th, &request).await else {
@@ -531,6 +569,7 @@ async fn connection(i: usize, th: Rc<Thread>, permit: tokio::sync::OwnedSemaphor
                 wants_subscribed: !names.is_empty(),
                 recovering: false,
                 back: false,
+                watch: cfg.watch.as_ref().map(|w| (w.0)(i)),
             },
             reasm: Reassembler::default(),
             carry: leftover,
@@ -734,6 +773,11 @@ fn on_message(th: &Thread, streams: &mut Streams, p: &[u8], now: u64, (t0, t1): 
     match proto::classify(p) {
         ServerMsg::Update { topic, seq, sent_us } => {
             bump(&c.updates, 1);
+            let sent_us = match streams.watch.as_mut() {
+                // The server never fragments: the frame is the message and its header.
+                Some(w) => w.update(p, frame::server_frame_len(p.len()), seq, now),
+                None => sent_us,
+            };
             let at = (th.cfg.plan)
                 .index_of(topic, th.cfg.topic_prefix.as_bytes())
                 .and_then(|t| streams.topics.binary_search_by_key(&t, |(x, _)| *x).ok());
@@ -762,7 +806,12 @@ fn on_message(th: &Thread, streams: &mut Streams, p: &[u8], now: u64, (t0, t1): 
                 }
             }
         }
-        ServerMsg::Snapshot { .. } => bump(&c.snapshots, 1),
+        ServerMsg::Snapshot { seq, .. } => {
+            bump(&c.snapshots, 1);
+            if let Some(w) = streams.watch.as_mut() {
+                w.snapshot(p, seq);
+            }
+        }
         ServerMsg::Subscribed(reply) => {
             if th.cfg.recovery {
                 on_subscribed(th, streams, reply);

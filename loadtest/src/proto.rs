@@ -42,7 +42,8 @@ static T: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(br#""t":"#));
 
 const TYPE_PREFIX: &[u8] = br#"{"type":""#;
 
-fn digits(p: &[u8]) -> Option<u64> {
+/// The unsigned integer at the start of `p`.
+pub(crate) fn digits(p: &[u8]) -> Option<u64> {
     let mut v: u64 = 0;
     let mut n = 0;
     for &c in p {
@@ -98,11 +99,26 @@ pub fn classify(p: &[u8]) -> ServerMsg<'_> {
     ServerMsg::Update { topic, seq, sent_us }
 }
 
-/// `{"op":"subscribe","topics":[...]}`.
-pub fn subscribe_request<S: AsRef<str>>(topics: &[S]) -> Vec<u8> {
+/// What a subscribe asks for beyond plain delivery (docs/protocol.md §4.1).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct SubscribeOptions {
+    /// `"max_rate"`: at most this many updates a second per topic.
+    pub max_rate: Option<f64>,
+    /// `"delta":"fossil"`: updates may come as Fossil deltas of the previous frame's data.
+    pub delta: bool,
+}
+
+/// `{"op":"subscribe","topics":[...]}`, with the options that are set.
+pub fn subscribe_request<S: AsRef<str>>(topics: &[S], options: &SubscribeOptions) -> Vec<u8> {
     let names: Vec<&str> = topics.iter().map(AsRef::as_ref).collect();
-    serde_json::to_vec(&serde_json::json!({"op": "subscribe", "topics": names}))
-        .expect("serializing JSON to a Vec cannot fail")
+    let mut request = serde_json::json!({"op": "subscribe", "topics": names});
+    if let Some(rate) = options.max_rate {
+        request["max_rate"] = rate.into();
+    }
+    if options.delta {
+        request["delta"] = "fossil".into();
+    }
+    serde_json::to_vec(&request).expect("serializing JSON to a Vec cannot fail")
 }
 
 /// Where a topic's stream stands, from a `subscribed` reply's `positions`.
@@ -151,13 +167,19 @@ pub fn payload(sent_us: u64, size: usize, out: &mut Vec<u8>) {
 /// A batch publish body: `{"messages":[{"topic":..,"data":..},...]}`, one message per topic
 /// name in `topics`, all stamped with `sent_us`.
 pub fn batch_body<S: AsRef<str>>(topics: &[S], sent_us: u64, payload_bytes: usize, out: &mut Vec<u8>) {
+    batch_body_with(topics, out, |out| payload(sent_us, payload_bytes, out));
+}
+
+/// [`batch_body`] with each message's `data` appended by `data`, called once per message in
+/// order (the bandwidth scenario's shapes).
+pub fn batch_body_with<S: AsRef<str>>(topics: &[S], out: &mut Vec<u8>, mut data: impl FnMut(&mut Vec<u8>)) {
     out.clear();
     out.extend_from_slice(br#"{"messages":["#);
     for (i, topic) in topics.iter().enumerate() {
         if i > 0 {
             out.push(b',');
         }
-        single_message(topic.as_ref(), sent_us, payload_bytes, out);
+        message(topic.as_ref(), out, &mut data);
     }
     out.extend_from_slice(b"]}");
 }
@@ -165,15 +187,16 @@ pub fn batch_body<S: AsRef<str>>(topics: &[S], sent_us: u64, payload_bytes: usiz
 /// A single publish body: `{"topic":..,"data":..}`.
 pub fn single_body(topic: &str, sent_us: u64, payload_bytes: usize, out: &mut Vec<u8>) {
     out.clear();
-    single_message(topic, sent_us, payload_bytes, out);
+    message(topic, out, |out| payload(sent_us, payload_bytes, out));
 }
 
-fn single_message(topic: &str, sent_us: u64, payload_bytes: usize, out: &mut Vec<u8>) {
+/// One message of a publish body: `{"topic":..,"data":..}`, `data` appended by `data`.
+fn message(topic: &str, out: &mut Vec<u8>, data: impl FnOnce(&mut Vec<u8>)) {
     // Topic names are validated as topics by the tool (`opts::check_topic_prefix`): no escaping needed.
     out.extend_from_slice(br#"{"topic":""#);
     out.extend_from_slice(topic.as_bytes());
     out.extend_from_slice(br#"","data":"#);
-    payload(sent_us, payload_bytes, out);
+    data(out);
     out.push(b'}');
 }
 
@@ -270,8 +293,28 @@ mod tests {
         single_body("bench.t0", 7, 100, &mut b);
         let j: serde_json::Value = serde_json::from_slice(&b).unwrap();
         assert_eq!(j["data"]["t"], 7);
-        let req: serde_json::Value = serde_json::from_slice(&subscribe_request(&["a", "b"])).unwrap();
+        let plain = SubscribeOptions::default();
+        let req: serde_json::Value = serde_json::from_slice(&subscribe_request(&["a", "b"], &plain)).unwrap();
         assert_eq!(req, serde_json::json!({"op":"subscribe","topics":["a","b"]}));
+        let both = SubscribeOptions {
+            max_rate: Some(0.5),
+            delta: true,
+        };
+        let req: serde_json::Value = serde_json::from_slice(&subscribe_request(&["a"], &both)).unwrap();
+        assert_eq!(
+            req,
+            serde_json::json!({"op":"subscribe","topics":["a"],"max_rate":0.5,"delta":"fossil"})
+        );
+        let mut b = Vec::new();
+        let mut n = 0;
+        batch_body_with(&["x", "y"], &mut b, |out| {
+            n += 1;
+            out.extend_from_slice(format!("[{n}]").as_bytes());
+        });
+        assert_eq!(
+            std::str::from_utf8(&b).unwrap(),
+            r#"{"messages":[{"topic":"x","data":[1]},{"topic":"y","data":[2]}]}"#
+        );
     }
 
     #[test]

@@ -24,12 +24,14 @@ use crate::pool::{histogram, Shared};
 use crate::proto;
 use crate::sys::now_us;
 
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct PublisherConfig {
     pub endpoint: HttpEndpoint,
     pub topics: Vec<String>,
     pub rate: f64,
     pub payload_bytes: usize,
+    /// Makes each message's `data` in place of the padded stamp of `payload_bytes`.
+    pub payloads: Option<Box<dyn Payloads>>,
     pub interval: Duration,
     pub batch_max: u64,
     /// Measurement window, µs since the epoch; publishing stops at `t1`.
@@ -41,6 +43,12 @@ pub struct PublisherConfig {
     pub lockstep: Option<Lockstep>,
     /// Stops publishing before `t1` once set (a run whose end is not known in advance).
     pub stop: Option<Arc<AtomicBool>>,
+}
+
+/// The `data` of each publication, in publishing order (the bandwidth scenario's shapes).
+pub trait Payloads: Send + fmt::Debug {
+    /// Appends the next publication's `data` JSON, stamped with `sent_us` (µs since the epoch).
+    fn next(&mut self, sent_us: u64, out: &mut Vec<u8>);
 }
 
 /// Lockstep publishing: `publications` messages, one per request, each sent once the pool has
@@ -172,7 +180,7 @@ pub fn run(cfg: PublisherConfig) -> PublisherResult {
     rt.block_on(publish(cfg))
 }
 
-async fn publish(cfg: PublisherConfig) -> PublisherResult {
+async fn publish(mut cfg: PublisherConfig) -> PublisherResult {
     let mut res = PublisherResult {
         last_seq: vec![0; cfg.topics.len()],
         in_window_per_topic: vec![0; cfg.topics.len()],
@@ -215,7 +223,10 @@ async fn publish(cfg: PublisherConfig) -> PublisherResult {
         names.clear();
         names.extend((0..due).map(|i| cfg.topics[((res.sent + i) % n_topics) as usize].as_str()));
         let stamp = now_us();
-        proto::batch_body(&names, stamp, cfg.payload_bytes, &mut body);
+        match cfg.payloads.as_mut() {
+            Some(p) => proto::batch_body_with(&names, &mut body, |out| p.next(stamp, out)),
+            None => proto::batch_body(&names, stamp, cfg.payload_bytes, &mut body),
+        }
         let in_window = stamp >= cfg.t0 && stamp < cfg.t1;
         if in_window {
             res.sent_in_window += due;

@@ -24,7 +24,7 @@ pub fn thousands(n: u64) -> String {
     out
 }
 
-fn label(l: &str) -> String {
+pub(crate) fn label(l: &str) -> String {
     if l.is_empty() {
         String::new()
     } else {
@@ -32,11 +32,11 @@ fn label(l: &str) -> String {
     }
 }
 
-fn opt(v: Option<f64>, digits: usize, unit: &str) -> String {
+pub(crate) fn opt(v: Option<f64>, digits: usize, unit: &str) -> String {
     v.map_or_else(|| "-".to_string(), |v| format!("{v:.digits$}{unit}"))
 }
 
-fn bytes(v: Option<f64>) -> String {
+pub(crate) fn bytes(v: Option<f64>) -> String {
     match v {
         Some(b) if b.abs() >= 1024.0 * 1024.0 => format!("{:.1} MiB", b / 1024.0 / 1024.0),
         Some(b) => format!("{} B", thousands(b.max(0.0).round() as u64)),
@@ -44,7 +44,7 @@ fn bytes(v: Option<f64>) -> String {
     }
 }
 
-fn latency(l: &Option<LatencySummary>) -> String {
+pub(crate) fn latency(l: &Option<LatencySummary>) -> String {
     match l {
         Some(l) => format!(
             "p50 {:.2}  p90 {:.2}  p99 {:.2}  p99.9 {:.2}  max {:.2} ms  (n={})",
@@ -59,17 +59,17 @@ fn latency(l: &Option<LatencySummary>) -> String {
     }
 }
 
-struct Table(Vec<(String, String)>);
+pub(crate) struct Table(Vec<(String, String)>);
 
 impl Table {
-    fn new() -> Table {
+    pub(crate) fn new() -> Table {
         Table(Vec::new())
     }
-    fn row(&mut self, k: &str, v: impl Into<String>) -> &mut Table {
+    pub(crate) fn row(&mut self, k: &str, v: impl Into<String>) -> &mut Table {
         self.0.push((k.to_string(), v.into()));
         self
     }
-    fn render(&self, title: &str) -> String {
+    pub(crate) fn render(&self, title: &str) -> String {
         let w = self.0.iter().map(|(k, _)| k.len()).max().unwrap_or(0);
         let mut out = format!("{title}\n");
         for (k, v) in &self.0 {

@@ -67,7 +67,8 @@ fn parse_response(raw: &[u8]) -> anyhow::Result<(u16, Vec<u8>)> {
     }
 }
 
-/// Prometheus text exposition: the sum over all label sets of each metric name.
+/// Prometheus text exposition: the sum over all label sets of each metric name, and each
+/// labelled series under its own `name{labels}` as written.
 pub fn parse_metrics(text: &str) -> HashMap<String, f64> {
     let mut out = HashMap::new();
     for line in text.lines() {
@@ -76,13 +77,13 @@ pub fn parse_metrics(text: &str) -> HashMap<String, f64> {
             continue;
         }
         // name{labels} value [timestamp]; label values may contain spaces, so split after '}'.
-        let (name, rest) = match line.find('{') {
+        let (name, series, rest) = match line.find('{') {
             Some(i) => match line[i..].find('}') {
-                Some(j) => (&line[..i], &line[i + j + 1..]),
+                Some(j) => (&line[..i], Some(&line[..i + j + 1]), &line[i + j + 1..]),
                 None => continue,
             },
             None => match line.split_once(char::is_whitespace) {
-                Some((n, r)) => (n, r),
+                Some((n, r)) => (n, None, r),
                 None => continue,
             },
         };
@@ -90,6 +91,9 @@ pub fn parse_metrics(text: &str) -> HashMap<String, f64> {
             continue;
         };
         *out.entry(name.to_string()).or_insert(0.0) += value;
+        if let Some(series) = series {
+            out.insert(series.to_string(), value);
+        }
     }
     out
 }
@@ -103,6 +107,12 @@ pub struct ServerSnap {
     pub delivered_total: Option<f64>,
     pub conflated_total: Option<f64>,
     pub published_total: Option<f64>,
+    /// `tickwire_delta_frames_total`: updates queued as Fossil deltas.
+    pub delta_frames_total: Option<f64>,
+    /// `tickwire_bytes_saved_total{by="delta"}`: bytes of full frames the deltas replaced.
+    pub bytes_saved_delta: Option<f64>,
+    /// `tickwire_bytes_sent_total`: bytes written to WebSocket connections.
+    pub bytes_sent_total: Option<f64>,
     #[serde(skip)]
     pub at: Option<std::time::Instant>,
 }
@@ -117,6 +127,9 @@ impl ServerSnap {
             delivered_total: g("tickwire_messages_delivered_total"),
             conflated_total: g("tickwire_messages_conflated_total"),
             published_total: g("tickwire_messages_published_total"),
+            delta_frames_total: g("tickwire_delta_frames_total"),
+            bytes_saved_delta: g(r#"tickwire_bytes_saved_total{by="delta"}"#),
+            bytes_sent_total: g("tickwire_bytes_sent_total"),
             at: Some(std::time::Instant::now()),
         }
     }
@@ -191,14 +204,17 @@ mod tests {
             tickwire_messages_published_total{source=\"http\"} 10\n\
             tickwire_messages_published_total{source=\"feed\"} 5\n\
             weird{label=\"a } b\"} 1\n\
+            tickwire_bytes_saved_total{by=\"delta\"} 640\n\
             tickwire_delivery_latency_seconds_bucket{le=\"+Inf\"} 7 1700000000\n";
         let m = parse_metrics(text);
         assert_eq!(m["process_resident_memory_bytes"], 12_345_000.0);
         assert_eq!(m["tickwire_messages_published_total"], 15.0);
+        assert_eq!(m[r#"tickwire_messages_published_total{source="feed"}"#], 5.0);
         assert_eq!(m["tickwire_delivery_latency_seconds_bucket"], 7.0);
         let s = ServerSnap::from_metrics(&m);
         assert_eq!(s.connections, Some(3.0));
         assert_eq!(s.cpu_seconds, None);
+        assert_eq!(s.bytes_saved_delta, Some(640.0));
     }
 
     #[test]

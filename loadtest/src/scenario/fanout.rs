@@ -222,6 +222,7 @@ pub fn run(cfg: &FanoutConfig) -> anyhow::Result<FanoutReport> {
             topics: names.clone(),
             rate: cfg.rate,
             payload_bytes: cfg.payload_bytes,
+            payloads: None,
             interval: cfg.pub_interval.max(Duration::from_millis(1)),
             batch_max: cfg.batch_max.max(1),
             t0,

@@ -1,6 +1,7 @@
 //! The scenarios. Each is a library call taking its configuration and returning a
 //! serializable report; the binary only parses options and prints.
 
+pub mod bandwidth;
 pub mod connect;
 pub mod fanout;
 pub mod idle;
@@ -67,6 +68,8 @@ impl Common {
             plan,
             topic_prefix: topic_prefix.to_string(),
             recovery: false,
+            subscribe: Default::default(),
+            watch: None,
         }
     }
 

@@ -139,6 +139,7 @@ pub fn run(cfg: &ReconnectConfig) -> anyhow::Result<ReconnectReport> {
         topics: names.clone(),
         rate: load.rate,
         payload_bytes: load.payload_bytes,
+        payloads: None,
         interval: Duration::from_millis(5),
         batch_max: 10_000,
         t0,

@@ -233,6 +233,7 @@ pub fn run(cfg: &TopicsConfig) -> anyhow::Result<TopicsReport> {
         topics: names.clone(),
         rate: cfg.rate,
         payload_bytes: cfg.payload_bytes,
+        payloads: None,
         interval: Duration::from_millis(5),
         batch_max: 10_000,
         t0,
