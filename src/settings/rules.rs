@@ -34,13 +34,20 @@ impl TopicRules {
             .and_then(|(.., rate)| *rate)
     }
 
-    /// Whether `pattern` may match a topic delivered under the `queue` policy, where a max
-    /// rate cannot apply (every message must arrive). Any `queue` rule that overlaps counts,
-    /// even one an earlier rule shadows: refusing then is the safe side.
-    pub fn may_queue(&self, pattern: &Pattern) -> Option<&Pattern> {
-        (self.policies.iter())
-            .find(|(p, policy, _)| *policy == Policy::Queue && p.overlaps(pattern))
-            .map(|(p, ..)| p)
+    /// The `queue.policies` pattern under which `subscription` may get topics delivered with
+    /// the `queue` policy, where a max rate cannot apply (every message must arrive). Exact for
+    /// a topic name; for a pattern, any `queue` rule that overlaps it counts, even one an
+    /// earlier rule shadows: refusing then is the safe side.
+    pub fn may_queue(&self, subscription: &Pattern) -> Option<&Pattern> {
+        let mut rules = self.policies.iter();
+        let found = match subscription.as_exact() {
+            // The first rule that matches decides, as for delivery.
+            Some(topic) => {
+                (rules.find(|(p, ..)| p.matches(&topic))).filter(|(_, policy, _)| *policy == Policy::Queue)
+            }
+            None => rules.find(|(p, policy, _)| *policy == Policy::Queue && p.overlaps(subscription)),
+        };
+        found.map(|(p, ..)| p)
     }
 
     pub fn retention_for(&self, topic: &Topic) -> Retention {

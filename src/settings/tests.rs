@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use super::*;
-use crate::topic::Topic;
+use crate::topic::{Pattern, Topic};
 
 fn problems(toml: &str) -> Vec<Problem> {
     match Settings::from_toml(toml).expect_err("refused") {
@@ -207,4 +207,28 @@ fn the_printed_configuration_leaves_secrets_out() {
         plain.contains("redis_url = \"redis://127.0.0.1:6379\""),
         "{plain}"
     );
+}
+
+#[test]
+fn a_max_rate_is_refused_exactly_where_the_queue_policy_may_apply() {
+    let toml = "[queue]\npolicies = [{ pattern = \"chat.special\", policy = \"conflate\" }, \
+                { pattern = \"chat.>\", policy = \"queue\" }]";
+    let rules = Settings::from_toml(toml).unwrap().topic_rules().unwrap();
+    let queued = |s: &str| {
+        rules
+            .may_queue(&Pattern::parse(s).unwrap())
+            .map(|p| p.to_string())
+    };
+    assert_eq!(
+        queued("chat.special"),
+        None,
+        "an earlier conflate rule decides the topic"
+    );
+    assert_eq!(queued("chat.lobby").as_deref(), Some("chat.>"));
+    assert_eq!(
+        queued("*.lobby").as_deref(),
+        Some("chat.>"),
+        "a pattern that may reach a queue topic"
+    );
+    assert_eq!(queued("prices.*"), None);
 }
