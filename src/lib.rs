@@ -37,9 +37,10 @@
 //!   `commands`, the wanted `interest`, the pub/sub `link`, the Lua script `publish.lua`);
 //!   `idempotency`: `Idempotency-Key` digests and the in-memory ledger.
 //! - `pubsub`: local fan-out. `hub`: seqs, last values and fan-out (its header holds the lock
-//!   order), with `hub::topics` (the registry), `hub::subscribe` (subscribe with catch-up) and
-//!   `hub::mirror` (a broker's publications); `outbox`: a connection's bounded queue with
-//!   conflation (its header holds the queue bound rules); `history`: recent publications for
+//!   order), with `hub::topics` (the registry), `hub::subscribe` (subscribe with catch-up),
+//!   `hub::mirror` (a broker's publications) and `hub::fanout` (a publication to the outboxes:
+//!   gates, deltas, compressed frames, the pacer's release); `outbox`: a connection's bounded
+//!   queue with conflation (its header holds the queue bound rules); `history`: recent publications for
 //!   recovery; `patterns`: the token trie of pattern subscriptions; `names`: the topics' names,
 //!   in order (listing) and in a token trie (the topics a pattern matches); `idmap`: a topic's
 //!   subscribers by connection id, one pointer while empty; `throttle`: a subscription's max
