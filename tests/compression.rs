@@ -187,6 +187,42 @@ async fn a_publication_is_compressed_once_for_every_deflate_subscriber() {
 }
 
 #[tokio::test]
+async fn snapshots_are_compressed_once_for_deflate_subscribers() {
+    let server = start("").await;
+    let addr = server.addr;
+    let doc = document(5);
+    publish(addr, "book.eth", doc.clone()).await;
+    let mut payloads = Vec::new();
+    for offer in ["permessage-deflate", "permessage-deflate", ""] {
+        let (mut ws, _) = open(addr, "/ws", offer).await;
+        let request = json!({"op": "subscribe", "id": 1, "topics": ["book.eth"]}).to_string();
+        send_frame(&mut ws, request.as_bytes(), false).await;
+        let (compressed, reply) = next_json(&mut ws).await;
+        assert!(
+            !compressed && reply["type"] == "subscribed",
+            "replies go plain: {reply}"
+        );
+        let (b0, payload) = read_frame(&mut ws).await;
+        assert_eq!(b0, if offer.is_empty() { 0x81 } else { 0xc1 }, "{offer:?}");
+        payloads.push(payload);
+    }
+    assert_eq!(
+        payloads[0], payloads[1],
+        "the same compressed snapshot, made once"
+    );
+    let snapshot: Value = serde_json::from_slice(&inflate(&payloads[0])).unwrap();
+    assert_eq!(
+        (snapshot["type"].as_str(), &snapshot["data"]),
+        (Some("snapshot"), &doc)
+    );
+    assert_eq!(
+        inflate(&payloads[0]),
+        payloads[2],
+        "inflates to the plain snapshot"
+    );
+}
+
+#[tokio::test]
 async fn compressed_requests_are_served_and_a_bomb_is_closed_1009() {
     let server = start("").await;
     let addr = server.addr;

@@ -52,6 +52,7 @@ use bytes::Bytes;
 use dashmap::DashMap;
 
 use crate::metrics::Metrics;
+use crate::protocol::deflate;
 use crate::protocol::encoding::Encoding;
 use crate::protocol::{new_epoch, now_ms, Data, Position};
 use crate::pubsub::history::{self, History};
@@ -224,7 +225,7 @@ struct TopicState {
     /// by every subscriber after it (a client's queue then holds a handle, not a copy); dropped
     /// whenever `last` changes. Boxed: most topics of a node with many never get one, and an
     /// empty `Option<Bytes>` is 32 bytes on every topic.
-    snapshot: Option<Box<Bytes>>,
+    snapshot: Option<Box<Snapshot>>,
     history: History,
     subscribers: IdMap<Subscription>,
     /// The last publication's accept time (or the topic's creation, or its last load from the
@@ -236,6 +237,14 @@ struct TopicState {
     /// the fan-out skips those checks on every subscriber (callgrind: 7 instructions a
     /// delivery). One counter for both, so that the entry keeps its size.
     special: u32,
+}
+
+/// A topic's `snapshot` frame, and the same compressed for permessage-deflate clients with the
+/// full window (most of them): made once each, at the first subscriber that needs it.
+struct Snapshot {
+    plain: Bytes,
+    /// `None`: not made yet; `Some(None)`: not worth it (small, or not smaller compressed).
+    deflated: Option<Option<Bytes>>,
 }
 
 /// A client's presence on one topic, with the subscriptions (exact or pattern) that put it
@@ -349,12 +358,28 @@ impl TopicState {
             && (self.subscribers.values()).all(|s| s.reasons.iter().all(|r| r.pattern.as_exact().is_none()))
     }
 
-    /// The `snapshot` frame of the last value, if there is one (see `snapshot`).
-    fn snapshot_frame(&mut self, topic: &Topic) -> Option<Bytes> {
+    /// The `snapshot` frame of the last value, if there is one (see `snapshot`), for a client
+    /// whose permessage-deflate window is `deflate` (compressed when that is the full window and
+    /// worth it, under `bounds`; a smaller window, rare, gets the plain frame).
+    fn snapshot_frame(&mut self, topic: &Topic, deflate: Option<u8>, bounds: TopicBounds) -> Option<Bytes> {
         let (ts, data) = self.last.as_ref()?;
-        let frame = (self.snapshot)
-            .get_or_insert_with(|| Box::new(ENCODING.snapshot_frame(topic, self.seq, *ts, data)));
-        Some(Bytes::clone(frame))
+        let snapshot = self.snapshot.get_or_insert_with(|| {
+            Box::new(Snapshot {
+                plain: ENCODING.snapshot_frame(topic, self.seq, *ts, data),
+                deflated: None,
+            })
+        });
+        if deflate != Some(15) {
+            return Some(snapshot.plain.clone());
+        }
+        let plain = &snapshot.plain;
+        let deflated = snapshot.deflated.get_or_insert_with(|| {
+            let worth = plain.len() >= bounds.deflate_min_bytes;
+            worth
+                .then(|| deflate::compress_frame(plain, 15, bounds.deflate_level))
+                .flatten()
+        });
+        Some(deflated.as_ref().unwrap_or(plain).clone())
     }
 
     /// A mirrored topic that has not seen its stream yet takes the first epoch it is shown.

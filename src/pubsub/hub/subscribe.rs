@@ -258,7 +258,11 @@ impl CatchUp<'_> {
         // A client already receiving the topic has its value, so a snapshot would repeat it;
         // unless it asked to recover and could not be, which always resets it.
         let reset = self.since.contains_key(topic);
-        if let (true, Some(frame)) = (fresh || reset, state.snapshot_frame(topic)) {
+        if !(fresh || reset) {
+            return;
+        }
+        let deflate = self.who.outbox.deflate();
+        if let Some(frame) = state.snapshot_frame(topic, deflate, self.hub.bounds) {
             let key = (entry.policy == Policy::Conflate).then_some(entry.key);
             self.out.frames.push((frame, key));
         }
