@@ -330,3 +330,26 @@ asyncio.run(main(sys.argv[1], None if sys.argv[2] == "off" else "deflate"))
         - before.value("tickwire_compressed_frames_total", &[]);
     assert_eq!(frames, 1.0, "one compressed frame: the deflate client's");
 }
+
+/// What a `max_rate` held back goes out compressed too, when it is released.
+#[tokio::test]
+async fn a_held_back_update_is_released_compressed() {
+    let server = start("").await;
+    let addr = server.addr;
+    let (mut ws, _) = open(addr, "/ws", "permessage-deflate").await;
+    let request = json!({"op": "subscribe", "id": 1, "topics": ["book.sol"], "max_rate": 2}).to_string();
+    send_frame(&mut ws, request.as_bytes(), false).await;
+    let (_, reply) = next_json(&mut ws).await;
+    assert_eq!(reply["type"], "subscribed", "{reply}");
+    for i in 1..=3 {
+        publish(addr, "book.sol", document(i)).await;
+    }
+    for want in [1, 3] {
+        let (compressed, update) = next_json(&mut ws).await;
+        assert!(compressed, "seq {want} compressed");
+        assert_eq!(
+            (update["seq"].as_u64(), &update["data"]),
+            (Some(want), &document(want))
+        );
+    }
+}

@@ -138,9 +138,10 @@ impl Hub {
     }
 
     /// Sends each due pair its topic's newest value, unless something sent it already; the
-    /// frame is encoded once per topic and seq for the pairs due together.
+    /// frame (and its compressed variants) is made once per topic and seq for the pairs due
+    /// together.
     pub(super) fn release(&self, now: u64, due: &mut Vec<Due<Topic>>) {
-        let mut encoded: Option<(TopicKey, u64, Bytes)> = None;
+        let mut encoded: Option<(TopicKey, u64, Bytes, Variants)> = None;
         for due in due.drain(..) {
             let Some(entry) = self.topics.get(&due.target).map(|e| e.clone()) else {
                 continue;
@@ -173,18 +174,28 @@ impl Hub {
                 sub.gate = None;
                 *special -= 1;
             }
-            let frame = match &encoded {
-                Some((key, at, frame)) if (*key, *at) == (entry.key, *seq) => frame.clone(),
-                _ => {
-                    let frame = ENCODING.update_frame(&due.target, *seq, *ts, data);
-                    encoded = Some((entry.key, *seq, frame.clone()));
-                    frame
+            if !matches!(&encoded, Some((key, at, ..)) if (*key, *at) == (entry.key, *seq)) {
+                if let Some((.., done)) = &encoded {
+                    done.count(&self.metrics, 0, 0);
                 }
+                let frame = ENCODING.update_frame(&due.target, *seq, *ts, data);
+                encoded = Some((entry.key, *seq, frame, Variants::default()));
+            }
+            let (.., plain, variants) = encoded.as_mut().expect("made above");
+            let frame = match sub.outbox.deflate() {
+                None => &*plain,
+                Some(bits) => variants.pair(self.bounds, plain, plain, false, bits).1,
             };
-            let pushed = sub.outbox.push_topic(&frame, entry.key, entry.policy, None);
+            let pushed = sub.outbox.push_topic(frame, entry.key, entry.policy, None);
+            if pushed == Pushed::Queued && frame[0] & 0x40 != 0 {
+                variants.sent += 1;
+            }
             if pushed == Pushed::Conflated {
                 self.metrics.conflated.inc();
             }
+        }
+        if let Some((.., done)) = &encoded {
+            done.count(&self.metrics, 0, 0);
         }
     }
 }
