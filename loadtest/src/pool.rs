@@ -5,7 +5,9 @@
 //! the server, so it is kept lean: per readiness event one `read(2)` into the thread's 256 KiB
 //! buffer, frames parsed in place ([`crate::frame`]), messages classified by substring search
 //! ([`crate::proto`]), the receive time read once per `read`, counters in `Cell`s, and one
-//! atomic add per `read` for the live progress line.
+//! atomic add per `read` for the live progress line. With permessage-deflate a compressed
+//! message is inflated first, by the thread's one [`Inflater`], into its reused buffer: from
+//! there on it is read like any other.
 
 use std::cell::{Cell, RefCell};
 use std::io::{self, Read, Write};
@@ -21,7 +23,8 @@ use tokio::io::unix::AsyncFd;
 use tokio::io::AsyncWriteExt;
 
 use crate::client::{self, Rng};
-use crate::frame::{self, Event, Reassembler};
+use crate::deflate::Inflater;
+use crate::frame::{self, Event, Reassembler, Wire};
 use crate::gaps::SeqTrack;
 use crate::opts::Target;
 pub use crate::plan::{topic_index, topic_name, SubPlan};
@@ -56,6 +59,9 @@ pub struct PoolConfig {
     pub subscribe: proto::SubscribeOptions,
     /// A scenario's own look at each connection's updates and snapshots.
     pub watch: Option<Watcher>,
+    /// Offer permessage-deflate in every upgrade (a connection the server does not accept it
+    /// on fails) and inflate the compressed messages.
+    pub deflate: bool,
 }
 
 /// What a scenario does with every `update` and `snapshot` a connection receives, beside the
@@ -63,10 +69,10 @@ pub struct PoolConfig {
 /// One per connection, made by its [`Watcher`] once the connection is open, run on the
 /// receiver thread, and finished when the pool is.
 pub trait Watch {
-    /// An update (the whole message, `wire_len` bytes on the wire with its header); returns its
-    /// send stamp (µs since the epoch), which the pool's own parse cannot find in a frame that
-    /// carries a delta instead of `data`.
-    fn update(&mut self, message: &[u8], wire_len: usize, seq: u64, now_us: u64) -> Option<u64>;
+    /// An update (the whole message, inflated if it came compressed; `wire` says how it came);
+    /// returns its send stamp (µs since the epoch), which the pool's own parse cannot find in a
+    /// frame that carries a delta instead of `data`.
+    fn update(&mut self, message: &[u8], wire: Wire, seq: u64, now_us: u64) -> Option<u64>;
     /// A snapshot (the whole message).
     fn snapshot(&mut self, message: &[u8], seq: u64);
     /// The run is over: hand the results over (the watch holds where they go).
@@ -158,6 +164,8 @@ pub struct RecvCounters {
     pub error_replies: u64,
     /// Text messages that are not tickwire frames.
     pub unparsed: u64,
+    /// Messages that came compressed (permessage-deflate), all inflated before being read.
+    pub compressed: u64,
     pub pings: u64,
     pub reads: u64,
     pub bytes: u64,
@@ -172,6 +180,7 @@ impl std::ops::AddAssign for RecvCounters {
         self.foreign += o.foreign;
         self.error_replies += o.error_replies;
         self.unparsed += o.unparsed;
+        self.compressed += o.compressed;
         self.pings += o.pings;
         self.reads += o.reads;
         self.bytes += o.bytes;
@@ -187,6 +196,7 @@ struct Counters {
     foreign: Cell<u64>,
     error_replies: Cell<u64>,
     unparsed: Cell<u64>,
+    compressed: Cell<u64>,
     pings: Cell<u64>,
     reads: Cell<u64>,
     bytes: Cell<u64>,
@@ -206,6 +216,7 @@ impl Counters {
             foreign: self.foreign.get(),
             error_replies: self.error_replies.get(),
             unparsed: self.unparsed.get(),
+            compressed: self.compressed.get(),
             pings: self.pings.get(),
             reads: self.reads.get(),
             bytes: self.bytes.get(),
@@ -250,6 +261,9 @@ struct Thread {
     rng: RefCell<Rng>,
     /// Control frames owed to the server (pong, close echo), written after each read.
     reply: RefCell<Vec<u8>>,
+    /// Inflates every compressed message of the thread's connections (no context takeover:
+    /// each message stands alone).
+    inflater: RefCell<Inflater>,
     /// Bounds the connections being opened at once (first connect and reconnects).
     opening: Arc<tokio::sync::Semaphore>,
     /// Each topic's epoch, from `subscribed` replies (with `recovery`).
@@ -433,6 +447,7 @@ fn recv_thread(ids: Vec<usize>, concurrency: usize, cfg: Arc<PoolConfig>, shared
             now_us() ^ (ids.first().copied().unwrap_or(0) as u64) << 32,
         )),
         reply: RefCell::new(Vec::new()),
+        inflater: RefCell::new(Inflater::default()),
         opening: Arc::new(tokio::sync::Semaphore::new(concurrency)),
         epochs: RefCell::new(std::collections::HashMap::new()),
         rehandshake: RefCell::new(histogram()),
@@ -494,7 +509,8 @@ async fn open(i: usize, th: &Thread, request: &[u8]) -> Option<(tokio::net::TcpS
         let r = async {
             let mut s = client::open(cfg.target.addr, src).await?;
             let mut rng = Rng::new(now_us() ^ ((i as u64) << 24));
-            let leftover = client::handshake(&mut s, &cfg.target.host, &cfg.target.path, &mut rng).await?;
+            let (host, path) = (&cfg.target.host, &cfg.target.path);
+            let leftover = client::handshake(&mut s, host, path, &mut rng, cfg.deflate).await?;
             let took = started.elapsed();
             if !request.is_empty() {
                 let mut f = Vec::new();
@@ -571,7 +587,7 @@ async fn connection(i: usize, th: Rc<Thread>, permit: tokio::sync::OwnedSemaphor
                 back: false,
                 watch: cfg.watch.as_ref().map(|w| (w.0)(i)),
             },
-            reasm: Reassembler::default(),
+            reasm: Reassembler::new(cfg.deflate),
             carry: leftover,
         });
         conns.len() - 1
@@ -596,7 +612,7 @@ async fn connection(i: usize, th: Rc<Thread>, permit: tokio::sync::OwnedSemaphor
         let request = {
             let mut conns = th.conns.borrow_mut();
             let conn = &mut conns[idx];
-            conn.reasm = Reassembler::default();
+            conn.reasm = Reassembler::new(cfg.deflate);
             conn.carry.clear();
             conn.streams.recovering = true;
             conn.streams.back = false;
@@ -734,10 +750,22 @@ fn process(th: &Thread, conn: &mut Conn, data: &[u8], now: u64) -> Result<usize,
     let window = th.shared.window();
     let before = th.counters.updates.get();
     let mut closing = false;
+    let mut broken = None;
     let Conn { streams, reasm, .. } = conn;
+    // The server never fragments: a message's frame is its payload as it came and a header.
     let result = reasm.feed(data, |event| match event {
-        Event::Text(p) => on_message(th, streams, p, now, window),
+        _ if broken.is_some() => {}
+        Event::Text(p) => on_message(th, streams, p, Wire::of(p.len(), false), now, window),
         Event::Binary(_) => bump(&th.counters.unparsed, 1),
+        Event::Compressed { binary, payload } => {
+            bump(&th.counters.compressed, 1);
+            let mut inflater = th.inflater.borrow_mut();
+            match inflater.inflate(payload, frame::MAX_MESSAGE) {
+                Ok(_) if binary => bump(&th.counters.unparsed, 1),
+                Ok(p) => on_message(th, streams, p, Wire::of(payload.len(), true), now, window),
+                Err(e) => broken = Some(e),
+            }
+        }
         Event::Ping(p) => {
             bump(&th.counters.pings, 1);
             let mask = th.rng.borrow_mut().mask();
@@ -756,6 +784,10 @@ fn process(th: &Thread, conn: &mut Conn, data: &[u8], now: u64) -> Result<usize,
     if received > 0 {
         th.shared.updates.fetch_add(received, Relaxed);
     }
+    if let Some(e) = broken {
+        th.shared.note_error(format!("from the server: {e}"));
+        return Err(());
+    }
     match result {
         Ok(_) if closing => Err(()),
         Ok(used) => Ok(used),
@@ -768,14 +800,13 @@ fn process(th: &Thread, conn: &mut Conn, data: &[u8], now: u64) -> Result<usize,
 }
 
 #[inline]
-fn on_message(th: &Thread, streams: &mut Streams, p: &[u8], now: u64, (t0, t1): (u64, u64)) {
+fn on_message(th: &Thread, streams: &mut Streams, p: &[u8], wire: Wire, now: u64, (t0, t1): (u64, u64)) {
     let c = &th.counters;
     match proto::classify(p) {
         ServerMsg::Update { topic, seq, sent_us } => {
             bump(&c.updates, 1);
             let sent_us = match streams.watch.as_mut() {
-                // The server never fragments: the frame is the message and its header.
-                Some(w) => w.update(p, frame::server_frame_len(p.len()), seq, now),
+                Some(w) => w.update(p, wire, seq, now),
                 None => sent_us,
             };
             let at = (th.cfg.plan)
