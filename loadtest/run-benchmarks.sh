@@ -2,8 +2,8 @@
 # Runs tickwire's standard benchmark suite on this machine and rewrites the generated section
 # of docs/benchmarks.md and docs/latency-vs-throughput.svg.
 #
-#   loadtest/run-benchmarks.sh            # full suite (about 14-18 minutes on a quiet machine)
-#   RAWFAN=0 loadtest/run-benchmarks.sh   # without the rawfan runs (about 11-14 minutes)
+#   loadtest/run-benchmarks.sh            # full suite (about 15-19 minutes on a quiet machine)
+#   RAWFAN=0 loadtest/run-benchmarks.sh   # without the rawfan runs (about 12-15 minutes)
 #   REPORT_ONLY=DIR loadtest/run-benchmarks.sh   # rebuild the page from saved results in DIR
 #   SMOKE=1 loadtest/run-benchmarks.sh    # tiny, short runs that check the script; its page
 #                                         # goes to $OUT/benchmarks.md, not docs/
@@ -27,8 +27,9 @@
 #   topics N=10000 (100,000 topics, 50 subscriptions each, 5 of them patterns), its one-topic
 #   fan-out baseline at the same delivery rate, reconnect N=10000 (issue 16; compared with the
 #   connect run above)
-#   bandwidth N=10000 (issue 18): tick, book, doc, each plain then with deltas; then tick with
-#   a max rate
+#   bandwidth N=10000 (issue 18): tick, book, doc, each plain, with deltas, compressed
+#   (permessage-deflate) and both (tick only compressed: too small for deltas); then tick with a
+#   max rate
 #   idle, N=19000 (peerbench -r 0, one process): rawfan, tickwire (last: may not fit)
 #
 # Environment:
@@ -382,14 +383,22 @@ else
 fi
 ours "reconnect-n$N_BIG" reconnect -n "$N_BIG" -t "$STORM_T" -k 2 --patterns 1 --group 10 -r "$STORM_R" \
     --before 3s --after 2s --drain "${DRAIN}s"
-# Issue 18 (about 2 minutes): bytes per delivery of each payload shape, plain then with deltas
-# (the report pairs them), and the max rate: at most R updates a second, the newest last. A
-# bandwidth run exits non-zero on any data mismatch; its JSON is kept either way.
+# Issue 18 (about 3 minutes): bytes per delivery of each payload shape plain, with deltas,
+# compressed (--deflate: permessage-deflate) and both (the report sets each against plain), and
+# the max rate: at most R updates a second, the newest last. Tick data is under both thresholds
+# (delta.min_bytes 128, compression.min_bytes 256), so it runs compressed only, for the cost of
+# the negotiation. A bandwidth run exits non-zero on any data mismatch; its JSON is kept either
+# way.
 BW=(--warmup "${BW_WARMUP}s" --duration "${BW_DURATION}s" --drain "${DRAIN}s")
 for shape in tick book doc; do
     rate_var=BW_R_${shape^^}
-    ours "bandwidth-$shape-n$N_BIG" bandwidth -n "$N_BIG" --shape "$shape" -r "${!rate_var}" "${BW[@]}"
-    ours "bandwidth-$shape-delta-n$N_BIG" bandwidth -n "$N_BIG" --shape "$shape" --delta -r "${!rate_var}" "${BW[@]}"
+    bw=(bandwidth -n "$N_BIG" --shape "$shape" -r "${!rate_var}" "${BW[@]}")
+    ours "bandwidth-$shape-n$N_BIG" "${bw[@]}"
+    ours "bandwidth-$shape-delta-n$N_BIG" "${bw[@]}" --delta
+    ours "bandwidth-$shape-deflate-n$N_BIG" "${bw[@]}" --deflate
+    if [[ $shape != tick ]]; then
+        ours "bandwidth-$shape-delta-deflate-n$N_BIG" "${bw[@]}" --delta --deflate
+    fi
 done
 ours "bandwidth-maxrate-n$N_BIG" bandwidth -n "$N_BIG" --shape tick --max-rate "$BW_MAX_RATE" -r "$BW_MAX_RATE_R" \
     --warmup 0s --duration "${DURATION}s" --drain "${DRAIN}s"

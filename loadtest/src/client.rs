@@ -1,6 +1,8 @@
 //! Opening client connections: TCP from a chosen loopback source address, and the WebSocket
 //! upgrade (RFC 6455 section 4) done by hand, so that the connection can then be read with the
-//! raw frame parser.
+//! raw frame parser. The upgrade may offer permessage-deflate ([`crate::deflate`]); a server that
+//! does not accept it fails the connection, so a run with `--deflate` measures only compressed
+//! connections.
 
 use std::io;
 use std::net::{IpAddr, SocketAddr};
@@ -92,33 +94,56 @@ pub fn new_key(rng: &mut Rng) -> String {
     base64::engine::general_purpose::STANDARD.encode(k)
 }
 
-/// Checks an upgrade response head (without the final blank line).
-pub fn check_upgrade_response(head: &str, key: &str) -> Result<(), String> {
+/// The values of every header `name` in a response head, in order.
+fn header_values<'a>(head: &'a str, name: &'a str) -> impl Iterator<Item = &'a str> + 'a {
+    head.lines().skip(1).filter_map(move |l| {
+        let (n, value) = l.split_once(':')?;
+        n.trim().eq_ignore_ascii_case(name).then(|| value.trim())
+    })
+}
+
+/// Checks an upgrade response head (without the final blank line); `deflate`: the request
+/// offered permessage-deflate, which the answer must accept. Without the offer, an answer
+/// with an extension fails (RFC 6455 §4.1: the client did not ask for it).
+pub fn check_upgrade_response(head: &str, key: &str, deflate: bool) -> Result<(), String> {
     let status_line = head.lines().next().unwrap_or("");
     let status = status_line.split_whitespace().nth(1).unwrap_or("");
     if status != "101" {
         return Err(format!("upgrade refused: {status_line}"));
     }
-    let accept = head.lines().skip(1).find_map(|l| {
-        let (name, value) = l.split_once(':')?;
-        name.trim()
-            .eq_ignore_ascii_case("sec-websocket-accept")
-            .then(|| value.trim())
-    });
+    let accept = header_values(head, "sec-websocket-accept").next();
     let want = accept_key(key);
-    match accept {
-        Some(got) if got == want => Ok(()),
-        got => Err(format!("bad Sec-WebSocket-Accept {got:?}, expected {want:?}")),
+    if accept != Some(want.as_str()) {
+        return Err(format!("bad Sec-WebSocket-Accept {accept:?}, expected {want:?}"));
+    }
+    let mut extensions = header_values(head, "sec-websocket-extensions").peekable();
+    match (deflate, extensions.peek()) {
+        (true, _) => crate::deflate::check_answer(extensions),
+        (false, None) => Ok(()),
+        (false, Some(e)) => Err(format!(
+            "the server answered with an extension not offered: {e:?}"
+        )),
     }
 }
 
-/// Performs the HTTP/1.1 upgrade on an open stream. Returns the bytes received after the
-/// response head (the server may send its first frames in the same segment).
-pub async fn handshake(s: &mut TcpStream, host: &str, path: &str, rng: &mut Rng) -> io::Result<Vec<u8>> {
+/// Performs the HTTP/1.1 upgrade on an open stream, offering permessage-deflate when
+/// `deflate`. Returns the bytes received after the response head (the server may send its first
+/// frames in the same segment).
+pub async fn handshake(
+    s: &mut TcpStream,
+    host: &str,
+    path: &str,
+    rng: &mut Rng,
+    deflate: bool,
+) -> io::Result<Vec<u8>> {
     let key = new_key(rng);
+    let offer = match deflate {
+        true => format!("Sec-WebSocket-Extensions: {}\r\n", crate::deflate::OFFER),
+        false => String::new(),
+    };
     let req = format!(
         "GET {path} HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-         Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\nUser-Agent: tickwire-loadtest\r\n\r\n"
+         Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n{offer}User-Agent: tickwire-loadtest\r\n\r\n"
     );
     s.write_all(req.as_bytes()).await?;
     let mut buf = Vec::with_capacity(512);
@@ -134,7 +159,7 @@ pub async fn handshake(s: &mut TcpStream, host: &str, path: &str, rng: &mut Rng)
         buf.extend_from_slice(&chunk[..n]);
         if let Some(end) = memchr::memmem::find(&buf, b"\r\n\r\n") {
             let head = String::from_utf8_lossy(&buf[..end]);
-            check_upgrade_response(&head, &key).map_err(io::Error::other)?;
+            check_upgrade_response(&head, &key, deflate).map_err(io::Error::other)?;
             return Ok(buf.split_off(end + 4));
         }
         if buf.len() > MAX_RESPONSE_HEAD {
@@ -161,11 +186,29 @@ mod tests {
         let key = "dGhlIHNhbXBsZSBub25jZQ==";
         let ok = "HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\nconnection: upgrade\r\n\
                   sec-websocket-accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=";
-        assert!(check_upgrade_response(ok, key).is_ok());
+        assert!(check_upgrade_response(ok, key, false).is_ok());
         let refused = "HTTP/1.1 503 Service Unavailable\r\ncontent-length: 0";
-        assert!(check_upgrade_response(refused, key).unwrap_err().contains("503"));
+        assert!(check_upgrade_response(refused, key, false)
+            .unwrap_err()
+            .contains("503"));
         let wrong = "HTTP/1.1 101 Switching Protocols\r\nSec-WebSocket-Accept: nope";
-        assert!(check_upgrade_response(wrong, key).unwrap_err().contains("Accept"));
+        assert!(check_upgrade_response(wrong, key, false)
+            .unwrap_err()
+            .contains("Accept"));
+    }
+
+    #[test]
+    fn the_deflate_answer_is_required_when_offered_and_refused_when_not() {
+        let key = "dGhlIHNhbXBsZSBub25jZQ==";
+        let ok = "HTTP/1.1 101 Switching Protocols\r\nsec-websocket-accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=";
+        let answer = "\r\nSec-WebSocket-Extensions: permessage-deflate; server_no_context_takeover; \
+                      client_no_context_takeover";
+        let with = format!("{ok}{answer}");
+        assert!(check_upgrade_response(&with, key, true).is_ok());
+        let e = check_upgrade_response(ok, key, true).unwrap_err();
+        assert!(e.contains("did not accept"), "{e}");
+        let e = check_upgrade_response(&with, key, false).unwrap_err();
+        assert!(e.contains("not offered"), "{e}");
     }
 
     #[test]

@@ -6,6 +6,11 @@
 //! the rest (a partial frame) and feeds it again with the next read. Unfragmented messages are
 //! handed out as slices of the read buffer, without copying; only fragmented messages are
 //! collected into the connection's own buffer.
+//!
+//! With permessage-deflate negotiated ([`Reassembler::new`]), RSV1 on a message's first frame
+//! marks it compressed: it is handed out as [`Event::Compressed`], still compressed, and the
+//! receiver inflates it ([`crate::deflate`]) with the thread's one inflater. Without it, or on a
+//! control or continuation frame, RSV1 is a protocol error (RFC 7692 §6).
 
 use std::fmt;
 
@@ -23,6 +28,8 @@ pub const MAX_MESSAGE: usize = 64 << 20;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Header {
     pub fin: bool,
+    /// RSV1: a compressed message (permessage-deflate), if the extension was negotiated.
+    pub rsv1: bool,
     pub opcode: u8,
     /// Header bytes, including the masking key when present.
     pub header_len: usize,
@@ -33,6 +40,24 @@ pub struct Header {
 impl Header {
     pub fn frame_len(&self) -> usize {
         self.header_len + self.payload_len
+    }
+}
+
+/// How a message came on the wire: its frame's size (header and payload as sent) and whether
+/// it was compressed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Wire {
+    pub len: usize,
+    pub compressed: bool,
+}
+
+impl Wire {
+    /// An unfragmented frame from the server carrying `payload_len` bytes.
+    pub fn of(payload_len: usize, compressed: bool) -> Wire {
+        Wire {
+            len: server_frame_len(payload_len),
+            compressed,
+        }
     }
 }
 
@@ -50,6 +75,10 @@ pub fn server_frame_len(payload_len: usize) -> usize {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum FrameError {
     ReservedBits(u8),
+    /// RSV1 without permessage-deflate negotiated.
+    Rsv1NotNegotiated,
+    /// RSV1 on a control or continuation frame (opcode).
+    Rsv1Misplaced(u8),
     UnknownOpcode(u8),
     ControlTooLong(usize),
     ControlFragmented(u8),
@@ -62,6 +91,10 @@ impl fmt::Display for FrameError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             FrameError::ReservedBits(b) => write!(f, "reserved bits set in first byte {b:#04x}"),
+            FrameError::Rsv1NotNegotiated => write!(f, "RSV1 set without permessage-deflate negotiated"),
+            FrameError::Rsv1Misplaced(op) => {
+                write!(f, "RSV1 set on a control or continuation frame (opcode {op:#x})")
+            }
             FrameError::UnknownOpcode(op) => write!(f, "unknown opcode {op:#x}"),
             FrameError::ControlTooLong(n) => write!(f, "control frame with {n}-byte payload (max 125)"),
             FrameError::ControlFragmented(op) => write!(f, "fragmented control frame (opcode {op:#x})"),
@@ -76,16 +109,18 @@ impl fmt::Display for FrameError {
 
 impl std::error::Error for FrameError {}
 
-/// Parses one frame header from the start of `buf`. `Ok(None)`: not enough bytes yet.
+/// Parses one frame header from the start of `buf`. `Ok(None)`: not enough bytes yet. RSV1 is
+/// reported (whether it may be set is the [`Reassembler`]'s to say); RSV2 and RSV3 are errors.
 pub fn parse_header(buf: &[u8]) -> Result<Option<Header>, FrameError> {
     if buf.len() < 2 {
         return Ok(None);
     }
     let (b0, b1) = (buf[0], buf[1]);
-    if b0 & 0x70 != 0 {
+    if b0 & 0x30 != 0 {
         return Err(FrameError::ReservedBits(b0));
     }
     let fin = b0 & 0x80 != 0;
+    let rsv1 = b0 & 0x40 != 0;
     let opcode = b0 & 0x0f;
     if !matches!(
         opcode,
@@ -137,6 +172,7 @@ pub fn parse_header(buf: &[u8]) -> Result<Option<Header>, FrameError> {
     };
     Ok(Some(Header {
         fin,
+        rsv1,
         opcode,
         header_len,
         payload_len,
@@ -149,6 +185,11 @@ pub fn parse_header(buf: &[u8]) -> Result<Option<Header>, FrameError> {
 pub enum Event<'a> {
     Text(&'a [u8]),
     Binary(&'a [u8]),
+    /// A message with RSV1 (permessage-deflate), its payload as it came: still to inflate.
+    Compressed {
+        binary: bool,
+        payload: &'a [u8],
+    },
     Ping(&'a [u8]),
     Pong,
     /// The close code, when the frame carried one.
@@ -162,16 +203,44 @@ pub struct Reassembler {
     partial: Vec<u8>,
     /// Opcode of the fragmented message in progress (0: none).
     partial_op: u8,
+    /// Whether the fragmented message in progress is compressed (RSV1 on its first frame).
+    partial_compressed: bool,
+    /// permessage-deflate was negotiated: RSV1 may mark a message compressed.
+    deflate: bool,
     /// Scratch space to unmask a (non-conforming) masked server frame.
     unmasked: Vec<u8>,
 }
 
+/// A whole message as its event.
+fn message(opcode: u8, compressed: bool, payload: &[u8]) -> Event<'_> {
+    let binary = opcode == OP_BINARY;
+    match (compressed, binary) {
+        (true, _) => Event::Compressed { binary, payload },
+        (false, false) => Event::Text(payload),
+        (false, true) => Event::Binary(payload),
+    }
+}
+
 impl Reassembler {
+    /// The state of a new connection; `deflate`: permessage-deflate was negotiated.
+    pub fn new(deflate: bool) -> Reassembler {
+        Reassembler {
+            deflate,
+            ..Reassembler::default()
+        }
+    }
+
     /// Handles every complete frame at the start of `buf`, calling `on_event` for each message
     /// and control frame; returns the bytes consumed. Stops after a close frame.
     pub fn feed(&mut self, buf: &[u8], mut on_event: impl FnMut(Event<'_>)) -> Result<usize, FrameError> {
         let mut at = 0;
         while let Some(h) = parse_header(&buf[at..])? {
+            if h.rsv1 && !self.deflate {
+                return Err(FrameError::Rsv1NotNegotiated);
+            }
+            if h.rsv1 && !matches!(h.opcode, OP_TEXT | OP_BINARY) {
+                return Err(FrameError::Rsv1Misplaced(h.opcode));
+            }
             if buf.len() - at < h.frame_len() {
                 break;
             }
@@ -186,10 +255,10 @@ impl Reassembler {
             }
             match h.opcode {
                 OP_TEXT | OP_BINARY if self.partial_op != 0 => return Err(FrameError::InterleavedData),
-                OP_TEXT if h.fin => on_event(Event::Text(payload)),
-                OP_BINARY if h.fin => on_event(Event::Binary(payload)),
+                OP_TEXT | OP_BINARY if h.fin => on_event(message(h.opcode, h.rsv1, payload)),
                 OP_TEXT | OP_BINARY => {
                     self.partial_op = h.opcode;
+                    self.partial_compressed = h.rsv1;
                     self.partial.clear();
                     self.partial.extend_from_slice(payload);
                 }
@@ -203,13 +272,9 @@ impl Reassembler {
                     self.partial.extend_from_slice(payload);
                     if h.fin {
                         let op = std::mem::take(&mut self.partial_op);
-                        let message = std::mem::take(&mut self.partial);
-                        if op == OP_TEXT {
-                            on_event(Event::Text(&message));
-                        } else {
-                            on_event(Event::Binary(&message));
-                        }
-                        self.partial = message;
+                        let whole = std::mem::take(&mut self.partial);
+                        on_event(message(op, self.partial_compressed, &whole));
+                        self.partial = whole;
                         self.partial.clear();
                         if self.partial.capacity() > 1 << 20 {
                             self.partial = Vec::new();
@@ -272,6 +337,7 @@ mod tests {
     enum Owned {
         Text(Vec<u8>),
         Binary(Vec<u8>),
+        Compressed(bool, Vec<u8>),
         Ping(Vec<u8>),
         Pong,
         Close(Option<u16>),
@@ -282,6 +348,7 @@ mod tests {
             out.push(match e {
                 Event::Text(p) => Owned::Text(p.to_vec()),
                 Event::Binary(p) => Owned::Binary(p.to_vec()),
+                Event::Compressed { binary, payload } => Owned::Compressed(binary, payload.to_vec()),
                 Event::Ping(p) => Owned::Ping(p.to_vec()),
                 Event::Pong => Owned::Pong,
                 Event::Close(c) => Owned::Close(c),
@@ -308,7 +375,9 @@ mod tests {
 
     #[test]
     fn rejects_bad_headers() {
-        assert_eq!(parse_header(&[0xC1, 0]), Err(FrameError::ReservedBits(0xC1)));
+        assert_eq!(parse_header(&[0xA1, 0]), Err(FrameError::ReservedBits(0xA1)));
+        assert_eq!(parse_header(&[0xD1, 0]), Err(FrameError::ReservedBits(0xD1)));
+        assert!(parse_header(&[0xC1, 0]).unwrap().unwrap().rsv1);
         assert_eq!(parse_header(&[0x83, 0]), Err(FrameError::UnknownOpcode(3)));
         assert_eq!(
             parse_header(&[0x89, 126, 0, 200]),
@@ -351,6 +420,52 @@ mod tests {
             }
             assert_eq!(got, want, "cut at {cut}");
         }
+    }
+
+    /// A frame with RSV1 set.
+    fn compressed(opcode: u8, fin: bool, payload: &[u8]) -> Vec<u8> {
+        let mut f = server_frame(opcode, fin, payload);
+        f[0] |= 0x40;
+        f
+    }
+
+    #[test]
+    fn rsv1_marks_compressed_messages_once_negotiated() {
+        let mut wire = compressed(OP_TEXT, true, b"deflated");
+        wire.extend(server_frame(OP_TEXT, true, b"plain"));
+        // A fragmented compressed message: RSV1 on the first frame only, a ping between.
+        wire.extend(compressed(OP_BINARY, false, b"def"));
+        wire.extend(server_frame(OP_PING, true, b""));
+        wire.extend(server_frame(OP_CONTINUATION, true, b"lated"));
+        let want = vec![
+            Owned::Compressed(false, b"deflated".to_vec()),
+            Owned::Text(b"plain".to_vec()),
+            Owned::Ping(Vec::new()),
+            Owned::Compressed(true, b"deflated".to_vec()),
+        ];
+        for cut in 0..=wire.len() {
+            let mut r = Reassembler::new(true);
+            let mut got = Vec::new();
+            let used = collect(&mut r, &wire[..cut], &mut got);
+            let mut rest = wire[used..cut].to_vec();
+            rest.extend_from_slice(&wire[cut..]);
+            collect(&mut r, &rest, &mut got);
+            assert_eq!(got, want, "cut at {cut}");
+        }
+        // Not negotiated; on a control frame; on a continuation.
+        let mut r = Reassembler::default();
+        let one = compressed(OP_TEXT, true, b"x");
+        assert_eq!(r.feed(&one, |_| {}), Err(FrameError::Rsv1NotNegotiated));
+        let mut r = Reassembler::new(true);
+        let ping = compressed(OP_PING, true, b"");
+        assert_eq!(r.feed(&ping, |_| {}), Err(FrameError::Rsv1Misplaced(OP_PING)));
+        let mut r = Reassembler::new(true);
+        let mut split = server_frame(OP_TEXT, false, b"a");
+        split.extend(compressed(OP_CONTINUATION, true, b"b"));
+        assert_eq!(
+            r.feed(&split, |_| {}),
+            Err(FrameError::Rsv1Misplaced(OP_CONTINUATION))
+        );
     }
 
     #[test]

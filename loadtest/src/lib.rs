@@ -19,6 +19,8 @@
 //!   prefixes (checked with `tickwire-proto`'s `Topic`).
 //! - [`client`]: TCP connections bound to a source address, the WebSocket upgrade.
 //! - [`frame`]: the zero-copy WebSocket frame parser and the masked frame encoder.
+//! - [`deflate`]: permessage-deflate (`--deflate`): the offer, the answer's check, the
+//!   per-thread inflater of compressed messages.
 //! - [`proto`]: recognising tickwire's frames, building requests and publish bodies (the
 //!   publish replies parse into the shared `tickwire-proto` types).
 //! - [`plan`]: topic names (flat or in groups for patterns) and who subscribes to what.
@@ -37,6 +39,7 @@
 pub mod bench;
 pub mod bench_bandwidth;
 pub mod client;
+pub mod deflate;
 pub mod frame;
 pub mod gaps;
 pub mod http;

@@ -92,6 +92,10 @@ struct CommonArgs {
     /// Free text copied into the report.
     #[arg(long, default_value = "")]
     label: String,
+    /// Offer permessage-deflate in every WebSocket upgrade (a connection the server does not
+    /// accept it on fails) and inflate compressed updates before reading them.
+    #[arg(long)]
+    deflate: bool,
 }
 
 impl CommonArgs {
@@ -117,6 +121,7 @@ impl CommonArgs {
         c.connect_timeout = self.connect_timeout;
         c.progress = !self.quiet;
         c.label = self.label.clone();
+        c.deflate = self.deflate;
         if self.server_pid.is_some() {
             c.server_pid = self.server_pid;
         }

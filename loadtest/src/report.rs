@@ -91,8 +91,9 @@ pub fn fanout(r: &FanoutReport) -> String {
     t.row(
         "scenario",
         format!(
-            "fanout{}: N={} T={} K={} {pace}, {} B payloads, warmup {}s + window {}s + drain ≤{}s",
-            label(&r.label), p.connections, p.topics, p.subs_per_conn, p.payload_bytes, p.warmup_s, p.duration_s, p.drain_s
+            "fanout{}: N={} T={} K={} {pace}, {} B payloads{}, warmup {}s + window {}s + drain ≤{}s",
+            label(&r.label), p.connections, p.topics, p.subs_per_conn, p.payload_bytes,
+            if p.deflate { " (permessage-deflate)" } else { "" }, p.warmup_s, p.duration_s, p.drain_s
         ),
     )
     .row(
@@ -159,12 +160,13 @@ pub fn fanout(r: &FanoutReport) -> String {
     .row(
         "client",
         format!(
-            "CPU {:.0} % of one core; machine {:.0} % busy of {} cores (other processes {}); {} reads, {} closed early",
+            "CPU {:.0} % of one core; machine {:.0} % busy of {} cores (other processes {}); {} reads, {} compressed messages, {} closed early",
             r.client.cpu_pct,
             r.client.machine_busy_pct,
             r.client.ncpu,
             opt(r.other_cpu_pct, 0, " % of one core"),
             thousands(r.receive.reads),
+            thousands(r.receive.compressed),
             r.closed_early
         ),
     );
@@ -181,12 +183,17 @@ pub fn idle(r: &IdleReport) -> String {
     t.row(
         "scenario",
         format!(
-            "idle{}: N={} T={} K={}, held {} s",
+            "idle{}: N={} T={} K={}, held {} s{}",
             label(&r.label),
             r.params.connections,
             r.params.topics,
             r.params.subs_per_conn,
-            r.params.hold_s
+            r.params.hold_s,
+            if r.params.deflate {
+                ", permessage-deflate"
+            } else {
+                ""
+            }
         ),
     )
     .row(
@@ -237,12 +244,17 @@ pub fn connect(r: &ConnectReport) -> String {
     t.row(
         "scenario",
         format!(
-            "connect{}: N={}, {} at a time, {} threads, {} source addresses",
+            "connect{}: N={}, {} at a time, {} threads, {} source addresses{}",
             label(&r.label),
             r.params.connections,
             r.params.concurrency,
             r.params.threads,
-            r.params.source_ips
+            r.params.source_ips,
+            if r.params.deflate {
+                ", permessage-deflate"
+            } else {
+                ""
+            }
         ),
     )
     .row(

@@ -111,6 +111,10 @@ pub struct ServerSnap {
     pub delta_frames_total: Option<f64>,
     /// `tickwire_bytes_saved_total{by="delta"}`: bytes of full frames the deltas replaced.
     pub bytes_saved_delta: Option<f64>,
+    /// `tickwire_compressed_frames_total`: frames queued compressed (permessage-deflate).
+    pub compressed_frames_total: Option<f64>,
+    /// `tickwire_bytes_saved_total{by="deflate"}`: what compressing those frames saved.
+    pub bytes_saved_deflate: Option<f64>,
     /// `tickwire_bytes_sent_total`: bytes written to WebSocket connections.
     pub bytes_sent_total: Option<f64>,
     #[serde(skip)]
@@ -129,6 +133,8 @@ impl ServerSnap {
             published_total: g("tickwire_messages_published_total"),
             delta_frames_total: g("tickwire_delta_frames_total"),
             bytes_saved_delta: g(r#"tickwire_bytes_saved_total{by="delta"}"#),
+            compressed_frames_total: g("tickwire_compressed_frames_total"),
+            bytes_saved_deflate: g(r#"tickwire_bytes_saved_total{by="deflate"}"#),
             bytes_sent_total: g("tickwire_bytes_sent_total"),
             at: Some(std::time::Instant::now()),
         }
@@ -205,6 +211,8 @@ mod tests {
             tickwire_messages_published_total{source=\"feed\"} 5\n\
             weird{label=\"a } b\"} 1\n\
             tickwire_bytes_saved_total{by=\"delta\"} 640\n\
+            tickwire_bytes_saved_total{by=\"deflate\"} 9000\n\
+            tickwire_compressed_frames_total 12\n\
             tickwire_delivery_latency_seconds_bucket{le=\"+Inf\"} 7 1700000000\n";
         let m = parse_metrics(text);
         assert_eq!(m["process_resident_memory_bytes"], 12_345_000.0);
@@ -215,6 +223,8 @@ mod tests {
         assert_eq!(s.connections, Some(3.0));
         assert_eq!(s.cpu_seconds, None);
         assert_eq!(s.bytes_saved_delta, Some(640.0));
+        assert_eq!(s.bytes_saved_deflate, Some(9000.0));
+        assert_eq!(s.compressed_frames_total, Some(12.0));
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! The bandwidth scenario, as a library call, against a tickwire server running in this
-//! process: every shape plain and with deltas, and under a max rate.
+//! process: every shape plain and with deltas, book and doc also compressed (permessage-deflate)
+//! with and without deltas, and under a max rate.
 
 use std::time::Duration;
 
@@ -90,25 +91,94 @@ fn assert_complete(r: &BandwidthReport) {
     assert_eq!(r.bytes.window.updates, d.delivered_in_window, "{what}");
 }
 
-/// Runs `shape` plain and then with deltas on one server; returns both reports.
-fn plain_and_delta(shape: Shape, n: usize, rate: f64) -> anyhow::Result<(BandwidthReport, BandwidthReport)> {
+/// The runs of one shape on one server: plain, with deltas and, with `compressed`, also
+/// `deflate` and `delta+deflate`, in that order.
+fn modes(shape: Shape, n: usize, rate: f64, compressed: bool) -> anyhow::Result<Vec<BandwidthReport>> {
     let rt = runtime()?;
     let server = InProcess::start(&rt)?;
     let name = shape.name();
-    let plain = bandwidth::run(&server.config(&format!("{name}.plain"), shape, n, rate)?)?;
-    let mut cfg = server.config(&format!("{name}.delta"), shape, n, rate)?;
-    cfg.delta = true;
-    let delta = bandwidth::run(&cfg)?;
+    let modes = [(false, false), (true, false), (false, true), (true, true)];
+    let mut runs = Vec::new();
+    for (delta, deflate) in modes.into_iter().take(if compressed { 4 } else { 2 }) {
+        let prefix = format!("{name}.{}{}", if delta { "d" } else { "p" }, u8::from(deflate));
+        let mut cfg = server.config(&prefix, shape, n, rate)?;
+        cfg.delta = delta;
+        cfg.common.deflate = deflate;
+        runs.push(bandwidth::run(&cfg)?);
+    }
     server.stop(&rt)?;
-    for r in [&plain, &delta] {
+    for r in &runs {
         assert_complete(r);
     }
+    let (plain, delta) = (&runs[0], &runs[1]);
     // Without deltas every update is whole: what came is what a full frame is.
     assert_eq!(plain.params.mode, "plain");
     assert_eq!(plain.bytes.delta_frames, 0);
     assert_eq!(plain.bytes.wire_bytes, plain.bytes.full_wire_bytes);
     assert_eq!(plain.server.delta_frames, Some(0.0));
-    Ok((plain, delta))
+    for r in [plain, delta] {
+        assert_eq!(r.bytes.compressed_frames, 0, "{}", r.params.mode);
+        assert_eq!(r.receive.compressed, 0, "{}", r.params.mode);
+        assert_eq!(r.server.compressed_frames, Some(0.0), "{}", r.params.mode);
+    }
+    Ok(runs)
+}
+
+/// Book and doc with permessage-deflate: every update whole is compressed, the client inflates
+/// and checks each one, counts the same compressed frames and savings as the server, and pays
+/// at least `at_least` times fewer bytes than plain; with deltas too, fewer than with deltas
+/// alone (a subscription's first update, whole, comes compressed).
+fn assert_compression_pays(runs: &[BandwidthReport], at_least: f64) {
+    let [plain, delta, deflate, both] = runs else {
+        panic!("four runs expected, got {}", runs.len());
+    };
+    assert_eq!(
+        (deflate.params.mode, both.params.mode),
+        ("deflate", "delta+deflate")
+    );
+    let n = plain.params.connections as u64;
+    for r in [deflate, both] {
+        let (b, s, what) = (&r.bytes, &r.server, r.params.mode);
+        assert!(b.compressed_frames >= n, "{what}: {b:?}");
+        assert_eq!(s.compressed_frames, Some(b.compressed_frames as f64), "{what}");
+        // Nothing else came compressed: no reply, no snapshot.
+        assert_eq!(r.receive.compressed, b.compressed_frames, "{what}");
+        assert_eq!(
+            s.bytes_saved_deflate,
+            Some(b.deflate_saved_bytes as f64),
+            "{what}"
+        );
+        let saved = s.bytes_saved_delta.unwrap_or(0.0) + s.bytes_saved_deflate.unwrap_or(0.0);
+        assert_eq!(
+            saved, b.saved_bytes as f64,
+            "{what}: full − wire is what both saved"
+        );
+        let (pd, dd) = (plain.bytes.data_per_delivery, b.data_per_delivery);
+        assert!((pd - dd).abs() < pd * 0.05, "{what}: data {pd} vs {dd}");
+        assert!(
+            b.wire_per_delivery < plain.bytes.wire_per_delivery,
+            "{what}: {b:?}"
+        );
+    }
+    let b = &deflate.bytes;
+    assert_eq!(b.compressed_frames, deflate.deliveries.updates_received);
+    assert_eq!((b.delta_frames, deflate.server.bytes_saved_delta), (0, Some(0.0)));
+    assert_eq!(b.deflate_saved_bytes, b.saved_bytes);
+    assert!(
+        b.wire_per_delivery * at_least < plain.bytes.wire_per_delivery,
+        "deflate: {:.0} B vs {:.0} B plain",
+        b.wire_per_delivery,
+        plain.bytes.wire_per_delivery
+    );
+    assert!(b.window.wire_per_delivery * at_least < plain.bytes.window.wire_per_delivery);
+    let b = &both.bytes;
+    assert_eq!(b.delta_frames, both.deliveries.updates_received - n);
+    assert!(
+        b.wire_per_delivery < delta.bytes.wire_per_delivery,
+        "delta+deflate: {:.0} B vs {:.0} B with deltas alone",
+        b.wire_per_delivery,
+        delta.bytes.wire_per_delivery
+    );
 }
 
 /// Book and doc: every update after the first is a delta (each subscriber got the seq before
@@ -147,24 +217,29 @@ fn assert_deltas_pay(shape: Shape, plain: &BandwidthReport, delta: &BandwidthRep
 }
 
 #[test]
-fn book_deltas_rebuild_exactly_and_save_bytes() -> anyhow::Result<()> {
-    let (plain, delta) = plain_and_delta(Shape::Book, 20, 40.0)?;
+fn book_deltas_and_compression_rebuild_exactly_and_save_bytes() -> anyhow::Result<()> {
+    let runs = modes(Shape::Book, 20, 40.0, true)?;
+    let (plain, delta) = (&runs[0], &runs[1]);
     assert!((2_900.0..3_600.0).contains(&plain.bytes.data_per_delivery));
-    assert_deltas_pay(Shape::Book, &plain, &delta, 5.0);
+    assert_deltas_pay(Shape::Book, plain, delta, 5.0);
+    assert_compression_pays(&runs, 2.0);
     Ok(())
 }
 
 #[test]
-fn doc_deltas_rebuild_exactly_and_save_bytes() -> anyhow::Result<()> {
-    let (plain, delta) = plain_and_delta(Shape::Doc, 20, 40.0)?;
+fn doc_deltas_and_compression_rebuild_exactly_and_save_bytes() -> anyhow::Result<()> {
+    let runs = modes(Shape::Doc, 20, 40.0, true)?;
+    let (plain, delta) = (&runs[0], &runs[1]);
     assert!((4_500.0..5_600.0).contains(&plain.bytes.data_per_delivery));
-    assert_deltas_pay(Shape::Doc, &plain, &delta, 10.0);
+    assert_deltas_pay(Shape::Doc, plain, delta, 10.0);
+    assert_compression_pays(&runs, 2.0);
     Ok(())
 }
 
 #[test]
 fn tick_is_too_small_for_deltas() -> anyhow::Result<()> {
-    let (plain, delta) = plain_and_delta(Shape::Tick, 20, 100.0)?;
+    let runs = modes(Shape::Tick, 20, 100.0, false)?;
+    let (plain, delta) = (&runs[0], &runs[1]);
     // ~90 B of data is under the server's delta.min_bytes (128): always whole.
     assert!(plain.bytes.data_per_delivery < 128.0);
     assert_eq!(delta.bytes.delta_frames, 0);

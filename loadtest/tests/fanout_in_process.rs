@@ -134,6 +134,83 @@ fn lockstep_publishes_a_fixed_count_and_ends_the_window_when_done() -> anyhow::R
 }
 
 #[test]
+fn fanout_with_deflate_inflates_every_update_without_loss() -> anyhow::Result<()> {
+    let rt = runtime()?;
+    let InProcess { addr, stop, server } = start_server(&rt)?;
+    let mut common = Common::new(parse_ws_url(&format!("ws://{addr}/ws"))?);
+    common.deflate = true;
+
+    // Paced: 1,000-byte payloads (over compression.min_bytes) to 30 subscribers.
+    let mut cfg = FanoutConfig::new(common.clone());
+    cfg.connections = 30;
+    cfg.rate = 200.0;
+    cfg.payload_bytes = 1000;
+    cfg.warmup = Duration::from_millis(300);
+    cfg.duration = Duration::from_millis(1500);
+    cfg.drain = Duration::from_secs(3);
+    cfg.topic_prefix = "it.deflate.t".into();
+    let r = fanout::run(&cfg)?;
+    assert!(r.errors.is_empty(), "{:?}", r.errors);
+    assert!(r.params.deflate);
+    assert_eq!((r.connect.ready, r.closed_early), (30, 0));
+    let published = r.publish.confirmed;
+    assert!(published >= 200, "published only {published}");
+    assert_eq!(published, r.publish.sent);
+    assert_eq!((r.gaps.lost, r.gaps.conflated), (0, 0), "{:?}", r.gaps);
+    assert_eq!(r.deliveries.updates_received, published * 30);
+    // Every update came compressed and was read after inflating (stamp, topic, seq).
+    assert_eq!(r.receive.compressed, published * 30);
+    assert_eq!(r.receive.foreign + r.receive.unstamped + r.receive.unparsed, 0);
+    let d = &r.deliveries;
+    assert_eq!(d.delivered_in_window, d.expected_in_window);
+    assert!(d.drained_early);
+    // The socket carried less than the updates' plain size (each > 1,000 bytes).
+    assert!(
+        r.receive.bytes < published * 30 * 1000 / 2,
+        "{} bytes",
+        r.receive.bytes
+    );
+
+    // Lockstep, as callgrind runs it: each publication waits for the compressed updates of
+    // the one before, so the count must include them.
+    let mut cfg = FanoutConfig::new(common);
+    cfg.connections = 20;
+    cfg.payload_bytes = 1000;
+    cfg.lockstep = Some(40);
+    cfg.duration = Duration::from_secs(30); // an upper bound only
+    cfg.topic_prefix = "it.deflate.lockstep.t".into();
+    let r = fanout::run(&cfg)?;
+    assert!(r.errors.is_empty(), "{:?}", r.errors);
+    assert_eq!((r.publish.sent, r.publish.confirmed), (40, 40));
+    assert_eq!(r.deliveries.updates_received, 800);
+    assert_eq!(r.receive.compressed, 800);
+    assert!(r.params.duration_s < 20.0, "{}", r.params.duration_s);
+
+    stop.send(()).ok();
+    rt.block_on(server)??;
+    Ok(())
+}
+
+#[test]
+fn deflate_fails_connections_the_server_does_not_compress() -> anyhow::Result<()> {
+    let rt = runtime()?;
+    let InProcess { addr, stop, server } = start_server_with(&rt, "[compression]\nenabled = false")?;
+    let mut common = Common::new(parse_ws_url(&format!("ws://{addr}/ws"))?);
+    common.deflate = true;
+    common.connect_attempts = 1;
+    let mut cfg = FanoutConfig::new(common);
+    cfg.connections = 3;
+    cfg.topic_prefix = "it.deflate.off.t".into();
+    let e = fanout::run(&cfg)
+        .expect_err("no connection may be ready")
+        .to_string();
+    assert!(e.contains("did not accept permessage-deflate"), "{e}");
+    stop.send(()).ok();
+    rt.block_on(server)??;
+    Ok(())
+}
+
+#[test]
 fn patterns_creates_the_topics_and_times_every_subscribe() -> anyhow::Result<()> {
     let rt = runtime()?;
     let limits = "[server]\nrequests_per_second = 100000.0\nrequest_burst = 100000";

@@ -24,6 +24,8 @@ pub struct ConnectConfig {
 pub struct ConnectParams {
     pub connections: usize,
     pub concurrency: usize,
+    /// Every upgrade offered permessage-deflate (and had it accepted).
+    pub deflate: bool,
     pub threads: usize,
     pub source_ips: usize,
 }
@@ -78,6 +80,7 @@ pub fn run(cfg: &ConnectConfig) -> anyhow::Result<ConnectReport> {
         params: ConnectParams {
             connections: cfg.connections,
             concurrency: c.connect_concurrency,
+            deflate: c.deflate,
             threads: c.threads,
             source_ips: c.source_ips.len().max(1),
         },

@@ -102,6 +102,8 @@ pub struct FanoutParams {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub lockstep: Option<u64>,
     pub payload_bytes: usize,
+    /// permessage-deflate negotiated on every connection.
+    pub deflate: bool,
     pub warmup_s: f64,
     pub duration_s: f64,
     pub drain_s: f64,
@@ -391,6 +393,7 @@ pub fn run(cfg: &FanoutConfig) -> anyhow::Result<FanoutReport> {
             rate: cfg.rate,
             lockstep: cfg.lockstep,
             payload_bytes: cfg.payload_bytes,
+            deflate: c.deflate,
             warmup_s: secs(warmup),
             duration_s,
             drain_s: secs(cfg.drain),

@@ -44,6 +44,8 @@ pub struct IdleParams {
     pub topics: u32,
     pub subs_per_conn: u32,
     pub hold_s: f64,
+    /// permessage-deflate negotiated on every connection.
+    pub deflate: bool,
     pub threads: usize,
     pub source_ips: usize,
 }
@@ -142,6 +144,7 @@ pub fn run(cfg: &IdleConfig) -> anyhow::Result<IdleReport> {
             topics: cfg.topics,
             subs_per_conn: cfg.subs_per_conn,
             hold_s: secs(cfg.hold),
+            deflate: c.deflate,
             threads: c.threads,
             source_ips: c.source_ips.len().max(1),
         },

@@ -36,6 +36,8 @@ pub struct Common {
     pub label: String,
     /// The server process, for precise CPU figures (`/metrics` has whole seconds only).
     pub server_pid: Option<u32>,
+    /// Every WebSocket connection offers permessage-deflate and fails if it is not accepted.
+    pub deflate: bool,
 }
 
 impl Common {
@@ -54,6 +56,7 @@ impl Common {
             progress: false,
             label: String::new(),
             server_pid,
+            deflate: false,
         }
     }
 
@@ -70,6 +73,7 @@ impl Common {
             recovery: false,
             subscribe: Default::default(),
             watch: None,
+            deflate: self.deflate,
         }
     }
 

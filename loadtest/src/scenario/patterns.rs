@@ -138,12 +138,15 @@ impl Connection {
     async fn open(c: &Common) -> anyhow::Result<Connection> {
         let mut stream = client::open(c.target.addr, c.source_ips.first().copied()).await?;
         let mut rng = Rng::new(0x7a77);
-        let buf = client::handshake(&mut stream, &c.target.host, &c.target.path, &mut rng).await?;
+        let (host, path) = (&c.target.host, &c.target.path);
+        let buf = client::handshake(&mut stream, host, path, &mut rng, c.deflate).await?;
         Ok(Connection {
             stream,
             rng,
             buf,
-            frames: Reassembler::default(),
+            // Replies always come plain: with deflate, a compressed message (an update) is
+            // skipped like the snapshots are.
+            frames: Reassembler::new(c.deflate),
         })
     }
 

@@ -14,7 +14,7 @@ use crate::scenario::{secs, ClientUsage, LatencySummary};
 pub struct BandwidthParams {
     pub connections: usize,
     pub shape: Shape,
-    /// `plain` or `delta`.
+    /// `plain`, `delta`, `deflate` or `delta+deflate`.
     pub mode: &'static str,
     pub max_rate: Option<f64>,
     pub rate: f64,
@@ -47,11 +47,13 @@ pub struct Deliveries {
 
 #[derive(Debug, Clone, Serialize)]
 pub struct WireFigures {
-    /// Update frames as read from the socket (WebSocket header included) per update received.
+    /// Update frames as read from the socket (WebSocket header included, compressed as they
+    /// came) per update received.
     pub wire_per_delivery: f64,
-    /// The same updates as full frames (`data` instead of `delta`) per update received.
+    /// The same updates as plain full frames (`data` instead of `delta`, not compressed) per
+    /// update received.
     pub full_per_delivery: f64,
-    /// full / wire: what the deltas saved (1 without them).
+    /// full / wire: what deltas and compression saved together (1 with neither).
     pub full_over_wire: f64,
     /// The data (rebuilt) per update.
     pub data_per_delivery: f64,
@@ -63,7 +65,14 @@ pub struct WireFigures {
     /// Updates that came as deltas, and their share of all updates (%).
     pub delta_frames: u64,
     pub delta_share_pct: f64,
-    /// full − wire: the bytes the delta frames saved (compare with the server's metric).
+    /// Updates that came compressed (permessage-deflate), and their share of all updates (%).
+    pub compressed_frames: u64,
+    pub compressed_share_pct: f64,
+    /// What compression saved: each compressed frame inflated, less the frame as it came
+    /// (compare with the server's `tickwire_bytes_saved_total{by="deflate"}`).
+    pub deflate_saved_bytes: u64,
+    /// full − wire: the bytes deltas and compression saved (compare with the server's
+    /// `tickwire_bytes_saved_total`, both labels).
     pub saved_bytes: u64,
     /// The same for the updates stamped in the window alone: the steady state, once every
     /// subscriber has had the full frame its subscription starts with.
@@ -94,9 +103,12 @@ pub struct ServerFigures {
     /// Over the window, % of one core.
     pub cpu_pct: Option<f64>,
     /// Over the run: `tickwire_delta_frames_total`, `tickwire_bytes_saved_total{by="delta"}`,
+    /// `tickwire_compressed_frames_total`, `tickwire_bytes_saved_total{by="deflate"}`,
     /// `tickwire_bytes_sent_total`, `tickwire_messages_conflated_total`.
     pub delta_frames: Option<f64>,
     pub bytes_saved_delta: Option<f64>,
+    pub compressed_frames: Option<f64>,
+    pub bytes_saved_deflate: Option<f64>,
     pub bytes_sent: Option<f64>,
     pub conflated: Option<f64>,
     pub rss_end: Option<f64>,
@@ -147,6 +159,9 @@ pub(super) fn wire_figures(t: &Totals, socket_bytes: u64) -> WireFigures {
         socket_bytes,
         delta_frames: t.delta_frames,
         delta_share_pct: 100.0 * t.delta_frames as f64 / t.updates.max(1) as f64,
+        compressed_frames: t.compressed_frames,
+        compressed_share_pct: 100.0 * t.compressed_frames as f64 / t.updates.max(1) as f64,
+        deflate_saved_bytes: t.deflate_saved_bytes,
         saved_bytes: t.full_wire_bytes.saturating_sub(t.wire_bytes),
         window: WindowFigures {
             updates: t.window_updates,

@@ -1,6 +1,6 @@
 //! `bandwidth`: what a subscriber pays in bytes per update, with and without Fossil deltas
-//! (`"delta":"fossil"`) and under a max rate (`"max_rate"`), checking every update's data while
-//! measuring (issue 18 §5).
+//! (`"delta":"fossil"`), permessage-deflate (`--deflate`) and under a max rate (`"max_rate"`),
+//! checking every update's data while measuring (issue 18 §5).
 //!
 //! One topic, N subscribers subscribing with the options given, one publisher at R msg/s whose
 //! payloads have a [`shapes::Shape`] (`tick`, `book`, `doc`): each publication changes a little
@@ -18,13 +18,12 @@
 //! check, `figures` the report and what fails a run, [`summary`] the human summary; this file
 //! the options and the run.
 //!
-//! Compression: permessage-deflate is not implemented by the server yet. A `--deflate` mode
-//! would offer it in the upgrade (`client::handshake`), have `frame::Reassembler` inflate RSV1
-//! messages and report each message's size on the wire to [`crate::pool::Watch::update`]
-//! (today the payload plus its header, exact because nothing is compressed or fragmented).
-//! Everything after that stays: the full-frame size comes from the rebuilt data, so the
-//! full / wire ratio then shows what deltas and compression save together, and the report's
-//! `mode` gets one more value.
+//! Compression: with `--deflate` (a common option) every connection negotiates
+//! permessage-deflate, the pool inflates compressed updates before the check sees them, and
+//! [`crate::pool::Watch::update`] gets each one's size as it came (the compressed frame). The
+//! full-frame size still comes from the rebuilt data, so full / wire shows what deltas and
+//! compression save together; the compressed frames and what they saved are counted apart, to
+//! compare with the server's metrics. The report's `mode` says which of the two were on.
 
 pub mod check;
 mod figures;
@@ -148,12 +147,13 @@ impl BandwidthConfig {
         (self.topic_prefix.clone()).unwrap_or_else(|| format!("bench.bw.{}.", self.shape.name()))
     }
 
-    /// `plain` or `delta` (`deflate` would join them).
+    /// `plain`, `delta`, `deflate` or `delta+deflate`.
     pub fn mode(&self) -> &'static str {
-        if self.delta {
-            "delta"
-        } else {
-            "plain"
+        match (self.delta, self.common.deflate) {
+            (false, false) => "plain",
+            (true, false) => "delta",
+            (false, true) => "deflate",
+            (true, true) => "delta+deflate",
         }
     }
 
@@ -360,6 +360,8 @@ pub fn run(cfg: &BandwidthConfig) -> anyhow::Result<BandwidthReport> {
             cpu_pct: server_cpu,
             delta_frames: over_run(|s| s.delta_frames_total),
             bytes_saved_delta: over_run(|s| s.bytes_saved_delta),
+            compressed_frames: over_run(|s| s.compressed_frames_total),
+            bytes_saved_deflate: over_run(|s| s.bytes_saved_deflate),
             bytes_sent: over_run(|s| s.bytes_sent_total),
             conflated: over_run(|s| s.conflated_total),
             rss_end: srv_end.and_then(|s| s.rss_bytes),

@@ -83,10 +83,22 @@ pub fn text(r: &BandwidthReport) -> String {
             "{} frames ({:.1} %), {} saved; server: {} delta frames, {} saved, {} sent",
             thousands(b.delta_frames),
             b.delta_share_pct,
-            bytes(Some(b.saved_bytes as f64)),
+            // What the deltas saved alone: compression's share of full − wire taken out.
+            bytes(Some(b.saved_bytes.saturating_sub(b.deflate_saved_bytes) as f64)),
             opt(s.delta_frames, 0, ""),
             bytes(s.bytes_saved_delta),
             bytes(s.bytes_sent)
+        ),
+    )
+    .row(
+        "compression",
+        format!(
+            "{} frames ({:.1} %), {} saved; server: {} compressed frames, {} saved",
+            thousands(b.compressed_frames),
+            b.compressed_share_pct,
+            bytes(Some(b.deflate_saved_bytes as f64)),
+            opt(s.compressed_frames, 0, ""),
+            bytes(s.bytes_saved_deflate)
         ),
     )
     .row("check", {

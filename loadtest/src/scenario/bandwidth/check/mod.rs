@@ -3,11 +3,13 @@
 //! Fossil deltas to the previous frame's data text, as docs/protocol.md §4.1 says a client
 //! must), compares it with what was published for that `seq`, and counts the bytes.
 //!
-//! Bytes per update: the *wire* size is the frame as it arrived (header and payload); the
-//! *full* size is what the same update would have been as a full frame, `{…,"ts":T,"data":D}`
-//! with the rebuilt `D`, header included: for a full frame the two are equal, for a delta frame
-//! the envelope up to `"delta":` is the same and `"data":D}` replaces the rest. Their ratio is
-//! what deltas (and later compression, which would shrink the wire size alone) save. Both are
+//! Bytes per update: the *wire* size is the frame as it arrived (header and payload, compressed
+//! if it came so); the *full* size is what the same update would have been as a plain full
+//! frame, `{…,"ts":T,"data":D}` with the rebuilt `D`, header included: for a plain full frame
+//! the two are equal, for a delta frame the envelope up to `"delta":` is the same and
+//! `"data":D}` replaces the rest. Their ratio is what deltas and compression save together;
+//! a compressed frame also counts what compression alone saved (its inflated frame less what
+//! came), the figure of the server's `tickwire_bytes_saved_total{by="deflate"}`. The sizes are
 //! also counted for the updates stamped in the measurement window alone: by then every
 //! subscriber has had the one full frame a subscription starts with, so those figures are the
 //! steady state, whatever the run's length.
@@ -26,7 +28,7 @@ use serde::Serialize;
 use std::sync::LazyLock;
 
 use super::shapes::Generator;
-use crate::frame;
+use crate::frame::{self, Wire};
 use crate::pool::Watch;
 use crate::publisher::Payloads;
 
@@ -134,6 +136,10 @@ pub struct Totals {
     pub subscribers: u64,
     pub updates: u64,
     pub delta_frames: u64,
+    /// Updates that came compressed, and the bytes compression saved on them (their frame
+    /// inflated, less the frame as it came).
+    pub compressed_frames: u64,
+    pub deflate_saved_bytes: u64,
     /// Update frames as they arrived, headers included.
     pub wire_bytes: u64,
     /// The same updates as full frames.
@@ -251,10 +257,16 @@ impl Check {
 }
 
 impl Watch for Check {
-    fn update(&mut self, message: &[u8], wire_len: usize, seq: u64, now_us: u64) -> Option<u64> {
+    fn update(&mut self, message: &[u8], wire: Wire, seq: u64, now_us: u64) -> Option<u64> {
+        let wire_len = wire.len;
         let m = &mut self.mine;
         m.updates += 1;
         m.wire_bytes += wire_len as u64;
+        if wire.compressed {
+            m.compressed_frames += 1;
+            let inflated = frame::server_frame_len(message.len());
+            m.deflate_saved_bytes += inflated.saturating_sub(wire_len) as u64;
+        }
         self.shared.last_seq[self.conn].store(seq, Relaxed);
         if self.shared.bound.is_some() {
             self.arrived(now_us);
@@ -308,6 +320,8 @@ impl Watch for Check {
         t.subscribers += 1;
         t.updates += m.updates;
         t.delta_frames += m.delta_frames;
+        t.compressed_frames += m.compressed_frames;
+        t.deflate_saved_bytes += m.deflate_saved_bytes;
         t.wire_bytes += m.wire_bytes;
         t.full_wire_bytes += m.full_wire_bytes;
         t.data_bytes += m.data_bytes;
@@ -325,149 +339,4 @@ impl Watch for Check {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::scenario::bandwidth::shapes::Shape;
-
-    fn frame_of(seq: u64, body: &str) -> Vec<u8> {
-        format!(r#"{{"type":"update","topic":"bench.bw.doc.0","seq":{seq},"ts":1700000000000,{body}}}"#)
-            .into_bytes()
-    }
-
-    fn full(seq: u64, data: &[u8]) -> Vec<u8> {
-        frame_of(seq, &format!(r#""data":{}"#, std::str::from_utf8(data).unwrap()))
-    }
-
-    fn delta(seq: u64, from: &[u8], to: &[u8]) -> Vec<u8> {
-        let d = tickwire_proto::fossil::create_str(
-            std::str::from_utf8(from).unwrap(),
-            std::str::from_utf8(to).unwrap(),
-        );
-        frame_of(seq, &format!(r#""delta":{}"#, serde_json::to_string(&d).unwrap()))
-    }
-
-    /// Publishes `n` doc values (seq 11..) through a recorder; returns them.
-    fn published(sent: &Arc<Sent>, n: usize) -> Vec<Vec<u8>> {
-        sent.set_base(10);
-        let mut r = Recorder {
-            generator: Generator::new(Shape::Doc, 5),
-            sent: sent.clone(),
-        };
-        (0..n)
-            .map(|i| {
-                let mut out = b"prefix".to_vec();
-                r.next(1_700_000_000_000_000 + i as u64, &mut out);
-                out.split_off(6)
-            })
-            .collect()
-    }
-
-    #[test]
-    fn rebuilds_deltas_checks_them_and_counts_bytes() {
-        let sent = Arc::new(Sent::default());
-        let v = published(&sent, 4);
-        assert_eq!(sent.len(), 4);
-        let shared = Arc::new(Shared::new(sent, 1, None));
-        // The window holds the stamps of the first two publications only.
-        shared.set_window(1_700_000_000_000_000, 1_700_000_000_000_002);
-        let mut c = Box::new(Check::new(0, shared.clone()));
-        let wire = |m: &[u8]| frame::server_frame_len(m.len());
-
-        let f = full(11, &v[0]);
-        assert_eq!(c.update(&f, wire(&f), 11, 0), Some(1_700_000_000_000_000));
-        let d = delta(12, &v[0], &v[1]);
-        assert!(
-            d.len() * 10 < f.len(),
-            "a doc delta is small: {} of {}",
-            d.len(),
-            f.len()
-        );
-        assert_eq!(c.update(&d, wire(&d), 12, 0), Some(1_700_000_000_000_001));
-        // A delta that does not decode; then a delta after that gap has no base.
-        let wrong = frame_of(13, r#""delta":"2g\n7@0,bad;""#);
-        assert_eq!(c.update(&wrong, wire(&wrong), 13, 0), None);
-        let after_gap = delta(14, &v[2], &v[3]);
-        assert_eq!(c.update(&after_gap, wire(&after_gap), 14, 0), None);
-        // Full data that is not what was published for its seq.
-        let swapped = full(14, &v[2]);
-        c.update(&swapped, wire(&swapped), 14, 0);
-        let unknown = full(99, &v[3]);
-        c.update(&unknown, wire(&unknown), 99, 0);
-        c.finish();
-
-        let t = shared.totals();
-        assert_eq!((t.updates, t.delta_frames, t.subscribers), (6, 3, 1));
-        let m = t.mismatches;
-        assert_eq!(
-            (m.differs, m.bad_delta, m.no_base, m.unknown_seq, m.unreadable),
-            (1, 1, 1, 1, 0)
-        );
-        assert_eq!(shared.last_seq[0].load(Relaxed), 99);
-        // The delta frame counts as the full frame it replaced (the one the server would have
-        // sent); the failed ones as they came.
-        assert_eq!(
-            t.full_wire_bytes as usize,
-            wire(&f)
-                + wire(&full(12, &v[1]))
-                + wire(&wrong)
-                + wire(&after_gap)
-                + wire(&swapped)
-                + wire(&unknown)
-        );
-        assert_eq!(t.window_updates, 2);
-        assert_eq!(t.window_wire_bytes as usize, wire(&f) + wire(&d));
-        assert_eq!(
-            t.window_full_wire_bytes as usize,
-            wire(&f) + wire(&full(12, &v[1]))
-        );
-        assert_eq!(
-            t.wire_bytes as usize,
-            [&f, &d, &wrong, &after_gap, &swapped, &unknown]
-                .iter()
-                .map(|m| wire(m))
-                .sum::<usize>()
-        );
-    }
-
-    #[test]
-    fn a_snapshot_is_the_base_of_the_first_delta() {
-        let sent = Arc::new(Sent::default());
-        let v = published(&sent, 1);
-        let shared = Arc::new(Shared::new(sent, 1, None));
-        let mut c = Check::new(0, shared.clone());
-        let old = br#"{"ts":1,"old":"value before the run, long enough to be worth a delta"}"#;
-        let snap = full(10, old);
-        let snap = [
-            b"{\"type\":\"snapshot\"".as_slice(),
-            &snap[b"{\"type\":\"update\"".len()..],
-        ]
-        .concat();
-        c.snapshot(&snap, 10);
-        let d = delta(11, old, &v[0]);
-        assert!(c.update(&d, d.len() + 4, 11, 0).is_some());
-        assert_eq!(c.mine.mismatches, Mismatches::default());
-    }
-
-    #[test]
-    fn counts_the_most_updates_within_a_second() {
-        let sent = Arc::new(Sent::default());
-        let v = published(&sent, 5);
-        let shared = Arc::new(Shared::new(sent, 1, Some(2.0)));
-        let mut c = Box::new(Check::new(0, shared.clone()));
-        // 0, 0.4, 0.99 s: three within one second (the bound is 3); then 1.5, 1.6: the window
-        // (0.6, 1.6] holds 0.99, 1.5 and 1.6.
-        for (i, at) in [0u64, 400_000, 990_000, 1_500_000, 1_600_000]
-            .into_iter()
-            .enumerate()
-        {
-            let f = full(11 + i as u64, &v[i]);
-            c.update(&f, f.len() + 4, 11 + i as u64, at);
-        }
-        assert_eq!(c.mine.max_in_1s, 3);
-        let f = full(16, &v[4]);
-        c.update(&f, 0, 16, 1_700_000);
-        assert_eq!(c.mine.max_in_1s, 4);
-        c.finish();
-        assert_eq!(shared.totals().over_bound, 1);
-    }
-}
+mod tests;
