@@ -99,8 +99,15 @@ impl Hub {
                 deltas += 1;
                 saved += out.frame.len() - uncompressed;
             }
-            if pushed == Pushed::Queued && frame[0] & 0x40 != 0 {
-                variants.sent += 1;
+            // What went into the queue: conflation puts the full frame in place of a delta.
+            let queued = match (pushed, is_delta) {
+                (Pushed::Queued, _) => Some((frame[0], frame.len(), uncompressed)),
+                (Pushed::Conflated, true) => Some((full[0], full.len(), out.frame.len())),
+                (Pushed::Conflated, false) => Some((frame[0], frame.len(), uncompressed)),
+                _ => None,
+            };
+            if let Some((head, len, plain)) = queued {
+                variants.queued(head, len, plain);
             }
             conflated += u64::from(pushed == Pushed::Conflated);
         }
@@ -187,8 +194,9 @@ impl Hub {
                 Some(bits) => variants.pair(self.bounds, plain, plain, false, bits).1,
             };
             let pushed = sub.outbox.push_topic(frame, entry.key, entry.policy, None);
-            if pushed == Pushed::Queued && frame[0] & 0x40 != 0 {
-                variants.sent += 1;
+            let (head, len, plain) = (frame[0], frame.len(), plain.len());
+            if matches!(pushed, Pushed::Queued | Pushed::Conflated) {
+                variants.queued(head, len, plain);
             }
             if pushed == Pushed::Conflated {
                 self.metrics.conflated.inc();
@@ -228,11 +236,15 @@ impl Variants {
             false => full_at,
         };
         let pick = |at: usize, plain: &'a Bytes| self.made[at].2.as_ref().unwrap_or(plain);
-        let chosen = pick(frame_at, frame);
-        if let Some(compressed) = &self.made[frame_at].2 {
-            self.saved += (frame.len() - compressed.len()) as u64;
+        (pick(full_at, full), pick(frame_at, frame))
+    }
+
+    /// Counts a queued frame (first byte `head`, `len` bytes; `plain` bytes uncompressed).
+    fn queued(&mut self, head: u8, len: usize, plain: usize) {
+        if head & 0x40 != 0 {
+            self.sent += 1;
+            self.saved += (plain - len) as u64;
         }
-        (pick(full_at, full), chosen)
     }
 
     /// Where `frame` compressed for `bits` is in `made`, making it if needed; `None` in it when
