@@ -239,6 +239,9 @@ fn a_topic_entry_stays_small() {
         std::mem::size_of::<History>()
     );
     assert!(arc_inner <= 168, "{arc_inner} B with the Arc's counts");
+    // One per (topic, connection) pair: a node with many pattern subscriptions holds millions.
+    let pair = std::mem::size_of::<Subscription>();
+    assert!(pair <= 32, "a subscription is {pair} B");
 }
 
 #[tokio::test]
