@@ -9,6 +9,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use common::documents::{next_document, publish_text, Rng};
 use common::jwt::{claims, token as sign_token, JWT_TOML};
 use common::redis::RedisServer;
 use common::{free_port, metric, publish, start, wait_ready, RECV_TIMEOUT, SILENCE};
@@ -1340,64 +1341,8 @@ async fn a_resubscribe_refused_after_a_reconnect_is_retried_and_recovers() {
 // Subscribe options: max rate and Fossil deltas
 // ---------------------------------------------------------------------------------------------
 
-/// A deterministic generator (splitmix64), so that a failure reproduces.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
-}
-
-/// The next version of a JSON document of 30 fields (well over 128 bytes, the server's
-/// `delta.min_bytes`): a few fields change each time. Strings mix ASCII, multi-byte UTF-8 and
-/// JSON escapes, and the text is kept as written (spaces included) to check byte for byte.
-fn next_document(rng: &mut Rng, fields: &mut Vec<String>) -> String {
-    const WORDS: [&str; 9] = [
-        "price",
-        "é",
-        "мир",
-        "🟢",
-        "中文",
-        r#"\"quoted\""#,
-        r"back\\slash",
-        r"line\nbreak",
-        r"tab\t",
-    ];
-    if fields.is_empty() {
-        *fields = (0..30)
-            .map(|i| format!("\"{}-{i}\"", WORDS[i % WORDS.len()]))
-            .collect();
-    }
-    for _ in 0..1 + rng.below(3) {
-        let i = rng.below(fields.len());
-        fields[i] = match rng.below(3) {
-            0 => rng.next().to_string(),
-            1 => format!("\"{} {}\"", WORDS[rng.below(9)], WORDS[rng.below(9)]),
-            _ => format!("{{\"bid\": {}, \"ask\": [1, 2.5, null]}}", rng.below(1000)),
-        };
-    }
-    let body: Vec<String> = (fields.iter().enumerate())
-        .map(|(i, v)| format!("\"k{i}\": {v}"))
-        .collect();
-    format!("{{{}}}", body.join(", "))
-}
-
-/// Publishes `data` (JSON text) over HTTP as written, returning its seq.
-async fn publish_text(addr: SocketAddr, topic: &str, data: &str) -> u64 {
-    let body = format!("{{\"topic\":\"{topic}\",\"data\":{data}}}");
-    let response = common::http_post(addr, "/api/v1/publish", body.as_bytes()).await;
-    assert_eq!(response.status, 200, "{:?}", response.json());
-    response.json()["seq"].as_u64().unwrap()
-}
+/// The documents of these tests: 30 fields, well over 128 bytes (the server's `delta.min_bytes`).
+const DOCUMENT_FIELDS: usize = 30;
 
 async fn delta_frames(addr: SocketAddr) -> f64 {
     metric(addr, "tickwire_delta_frames_total").await.unwrap_or(0.0)
@@ -1415,7 +1360,7 @@ async fn documents_arrive_exactly(
 ) -> f64 {
     let before = delta_frames(addr).await;
     for _ in 0..count {
-        let doc = next_document(rng, fields);
+        let doc = next_document(rng, fields, DOCUMENT_FIELDS);
         let seq = publish_text(addr, topic, &doc).await;
         let seen = until(events, "the document", |e| is_delivery(e, topic, seq)).await;
         for event in &seen {
@@ -1437,7 +1382,7 @@ async fn delta_updates_reach_the_application_as_the_published_data() {
     let addr = server.addr;
     let mut rng = Rng(18);
     let mut fields = Vec::new();
-    let first = next_document(&mut rng, &mut fields);
+    let first = next_document(&mut rng, &mut fields, DOCUMENT_FIELDS);
     publish_text(addr, "doc.d", &first).await;
     let client = Client::connect(ws_url(addr), options()).await.unwrap();
     let mut events = client.events().unwrap();
@@ -1595,7 +1540,9 @@ async fn a_delta_that_does_not_apply_is_never_delivered_and_the_topic_is_caught_
     // docs[n] is the data of seq n.
     let mut rng = Rng(9);
     let mut fields = Vec::new();
-    let docs: Vec<String> = (0..=8).map(|_| next_document(&mut rng, &mut fields)).collect();
+    let docs: Vec<String> = (0..=8)
+        .map(|_| next_document(&mut rng, &mut fields, DOCUMENT_FIELDS))
+        .collect();
     let wanted = SubscribeOptions::default().max_rate(4.0).delta(true);
     let asked = |id: &Value, since: Option<Value>| {
         let mut request =

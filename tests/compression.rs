@@ -14,31 +14,14 @@ use serde_json::{json, Value};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-/// Opens `/ws` (or `path`) offering `extensions` (none when empty); returns the socket and the
-/// server's `Sec-WebSocket-Extensions` answer.
+/// Opens `path` offering `extensions` (none when empty); returns the socket and the server's
+/// `Sec-WebSocket-Extensions` answer.
 async fn open(addr: SocketAddr, path: &str, extensions: &str) -> (TcpStream, Option<String>) {
-    let mut stream = TcpStream::connect(addr).await.unwrap();
     let offer = match extensions {
         "" => String::new(),
         e => format!("Sec-WebSocket-Extensions: {e}\r\n"),
     };
-    let req = format!(
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n{offer}\r\n"
-    );
-    stream.write_all(req.as_bytes()).await.unwrap();
-    let mut head = Vec::new();
-    let mut byte = [0u8; 1];
-    while !head.ends_with(b"\r\n\r\n") {
-        assert_eq!(
-            stream.read(&mut byte).await.unwrap(),
-            1,
-            "closed during the handshake"
-        );
-        head.push(byte[0]);
-    }
-    let head = String::from_utf8(head).unwrap();
-    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    let (stream, head) = raw_ws_handshake(addr, path, &offer).await;
     let answer = (head.lines())
         .find_map(|l| l.strip_prefix("sec-websocket-extensions: "))
         .map(str::to_owned);

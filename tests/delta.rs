@@ -7,63 +7,16 @@ mod common;
 
 use std::time::Duration;
 
+use common::documents::{next_document, publish_text, Rng};
 use common::*;
 use futures_util::StreamExt;
 use serde_json::{json, Value};
 use tickwire_proto::fossil;
 use tokio_tungstenite::tungstenite::Message;
 
-/// A deterministic generator (splitmix64), so a failure reproduces.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
-
-/// A document of `fields` entries; each call changes a few of them. Strings mix ASCII,
-/// multi-byte UTF-8 and characters JSON must escape.
+/// The next version of a document of 40 fields (about a kilobyte).
 fn document(rng: &mut Rng, fields: &mut Vec<String>) -> String {
-    const WORDS: [&str; 8] = [
-        "price",
-        "é",
-        "мир",
-        "🟢",
-        "中文",
-        "\\\"quoted\\\"",
-        "line\\nbreak",
-        "tab\\t",
-    ];
-    if fields.is_empty() {
-        *fields = (0..40)
-            .map(|i| format!("\"{}-{i}\"", WORDS[i % WORDS.len()]))
-            .collect();
-    }
-    for _ in 0..1 + rng.below(3) {
-        let i = rng.below(fields.len() as u64) as usize;
-        fields[i] = match rng.below(3) {
-            0 => rng.below(1_000_000).to_string(),
-            1 => format!(
-                "\"{}{}\"",
-                WORDS[rng.below(8) as usize],
-                WORDS[rng.below(8) as usize]
-            ),
-            _ => format!("{{\"bid\": {}, \"ask\": [1, 2.5, null]}}", rng.below(1000)),
-        };
-    }
-    let body: Vec<String> = (fields.iter().enumerate())
-        .map(|(i, v)| format!("\"k{i}\": {v}"))
-        .collect();
-    format!("{{{}}}", body.join(", "))
+    next_document(rng, fields, 40)
 }
 
 /// The next text frame, as text.
@@ -148,9 +101,7 @@ async fn random_documents_reconstruct_exactly_from_deltas() {
     for _ in 0..200 {
         let doc = document(&mut rng, &mut fields);
         // Published as raw text (over HTTP the server keeps the bytes as sent).
-        let body = format!("{{\"topic\":\"doc.7\",\"data\":{doc}}}");
-        let response = http_post(addr, "/api/v1/publish", body.as_bytes()).await;
-        assert_eq!(response.status, 200, "{:?}", response.json());
+        publish_text(addr, "doc.7", &doc).await;
         published.push(doc);
         let (seq, text) = follower.take(&next_text(&mut ws).await);
         assert_eq!(text, *published.last().unwrap(), "seq {seq} reconstructs exactly");

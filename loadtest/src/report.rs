@@ -99,11 +99,8 @@ pub fn fanout(r: &FanoutReport) -> String {
     .row(
         "connect",
         format!(
-            "{} ready of {} ({} failed) in {:.2} s; handshake {}",
-            r.connect.ready,
-            r.connect.requested,
-            r.connect.failed,
-            r.connect.seconds,
+            "{}; handshake {}",
+            r.connect.line(),
             r.handshake_ms.map_or("-".into(), |h| format!("p50 {:.1} p99 {:.1} ms", h.p50, h.p99))
         ),
     )
@@ -198,10 +195,7 @@ pub fn idle(r: &IdleReport) -> String {
     )
     .row(
         "connect",
-        format!(
-            "{} ready of {} ({} failed) in {:.2} s, {} closed early",
-            r.connect.ready, r.connect.requested, r.connect.failed, r.connect.seconds, r.closed_early
-        ),
+        format!("{}, {} closed early", r.connect.line(), r.closed_early),
     )
     .row(
         "server RSS",
@@ -353,10 +347,7 @@ pub fn topics(r: &TopicsReport) -> String {
     )
     .row(
         "connect",
-        format!(
-            "{} ready of {} ({} failed) in {:.2} s",
-            r.connect.ready, r.connect.requested, r.connect.failed, r.connect.seconds
-        ),
+        r.connect.line(),
     )
     .row(
         "deliveries",

@@ -16,9 +16,11 @@
 use std::cell::RefCell;
 
 use bytes::Bytes;
+use fastwebsockets::OpCode;
 use flate2::{Compress, Compression, Decompress, FlushCompress, FlushDecompress, Status};
 
 use crate::protocol::disconnect::Disconnect;
+use crate::protocol::wire::{self, HEAD_ROOM};
 
 /// The extension's name in `Sec-WebSocket-Extensions`.
 const NAME: &str = "permessage-deflate";
@@ -104,16 +106,16 @@ pub fn compress_frame(frame: &[u8], window_bits: u8, level: u32) -> Option<Bytes
         return None;
     }
     let (head, payload) = split_frame(frame)?;
-    let mut out = Vec::with_capacity(10 + payload.len() / 2 + 16);
-    out.resize(10, 0);
+    let opcode = OpCode::try_from(head & 0x0f).ok()?;
+    let mut out = Vec::with_capacity(HEAD_ROOM + payload.len() / 2 + 16);
+    out.resize(HEAD_ROOM, 0);
     COMPRESSORS.with(|cell| {
         let mut all = cell.borrow_mut();
-        let bits = window_bits;
-        let at = match all.iter().position(|(key, _)| *key == (bits, level)) {
+        let at = match all.iter().position(|(key, _)| *key == (window_bits, level)) {
             Some(at) => at,
             None => {
-                let fresh = Compress::new_with_window_bits(Compression::new(level), false, bits);
-                all.push(((bits, level), fresh));
+                let fresh = Compress::new_with_window_bits(Compression::new(level), false, window_bits);
+                all.push(((window_bits, level), fresh));
                 all.len() - 1
             }
         };
@@ -122,27 +124,18 @@ pub fn compress_frame(frame: &[u8], window_bits: u8, level: u32) -> Option<Bytes
         loop {
             out.reserve(payload.len() / 2 + 64);
             let consumed = deflate.total_in() as usize;
-            let status = deflate.compress_vec(&payload[consumed..], &mut out, FlushCompress::Sync);
-            match status {
-                Ok(Status::Ok | Status::BufError) if (deflate.total_in() as usize) < payload.len() => {
-                    continue
-                }
-                Ok(_) if out.ends_with(&TAIL) => break Some(()),
-                Ok(_) => continue, // the sync flush's tail still to come
-                Err(_) => break None,
+            (deflate.compress_vec(&payload[consumed..], &mut out, FlushCompress::Sync)).ok()?;
+            // Done once every byte is in and the sync flush has ended the output with its tail.
+            if deflate.total_in() as usize == payload.len() && out.ends_with(&TAIL) {
+                return Some(());
             }
         }
     })?;
     out.truncate(out.len() - TAIL.len());
-    let compressed = out.len() - 10;
-    if compressed >= payload.len() {
+    if out.len() - HEAD_ROOM >= payload.len() {
         return None;
     }
-    let mut header = [0u8; 10];
-    let len = write_head(&mut header, head | 0x40, compressed);
-    let start = 10 - len;
-    out[start..10].copy_from_slice(&header[..len]);
-    Some(Bytes::from(out).slice(start..))
+    Some(wire::finish_frame(out, opcode, true))
 }
 
 /// The first header byte (FIN, opcode) and the payload of an unmasked server frame.
@@ -161,28 +154,6 @@ fn split_frame(frame: &[u8]) -> Option<(u8, &[u8])> {
         n => (n as usize, rest),
     };
     (b1 & 0x80 == 0 && rest.len() == len).then_some((b0, rest))
-}
-
-/// Writes a server frame header (first byte `b0`, unmasked, `len` bytes of payload) at the
-/// start of `out`; returns its length.
-fn write_head(out: &mut [u8; 10], b0: u8, len: usize) -> usize {
-    out[0] = b0;
-    match len {
-        0..=125 => {
-            out[1] = len as u8;
-            2
-        }
-        126..=65535 => {
-            out[1] = 126;
-            out[2..4].copy_from_slice(&(len as u16).to_be_bytes());
-            4
-        }
-        _ => {
-            out[1] = 127;
-            out[2..10].copy_from_slice(&(len as u64).to_be_bytes());
-            10
-        }
-    }
 }
 
 /// Inflates one compressed message (its frames' payloads, joined). More than `max` bytes of
@@ -221,7 +192,6 @@ pub fn inflate(compressed: &[u8], max: usize) -> Result<Vec<u8>, Disconnect> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::protocol::wire;
 
     fn offer(h: &str) -> Option<(u8, String)> {
         negotiate([h]).map(|(n, answer)| (n.window_bits, answer))

@@ -28,15 +28,25 @@ use tokio::io::{AsyncRead, AsyncReadExt, ReadBuf};
 use crate::protocol::disconnect::Disconnect;
 
 /// Room for the longest server frame header (2 + 8 bytes, no mask).
-const HEAD_ROOM: usize = 10;
+pub const HEAD_ROOM: usize = 10;
 
 /// Encodes `value` as JSON inside a final, unmasked text frame.
 pub fn json_frame<T: Serialize + ?Sized>(value: &T) -> Bytes {
     let mut buf = Vec::with_capacity(128);
     buf.resize(HEAD_ROOM, 0);
     serde_json::to_writer(&mut buf, value).expect("serializing to a Vec cannot fail");
+    finish_frame(buf, OpCode::Text, false)
+}
+
+/// Makes `buf` a final, unmasked frame of `opcode` whose payload is `buf[HEAD_ROOM..]`: the
+/// header goes into the room left before it, so the payload is never copied. RSV1 is set when
+/// the payload is `compressed` (permessage-deflate).
+pub fn finish_frame(mut buf: Vec<u8>, opcode: OpCode, compressed: bool) -> Bytes {
     let mut head = [0u8; HEAD_ROOM];
-    let len = Frame::text(Payload::Borrowed(&buf[HEAD_ROOM..])).fmt_head(&mut head);
+    let len = Frame::new(true, opcode, None, Payload::Borrowed(&buf[HEAD_ROOM..])).fmt_head(&mut head);
+    if compressed {
+        head[0] |= 0x40;
+    }
     let start = HEAD_ROOM - len;
     buf[start..HEAD_ROOM].copy_from_slice(&head[..len]);
     Bytes::from(buf).slice(start..)

@@ -8,6 +8,8 @@
 //! so `dead_code` is allowed per module below: an unused helper in one binary is used by another.
 
 #[allow(dead_code)]
+pub mod documents;
+#[allow(dead_code)]
 pub mod http;
 #[allow(dead_code)]
 pub mod jwt;

@@ -302,12 +302,18 @@ pub async fn close_gracefully(mut ws: Ws) {
 /// Performs the WebSocket handshake by hand and returns the socket, positioned right after
 /// the `101` response head. Nothing more is ever sent unless the test writes it.
 pub async fn raw_ws_connect(addr: SocketAddr) -> TcpStream {
+    raw_ws_handshake(addr, "/ws", "").await.0
+}
+
+/// [`raw_ws_connect`] to `path`, with `extra` header lines (each ending in `\r\n`) in the
+/// request; also returns the `101` response head.
+pub async fn raw_ws_handshake(addr: SocketAddr, path: &str, extra: &str) -> (TcpStream, String) {
     let fut = async {
         let mut stream = TcpStream::connect(addr).await.expect("TCP connect");
         stream.set_nodelay(true).ok();
         let req = format!(
-            "GET /ws HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-             Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+            "GET {path} HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+             Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n{extra}\r\n"
         );
         stream.write_all(req.as_bytes()).await.expect("write handshake");
         // Byte by byte so that no frame after the head is consumed.
@@ -327,7 +333,7 @@ pub async fn raw_ws_connect(addr: SocketAddr) -> TcpStream {
             head.starts_with("HTTP/1.1 101"),
             "handshake not accepted: {head:?}"
         );
-        stream
+        (stream, head)
     };
     tokio::time::timeout(RECV_TIMEOUT, fut)
         .await

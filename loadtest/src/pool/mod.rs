@@ -323,6 +323,16 @@ pub struct ConnectOutcome {
     pub timed_out: bool,
 }
 
+impl ConnectOutcome {
+    /// The summary line every scenario's report starts its `connect` row with.
+    pub fn line(&self) -> String {
+        format!(
+            "{} ready of {} ({} failed) in {:.2} s",
+            self.ready, self.requested, self.failed, self.seconds
+        )
+    }
+}
+
 impl Pool {
     /// Starts the receiver threads; they begin connecting at once.
     pub fn start(cfg: PoolConfig) -> anyhow::Result<Pool> {

@@ -52,19 +52,22 @@ impl Hub {
         // `None` inside: not worth it.
         let mut delta: Option<Option<Bytes>> = None;
         let mut variants = Variants::default();
-        let base = state.last.as_ref().map(|(_, data)| data.clone());
-        let Some(subscribers) = state.subscribers.non_empty_values_mut() else {
+        let TopicState {
+            last, subscribers, ..
+        } = state;
+        let base = last.as_ref().map(|(_, data)| data);
+        let Some(subscribers) = subscribers.non_empty_values_mut() else {
             return;
         };
         for sub in subscribers {
-            let mut frame = out.frame;
+            let mut delta_frame = None;
             if let Some(gate) = sub.gate.as_deref_mut() {
                 match out.gated.then(|| gate.admit(seq, now)) {
                     None => gate.caught_up(seq),
                     Some(Admit::Now { follows }) => {
                         if gate.delta() && follows {
-                            let made = delta.get_or_insert_with(|| self.delta_frame(out, base.as_ref()));
-                            frame = made.as_ref().unwrap_or(out.frame);
+                            let made = delta.get_or_insert_with(|| self.delta_frame(out, base));
+                            delta_frame = made.as_ref();
                         }
                     }
                     Some(Admit::Replaced) => {
@@ -85,7 +88,7 @@ impl Hub {
                     }
                 }
             }
-            let is_delta = !std::ptr::eq(frame, out.frame);
+            let (frame, is_delta) = (delta_frame.unwrap_or(out.frame), delta_frame.is_some());
             let uncompressed = frame.len();
             let (full, frame) = match sub.outbox.deflate() {
                 None => (out.frame, frame),

@@ -29,10 +29,7 @@ pub fn text(r: &BandwidthReport) -> String {
     )
     .row(
         "connect",
-        format!(
-            "{} ready of {} ({} failed) in {:.2} s",
-            r.connect.ready, r.connect.requested, r.connect.failed, r.connect.seconds
-        ),
+        r.connect.line(),
     )
     .row(
         "publish",
