@@ -232,3 +232,24 @@ fn a_max_rate_is_refused_exactly_where_the_queue_policy_may_apply() {
     );
     assert_eq!(queued("prices.*"), None);
 }
+
+#[test]
+fn a_policy_max_rate_needs_conflate_and_bounds_and_the_compression_level_its_range() {
+    let queued = "[queue]\npolicies = [{ pattern = \"chat.>\", policy = \"queue\", max_rate = 2 }]";
+    let [p] = &problems(queued)[..] else {
+        panic!("one problem")
+    };
+    assert!(p.key == "queue.policies" && p.message.contains("conflate"), "{p}");
+    let fast = "[queue]\npolicies = [{ pattern = \"p.>\", policy = \"conflate\", max_rate = 5000 }]";
+    let [p] = &problems(fast)[..] else {
+        panic!("one problem")
+    };
+    assert!(p.message.contains("between 0.01 and 1000"), "{p}");
+    let [p] = &problems("[compression]\nlevel = 0")[..] else {
+        panic!("one problem")
+    };
+    assert_eq!(p.key, "compression.level");
+    let ok = "[queue]\npolicies = [{ pattern = \"p.>\", policy = \"conflate\", max_rate = 0.5 }]";
+    let rules = Settings::from_toml(ok).unwrap().topic_rules().unwrap();
+    assert_eq!(rules.max_rate_for(&Topic::parse("p.x").unwrap()), Some(0.5));
+}
