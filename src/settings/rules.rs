@@ -10,6 +10,9 @@ use crate::settings::error::SettingsError;
 use crate::settings::sections::{Policy, Retention, Settings, TopicBounds};
 use crate::topic::{Pattern, Topic};
 
+/// The most `history.policies` entries: the hub keeps which one applies to a topic in a byte.
+pub const MAX_RETENTION_POLICIES: usize = 255;
+
 /// Validated, parsed forms of the pattern lists, built once at start-up.
 #[derive(Debug, Clone)]
 pub struct TopicRules {
@@ -51,9 +54,21 @@ impl TopicRules {
     }
 
     pub fn retention_for(&self, topic: &Topic) -> Retention {
-        (self.retention_policies.iter())
-            .find(|(p, _)| p.matches(topic))
-            .map_or(self.retention, |(_, r)| *r)
+        self.retention_at(self.retention_index(topic))
+    }
+
+    /// Which bounds [`TopicRules::retention_for`] gives `topic`, as a small index (the hub keeps
+    /// one per topic, in a byte): the first matching policy's position, or the default's, one
+    /// past them. Settings allow at most [`MAX_RETENTION_POLICIES`].
+    pub fn retention_index(&self, topic: &Topic) -> u8 {
+        let found = (self.retention_policies.iter()).position(|(p, _)| p.matches(topic));
+        let index = found.unwrap_or(self.retention_policies.len());
+        u8::try_from(index).expect("settings allow at most MAX_RETENTION_POLICIES")
+    }
+
+    /// The bounds at `index` (from [`TopicRules::retention_index`]).
+    pub fn retention_at(&self, index: u8) -> Retention {
+        (self.retention_policies.get(usize::from(index))).map_or(self.retention, |(_, r)| *r)
     }
 }
 
@@ -101,6 +116,13 @@ impl Settings {
         };
         let policies = patterns("queue.policies", queue.iter().map(|r| r.pattern.as_str()))?;
         let retentions = patterns("history.policies", history.iter().map(|r| r.pattern.as_str()))?;
+        if retentions.len() > MAX_RETENTION_POLICIES {
+            let why = format!(
+                "at most {MAX_RETENTION_POLICIES} policies (found {})",
+                retentions.len()
+            );
+            return Err(SettingsError::invalid("history.policies", why));
+        }
         Ok(TopicRules {
             policies: (policies.into_iter())
                 .zip(queue)

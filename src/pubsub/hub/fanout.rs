@@ -26,13 +26,14 @@ impl Hub {
             return self.fan_out_gated(entry, state, out);
         }
         let mut conflated = 0;
+        let policy = state.policy;
         let Some(subscribers) = state.subscribers.non_empty_values_mut() else {
             return;
         };
         for sub in subscribers {
             let pushed = sub
                 .outbox
-                .push_topic(out.frame, entry.key, entry.policy, Some(out.accepted));
+                .push_topic(out.frame, entry.key, policy, Some(out.accepted));
             conflated += u64::from(pushed == Pushed::Conflated);
         }
         if conflated > 0 {
@@ -53,9 +54,12 @@ impl Hub {
         let mut delta: Option<Option<Bytes>> = None;
         let mut variants = Variants::default();
         let TopicState {
-            last, subscribers, ..
+            history,
+            subscribers,
+            policy,
+            ..
         } = state;
-        let base = last.as_ref().map(|(_, data)| data);
+        let (base, policy) = (history.last().map(|(_, data)| data), *policy);
         let Some(subscribers) = subscribers.non_empty_values_mut() else {
             return;
         };
@@ -95,8 +99,8 @@ impl Hub {
                 Some(bits) => variants.pair(self.bounds, out.frame, frame, is_delta, bits),
             };
             let pushed = match is_delta {
-                false => (sub.outbox).push_topic(frame, entry.key, entry.policy, Some(out.accepted)),
-                true => (sub.outbox).push_delta(frame, full, entry.key, entry.policy, Some(out.accepted)),
+                false => (sub.outbox).push_topic(frame, entry.key, policy, Some(out.accepted)),
+                true => (sub.outbox).push_delta(frame, full, entry.key, policy, Some(out.accepted)),
             };
             if pushed == Pushed::Queued && is_delta {
                 deltas += 1;
@@ -162,13 +166,14 @@ impl Hub {
             let mut state = lock(&entry.state);
             let TopicState {
                 seq,
-                last,
+                history,
                 subscribers,
                 removed,
                 special,
+                policy,
                 ..
             } = &mut *state;
-            let (Some((ts, data)), false) = (last.as_ref(), *removed) else {
+            let (Some((ts, data)), false) = (history.last(), *removed) else {
                 continue;
             };
             let Some(sub) = subscribers.get_mut(due.client) else {
@@ -188,7 +193,7 @@ impl Hub {
                 if let Some((.., done)) = &encoded {
                     done.count(&self.metrics, 0, 0);
                 }
-                let frame = ENCODING.update_frame(&due.target, *seq, *ts, data);
+                let frame = ENCODING.update_frame(&due.target, *seq, ts, data);
                 encoded = Some((entry.key, *seq, frame, Variants::default()));
             }
             let (.., plain, variants) = encoded.as_mut().expect("made above");
@@ -196,7 +201,7 @@ impl Hub {
                 None => &*plain,
                 Some(bits) => variants.pair(self.bounds, plain, plain, false, bits).1,
             };
-            let pushed = sub.outbox.push_topic(frame, entry.key, entry.policy, None);
+            let pushed = sub.outbox.push_topic(frame, entry.key, *policy, None);
             let (head, len, plain) = (frame[0], frame.len(), plain.len());
             if matches!(pushed, Pushed::Queued | Pushed::Conflated) {
                 variants.queued(head, len, plain);

@@ -18,14 +18,14 @@ fn instant_of(ts: u64) -> Instant {
     Instant::now().checked_sub(ago).unwrap_or_else(Instant::now)
 }
 
-/// Stores the broker's publications in `history` as if they had been published here, each at
-/// its own accept time, so that the TTL counts from there.
-fn refill(history: &mut History, entries: &[Remote]) -> history::Delta {
-    let mut delta = history::Delta::default();
-    for p in entries {
-        delta += history.push(p.seq, p.ts, &p.data, instant_of(p.ts));
-    }
-    delta
+/// The broker's stored publications, as history entries (each at its own accept time, so that
+/// the TTL counts from there).
+fn entries(stored: &Stored) -> impl Iterator<Item = history::Entry> + '_ {
+    (stored.entries.iter()).map(|p| history::Entry {
+        seq: p.seq,
+        ts: p.ts,
+        data: p.data.clone(),
+    })
 }
 
 impl Hub {
@@ -61,7 +61,7 @@ impl Hub {
     pub fn mirror(&self, topic: &Topic, stored: &Stored) {
         self.with_topic(topic, |entry, state| {
             // Loaded for a subscriber about to register: not idle, however old the stream.
-            state.touched = Instant::now();
+            state.touched = self.clock.ticks(Instant::now());
             state.adopt(&stored.epoch);
             if state.epoch == stored.epoch {
                 let have = state.seq;
@@ -77,12 +77,12 @@ impl Hub {
             }
             state.epoch = stored.epoch.clone();
             state.seq = stored.seq;
-            state.last = stored.last.clone();
             state.snapshot = None;
-            let mut delta = state.history.clear();
-            delta += refill(&mut state.history, &stored.entries);
+            let bounds = self.rules.retention_at(state.retention);
+            let last = stored.last.clone();
+            let delta = (state.history).load(bounds, stored.seq, last, entries(stored), now_ms());
             self.count_history(delta);
-            if let Some((ts, data)) = state.last.clone() {
+            if let Some((ts, data)) = stored.last.clone() {
                 let frame = ENCODING.reset_frame(topic, state.seq, ts, &data, &state.epoch);
                 let out = Outgoing {
                     topic,
@@ -109,9 +109,9 @@ impl Hub {
 
     /// A page of a topic's history as the broker stores it, within this hub's retention rules.
     pub fn page_of(&self, topic: &Topic, stored: &Stored, since: u64, limit: usize) -> HistoryPage {
-        let mut history = History::new(self.rules.retention_for(topic));
-        refill(&mut history, &stored.entries);
-        history.expire(Instant::now());
+        let bounds = self.rules.retention_for(topic);
+        let mut history = History::default();
+        history.load(bounds, stored.seq, stored.last.clone(), entries(stored), now_ms());
         let (publications, complete) = history.page(since, limit, stored.seq);
         HistoryPage {
             position: Position {

@@ -46,7 +46,7 @@ mod topics;
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use dashmap::DashMap;
@@ -206,13 +206,39 @@ pub struct Hub {
     mirrored: bool,
     /// Deliveries held back by a max rate, released by [`Hub::pace`].
     pacer: Pacer<Topic>,
+    /// Measures how long topics have been idle.
+    clock: Clock,
 }
 
+/// The coarse clock of a topic's last use: 100 ms ticks since the hub started, in a `u32` (13.6
+/// years), 4 bytes on every topic instead of an `Instant`'s 16. An idle topic may then go up to
+/// one tick later than `idle_ttl`, never earlier.
+struct Clock {
+    start: Instant,
+}
+
+impl Clock {
+    const TICK_MS: u128 = 100;
+
+    fn ticks(&self, at: Instant) -> u32 {
+        let ticks = at.saturating_duration_since(self.start).as_millis() / Self::TICK_MS;
+        u32::try_from(ticks).unwrap_or(u32::MAX)
+    }
+
+    /// Whether a topic last used in tick `touched` has been unused for `ttl` at `now`: counted
+    /// from the tick's end, the latest moment the use can have been.
+    fn idle_for(&self, touched: u32, ttl: Duration, now: Instant) -> bool {
+        let used = Duration::from_millis((u64::from(touched) + 1) * Self::TICK_MS as u64);
+        now.saturating_duration_since(self.start).saturating_sub(used) >= ttl
+    }
+}
+
+/// A topic. Every one costs this much on a node that may hold millions, so its size is held to
+/// 104 bytes (120 with the `Arc`'s counts, the largest request glibc serves from a 128-byte
+/// chunk; `a_topic_entry_stays_small`): the immutable policy and cap sit in the state's
+/// padding rather than here, and the state's small fields are packed for it.
 struct TopicEntry {
     key: TopicKey,
-    policy: Policy,
-    /// The max rate of the topic's policy (`queue.policies`), for every subscriber.
-    cap: Interval,
     state: Mutex<TopicState>,
 }
 
@@ -220,23 +246,29 @@ struct TopicState {
     /// Identifies this run of the topic's stream: seqs are only comparable within one epoch.
     epoch: Arc<str>,
     seq: u64,
-    last: Option<(u64, Data)>,
-    /// The `snapshot` frame of `last`, encoded at the first subscribe that needs it and shared
-    /// by every subscriber after it (a client's queue then holds a handle, not a copy); dropped
-    /// whenever `last` changes. Boxed: most topics of a node with many never get one, and an
-    /// empty `Option<Bytes>` is 32 bytes on every topic.
-    snapshot: Option<Box<Snapshot>>,
+    /// The last value (publication `seq`) and the publications kept before it.
     history: History,
+    /// The `snapshot` frame of the last value, encoded at the first subscribe that needs it and
+    /// shared by every subscriber after it (a client's queue then holds a handle, not a copy);
+    /// dropped whenever the last value changes. Boxed: most topics of a node with many never
+    /// get one, and an empty `Option<Bytes>` is 32 bytes on every topic.
+    snapshot: Option<Box<Snapshot>>,
     subscribers: IdMap<Subscription>,
-    /// The last publication's accept time (or the topic's creation, or its last load from the
-    /// broker): an idle topic is dropped `idle_ttl` after it.
-    touched: Instant,
-    /// Set when the entry left the map; holders of a stale `Arc` must look the topic up again.
-    removed: bool,
+    /// When the topic was last used (its last publication, its creation, its last load from
+    /// the broker), in [`Ticks`] of the hub's clock: an idle topic is dropped `idle_ttl` after
+    /// it.
+    touched: u32,
     /// Gates (a max rate, deltas) plus subscriptions that take compressed frames: while zero,
     /// the fan-out skips those checks on every subscriber (callgrind: 7 instructions a
     /// delivery). One counter for both, so that the entry keeps its size.
     special: u32,
+    /// The max rate of the topic's policy (`queue.policies`), for every subscriber.
+    cap: Interval,
+    policy: Policy,
+    /// Which of the rules' history bounds apply ([`TopicRules::retention_at`]).
+    retention: u8,
+    /// Set when the entry left the map; holders of a stale `Arc` must look the topic up again.
+    removed: bool,
 }
 
 /// A topic's `snapshot` frame, and the same compressed for permessage-deflate clients with the
@@ -289,10 +321,10 @@ impl Subscription {
 }
 
 impl TopicState {
-    /// Records `reason` (on `terms`) for `who`, under the topic's max rate `cap`; returns true
-    /// when `who` was not receiving this topic before. A reason already recorded takes the new
-    /// terms.
-    fn add(&mut self, who: &Subscriber, reason: &Pattern, terms: Terms, cap: Interval) -> bool {
+    /// Records `reason` (on `terms`) for `who`, under the topic's max rate; returns true when
+    /// `who` was not receiving this topic before. A reason already recorded takes the new terms.
+    fn add(&mut self, who: &Subscriber, reason: &Pattern, terms: Terms) -> bool {
+        let cap = self.cap;
         let special = &mut self.special;
         let sub = (self.subscribers).get_or_insert_with(who.id, || {
             *special += u32::from(who.outbox.deflate().is_some());
@@ -334,7 +366,8 @@ impl TopicState {
     }
 
     /// Drops one reason; returns true when the topic is left with nothing worth keeping.
-    fn remove(&mut self, id: ClientId, reason: &Pattern, cap: Interval, mirrored: bool) -> bool {
+    fn remove(&mut self, id: ClientId, reason: &Pattern, mirrored: bool) -> bool {
+        let cap = self.cap;
         if let Some(sub) = self.subscribers.get_mut(id) {
             if sub.reasons.iter().any(|r| r.pattern == *reason) {
                 let mut reasons = Vec::with_capacity(sub.reasons.len() - 1);
@@ -363,14 +396,14 @@ impl TopicState {
 
     /// Nothing worth keeping: no subscribers, and no last value that only this hub holds.
     fn is_idle(&self, mirrored: bool) -> bool {
-        self.subscribers.is_empty() && (mirrored || self.last.is_none())
+        self.subscribers.is_empty() && (mirrored || self.history.last().is_none())
     }
 
     /// Created and never used: no publication, no exact subscriber (pattern subscribers are
     /// re-materialized if the topic comes back).
     fn unused(&self) -> bool {
         self.seq == 0
-            && self.last.is_none()
+            && self.history.last().is_none()
             && (self.subscribers.values()).all(|s| s.reasons.iter().all(|r| r.pattern.as_exact().is_none()))
     }
 
@@ -378,10 +411,10 @@ impl TopicState {
     /// whose permessage-deflate window is `deflate` (compressed when that is the full window and
     /// worth it, under `bounds`; a smaller window, rare, gets the plain frame).
     fn snapshot_frame(&mut self, topic: &Topic, deflate: Option<u8>, bounds: TopicBounds) -> Option<Bytes> {
-        let (ts, data) = self.last.as_ref()?;
+        let (ts, data) = self.history.last()?;
         let snapshot = self.snapshot.get_or_insert_with(|| {
             Box::new(Snapshot {
-                plain: ENCODING.snapshot_frame(topic, self.seq, *ts, data),
+                plain: ENCODING.snapshot_frame(topic, self.seq, ts, data),
                 deflated: None,
             })
         });
@@ -400,7 +433,7 @@ impl TopicState {
 
     /// A mirrored topic that has not seen its stream yet takes the first epoch it is shown.
     fn adopt(&mut self, epoch: &Arc<str>) {
-        if self.seq == 0 && self.last.is_none() && &*self.epoch == UNKNOWN_EPOCH {
+        if self.seq == 0 && self.history.last().is_none() && &*self.epoch == UNKNOWN_EPOCH {
             self.epoch = epoch.clone();
         }
     }
@@ -425,6 +458,9 @@ impl Hub {
             }),
             mirrored,
             pacer: Pacer::default(),
+            clock: Clock {
+                start: Instant::now(),
+            },
         }
     }
 
@@ -466,8 +502,8 @@ impl Hub {
         data: &Data,
         accepted: Instant,
     ) {
-        state.seq = seq;
-        state.touched = state.touched.max(accepted);
+        let latest = std::mem::replace(&mut state.seq, seq);
+        state.touched = state.touched.max(self.clock.ticks(accepted));
         // A topic nobody watches (most of them, on a node with many) skips the encoding: it was
         // half the cost of such a publication (callgrind, 1M topics).
         if !state.subscribers.is_empty() {
@@ -483,9 +519,9 @@ impl Hub {
             };
             self.fan_out(entry, state, &out);
         }
-        let stored = state.history.push(seq, ts, data, accepted);
+        let bounds = self.rules.retention_at(state.retention);
+        let stored = state.history.push(bounds, latest, ts, data, now_ms());
         self.count_history(stored);
-        state.last = Some((ts, data.clone()));
         state.snapshot = None;
     }
 
@@ -500,12 +536,12 @@ impl Hub {
     pub fn last(&self, topic: &Topic) -> Option<Publication> {
         let entry = self.topics.get(topic).map(|e| e.clone())?;
         let state = lock(&entry.state);
-        let (ts, data) = state.last.clone()?;
+        let (ts, data) = state.history.last()?;
         Some(Publication {
             topic: topic.clone(),
             seq: state.seq,
             ts,
-            data,
+            data: data.clone(),
         })
     }
 
@@ -514,7 +550,8 @@ impl Hub {
     pub fn history(&self, topic: &Topic, since: u64, limit: usize) -> Option<HistoryPage> {
         let entry = self.topics.get(topic).map(|e| e.clone())?;
         let mut state = lock(&entry.state);
-        let expired = state.history.expire(Instant::now());
+        let bounds = self.rules.retention_at(state.retention);
+        let expired = state.history.expire(bounds, now_ms());
         self.count_history(expired);
         let (publications, complete) = state.history.page(since, limit, state.seq);
         Some(HistoryPage {

@@ -3,10 +3,9 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::Ordering;
-use std::time::Instant;
 
 use crate::protocol::error::RequestError;
-use crate::protocol::Position;
+use crate::protocol::{now_ms, Position};
 use crate::pubsub::outbox::TopicKey;
 use crate::pubsub::throttle::Terms;
 use crate::settings::Policy;
@@ -75,7 +74,7 @@ impl Hub {
             who,
             since,
             terms,
-            now: Instant::now(),
+            now: now_ms(),
             seen: HashSet::new(),
             out: Subscribed::default(),
         };
@@ -97,7 +96,7 @@ impl Hub {
             if let Some(topic) = sub.as_exact() {
                 let entry = self.topics.get(&topic).map(|e| e.clone());
                 if let Some(entry) = entry {
-                    if lock(&entry.state).remove(who, sub, entry.cap, self.mirrored) {
+                    if lock(&entry.state).remove(who, sub, self.mirrored) {
                         idle.push(topic);
                     }
                 }
@@ -112,7 +111,7 @@ impl Hub {
                 let Some(entry) = self.topics.get(&topic).map(|e| e.clone()) else {
                     continue;
                 };
-                if lock(&entry.state).remove(who, sub, entry.cap, self.mirrored) {
+                if lock(&entry.state).remove(who, sub, self.mirrored) {
                     idle.push(topic);
                 }
             }
@@ -220,7 +219,8 @@ struct CatchUp<'a> {
     since: &'a HashMap<Topic, Position>,
     /// What the request asked for: max rate, deltas.
     terms: Terms,
-    now: Instant,
+    /// Milliseconds since the Unix epoch, for history's TTL.
+    now: u64,
     /// Topics (by key) already answered for: a topic two subscriptions match is caught up once.
     seen: HashSet<TopicKey>,
     out: Subscribed,
@@ -230,7 +230,7 @@ impl CatchUp<'_> {
     /// Registers the subscriber on `topic` for `reason`, then, the first time the request meets
     /// the topic, records its position and the frames that bring the client up to date.
     fn add(&mut self, topic: &Topic, entry: &TopicEntry, state: &mut TopicState, reason: &Pattern) {
-        let fresh = state.add(self.who, reason, self.terms, entry.cap);
+        let fresh = state.add(self.who, reason, self.terms);
         // Past the cap only what `since` names (bounded by the request's size) is caught up;
         // nor is a skipped topic remembered, so the request holds no more than the cap either.
         let full = self.out.positions.len() >= self.hub.bounds.max_catch_up_topics;
@@ -263,7 +263,7 @@ impl CatchUp<'_> {
         }
         let deflate = self.who.outbox.deflate();
         if let Some(frame) = state.snapshot_frame(topic, deflate, self.hub.bounds) {
-            let key = (entry.policy == Policy::Conflate).then_some(entry.key);
+            let key = (state.policy == Policy::Conflate).then_some(entry.key);
             self.out.frames.push((frame, key));
         }
     }
@@ -271,7 +271,8 @@ impl CatchUp<'_> {
     /// Queues the publications missed since `from` if history still holds them all; returns
     /// whether it did (otherwise the client gets a snapshot).
     fn recover(&mut self, topic: &Topic, state: &mut TopicState, from: &Position) -> bool {
-        let expired = state.history.expire(self.now);
+        let bounds = self.hub.rules.retention_at(state.retention);
+        let expired = state.history.expire(bounds, self.now);
         self.hub.count_history(expired);
         // A position taken before the stream had an epoch (a mirrored topic nobody had
         // published to yet) is the start of whatever epoch came next.
@@ -279,7 +280,7 @@ impl CatchUp<'_> {
         let missed = same.then(|| state.history.after(from.seq, state.seq)).flatten();
         let recovered = missed.is_some();
         if let Some(missed) = missed {
-            let replay = missed.map(|e| (ENCODING.update_frame(topic, e.seq, e.ts, &e.data), None));
+            let replay = missed.map(|e| (ENCODING.update_frame(topic, e.seq, e.ts, e.data), None));
             self.out.frames.extend(replay);
         }
         self.hub.metrics.recovery(recovered);

@@ -238,7 +238,9 @@ fn a_topic_entry_stays_small() {
         std::mem::size_of::<TopicState>(),
         std::mem::size_of::<History>()
     );
-    assert!(arc_inner <= 168, "{arc_inner} B with the Arc's counts");
+    // 120 B is the largest request glibc serves from a 128-byte chunk (it adds 8 and rounds up
+    // to 16): one byte more and every topic costs 16 more.
+    assert!(arc_inner <= 120, "{arc_inner} B with the Arc's counts");
     // One per (topic, connection) pair: a node with many pattern subscriptions holds millions.
     let pair = std::mem::size_of::<Subscription>();
     assert!(pair <= 32, "a subscription is {pair} B");

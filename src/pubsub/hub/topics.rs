@@ -10,7 +10,7 @@ use std::time::Instant;
 use dashmap::mapref::entry::Entry;
 
 use crate::protocol::error::RequestError;
-use crate::protocol::new_epoch;
+use crate::protocol::{new_epoch, now_ms};
 use crate::pubsub::history::History;
 use crate::pubsub::idmap::IdMap;
 use crate::pubsub::throttle::Interval;
@@ -46,31 +46,31 @@ impl Hub {
             self.count.fetch_add(1, Ordering::AcqRel);
         }
         let epoch = lock(&self.epoch).clone();
-        let mut state = TopicState {
-            epoch,
-            seq: 0,
-            last: None,
-            snapshot: None,
-            history: History::new(self.rules.retention_for(topic)),
-            subscribers: IdMap::default(),
-            touched: Instant::now(),
-            removed: false,
-            special: 0,
-        };
         let cap = (self.rules.max_rate_for(topic)).map_or(Interval::NONE, |rate| {
             Interval::from_rate(rate).expect("settings validate queue.policies' max_rate")
         });
+        let mut state = TopicState {
+            epoch,
+            seq: 0,
+            history: History::default(),
+            snapshot: None,
+            subscribers: IdMap::default(),
+            touched: self.clock.ticks(Instant::now()),
+            special: 0,
+            cap,
+            policy: self.rules.policy_for(topic),
+            retention: self.rules.retention_index(topic),
+            removed: false,
+        };
         patterns.for_each_match(topic, |pattern, id, (outbox, terms)| {
             let who = Subscriber {
                 id,
                 outbox: outbox.clone(),
             };
-            state.add(&who, pattern, *terms, cap);
+            state.add(&who, pattern, *terms);
         });
         let entry = Arc::new(TopicEntry {
             key: self.next_key.fetch_add(1, Ordering::Relaxed),
-            policy: self.rules.policy_for(topic),
-            cap,
             state: Mutex::new(state),
         });
         lock(&self.names).insert(topic);
@@ -130,7 +130,6 @@ impl Hub {
             drop(epoch);
             let held = state.history.clear();
             self.count_history(held);
-            state.last = None;
             state.snapshot = None;
             lock(&self.names).remove(topic);
             self.count.fetch_sub(1, Ordering::AcqRel);
@@ -176,15 +175,17 @@ impl Hub {
     /// re-checked there (a publish or subscribe may have come in between). Returns how many
     /// topics it dropped.
     pub fn sweep(&self) -> usize {
-        let now = Instant::now();
-        let cutoff = self.bounds.idle_ttl.and_then(|ttl| now.checked_sub(ttl));
+        let (now, now_ms) = (Instant::now(), now_ms());
         let idle = |state: &TopicState| {
-            cutoff.is_some_and(|cutoff| state.subscribers.is_empty() && state.touched <= cutoff)
+            (self.bounds.idle_ttl).is_some_and(|ttl| {
+                state.subscribers.is_empty() && self.clock.idle_for(state.touched, ttl, now)
+            })
         };
         let mut candidates = Vec::new();
         for item in self.topics.iter() {
             let mut state = lock(&item.value().state);
-            let expired = state.history.expire(now);
+            let bounds = self.rules.retention_at(state.retention);
+            let expired = state.history.expire(bounds, now_ms);
             self.count_history(expired);
             if idle(&state) {
                 candidates.push(item.key().clone());
