@@ -42,7 +42,7 @@
 //!   gates, deltas, compressed frames, the pacer's release); `outbox`: a connection's bounded
 //!   queue with conflation (its header holds the queue bound rules); `history`: recent publications for
 //!   recovery; `patterns`: the token trie of pattern subscriptions; `names`: the topics' names,
-//!   in order (listing) and in a token trie (the topics a pattern matches); `idmap`: a topic's
+//!   in one ordered token trie (the listing, in name order, and the topics a pattern matches); `idmap`: a topic's
 //!   subscribers by connection id, one pointer while empty; `throttle`: a subscription's max
 //!   rate and delta terms (its `Gate`) and the node's one queue of held-back deliveries.
 //! - `auth`: who a client is. `auth` itself: anonymous, JWT or API key; `jwt`: verifying and

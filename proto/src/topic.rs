@@ -7,10 +7,12 @@
 //!
 //! The server hashes, compares and clones a [`Topic`] for every publication, so its
 //! representation (one `Arc<str>`) and the `#[inline]`s on the small methods are deliberate: they
-//! keep these calls as cheap across the crate boundary as they were inside the server.
+//! keep these calls as cheap across the crate boundary as they were inside the server. The `Arc`
+//! is triomphe's, which has no weak count: a node may hold a million names, and 8 bytes less per
+//! allocation puts a name of up to 16 bytes in a 32-byte chunk instead of a 48-byte one.
 
 use std::fmt;
-use std::sync::Arc;
+use triomphe::Arc;
 
 use serde::{Serialize, Serializer};
 use thiserror::Error;

@@ -82,7 +82,10 @@ const KEPT: u64 = 1 << 63;
 pub struct History {
     /// The newest publication (its `ts`, with [`KEPT`], and data); its seq is the topic's.
     newest: Option<(u64, Data)>,
-    /// Kept publications before the newest, oldest first; `None` while there are none.
+    /// Kept publications before the newest, oldest first; `None` while there are none. Boxed
+    /// (clippy's `box_collection` notwithstanding): 8 bytes on every topic instead of a
+    /// `VecDeque`'s 32, for the allocation only topics with a deeper history make.
+    #[allow(clippy::box_collection)]
     older: Option<Box<VecDeque<Entry>>>,
 }
 
