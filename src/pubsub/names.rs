@@ -18,7 +18,9 @@
 //! sorts before its extensions.
 //!
 //! A walk costs the matches plus the nodes the pattern's wildcards open: `prices.*` and
-//! `prices.>` visit only what lies under `prices`; a leading `*` visits every first token.
+//! `prices.>` visit only what lies under `prices`; a leading `*` visits every first token. Walks
+//! go in name order and resume after a name, so a wide pattern's matches are taken in slices,
+//! each under its own short hold of the names, and never collected whole.
 
 use std::borrow::Borrow;
 use std::cmp::Ordering;
@@ -133,21 +135,17 @@ impl TopicNames {
     pub fn page(&self, after: Option<&Topic>, limit: usize) -> Vec<Topic> {
         let want = limit.saturating_add(1);
         let mut out = Vec::with_capacity(want.min(1024));
-        let after: Option<Vec<&str>> = after.map(|t| t.as_str().split('.').collect());
-        in_order(&self.root, after.as_deref(), &mut out, want);
+        in_order(&self.root, after.map(Topic::as_str), &mut out, want);
         out
     }
 
-    /// Calls `f` with every topic `pattern` matches, in no particular order.
-    pub fn for_each_match(&self, pattern: &Pattern, mut f: impl FnMut(&Topic)) {
+    /// Up to `limit` topics `pattern` matches, in name order after `after`: a large pattern's
+    /// matches in slices, so that the caller holds the names for one slice at a time and a
+    /// walk resumes where the last one ended.
+    pub fn matching_after(&self, pattern: &Pattern, after: Option<&Topic>, limit: usize) -> Vec<Topic> {
         let tokens: Vec<&str> = pattern.as_str().split('.').collect();
-        walk(&self.root, &tokens, &mut f, &mut String::new());
-    }
-
-    /// The topics `pattern` matches.
-    pub fn matching(&self, pattern: &Pattern) -> Vec<Topic> {
-        let mut out = Vec::new();
-        self.for_each_match(pattern, |topic| out.push(topic.clone()));
+        let mut out = Vec::with_capacity(limit.min(1024));
+        walk_in_order(&self.root, &tokens, after.map(Topic::as_str), &mut out, limit);
         out
     }
 }
@@ -171,53 +169,27 @@ fn remove_in(node: &mut Node, tokens: &[&str], key: &mut String) -> bool {
     }
 }
 
-/// Walks `node` (a topic prefix of some length n) with the pattern's tokens from position n on.
-fn walk(node: &Node, pattern: &[&str], f: &mut impl FnMut(&Topic), key: &mut String) {
-    match pattern {
-        [">"] => every(node, f),
-        ["*"] => node.leaves.iter().for_each(|leaf| f(&leaf.0)),
-        [last] => {
-            if let Some(leaf) = node.leaves.get(*last) {
-                f(&leaf.0);
-            }
-        }
-        ["*", rest @ ..] => node.children.values().for_each(|child| walk(child, rest, f, key)),
-        [token, rest @ ..] => {
-            child_key(key, token);
-            if let Some(child) = node.children.get(key.as_str()) {
-                walk(child, rest, f, key);
-            }
-        }
-        [] => {}
-    }
-}
-
-/// Every topic below `node`: `>` takes one or more tokens.
-fn every(node: &Node, f: &mut impl FnMut(&Topic)) {
-    node.leaves.iter().for_each(|leaf| f(&leaf.0));
-    node.children.values().for_each(|child| every(child, f));
-}
-
-/// Appends to `out`, in name order, the topics below `node` whose tokens from here on come
-/// after `after`'s (all of them when `None`), until `out` holds `want`.
-fn in_order(node: &Node, after: Option<&[&str]>, out: &mut Vec<Topic>, want: usize) {
-    // The first key to leave out, and the child to resume inside, if `after` lies below one.
+/// Appends to `out`, in name order, the topics below `node` whose names from here on (the
+/// tokens below `node`'s prefix) come after `after` (all of them when `None`), until `out`
+/// holds `want`.
+fn in_order(node: &Node, after: Option<&str>, out: &mut Vec<Topic>, want: usize) {
+    // Every key up to the bound is left out; `after` may lie inside the child at the bound.
     let mut key = String::new();
-    let (leaves, mut children, resume) = match after {
+    let (leaves, mut children, resume) = match after.map(|a| (a, a.split_once('.'))) {
         None => (
             node.leaves.range::<str, _>(..),
             node.children.range::<str, _>(..),
             None,
         ),
-        Some([last]) => {
-            let from = (Bound::Excluded(*last), Bound::Unbounded);
+        Some((last, None)) => {
+            let from = (Bound::Excluded(last), Bound::Unbounded);
             (
                 node.leaves.range::<str, _>(from),
                 node.children.range::<str, _>(from),
                 None,
             )
         }
-        Some([first, rest @ ..]) => {
+        Some((_, Some((first, rest)))) => {
             child_key(&mut key, first);
             let from = (Bound::Excluded(key.as_str()), Bound::Unbounded);
             let resume = node.children.get(key.as_str()).map(|child| (child, rest));
@@ -227,7 +199,6 @@ fn in_order(node: &Node, after: Option<&[&str]>, out: &mut Vec<Topic>, want: usi
                 resume,
             )
         }
-        Some([]) => return,
     };
     if let Some((child, rest)) = resume {
         in_order(child, Some(rest), out, want);
@@ -251,6 +222,73 @@ fn in_order(node: &Node, after: Option<&[&str]>, out: &mut Vec<Topic>, want: usi
     }
 }
 
+/// Walks `node` (a topic prefix of some length n) with the pattern's tokens from position n on,
+/// appending the matches that come after `after` (as in [`in_order`]) in name order until `out`
+/// holds `want`. Only `>` takes both leaves and children; every other pattern token takes one
+/// kind, whose keys are then in name order by themselves.
+fn walk_in_order(node: &Node, pattern: &[&str], after: Option<&str>, out: &mut Vec<Topic>, want: usize) {
+    if out.len() >= want {
+        return;
+    }
+    // Where `after` stands among this node's children: the child it lies in, and what follows.
+    let split = after.and_then(|a| a.split_once('.'));
+    match pattern {
+        [">"] => in_order(node, after, out, want),
+        ["*"] => {
+            let from = after.map_or(Bound::Unbounded, Bound::Excluded);
+            for leaf in node.leaves.range::<str, _>((from, Bound::Unbounded)) {
+                if out.len() >= want {
+                    return;
+                }
+                out.push(leaf.0.clone());
+            }
+        }
+        [last] => {
+            let leaf = node.leaves.get(*last);
+            if let Some(leaf) = leaf.filter(|leaf| after.is_none_or(|a| leaf.token() > a)) {
+                out.push(leaf.0.clone());
+            }
+        }
+        [token, rest @ ..] => {
+            // The first child key after `after`: a name ending here leaves out the keys up to
+            // it; a longer one starts at the child it lies in, and resumes inside it.
+            let mut key = String::new();
+            let from = match (after, split) {
+                (None, _) => Bound::Unbounded,
+                (Some(last), None) => Bound::Excluded(last),
+                (Some(_), Some((first, _))) => {
+                    child_key(&mut key, first);
+                    Bound::Included(key.as_str())
+                }
+            };
+            let inside = |name: &str| {
+                let within = split.filter(|(first, _)| name.strip_suffix('.') == Some(*first));
+                within.map(|(_, rest)| rest)
+            };
+            if *token == "*" {
+                for (name, child) in node.children.range::<str, _>((from, Bound::Unbounded)) {
+                    if out.len() >= want {
+                        return;
+                    }
+                    walk_in_order(child, rest, inside(name), out, want);
+                }
+                return;
+            }
+            let mut name = String::new();
+            child_key(&mut name, token);
+            let after_bound = match from {
+                Bound::Unbounded => true,
+                Bound::Excluded(bound) => name.as_str() > bound,
+                Bound::Included(bound) => name.as_str() >= bound,
+            };
+            if let Some(child) = node.children.get(name.as_str()).filter(|_| after_bound) {
+                walk_in_order(child, rest, inside(&name), out, want);
+            }
+        }
+        [] => {}
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -267,7 +305,11 @@ mod tests {
     }
 
     fn sorted(trie: &TopicNames, pattern: &str) -> Vec<String> {
-        let mut got: Vec<String> = trie.matching(&p(pattern)).iter().map(|t| t.to_string()).collect();
+        let mut got: Vec<String> = trie
+            .matching_after(&p(pattern), None, usize::MAX)
+            .iter()
+            .map(|t| t.to_string())
+            .collect();
         got.sort();
         got
     }
@@ -312,6 +354,21 @@ mod tests {
             after = page.last().cloned();
             all.extend(page.iter().map(|t| t.to_string()));
             if !more {
+                return all;
+            }
+        }
+    }
+
+    /// Every match of `pattern`, in slices of `limit`, each after the last name of the one before.
+    fn matched_in_slices(trie: &TopicNames, pattern: &Pattern, limit: usize) -> Vec<String> {
+        let mut all = Vec::new();
+        let mut after: Option<Topic> = None;
+        loop {
+            let slice = trie.matching_after(pattern, after.as_ref(), limit);
+            assert!(slice.len() <= limit);
+            after = slice.last().cloned();
+            all.extend(slice.iter().map(|t| t.to_string()));
+            if slice.len() < limit {
                 return all;
             }
         }
@@ -366,7 +423,7 @@ mod tests {
     #[test]
     fn agrees_with_brute_force() {
         let mut rng = StdRng::seed_from_u64(7);
-        let tokens = ["a", "b", "c", "BTC-USD", "x_1"];
+        let tokens = ["a", "b", "c", "BTC-USD", "x_1", "a-b", "a:b", "BTC"];
         let token = |rng: &mut StdRng, wild: bool| {
             let n = if wild { tokens.len() + 2 } else { tokens.len() };
             match rng.random_range(0..n) {
@@ -405,6 +462,30 @@ mod tests {
                 names,
                 "the listing pages through every name in order"
             );
+            let mut want: Vec<String> = (all.iter())
+                .filter(|topic| pattern.matches(topic))
+                .map(|t| t.to_string())
+                .collect();
+            want.sort();
+            for limit in [1, 2, 7] {
+                assert_eq!(
+                    matched_in_slices(&trie, &pattern, limit),
+                    want,
+                    "{pattern} by {limit}"
+                );
+            }
+            // Resuming after any name, a topic or not (one dropped since the last slice).
+            let len = rng.random_range(1..5);
+            let name: Vec<&str> = (0..len).map(|_| token(&mut rng, false)).collect();
+            let after = t(&name.join("."));
+            let got: Vec<String> = (trie.matching_after(&pattern, Some(&after), usize::MAX).iter())
+                .map(|t| t.to_string())
+                .collect();
+            let rest: Vec<String> = (want.iter())
+                .filter(|w| w.as_str() > after.as_str())
+                .cloned()
+                .collect();
+            assert_eq!(got, rest, "{pattern} after {after}");
             let mut want: Vec<String> = (all.iter())
                 .filter(|topic| pattern.matches(topic))
                 .map(|t| t.to_string())

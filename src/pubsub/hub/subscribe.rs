@@ -14,6 +14,9 @@ use crate::topic::{Pattern, Topic};
 
 use super::{ClientId, Hub, Subscribed, Subscriber, TopicEntry, TopicState, ENCODING, UNKNOWN_EPOCH};
 
+/// Topics an unsubscribe removes per hold of the names (a pattern's walk goes in slices).
+const SLICE: usize = 4096;
+
 impl Hub {
     /// Adds subscriptions. For every topic they match, returns the topic's position and the
     /// frames that bring the client up to date: the publications it missed when `since` names a
@@ -81,7 +84,7 @@ impl Hub {
         Ok(Subscribing {
             catch_up,
             pattern: None,
-            pending: Vec::new(),
+            after: None,
             work: 0,
             created_from: 0,
         })
@@ -105,15 +108,24 @@ impl Hub {
             // Out of the index first: a topic created from now on does not pick the pattern up,
             // and every topic that did is in the names by the time the write lock is ours.
             write(&self.patterns).remove(sub, who);
-            let matching = lock(&self.names).matching(sub);
-            work += matching.len();
-            for topic in matching {
-                let Some(entry) = self.topics.get(&topic).map(|e| e.clone()) else {
-                    continue;
-                };
-                if lock(&entry.state).remove(who, sub, self.mirrored) {
-                    idle.push(topic);
+            // The names held for one slice at a time: a wide pattern's walk does not keep
+            // topic creation waiting.
+            let mut after = None;
+            loop {
+                let slice = lock(&self.names).matching_after(sub, after.as_ref(), SLICE);
+                work += slice.len();
+                for topic in &slice {
+                    let Some(entry) = self.topics.get(topic).map(|e| e.clone()) else {
+                        continue;
+                    };
+                    if lock(&entry.state).remove(who, sub, self.mirrored) {
+                        idle.push(topic.clone());
+                    }
                 }
+                if slice.len() < SLICE {
+                    break;
+                }
+                after = slice.last().cloned();
             }
         }
         for topic in idle {
@@ -126,10 +138,10 @@ impl Hub {
 /// A subscribe request in progress (see [`Hub::subscribing`]).
 pub struct Subscribing<'a> {
     catch_up: CatchUp<'a>,
-    /// The pattern last added, whose existing topics `pending` holds.
+    /// The pattern last added, while some of the topics it matched then are not registered.
     pattern: Option<Pattern>,
-    /// Topics the pattern matched when it was added, not registered yet.
-    pending: Vec<Topic>,
+    /// The last of its topics registered (they go in name order), if any.
+    after: Option<Topic>,
     /// Subscriptions added and topics registered since [`Subscribing::worked`] last said so.
     work: usize,
     /// The first topic key handed out after the pattern entered the index: a topic with this
@@ -143,7 +155,7 @@ impl Subscribing<'_> {
     /// on it) and the topics it matches now wait for [`Subscribing::run`].
     pub fn add(&mut self, sub: &Pattern) {
         debug_assert!(
-            self.pending.is_empty(),
+            self.pattern.is_none(),
             "run the previous subscription to the end first"
         );
         self.work += 1;
@@ -162,19 +174,25 @@ impl Subscribing<'_> {
             // the read lock while it takes its key and looks the patterns up).
             self.created_from = hub.next_key.load(Ordering::Relaxed);
         }
-        self.pending = lock(&hub.names).matching(sub);
+        self.after = None;
         self.pattern = Some(sub.clone());
     }
 
-    /// Registers up to `budget` of the waiting topics; true when none is left.
+    /// Registers up to `budget` of the pattern's existing topics, in name order from where the
+    /// last call stopped, the names locked only to find them; true when none is left. A topic
+    /// created meanwhile has the pattern already (`created_from`), one dropped meanwhile is
+    /// not found: the walk sees what the request would have seen in one go.
     pub fn run(&mut self, budget: usize) -> bool {
         let Some(sub) = &self.pattern else {
             return true;
         };
         let hub = self.catch_up.hub;
-        let from = self.pending.len().saturating_sub(budget);
-        self.work += self.pending.len() - from;
-        for topic in self.pending.drain(from..) {
+        let budget = budget.max(1);
+        let slice = lock(&hub.names).matching_after(sub, self.after.as_ref(), budget);
+        self.work += slice.len();
+        let done = slice.len() < budget;
+        self.after = slice.last().cloned();
+        for topic in slice {
             let Some(entry) = hub.topics.get(&topic).map(|e| e.clone()) else {
                 continue; // dropped since: if it comes back, it picks the pattern up
             };
@@ -189,10 +207,10 @@ impl Subscribing<'_> {
                 self.catch_up.add(&topic, &entry, &mut state, sub);
             }
         }
-        if self.pending.is_empty() {
-            self.pending = Vec::new(); // a large pattern's list is not kept for the next one
+        if done {
+            self.pattern = None;
         }
-        self.pending.is_empty()
+        done
     }
 
     /// Whether `slice` units of work (subscriptions added, topics registered) were done since
@@ -207,7 +225,7 @@ impl Subscribing<'_> {
 
     /// What the request collected: positions, recovery outcomes and catch-up frames.
     pub fn finish(self) -> Subscribed {
-        debug_assert!(self.pending.is_empty());
+        debug_assert!(self.pattern.is_none());
         self.catch_up.out
     }
 }
