@@ -12,7 +12,9 @@ use hyper::{Method, Request, Response, StatusCode};
 use tracing::debug;
 
 use crate::app::{App, Refused};
-use crate::metrics::{REJECT_AUTH, REJECT_BAD_HANDSHAKE, REJECT_IP_LIMIT, REJECT_LIMIT, REJECT_ORIGIN};
+use crate::metrics::{
+    Transport, REJECT_AUTH, REJECT_BAD_HANDSHAKE, REJECT_IP_LIMIT, REJECT_LIMIT, REJECT_ORIGIN,
+};
 use crate::protocol::deflate;
 use crate::protocol::error::RequestError;
 use crate::settings::normalize_origin;
@@ -111,7 +113,7 @@ pub(super) async fn upgrade(
             return error(&e.into());
         }
     };
-    let slot = match app.try_connection(client.ip()) {
+    let slot = match app.try_connection(client.ip(), Transport::Ws) {
         Ok(slot) => slot,
         Err(refused) => {
             let (reason, e) = match refused {
