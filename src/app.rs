@@ -15,7 +15,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::auth::Auth;
 use crate::cluster::node::Node;
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, Transport};
 use crate::settings::Settings;
 use crate::transport::proxy::TrustedProxies;
 
@@ -31,7 +31,7 @@ pub struct App {
     /// Every connection task; the drain waits for them.
     pub tasks: TaskTracker,
     open: AtomicUsize,
-    /// Open WebSocket connections per client address; an address leaves the map at zero, so
+    /// Open connections (WebSocket and SSE) per client address; an address leaves the map at zero, so
     /// its size is bounded by the open connections.
     per_ip: DashMap<IpAddr, usize>,
     /// Bytes of request bodies reserved by [`BodyPermit`]s, at most
@@ -49,10 +49,11 @@ pub enum Refused {
 }
 
 /// One of the `server.max_connections` places (and one of its address's places), held for the
-/// life of a WebSocket connection.
+/// life of a connection (a WebSocket or an SSE stream).
 pub struct ConnectionSlot {
     app: Arc<App>,
     ip: Option<IpAddr>,
+    transport: Transport,
 }
 
 /// A share of `http.max_inflight_body_bytes`, held while a request body is read and used; given
@@ -123,8 +124,13 @@ impl App {
     }
 
     /// Takes a connection place for a client at `ip` (the client's address, not a trusted
-    /// proxy's): one of its address's, then one of the server's.
-    pub fn try_connection(self: &Arc<Self>, ip: IpAddr) -> Result<ConnectionSlot, Refused> {
+    /// proxy's): one of its address's, then one of the server's. Every transport shares the
+    /// same places; `transport` only labels the connection metrics.
+    pub fn try_connection(
+        self: &Arc<Self>,
+        ip: IpAddr,
+        transport: Transport,
+    ) -> Result<ConnectionSlot, Refused> {
         let per_ip = self.settings.limits.max_connections_per_ip;
         let ip = (per_ip > 0).then(|| client_key(ip));
         if let Some(ip) = ip {
@@ -144,11 +150,12 @@ impl App {
             }
             return Err(Refused::Limit);
         }
-        self.metrics.connections.inc();
-        self.metrics.connections_accepted.inc();
+        self.metrics.connections(transport).inc();
+        self.metrics.connections_accepted(transport).inc();
         Ok(ConnectionSlot {
             app: self.clone(),
             ip,
+            transport,
         })
     }
 
@@ -169,7 +176,7 @@ impl Drop for ConnectionSlot {
             self.app.release(ip);
         }
         self.app.open.fetch_sub(1, Ordering::AcqRel);
-        self.app.metrics.connections.dec();
+        self.app.metrics.connections(self.transport).dec();
     }
 }
 

@@ -9,7 +9,8 @@
 
 use prometheus::core::Collector;
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry,
     TextEncoder,
 };
 
@@ -31,6 +32,26 @@ impl Source {
             Source::Http => "http",
             Source::Client => "client",
             Source::Feed => "feed",
+        }
+    }
+}
+
+/// Which transport carries a connection (`transport` label of the connection metrics).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    /// `GET /ws`: a WebSocket.
+    Ws,
+    /// `GET /sse`: a Server-Sent Events stream.
+    Sse,
+}
+
+impl Transport {
+    const ALL: [Transport; 2] = [Transport::Ws, Transport::Sse];
+
+    fn label(self) -> &'static str {
+        match self {
+            Transport::Ws => "ws",
+            Transport::Sse => "sse",
         }
     }
 }
@@ -71,8 +92,10 @@ const HTTP_BUCKETS: [f64; 12] = [
 
 pub struct Metrics {
     registry: Registry,
-    pub connections: IntGauge,
-    pub connections_accepted: IntCounter,
+    /// Open connections, by transport: read through [`Metrics::connections`].
+    connections: [IntGauge; 2],
+    /// Connections accepted, by transport: [`Metrics::connections_accepted`].
+    connections_accepted: [IntCounter; 2],
     pub connections_rejected: IntCounterVec,
     disconnects: IntCounterVec,
     pub subscriptions: IntGauge,
@@ -146,6 +169,22 @@ impl Metrics {
             "Bytes not sent compared with the full uncompressed frames, by what saved them.",
             &["by"],
         )?;
+        // Every transport's series exists from start-up, so that sums over them never miss one.
+        let connections = reg(
+            &r,
+            IntGaugeVec::new(
+                Opts::new("tickwire_connections", "Open connections, by transport (ws, sse)."),
+                &["transport"],
+            )?,
+        )?;
+        let connections = Transport::ALL.map(|t| connections.with_label_values(&[t.label()]));
+        let connections_accepted = counter_vec(
+            "tickwire_connections_accepted_total",
+            "Connections accepted, by transport (ws, sse).",
+            &["transport"],
+        )?;
+        let connections_accepted =
+            Transport::ALL.map(|t| connections_accepted.with_label_values(&[t.label()]));
         let connections_rejected = counter_vec(
             "tickwire_connections_rejected_total",
             "Connection attempts refused before the WebSocket session started, by reason.",
@@ -203,11 +242,8 @@ impl Metrics {
                 "Approximate memory held by topic histories (payload plus per-entry overhead).",
             )?,
             recoveries,
-            connections: gauge("tickwire_connections", "Open WebSocket connections.")?,
-            connections_accepted: counter(
-                "tickwire_connections_accepted_total",
-                "WebSocket connections accepted.",
-            )?,
+            connections,
+            connections_accepted,
             connections_rejected,
             disconnects,
             subscriptions: gauge(
@@ -304,6 +340,16 @@ impl Metrics {
 
     pub fn published(&self, source: Source) -> &IntCounter {
         &self.published[source as usize]
+    }
+
+    /// The open connections of `transport`.
+    pub fn connections(&self, transport: Transport) -> &IntGauge {
+        &self.connections[transport as usize]
+    }
+
+    /// The connections of `transport` accepted so far.
+    pub fn connections_accepted(&self, transport: Transport) -> &IntCounter {
+        &self.connections_accepted[transport as usize]
     }
 
     pub fn recovery(&self, recovered: bool) {

@@ -76,6 +76,31 @@ pub fn is_close(frame: &[u8]) -> bool {
     frame.first().is_some_and(|b| b & 0x0f == OpCode::Close as u8)
 }
 
+/// The opcode and payload of one whole frame the server built (final, unmasked, uncompressed:
+/// [`json_frame`], [`close_frame`], [`ping`]): for a transport that re-frames what the outbox
+/// queues (SSE writes the payload of a text frame as an event's `data`). `None` for bytes that
+/// are not exactly one such frame.
+pub fn server_payload(frame: &[u8]) -> Option<(OpCode, &[u8])> {
+    let [b0, b1, rest @ ..] = frame else { return None };
+    // FIN set, no RSV bits, no mask: the only frames `finish_frame` and `encode` build here.
+    if b0 & 0xf0 != 0x80 || b1 & 0x80 != 0 {
+        return None;
+    }
+    let (len, payload) = match b1 & 0x7f {
+        126 => {
+            let (len, payload) = rest.split_at_checked(2)?;
+            (u64::from(u16::from_be_bytes(len.try_into().ok()?)), payload)
+        }
+        127 => {
+            let (len, payload) = rest.split_at_checked(8)?;
+            (u64::from_be_bytes(len.try_into().ok()?), payload)
+        }
+        len => (u64::from(len), rest),
+    };
+    let opcode = OpCode::try_from(b0 & 0x0f).ok()?;
+    (len == payload.len() as u64).then_some((opcode, payload))
+}
+
 /// Bytes asked of the socket per read: a typical request in one read.
 const READ_CHUNK: usize = 512;
 /// Control frames carry at most this much (RFC 6455 §5.5).
@@ -241,6 +266,24 @@ mod tests {
         assert_eq!(u16::from_be_bytes([f[2], f[3]]), 4008);
         assert!(is_close(&f));
         assert!(!is_close(&json_frame("x")));
+    }
+
+    #[test]
+    fn server_payloads_come_back_out_of_their_frames() {
+        for n in [0usize, 10, 123, 124, 65533, 65534, 70000] {
+            let s = "x".repeat(n);
+            let f = json_frame(&s);
+            let (opcode, payload) = server_payload(&f).unwrap();
+            assert_eq!(opcode, OpCode::Text);
+            assert_eq!(payload, format!("\"{s}\"").as_bytes(), "{n}");
+            assert_eq!(server_payload(&f[..f.len() - 1]), None, "a cut frame");
+        }
+        assert_eq!(server_payload(&ping()), Some((OpCode::Ping, &[][..])));
+        let close = close_frame(4008, "slow consumer");
+        let (opcode, payload) = server_payload(&close).unwrap();
+        assert_eq!((opcode, &payload[2..]), (OpCode::Close, &b"slow consumer"[..]));
+        assert_eq!(server_payload(&client_frame(0x81, b"masked")), None);
+        assert_eq!(server_payload(&[0x81]), None);
     }
 
     /// A masked client frame, as a client would send it.

@@ -32,7 +32,7 @@
 use std::collections::HashMap;
 use std::future::poll_fn;
 use std::sync::{Mutex, MutexGuard};
-use std::task::Poll;
+use std::task::{Context, Poll};
 use std::time::Instant;
 
 use bytes::Bytes;
@@ -409,35 +409,39 @@ impl Outbox {
 
     /// Waits for work, then moves every waiting frame into `out` (in order): for the writer.
     pub async fn next(&self, out: &mut Vec<Bytes>) -> Next {
-        poll_fn(|cx| {
-            // Registered before the check, so a push in between still wakes us.
-            self.writer.register(cx.waker());
-            let mut st = self.lock();
-            if st.cork.is_none() && !st.waiting.is_empty() {
-                out.extend(st.waiting.drain(..).map(|w| w.frame));
-                if st.waiting.capacity() > 1024 {
-                    st.waiting = Vec::new(); // do not pin the memory of a burst
-                }
-                st.index = None;
-                let bytes = std::mem::take(&mut st.bytes);
-                st.fixed = 0;
-                st.exempt = 0;
-                if std::mem::take(&mut st.reader_waiting) {
-                    self.reader.wake();
-                }
-                let oldest = st.oldest.take();
-                return Poll::Ready(Next::Frames { bytes, oldest });
+        poll_fn(|cx| self.poll_next(cx, out)).await
+    }
+
+    /// [`Outbox::next`] as a poll, for a writer that is itself polled (an SSE response body,
+    /// which hyper polls). Always inlined: `next` compiles to what it was before the split.
+    #[inline(always)]
+    pub fn poll_next(&self, cx: &mut Context<'_>, out: &mut Vec<Bytes>) -> Poll<Next> {
+        // Registered before the check, so a push in between still wakes us.
+        self.writer.register(cx.waker());
+        let mut st = self.lock();
+        if st.cork.is_none() && !st.waiting.is_empty() {
+            out.extend(st.waiting.drain(..).map(|w| w.frame));
+            if st.waiting.capacity() > 1024 {
+                st.waiting = Vec::new(); // do not pin the memory of a burst
             }
-            match std::mem::replace(&mut st.close, Close::Done) {
-                Close::Open => {
-                    st.close = Close::Open;
-                    Poll::Pending
-                }
-                Close::Pending(frame) => Poll::Ready(Next::End(frame)),
-                Close::Done => Poll::Ready(Next::End(None)),
+            st.index = None;
+            let bytes = std::mem::take(&mut st.bytes);
+            st.fixed = 0;
+            st.exempt = 0;
+            if std::mem::take(&mut st.reader_waiting) {
+                self.reader.wake();
             }
-        })
-        .await
+            let oldest = st.oldest.take();
+            return Poll::Ready(Next::Frames { bytes, oldest });
+        }
+        match std::mem::replace(&mut st.close, Close::Done) {
+            Close::Open => {
+                st.close = Close::Open;
+                Poll::Pending
+            }
+            Close::Pending(frame) => Poll::Ready(Next::End(frame)),
+            Close::Done => Poll::Ready(Next::End(None)),
+        }
     }
 }
 

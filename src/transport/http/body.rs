@@ -1,20 +1,62 @@
-//! What goes in and out of an HTTP request: the [`Body`] of every response, the JSON and
+//! What goes in and out of an HTTP request: the [`Body`] of every response (whole, or an SSE
+//! stream), the JSON and
 //! error responses (where a [`RequestError`] becomes a status and the
 //! `{"error":{"code","message"}}` shape), and request bodies read under their limits:
 //! `http.max_body_bytes`, `http.body_timeout` and the server-wide `http.max_inflight_body_bytes`
 //! (see [`read_body`]).
 
+use std::convert::Infallible;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
 use bytes::{Bytes, BytesMut};
 use http_body_util::{BodyExt, Full};
-use hyper::body::Incoming;
+use hyper::body::{Frame, Incoming, SizeHint};
 use hyper::header::{HeaderValue, CONNECTION, CONTENT_LENGTH, CONTENT_TYPE, EXPECT, WWW_AUTHENTICATE};
 use hyper::{Request, Response, StatusCode};
 use serde::Serialize;
 
 use crate::app::{App, BodyPermit};
 use crate::protocol::error::RequestError;
+use crate::transport::sse::Events;
 
-pub type Body = Full<Bytes>;
+/// The body of every response: whole, or the events of a `GET /sse` stream.
+pub enum Body {
+    Whole(Full<Bytes>),
+    Events(Events),
+}
+
+impl Body {
+    pub fn new(bytes: impl Into<Bytes>) -> Body {
+        Body::Whole(Full::new(bytes.into()))
+    }
+}
+
+impl hyper::body::Body for Body {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        match self.get_mut() {
+            Body::Whole(whole) => Pin::new(whole).poll_frame(cx),
+            Body::Events(events) => Pin::new(events).poll_frame(cx),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            Body::Whole(whole) => whole.is_end_stream(),
+            Body::Events(events) => events.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            Body::Whole(whole) => whole.size_hint(),
+            Body::Events(events) => events.size_hint(),
+        }
+    }
+}
 
 pub(super) fn status_of(e: &RequestError) -> StatusCode {
     match e {
@@ -41,7 +83,7 @@ pub(super) fn status_of(e: &RequestError) -> StatusCode {
 
 pub(super) fn json<T: Serialize>(status: StatusCode, value: &T) -> Response<Body> {
     let body = serde_json::to_vec(value).expect("serializing to a Vec cannot fail");
-    let mut resp = Response::new(Full::new(Bytes::from(body)));
+    let mut resp = Response::new(Body::new(body));
     *resp.status_mut() = status;
     resp.headers_mut()
         .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
@@ -74,7 +116,7 @@ pub(super) fn error(e: &RequestError) -> Response<Body> {
 }
 
 pub(super) fn text(status: StatusCode, body: &'static str) -> Response<Body> {
-    let mut resp = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
+    let mut resp = Response::new(Body::new(body.as_bytes()));
     *resp.status_mut() = status;
     resp.headers_mut()
         .insert(CONTENT_TYPE, HeaderValue::from_static("text/plain"));

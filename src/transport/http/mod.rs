@@ -1,18 +1,17 @@
 //! HTTP routing: the WebSocket upgrade at `/ws` (and `/echo`, when `server.echo_endpoint` is
-//! on; [`upgrade`]), the publish and topic APIs ([`api`]), the web pages (`/`, `/chat`,
+//! on; [`upgrade`]), the Server-Sent Events stream at `/sse` ([`sse`]), the publish and topic APIs ([`api`]), the web pages (`/`, `/chat`,
 //! `/console`, `/tickwire.js`; see [`crate::transport::web`]), and the operator endpoints `/metrics`,
 //! `/healthz`, `/readyz`. Every request is counted in the HTTP metrics here.
 
 mod api;
 pub mod body;
+mod sse;
 mod upgrade;
 
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Instant;
 
-use bytes::Bytes;
-use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::header::{HeaderValue, ALLOW, CONTENT_TYPE};
 use hyper::{Method, Request, Response, StatusCode};
@@ -42,6 +41,7 @@ pub enum Routes {
 fn route_of(path: &str) -> &'static str {
     match path {
         "/ws" => "ws",
+        "/sse" => "sse",
         "/echo" => "echo",
         "/api/v1/publish" => "publish",
         "/api/v1/topics" => "topics",
@@ -85,6 +85,7 @@ pub async fn handle(
     let result = match (req.method(), route) {
         (_, "ws") => Ok(upgrade(req, &app, addrs, Endpoint::Requests).await),
         (_, "echo") => Ok(upgrade(req, &app, addrs, Endpoint::Echo).await),
+        (&Method::GET | &Method::OPTIONS, "sse") => Ok(sse::stream(req, &app, addrs).await),
         (&Method::POST, "publish") => publish(req, &app).await,
         (&Method::GET, "topics") => match reader(&req, &app) {
             Ok(()) => list_topics(req.uri().query().unwrap_or(""), &app).await,
@@ -112,7 +113,9 @@ pub async fn handle(
         )),
         (&Method::GET, "readyz") => Ok(text(StatusCode::OK, "ready\n")),
         (&Method::GET, "web") => {
-            crate::transport::web::response(&path, &app.settings).ok_or(RequestError::MethodNotAllowed)
+            (crate::transport::web::response(&path, &app.settings))
+                .map(|resp| resp.map(Body::Whole))
+                .ok_or(RequestError::MethodNotAllowed)
         }
         (_, "not_found") => Err(RequestError::NoRoute(path.chars().take(256).collect())),
         _ => Err(RequestError::MethodNotAllowed),
@@ -136,7 +139,7 @@ pub async fn handle(
 
 fn metrics(app: &App) -> Response<Body> {
     app.metrics.topics.set(app.node.hub().topic_count() as i64);
-    let mut resp = Response::new(Full::new(Bytes::from(app.metrics.render())));
+    let mut resp = Response::new(Body::new(app.metrics.render()));
     resp.headers_mut().insert(
         CONTENT_TYPE,
         HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),

@@ -5,14 +5,15 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
-use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::header::{HeaderValue, CONNECTION, ORIGIN, SEC_WEBSOCKET_EXTENSIONS, UPGRADE};
 use hyper::{Method, Request, Response, StatusCode};
 use tracing::debug;
 
 use crate::app::{App, Refused};
-use crate::metrics::{REJECT_AUTH, REJECT_BAD_HANDSHAKE, REJECT_IP_LIMIT, REJECT_LIMIT, REJECT_ORIGIN};
+use crate::metrics::{
+    Transport, REJECT_AUTH, REJECT_BAD_HANDSHAKE, REJECT_IP_LIMIT, REJECT_LIMIT, REJECT_ORIGIN,
+};
 use crate::protocol::deflate;
 use crate::protocol::error::RequestError;
 use crate::settings::normalize_origin;
@@ -42,6 +43,25 @@ pub(super) fn check_origin(req: &Request<Incoming>, allowed: &[String]) -> Resul
         .take(256)
         .collect();
     Err(RequestError::Origin(shown))
+}
+
+/// The answer to a connection that got no place (counted in the rejected metric).
+pub(super) fn no_slot(app: &App, refused: Refused) -> RequestError {
+    let (reason, e) = match refused {
+        Refused::IpLimit => {
+            let limit = app.settings.limits.max_connections_per_ip;
+            (REJECT_IP_LIMIT, RequestError::TooManyConnections(limit))
+        }
+        Refused::Limit => (
+            REJECT_LIMIT,
+            RequestError::Unavailable("connection limit reached"),
+        ),
+    };
+    app.metrics
+        .connections_rejected
+        .with_label_values(&[reason])
+        .inc();
+    e
 }
 
 /// 426 for a request to a WebSocket endpoint that is not an upgrade, saying what it takes.
@@ -111,22 +131,11 @@ pub(super) async fn upgrade(
             return error(&e.into());
         }
     };
-    let slot = match app.try_connection(client.ip()) {
+    let slot = match app.try_connection(client.ip(), Transport::Ws) {
         Ok(slot) => slot,
         Err(refused) => {
-            let (reason, e) = match refused {
-                Refused::IpLimit => {
-                    debug!(addr = %client, proxy, "websocket refused: too many connections from the address");
-                    let limit = app.settings.limits.max_connections_per_ip;
-                    (REJECT_IP_LIMIT, RequestError::TooManyConnections(limit))
-                }
-                Refused::Limit => (
-                    REJECT_LIMIT,
-                    RequestError::Unavailable("connection limit reached"),
-                ),
-            };
-            rejected(reason);
-            return error(&e);
+            debug!(addr = %client, proxy, ?refused, "websocket refused: connection limit");
+            return error(&no_slot(app, refused));
         }
     };
     // permessage-deflate when the client offers it: agreed here, in the 101 answer.
@@ -135,7 +144,7 @@ pub(super) async fn upgrade(
         true => deflate::negotiate(offers),
         false => None,
     };
-    let mut resp = resp.map(|_| Full::new(Bytes::new()));
+    let mut resp = resp.map(|_| Body::new(Bytes::new()));
     let deflate = deflate.map(|(agreed, answer)| {
         let answer = HeaderValue::from_str(&answer).expect("built from ASCII");
         resp.headers_mut().insert(SEC_WEBSOCKET_EXTENSIONS, answer);

@@ -166,7 +166,7 @@ impl Connection<'_> {
         let outbox = self.outbox;
         tokio::select! {
             reason = self.read_loop(reader, handler) => outbox.close(reason),
-            reason = self.watchdog.run(outbox, server.ping_interval, server.idle_timeout) => outbox.close(reason),
+            reason = self.watchdog.run(outbox, server.ping_interval, Some(server.idle_timeout)) => outbox.close(reason),
             () = self.app.drain.cancelled() => outbox.close(Disconnect::Shutdown),
             () = outbox.closed() => {}
         }

@@ -2,7 +2,7 @@
 //! reassembly, ping/pong, the close handshake, the `/echo` endpoint), its write half
 //! ([`writer`]: vectored writes, stalled sockets, the last write), its reader and writer run
 //! together in one task ([`join`]), and its one timer: heartbeat pings, idle timeout, token
-//! expiry ([`watchdog`]). The requests themselves are the session's (`crate::session`).
+//! expiry ([`watchdog`], which the SSE transport shares). The requests themselves are the session's (`crate::session`).
 
 mod connection;
 mod join;
@@ -10,3 +10,5 @@ mod watchdog;
 mod writer;
 
 pub use self::connection::{run, Endpoint, Link};
+/// Shared with the SSE transport, which has the same pings and token expiry.
+pub(in crate::transport) use self::watchdog::Watchdog;

@@ -1,4 +1,5 @@
 //! The one timer of a connection: heartbeat pings, the idle timeout and the token's expiry.
+//! The SSE transport runs it too, without the idle timeout (its client cannot send).
 //!
 //! Each used to be a timer of its own, plus a watch channel to move the expiry on a token
 //! refresh: about 1 KB per connection, idle or not, which is most of what an idle connection
@@ -69,8 +70,9 @@ impl Watchdog {
     }
 
     /// Pings through `outbox` every `interval`, and resolves when the connection must end:
-    /// nothing heard from the client for `idle`, or the token expired.
-    pub async fn run(&self, outbox: &Outbox, interval: Duration, idle: Duration) -> Disconnect {
+    /// nothing heard from the client for `idle` (`None`: a client that cannot send, an SSE
+    /// stream, is never idle), or the token expired.
+    pub async fn run(&self, outbox: &Outbox, interval: Duration, idle: Option<Duration>) -> Disconnect {
         let mut next_ping = Instant::now() + interval;
         let mut sleep = pin!(tokio::time::sleep_until(next_ping));
         // The expiry the timer was last armed for (none yet: the first poll arms it).
@@ -88,8 +90,8 @@ impl Watchdog {
             if expires.is_some_and(|at| now >= at) {
                 return Poll::Ready(Disconnect::TokenExpired);
             }
-            let idle_at = self.at(self.last_seen.load(Ordering::Relaxed)).expect("set") + idle;
-            if now >= idle_at {
+            let idle_at = idle.map(|idle| self.at(self.last_seen.load(Ordering::Relaxed)).expect("set") + idle);
+            if idle_at.is_some_and(|at| now >= at) {
                 return Poll::Ready(Disconnect::IdleTimeout);
             }
             if now >= next_ping {
@@ -97,7 +99,7 @@ impl Watchdog {
                 // A late tick delays the next one instead of bunching pings up.
                 next_ping = now + interval;
             }
-            let wake = [Some(next_ping), Some(idle_at), expires, Some(now + MAX_SLEEP)];
+            let wake = [Some(next_ping), idle_at, expires, Some(now + MAX_SLEEP)];
             sleep
                 .as_mut()
                 .reset(wake.into_iter().flatten().min().expect("not empty"));
@@ -138,7 +140,7 @@ mod tests {
     ) -> (Disconnect, Duration, usize) {
         let start = Instant::now();
         let reason = tokio::select! {
-            reason = dog.run(outbox, INTERVAL, IDLE) => reason,
+            reason = dog.run(outbox, INTERVAL, Some(IDLE)) => reason,
             () = async { also.await; pending().await } => unreachable!(),
         };
         // Nothing but pings is queued here.
