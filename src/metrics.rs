@@ -10,8 +10,7 @@
 use prometheus::core::Collector;
 use prometheus::{
     Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
-    Registry,
-    TextEncoder,
+    Registry, TextEncoder,
 };
 
 use crate::protocol::disconnect::Disconnect;
@@ -173,7 +172,10 @@ impl Metrics {
         let connections = reg(
             &r,
             IntGaugeVec::new(
-                Opts::new("tickwire_connections", "Open connections, by transport (ws, sse)."),
+                Opts::new(
+                    "tickwire_connections",
+                    "Open connections, by transport (ws, sse).",
+                ),
                 &["transport"],
             )?,
         )?;

@@ -139,7 +139,12 @@ enum End {
     Gone,
 }
 
-async fn run(s: Stream, endpoint: Arc<Endpoint>, first: Response<Incoming>, tx: mpsc::UnboundedSender<Event>) {
+async fn run(
+    s: Stream,
+    endpoint: Arc<Endpoint>,
+    first: Response<Incoming>,
+    tx: mpsc::UnboundedSender<Event>,
+) {
     let mut tracks = Tracks {
         keep_bases: s.delta,
         ..Tracks::default()
@@ -225,7 +230,11 @@ async fn read(mut body: Incoming, tracks: &mut Tracks, tx: &mpsc::UnboundedSende
 }
 
 /// One event: delivered (`Ok(None)`), the end of the stream, or `Err` when the receiver is gone.
-fn handle(event: SseEvent, tracks: &mut Tracks, tx: &mpsc::UnboundedSender<Event>) -> Result<Option<End>, ()> {
+fn handle(
+    event: SseEvent,
+    tracks: &mut Tracks,
+    tx: &mpsc::UnboundedSender<Event>,
+) -> Result<Option<End>, ()> {
     let send = |e: Event| tx.send(e).map_err(|_| ());
     let malformed = |what: &str, e: serde_json::Error| {
         Event::Error(Error::Transport(format!("malformed {what} event: {e}").into()))
@@ -269,11 +278,14 @@ fn handle(event: SseEvent, tracks: &mut Tracks, tx: &mpsc::UnboundedSender<Event
             let data = match (frame.data, frame.delta) {
                 (Some(data), _) => data,
                 (None, Some(delta)) => {
-                    let base = track.filter(|t| t.seq + 1 == frame.seq).and_then(|t| t.base.as_deref());
+                    let base = track
+                        .filter(|t| t.seq + 1 == frame.seq)
+                        .and_then(|t| t.base.as_deref());
                     let applied = base
                         .ok_or_else(|| format!("no data of seq {} to apply it to", frame.seq - 1))
                         .and_then(|base| {
-                            fossil::apply(base.as_bytes(), delta.as_bytes(), MAX_DATA_BYTES).map_err(|e| e.to_string())
+                            fossil::apply(base.as_bytes(), delta.as_bytes(), MAX_DATA_BYTES)
+                                .map_err(|e| e.to_string())
                         })
                         .and_then(|out| String::from_utf8(out).map_err(|e| e.to_string()))
                         .and_then(|text| RawValue::from_string(text).map_err(|e| e.to_string()));
@@ -480,7 +492,10 @@ impl Endpoint {
                 request = request.header("last-event-id", id);
             }
             let request = (request.body(Empty::<Bytes>::new())).map_err(|e| connect_err(e.into()))?;
-            sender.send_request(request).await.map_err(|e| connect_err(e.into()))
+            sender
+                .send_request(request)
+                .await
+                .map_err(|e| connect_err(e.into()))
         };
         let response = match tokio::time::timeout(CONNECT_TIMEOUT, exchange).await {
             Ok(response) => response?,
@@ -504,16 +519,32 @@ async fn refusal(response: Response<Incoming>) -> Error {
     let parsed: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
     let code = parsed["error"]["code"].as_str().map(str::to_string);
     let (code, message) = match code {
-        Some(code) => (code, parsed["error"]["message"].as_str().unwrap_or_default().to_string()),
+        Some(code) => (
+            code,
+            parsed["error"]["message"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string(),
+        ),
         None => (format!("http_{status}"), text.trim().chars().take(200).collect()),
     };
     match status {
-        401 => Error::Unauthorized { status, code, message },
-        _ => Error::Http { status, code, message },
+        401 => Error::Unauthorized {
+            status,
+            code,
+            message,
+        },
+        _ => Error::Http {
+            status,
+            code,
+            message,
+        },
     }
 }
 
-async fn handshake<IO>(io: IO) -> Result<hyper::client::conn::http1::SendRequest<Empty<Bytes>>, tickwire_client::BoxError>
+async fn handshake<IO>(
+    io: IO,
+) -> Result<hyper::client::conn::http1::SendRequest<Empty<Bytes>>, tickwire_client::BoxError>
 where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -577,6 +608,9 @@ mod tests {
             Some(2.5),
             true,
         );
-        assert_eq!(url, "http://h:1/p/sse?topics=prices.*,chat.%3E&max_rate=2.5&delta=fossil");
+        assert_eq!(
+            url,
+            "http://h:1/p/sse?topics=prices.*,chat.%3E&max_rate=2.5&delta=fossil"
+        );
     }
 }

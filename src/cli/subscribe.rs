@@ -95,10 +95,19 @@ async fn start(args: &SubscribeArgs, target: &Target, url: &str) -> Result<Sourc
         return match stream.start().await {
             Ok(events) => Ok(Source::Sse(events)),
             // Refused before anything streamed: the subscription, as over WebSocket.
-            Err(Error::Http { status, code, message }) if status != 404 && status != 405 && !code.starts_with("http_") => {
-                Err(runtime(format!("subscribe failed: server error {code}: {message}")))
-            }
-            Err(e) => Err(Failure::Runtime(target.connect_failure_to(url, "SSE", &e, args.token.is_some()))),
+            Err(Error::Http {
+                status,
+                code,
+                message,
+            }) if status != 404 && status != 405 && !code.starts_with("http_") => Err(runtime(format!(
+                "subscribe failed: server error {code}: {message}"
+            ))),
+            Err(e) => Err(Failure::Runtime(target.connect_failure_to(
+                url,
+                "SSE",
+                &e,
+                args.token.is_some(),
+            ))),
         };
     }
     let mut options = ClientOptions::default();

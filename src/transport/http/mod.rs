@@ -112,11 +112,9 @@ pub async fn handle(
             "cluster broker unavailable\n",
         )),
         (&Method::GET, "readyz") => Ok(text(StatusCode::OK, "ready\n")),
-        (&Method::GET, "web") => {
-            (crate::transport::web::response(&path, &app.settings))
-                .map(|resp| resp.map(Body::Whole))
-                .ok_or(RequestError::MethodNotAllowed)
-        }
+        (&Method::GET, "web") => (crate::transport::web::response(&path, &app.settings))
+            .map(|resp| resp.map(Body::Whole))
+            .ok_or(RequestError::MethodNotAllowed),
         (_, "not_found") => Err(RequestError::NoRoute(path.chars().take(256).collect())),
         _ => Err(RequestError::MethodNotAllowed),
     };

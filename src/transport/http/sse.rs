@@ -94,7 +94,11 @@ fn events_response(events: sse::Events) -> Response<Body> {
 
 /// Checks the request, takes a connection place and opens the stream; every refusal comes
 /// before a byte is streamed.
-async fn accept(req: Request<Incoming>, app: &Arc<App>, addrs: PeerAddrs) -> Result<sse::Events, RequestError> {
+async fn accept(
+    req: Request<Incoming>,
+    app: &Arc<App>,
+    addrs: PeerAddrs,
+) -> Result<sse::Events, RequestError> {
     if app.drain.is_cancelled() {
         return Err(RequestError::Unavailable("server is shutting down"));
     }

@@ -171,10 +171,7 @@ impl Cursor {
             Some(epoch) => Some(epoch.into()),
             None => match self.pending.remove(topic) {
                 Some(epoch) if !epoch.is_empty() => Some(epoch),
-                _ => Topic::parse(topic)
-                    .ok()
-                    .and_then(|t| lookup(&t))
-                    .map(|p| p.epoch),
+                _ => Topic::parse(topic).ok().and_then(|t| lookup(&t)).map(|p| p.epoch),
             },
         };
         if let Some(epoch) = epoch {
@@ -396,9 +393,7 @@ impl<'a> Reader<'a> {
 
     /// A count of topics or epochs: at most what a token carries.
     fn count(&mut self) -> Option<usize> {
-        usize::try_from(self.varint()?)
-            .ok()
-            .filter(|&n| n <= MAX_TOPICS)
+        usize::try_from(self.varint()?).ok().filter(|&n| n <= MAX_TOPICS)
     }
 }
 
@@ -434,7 +429,10 @@ mod tests {
         c.subscribed(br#"{"type":"subscribed","topics":["prices.BTC-USD","chat.*"],"positions":{"prices.BTC-USD":{"seq":7,"epoch":"abc123"},"chat.a":{"seq":0,"epoch":"abc123"}}}"#);
         // Nothing written yet for the topic with a value: only the one never published is carried.
         let since = decode(&topics, &id(&mut c)).unwrap();
-        assert_eq!(since, HashMap::from([(Topic::parse("chat.a").unwrap(), pos(0, "abc123"))]));
+        assert_eq!(
+            since,
+            HashMap::from([(Topic::parse("chat.a").unwrap(), pos(0, "abc123"))])
+        );
         c.advance("prices.BTC-USD", 7, None, none);
         c.advance("chat.a", 1, None, none);
         // A topic matched later: its epoch comes from the hub.
@@ -499,7 +497,15 @@ mod tests {
         let mut flipped = good.clone().into_bytes();
         flipped[3] = if flipped[3] == b'A' { b'B' } else { b'A' };
         let flipped = String::from_utf8(flipped).unwrap();
-        for bad in ["", "x", "!!!", "AAAA", &flipped, &good[..good.len() - 1], &"A".repeat(2000)] {
+        for bad in [
+            "",
+            "x",
+            "!!!",
+            "AAAA",
+            &flipped,
+            &good[..good.len() - 1],
+            &"A".repeat(2000),
+        ] {
             assert_eq!(since(&topics, Some(bad)), Some(reset.clone()), "{bad:?}");
         }
         assert_eq!(since(&topics, None), None, "no id: a new stream");

@@ -34,10 +34,7 @@ pub fn scan(json: &[u8]) -> Option<Head<'_>> {
     let rest = json.strip_prefix(br#"{"type":""#)?;
     let (kind, rest) = string(rest, MAX_KIND)?;
     if kind != "update" && kind != "snapshot" {
-        return Some(Head {
-            kind,
-            position: None,
-        });
+        return Some(Head { kind, position: None });
     }
     let rest = rest.strip_prefix(br#","topic":""#)?;
     let (topic, rest) = string(rest, MAX_TOPIC_BYTES)?;
@@ -125,13 +122,7 @@ mod tests {
             (br#"{"type":"error","code":"forbidden","message":"m"}"#, "error"),
             (br#"{"type":"unsubscribed","topics":[]}"#, "unsubscribed"),
         ] {
-            assert_eq!(
-                scan(json),
-                Some(Head {
-                    kind,
-                    position: None
-                })
-            );
+            assert_eq!(scan(json), Some(Head { kind, position: None }));
         }
     }
 

@@ -77,7 +77,14 @@ pub async fn open(
         max_rate: stream.max_rate,
         delta: stream.delta,
     };
-    (app.tasks).spawn(run(app.clone(), slot, addr, outbox.clone(), subscription, answer_tx));
+    (app.tasks).spawn(run(
+        app.clone(),
+        slot,
+        addr,
+        outbox.clone(),
+        subscription,
+        answer_tx,
+    ));
     match answer_rx.await {
         Ok(Ok(())) => Ok(Events::new(
             outbox,

@@ -90,7 +90,8 @@ impl Watchdog {
             if expires.is_some_and(|at| now >= at) {
                 return Poll::Ready(Disconnect::TokenExpired);
             }
-            let idle_at = idle.map(|idle| self.at(self.last_seen.load(Ordering::Relaxed)).expect("set") + idle);
+            let idle_at =
+                idle.map(|idle| self.at(self.last_seen.load(Ordering::Relaxed)).expect("set") + idle);
             if idle_at.is_some_and(|at| now >= at) {
                 return Poll::Ready(Disconnect::IdleTimeout);
             }
