@@ -3,8 +3,10 @@
 //! `curl`. Each answer must have the documented shape: the same status when the document gives
 //! one, the same JSON keys and value types throughout, the same error `code`, and for `curl -i`
 //! the documented headers. Values that depend on the moment (seqs, epochs, times) are not
-//! compared. An example for another host (`https://push.example.com`) is not run; the test
-//! says how many ran so that a document that loses its examples is noticed.
+//! compared. A streaming example (`curl -N`, Server-Sent Events) runs for 2 s: it must answer
+//! 200 with the documented first line, and each `data:` must be the JSON of its event's `type`.
+//! An example for another host (`https://push.example.com`) is not run; the test says how many
+//! ran so that a document that loses its examples is noticed.
 
 mod common;
 
@@ -51,7 +53,8 @@ fn examples(doc: &str) -> Vec<Example> {
         let mut expected = Vec::new();
         while i < lines.len() {
             let next = lines[i];
-            if let Some(answer) = next.strip_prefix("# → ") {
+            // `# →` alone: a blank line of the answer (between two events of a stream).
+            if let Some(answer) = next.strip_prefix("# → ").or((next == "# →").then_some("")) {
                 expected.push(answer.to_string());
             } else if line.starts_with("$ ") && !ends_an_answer(next, &expected) {
                 expected.push(next.to_string());
@@ -146,6 +149,29 @@ fn documented(expected: &[String]) -> (Option<u16>, Vec<String>, Option<Value>) 
     (status, headers, body)
 }
 
+/// A Server-Sent Events answer: the documented first line, then events whose `data:` is the JSON
+/// of a frame of the event's name (`subscribed`, `snapshot`, …).
+fn check_stream(here: &str, expected: &[String], answer: &str) {
+    let first = expected
+        .first()
+        .map(String::as_str)
+        .unwrap_or("event: subscribed");
+    assert_eq!(answer.lines().next(), Some(first), "{here}: first line\n{answer}");
+    let mut name = "message";
+    let mut events = 0;
+    for line in answer.lines() {
+        if let Some(event) = line.strip_prefix("event: ") {
+            name = event;
+        } else if let Some(data) = line.strip_prefix("data: ") {
+            let frame: Value = serde_json::from_str(data)
+                .unwrap_or_else(|e| panic!("{here}: a data line is not JSON ({e}): {data}"));
+            assert_eq!(frame["type"], name, "{here}: {line}");
+            events += 1;
+        }
+    }
+    assert!(events > 0, "{here}: no event in\n{answer}");
+}
+
 async fn run_document(name: &str, text: &str, min_run: usize) {
     let server = start("").await;
     let base = format!("http://{}", server.addr);
@@ -157,23 +183,36 @@ async fn run_document(name: &str, text: &str, min_run: usize) {
         {
             continue;
         }
+        let streaming = example.command.split_whitespace().any(|w| w == "-N");
+        let max_time = if streaming { 2 } else { 10 };
         let command = (example.command)
             .replace("http://localhost:8080", &base)
             .replace("http://127.0.0.1:8080", &base)
-            .replacen("curl ", "curl -sS --max-time 10 -w '\\n%{http_code}' ", 1);
+            .replacen(
+                "curl ",
+                &format!("curl -sS --max-time {max_time} -w '\\n%{{http_code}}' "),
+                1,
+            );
         let out = tokio::process::Command::new("sh")
             .args(["-c", &command])
             .output()
             .await
             .expect("run sh");
+        // A stream never ends by itself: curl's timeout (28) is its end.
         assert!(
-            out.status.success(),
+            out.status.success() || (streaming && out.status.code() == Some(28)),
             "{here}: curl failed: {}",
             String::from_utf8_lossy(&out.stderr)
         );
         let stdout = String::from_utf8(out.stdout).expect("UTF-8 answer");
         let (answer, code) = stdout.rsplit_once('\n').expect("the status line curl adds");
         let code: u16 = code.parse().expect("status");
+        if streaming {
+            assert_eq!(code, 200, "{here}: status\n{answer}");
+            check_stream(&here, &example.expected, answer);
+            ran += 1;
+            continue;
+        }
         let (status, headers, body) = documented(&example.expected);
         assert_eq!(code, status.unwrap_or(200), "{here}: status\n{answer}");
         let head_end = answer.find("\r\n\r\n").map(|at| at + 4);
