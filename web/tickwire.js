@@ -785,7 +785,15 @@ class SseSocket {
     }
     if (since.size) {
       reply.recovered = {};
-      for (const t of since) if (t in positions) reply.recovered[t] = recovered[t] === true;
+      for (const t of since) {
+        if (!(t in positions)) continue;
+        // A position the client already has at the topic's current one misses nothing, even
+        // when the id did not carry the topic (a stream re-opened with it sent no event since):
+        // its snapshot, if any, is one the client has.
+        const had = frame.since[t];
+        const current = had.seq === positions[t].seq && had.epoch === positions[t].epoch;
+        reply.recovered[t] = recovered[t] === true || current;
+      }
     }
     this._reply(reply);
     // Subscribing again with other options moves a subscription to another stream.
