@@ -1,7 +1,8 @@
 //! tickwire: a real-time data push server.
 //!
 //! Publishers (HTTP, WebSocket clients, the built-in price feed) produce updates on topics;
-//! tickwire fans every update out to the WebSocket clients subscribed to it. Read
+//! tickwire fans every update out to the clients subscribed to it, over WebSocket or
+//! Server-Sent Events. Read
 //! `docs/architecture.md` first: the path of a publication and of a subscribe, the lock order,
 //! who owns which state.
 //!
@@ -19,13 +20,20 @@
 //!     `X-Forwarded-For` walk; `proxy::haproxy`: the PROXY protocol (v1/v2) header;
 //!     `proxy::rewind`: replaying what was read past that header.
 //!   - `http`: routing and the responses of `/metrics`, `/healthz`, `/readyz`; `http::api`: the
-//!     publish, topic and history endpoints; `http::body`: bounded body reading;
-//!     `http::upgrade`: the WebSocket upgrade (origin check, auth, connection slot).
+//!     publish, topic and history endpoints; `http::body`: the response body (whole, or an SSE
+//!     stream) and bounded body reading; `http::upgrade`: the WebSocket upgrade (origin check,
+//!     auth, connection slot); `http::sse`: accepting an SSE stream (origin, auth, the URL's
+//!     parameters, ACL, connection slot, CORS).
 //!   - `web`: the dashboard, chat page and JS client, compiled in.
 //!   - `ws`: the WebSocket transport: `connection` (one connection after the upgrade: frame
 //!     reading, fragment reassembly, ping/pong, the close handshake, `/echo`), `writer`
 //!     (vectored writes, stalled sockets, the last write), `join` (reader and writer halves run
-//!     together), `watchdog` (the one timer: heartbeat pings, idle timeout, token expiry).
+//!     together), `watchdog` (the one timer: heartbeat pings, idle timeout, token expiry; the
+//!     SSE transport runs it too).
+//!   - `sse`: the Server-Sent Events transport (`GET /sse`): the stream's session task (its
+//!     subscription, timer and drain), `events` (the response body: the outbox's frames
+//!     re-framed as events), `head` (an event's type, topic, seq and epoch, scanned from the
+//!     start of a frame), `cursor` (the `id:` token: positions a reconnect recovers from).
 //! - `session`: one client's protocol state machine, whatever transport carries it: its
 //!   requests (ACL, subscriptions, publish, token refresh), every reply queued on its outbox;
 //!   `session::ratelimit`: the request token bucket. It imports nothing from `transport`.

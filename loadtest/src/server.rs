@@ -206,7 +206,8 @@ mod tests {
     fn parses_prometheus_text() {
         let text = "# HELP x y\n# TYPE x counter\n\
             process_resident_memory_bytes 1.2345e7\n\
-            tickwire_connections 3\n\
+            tickwire_connections{transport=\"ws\"} 2\n\
+            tickwire_connections{transport=\"sse\"} 1\n\
             tickwire_messages_published_total{source=\"http\"} 10\n\
             tickwire_messages_published_total{source=\"feed\"} 5\n\
             weird{label=\"a } b\"} 1\n\

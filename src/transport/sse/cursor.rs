@@ -76,8 +76,10 @@ pub struct Cursor {
     /// Hashes of the request's exact topics, by name; a hash two of them share is left out.
     exact: HashMap<Box<str>, u32>,
     entries: Vec<Entry>,
-    /// The upper bound of the token's size with the entries so far.
+    /// The token's size: as last written, plus what was carried since.
     bytes: usize,
+    /// The byte cap was reached: no topic is added any more (so none comes and goes).
+    full: bool,
     /// Epochs the `subscribed` reply gave for topics not carried yet (their snapshot or first
     /// update follows); emptied once no topic can be added any more.
     pending: HashMap<Box<str>, Arc<str>>,
@@ -102,6 +104,7 @@ impl Cursor {
             exact: exact_hashes(topics),
             entries: Vec::new(),
             bytes: 1 + 1 + 1 + 4,
+            full: false,
             pending: HashMap::new(),
             since,
             raw: Vec::new(),
@@ -181,18 +184,19 @@ impl Cursor {
 
     /// Starts carrying `name`, if the caps leave room.
     fn carry(&mut self, name: &str, epoch: Arc<str>, seq: u64) {
-        if self.entries.len() >= MAX_TOPICS || epoch.len() > MAX_EPOCH_BYTES {
+        if self.full || self.entries.len() >= MAX_TOPICS || epoch.len() > MAX_EPOCH_BYTES {
             return;
         }
         let hash = self.exact.get(name).copied();
-        // The most it adds: its reference, its epoch (when not shared), and two varints.
-        let size = match hash {
+        let reference = match hash {
             Some(_) => 1 + 4,
-            None => 1 + 2 + name.len(),
-        } + (1 + epoch.len())
-            + 2
-            + 10;
+            None => 1 + varint_len(name.len() as u64) + name.len(),
+        };
+        let shared = self.entries.iter().any(|e| e.epoch == epoch);
+        let size = reference + 1 + varint_len(seq) + if shared { 0 } else { 1 + epoch.len() };
         if self.bytes + size > MAX_TOKEN_BYTES {
+            self.full = true;
+            self.pending = HashMap::new();
             return;
         }
         self.bytes += size;
@@ -209,6 +213,24 @@ impl Cursor {
 
     /// The current token, appended to `out` in base64url.
     pub fn write_id(&mut self, out: &mut Vec<u8>) {
+        self.encode();
+        // Seqs grow and resets bring new epochs: past the cap, the topic carried last goes.
+        while self.raw.len() > MAX_TOKEN_BYTES && self.entries.pop().is_some() {
+            self.full = true;
+            self.encode();
+        }
+        self.bytes = self.raw.len();
+        let raw = &self.raw;
+        let start = out.len();
+        out.resize(start + base64::encoded_len(raw.len(), false).expect("small"), 0);
+        let written = URL_SAFE_NO_PAD
+            .encode_slice(raw, &mut out[start..])
+            .expect("sized above");
+        out.truncate(start + written);
+    }
+
+    /// The token's bytes, into `raw`.
+    fn encode(&mut self) {
         let raw = &mut self.raw;
         raw.clear();
         raw.push(VERSION);
@@ -246,12 +268,6 @@ impl Cursor {
         }
         let check = fnv1a(FNV_OFFSET, raw);
         raw.extend_from_slice(&check.to_be_bytes());
-        let start = out.len();
-        out.resize(start + base64::encoded_len(raw.len(), false).expect("small"), 0);
-        let written = URL_SAFE_NO_PAD
-            .encode_slice(&*raw, &mut out[start..])
-            .expect("sized above");
-        out.truncate(start + written);
     }
 }
 
@@ -364,6 +380,11 @@ fn varint(out: &mut Vec<u8>, mut n: u64) {
     out.push(n as u8);
 }
 
+/// The bytes `varint` writes for `n`.
+fn varint_len(n: u64) -> usize {
+    (64 - n.leading_zeros() as usize).div_ceil(7).max(1)
+}
+
 struct Reader<'a>(&'a [u8]);
 
 impl<'a> Reader<'a> {
@@ -442,7 +463,7 @@ mod tests {
         });
         c.advance("prices.BTC-USD", 9, None, none);
         let token = id(&mut c);
-        assert!(token.len() < 60, "{token}");
+        assert!(token.len() < 80, "{token}");
         let since = decode(&topics, &token).unwrap();
         assert_eq!(since.len(), 3);
         assert_eq!(since[&Topic::parse("prices.BTC-USD").unwrap()], pos(9, "abc123"));
@@ -483,8 +504,31 @@ mod tests {
         }
         let token = id(&mut c);
         assert!(token.len() <= 4 * MAX_TOKEN_BYTES / 3 + 1, "{}", token.len());
-        assert_eq!(c.entries.len(), 2);
-        assert_eq!(decode(&[], &token).unwrap().len(), 2);
+        assert_eq!(c.entries.len(), 1, "the second does not fit");
+        assert_eq!(decode(&[], &token).unwrap().len(), 1);
+        // Growing seqs and new epochs never take a token past the cap either.
+        let mut c = Cursor::new(&[], HashMap::new());
+        for i in 0..20 {
+            c.advance(&format!("{}.{i}", &long[..10]), 1, Some("abcdef"), none);
+        }
+        assert_eq!(c.entries.len(), 20);
+        for i in 0..20 {
+            c.advance(
+                &format!("{}.{i}", &long[..10]),
+                u64::MAX,
+                Some(&format!("{i:064}")),
+                none,
+            );
+            let token = id(&mut c);
+            assert!(token.len() <= 4 * MAX_TOKEN_BYTES / 3 + 1, "{}", token.len());
+        }
+        assert!(c.entries.len() < 20);
+        for n in [0, 1, 127, 128, 16_383, 16_384, u64::MAX] {
+            let mut v = Vec::new();
+            varint(&mut v, n);
+            assert_eq!(v.len(), varint_len(n), "{n}");
+            assert_eq!(Reader(&v).varint(), Some(n));
+        }
     }
 
     #[test]

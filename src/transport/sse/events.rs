@@ -16,9 +16,13 @@
 //! lines go around it, and HTTP's chunked encoding around the whole batch); one chunk per batch
 //! keeps it to one write.
 //!
-//! Stalls: the outbox conflates only while its writer is behind. Hyper polls the body again as
-//! soon as it has taken a chunk, and stops polling while the socket does not take its buffered
-//! bytes; so the stream counts as stalled from handing a chunk over until the next poll.
+//! Stalls: a WebSocket's outbox also conflates while its writer's socket refuses bytes
+//! (`Outbox::set_stalled`). The body cannot see that: hyper takes each chunk into its own
+//! buffer and simply stops polling while the socket is full, and "handed over but not polled
+//! again yet" is no stall (the hub pushes a whole batch in that instant: marking it stalled
+//! conflated updates of a client that kept up, measured in the reconnect test). So an SSE
+//! stream conflates once its queue is over `queue.max_bytes`, which happens when hyper's
+//! buffer and the socket's are full.
 
 use std::convert::Infallible;
 use std::pin::Pin;
@@ -47,8 +51,6 @@ pub struct Events {
     hub: Arc<Hub>,
     metrics: Arc<Metrics>,
     frames: Vec<Bytes>,
-    /// The outbox was told its writer is behind (a chunk was handed over, not yet taken).
-    stalled: bool,
     ended: bool,
 }
 
@@ -60,7 +62,6 @@ impl Events {
             hub,
             metrics,
             frames: Vec::new(),
-            stalled: false,
             ended: false,
         }
     }
@@ -148,9 +149,6 @@ impl Body for Events {
         if this.ended {
             return Poll::Ready(None);
         }
-        if std::mem::take(&mut this.stalled) {
-            this.outbox.set_stalled(false);
-        }
         let mut frames = std::mem::take(&mut this.frames);
         let next = ready!(this.outbox.poll_next(cx, &mut frames));
         let chunk = match next {
@@ -166,8 +164,6 @@ impl Body for Events {
                 }
                 m.delivered.inc_by(frames.len() as u64);
                 m.bytes_sent.inc_by(out.len() as u64);
-                this.outbox.set_stalled(true);
-                this.stalled = true;
                 Some(Bytes::from(out))
             }
             Next::End(close) => {
