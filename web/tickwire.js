@@ -767,6 +767,11 @@ class SseSocket {
     const g = this._group(frame);
     const before = g.topics;
     const since = new Set(Object.keys(frame.since || {}));
+    // `since` for a topic this stream delivers now: the client lost one of its updates (a
+    // delta that did not apply). The id is past it, so the stream starts over without one:
+    // every topic of it is reset and gets its snapshot (full data).
+    const restart = g.es != null && [...since].some((t) => before.some((p) => patternMatches(p, t)));
+    if (restart) this.client._sseIds.delete(g.key);
     const opened = await this._open(g, [...new Set([...before, ...frame.topics])], since);
     if (!opened) return; // the socket is lost
     if (opened.error) {

@@ -631,6 +631,27 @@ try {
   const sseApplied = (await ssePage.evaluate(() => window.e2eClient.deltaFrames)) - sseApplied0;
   assert.ok(sseApplied >= 18, `${sseApplied} of 20 documents as deltas over SSE`);
   log(`    20 documents on {delta: true} over SSE arrived exact, ${sseApplied} as deltas`);
+  // A delta that does not apply (the page's copy of the last data damaged on purpose): an
+  // `error` event with code `delta`, the stream starts over (a reset, the snapshot), and the
+  // documents are whole again.
+  await ssePage.evaluate(() => {
+    const base = window.e2eClient._bases.get('doc.sse');
+    base.text = base.text.replace('"k0"', '"kX"');
+  });
+  let lastDoc;
+  for (let i = 0; i < 3; i++) {
+    lastDoc = nextDoc();
+    const r = await fetch(`${base}/api/v1/publish`, { method: 'POST', body: `{"topic":"doc.sse","data":${lastDoc}}` });
+    sentDocs.set((await r.json()).seq, JSON.parse(lastDoc));
+  }
+  const lastSeq = Math.max(...sentDocs.keys());
+  await jsUntil('doc.sse', lastSeq);
+  assert.deepEqual((await jsGot('doc.sse')).findLast((u) => u.seq === lastSeq).data, JSON.parse(lastDoc));
+  assert.ok((await ssePage.evaluate(() => window.e2eErrors)).includes('delta'), 'the failed delta was reported');
+  // The stream's other topic (doc.e2e, from (k)) starts over too.
+  assert.deepEqual((await ssePage.evaluate(() => window.e2eResets)).sort(), ['doc.e2e', 'doc.sse']);
+  await ssePage.evaluate(() => { window.e2eErrors = []; window.e2eResets = []; });
+  log(`    a delta that did not apply: error "delta", the stream's topics reset, doc.sse whole again (#${lastSeq})`);
   // The cut: 50 publications while the proxy refuses, then the client's own reconnect.
   proxy.open = false;
   proxy.cut();
