@@ -17,8 +17,10 @@ async fn exposition_is_well_formed_and_every_series_exists_from_start() {
     // Counters and gauges that must exist (at 0) before anything happens, so that rate() and
     // alerts work from the first scrape.
     for (name, labels) in [
-        ("tickwire_connections", vec![]),
-        ("tickwire_connections_accepted_total", vec![]),
+        ("tickwire_connections", vec![("transport", "ws")]),
+        ("tickwire_connections", vec![("transport", "sse")]),
+        ("tickwire_connections_accepted_total", vec![("transport", "ws")]),
+        ("tickwire_connections_accepted_total", vec![("transport", "sse")]),
         ("tickwire_subscriptions", vec![]),
         ("tickwire_topics", vec![]),
         ("tickwire_topics_evicted_total", vec![]),
@@ -106,7 +108,13 @@ async fn counters_and_gauges_follow_traffic() {
 
     let m1 = scrape(addr).await;
     assert_eq!(m1.value("tickwire_connections", &[]), 2.0, "open connections");
-    assert_eq!(delta(&m1, "tickwire_connections_accepted_total", &[]), 2.0);
+    let ws = [("transport", "ws")];
+    assert_eq!(
+        m1.value("tickwire_connections", &ws),
+        2.0,
+        "all of them WebSocket"
+    );
+    assert_eq!(delta(&m1, "tickwire_connections_accepted_total", &ws), 2.0);
     assert_eq!(
         m1.value("tickwire_subscriptions", &[]),
         3.0,

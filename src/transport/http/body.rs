@@ -20,10 +20,11 @@ use crate::app::{App, BodyPermit};
 use crate::protocol::error::RequestError;
 use crate::transport::sse::Events;
 
-/// The body of every response: whole, or the events of a `GET /sse` stream.
+/// The body of every response: whole, or the events of a `GET /sse` stream (boxed: a stream's
+/// state is many times a whole body's, which every other response would carry).
 pub enum Body {
     Whole(Full<Bytes>),
-    Events(Events),
+    Events(Box<Events>),
 }
 
 impl Body {
@@ -42,7 +43,7 @@ impl hyper::body::Body for Body {
     ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
         match self.get_mut() {
             Body::Whole(whole) => Pin::new(whole).poll_frame(cx),
-            Body::Events(events) => Pin::new(events).poll_frame(cx),
+            Body::Events(events) => Pin::new(&mut **events).poll_frame(cx),
         }
     }
 

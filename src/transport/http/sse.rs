@@ -83,7 +83,7 @@ fn preflight() -> Response<Body> {
 }
 
 fn events_response(events: sse::Events) -> Response<Body> {
-    let mut resp = Response::new(Body::Events(events));
+    let mut resp = Response::new(Body::Events(Box::new(events)));
     let headers = resp.headers_mut();
     headers.insert(CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
     headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-cache"));

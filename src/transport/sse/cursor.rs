@@ -24,6 +24,15 @@
 //! matched back among the new request's exact topics; a hash that two of them share is
 //! dropped (those topics restart from a snapshot).
 //!
+//! # Epochs
+//!
+//! Update frames carry no epoch. A topic's epoch comes from the `subscribed` reply's positions,
+//! from a reset snapshot (which names it), or, for a topic first seen in an update (a topic a
+//! pattern matched after the subscription started), from the hub when that update is written.
+//! That lookup is exact with the memory broker, where a subscribed topic's epoch never changes;
+//! in a cluster, a reset between the update and the lookup would give the update the new epoch,
+//! and the reset's snapshot, which follows it, puts the token right again.
+//!
 //! # Caps
 //!
 //! A token carries at most [`MAX_TOPICS`] topics and [`MAX_TOKEN_BYTES`] bytes before base64
@@ -50,6 +59,9 @@ pub const MAX_TOPICS: usize = 32;
 pub const MAX_TOKEN_BYTES: usize = 512;
 /// Longest `Last-Event-ID` read: longer ones were not issued by this server.
 pub const MAX_ID_CHARS: usize = 1024;
+/// Most epochs kept for topics of the `subscribed` reply not carried yet: a pattern may match
+/// thousands; those past it take the hub's epoch when their first event is written.
+const MAX_PENDING: usize = 1024;
 /// Longest epoch a token carries (as in a subscribe request's `since`).
 const MAX_EPOCH_BYTES: usize = 64;
 /// The format's version, its first byte.
@@ -133,7 +145,7 @@ impl Cursor {
             };
             match from {
                 Some(seq) => self.carry(&name, epoch, seq),
-                None if self.entries.len() < MAX_TOPICS => {
+                None if self.entries.len() < MAX_TOPICS && self.pending.len() < MAX_PENDING => {
                     self.pending.insert(name, epoch);
                 }
                 None => {}
