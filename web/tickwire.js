@@ -209,7 +209,10 @@ export class TickwireClient extends EventTarget {
       this._connectionLost();
       this._emit('close', { code: ev.code, reason: ev.reason }, ev.code, ev.reason);
       const refusal = sse ? ws.refusal : opened || this._closed ? null : await this._whyRefused(url);
-      if (!sse && !opened && !refusal && !this._closed) this._wsFailures++;
+      // Auto: a WebSocket that failed while the server answers HTTP counts towards SSE; a
+      // server that is down (or restarting) does not.
+      if (!sse && !opened && !refusal && !this._closed && this.transportOption === 'auto'
+        && await this._reachable(url)) this._wsFailures++;
       if (refusal) {
         this.refusal = refusal;
         this._emit('error', refusal, refusal);
@@ -237,6 +240,18 @@ export class TickwireClient extends EventTarget {
       const { error = {} } = await r.json().catch(() => ({}));
       return new TickwireError(error.code || 'unauthorized', error.message || 'authentication required');
     } catch { return null; }
+  }
+
+  /** Whether the server of `url` answers plain HTTP at all (an opaque `no-cors` answer will
+   * do, so this works across origins): resolves false when the request fails or takes 5 s. */
+  async _reachable(url) {
+    if (typeof fetch !== 'function') return true;
+    const abort = new AbortController();
+    const timer = setTimeout(() => abort.abort(), 5000);
+    try {
+      await fetch(url.replace(/^ws/, 'http'), { mode: 'no-cors', cache: 'no-store', signal: abort.signal });
+      return true;
+    } catch { return false; } finally { clearTimeout(timer); }
   }
 
   /** The token for the next connection: the `token` option, or what its function returns. */

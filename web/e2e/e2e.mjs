@@ -182,6 +182,8 @@ try {
   log(`(b) page status went ${statuses.join(' -> ')}`);
   assert.ok(statuses.includes('reconnecting'), 'the page never noticed the restart');
   assert.equal(statuses.at(-1), 'open');
+  // The server was down, not WebSocket broken: `auto` stays on WebSocket.
+  assert.equal(await dash.evaluate(() => window.tickwire.transport), 'websocket');
   // A restarted server has new epochs: every topic is reset (recovered:false) and snapshotted.
   await dash.waitForFunction(() => window.e2eResets >= 20, null, { timeout: 5000 });
   log(`    ${await dash.evaluate(() => window.e2eResets)} topics reset (new epochs after the restart)`);
