@@ -705,6 +705,18 @@ try {
   log('(n) auto: once the proxy let WebSocket through, the client went back to it; messages once each, in order');
   await autoPage.close();
   proxy.close();
+  // The dashboard with ?transport=sse: the feed's 20 symbols, prices moving.
+  const sseDash = await context.newPage();
+  watch(sseDash, 'dashboard over SSE');
+  await sseDash.goto(`${base}/?transport=sse`);
+  await sseDash.waitForFunction(() => document.querySelector('#status').textContent === 'connected (SSE)'
+    && document.querySelectorAll('#rows tr').length === 20, null, { timeout: 10000 });
+  const ssePrices = await lastPrices(sseDash);
+  await sleep(1500);
+  const sseMoved = changed(ssePrices, await lastPrices(sseDash));
+  assert.ok(sseMoved > 0, 'prices move over SSE');
+  log(`    /?transport=sse: "connected (SSE)", 20 symbols, ${sseMoved} prices changed in 1.5 s`);
+  await sseDash.close();
 
   assert.deepEqual(errors, [], 'page errors');
   log('e2e: all checks passed');
