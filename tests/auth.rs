@@ -1,7 +1,7 @@
 //! Authentication and authorization, end to end: JWTs on the WebSocket upgrade (every way a
 //! token is refused, 401 before any upgrade), the ACL in its claims (subscribe, publish, no
-//! frame of an unreadable topic), token refresh and expiry (4003), and API keys on the HTTP
-//! API (401, 403, all-or-nothing batches).
+//! frame of an unreadable topic), token refresh and expiry (4003), and API keys and tokens on
+//! the HTTP API (401, 403, all-or-nothing batches, the publish matrix of protocol.md §10.1).
 
 mod common;
 
@@ -430,6 +430,125 @@ async fn api_keys_guard_publishing_and_the_topic_api() {
     }
     assert_eq!(http_get(addr, "/healthz").await.status, 200);
     assert_eq!(http_get(addr, "/metrics").await.status, 200);
+}
+
+/// One cell of the HTTP publish matrix (docs/protocol.md §10.1): the status a publish of `topic`
+/// with `credentials` gets.
+async fn publish_status(addr: std::net::SocketAddr, credentials: Option<&str>, topic: &str) -> u16 {
+    let (status, body, _) = post(addr, credentials, &json!({"topic": topic, "data": 1})).await;
+    let code = match status {
+        200 => None,
+        401 => Some("unauthorized"),
+        403 => Some("forbidden"),
+        _ => panic!("{topic} with {credentials:?}: {status} {body}"),
+    };
+    assert_eq!(
+        body["error"]["code"].as_str(),
+        code,
+        "{topic} with {credentials:?}: {body}"
+    );
+    status
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokens_publish_over_http_within_their_publish_claim() {
+    let alice = token(&claims("alice", &[], &["chat.>"], 60));
+    let bob = token(&claims("bob", &[], &["chat.>"], 60));
+    let expired = token(&claims("alice", &[], &["chat.>"], -30));
+    let forged = sign(
+        &claims("alice", &[], &[">"], 60),
+        Algorithm::HS256,
+        &EncodingKey::from_secret(b"another-secret-another-secret-0123456789"),
+        None,
+    );
+
+    // auth.mode = "jwt", no API key: open without credentials; a token is held to its claim.
+    let server = start(JWT_TOML).await;
+    let addr = server.addr;
+    assert_eq!(publish_status(addr, None, "prices.A").await, 200);
+    assert_eq!(publish_status(addr, Some("not-a-token"), "prices.A").await, 200);
+    assert_eq!(publish_status(addr, Some(&alice), "chat.x").await, 200);
+    assert_eq!(publish_status(addr, Some(&alice), "prices.A").await, 403);
+    for bad in [&expired, &forged, &"a.b.c".to_string()] {
+        assert_eq!(publish_status(addr, Some(bad), "chat.x").await, 401, "{bad}");
+    }
+    let batch = json!({"messages": [{"topic": "chat.y", "data": 1}, {"topic": "prices.B", "data": 2}]});
+    let (status, body, _) = post(addr, Some(&alice), &batch).await;
+    assert_eq!(status, 403, "{body}");
+    assert_eq!(
+        get(addr, None, "/api/v1/topics/chat.y").await.0,
+        404,
+        "nothing of the batch"
+    );
+
+    // A subscriber over WebSocket sees what a token publishes over HTTP.
+    let mut ws = connect_with_token(addr, &token(&claims("carol", &["chat.>"], &[], 60))).await;
+    subscribe(&mut ws, 1, &["chat.room"]).await;
+    assert_eq!(publish_status(addr, Some(&alice), "chat.room").await, 200);
+    let update = recv_json(&mut ws).await;
+    assert_eq!(
+        (update["type"].as_str(), update["topic"].as_str()),
+        (Some("update"), Some("chat.room"))
+    );
+
+    // Idempotency-Keys are scoped by subject: alice's retry replays, bob's same key publishes.
+    let once = |t: &str| {
+        let auth = format!("Bearer {t}");
+        async move {
+            let headers = [("Authorization", auth.as_str()), ("Idempotency-Key", "k-1")];
+            let body = br#"{"topic":"chat.once","data":1}"#;
+            let r = http_request(addr, "POST", "/api/v1/publish", &headers, Some(body)).await;
+            assert_eq!(r.status, 200, "{:?}", r.json());
+            r.json()["seq"].as_u64().unwrap()
+        }
+    };
+    let first = once(&alice).await;
+    assert_eq!(once(&alice).await, first, "replayed");
+    assert_eq!(once(&bob).await, first + 1, "another subject's key");
+    drop(server);
+
+    // auth.mode = "jwt" with API keys: a key or a token; nothing, or neither, is 401. The topic
+    // API still reads with keys only.
+    let key = tickwire::apikey::generate().unwrap();
+    let toml = format!(
+        "{JWT_TOML}[[auth.api_keys]]\nname = \"prices\"\nsha256 = \"{}\"\npublish = [\"prices.>\"]\n",
+        key.sha256
+    );
+    let server = start(&toml).await;
+    let addr = server.addr;
+    for (credentials, topic, status) in [
+        (None, "chat.x", 401),
+        (Some("nope"), "chat.x", 401),
+        (Some(key.key.as_str()), "prices.A", 200),
+        (Some(key.key.as_str()), "chat.x", 403),
+        (Some(alice.as_str()), "chat.x", 200),
+        (Some(alice.as_str()), "prices.A", 403),
+        (Some(expired.as_str()), "chat.x", 401),
+        (Some(forged.as_str()), "chat.x", 401),
+    ] {
+        assert_eq!(
+            publish_status(addr, credentials, topic).await,
+            status,
+            "{credentials:?} {topic}"
+        );
+    }
+    assert_eq!(get(addr, Some(&alice), "/api/v1/topics").await.0, 401);
+    assert_eq!(get(addr, Some(&key.key), "/api/v1/topics").await.0, 200);
+    drop(server);
+
+    // auth.mode = "none": tokens mean nothing. Without keys publishing stays open (the
+    // anonymous ACL is the WebSocket's); with keys a token is an unknown key.
+    let server = start("").await;
+    assert_eq!(publish_status(server.addr, Some(&alice), "prices.A").await, 200);
+    assert_eq!(publish_status(server.addr, None, "prices.A").await, 200);
+    drop(server);
+    let toml = format!(
+        "[[auth.api_keys]]\nname = \"prices\"\nsha256 = \"{}\"\npublish = [\"prices.>\"]\n",
+        key.sha256
+    );
+    let server = start(&toml).await;
+    assert_eq!(publish_status(server.addr, Some(&alice), "chat.x").await, 401);
+    assert_eq!(publish_status(server.addr, Some(&key.key), "prices.A").await, 200);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

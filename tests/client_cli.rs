@@ -7,6 +7,7 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use common::jwt::{claims, token, JWT_TOML};
+use common::proxy::Proxy;
 use common::{eventually, free_port, start, tickwire_command, RECV_TIMEOUT};
 use serde_json::{json, Value};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
@@ -573,6 +574,151 @@ async fn a_url_that_reaches_something_else_gets_a_one_line_error() {
         err.contains("not a tickwire WebSocket endpoint") && err.contains("HTTP 404"),
         "{err}"
     );
+}
+
+/// Waits until the server lists `topic` with `n` subscribers.
+async fn wait_subscribers(addr: std::net::SocketAddr, topic: &str, n: u64) {
+    let what = format!("{topic} has {n} subscribers");
+    eventually(&what, RECV_TIMEOUT, || async move {
+        let row = common::topic_listing(addr, topic).await;
+        row.is_some_and(|row| row["subscribers"].as_u64() == Some(n))
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscribe_sse_prints_what_websocket_prints_and_recovers_across_a_cut() {
+    let server = start("").await;
+    let addr = server.addr;
+    let publish_text = |data: String| async move {
+        let body = format!("{{\"topic\":\"doc.s\",\"data\":{data}}}");
+        let response = common::http_post(addr, "/api/v1/publish", body.as_bytes()).await;
+        assert_eq!(response.status, 200);
+        response.json()["seq"].as_u64().unwrap()
+    };
+    publish_text(document(0)).await;
+    // The SSE stream goes through a proxy the test can cut; WebSocket goes straight.
+    let proxy = Proxy::start(addr).await;
+    let direct = format!("http://{addr}");
+    let proxied = format!("http://{}", proxy.addr);
+    let mut ws = tickwire(&["subscribe", "--url", &direct, "--delta", "doc.*"])
+        .spawn()
+        .unwrap();
+    let mut sse = tickwire(&["subscribe", "--url", &proxied, "--sse", "--delta", "doc.*"])
+        .spawn()
+        .unwrap();
+    let mut ws_lines = BufReader::new(ws.stdout.take().unwrap()).lines();
+    let mut sse_lines = BufReader::new(sse.stdout.take().unwrap()).lines();
+    wait_subscribers(addr, "doc.s", 2).await;
+
+    // The same lines, byte for byte: the snapshot, then updates sent as deltas and printed whole.
+    for i in 1..=20 {
+        publish_text(document(i)).await;
+    }
+    let over_ws = lines_until(&mut ws_lines, "doc.s", 21).await;
+    let over_sse = lines_until(&mut sse_lines, "doc.s", 21).await;
+    assert_eq!(over_sse.len(), 21, "{over_sse:?}");
+    assert_eq!(over_sse, over_ws);
+    assert!(over_sse[20].ends_with(&format!(r#","data":{}}}"#, document(20))));
+
+    // The stream is cut, and the proxy refuses connections while 50 publications go by: the
+    // reconnect's Last-Event-ID recovers exactly those 50, then live, without a reset.
+    proxy.set_open(false);
+    proxy.cut();
+    wait_subscribers(addr, "doc.s", 1).await;
+    for i in 21..71 {
+        publish_text(document(i)).await;
+    }
+    proxy.set_open(true);
+    wait_subscribers(addr, "doc.s", 2).await;
+    let live = publish_text(document(71)).await;
+    assert_eq!(live, 72);
+    let over_sse = lines_until(&mut sse_lines, "doc.s", 72).await;
+    let seqs: Vec<u64> = (over_sse.iter())
+        .map(|l| serde_json::from_str::<Value>(l).unwrap()["seq"].as_u64().unwrap())
+        .collect();
+    assert_eq!(seqs, (22..=72).collect::<Vec<u64>>(), "{over_sse:?}");
+    assert_eq!(over_sse, lines_until(&mut ws_lines, "doc.s", 72).await);
+    assert!(proxy
+        .request_lines()
+        .iter()
+        .all(|l| l.starts_with("GET /sse?topics=doc.*&delta=fossil ")));
+
+    interrupt(&sse);
+    let out = tokio::time::timeout(RECV_TIMEOUT, sse.wait_with_output())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("connection closed (1006 ), reconnecting")
+            && err.contains("tickwire: reconnected to http://"),
+        "{err}"
+    );
+    interrupt(&ws);
+    assert!(ws.wait().await.unwrap().success());
+
+    // Refusals before anything is streamed end the command as over WebSocket.
+    let (code, out, err) = run(tickwire(&["subscribe", "--url", &direct, "--sse", "a..b"]), None).await;
+    assert_eq!((code, out.as_str()), (1, ""));
+    assert!(
+        err.contains("subscribe failed: server error invalid_topic"),
+        "{err}"
+    );
+    let unused = format!("http://127.0.0.1:{}", free_port());
+    let (code, _, err) = run(tickwire(&["subscribe", "--url", &unused, "--sse", "x"]), None).await;
+    assert_eq!(code, 1);
+    assert!(err.contains("cannot connect"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscribe_sse_takes_the_token_and_reports_refusals() {
+    let server = start(JWT_TOML).await;
+    let url = format!("http://{}", server.addr);
+    let (code, _, err) = run(tickwire(&["subscribe", "--url", &url, "--sse", "chat.x"]), None).await;
+    assert_eq!(code, 1);
+    assert!(err.contains("requires a token") && err.contains("/sse"), "{err}");
+    let expired = token(&claims("ann", &["chat.>"], &[], -10));
+    let args = ["subscribe", "--url", &url, "--sse", "--token", &expired, "chat.x"];
+    let (code, _, err) = run(tickwire(&args), None).await;
+    assert_eq!(code, 1);
+    assert!(err.contains("token expired") && err.contains("--token"), "{err}");
+    let narrow = token(&claims("ann", &["chat.>"], &[], 60));
+    let args = [
+        "subscribe",
+        "--url",
+        &url,
+        "--sse",
+        "--token",
+        &narrow,
+        "prices.*",
+    ];
+    let (code, _, err) = run(tickwire(&args), None).await;
+    assert_eq!(code, 1);
+    assert!(err.contains("subscribe failed: server error forbidden"), "{err}");
+
+    // A token that expires while streaming: `event: close` 4003 ends the command.
+    let short = token(&claims("ann", &["chat.>"], &[], 2));
+    let args = ["subscribe", "--url", &url, "--sse", "--token", &short, "chat.x"];
+    let sub = subscribed(server.addr, &args, &[], "chat.x").await;
+    common::publish(server.addr, "chat.x", json!("hi")).await;
+    let out = tokio::time::timeout(RECV_TIMEOUT, sub.wait_with_output())
+        .await
+        .expect("subscribe still running after its token expired")
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.starts_with(r#"{"type":"update","topic":"chat.x","seq":1,"#),
+        "{stdout}"
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("4003 token expired") && err.contains("--token"),
+        "{err}"
+    );
+    assert!(!err.contains("reconnecting"), "{err}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,4 +1,4 @@
-// tickwire.js: browser client for the tickwire WebSocket push server.
+// tickwire.js: browser client for the tickwire push server, over WebSocket or Server-Sent Events.
 //
 // An ES module without dependencies or a build step. It mirrors the Rust client
 // (client/src): reconnect with exponential backoff and full jitter, re-subscribe with `since`
@@ -8,7 +8,9 @@
 // is retried with backoff and reported as `subscription` events. A connection refused for its
 // token (HTTP 401) is not retried with the same token. Subscribe options (`maxRate`, `delta`)
 // are kept per subscription and sent again on every re-subscribe; Fossil deltas are applied
-// here, so the application always gets full `data`.
+// here, so the application always gets full `data`. `transport: "sse"` carries the same
+// requests over `EventSource` and HTTP (see SseSocket below); `"auto"` (the default) falls back
+// to it when WebSocket fails to open twice in a row, and tries WebSocket again later.
 // See docs/web.md and docs/protocol.md §4.1, §4.5.
 
 /** @typedef {{type: 'update'|'snapshot', topic: string, seq: number, ts: number, data: *}} Update
@@ -39,6 +41,13 @@
  * @property {Backoff|false} [subscribeRetry]  backoff between retries of a subscribe refused with
  *   `unavailable` or `rate_limited` (default 500 ms growing x2 up to 30 s, full jitter); false: never retry
  * @property {typeof WebSocket} [WebSocket]  WebSocket implementation (default: globalThis.WebSocket)
+ * @property {'auto'|'websocket'|'sse'} [transport='auto']  `sse`: EventSource on `/sse` and HTTP
+ *   publishing; `auto`: WebSocket, SSE after two WebSocket connections in a row that never opened
+ * @property {number} [wsRetryInterval=60000]  auto, on SSE: ms between attempts to go back to WebSocket
+ * @property {number} [wsOpenTimeout=10000]  auto: ms a WebSocket may take to open before it counts as failed
+ * @property {string} [sseUrl]  the SSE endpoint (default: the WebSocket URL with `/ws` → `/sse`, http(s))
+ * @property {string} [publishUrl]  the HTTP publish endpoint (default: `/api/v1/publish` beside it)
+ * @property {typeof EventSource} [EventSource]  EventSource implementation (default: globalThis.EventSource)
  */
 
 /** What a subscription asks of the server (docs/protocol.md §4.1).
@@ -94,7 +103,8 @@ const STABLE_MS = 5000;
  *
  * Events (EventTarget): `open`, `message` (detail: Update), `reset` (detail: {topic}),
  * `close` (detail: {code, reason}), `error` (detail: Error), `status` (detail: status string),
- * `subscription` (detail: SubscriptionInfo) for subscriptions the client retries on its own.
+ * `subscription` (detail: SubscriptionInfo) for subscriptions the client retries on its own,
+ * `transport` (detail: 'websocket'|'sse') when a connection opens over another transport.
  */
 export class TickwireClient extends EventTarget {
   /**
@@ -131,6 +141,14 @@ export class TickwireClient extends EventTarget {
     this._retries = new Set();
     this._attempt = 0; this._closed = false; this._timer = null; this._openedAt = 0;
     /** @type {TickwireError|null} why the server refused the last connection (401), if it did */ this.refusal = null;
+    const transport = options.transport || 'auto';
+    if (!['auto', 'websocket', 'sse'].includes(transport)) throw new TypeError(`transport must be "auto", "websocket" or "sse", not ${JSON.stringify(transport)}`);
+    /** @readonly @type {'auto'|'websocket'|'sse'} */ this.transportOption = transport;
+    /** @type {'websocket'|'sse'|null} the transport of the current (or last) connection */ this.transport = null;
+    this._wsFailures = 0; // WebSocket connections in a row that never opened (auto)
+    this._probe = null; // auto, on SSE: the timer of the next WebSocket attempt
+    /** @type {Map<string, string>} SSE: the last event id of each stream, by subscribe options */
+    this._sseIds = new Map();
     this._connect();
   }
 
@@ -150,21 +168,31 @@ export class TickwireClient extends EventTarget {
     this._setStatus(this._attempt === 0 && !this._openedAt ? 'connecting' : 'reconnecting');
     let url = this.url;
     const failed = (e) => { this._emit('error', e, e); this._scheduleReconnect(); };
-    try {
-      const tok = this.options.token;
-      const token = typeof tok === 'function' ? await tok() : tok;
-      if (token) url += (url.includes('?') ? '&' : '?') + 'token=' + encodeURIComponent(token);
-    } catch (e) { return failed(e); }
+    let token;
+    try { token = await this._token(); } catch (e) { return failed(e); }
+    if (token) url += (url.includes('?') ? '&' : '?') + 'token=' + encodeURIComponent(token);
     if (this._closed) return;
-    const WS = this.options.WebSocket || globalThis.WebSocket;
-    let ws;
-    try { ws = new WS(url); } catch (e) { return failed(e); }
+    const sse = this.transportOption === 'sse' || (this.transportOption === 'auto' && this._wsFailures >= 2);
+    let ws, openTimer = null;
+    try {
+      if (sse) ws = new SseSocket(this, token);
+      else ws = new (this.options.WebSocket || globalThis.WebSocket)(url);
+    } catch (e) { return failed(e); }
     this.ws = ws;
     let opened = false;
+    if (!sse && this.transportOption === 'auto') {
+      // A proxy that swallows the upgrade may neither answer nor close.
+      openTimer = setTimeout(() => { if (!opened && ws.readyState === 0) ws.close(); }, this.options.wsOpenTimeout ?? 10000);
+    }
     ws.onopen = (ev) => {
       opened = true;
+      clearTimeout(openTimer);
       this.refusal = null;
       this._openedAt = Date.now();
+      const transport = sse ? 'sse' : 'websocket';
+      if (!sse) this._wsFailures = 0;
+      else if (this.transportOption === 'auto') this._scheduleProbe();
+      if (this.transport !== transport) this._emit('transport', (this.transport = transport), transport);
       this._setStatus('open');
       this._resubscribe();
       for (const req of this._queue.splice(0)) this._send(req);
@@ -175,11 +203,16 @@ export class TickwireClient extends EventTarget {
     ws.onmessage = (ev) => this._onFrame(ev.data);
     ws.onerror = () => { const err = new Error(`WebSocket error on ${this.url}`); this._emit('error', err, err); };
     ws.onclose = async (ev) => {
+      clearTimeout(openTimer);
       if (this.ws !== ws) return;
       this.ws = null;
       this._connectionLost();
       this._emit('close', { code: ev.code, reason: ev.reason }, ev.code, ev.reason);
-      const refusal = opened || this._closed ? null : await this._whyRefused(url);
+      const refusal = sse ? ws.refusal : opened || this._closed ? null : await this._whyRefused(url);
+      // Auto: a WebSocket that failed while the server answers HTTP counts towards SSE; a
+      // server that is down (or restarting) does not.
+      if (!sse && !opened && !refusal && !this._closed && this.transportOption === 'auto'
+        && await this._reachable(url)) this._wsFailures++;
       if (refusal) {
         this.refusal = refusal;
         this._emit('error', refusal, refusal);
@@ -209,6 +242,84 @@ export class TickwireClient extends EventTarget {
     } catch { return null; }
   }
 
+  /** Whether the server of `url` answers plain HTTP at all (an opaque `no-cors` answer will
+   * do, so this works across origins): resolves false when the request fails or takes 5 s. */
+  async _reachable(url) {
+    if (typeof fetch !== 'function') return true;
+    const abort = new AbortController();
+    const timer = setTimeout(() => abort.abort(), 5000);
+    try {
+      await fetch(url.replace(/^ws/, 'http'), { mode: 'no-cors', cache: 'no-store', signal: abort.signal });
+      return true;
+    } catch { return false; } finally { clearTimeout(timer); }
+  }
+
+  /** The token for the next connection: the `token` option, or what its function returns. */
+  async _token() {
+    const tok = this.options.token;
+    return typeof tok === 'function' ? await tok() : tok;
+  }
+
+  /** An HTTP URL on the server of `this.url`: `path` in place of its last segment (`/ws`), or
+   * the `sseUrl`/`publishUrl` option. @param {'/sse'|'/api/v1/publish'} path */
+  _httpUrl(path) {
+    const given = path === '/sse' ? this.options.sseUrl : this.options.publishUrl;
+    const base = typeof location !== 'undefined' ? location.href : undefined;
+    if (given) return new URL(given, base).toString();
+    const u = new URL(this.url, base);
+    u.protocol = u.protocol === 'wss:' ? 'https:' : u.protocol === 'ws:' ? 'http:' : u.protocol;
+    u.pathname = u.pathname.replace(/\/[^/]*$/, '') + path;
+    u.search = '';
+    return u.toString();
+  }
+
+  /**
+   * Why a stream closed before its first event: `EventSource` hides the status, so this asks
+   * with a `fetch` of the same URL (aborted once the head is in). Resolves with the server's
+   * refusal (401, 403, 400, 429, 503: its error body), or null (it would stream now, the server
+   * is down, another answer, or no answer within the open timeout).
+   * @param {string} url @returns {Promise<TickwireError|null>}
+   */
+  async _whyStreamRefused(url) {
+    if (typeof fetch !== 'function') return null;
+    const abort = new AbortController();
+    const timer = setTimeout(() => abort.abort(), SSE_OPEN_TIMEOUT);
+    try {
+      const r = await fetch(url, { cache: 'no-store', signal: abort.signal });
+      if (r.ok || r.status < 400) return null;
+      const { error } = await r.json().catch(() => ({}));
+      return error && error.code ? new TickwireError(error.code, error.message || `HTTP ${r.status}`) : null;
+    } catch { return null; } finally { clearTimeout(timer); abort.abort(); }
+  }
+
+  /** Auto, on SSE: tries WebSocket again after `wsRetryInterval`; when one opens, the client
+   * reconnects over WebSocket (its re-subscription recovers with `since`). */
+  _scheduleProbe() {
+    clearTimeout(this._probe);
+    this._probe = setTimeout(async () => {
+      this._probe = null;
+      if (this._closed || this.transport !== 'sse' || !this.ws) return;
+      let url = this.url;
+      try {
+        const token = await this._token();
+        if (token) url += (url.includes('?') ? '&' : '?') + 'token=' + encodeURIComponent(token);
+      } catch { return this._scheduleProbe(); }
+      let probe;
+      try { probe = new (this.options.WebSocket || globalThis.WebSocket)(url); } catch { return this._scheduleProbe(); }
+      const giveUp = setTimeout(() => probe.close(), this.options.wsOpenTimeout ?? 10000);
+      probe.onopen = () => {
+        clearTimeout(giveUp);
+        probe.onclose = null;
+        probe.close(1000, 'probe');
+        if (this._closed || this.transport !== 'sse' || !this.ws) return;
+        this._wsFailures = 0;
+        this._attempt = 0;
+        this.ws.close(1000, 'back to WebSocket');
+      };
+      probe.onclose = () => { clearTimeout(giveUp); this._scheduleProbe(); };
+    }, this.options.wsRetryInterval ?? 60000);
+  }
+
   _scheduleReconnect() {
     if (this._closed) return;
     if (this.options.reconnect === false || this._attempt >= this.backoff.maxAttempts) return this._finish();
@@ -222,6 +333,7 @@ export class TickwireClient extends EventTarget {
 
   _finish() {
     this._closed = true;
+    clearTimeout(this._probe);
     this._stopRetries();
     this._setStatus('closed');
     for (const r of this._queue.splice(0)) this._fail(r, new TickwireError('closed', 'client is closed'));
@@ -416,6 +528,10 @@ export class TickwireClient extends EventTarget {
     if (msg.type === 'update' || msg.type === 'snapshot') {
       const reset = msg.type === 'snapshot' && typeof msg.epoch === 'string';
       if (typeof msg.delta === 'string') {
+        // A stream re-opened from its last id may repeat an update the client has (the id
+        // precedes it): data at one seq is the same whatever carried it, so the base stands.
+        const had = this.transport === 'sse' && this.positions.get(msg.topic);
+        if (had && msg.seq <= had.seq) return;
         if (!this._applyDelta(msg)) return;
       } else this._keepBase(msg, text, reset); // before the duplicate check: the server bases on what it sent
       if (reset) {
@@ -558,6 +674,8 @@ export class TickwireClient extends EventTarget {
   }
 
   /** Publishes `data` to `topic` (must match the connection's publish ACL: `auth.anonymous.publish` or the token's `publish` claim).
+   * Over SSE it is an HTTP POST of /api/v1/publish (the token as bearer; without one, publishing
+   * is open only while the server has no API key: docs/protocol.md §10.1).
    * Resolves with the `published` reply ({topic, seq}); rejects with a TickwireError.
    * @param {string} topic @param {*} data @returns {Promise<Object>} */
   publish(topic, data) {
@@ -568,9 +686,268 @@ export class TickwireClient extends EventTarget {
   close() {
     this._closed = true;
     clearTimeout(this._timer);
+    clearTimeout(this._probe);
     this._stopRetries();
     if (this.ws) this.ws.close(1000, 'client closed');
     else this._finish();
+  }
+}
+
+// Server-Sent Events: `SseSocket` stands in for a WebSocket (`readyState`, `send`, `close`,
+// `onopen`/`onmessage`/`onerror`/`onclose`), so that everything above (requests and replies by
+// id, re-subscription with `since`, retries, deltas, resets) serves both transports unchanged.
+// A request becomes HTTP: `subscribe`/`unsubscribe` re-open an `EventSource` on
+// `/sse?topics=…` (one stream per set of subscribe options, since `max_rate` and `delta` are
+// per stream), `publish` is a `fetch` POST of /api/v1/publish. The server's `subscribed` event
+// is turned into the reply of the request that opened the stream. A stream re-opened with
+// another topic set passes the last event id it got (`last_event_id=`), so its topics continue
+// without gap or duplicate. Any stream that drops closes the whole socket, as a WebSocket
+// closes, and the client reconnects with backoff: its re-subscription re-opens each stream from
+// the last event id kept in `client._sseIds` (docs/protocol.md, Server-Sent Events).
+
+/** How long a stream may take to answer before it counts as failed, ms. */
+const SSE_OPEN_TIMEOUT = 10000;
+
+class SseSocket {
+  /**
+   * @param {TickwireClient} client  for its URLs and `_sseIds` (kept across sockets)
+   * @param {string|undefined} token  the token of this connection (query `token=`, publish bearer)
+   */
+  constructor(client, token) {
+    this.client = client;
+    this.token = token;
+    this.readyState = 0;
+    /** @type {TickwireError|null} why the server refused this connection (401), if it did */
+    this.refusal = null;
+    /** @type {Map<string, {key: string, opts: Object, topics: string[], es: EventSource|null, delivered: Set<string>, marks: Map<string, string>}>} streams by options */
+    this.groups = new Map();
+    this._ops = Promise.resolve();
+    this.onopen = this.onmessage = this.onerror = this.onclose = null;
+    setTimeout(() => {
+      if (this.readyState !== 0) return;
+      this.readyState = 1;
+      if (this.onopen) this.onopen({ type: 'open' });
+    });
+  }
+
+  /** @param {string} text  a request frame, as the client writes it to a WebSocket */
+  send(text) {
+    if (this.readyState !== 1) return;
+    const frame = JSON.parse(text);
+    if (frame.op === 'publish') return this._publish(frame);
+    if (frame.op !== 'subscribe' && frame.op !== 'unsubscribe') {
+      return this._reply({ type: 'error', id: frame.id, code: 'bad_request', message: `${frame.op} is not available over SSE` });
+    }
+    // One change of the stream set at a time: each knows the topics the last one left.
+    this._ops = this._ops.then(() => (this.readyState === 1
+      ? (frame.op === 'subscribe' ? this._subscribe(frame) : this._unsubscribe(frame))
+      : undefined));
+  }
+
+  close(code = 1000, reason = '') { this._lost(code, reason); }
+
+  _reply(msg) {
+    if (this.readyState === 1 && this.onmessage) this.onmessage({ data: JSON.stringify(msg) });
+  }
+
+  async _publish(frame) {
+    const headers = { 'Content-Type': 'application/json' };
+    if (this.token) headers.Authorization = `Bearer ${this.token}`;
+    let reply;
+    try {
+      const r = await fetch(this.client._httpUrl('/api/v1/publish'), {
+        method: 'POST', headers, body: JSON.stringify({ topic: frame.topic, data: frame.data }),
+      });
+      const body = await r.json().catch(() => ({}));
+      reply = r.ok
+        ? { type: 'published', id: frame.id, topic: body.topic, seq: body.seq }
+        : { type: 'error', id: frame.id, code: body.error?.code || 'unavailable', message: body.error?.message || `HTTP ${r.status}` };
+    } catch (e) {
+      reply = { type: 'error', id: frame.id, code: 'disconnected', message: `publish over HTTP failed: ${e.message}` };
+    }
+    this._reply(reply);
+  }
+
+  _group(frame) {
+    const opts = {};
+    if (frame.max_rate != null) opts.max_rate = frame.max_rate;
+    if (frame.delta) opts.delta = frame.delta;
+    const key = JSON.stringify(opts);
+    let g = this.groups.get(key);
+    if (!g) this.groups.set(key, (g = { key, opts, topics: [], es: null, delivered: new Set(), marks: new Map() }));
+    return g;
+  }
+
+  async _subscribe(frame) {
+    const g = this._group(frame);
+    const before = g.topics;
+    const since = new Set(Object.keys(frame.since || {}));
+    // `since` for a topic this stream delivers now: the client lost one of its updates (a
+    // delta that did not apply). The id is past it, so the stream starts over without one:
+    // every topic of it is reset and gets its snapshot (full data).
+    const restart = g.es != null && [...since].some((t) => before.some((p) => patternMatches(p, t)));
+    if (restart) this.client._sseIds.delete(g.key);
+    const opened = await this._open(g, [...new Set([...before, ...frame.topics])], since);
+    if (!opened) return; // the socket is lost
+    if (opened.error) {
+      this._reply({ type: 'error', id: frame.id, ...opened.error });
+      // A refused subscribe changes nothing: the group's stream goes on from where it was.
+      if (before.length && !(await this._open(g, before, new Set()))?.msg) this._lost(1006, 'stream lost');
+      else if (!before.length) this.groups.delete(g.key);
+      return;
+    }
+    const { positions = {}, recovered = {} } = opened.msg;
+    const reply = { type: 'subscribed', id: frame.id, topics: frame.topics, positions: {} };
+    // As over WebSocket: the positions of the topics this request matches, `recovered` for its
+    // `since`. A topic the socket tracks itself (see `_open`) is left out: it resets on its own.
+    for (const [t, p] of Object.entries(positions)) {
+      if (frame.topics.some((pat) => patternMatches(pat, t)) && !g.marks.has(t)) reply.positions[t] = p;
+    }
+    if (since.size) {
+      reply.recovered = {};
+      for (const t of since) {
+        if (!(t in positions)) continue;
+        // A position the client already has at the topic's current one misses nothing, even
+        // when the id did not carry the topic (a stream re-opened with it sent no event since):
+        // its snapshot, if any, is one the client has.
+        const had = frame.since[t];
+        const current = had.seq === positions[t].seq && had.epoch === positions[t].epoch;
+        reply.recovered[t] = recovered[t] === true || current;
+      }
+    }
+    this._reply(reply);
+    // Subscribing again with other options moves a subscription to another stream.
+    for (const other of [...this.groups.values()]) {
+      if (other === g || !other.topics.some((t) => frame.topics.includes(t))) continue;
+      if (!(await this._regroup(other, other.topics.filter((t) => !frame.topics.includes(t))))) return;
+    }
+  }
+
+  async _unsubscribe(frame) {
+    for (const g of [...this.groups.values()]) {
+      if (!g.topics.some((t) => frame.topics.includes(t))) continue;
+      if (!(await this._regroup(g, g.topics.filter((t) => !frame.topics.includes(t))))) return;
+    }
+    this._reply({ type: 'unsubscribed', id: frame.id, topics: frame.topics });
+  }
+
+  /** Re-opens `g` on `topics` (closes it when none are left); false when the socket is lost. */
+  async _regroup(g, topics) {
+    if (!topics.length) {
+      if (g.es) g.es.close();
+      this.groups.delete(g.key);
+      this.client._sseIds.delete(g.key); // its positions belong to no stream any more
+      return true;
+    }
+    const opened = await this._open(g, topics, new Set());
+    if (opened?.msg) return true;
+    this._lost(1006, 'stream lost');
+    return false;
+  }
+
+  /**
+   * Closes `g`'s stream and opens it on `topics` from the last event id. Resolves with
+   * `{msg}` (the `subscribed` event's data), `{error: {code, message}}` when the server refused
+   * (403, 400, …: nothing was streamed), or null once the socket is lost (401, a network error,
+   * an `event: close`).
+   * @param {Set<string>} since  topics the client recovers itself (its `since`)
+   */
+  _open(g, topics, since) {
+    if (g.es) g.es.close(); // no event of the old stream after this: its last id is final
+    g.es = null;
+    g.topics = topics;
+    g.marks.clear();
+    const lastId = this.client._sseIds.get(g.key);
+    const q = [`topics=${topics.map(encodeURIComponent).join(',')}`];
+    if (g.opts.max_rate != null) q.push(`max_rate=${g.opts.max_rate}`);
+    if (g.opts.delta) q.push(`delta=${encodeURIComponent(g.opts.delta)}`);
+    if (this.token) q.push(`token=${encodeURIComponent(this.token)}`);
+    if (lastId) q.push(`last_event_id=${encodeURIComponent(lastId)}`);
+    const url = `${this.client._httpUrl('/sse')}?${q.join('&')}`;
+    const ES = this.client.options.EventSource || globalThis.EventSource;
+    return new Promise((resolve) => {
+      let es;
+      try { es = new ES(url); } catch (e) { this._lost(1006, e.message); return resolve(null); }
+      g.es = es;
+      let subscribed = false;
+      const timer = setTimeout(() => es.onerror && es.onerror({ type: 'timeout' }), SSE_OPEN_TIMEOUT);
+      es.addEventListener('subscribed', (ev) => {
+        if (subscribed || g.es !== es) return;
+        subscribed = true;
+        clearTimeout(timer);
+        const msg = JSON.parse(ev.data);
+        const { positions = {}, recovered = {} } = msg;
+        // Topics this socket delivered before the re-open and the client does not recover
+        // itself: when the id could not carry them, their snapshot follows as a reset.
+        for (const t of g.delivered) {
+          if (since.has(t) || recovered[t] === true || !(t in positions)) continue;
+          if (topics.some((pat) => patternMatches(pat, t))) g.marks.set(t, positions[t].epoch || '');
+        }
+        resolve({ msg });
+      });
+      const deliver = (ev) => { if (g.es === es) this._deliver(g, ev); };
+      es.addEventListener('snapshot', deliver);
+      es.addEventListener('update', deliver);
+      es.addEventListener('close', (ev) => {
+        if (g.es !== es) return;
+        let c = {};
+        try { c = JSON.parse(ev.data); } catch { /* a close without a body */ }
+        this._lost(c.code || 1006, c.reason || '');
+        resolve(null);
+      });
+      es.onerror = async (ev) => {
+        if (g.es !== es) return;
+        if (ev && typeof ev.data === 'string') { // an `event: error` frame, not a failure
+          if (this.onmessage) this.onmessage({ data: ev.data });
+          return;
+        }
+        // The browser would reconnect by itself, from its own last id; the client decides
+        // instead (backoff, the id of every stream, refusals).
+        es.close();
+        clearTimeout(timer);
+        g.es = null;
+        if (subscribed) { this._lost(1006, 'stream lost'); return resolve(null); }
+        const refused = await this.client._whyStreamRefused(url);
+        if (refused && refused.code === 'unauthorized') {
+          this.refusal = refused;
+          this._lost(1006, refused.reason);
+          return resolve(null);
+        }
+        if (refused) return resolve({ error: { code: refused.code, message: refused.reason } });
+        this._lost(1006, 'stream failed');
+        resolve(null);
+      };
+    });
+  }
+
+  /** Passes a `snapshot`/`update` event on as the WebSocket frame it is, keeping its id. */
+  _deliver(g, ev) {
+    if (ev.lastEventId) this.client._sseIds.set(g.key, ev.lastEventId);
+    let text = ev.data;
+    const m = /"topic":"([^"]*)"/.exec(text.slice(0, 400));
+    if (m) {
+      g.delivered.add(m[1]);
+      const epoch = g.marks.get(m[1]);
+      if (epoch != null) {
+        g.marks.delete(m[1]);
+        // Turned into the reset frame a cluster sends (§5): `epoch` just before `data`, which
+        // stays last and byte for byte.
+        const at = text.indexOf(',"data":');
+        if (text.startsWith('{"type":"snapshot"') && at > 0) {
+          text = `${text.slice(0, at)},"epoch":${JSON.stringify(epoch)}${text.slice(at)}`;
+        }
+      }
+    }
+    if (this.readyState === 1 && this.onmessage) this.onmessage({ data: text });
+  }
+
+  _lost(code, reason) {
+    if (this.readyState === 3) return;
+    const wasOpen = this.readyState === 1;
+    this.readyState = 3;
+    for (const g of this.groups.values()) if (g.es) { g.es.close(); g.es = null; }
+    const fire = () => this.onclose && this.onclose({ code, reason, wasClean: wasOpen && code === 1000 });
+    setTimeout(fire);
   }
 }
 

@@ -1,10 +1,12 @@
 //! Authentication: who is on the other end of a WebSocket upgrade or an HTTP request, and the
 //! ACL that follows from it.
 //!
-//! WebSocket clients are anonymous (`auth.mode = "none"`, one shared ACL) or present a JWT
-//! (`"jwt"`, the ACL is in its claims). HTTP publishers present an API key once any is
-//! configured. Built at start-up from the settings; reading a request's credentials happens
-//! here so that `transport::http` only maps the outcome to a status.
+//! WebSocket and SSE clients are anonymous (`auth.mode = "none"`, one shared ACL) or present a
+//! JWT (`"jwt"`, the ACL is in its claims). HTTP publishers present an API key once any is
+//! configured, or (mode `"jwt"`) a client's JWT, so that a client that cannot send on its stream
+//! (SSE) publishes with the token it subscribed with. Built at start-up from the settings;
+//! reading a request's credentials happens here so that `transport::http` only maps the outcome
+//! to a status.
 //!
 //! The API keys and the JWT verifier are swapped whole by a reload (`reload.rs`); a check reads
 //! one snapshot of each, so it never sees half of an old set and half of a new one.
@@ -27,6 +29,7 @@ use crate::auth::jwt::Verifier;
 use crate::protocol::error::AuthError;
 use crate::settings::{patterns, AuthMode, AuthSettings, JwtSettings, SettingsError};
 use crate::swap::Swap;
+use crate::topic::Topic;
 
 enum Subscribers {
     Anonymous(Acl),
@@ -146,8 +149,8 @@ impl Auth {
         }))
     }
 
-    /// The API key of an HTTP request: `Ok(None)` when no key is configured (open publishing).
-    pub fn publisher(&self, headers: &HeaderMap) -> Result<Option<Arc<ApiKey>>, AuthError> {
+    /// The API key of a topic API request: `Ok(None)` when no key is configured (open reading).
+    pub fn reader(&self, headers: &HeaderMap) -> Result<Option<Arc<ApiKey>>, AuthError> {
         let keys = self.api_keys.load();
         if keys.is_empty() {
             return Ok(None);
@@ -155,6 +158,94 @@ impl Auth {
         let key = bearer(headers).ok_or(AuthError::MissingKey)?;
         keys.find(key).map(Some).ok_or(AuthError::UnknownKey)
     }
+
+    /// Who sends an HTTP publish. The bearer credentials are an API key when one configured key
+    /// matches them; otherwise, with `auth.mode = "jwt"`, a JWT-shaped credential is verified as
+    /// a client's token (its `publish` claim is the ACL). Without credentials, publishing is open
+    /// while no API key is configured, whatever the mode. The whole matrix is in
+    /// docs/protocol.md §10.1.
+    ///
+    /// While publishing is open, credentials that are neither a key nor a token are ignored (as
+    /// before tokens were accepted here), but a token is always checked: one that was sent to
+    /// narrow what its holder may do must not be waved through when it is invalid.
+    pub async fn publisher(&self, headers: &HeaderMap) -> Result<Publisher, AuthError> {
+        let keys = self.api_keys.load();
+        let Some(credentials) = bearer(headers) else {
+            return match keys.is_empty() {
+                true => Ok(Publisher::Open),
+                false => Err(AuthError::MissingKey),
+            };
+        };
+        if !keys.is_empty() {
+            if let Some(key) = keys.find(credentials) {
+                return Ok(Publisher::Key(key));
+            }
+        }
+        match &self.subscribers {
+            Subscribers::Jwt(verifier) if looks_like_jwt(credentials) => {
+                let verifier = verifier.load();
+                let verified = match (verifier.verify(credentials), verifier.remote()) {
+                    (Err(AuthError::UnknownKeyId), Some(remote))
+                        if remote.refresh_for_unknown_kid().await =>
+                    {
+                        verifier.verify(credentials)
+                    }
+                    (result, _) => result,
+                };
+                verified.map(Publisher::Token)
+            }
+            _ if keys.is_empty() => Ok(Publisher::Open),
+            _ => Err(AuthError::UnknownKey),
+        }
+    }
+}
+
+/// The sender of an HTTP publish, as [`Auth::publisher`] found it.
+pub enum Publisher {
+    /// No API key is configured and no credentials were sent (or ones that are not a token):
+    /// any topic.
+    Open,
+    /// A configured API key: its `publish` patterns.
+    Key(Arc<ApiKey>),
+    /// A client's JWT (`auth.mode = "jwt"`): its `publish` claim.
+    Token(Identity),
+}
+
+impl Publisher {
+    pub fn may_publish(&self, topic: &Topic) -> bool {
+        match self {
+            Publisher::Open => true,
+            Publisher::Key(key) => key.acl.may_publish(topic),
+            Publisher::Token(identity) => identity.acl.may_publish(topic),
+        }
+    }
+
+    /// The namespace of this publisher's `Idempotency-Key`s: two publishers that pick the same
+    /// key never collide. An API key's scope is its name (as before tokens were accepted, so a
+    /// ledger survives the upgrade); a token's is its subject behind a NUL, which no key name
+    /// holds in practice.
+    pub fn idempotency_scope(&self) -> String {
+        match self {
+            Publisher::Open => String::new(),
+            Publisher::Key(key) => key.name.clone(),
+            Publisher::Token(identity) => format!("\0jwt:{}", identity.subject.as_deref().unwrap_or("")),
+        }
+    }
+
+    /// For the logs: the key's name or the token's subject.
+    pub fn name(&self) -> &str {
+        match self {
+            Publisher::Open => "anyone",
+            Publisher::Key(key) => &key.name,
+            Publisher::Token(identity) => identity.subject.as_deref().unwrap_or("(token without sub)"),
+        }
+    }
+}
+
+/// Three dot-separated parts: a JWS in compact form. Only this decides whether a credential that
+/// is no API key is checked as a token; API keys from `tickwire hash-key` are hex.
+fn looks_like_jwt(credentials: &str) -> bool {
+    credentials.split('.').count() == 3
 }
 
 /// The credentials of an `Authorization: Bearer <credentials>` header (scheme case-insensitive).

@@ -3,6 +3,7 @@
 //! Private to the binary; the server never depends on it.
 
 pub(crate) mod publish;
+mod sse;
 pub(crate) mod subscribe;
 mod target;
 
@@ -33,8 +34,9 @@ pub(crate) struct SubscribeArgs {
     /// seen) instead of JSON lines.
     #[arg(long)]
     pub(crate) table: bool,
-    /// Token sent as `?token=` on every (re)connect (for `auth.mode = "jwt"`). A token the
-    /// server refuses, or one that expires, ends the command with status 1.
+    /// Token sent as `?token=` on every (re)connect (for `auth.mode = "jwt"`; with --sse as
+    /// `Authorization: Bearer`). A token the server refuses, or one that expires, ends the
+    /// command with status 1.
     #[arg(long)]
     pub(crate) token: Option<String>,
     /// Exit (with status 1) when the connection drops instead of reconnecting.
@@ -49,6 +51,10 @@ pub(crate) struct SubscribeArgs {
     /// that change little). The client applies them: the output shows the full data as always.
     #[arg(long)]
     pub(crate) delta: bool,
+    /// Subscribe over Server-Sent Events (`GET /sse`) instead of WebSocket, e.g. to check a
+    /// proxy that breaks WebSocket. Same output; reconnects recover with `Last-Event-ID`.
+    #[arg(long)]
+    pub(crate) sse: bool,
     /// Topics or patterns, e.g. `prices.*` `chat.lobby`.
     #[arg(required = true, value_name = "TOPIC")]
     pub(crate) topics: Vec<String>,

@@ -1,6 +1,7 @@
 //! `tickwire subscribe`: prints every update and snapshot as a JSON line, or a live price table
 //! (`--table`), until Ctrl-C. `--max-rate` and `--delta` are the subscription's options; deltas
-//! are applied by the client, so the output always shows full data.
+//! are applied by the client, so the output always shows full data. `--sse` takes the same
+//! subscription over `GET /sse` (`cli::sse`), with the same output.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -12,14 +13,40 @@ use tickwire_client::{
 };
 use tickwire_proto::close::TOKEN_EXPIRED;
 
+use super::sse::Stream;
 use super::target::Target;
 use super::{print_json, runtime, Failure, Interrupt, SubscribeArgs};
+
+/// Where the events come from: the WebSocket client, or the SSE stream (`--sse`).
+enum Source {
+    Ws(Client, Events),
+    Sse(tokio::sync::mpsc::UnboundedReceiver<Event>),
+}
+
+impl Source {
+    async fn recv(&mut self) -> Option<Event> {
+        match self {
+            Source::Ws(_, events) => events.recv().await,
+            Source::Sse(events) => events.recv().await,
+        }
+    }
+
+    async fn close(self) {
+        if let Source::Ws(client, _) = self {
+            client.close().await;
+        }
+    }
+}
 
 pub(crate) async fn run(args: SubscribeArgs) -> Result<(), Failure> {
     let target = Target::resolve(args.server.url.as_deref(), args.server.config.as_deref())?;
     let mut interrupt = Interrupt::new()?;
-    let (client, mut events) = tokio::select! {
-        started = start(&args, &target) => started?,
+    let (url, kind) = match args.sse {
+        true => (target.sse(), "SSE"),
+        false => (target.ws.clone(), "WebSocket"),
+    };
+    let mut events = tokio::select! {
+        started = start(&args, &target, &url) => started?,
         () = interrupt.wait() => return Ok(()),
     };
     let mut out = Output {
@@ -27,7 +54,8 @@ pub(crate) async fn run(args: SubscribeArgs) -> Result<(), Failure> {
         stdout: std::io::stdout(),
         last_close: None,
         refused: None,
-        url: &target.ws,
+        url: &url,
+        kind,
         reconnects: !args.no_reconnect,
     };
     let mut redraw = tokio::time::interval(Duration::from_millis(250));
@@ -51,12 +79,37 @@ pub(crate) async fn run(args: SubscribeArgs) -> Result<(), Failure> {
             }
         }
     }
-    client.close().await;
+    events.close().await;
     Ok(())
 }
 
 /// Connects and subscribes; the events are taken before the subscribe so none is missed.
-async fn start(args: &SubscribeArgs, target: &Target) -> Result<(Client, Events), Failure> {
+async fn start(args: &SubscribeArgs, target: &Target, url: &str) -> Result<Source, Failure> {
+    if args.sse {
+        let stream = Stream {
+            url: Stream::url(&target.http, &args.topics, args.max_rate, args.delta),
+            token: args.token.clone(),
+            reconnect: !args.no_reconnect,
+            delta: args.delta,
+        };
+        return match stream.start().await {
+            Ok(events) => Ok(Source::Sse(events)),
+            // Refused before anything streamed: the subscription, as over WebSocket.
+            Err(Error::Http {
+                status,
+                code,
+                message,
+            }) if status != 404 && status != 405 && !code.starts_with("http_") => Err(runtime(format!(
+                "subscribe failed: server error {code}: {message}"
+            ))),
+            Err(e) => Err(Failure::Runtime(target.connect_failure_to(
+                url,
+                "SSE",
+                &e,
+                args.token.is_some(),
+            ))),
+        };
+    }
     let mut options = ClientOptions::default();
     if args.no_reconnect {
         options = options.no_reconnect();
@@ -79,7 +132,7 @@ async fn start(args: &SubscribeArgs, target: &Target) -> Result<(Client, Events)
         Err(e) if matches!(e.code(), Some("unavailable" | "rate_limited")) => {}
         Err(e) => return Err(runtime(format!("subscribe failed: {e}"))),
     }
-    Ok((client, events))
+    Ok(Source::Ws(client, events))
 }
 
 /// Where the events go: data to stdout (JSON lines or the table), the connection's story to
@@ -92,6 +145,8 @@ struct Output<'a> {
     /// A reconnect refused for its credentials: the client stops, and this is why.
     refused: Option<Error>,
     url: &'a str,
+    /// `WebSocket` or `SSE`, for the messages.
+    kind: &'static str,
     reconnects: bool,
 }
 
@@ -99,7 +154,7 @@ impl Output<'_> {
     /// Why the client stopped, once its events have ended.
     fn ended(&mut self, target: &Target, token_given: bool) -> String {
         if let Some(e) = self.refused.take() {
-            return target.connect_failure(&e, token_given);
+            return target.connect_failure_to(self.url, self.kind, &e, token_given);
         }
         match self.last_close.take() {
             Some((TOKEN_EXPIRED, reason)) => {

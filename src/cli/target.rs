@@ -1,7 +1,8 @@
 //! Where `subscribe` and `publish` find the server: `--url`, else `TICKWIRE_URL`, else the
 //! configured `server.listen` (the same configuration loading as `serve`). Any of the server's
 //! base URLs is accepted (`http://`, `https://`, `ws://`, `wss://`, with or without `/ws`), and
-//! both commands derive what they need from it: the WebSocket URL and the HTTP API's base.
+//! both commands derive what they need from it: the WebSocket URL, the HTTP API's base and the
+//! SSE endpoint (`subscribe --sse`).
 
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -19,6 +20,8 @@ pub(crate) const URL_ENV: &str = "TICKWIRE_URL";
 const WS_PATH: &str = "/ws";
 /// The path of the publish endpoint, also accepted as the end of a base URL.
 const PUBLISH_PATH: &str = "/api/v1/publish";
+/// The path of the Server-Sent Events endpoint under the server's base.
+const SSE_PATH: &str = "/sse";
 
 /// The server the command talks to.
 pub(crate) struct Target {
@@ -129,15 +132,25 @@ impl Target {
         }
     }
 
+    /// The URL of the SSE endpoint (`subscribe --sse`), without a query.
+    pub(crate) fn sse(&self) -> String {
+        format!("{}{SSE_PATH}", self.http)
+    }
+
     /// The message for a failed WebSocket connect: what was reached, and what to pass.
     pub(crate) fn connect_failure(&self, e: &Error, token_given: bool) -> String {
-        let (url, source) = (&self.ws, self.source);
+        self.connect_failure_to(&self.ws, "WebSocket", e, token_given)
+    }
+
+    /// The same for the endpoint at `url`, of `kind` (`WebSocket`, `SSE`).
+    pub(crate) fn connect_failure_to(&self, url: &str, kind: &str, e: &Error, token_given: bool) -> String {
+        let source = self.source;
         match e {
             Error::NotWebSocket { .. } => format!("{e} ({source}); {WHAT_TO_PASS}"),
             Error::Http {
                 status: 404 | 405, ..
             } => {
-                format!("{url} ({source}) is not a tickwire WebSocket endpoint: {e}; {WHAT_TO_PASS}")
+                format!("{url} ({source}) is not a tickwire {kind} endpoint: {e}; {WHAT_TO_PASS}")
             }
             Error::Unauthorized { status: 401, .. } if token_given => {
                 format!("{url} refused the token: {e}; pass a valid one with --token")

@@ -18,6 +18,8 @@ pub mod metrics;
 #[allow(dead_code)]
 pub mod process;
 #[allow(dead_code)]
+pub mod proxy;
+#[allow(dead_code)]
 pub mod redis;
 #[allow(dead_code)]
 pub mod server;

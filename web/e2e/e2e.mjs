@@ -8,7 +8,7 @@ import { join, dirname } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import assert from 'node:assert/strict';
 
-import { createServer } from 'node:net';
+import { createServer, connect } from 'node:net';
 
 const root = join(dirname(fileURLToPath(import.meta.url)), '..', '..');
 const out = join(root, 'target', 'e2e');
@@ -82,6 +82,46 @@ async function startRedis(port) {
   throw new Error(`redis-server on port ${port} did not answer PING`);
 }
 
+/** A TCP proxy in front of the server, on its own port (so pages loaded through it are
+ * same-origin with what they open): `cut()` drops every connection as a network would, `open`
+ * false drops new ones at once, `blockWebSocket` answers an upgrade with 502 as a proxy that
+ * breaks WebSocket does. `heads` keeps the head of every request forwarded. */
+async function startProxy(targetPort) {
+  const proxy = { open: true, blockWebSocket: false, sockets: new Set(), heads: [] };
+  const server = createServer((inbound) => {
+    if (!proxy.open) return inbound.destroy();
+    proxy.sockets.add(inbound);
+    inbound.once('data', (first) => {
+      const head = first.toString('latin1');
+      proxy.heads.push(head.slice(0, head.indexOf('\r\n\r\n') + 1 || 2000));
+      if (proxy.blockWebSocket && /^upgrade:\s*websocket/im.test(head)) {
+        inbound.end('HTTP/1.1 502 Bad Gateway\r\ncontent-length: 0\r\nconnection: close\r\n\r\n');
+        return;
+      }
+      const outbound = connect(targetPort, '127.0.0.1', () => { outbound.write(first); inbound.pipe(outbound); outbound.pipe(inbound); });
+      proxy.sockets.add(outbound);
+      const drop = () => { inbound.destroy(); outbound.destroy(); proxy.sockets.delete(inbound); proxy.sockets.delete(outbound); };
+      inbound.on('error', drop).on('close', drop);
+      outbound.on('error', drop).on('close', drop);
+    });
+    inbound.on('error', () => inbound.destroy());
+  });
+  await new Promise((resolve) => server.listen(0, '127.0.0.1', resolve));
+  proxy.port = server.address().port;
+  proxy.base = `http://127.0.0.1:${proxy.port}`;
+  proxy.cut = () => { for (const s of proxy.sockets) s.destroy(); proxy.sockets.clear(); };
+  proxy.close = () => { proxy.cut(); server.close(); };
+  return proxy;
+}
+
+/** Publishes `data` to `topic` over HTTP; resolves with the seq. */
+async function publishHttp(topic, data) {
+  const r = await fetch(`${base}/api/v1/publish`, { method: 'POST', body: JSON.stringify({ topic, data }) });
+  const body = await r.json();
+  assert.equal(r.status, 200, JSON.stringify(body));
+  return body.seq;
+}
+
 /** Symbol -> last price text of the dashboard's table. */
 const lastPrices = (page) => page.$$eval('#rows tr', (trs) =>
   Object.fromEntries(trs.map((tr) => [tr.dataset.symbol, tr.querySelector('td.last').textContent])));
@@ -142,6 +182,8 @@ try {
   log(`(b) page status went ${statuses.join(' -> ')}`);
   assert.ok(statuses.includes('reconnecting'), 'the page never noticed the restart');
   assert.equal(statuses.at(-1), 'open');
+  // The server was down, not WebSocket broken: `auto` stays on WebSocket.
+  assert.equal(await dash.evaluate(() => window.tickwire.transport), 'websocket');
   // A restarted server has new epochs: every topic is reset (recovered:false) and snapshotted.
   await dash.waitForFunction(() => window.e2eResets >= 20, null, { timeout: 5000 });
   log(`    ${await dash.evaluate(() => window.e2eResets)} topics reset (new epochs after the restart)`);
@@ -484,6 +526,197 @@ try {
   assert.deepEqual(await docs.evaluate(() => window.e2eErrors), [], 'client errors');
   log(`    bursts of 300 at maxRate 2 gave ${thinned} and ${thinnedAgain} updates; after a reconnect ${applied3 - applied2} of 20 documents as deltas`);
   await docs.close();
+
+  // (l) Server-Sent Events with the browser's own EventSource, through a proxy the test can
+  // cut: subscribed, the snapshot, then updates, each with an id; after a cut, the browser
+  // reconnects by itself with Last-Event-ID and gets exactly the 50 publications it missed,
+  // then live ones.
+  const proxy = await startProxy(Number(E2E_PORT));
+  const raw = await context.newPage();
+  watch(raw, 'EventSource page');
+  await raw.goto(`${proxy.base}/console`);
+  await publishHttp('sse.raw', { n: 0 });
+  await raw.evaluate(() => {
+    window.e2eEvents = [];
+    const es = new EventSource('/sse?topics=sse.raw');
+    for (const type of ['subscribed', 'snapshot', 'update']) {
+      es.addEventListener(type, (e) => window.e2eEvents.push({ type, id: e.lastEventId, frame: JSON.parse(e.data) }));
+    }
+    es.onerror = () => window.e2eEvents.push({ type: 'error', readyState: es.readyState });
+    window.e2eSource = es;
+  });
+  const events = (type) => raw.evaluate((t) => window.e2eEvents.filter((e) => !t || e.type === t), type);
+  const untilSeq = (seq) => raw.waitForFunction((s) => window.e2eEvents.some((e) => e.type === 'update' && e.frame.seq === s), seq, { timeout: 15000 });
+  await raw.waitForFunction(() => window.e2eEvents.some((e) => e.type === 'snapshot'), null, { timeout: 5000 });
+  for (let n = 1; n <= 3; n++) await publishHttp('sse.raw', { n });
+  await untilSeq(4);
+  let evs = await events();
+  assert.deepEqual(evs.map((e) => `${e.type}:${e.frame.seq ?? ''}`), ['subscribed:', 'snapshot:1', 'update:2', 'update:3', 'update:4']);
+  assert.deepEqual(evs[0].frame.positions['sse.raw'].seq, 1);
+  assert.ok(evs.slice(1).every((e) => /^[A-Za-z0-9_-]+$/.test(e.id)), 'every update and snapshot carries a URL-safe id');
+  assert.deepEqual(evs[4].frame.data, { n: 3 });
+  log(`(l) EventSource: subscribed, snapshot #1, updates #2-#4 (id ${evs[4].id.length} chars)`);
+  proxy.open = false;
+  proxy.cut();
+  await raw.waitForFunction(() => window.e2eEvents.some((e) => e.type === 'error'), null, { timeout: 5000 });
+  for (let n = 4; n < 54; n++) await publishHttp('sse.raw', { n });
+  proxy.open = true;
+  await raw.waitForFunction(() => window.e2eEvents.filter((e) => e.type === 'subscribed').length === 2, null, { timeout: 15000 });
+  const live = await publishHttp('sse.raw', { n: 'live' });
+  await untilSeq(live);
+  evs = await events();
+  const again = evs.findLastIndex((e) => e.type === 'subscribed');
+  assert.deepEqual(evs[again].frame.recovered, { 'sse.raw': true });
+  assert.deepEqual(evs.slice(again + 1).map((e) => e.frame.seq), Array.from({ length: 51 }, (_, i) => 5 + i), 'the 50 missed, then live');
+  assert.ok(proxy.heads.some((h) => h.startsWith('GET /sse?topics=sse.raw') && /^last-event-id: [A-Za-z0-9_-]+$/im.test(h)), 'the browser sent Last-Event-ID');
+  await raw.evaluate(() => window.e2eSource.close());
+  log('(l) EventSource after a cut: the browser reconnected with Last-Event-ID; recovered, exactly the 50 missed (#5-#54) then live #55');
+  await raw.close();
+
+  // (m) tickwire.js with transport: "sse": the same events as over WebSocket (snapshot, updates,
+  // deltas applied, publish over HTTP), a subscription added while streaming (the stream is
+  // re-opened from its last id: no gap, no duplicate), and after a cut with 50 publications
+  // missed, a reconnect that recovers them without a reset.
+  const ssePage = await context.newPage();
+  watch(ssePage, 'tickwire.js sse page');
+  await ssePage.goto(`${proxy.base}/console`);
+  await publishHttp('sse.js', { n: 0 });
+  // Published once: a topic that never was gets a new epoch whenever it is created again, and
+  // a client that reconnects to it reports a reset (over WebSocket too).
+  await publishHttp('sse.other', { n: 0 });
+  await ssePage.evaluate(async () => {
+    const { TickwireClient } = await import('/tickwire.js');
+    window.e2eGot = [];
+    window.e2eResets = [];
+    window.e2eErrors = [];
+    const client = new TickwireClient('/ws', {
+      transport: 'sse',
+      backoff: { initial: 300, max: 600 },
+      onMessage: (u) => window.e2eGot.push({ type: u.type, topic: u.topic, seq: u.seq, data: u.data }),
+      onReset: (t) => window.e2eResets.push(t),
+      onError: (e) => window.e2eErrors.push(e.code || e.message),
+    });
+    window.e2eClient = client;
+    const reply = await client.subscribe('sse.js');
+    window.e2eReply = reply;
+  });
+  assert.equal(await ssePage.evaluate(() => window.e2eClient.transport), 'sse');
+  assert.deepEqual(await ssePage.evaluate(() => window.e2eReply.positions['sse.js'].seq), 1);
+  const jsGot = (topic) => ssePage.evaluate((t) => window.e2eGot.filter((u) => u.topic === t), topic);
+  const jsUntil = (topic, seq) => ssePage.waitForFunction(([t, s]) => window.e2eGot.some((u) => u.topic === t && u.seq === s), [topic, seq], { timeout: 15000 });
+  for (let n = 1; n <= 3; n++) await publishHttp('sse.js', { n });
+  await jsUntil('sse.js', 4);
+  // Published by the page itself: an HTTP POST (open publishing: no API key configured).
+  const published = await ssePage.evaluate(() => window.e2eClient.publish('sse.js', { n: 'page' }));
+  assert.equal(published.seq, 5);
+  await jsUntil('sse.js', 5);
+  // A second subscription while updates flow: sse.js goes on without gap or duplicate.
+  const flowing = (async () => { for (let n = 6; n <= 25; n++) { await publishHttp('sse.js', { n }); await sleep(5); } })();
+  await ssePage.evaluate(() => window.e2eClient.subscribe(['doc.*'], { delta: true }));
+  await ssePage.evaluate(() => window.e2eClient.subscribe('sse.other'));
+  await flowing;
+  await jsUntil('sse.js', 25);
+  let seqs = (await jsGot('sse.js')).map((u) => u.seq);
+  assert.deepEqual(seqs, Array.from({ length: 25 }, (_, i) => 1 + i), 'sse.js across two re-opens of its stream');
+  log(`(m) tickwire.js over SSE: snapshot, updates, a publish over HTTP (seq ${published.seq}), two subscriptions added while streaming: #1-#25 once each`);
+  // Deltas over SSE: documents arrive whole.
+  const [sseApplied0] = [await ssePage.evaluate(() => window.e2eClient.deltaFrames)];
+  const sentDocs = new Map();
+  for (let i = 0; i < 20; i++) {
+    const text = nextDoc();
+    const r = await fetch(`${base}/api/v1/publish`, { method: 'POST', body: `{"topic":"doc.sse","data":${text}}` });
+    sentDocs.set((await r.json()).seq, JSON.parse(text));
+  }
+  await jsUntil('doc.sse', Math.max(...sentDocs.keys()));
+  const docsGot = await jsGot('doc.sse');
+  for (const [seq, doc] of sentDocs) assert.deepEqual(docsGot.find((u) => u.seq === seq)?.data, doc, `doc.sse #${seq}`);
+  const sseApplied = (await ssePage.evaluate(() => window.e2eClient.deltaFrames)) - sseApplied0;
+  assert.ok(sseApplied >= 18, `${sseApplied} of 20 documents as deltas over SSE`);
+  log(`    20 documents on {delta: true} over SSE arrived exact, ${sseApplied} as deltas`);
+  // A delta that does not apply (the page's copy of the last data damaged on purpose): an
+  // `error` event with code `delta`, the stream starts over (a reset, the snapshot), and the
+  // documents are whole again.
+  await ssePage.evaluate(() => {
+    const base = window.e2eClient._bases.get('doc.sse');
+    base.text = base.text.replace('"k0"', '"kX"');
+  });
+  let lastDoc;
+  for (let i = 0; i < 3; i++) {
+    lastDoc = nextDoc();
+    const r = await fetch(`${base}/api/v1/publish`, { method: 'POST', body: `{"topic":"doc.sse","data":${lastDoc}}` });
+    sentDocs.set((await r.json()).seq, JSON.parse(lastDoc));
+  }
+  const lastSeq = Math.max(...sentDocs.keys());
+  await jsUntil('doc.sse', lastSeq);
+  assert.deepEqual((await jsGot('doc.sse')).findLast((u) => u.seq === lastSeq).data, JSON.parse(lastDoc));
+  assert.ok((await ssePage.evaluate(() => window.e2eErrors)).includes('delta'), 'the failed delta was reported');
+  // The stream's other topic (doc.e2e, from (k)) starts over too.
+  assert.deepEqual((await ssePage.evaluate(() => window.e2eResets)).sort(), ['doc.e2e', 'doc.sse']);
+  await ssePage.evaluate(() => { window.e2eErrors = []; window.e2eResets = []; });
+  log(`    a delta that did not apply: error "delta", the stream's topics reset, doc.sse whole again (#${lastSeq})`);
+  // The cut: 50 publications while the proxy refuses, then the client's own reconnect.
+  proxy.open = false;
+  proxy.cut();
+  await ssePage.waitForFunction(() => window.e2eClient.status === 'reconnecting', null, { timeout: 5000 });
+  for (let n = 26; n < 76; n++) await publishHttp('sse.js', { n });
+  proxy.open = true;
+  await ssePage.waitForFunction(() => window.e2eClient.status === 'open', null, { timeout: 15000 });
+  await jsUntil('sse.js', 75);
+  const jsLive = await publishHttp('sse.js', { n: 'live' });
+  await jsUntil('sse.js', jsLive);
+  seqs = (await jsGot('sse.js')).map((u) => u.seq);
+  assert.deepEqual(seqs, Array.from({ length: 76 }, (_, i) => 1 + i), 'sse.js after the cut: the 50 missed, then live');
+  assert.deepEqual(await ssePage.evaluate(() => window.e2eResets), [], 'no reset');
+  assert.deepEqual(await ssePage.evaluate(() => window.e2eErrors), [], 'client errors');
+  assert.ok(proxy.heads.some((h) => /^GET \/sse\?topics=sse\.js.*last_event_id=/m.test(h)), 'the re-opened stream carried its last event id');
+  await ssePage.evaluate(() => window.e2eClient.close());
+  log('(m) after a cut with 50 publications missed: the client reconnected over SSE and recovered #26-#75, then live, no reset');
+  await ssePage.close();
+
+  // (n) transport "auto" behind a proxy that breaks WebSocket (502 to every upgrade): two
+  // failed WebSocket connections, then SSE (the chat page works over it); once the proxy lets
+  // WebSocket through, the client goes back to it, and nothing is lost on the way.
+  proxy.blockWebSocket = true;
+  const autoPage = await context.newPage();
+  watch(autoPage, 'auto page');
+  await autoPage.goto(`${proxy.base}/chat?room=auto&name=carol`);
+  await autoPage.waitForFunction(() => window.tickwire.transport === 'sse' && window.tickwire.status === 'open', null, { timeout: 20000 });
+  await autoPage.evaluate(() => {
+    window.e2eTransports = [];
+    window.tickwire.addEventListener('transport', (e) => window.e2eTransports.push(e.detail));
+    // The next try of WebSocket in 1.5 s rather than a minute.
+    window.tickwire.options.wsRetryInterval = 1500;
+    window.tickwire._scheduleProbe();
+  });
+  assert.equal(await autoPage.textContent('#status'), 'connected (SSE)');
+  await autoPage.fill('#text', 'over sse');
+  await autoPage.press('#text', 'Enter');
+  await autoPage.waitForSelector('li.msg:has-text("over sse")', { timeout: 5000 });
+  const wsTries = proxy.heads.filter((h) => /^upgrade:\s*websocket/im.test(h)).length;
+  assert.ok(wsTries >= 2, `${wsTries} WebSocket attempts before SSE`);
+  log(`(n) auto: ${wsTries} WebSocket upgrades refused by the proxy, then SSE ("${await autoPage.textContent('#status')}"); a chat message sent over HTTP came back`);
+  proxy.blockWebSocket = false;
+  await autoPage.waitForFunction(() => window.tickwire.transport === 'websocket' && window.tickwire.status === 'open', null, { timeout: 15000 });
+  await publishHttp('chat.auto', { user: 'http', text: 'back on websocket' });
+  await autoPage.waitForSelector('li.msg:has-text("back on websocket")', { timeout: 5000 });
+  const autoTexts = await autoPage.$$eval('li.msg .text', (els) => els.map((e) => e.textContent));
+  assert.deepEqual(autoTexts, ['over sse', 'back on websocket'], 'each message once, in order');
+  assert.deepEqual(await autoPage.evaluate(() => window.e2eTransports), ['websocket'], 'went back to WebSocket');
+  log('(n) auto: once the proxy let WebSocket through, the client went back to it; messages once each, in order');
+  await autoPage.close();
+  proxy.close();
+  // The dashboard with ?transport=sse: the feed's 20 symbols, prices moving.
+  const sseDash = await context.newPage();
+  watch(sseDash, 'dashboard over SSE');
+  await sseDash.goto(`${base}/?transport=sse`);
+  await sseDash.waitForFunction(() => document.querySelector('#status').textContent === 'connected (SSE)'
+    && document.querySelectorAll('#rows tr').length === 20, null, { timeout: 10000 });
+  const ssePrices = await lastPrices(sseDash);
+  await sleep(1500);
+  const sseMoved = changed(ssePrices, await lastPrices(sseDash));
+  assert.ok(sseMoved > 0, 'prices move over SSE');
+  log(`    /?transport=sse: "connected (SSE)", 20 symbols, ${sseMoved} prices changed in 1.5 s`);
+  await sseDash.close();
 
   assert.deepEqual(errors, [], 'page errors');
   log('e2e: all checks passed');

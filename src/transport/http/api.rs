@@ -18,9 +18,10 @@ use crate::topic::Topic;
 
 use super::body::{json, read_body, refuse_body, Body};
 
-/// The topic API is readable with any valid API key once keys are configured.
+/// The topic API is readable with any valid API key once keys are configured (a token, which
+/// may publish, does not read it: its `subscribe` claim says nothing about listing topics).
 pub(super) fn reader(req: &Request<Incoming>, app: &App) -> Result<(), RequestError> {
-    app.auth.publisher(req.headers())?;
+    app.auth.reader(req.headers())?;
     Ok(())
 }
 
@@ -34,7 +35,7 @@ pub(super) async fn publish(req: Request<Incoming>, app: &App) -> Result<Respons
     struct Batch<'a> {
         results: Vec<Published<'a>>,
     }
-    let key = app.auth.publisher(req.headers())?;
+    let publisher = app.auth.publisher(req.headers()).await?;
     let once = match app.node.idempotency() {
         true => idempotency_key(req.headers())?.map(str::to_owned),
         false => None,
@@ -54,18 +55,14 @@ pub(super) async fn publish(req: Request<Incoming>, app: &App) -> Result<Respons
             limit,
         });
     }
-    if let Some(key) = &key {
-        // All or nothing, like validation: one forbidden topic publishes none of the batch.
-        if let Some((topic, _)) = messages.iter().find(|(t, _)| !key.acl.may_publish(t)) {
-            debug!(key = %key.name, %topic, "publish refused by the key's ACL");
-            return Err(RequestError::forbidden(Action::Publish, topic));
-        }
+    // All or nothing, like validation: one forbidden topic publishes none of the batch.
+    if let Some((topic, _)) = messages.iter().find(|(t, _)| !publisher.may_publish(t)) {
+        debug!(publisher = %publisher.name(), %topic, "publish refused by the publisher's ACL");
+        return Err(RequestError::forbidden(Action::Publish, topic));
     }
     let (seqs, replayed) = match once {
         Some(once) => {
-            // Scoped by publisher: two API keys that pick the same key never collide.
-            let scope = key.as_ref().map_or("", |k| k.name.as_str());
-            let once = IdempotencyKey::new(scope, &once, &body);
+            let once = IdempotencyKey::new(&publisher.idempotency_scope(), &once, &body);
             app.node.publish_once(&messages, Source::Http, &once).await?
         }
         None => (app.node.publish(&messages, Source::Http).await?, false),
