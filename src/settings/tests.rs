@@ -253,3 +253,27 @@ fn a_policy_max_rate_needs_conflate_and_bounds_and_the_compression_level_its_ran
     let rules = Settings::from_toml(ok).unwrap().topic_rules().unwrap();
     assert_eq!(rules.max_rate_for(&Topic::parse("p.x").unwrap()), Some(0.5));
 }
+
+/// The hub keeps which history bounds apply to a topic in a byte: each topic gets the first
+/// matching policy's, and a 256th policy is refused at start-up rather than misread.
+#[test]
+fn history_policies_are_indexed_and_capped() {
+    let policy = |i: usize| format!("{{ pattern = \"p{i}.>\", size = {}, ttl_seconds = 60 }}", i + 1);
+    let list = |n: usize| (0..n).map(policy).collect::<Vec<_>>().join(", ");
+    let rules = Settings::from_toml(&format!("[history]\nsize = 7\npolicies = [{}]", list(255)))
+        .unwrap()
+        .topic_rules()
+        .unwrap();
+    let topic = |s: &str| Topic::parse(s).unwrap();
+    assert_eq!(rules.retention_for(&topic("p254.x")).size, 255);
+    assert_eq!(rules.retention_for(&topic("p0.x")).size, 1);
+    assert_eq!(
+        rules.retention_for(&topic("other")).size,
+        7,
+        "the default, one past them"
+    );
+    let e = Settings::from_toml(&format!("[history]\npolicies = [{}]", list(256)))
+        .err()
+        .expect("256 policies are refused");
+    assert!(e.to_string().contains("at most 255 policies"), "{e}");
+}
