@@ -21,6 +21,8 @@
 //! - [`frame`]: the zero-copy WebSocket frame parser and the masked frame encoder.
 //! - [`deflate`]: permessage-deflate (`--deflate`): the offer, the answer's check, the
 //!   per-thread inflater of compressed messages.
+//! - [`sse`]: `fanout --sse`: the `GET /sse` request and the bounded parser of its stream
+//!   (chunked coding, `event:`/`data:` lines), whose data is read as a WebSocket message.
 //! - [`proto`]: recognising tickwire's frames, building requests and publish bodies (the
 //!   publish replies parse into the shared `tickwire-proto` types).
 //! - [`plan`]: topic names (flat or in groups for patterns) and who subscribes to what.
@@ -53,5 +55,6 @@ pub mod report;
 pub mod scale;
 pub mod scenario;
 pub mod server;
+pub mod sse;
 pub mod storm;
 pub mod sys;

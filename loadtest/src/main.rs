@@ -171,6 +171,10 @@ struct FanoutArgs {
     /// server work in every run, for instruction counts.
     #[arg(long, value_name = "N")]
     lockstep: Option<u64>,
+    /// Subscribe over Server-Sent Events: each subscriber opens `GET /sse?topics=<its topics>`
+    /// on the --url's host and port (its path is not used) instead of a WebSocket.
+    #[arg(long)]
+    sse: bool,
 }
 
 #[derive(Args)]
@@ -357,6 +361,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             cfg.topic_prefix = a.topic_prefix;
             cfg.pub_interval = a.pub_interval;
             cfg.lockstep = a.lockstep;
+            cfg.sse = a.sse;
             if let Some(url) = &a.publish_url {
                 let node = opts::parse_http_url(url).context(INVALID_OPTIONS)?;
                 cfg.publish_to = Some(opts::HttpEndpoint {

@@ -91,8 +91,9 @@ pub fn fanout(r: &FanoutReport) -> String {
     t.row(
         "scenario",
         format!(
-            "fanout{}: N={} T={} K={} {pace}, {} B payloads{}, warmup {}s + window {}s + drain ≤{}s",
+            "fanout{}: N={} T={} K={} {pace}, {} B payloads, over {}{}, warmup {}s + window {}s + drain ≤{}s",
             label(&r.label), p.connections, p.topics, p.subs_per_conn, p.payload_bytes,
+            if p.transport == "sse" { "SSE" } else { "WebSocket" },
             if p.deflate { " (permessage-deflate)" } else { "" }, p.warmup_s, p.duration_s, p.drain_s
         ),
     )

@@ -98,6 +98,46 @@ fn fanout_delivers_every_message_to_every_subscriber() -> anyhow::Result<()> {
 }
 
 #[test]
+fn fanout_over_sse_delivers_every_message_to_every_subscriber() -> anyhow::Result<()> {
+    let rt = runtime()?;
+    let InProcess { addr, stop, server } = start_server(&rt)?;
+
+    let mut cfg = FanoutConfig::new(Common::new(parse_ws_url(&format!("ws://{addr}/ws"))?));
+    cfg.sse = true;
+    cfg.connections = 20;
+    cfg.topics = 2;
+    cfg.subs_per_conn = 1;
+    cfg.rate = 100.0;
+    cfg.warmup = Duration::from_millis(200);
+    cfg.duration = Duration::from_secs(1);
+    cfg.drain = Duration::from_secs(3);
+    cfg.topic_prefix = "it.sse.t".into();
+    let r = fanout::run(&cfg)?;
+
+    assert_eq!(r.params.transport, "sse");
+    assert_eq!(r.connect.ready, 20, "{:?}", r.errors);
+    assert_eq!(r.closed_early, 0);
+    assert!(r.errors.is_empty(), "{:?}", r.errors);
+    let published = r.publish.confirmed;
+    assert_eq!(published, r.publish.sent, "every publish acknowledged");
+    assert!(published >= 100, "published only {published}");
+    // Two topics, ten streams each: every message reaches 10 of them, none lost.
+    assert_eq!(r.gaps.lost, 0, "{:?}", r.gaps);
+    assert_eq!(r.gaps.conflated, 0, "{:?}", r.gaps);
+    assert_eq!(r.gaps.out_of_order, 0);
+    assert_eq!(r.gaps.received, published * 10);
+    assert_eq!(r.deliveries.updates_received, published * 10);
+    assert_eq!(r.receive.foreign + r.receive.unstamped + r.receive.unparsed, 0);
+    let d = &r.deliveries;
+    assert_eq!(d.delivered_in_window, d.expected_in_window);
+    assert_eq!(r.latency_ms.expect("latencies").count, d.delivered_in_window);
+
+    stop.send(()).ok();
+    rt.block_on(server)??;
+    Ok(())
+}
+
+#[test]
 fn lockstep_publishes_a_fixed_count_and_ends_the_window_when_done() -> anyhow::Result<()> {
     let rt = runtime()?;
     let InProcess { addr, stop, server } = start_server(&rt)?;

@@ -19,6 +19,7 @@ use crate::deflate::Inflater;
 use crate::frame::{self, Reassembler};
 use crate::gaps::SeqTrack;
 use crate::proto;
+use crate::sse;
 use crate::sys::now_us;
 
 /// One receiver thread: opens connections `ids` (at most `concurrency` at once), reads them on
@@ -97,9 +98,20 @@ pub(super) fn recv_thread(
     }
 }
 
+/// A connection open and ready to read: the stream, what came after the response head, the
+/// handshake's duration and, for an SSE stream, its parser.
+type Opened = (
+    tokio::net::TcpStream,
+    Vec<u8>,
+    Duration,
+    Option<Box<sse::Decoder>>,
+);
+
 /// Opens and upgrades connection `i` and writes `request` (a subscribe, if any), retrying up
-/// to `connect_attempts` times; the handshake's duration with the stream.
-async fn open(i: usize, th: &Thread, request: &[u8]) -> Option<(tokio::net::TcpStream, Vec<u8>, Duration)> {
+/// to `connect_attempts` times; the handshake's duration with the stream. With `sse`, `request`
+/// is the `GET /sse` request and the handshake lasts until its response head (the server answers
+/// once the subscription is in place).
+async fn open(i: usize, th: &Thread, request: &[u8]) -> Option<Opened> {
     let cfg = &th.cfg;
     let src = (!cfg.source_ips.is_empty()).then(|| cfg.source_ips[i % cfg.source_ips.len()]);
     let mut attempt = 0;
@@ -107,6 +119,10 @@ async fn open(i: usize, th: &Thread, request: &[u8]) -> Option<(tokio::net::TcpS
         let started = Instant::now();
         let r = async {
             let mut s = client::open(cfg.target.addr, src).await?;
+            if cfg.sse {
+                let (decoder, leftover) = sse::open(&mut s, request).await?;
+                return io::Result::Ok((s, leftover, started.elapsed(), Some(Box::new(decoder))));
+            }
             let mut rng = Rng::new(now_us() ^ ((i as u64) << 24));
             let (host, path) = (&cfg.target.host, &cfg.target.path);
             let leftover = client::handshake(&mut s, host, path, &mut rng, cfg.deflate).await?;
@@ -116,7 +132,7 @@ async fn open(i: usize, th: &Thread, request: &[u8]) -> Option<(tokio::net::TcpS
                 frame::encode_masked(frame::OP_TEXT, request, rng.mask(), &mut f);
                 s.write_all(&f).await?;
             }
-            io::Result::Ok((s, leftover, took))
+            io::Result::Ok((s, leftover, took, None))
         }
         .await;
         match r {
@@ -146,13 +162,15 @@ fn register(stream: tokio::net::TcpStream) -> io::Result<AsyncFd<std::net::TcpSt
 async fn connection(i: usize, th: Rc<Thread>, permit: tokio::sync::OwnedSemaphorePermit) {
     let cfg = &th.cfg;
     let names = cfg.plan.request_of(i, &cfg.topic_prefix);
-    let request = if names.is_empty() {
+    let request = if cfg.sse {
+        sse::request(&cfg.target.host, &names)
+    } else if names.is_empty() {
         Vec::new()
     } else {
         proto::subscribe_request(&names, &cfg.subscribe)
     };
     let mut storms = th.shared.storm.watch();
-    let Some((stream, leftover, took)) = open(i, &th, &request).await else {
+    let Some((stream, leftover, took, sse)) = open(i, &th, &request).await else {
         th.shared.failed.fetch_add(1, Relaxed);
         return;
     };
@@ -188,6 +206,7 @@ async fn connection(i: usize, th: Rc<Thread>, permit: tokio::sync::OwnedSemaphor
             },
             reasm: Reassembler::new(cfg.deflate),
             carry: leftover,
+            sse,
         });
         conns.len() - 1
     };
@@ -220,7 +239,7 @@ async fn connection(i: usize, th: Rc<Thread>, permit: tokio::sync::OwnedSemaphor
         let Ok(permit) = th.opening.clone().acquire_owned().await else {
             return;
         };
-        let Some((stream, leftover, took)) = open(i, &th, &request).await else {
+        let Some((stream, leftover, took, _)) = open(i, &th, &request).await else {
             th.shared.storm.failed.fetch_add(1, Relaxed);
             return;
         };

@@ -9,6 +9,9 @@
 //! message is inflated first, by the thread's one [`crate::deflate::Inflater`], into its reused
 //! buffer: from there on it is read like any other.
 //!
+//! With `sse` each connection is a `GET /sse` stream instead: the same read, then
+//! [`crate::sse`]'s parser, whose events' data is read like a WebSocket message.
+//!
 //! Layout: this file the configuration, the shared state and counters, the [`Watch`] seam and
 //! the [`Pool`] handle; `connect` a receiver thread and each connection's life (open, upgrade,
 //! subscribe, storms); `recv` the receive path (read, parse, inflate, recognise, count).
@@ -66,6 +69,9 @@ pub struct PoolConfig {
     /// Offer permessage-deflate in every upgrade (a connection the server does not accept it
     /// on fails) and inflate the compressed messages.
     pub deflate: bool,
+    /// Subscribe with `GET /sse?topics=…` instead of a WebSocket ([`crate::sse`]); no storms,
+    /// no deflate, no watch.
+    pub sse: bool,
 }
 
 /// What a scenario does with every `update` and `snapshot` a connection receives, beside the
@@ -234,6 +240,9 @@ struct Conn {
     reasm: Reassembler,
     /// Bytes of an incomplete frame, carried to the next read.
     carry: Vec<u8>,
+    /// An SSE stream's parser (`sse`), which keeps what is incomplete itself: `carry` stays
+    /// empty.
+    sse: Option<Box<crate::sse::Decoder>>,
 }
 
 /// What one connection receives and has seen.
@@ -336,6 +345,9 @@ impl ConnectOutcome {
 impl Pool {
     /// Starts the receiver threads; they begin connecting at once.
     pub fn start(cfg: PoolConfig) -> anyhow::Result<Pool> {
+        if cfg.sse && (cfg.recovery || cfg.deflate || cfg.watch.is_some()) {
+            anyhow::bail!("SSE streams are for fan-out only: no recovery, deflate or watch");
+        }
         let threads = cfg.threads.clamp(1, 64).min(cfg.connections.max(1));
         let cfg = Arc::new(cfg);
         let shared = Arc::new(Shared::new());

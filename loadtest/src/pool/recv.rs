@@ -1,5 +1,6 @@
 //! The receive path: one `read(2)` per readiness event into the thread's buffer, every complete
-//! frame parsed in place, compressed messages inflated, each message recognised and counted.
+//! frame parsed in place, compressed messages inflated, each message recognised and counted;
+//! on an SSE stream, each event's data in place of a message.
 
 use std::io::{self, Read, Write};
 use std::rc::Rc;
@@ -10,6 +11,7 @@ use tokio::io::unix::AsyncFd;
 use super::*;
 use crate::frame::{self, Event, Wire};
 use crate::proto::{self, ServerMsg};
+use crate::sse;
 use crate::sys::now_us;
 
 /// Reads until the connection closes (an `Err`) or the task is dropped at the end of the run.
@@ -103,6 +105,9 @@ fn flush_reply(fd: &AsyncFd<std::net::TcpStream>, th: &Thread) -> Result<(), ()>
 /// Parses every complete frame in `data`; returns the bytes consumed, or `Err` when the server
 /// closed the connection or broke the protocol.
 fn process(th: &Thread, conn: &mut Conn, data: &[u8], now: u64) -> Result<usize, ()> {
+    if let Some(decoder) = conn.sse.as_deref_mut() {
+        return process_sse(th, &mut conn.streams, decoder, data, now).map(|()| data.len());
+    }
     let window = th.shared.window();
     let before = th.counters.updates.get();
     let mut closing = false;
@@ -150,6 +155,48 @@ fn process(th: &Thread, conn: &mut Conn, data: &[u8], now: u64) -> Result<usize,
         Err(e) => {
             th.shared
                 .note_error(format!("protocol error from the server: {e}"));
+            Err(())
+        }
+    }
+}
+
+/// [`process`] for an SSE stream: every complete event's data read as a WebSocket message;
+/// `Err` once the stream ends (its `close` event, its last chunk) or breaks the grammar.
+fn process_sse(
+    th: &Thread,
+    streams: &mut Streams,
+    decoder: &mut sse::Decoder,
+    data: &[u8],
+    now: u64,
+) -> Result<(), ()> {
+    let window = th.shared.window();
+    let before = th.counters.updates.get();
+    let mut closing = false;
+    let result = decoder.feed(data, |event| match event {
+        _ if closing => {}
+        sse::Event::Message { name: b"close", data } => {
+            closing = true;
+            th.shared.note_error(format!(
+                "stream closed by the server: {}",
+                String::from_utf8_lossy(data)
+            ));
+        }
+        sse::Event::Message { data, .. } => {
+            on_message(th, streams, data, Wire::of(data.len(), false), now, window)
+        }
+        sse::Event::Comment => bump(&th.counters.pings, 1),
+    });
+    let received = th.counters.updates.get() - before;
+    if received > 0 {
+        th.shared.updates.fetch_add(received, Relaxed);
+    }
+    match result {
+        Ok(()) if closing => Err(()),
+        Ok(()) => Ok(()),
+        Err(sse::SseError::Ended) => Err(()),
+        Err(e) => {
+            th.shared
+                .note_error(format!("from the server's event stream: {e}"));
             Err(())
         }
     }

@@ -8,6 +8,9 @@
 //! it arrives before the drain ends; the latency histogram holds exactly those. Sequence
 //! accounting (received / conflated / lost) covers every message of the run.
 //!
+//! With `sse` the subscribers are `GET /sse?topics=…` streams instead of WebSocket connections
+//! (publishing stays HTTP); everything else is the same.
+//!
 //! With `lockstep` (`--lockstep N`) there is no warmup and the window ends when the publisher has
 //! sent its N messages one by one, each once the previous one reached every subscriber (or at
 //! `duration`, an upper bound): the server's work is then the same in every run, for callgrind.
@@ -45,6 +48,9 @@ pub struct FanoutConfig {
     pub publish_to: Option<HttpEndpoint>,
     /// Publish this many messages in lockstep with the subscribers instead of at `rate`.
     pub lockstep: Option<u64>,
+    /// Subscribe over Server-Sent Events (`GET /sse?topics=…` on the target's host and port)
+    /// instead of WebSocket.
+    pub sse: bool,
 }
 
 impl FanoutConfig {
@@ -64,6 +70,7 @@ impl FanoutConfig {
             batch_max: 10_000,
             publish_to: None,
             lockstep: None,
+            sse: false,
         }
     }
 
@@ -88,6 +95,9 @@ impl FanoutConfig {
         if self.duration.is_zero() {
             bail!("--duration must be positive");
         }
+        if self.sse && self.common.deflate {
+            bail!("--deflate is a WebSocket extension: it does not combine with --sse");
+        }
         Ok(())
     }
 }
@@ -101,6 +111,8 @@ pub struct FanoutParams {
     /// Publications sent in lockstep (`rate` then does not apply).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub lockstep: Option<u64>,
+    /// `websocket` or `sse`.
+    pub transport: &'static str,
     pub payload_bytes: usize,
     /// permessage-deflate negotiated on every connection.
     pub deflate: bool,
@@ -182,7 +194,9 @@ pub fn run(cfg: &FanoutConfig) -> anyhow::Result<FanoutReport> {
     let api = (cfg.publish_to.clone()).unwrap_or_else(|| opts::endpoint(&c.target, "/api/v1/publish"));
 
     let srv_before = c.scrape(&progress, &mut warned);
-    let pool = Pool::start(c.pool_config(cfg.connections, plan, &cfg.topic_prefix))?;
+    let mut pool_config = c.pool_config(cfg.connections, plan, &cfg.topic_prefix);
+    pool_config.sse = cfg.sse;
+    let pool = Pool::start(pool_config)?;
     let outcome = pool.wait_ready(c.connect_timeout, |p| progress.update(|| connect_progress(p)));
     if outcome.ready == 0 {
         let errors = pool.shared().first_errors();
@@ -392,6 +406,7 @@ pub fn run(cfg: &FanoutConfig) -> anyhow::Result<FanoutReport> {
             subs_per_conn: cfg.subs_per_conn,
             rate: cfg.rate,
             lockstep: cfg.lockstep,
+            transport: if cfg.sse { "sse" } else { "websocket" },
             payload_bytes: cfg.payload_bytes,
             deflate: c.deflate,
             warmup_s: secs(warmup),

@@ -74,6 +74,7 @@ impl Common {
             subscribe: Default::default(),
             watch: None,
             deflate: self.deflate,
+            sse: false,
         }
     }
 
