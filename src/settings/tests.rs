@@ -273,7 +273,6 @@ fn history_policies_are_indexed_and_capped() {
         "the default, one past them"
     );
     let e = Settings::from_toml(&format!("[history]\npolicies = [{}]", list(256)))
-        .err()
-        .expect("256 policies are refused");
+        .expect_err("256 policies are refused");
     assert!(e.to_string().contains("at most 255 policies"), "{e}");
 }
