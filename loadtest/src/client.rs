@@ -146,24 +146,29 @@ pub async fn handshake(
          Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n{offer}User-Agent: tickwire-loadtest\r\n\r\n"
     );
     s.write_all(req.as_bytes()).await?;
+    let (head, rest) = read_head(s, "the upgrade").await?;
+    check_upgrade_response(&head, &key, deflate).map_err(io::Error::other)?;
+    Ok(rest)
+}
+
+/// Reads an HTTP response head (at most [`MAX_RESPONSE_HEAD`] bytes) during `what`: the head,
+/// and the bytes received after it.
+pub async fn read_head(s: &mut TcpStream, what: &str) -> io::Result<(String, Vec<u8>)> {
     let mut buf = Vec::with_capacity(512);
     let mut chunk = [0u8; 2048];
     loop {
         let n = s.read(&mut chunk).await?;
         if n == 0 {
-            return Err(io::Error::new(
-                io::ErrorKind::UnexpectedEof,
-                "connection closed during the upgrade",
-            ));
+            let why = format!("connection closed during {what}");
+            return Err(io::Error::new(io::ErrorKind::UnexpectedEof, why));
         }
         buf.extend_from_slice(&chunk[..n]);
         if let Some(end) = memchr::memmem::find(&buf, b"\r\n\r\n") {
-            let head = String::from_utf8_lossy(&buf[..end]);
-            check_upgrade_response(&head, &key, deflate).map_err(io::Error::other)?;
-            return Ok(buf.split_off(end + 4));
+            let head = String::from_utf8_lossy(&buf[..end]).into_owned();
+            return Ok((head, buf.split_off(end + 4)));
         }
         if buf.len() > MAX_RESPONSE_HEAD {
-            return Err(io::Error::other("upgrade response head too large"));
+            return Err(io::Error::other(format!("response head too large during {what}")));
         }
     }
 }

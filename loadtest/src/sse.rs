@@ -15,7 +15,7 @@
 use std::fmt;
 use std::io;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
 /// The longest line, and the longest event's data, accepted (the load's events are a few
@@ -25,7 +25,6 @@ pub const MAX_LINE: usize = 64 << 10;
 const MAX_SIZE_LINE: usize = 256;
 /// The largest chunk accepted.
 const MAX_CHUNK: usize = 64 << 20;
-const MAX_RESPONSE_HEAD: usize = 16 << 10;
 
 /// The request line and headers of `GET /sse?topics=<topics, comma-separated>`.
 pub fn request<S: AsRef<str>>(host: &str, topics: &[S]) -> Vec<u8> {
@@ -80,26 +79,9 @@ pub fn check_response(head: &str) -> Result<bool, String> {
 /// the body's decoder and the bytes received after the head (the first events may come with it).
 pub async fn open(s: &mut TcpStream, request: &[u8]) -> io::Result<(Decoder, Vec<u8>)> {
     s.write_all(request).await?;
-    let mut buf = Vec::with_capacity(512);
-    let mut chunk = [0u8; 2048];
-    loop {
-        let n = s.read(&mut chunk).await?;
-        if n == 0 {
-            return Err(io::Error::new(
-                io::ErrorKind::UnexpectedEof,
-                "connection closed before the response head",
-            ));
-        }
-        buf.extend_from_slice(&chunk[..n]);
-        if let Some(end) = memchr::memmem::find(&buf, b"\r\n\r\n") {
-            let head = String::from_utf8_lossy(&buf[..end]);
-            let chunked = check_response(&head).map_err(io::Error::other)?;
-            return Ok((Decoder::new(chunked), buf.split_off(end + 4)));
-        }
-        if buf.len() > MAX_RESPONSE_HEAD {
-            return Err(io::Error::other("response head too large"));
-        }
-    }
+    let (head, rest) = crate::client::read_head(s, "the response head").await?;
+    let chunked = check_response(&head).map_err(io::Error::other)?;
+    Ok((Decoder::new(chunked), rest))
 }
 
 /// What the stream carries.

@@ -351,3 +351,31 @@ async fn deltas_start_with_a_whole_update_for_a_topic_already_received_without()
     let sent = frames(&who.outbox).await;
     assert!(sent[0].contains(r#""delta":"#), "then deltas: {sent:?}");
 }
+
+/// A topic's last use is kept in 100 ms ticks: idleness counts from the tick's end, so a topic
+/// is never dropped before `idle_ttl`, and at most one tick after it.
+#[test]
+fn the_idle_clock_is_never_early() {
+    let clock = Clock {
+        start: Instant::now(),
+    };
+    let used = clock.start + Duration::from_millis(250);
+    let touched = clock.ticks(used);
+    assert_eq!(touched, 2);
+    let ttl = Duration::from_secs(1);
+    let at = |ms: u64| clock.start + Duration::from_millis(ms);
+    assert!(
+        !clock.idle_for(touched, ttl, at(1_250)),
+        "exactly idle_ttl after a use inside the tick's end"
+    );
+    assert!(!clock.idle_for(touched, ttl, at(1_299)));
+    assert!(
+        clock.idle_for(touched, ttl, at(1_300)),
+        "one tick's end plus idle_ttl"
+    );
+    assert_eq!(
+        clock.ticks(clock.start - Duration::from_secs(1)),
+        0,
+        "before the start"
+    );
+}
