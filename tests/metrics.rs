@@ -55,6 +55,7 @@ async fn exposition_is_well_formed_and_every_series_exists_from_start() {
         ),
         ("tickwire_disconnects_total", vec![("reason", "client_close")]),
         ("tickwire_disconnects_total", vec![("reason", "slow_consumer")]),
+        ("tickwire_disconnects_total", vec![("reason", "too_many_topics")]),
         ("tickwire_disconnects_total", vec![("reason", "idle_timeout")]),
         ("tickwire_disconnects_total", vec![("reason", "shutdown")]),
         ("tickwire_disconnects_total", vec![("reason", "rate_limit")]),

@@ -602,3 +602,72 @@ async fn a_pattern_catches_up_at_most_max_catch_up_topics() {
     assert_eq!(reply["positions"].as_object().unwrap().len(), 5, "{reply}");
     assert_eq!(reply["recovered"].as_object().unwrap().len(), 5, "{reply}");
 }
+
+/// `limits.max_topics_per_connection` bounds the topics one connection receives, exact names
+/// and pattern matches together: a subscribe that would go past it is refused whole (nothing
+/// registered), one that fits works, and a topic created later that would take a connection
+/// past it closes that connection with 4009 instead of leaving it without the topic's updates.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn topics_per_connection_are_bounded() {
+    let server = start("[limits]\nmax_topics_per_connection = 4\n").await;
+    let addr = server.addr;
+    for i in 1..=5 {
+        publish(addr, &format!("many.t{i}"), json!(i)).await;
+    }
+    let mut ws = connect(addr).await;
+    // Five topics match: refused, and nothing of it stays behind.
+    let reply = request(&mut ws, json!({"op":"subscribe","id":1,"topics":["many.*"]})).await;
+    assert_eq!(reply["type"], "error", "{reply}");
+    assert_eq!(reply["code"], "too_many_subscriptions", "{reply}");
+    assert!(
+        reply["message"]
+            .as_str()
+            .unwrap()
+            .contains("max_topics_per_connection"),
+        "{reply}"
+    );
+    publish(addr, "many.t1", json!(10)).await;
+    expect_silence(&mut ws, std::time::Duration::from_millis(200)).await;
+    // Exact names count too: three plus a pattern over two more is five.
+    let reply = request(
+        &mut ws,
+        json!({"op":"subscribe","id":2,"topics":["many.t1","many.t2","many.t3"]}),
+    )
+    .await;
+    assert_eq!(reply["type"], "subscribed", "{reply}");
+    for _ in 0..3 {
+        assert_eq!(recv_json(&mut ws).await["type"], "snapshot");
+    }
+    let reply = request(
+        &mut ws,
+        json!({"op":"subscribe","id":3,"topics":["other.>", "many.t4", "many.t5"]}),
+    )
+    .await;
+    assert_eq!(reply["code"], "too_many_subscriptions", "{reply}");
+    // A pattern over nothing yet fits; the fourth topic it brings fits; the fifth does not.
+    let reply = request(&mut ws, json!({"op":"subscribe","id":4,"topics":["other.>"]})).await;
+    assert_eq!(reply["type"], "subscribed", "{reply}");
+    publish(addr, "other.a", json!(1)).await;
+    assert_eq!(recv_json(&mut ws).await["topic"], "other.a");
+    publish(addr, "other.b", json!(2)).await;
+    let (_, (code, reason)) = recv_close_within(&mut ws, std::time::Duration::from_secs(5)).await;
+    assert_eq!((code, reason.as_str()), (4009, "too many topics"));
+    // Counted once the connection's task has ended, just after the close frame went out.
+    let label = "tickwire_disconnects_total{reason=\"too_many_topics\"}";
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while metric_value(addr, label).await != 1.0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not counted as too_many_topics"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    // The closed connection's records are gone: a new one may hold four topics again.
+    let mut again = connect(addr).await;
+    let reply = request(
+        &mut again,
+        json!({"op":"subscribe","id":1,"topics":["many.t1","many.t2","many.t3","other.a"]}),
+    )
+    .await;
+    assert_eq!(reply["type"], "subscribed", "{reply}");
+}

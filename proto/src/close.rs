@@ -7,6 +7,10 @@
 pub const TOKEN_EXPIRED: u16 = 4003;
 /// The client's outbound queue overflowed (a `queue` topic, or replies).
 pub const SLOW_CONSUMER: u16 = 4008;
+/// A topic created after the client subscribed would have taken the connection past the
+/// server's topics-per-connection limit (its patterns match too much): reconnecting with the same
+/// subscriptions fails with `too_many_subscriptions`, narrower ones work.
+pub const TOO_MANY_TOPICS: u16 = 4009;
 /// Nothing arrived from the client for the server's idle timeout.
 pub const IDLE_TIMEOUT: u16 = 4012;
 /// The client kept sending requests while rate limited: reconnecting would not help.

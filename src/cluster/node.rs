@@ -187,6 +187,10 @@ impl Node {
         terms: Terms,
         reply: impl FnOnce(Result<&Subscribed, &RequestError>) -> Bytes,
     ) -> Result<(), RequestError> {
+        if let Err(e) = self.fits(who, new).await {
+            who.outbox.push(reply(Err(&e)));
+            return Err(e);
+        }
         // In a cluster: listen to the new topics' channels and load their state first.
         if let Err(e) = self.prepare(new).await {
             who.outbox.push(reply(Err(&e)));
@@ -228,6 +232,42 @@ impl Node {
         self.metrics.subscriptions.add(new.len() as i64);
         let first = std::iter::once((reply(Ok(&done)), None));
         cork.uncork(first.chain(done.frames));
+        Ok(())
+    }
+
+    /// Refuses, before anything is registered, `new` subscriptions that would take `who` past
+    /// `limits.max_topics_per_connection`: its topics now, plus one per exact name and every
+    /// existing topic each pattern matches (a topic two of them match counts twice, so this
+    /// may refuse a request that would just fit). The walks stop at the limit, in slices with
+    /// the runtime free between them.
+    async fn fits(&self, who: &Subscriber, new: &[Pattern]) -> Result<(), RequestError> {
+        let limit = self.hub.bounds().max_topics_per_connection;
+        let over = || RequestError::TopicsPerConnection(limit);
+        let mut total = who.outbox.topics();
+        for pattern in new {
+            if pattern.as_exact().is_some() {
+                total += 1;
+                if total > limit {
+                    return Err(over());
+                }
+                continue;
+            }
+            let mut after = None;
+            loop {
+                // Enough to tell whether the pattern goes past the limit, and no more.
+                let budget = (limit.saturating_sub(total) + 1).min(SLICE);
+                let slice = self.hub.matching_after(pattern, after.as_ref(), budget);
+                total += slice.len();
+                if total > limit {
+                    return Err(over());
+                }
+                if slice.len() < budget {
+                    break;
+                }
+                after = slice.last().cloned();
+                tokio::task::yield_now().await;
+            }
+        }
         Ok(())
     }
 
@@ -275,18 +315,31 @@ mod tests {
             let subscribe =
                 node.subscribe(&who, &patterns, &patterns, &since, Terms::PLAIN, |_| Bytes::new());
             tokio::pin!(subscribe);
-            let first = futures_util::poll!(subscribe.as_mut());
-            assert!(first.is_pending(), "3 slices' worth of topics yield in between");
-            let registered = topics
-                .iter()
-                .filter(|t| node.hub.subscribers(t) == Some(1))
-                .count();
+            // Counted first (`fits`, in slices too), then registered slice by slice.
+            let registered = || {
+                (topics.iter())
+                    .filter(|t| node.hub.subscribers(t) == Some(1))
+                    .count()
+            };
+            let mut polls = 0;
+            while registered() == 0 {
+                let poll = futures_util::poll!(subscribe.as_mut());
+                assert!(poll.is_pending(), "3 slices' worth of topics yield in between");
+                polls += 1;
+                assert!(polls <= 4 * 3, "never started registering");
+            }
             assert!(
-                registered >= SLICE,
-                "the first slice was registered: {registered}"
+                registered() >= SLICE && registered() < topics.len(),
+                "a first slice was registered: {}",
+                registered()
             );
         }
         assert!(topics.iter().all(|t| node.hub.subscribers(t) == Some(0)));
+        assert_eq!(
+            outbox.topics(),
+            0,
+            "the connection's topic count went back with its records"
+        );
         node.hub.publish(&Topic::parse("p.new").unwrap(), one);
         assert_eq!(node.hub.subscribers(&Topic::parse("p.new").unwrap()), Some(0));
         assert_eq!(outbox.queued_bytes(), 0, "nothing delivered, nothing left corked");

@@ -14,6 +14,8 @@ pub enum Disconnect {
     ClientClose,
     /// A `queue` topic overflowed the connection's outbound queue.
     SlowConsumer,
+    /// A new topic its patterns match would take it past `limits.max_topics_per_connection`.
+    TooManyTopics,
     /// Nothing arrived from the client for `server.idle_timeout`.
     IdleTimeout,
     /// The server is draining.
@@ -40,6 +42,7 @@ impl Disconnect {
         Some(match self {
             Disconnect::ClientClose | Disconnect::Error => return None,
             Disconnect::SlowConsumer => (close::SLOW_CONSUMER, "slow consumer"),
+            Disconnect::TooManyTopics => (close::TOO_MANY_TOPICS, "too many topics"),
             Disconnect::IdleTimeout => (close::IDLE_TIMEOUT, "idle timeout"),
             Disconnect::Shutdown => (1001, "server shutting down"),
             Disconnect::RateLimit => (close::RATE_LIMIT, "rate limit exceeded"),
@@ -56,6 +59,7 @@ impl Disconnect {
         match self {
             Disconnect::ClientClose => "client_close",
             Disconnect::SlowConsumer => "slow_consumer",
+            Disconnect::TooManyTopics => "too_many_topics",
             Disconnect::IdleTimeout => "idle_timeout",
             Disconnect::Shutdown => "shutdown",
             Disconnect::RateLimit => "rate_limit",
@@ -69,9 +73,10 @@ impl Disconnect {
     }
 
     /// Every label value, so that each series exists (at 0) from start-up.
-    pub const LABELS: [&'static str; 8] = [
+    pub const LABELS: [&'static str; 9] = [
         "client_close",
         "slow_consumer",
+        "too_many_topics",
         "idle_timeout",
         "shutdown",
         "rate_limit",

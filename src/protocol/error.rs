@@ -31,6 +31,11 @@ pub enum RequestError {
     TooManyConnections(usize),
     #[error("subscription limit of {0} per connection exceeded")]
     TooManySubscriptions(usize),
+    #[error(
+        "these subscriptions would deliver more than {0} topics to this connection \
+         (limits.max_topics_per_connection): subscribe to narrower patterns"
+    )]
+    TopicsPerConnection(usize),
     #[error("topic limit of {0} reached: no new topic can be created until idle ones are dropped")]
     TooManyTopics(usize),
     #[error("request rate limit exceeded")]
@@ -70,7 +75,9 @@ impl RequestError {
             RequestError::Forbidden { .. } | RequestError::Origin(_) => code::FORBIDDEN,
             RequestError::Unauthorized(_) => code::UNAUTHORIZED,
             RequestError::TooManyConnections(_) => code::TOO_MANY_CONNECTIONS,
-            RequestError::TooManySubscriptions(_) => code::TOO_MANY_SUBSCRIPTIONS,
+            RequestError::TooManySubscriptions(_) | RequestError::TopicsPerConnection(_) => {
+                code::TOO_MANY_SUBSCRIPTIONS
+            }
             RequestError::TooManyTopics(_) => code::TOO_MANY_TOPICS,
             RequestError::RateLimited => code::RATE_LIMITED,
             RequestError::PayloadTooLarge(_) | RequestError::MessageTooLarge { .. } => {

@@ -100,6 +100,7 @@ impl Settings {
         TopicBounds {
             max_topics: self.limits.max_topics,
             max_catch_up_topics: self.limits.max_catch_up_topics,
+            max_topics_per_connection: self.limits.max_topics_per_connection,
             idle_ttl: (!self.topics.idle_ttl.is_zero()).then_some(self.topics.idle_ttl),
             delta_min_bytes: self.delta.min_bytes,
             deflate_min_bytes: self.compression.min_bytes,

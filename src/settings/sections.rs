@@ -161,6 +161,8 @@ pub struct LimitsSettings {
     pub max_topics: usize,
     /// Topics one subscribe reply gives positions and snapshots for (see `TopicBounds`).
     pub max_catch_up_topics: usize,
+    /// Topics one connection may receive, exact and through patterns (see `TopicBounds`).
+    pub max_topics_per_connection: usize,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -180,6 +182,11 @@ pub struct TopicBounds {
     /// rest are subscribed to without, and the reply says `truncated`. Bounds what one request
     /// makes the server hold for a pattern that matches a large part of a big node.
     pub max_catch_up_topics: usize,
+    /// Topics one connection receives, counted per (topic, connection) pair: every pair costs
+    /// the hub a subscription record (~300 B), so a pattern such as `>` on a big node would
+    /// otherwise make one client's memory grow with the whole node. A subscribe past it is
+    /// refused; a new topic that would take a connection past it closes the connection.
+    pub max_topics_per_connection: usize,
     /// `None` keeps idle topics forever.
     pub idle_ttl: Option<Duration>,
     /// `delta.min_bytes`: data shorter than this is never sent as a delta.

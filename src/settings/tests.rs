@@ -28,6 +28,7 @@ fn defaults_are_valid() {
         TopicBounds {
             max_topics: 1_000_000,
             max_catch_up_topics: 10_000,
+            max_topics_per_connection: 100_000,
             idle_ttl: Some(Duration::from_secs(3600)),
             delta_min_bytes: 128,
             deflate_min_bytes: 256,

@@ -258,6 +258,11 @@ impl Settings {
             "limits.max_catch_up_topics",
             "must be at least 1",
         );
+        c.check(
+            self.limits.max_topics_per_connection >= 1,
+            "limits.max_topics_per_connection",
+            "must be at least 1",
+        );
         let ttl = self.topics.idle_ttl;
         c.check(
             ttl.is_zero() || ttl >= MIN_IDLE_TTL,

@@ -297,7 +297,24 @@ struct Reason {
     terms: Terms,
 }
 
+/// Counted on the outbox from creation to drop, whichever way it goes (an unsubscribe, a
+/// closing connection, a dropped topic): the count cannot drift from the records.
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        self.outbox.count_topic(false);
+    }
+}
+
 impl Subscription {
+    fn new(outbox: Arc<Outbox>) -> Subscription {
+        outbox.count_topic(true);
+        Subscription {
+            outbox,
+            reasons: Box::default(),
+            gate: None,
+        }
+    }
+
     /// Fits the gate to the reasons and the topic's `cap`; a new gate starts at `seq`. Returns
     /// the change in the number of gates.
     fn regate(&mut self, client: ClientId, cap: Interval, seq: u64) -> i32 {
@@ -328,11 +345,7 @@ impl TopicState {
         let special = &mut self.special;
         let sub = (self.subscribers).get_or_insert_with(who.id, || {
             *special += u32::from(who.outbox.deflate().is_some());
-            Subscription {
-                outbox: who.outbox.clone(),
-                reasons: Box::default(),
-                gate: None,
-            }
+            Subscription::new(who.outbox.clone())
         });
         let fresh = sub.reasons.is_empty();
         match sub.reasons.iter_mut().find(|r| r.pattern == *reason) {

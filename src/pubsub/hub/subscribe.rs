@@ -90,6 +90,12 @@ impl Hub {
         })
     }
 
+    /// Up to `budget` of the existing topics `pattern` matches, in name order after `after`:
+    /// for counting what a subscription would bring before registering it.
+    pub fn matching_after(&self, pattern: &Pattern, after: Option<&Topic>, budget: usize) -> Vec<Topic> {
+        lock(&self.names).matching_after(pattern, after, budget)
+    }
+
     /// Removes subscriptions. Once this returns, nothing more is queued through them. Returns
     /// the work done (patterns plus topics visited), for callers that pace themselves.
     pub fn unsubscribe(&self, who: ClientId, subscriptions: &[Pattern]) -> usize {

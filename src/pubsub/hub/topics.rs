@@ -9,6 +9,7 @@ use std::time::Instant;
 
 use dashmap::mapref::entry::Entry;
 
+use crate::protocol::disconnect::Disconnect;
 use crate::protocol::error::RequestError;
 use crate::protocol::{new_epoch, now_ms};
 use crate::pubsub::history::History;
@@ -62,7 +63,14 @@ impl Hub {
             retention: self.rules.retention_index(topic),
             removed: false,
         };
+        let limit = self.bounds.max_topics_per_connection;
         patterns.for_each_match(topic, |pattern, id, (outbox, terms)| {
+            // One more topic would take the connection past its limit: closed, with a code
+            // that says why, rather than left without this topic's updates and not knowing.
+            if outbox.topics() >= limit && state.subscribers.get_mut(id).is_none() {
+                outbox.close(Disconnect::TooManyTopics);
+                return;
+            }
             let who = Subscriber {
                 id,
                 outbox: outbox.clone(),

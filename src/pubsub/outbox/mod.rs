@@ -31,6 +31,7 @@
 
 use std::collections::HashMap;
 use std::future::poll_fn;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard};
 use std::task::{Context, Poll};
 use std::time::Instant;
@@ -81,6 +82,9 @@ pub struct Outbox {
     /// The window its client accepts compressed frames for, if it negotiated permessage-deflate:
     /// the hub picks the compressed frame of a publication by it.
     deflate: Option<u8>,
+    /// Topics delivering to this outbox (one per subscribed (topic, connection) pair, kept by
+    /// the hub's subscription records): what `limits.max_topics_per_connection` bounds.
+    topics: AtomicUsize,
 }
 
 struct Waiting {
@@ -139,7 +143,21 @@ impl Outbox {
             writer: AtomicWaker::new(),
             reader: AtomicWaker::new(),
             deflate,
+            topics: AtomicUsize::new(0),
         }
+    }
+
+    /// Topics delivering to this outbox now.
+    pub fn topics(&self) -> usize {
+        self.topics.load(Ordering::Relaxed)
+    }
+
+    /// One more topic delivers here (the hub's subscription record was made), or one less.
+    pub fn count_topic(&self, added: bool) {
+        match added {
+            true => self.topics.fetch_add(1, Ordering::Relaxed),
+            false => self.topics.fetch_sub(1, Ordering::Relaxed),
+        };
     }
 
     /// The window of the client's permessage-deflate, if it negotiated it.

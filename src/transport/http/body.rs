@@ -70,6 +70,7 @@ pub(super) fn status_of(e: &RequestError) -> StatusCode {
         RequestError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
         RequestError::Forbidden { .. } | RequestError::Origin(_) => StatusCode::FORBIDDEN,
         RequestError::TooManySubscriptions(_)
+        | RequestError::TopicsPerConnection(_)
         | RequestError::RateLimited
         | RequestError::TooManyConnections(_) => StatusCode::TOO_MANY_REQUESTS,
         RequestError::PayloadTooLarge(_) | RequestError::MessageTooLarge { .. } => {

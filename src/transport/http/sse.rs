@@ -51,7 +51,7 @@ pub(super) async fn stream(req: Request<Incoming>, app: &Arc<App>, addrs: PeerAd
             Err(e) => {
                 let mut resp = error(&e);
                 // A refused subscription is the client's request, whichever limit it broke.
-                if let RequestError::TooManySubscriptions(_) = e {
+                if let RequestError::TooManySubscriptions(_) | RequestError::TopicsPerConnection(_) = e {
                     *resp.status_mut() = StatusCode::BAD_REQUEST;
                 }
                 resp
