@@ -183,7 +183,7 @@ pub struct TopicBounds {
     /// makes the server hold for a pattern that matches a large part of a big node.
     pub max_catch_up_topics: usize,
     /// Topics one connection receives, counted per (topic, connection) pair: every pair costs
-    /// the hub a subscription record (~300 B), so a pattern such as `>` on a big node would
+    /// the hub a subscription record (~90 B), so a pattern such as `>` on a big node would
     /// otherwise make one client's memory grow with the whole node. A subscribe past it is
     /// refused; a new topic that would take a connection past it closes the connection.
     pub max_topics_per_connection: usize,
