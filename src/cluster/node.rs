@@ -244,7 +244,15 @@ impl Node {
         let limit = self.hub.bounds().max_topics_per_connection;
         let over = || RequestError::TopicsPerConnection(limit);
         let mut total = who.outbox.topics();
+        // Patterns and topics walked since the last yield: a request of many narrow patterns
+        // is as much work as one wide one.
+        let mut work = 0;
         for pattern in new {
+            work += 1;
+            if work >= SLICE {
+                work = 0;
+                tokio::task::yield_now().await;
+            }
             if pattern.as_exact().is_some() {
                 total += 1;
                 if total > limit {
@@ -258,6 +266,7 @@ impl Node {
                 let budget = (limit.saturating_sub(total) + 1).min(SLICE);
                 let slice = self.hub.matching_after(pattern, after.as_ref(), budget);
                 total += slice.len();
+                work += slice.len();
                 if total > limit {
                     return Err(over());
                 }
@@ -265,7 +274,10 @@ impl Node {
                     break;
                 }
                 after = slice.last().cloned();
-                tokio::task::yield_now().await;
+                if work >= SLICE {
+                    work = 0;
+                    tokio::task::yield_now().await;
+                }
             }
         }
         Ok(())
