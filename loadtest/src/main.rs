@@ -59,6 +59,12 @@ struct CommonArgs {
     /// Where the server's Prometheus metrics are (default: /metrics on the --url host).
     #[arg(long)]
     metrics_url: Option<String>,
+    /// WebSocket endpoints of several nodes of one cluster, comma-separated: connection i
+    /// opens on the (i mod n)-th, so subscribers spread evenly over the nodes. Publishing,
+    /// `/metrics` and the server's CPU stay on --url's node (cross-node fan-out when that node
+    /// is not in the list). Default: --url alone.
+    #[arg(long, value_delimiter = ',')]
+    subscribe_urls: Vec<String>,
     /// Local source addresses, bound round-robin: addresses and ranges, e.g.
     /// 127.0.0.1-127.0.0.16,127.0.1.1 (loopback only).
     #[arg(long, default_value = "127.0.0.1")]
@@ -106,10 +112,11 @@ impl CommonArgs {
             c.metrics = opts::parse_http_url(m)?;
         }
         c.source_ips = opts::parse_source_ips(&self.source_ips)?;
-        if c.source_ips
-            .iter()
-            .any(|ip| ip.is_ipv4() != c.target.addr.is_ipv4())
-        {
+        c.spread = (self.subscribe_urls.iter())
+            .map(|u| opts::parse_ws_url(u))
+            .collect::<anyhow::Result<_>>()?;
+        let nodes = std::iter::once(&c.target).chain(&c.spread);
+        if (nodes.map(|t| t.addr.is_ipv4())).any(|v4| c.source_ips.iter().any(|ip| ip.is_ipv4() != v4)) {
             anyhow::bail!(
                 "--source-ips must be of the same address family as the server ({})",
                 c.target.addr

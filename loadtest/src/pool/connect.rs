@@ -118,13 +118,14 @@ async fn open(i: usize, th: &Thread, request: &[u8]) -> Option<Opened> {
     loop {
         let started = Instant::now();
         let r = async {
-            let mut s = client::open(cfg.target.addr, src).await?;
+            let target = cfg.target_of(i);
+            let mut s = client::open(target.addr, src).await?;
             if cfg.sse {
                 let (decoder, leftover) = sse::open(&mut s, request).await?;
                 return io::Result::Ok((s, leftover, started.elapsed(), Some(Box::new(decoder))));
             }
             let mut rng = Rng::new(now_us() ^ ((i as u64) << 24));
-            let (host, path) = (&cfg.target.host, &cfg.target.path);
+            let (host, path) = (&target.host, &target.path);
             let leftover = client::handshake(&mut s, host, path, &mut rng, cfg.deflate).await?;
             let took = started.elapsed();
             if !request.is_empty() {
@@ -163,7 +164,7 @@ async fn connection(i: usize, th: Rc<Thread>, permit: tokio::sync::OwnedSemaphor
     let cfg = &th.cfg;
     let names = cfg.plan.request_of(i, &cfg.topic_prefix);
     let request = if cfg.sse {
-        sse::request(&cfg.target.host, &names)
+        sse::request(&cfg.target_of(i).host, &names)
     } else if names.is_empty() {
         Vec::new()
     } else {

@@ -50,6 +50,8 @@ pub fn histogram() -> Histogram<u64> {
 #[derive(Debug, Clone)]
 pub struct PoolConfig {
     pub target: Target,
+    /// Connection i opens on `spread[i % len]` when not empty (the nodes of a cluster).
+    pub spread: Vec<Target>,
     pub connections: usize,
     pub source_ips: Vec<IpAddr>,
     pub threads: usize,
@@ -72,6 +74,16 @@ pub struct PoolConfig {
     /// Subscribe with `GET /sse?topics=…` instead of a WebSocket ([`crate::sse`]); no storms,
     /// no deflate, no watch.
     pub sse: bool,
+}
+
+impl PoolConfig {
+    /// The node connection `i` opens on.
+    pub fn target_of(&self, i: usize) -> &Target {
+        match self.spread.len() {
+            0 => &self.target,
+            n => &self.spread[i % n],
+        }
+    }
 }
 
 /// What a scenario does with every `update` and `snapshot` a connection receives, beside the

@@ -25,6 +25,8 @@ use crate::server::{self, ServerSnap};
 #[derive(Debug, Clone)]
 pub struct Common {
     pub target: Target,
+    /// Nodes the connections are spread over, round-robin (`--subscribe-urls`); empty: `target`.
+    pub spread: Vec<Target>,
     /// Where `/metrics` is (default: on the server's own HTTP port).
     pub metrics: HttpEndpoint,
     pub source_ips: Vec<IpAddr>,
@@ -47,6 +49,7 @@ impl Common {
         let server_pid = crate::sys::listener_pid(target.addr);
         Common {
             target,
+            spread: Vec::new(),
             metrics,
             source_ips: Vec::new(),
             threads: 2,
@@ -63,6 +66,7 @@ impl Common {
     pub(crate) fn pool_config(&self, connections: usize, plan: SubPlan, topic_prefix: &str) -> PoolConfig {
         PoolConfig {
             target: self.target.clone(),
+            spread: self.spread.clone(),
             connections,
             source_ips: self.source_ips.clone(),
             threads: self.threads,
