@@ -46,6 +46,8 @@ final class Connection
     private array $parts = [];
     private int $partsBytes = 0;
     private ?int $messageOpcode = null;
+    /** An incomplete last character of the text fragments so far, checked with the next one. */
+    private string $utf8Tail = '';
     private bool $closeSent = false;
     private bool $closeReceived = false;
     private int $closeCode = 1006;
@@ -408,8 +410,13 @@ final class Connection
         }
         $this->parts[] = $frame->payload;
         if (!$frame->fin) {
+            // Fail at the first fragment that cannot become valid UTF-8, not at the end.
+            if ($this->messageOpcode === Frame::TEXT && !self::utf8Prefix($this->utf8Tail . $frame->payload, $this->utf8Tail)) {
+                throw new ProtocolException('text message is not valid UTF-8', 1007);
+            }
             return;
         }
+        $this->utf8Tail = '';
         $payload = count($this->parts) === 1 ? $this->parts[0] : implode('', $this->parts);
         $binary = $this->messageOpcode === Frame::BINARY;
         $this->parts = [];
@@ -592,6 +599,34 @@ final class Connection
     public static function validCloseCode(int $code): bool
     {
         return ($code >= 1000 && $code <= 1003) || ($code >= 1007 && $code <= 1014) || ($code >= 3000 && $code <= 4999);
+    }
+
+    /**
+     * Whether `$s` can begin a valid UTF-8 text. `$tail` gets the bytes of an incomplete last
+     * character, which is checked by completing it with the smallest continuation bytes its
+     * lead byte allows (`E0` needs `A0`, `F0` needs `90`).
+     */
+    public static function utf8Prefix(string $s, ?string &$tail = null): bool
+    {
+        $tail = '';
+        $len = strlen($s);
+        for ($i = $len - 1; $i >= 0 && $i >= $len - 4; $i--) {
+            $b = ord($s[$i]);
+            if (($b & 0xC0) === 0x80) {
+                continue;
+            }
+            $need = $b < 0x80 ? 1 : ($b >= 0xF0 ? 4 : ($b >= 0xE0 ? 3 : 2));
+            if ($len - $i >= $need) {
+                break;
+            }
+            $tail = substr($s, $i);
+            $pad = '';
+            for ($k = $len - $i; $k < $need; $k++) {
+                $pad .= $k === 1 ? ($b === 0xE0 ? "\xA0" : ($b === 0xF0 ? "\x90" : "\x80")) : "\x80";
+            }
+            return self::validUtf8($s . $pad);
+        }
+        return self::validUtf8($s);
     }
 
     /** PCRE's UTF-8 check: rejects overlongs, surrogates and code points over U+10FFFF. */

@@ -6,6 +6,7 @@ namespace Tickwire\Tests\Unit;
 
 use PHPUnit\Framework\TestCase;
 use Tickwire\Exception\ProtocolException;
+use Tickwire\WebSocket\Connection;
 use Tickwire\WebSocket\Frame;
 use Tickwire\WebSocket\FrameCodec;
 
@@ -88,5 +89,23 @@ final class FrameCodecTest extends TestCase
         $codec = new FrameCodec(1 << 20, true);
         $codec->feed("\xC1\x02ab");
         $this->assertTrue($codec->next()->rsv1);
+    }
+
+    /** A fragment that cannot begin valid UTF-8 is caught at once; a character split across fragments is fine. */
+    public function testUtf8PrefixCheckOfFragments(): void
+    {
+        $tail = null;
+        $this->assertTrue(Connection::utf8Prefix("ab\xCE", $tail));
+        $this->assertSame("\xCE", $tail);
+        $this->assertTrue(Connection::utf8Prefix($tail . "\xBAx", $tail));
+        $this->assertSame('', $tail);
+        $this->assertTrue(Connection::utf8Prefix("\xF0", $tail), 'F0 can start U+10000');
+        $this->assertTrue(Connection::utf8Prefix("\xE0", $tail), 'E0 can start U+0800');
+        $this->assertTrue(Connection::utf8Prefix("\xF4\x8F", $tail));
+        $this->assertFalse(Connection::utf8Prefix("\xF4\x90", $tail), 'over U+10FFFF whatever follows');
+        $this->assertFalse(Connection::utf8Prefix("\xED\xA0", $tail), 'a surrogate');
+        $this->assertFalse(Connection::utf8Prefix("\xC0", $tail), 'overlong');
+        $this->assertFalse(Connection::utf8Prefix("a\x80b", $tail), 'a stray continuation byte');
+        $this->assertFalse(Connection::utf8Prefix("\xF5", $tail));
     }
 }
