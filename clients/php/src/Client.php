@@ -46,6 +46,8 @@ final class Client
     private const SINCE_BYTES = 56 << 10;
     /** Subscriptions per re-subscribe request. */
     private const BATCH_TOPICS = 256;
+    /** Requests waiting for a connection: past this many, new ones are refused at once. */
+    private const MAX_QUEUED = 10_000;
     /** A connection that lasted less than this does not reset the backoff. */
     private const STABLE_AFTER = 1.0;
     private const JSON_OUT = JSON_UNESCAPED_SLASHES | JSON_UNESCAPED_UNICODE | JSON_THROW_ON_ERROR;
@@ -117,7 +119,10 @@ final class Client
     public function onOpen(callable $f): self { $this->on['open'] = $f; return $this; }
     /** `fn(Update $u)`: every snapshot and update, with full data. */
     public function onMessage(callable $f): self { $this->on['message'] = $f; return $this; }
-    /** `fn(int $code, string $reason)`: every time a connection ends (1006: lost without a close frame). */
+    /**
+     * `fn(int $code, string $reason)`: every time an open connection ends (1006: lost without a
+     * close frame), and once with 1006 when the client stops without having opened one.
+     */
     public function onClose(callable $f): self { $this->on['close'] = $f; return $this; }
     /** `fn(\Throwable $e)`: failures nobody else is told of (refused reconnects, protocol errors, deltas). */
     public function onError(callable $f): self { $this->on['error'] = $f; return $this; }
@@ -485,6 +490,8 @@ final class Client
         }
         if ($this->connected) {
             $this->send($request);
+        } elseif (count($this->queue) >= self::MAX_QUEUED) {
+            $request['deferred']->reject(new ClosedException(self::MAX_QUEUED . ' requests already wait for a connection'));
         } else {
             $this->queue[] = $request;
             $this->connect(); // a request is a reason to connect; it goes out once open
