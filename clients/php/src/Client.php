@@ -93,7 +93,7 @@ final class Client
      * `unavailable`/`rate_limited`, default true), `ping_interval` (20 s, null: none),
      * `idle_timeout` (60 s: nothing heard for that long counts as a lost connection; null: none),
      * `connect_timeout` (10 s), `tls` (ssl context options), `headers`, `max_message_bytes`
-     * (16 MiB).
+     * (16 MiB), `deflate` (offer permessage-deflate, default true when ext-zlib is loaded).
      */
     public function __construct(private string $url, array $options = [], ?LoopInterface $loop = null)
     {
@@ -112,6 +112,7 @@ final class Client
             'tls' => [],
             'headers' => [],
             'max_message_bytes' => 16 << 20,
+            'deflate' => true,
         ];
     }
 
@@ -244,6 +245,7 @@ final class Client
             'timeout' => $this->options['connect_timeout'],
             'tls' => $this->options['tls'],
             'max_message_bytes' => $this->options['max_message_bytes'],
+            'deflate' => $this->options['deflate'],
         ]);
         $this->ws = $ws;
         $refused = null;

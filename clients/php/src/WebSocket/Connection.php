@@ -54,6 +54,11 @@ final class Connection
     private string $closeReason = '';
     private ?int $deadline = null;
     private float $lastReceived = 0.0;
+    /** permessage-deflate as negotiated: null when not in use, else whether the server keeps its context. */
+    private ?bool $serverTakeover = null;
+    /** @var \InflateContext|null the inflater, kept across messages while the server keeps its context */
+    private $inflater = null;
+    private bool $compressed = false;
 
     /** @var callable|null */
     private $onOpen = null;
@@ -92,7 +97,9 @@ final class Connection
             'tls' => [],
             'max_message_bytes' => 16 << 20,
             'close_timeout' => 2.0,
+            'deflate' => true,
         ];
+        $this->options['deflate'] = $this->options['deflate'] && function_exists('inflate_init');
         $this->codec = new FrameCodec($this->options['max_message_bytes']);
     }
 
@@ -244,6 +251,10 @@ final class Connection
         $hostHeader = $this->host . ($this->port === ($this->tls ? 443 : 80) ? '' : ':' . $this->port);
         $request = "GET {$this->target} HTTP/1.1\r\nHost: $hostHeader\r\nUpgrade: websocket\r\n"
             . "Connection: Upgrade\r\nSec-WebSocket-Key: {$this->key}\r\nSec-WebSocket-Version: 13\r\n";
+        if ($this->options['deflate']) {
+            // The client only inflates: it sends plain frames, which the extension allows.
+            $request .= "Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n";
+        }
         foreach ($this->options['headers'] as $name => $value) {
             if (preg_match('/[\r\n]/', $name . $value)) {
                 $this->fail(new \InvalidArgumentException("header $name contains a line break"));
@@ -334,7 +345,7 @@ final class Connection
             !in_array('upgrade', array_map('trim', explode(',', strtolower($headers['connection'] ?? ''))), true)
                 => 'no Connection: Upgrade header',
             ($headers['sec-websocket-accept'] ?? '') !== $accept => 'wrong Sec-WebSocket-Accept',
-            isset($headers['sec-websocket-extensions']) => 'an extension the client did not offer',
+            isset($headers['sec-websocket-extensions']) => $this->acceptExtension($headers['sec-websocket-extensions']),
             isset($headers['sec-websocket-protocol']) => 'a subprotocol the client did not offer',
             default => null,
         };
@@ -354,6 +365,70 @@ final class Connection
             $this->codec->feed($rest);
         }
         return true;
+    }
+
+    /**
+     * Checks the server's `Sec-WebSocket-Extensions` answer against the offer (RFC 7692 §7):
+     * null when acceptable (and permessage-deflate is then on), else what is wrong.
+     */
+    private function acceptExtension(string $header): ?string
+    {
+        if (!$this->options['deflate']) {
+            return 'an extension the client did not offer';
+        }
+        $params = array_map('trim', explode(';', $header));
+        if (strtolower(array_shift($params)) !== 'permessage-deflate' || str_contains($header, ',')) {
+            return "an extension the client did not offer: $header";
+        }
+        $seen = [];
+        $takeover = true;
+        foreach ($params as $param) {
+            [$name, $value] = array_map('trim', explode('=', $param, 2)) + [1 => null];
+            $name = strtolower($name);
+            if (isset($seen[$name])) {
+                return "permessage-deflate parameter $name twice";
+            }
+            $seen[$name] = true;
+            $value = $value === null ? null : trim($value, '"');
+            $bits = $value !== null && ctype_digit($value) && (int) $value >= 8 && (int) $value <= 15;
+            $ok = match ($name) {
+                'server_no_context_takeover', 'client_no_context_takeover' => $value === null,
+                'server_max_window_bits', 'client_max_window_bits' => $bits,
+                default => false,
+            };
+            if (!$ok) {
+                return "permessage-deflate parameter the client cannot accept: $param";
+            }
+            $takeover = $takeover && $name !== 'server_no_context_takeover';
+        }
+        $this->serverTakeover = $takeover;
+        $this->codec->allowRsv1(true);
+        return null;
+    }
+
+    /**
+     * Inflates one message (RFC 7692 §7.2.2: the tail `00 00 FF FF` appended), in 4 KiB slices so
+     * that a "deflate bomb" is stopped at `max_message_bytes` (1009), not after inflating it all.
+     */
+    private function inflate(string $data): string
+    {
+        if ($this->inflater === null || !$this->serverTakeover) {
+            $this->inflater = inflate_init(ZLIB_ENCODING_RAW, ['window' => 15]);
+        }
+        $data .= "\x00\x00\xff\xff";
+        $out = '';
+        $max = $this->options['max_message_bytes'];
+        for ($at = 0, $n = strlen($data); $at < $n; $at += 4096) {
+            $chunk = @inflate_add($this->inflater, substr($data, $at, 4096), ZLIB_SYNC_FLUSH);
+            if ($chunk === false) {
+                throw new ProtocolException('a compressed message that does not inflate');
+            }
+            $out .= $chunk;
+            if (strlen($out) > $max) {
+                throw new ProtocolException("message inflates to over $max bytes", 1009);
+            }
+        }
+        return $out;
     }
 
     /** Handles the complete frames received; false once the connection is gone. */
@@ -381,11 +456,15 @@ final class Connection
                     throw new ProtocolException('a new message before the last fragment of the previous one');
                 }
                 $this->messageOpcode = $frame->opcode;
+                $this->compressed = $frame->rsv1;
                 $this->fragment($frame);
                 return;
             case Frame::CONTINUATION:
                 if ($this->messageOpcode === null) {
                     throw new ProtocolException('a continuation frame with no message in progress');
+                }
+                if ($frame->rsv1) {
+                    throw new ProtocolException('RSV1 on a continuation frame');
                 }
                 $this->fragment($frame);
                 return;
@@ -410,14 +489,18 @@ final class Connection
         }
         $this->parts[] = $frame->payload;
         if (!$frame->fin) {
-            // Fail at the first fragment that cannot become valid UTF-8, not at the end.
-            if ($this->messageOpcode === Frame::TEXT && !self::utf8Prefix($this->utf8Tail . $frame->payload, $this->utf8Tail)) {
+            // Fail at the first fragment that cannot become valid UTF-8, not at the end (for a
+            // compressed message the text is only known once inflated).
+            if ($this->messageOpcode === Frame::TEXT && !$this->compressed && !self::utf8Prefix($this->utf8Tail . $frame->payload, $this->utf8Tail)) {
                 throw new ProtocolException('text message is not valid UTF-8', 1007);
             }
             return;
         }
         $this->utf8Tail = '';
         $payload = count($this->parts) === 1 ? $this->parts[0] : implode('', $this->parts);
+        if ($this->compressed) {
+            $payload = $this->inflate($payload);
+        }
         $binary = $this->messageOpcode === Frame::BINARY;
         $this->parts = [];
         $this->partsBytes = 0;

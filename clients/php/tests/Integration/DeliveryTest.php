@@ -113,6 +113,30 @@ final class DeliveryTest extends TestCase
     }
 
     /**
+     * permessage-deflate is negotiated (the client offers it by default): the server's
+     * compressed frames arrive inflated, byte for byte; with `deflate` off they come plain.
+     */
+    public function testCompressedFramesAreInflated(): void
+    {
+        $server = Server::start();
+        $http = new Publisher($server->http());
+        $doc = ['text' => str_repeat('compressible text, ', 200), 'n' => 1];
+        foreach ([true, false] as $deflate) {
+            $this->events = [];
+            $before = $server->metric('tickwire_compressed_frames_total');
+            $client = $this->client($server->ws(), ['deflate' => $deflate]);
+            $this->await($client->subscribe(['big.x']));
+            $http->publish('big.x', $doc);
+            $this->until(fn () => count($this->messages()) === 1, 5, 'the update');
+            $this->assertSame($doc, $this->messages()[0]->data);
+            $compressed = $server->metric('tickwire_compressed_frames_total') - $before;
+            $this->assertSame($deflate ? 1.0 : 0.0, $compressed, $deflate ? 'sent compressed' : 'sent plain');
+            $client->close();
+            $this->until(fn () => $this->eventsOf('close') !== [], 5, 'close');
+        }
+    }
+
+    /**
      * 1,000 updates a second for 3 s, published from another process: every one arrives, in
      * order (no conflation: the client kept up), each within 250 ms of its publication.
      */

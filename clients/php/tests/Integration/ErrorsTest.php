@@ -47,29 +47,10 @@ final class ErrorsTest extends TestCase
      */
     public function testProtocolErrorsReachOnError(): void
     {
-        $listener = stream_socket_server('tcp://127.0.0.1:0');
-        $port = (int) substr(strrchr(stream_socket_get_name($listener, false), ':'), 1);
         $peerSaw = '';
-        $this->loop->addReadStream($listener, function ($l) use (&$peerSaw) {
-            $peer = stream_socket_accept($l);
-            $this->loop->removeReadStream($l);
-            $this->loop->addReadStream($peer, function ($peer) use (&$peerSaw) {
-                $chunk = fread($peer, 65536);
-                $peerSaw .= $chunk;
-                if ($chunk === '' || $chunk === false) {
-                    $this->loop->removeReadStream($peer);
-                    fclose($peer);
-                    return;
-                }
-                if (preg_match('/Sec-WebSocket-Key: (\S+)/', $chunk, $m)) {
-                    $accept = base64_encode(sha1($m[1] . '258EAFA5-E914-47DA-95CA-C5AB0DC85B11', true));
-                    fwrite($peer, "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: $accept\r\n\r\n"
-                        . "\x81\x04nope"
-                        . "\x81\x3A" . '{"type":"error","code":"bad_request","message":"whatever"}'
-                        . "\x83\x00");
-                }
-            });
-        });
+        $port = $this->scriptedPeer("\x81\x04nope"
+            . "\x81\x3A" . '{"type":"error","code":"bad_request","message":"whatever"}'
+            . "\x83\x00", $peerSaw);
         $client = $this->client("ws://127.0.0.1:$port/ws", ['reconnect' => false]);
         $client->connect();
         $this->until(fn () => $this->eventsOf('close') !== [], 5, 'the close');
@@ -86,6 +67,57 @@ final class ErrorsTest extends TestCase
         $this->assertMatchesRegularExpression('/\x88\x82(.{4})/s', $peerSaw);
         preg_match('/\x88\x82(.{4})(..)/s', $peerSaw, $m);
         $this->assertSame(1002, unpack('n', $m[2] ^ substr($m[1], 0, 2))[1]);
-        fclose($listener);
+        $this->assertStringContainsString("Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n", $peerSaw);
+    }
+
+    /** An extension answer the client did not offer, or cannot accept, fails the handshake. */
+    public function testAnUnacceptableExtensionFailsTheHandshake(): void
+    {
+        foreach ([
+            [true, 'permessage-deflate; foo=1', 'cannot accept: foo=1'],
+            [true, 'permessage-deflate; server_max_window_bits=7', 'cannot accept'],
+            [true, 'permessage-deflate; server_no_context_takeover; server_no_context_takeover', 'twice'],
+            [true, 'x-webkit-deflate-frame', 'did not offer'],
+            [false, 'permessage-deflate', 'did not offer'],
+        ] as [$offer, $answer, $why]) {
+            $this->events = [];
+            $seen = '';
+            $port = $this->scriptedPeer('', $seen, "Sec-WebSocket-Extensions: $answer\r\n");
+            $client = $this->client("ws://127.0.0.1:$port/ws", ['reconnect' => false, 'deflate' => $offer]);
+            $client->connect();
+            $this->until(fn () => $this->eventsOf('close') !== [], 5, 'the failed handshake');
+            $this->assertSame([], $this->eventsOf('open'), $answer);
+            $this->assertStringContainsString($why, $this->eventsOf('error')[0][1]->getMessage(), $answer);
+        }
+    }
+
+    /**
+     * A one-connection WebSocket server on the test's loop that answers the handshake (with
+     * `$headers` added) and then sends `$frames`; what the client sent accumulates in `$saw`.
+     */
+    private function scriptedPeer(string $frames, string &$saw, string $headers = ''): int
+    {
+        $listener = stream_socket_server('tcp://127.0.0.1:0');
+        $port = (int) substr(strrchr(stream_socket_get_name($listener, false), ':'), 1);
+        $this->loop->addReadStream($listener, function ($l) use (&$saw, $frames, $headers) {
+            $peer = stream_socket_accept($l);
+            $this->loop->removeReadStream($l);
+            $this->loop->addReadStream($peer, function ($peer) use (&$saw, $frames, $headers) {
+                $chunk = fread($peer, 65536);
+                $saw .= $chunk;
+                if ($chunk === '' || $chunk === false) {
+                    $this->loop->removeReadStream($peer);
+                    fclose($peer);
+                    return;
+                }
+                if (preg_match('/Sec-WebSocket-Key: (\S+)/', $chunk, $m)) {
+                    $accept = base64_encode(sha1($m[1] . '258EAFA5-E914-47DA-95CA-C5AB0DC85B11', true));
+                    fwrite($peer, "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                        . "Sec-WebSocket-Accept: $accept\r\n$headers\r\n$frames");
+                }
+            });
+            fclose($l);
+        });
+        return $port;
     }
 }
