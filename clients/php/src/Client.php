@@ -80,8 +80,13 @@ final class Client
     private array $pending = [];
     /** @var list<array> requests to send once connected */
     private array $queue = [];
-    /** @var array<int, array> refused subscribes waiting for a retry, by timer id */
+    /**
+     * Refused subscribes waiting for a retry, by number; `timer` is null once due while
+     * disconnected (the next connection sends it at once).
+     * @var array<int, array>
+     */
     private array $retries = [];
+    private int $nextRetry = 1;
 
     /** @var array<string, ?callable> */
     private array $on = ['open' => null, 'message' => null, 'close' => null, 'error' => null, 'reset' => null];
@@ -256,7 +261,16 @@ final class Client
                 $this->emitError(new ProtocolException('unexpected binary message of ' . strlen($payload) . ' bytes', 0));
                 return;
             }
-            $this->onText($payload);
+            try {
+                $this->onText($payload);
+            } catch (\Throwable $e) {
+                // Thrown by an application callback (a Deferred's then() included): reported,
+                // and the connection's state stays consistent.
+                if ($this->on['error'] === null) {
+                    throw $e;
+                }
+                $this->emitError($e);
+            }
         });
         $ws->onError(function (\Throwable $e) use (&$refused): void {
             if ($e instanceof HandshakeException && $e->isAuthFailure()) {
@@ -287,9 +301,9 @@ final class Client
             $this->send($request);
         }
         // A new connection may reach a node that can serve them: retry now.
-        foreach ($this->retries as $timer => $retry) {
-            $this->loop->cancel($timer);
-            unset($this->retries[$timer]);
+        foreach ($this->retries as $n => $retry) {
+            $retry['timer'] !== null && $this->loop->cancel($retry['timer']);
+            unset($this->retries[$n]);
             $this->sendRetry($retry);
         }
         if ($this->options['ping_interval'] !== null) {
@@ -437,8 +451,8 @@ final class Client
                 $this->loop->cancel($this->reconnectTimer);
                 $this->reconnectTimer = null;
             }
-            foreach (array_keys($this->retries) as $t) {
-                $this->loop->cancel($t);
+            foreach ($this->retries as $retry) {
+                $retry['timer'] !== null && $this->loop->cancel($retry['timer']);
             }
             $this->retries = [];
         }
@@ -518,7 +532,8 @@ final class Client
     {
         $req = ['op' => 'subscribe', 'id' => $id, 'topics' => $topics];
         if ($since) {
-            $req['since'] = $since;
+            // An object even when PHP made the topic names integer keys ("0", "42").
+            $req['since'] = (object) $since;
         }
         return json_encode($req + $options, self::JSON_OUT);
     }
@@ -580,18 +595,20 @@ final class Client
 
     private function scheduleRetry(array $topics, array $options, int $attempt, float $delay): void
     {
-        $retry = ['kind' => 'retry', 'topics' => $topics, 'options' => $options, 'attempt' => $attempt];
-        $timer = 0;
-        $timer = $this->loop->addTimer($delay, function () use (&$timer, $retry): void {
-            unset($this->retries[$timer]);
+        $n = $this->nextRetry++;
+        $timer = $this->loop->addTimer($delay, function () use ($n): void {
+            $retry = $this->retries[$n] ?? null;
+            if ($retry === null) {
+                return;
+            }
             if ($this->connected) {
+                unset($this->retries[$n]);
                 $this->sendRetry($retry);
             } else {
-                $this->scheduleRetry($retry['topics'], $retry['options'], $retry['attempt'], 0.0);
-                // Stays waiting; opened() sends it at once.
+                $this->retries[$n]['timer'] = null; // waits for opened(), which sends it at once
             }
         });
-        $this->retries[$timer] = $retry;
+        $this->retries[$n] = ['kind' => 'retry', 'topics' => $topics, 'options' => $options, 'attempt' => $attempt, 'timer' => $timer];
     }
 
     /** A retry asks to recover the tracked topics that only its patterns cover. */
@@ -613,13 +630,13 @@ final class Client
 
     private function cancelRetries(array $topics): void
     {
-        foreach ($this->retries as $timer => $retry) {
+        foreach ($this->retries as $n => $retry) {
             $left = array_values(array_diff($retry['topics'], $topics));
             if (!$left) {
-                $this->loop->cancel($timer);
-                unset($this->retries[$timer]);
+                $retry['timer'] !== null && $this->loop->cancel($retry['timer']);
+                unset($this->retries[$n]);
             } else {
-                $this->retries[$timer]['topics'] = $left;
+                $this->retries[$n]['topics'] = $left;
             }
         }
         foreach ($this->pending as $id => $p) {
@@ -779,13 +796,16 @@ final class Client
             case 'resubscribe':
             case 'retry':
                 // The server refuses what it accepted before: drop those, retry when transient.
-                $this->removeSubscriptions($p['topics']);
+                // The retry is scheduled before the tracks are pruned, so that it keeps them and
+                // asks to recover them (pruning first would turn a gap into a silent snapshot).
+                $this->removeSubscriptions($p['topics'], false);
                 $attempt = $p['attempt'] ?? 0;
                 if ($retry && $p['topics']) {
                     $this->scheduleRetry($p['topics'], $p['options'], $attempt + 1, $this->backoff($attempt));
                 } else {
                     $this->emitError($error);
                 }
+                $this->pruneTracks();
                 return;
             case 'resync':
                 unset($this->resyncing[$p['topic']]);
@@ -955,13 +975,15 @@ final class Client
         $this->pruneTracks();
     }
 
-    private function removeSubscriptions(array $patterns): void
+    private function removeSubscriptions(array $patterns, bool $prune = true): void
     {
         $this->subscriptions = array_values(array_filter(
             $this->subscriptions,
             fn (array $s) => !in_array($s['pattern'], $patterns, true),
         ));
-        $this->pruneTracks();
+        if ($prune) {
+            $this->pruneTracks();
+        }
     }
 
     /** Forgets tracks no subscription (or waiting retry) covers, and bases no delta one covers. */

@@ -40,6 +40,14 @@ final class DeliveryTest extends TestCase
         $this->assertSame('x', $this->messages('orders.2')[0]->data);
         $this->assertSame('open', $this->events[0][0]);
 
+        // Topic names PHP turns into integer array keys recover like any other.
+        $http->publish('7', 'seven');
+        $this->await($client->subscribe(['7']));
+        $this->until(fn () => count($this->messages('7')) === 1, 5, 'the snapshot of "7"');
+        $this->assertSame('seven', $this->messages('7')[0]->data);
+        $this->events = array_values(array_filter($this->events, fn ($e) => $e[0] !== 'message' || $e[1]->topic !== '7'));
+        $this->await($client->unsubscribe(['7']));
+
         $this->await($client->unsubscribe(['orders.*']));
         $http->publish('orders.1', 'after');
         $this->await($client->subscribe(['other'])); // a round trip: anything sent before it has arrived
