@@ -37,7 +37,6 @@ final class Connection
     private int $state = self::CLOSED;
     private string $key = '';
     private bool $tls;
-    private bool $tlsDone = false;
     private string $head = '';
     private string $out = '';
     private bool $writing = false;
@@ -235,7 +234,6 @@ final class Connection
             restore_error_handler();
         }
         if ($done === true) {
-            $this->tlsDone = true;
             $this->sendUpgrade();
         } elseif ($done === 0) {
             // Non-blocking handshake in progress: it continues when the socket moves.
