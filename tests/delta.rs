@@ -224,6 +224,41 @@ async fn recovery_sends_full_data_then_deltas() {
     );
 }
 
+/// A delta shorter than the data whose JSON string escapes to a larger frame than the full one
+/// (it inserts many `\"`, each doubled in the frame) goes whole. Such a publication used to
+/// underflow the bytes-saved count (a panic in debug builds, a huge count in release).
+#[tokio::test]
+async fn a_delta_frame_larger_than_the_full_frame_goes_whole() {
+    let server = start("").await;
+    let addr = server.addr;
+    let mut ws = connect(addr).await;
+    let reply = subscribe_delta(&mut ws, &["doc.q"], json!({})).await;
+    assert_eq!(reply["type"], "subscribed", "{reply}");
+    let pad = "x".repeat(150);
+    let quotes = "\"".repeat(200);
+    publish(addr, "doc.q", json!({"pad": pad})).await;
+    let first = next_text(&mut ws).await;
+    assert!(!first.contains("\"delta\""), "{first}");
+    let before = scrape(addr).await;
+    let data = json!({"pad": pad, "q": quotes});
+    let text = data.to_string();
+    let delta = fossil::create_str(raw_data(&first), &text);
+    assert!(
+        delta.len() < text.len(),
+        "the delta alone is shorter: {} < {}",
+        delta.len(),
+        text.len()
+    );
+    publish(addr, "doc.q", data).await;
+    let frame = next_text(&mut ws).await;
+    assert!(!frame.contains("\"delta\""), "full data: {frame}");
+    assert_eq!(raw_data(&frame), text);
+    let after = scrape(addr).await;
+    let saved = after.value("tickwire_bytes_saved_total", &[("by", "delta")])
+        - before.value("tickwire_bytes_saved_total", &[("by", "delta")]);
+    assert_eq!(saved, 0.0);
+}
+
 #[tokio::test]
 async fn small_data_and_a_disabled_delta_go_whole() {
     for (config, big) in [("", false), ("[delta]\nenabled = false\n", true)] {

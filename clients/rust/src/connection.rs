@@ -45,7 +45,8 @@ use crate::options::{default_tls, ClientOptions, SubscribeOptions};
 use crate::subscriptions::Subscriptions;
 use crate::url::with_token;
 
-pub(crate) type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+/// The client's WebSocket: tokio-tungstenite over TCP or rustls.
+pub type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 pub(crate) type Reply<T> = oneshot::Sender<Result<T>>;
 
 /// Size at which re-subscribe requests are split between patterns.
@@ -228,7 +229,7 @@ pub(crate) async fn token(options: &ClientOptions) -> Result<Option<String>> {
 }
 
 /// Opens one connection with `token`: TCP, TLS for `wss://`, WebSocket handshake.
-pub(crate) async fn open(url: &str, options: &ClientOptions, token: Option<&str>) -> Result<Ws> {
+pub async fn open(url: &str, options: &ClientOptions, token: Option<&str>) -> Result<Ws> {
     let target = match token {
         Some(token) => with_token(url, token),
         None => url.to_string(),

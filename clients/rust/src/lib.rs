@@ -126,6 +126,13 @@ mod options;
 mod subscriptions;
 mod url;
 
+/// The WebSocket layer under [`Client`] (handshake, TLS, message size limits), for the Autobahn
+/// TestSuite driver `examples/autobahn_client.rs`. Not a stable API.
+#[doc(hidden)]
+pub mod conformance {
+    pub use crate::connection::{open, Ws};
+}
+
 pub use client::{Client, ClientBuilder, Events};
 pub use error::{BoxError, Error, Result};
 pub use http::{HttpPublisher, Outgoing};

@@ -126,14 +126,21 @@ impl Hub {
 
     /// The `update` frame of `out` as a Fossil delta of `base`, the previous publication's
     /// data; `None` when there is no base, the data is under `delta.min_bytes`, or the delta
-    /// would not be smaller than the data.
+    /// frame would not be smaller than the full frame. The frames are compared, not the delta
+    /// and the data: the delta travels as a JSON string, where each `"` or `\` it inserts
+    /// doubles, so a delta shorter than the data can still make the larger frame (and
+    /// `fan_out_gated` counts the bytes saved as the difference of the two frames).
     fn delta_frame(&self, out: &Outgoing<'_>, base: Option<&Data>) -> Option<Bytes> {
         let (base, data) = (base?.get(), out.data.get());
         if data.len() < self.bounds.delta_min_bytes {
             return None;
         }
         let delta = tickwire_proto::fossil::create_str(base, data);
-        (delta.len() < data.len()).then(|| ENCODING.delta_frame(out.topic, out.seq, out.ts, &delta))
+        if delta.len() >= data.len() {
+            return None; // no frame to build: escaping only makes it longer
+        }
+        let frame = ENCODING.delta_frame(out.topic, out.seq, out.ts, &delta);
+        (frame.len() < out.frame.len()).then_some(frame)
     }
 
     /// Releases the deliveries held back by max rates, as they fall due; runs for the node's
