@@ -308,3 +308,47 @@ async fn the_topic_api_counts_subscribers_and_lists_occupied_topics() {
     let (status, body) = get_json(addr, "/api/v1/topics?occupied=maybe").await;
     assert_http_error(status, &body, 400, Some("bad_request"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_prints_a_room() {
+    let keys = tickwire::apikey::generate().unwrap();
+    let toml = format!(
+        "{ROOMS}[[auth.api_keys]]\nname = \"ops\"\nsha256 = \"{}\"\npublish = [\"x.>\"]\n",
+        keys.sha256
+    );
+    let server = start(&toml).await;
+    let mut ws = connect(server.addr).await;
+    subscribe(&mut ws, 1, &["chat.cli"]).await;
+    let url = format!("http://{}", server.addr);
+    let run = |args: Vec<String>| {
+        tokio::task::spawn_blocking(move || {
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            run_tickwire(&args, &[])
+        })
+    };
+    let key = keys.key.clone();
+    let o = run(vec![
+        "presence".into(),
+        "--url".into(),
+        url.clone(),
+        "--api-key".into(),
+        key,
+        "chat.cli".into(),
+    ])
+    .await
+    .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let room: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(
+        (room["topic"].clone(), room["count"].clone()),
+        (json!("chat.cli"), json!(1))
+    );
+    assert_eq!(room["members"][0]["user"], "anonymous");
+
+    let o = run(vec!["presence".into(), "--url".into(), url, "chat.cli".into()])
+        .await
+        .unwrap();
+    assert_eq!(o.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(stderr.contains("--api-key"), "{stderr}");
+}
