@@ -55,6 +55,8 @@ async fn ten_thousand_members_in_one_room() {
     let server = ServerProcess::start(&[
         ("TICKWIRE__PRESENCE__PATTERNS", "room.>"),
         ("TICKWIRE__PRESENCE__MAX_MEMBERS", "10000"),
+        // The whole room in one reply (545 KiB) must fit in half of a connection's queue.
+        ("TICKWIRE__QUEUE__MAX_BYTES", "4194304"),
         ("TICKWIRE__LIMITS__MAX_CONNECTIONS_PER_IP", "20000"),
         ("TICKWIRE__SERVER__REQUESTS_PER_SECOND", "1000"),
     ])
