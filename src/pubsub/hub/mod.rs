@@ -23,7 +23,9 @@
 //! Locks, always taken in this order and never held across an await:
 //! pattern index → topic map shard → topic state → outbox, and the name index and the creation
 //! epoch innermost (each only ever taken under a map shard, or alone, and never together); the
-//! pacer's queue of held-back deliveries is taken under a topic's state, or alone. A
+//! pacer's queue of held-back deliveries is taken under a topic's state, or alone. Presence
+//! (`pubsub::presence`) takes a room's map shard under a topic's state and before the
+//! outboxes, and its occupied set and change queue innermost. A
 //! publication is encoded once and
 //! pushed to every outbox while its topic's lock is held, which is what keeps per-topic order,
 //! makes snapshots race-free (no update lost or repeated around a snapshot) and guarantees that
@@ -60,6 +62,7 @@ use crate::pubsub::idmap::IdMap;
 use crate::pubsub::names::TopicNames;
 use crate::pubsub::outbox::{Outbox, TopicKey};
 use crate::pubsub::patterns::PatternIndex;
+use crate::pubsub::presence::Presence;
 use crate::pubsub::throttle::{Gate, Interval, Pacer, Terms};
 use crate::settings::{Policy, TopicBounds, TopicRules};
 use crate::sync::lock;
@@ -208,6 +211,8 @@ pub struct Hub {
     pacer: Pacer<Topic>,
     /// Measures how long topics have been idle.
     clock: Clock,
+    /// Presence rooms and occupied topics, changed where subscriptions are added and removed.
+    presence: Presence,
 }
 
 /// The coarse clock of a topic's last use: 100 ms ticks since the hub started, in a `u32` (13.6
@@ -455,6 +460,7 @@ impl TopicState {
 impl Hub {
     /// A hub that assigns seqs itself (`mirrored` false) or mirrors a broker's topics.
     pub fn new(rules: TopicRules, bounds: TopicBounds, metrics: Arc<Metrics>, mirrored: bool) -> Hub {
+        let metrics_for_presence = metrics.clone();
         Hub {
             topics: DashMap::new(),
             names: Mutex::default(),
@@ -474,7 +480,18 @@ impl Hub {
             clock: Clock {
                 start: Instant::now(),
             },
+            presence: Presence::new(Vec::new(), metrics_for_presence),
         }
+    }
+
+    /// The hub with presence rooms on the topics matching `patterns`.
+    pub fn with_presence(mut self, patterns: Vec<Pattern>) -> Hub {
+        self.presence = Presence::new(patterns, self.metrics.clone());
+        self
+    }
+
+    pub fn presence(&self) -> &Presence {
+        &self.presence
     }
 
     pub fn rules(&self) -> &TopicRules {

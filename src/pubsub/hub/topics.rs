@@ -77,6 +77,9 @@ impl Hub {
             };
             state.add(&who, pattern, *terms);
         });
+        if !state.subscribers.is_empty() {
+            self.presence.counted(topic, 0, state.subscribers.len());
+        }
         let entry = Arc::new(TopicEntry {
             key: self.next_key.fetch_add(1, Ordering::Relaxed),
             state: Mutex::new(state),
@@ -231,6 +234,29 @@ impl Hub {
         TopicPage {
             topics,
             next: next.flatten(),
+        }
+    }
+
+    /// Local subscribers of `topic` (connections receiving it), and how many of them through
+    /// patterns only, if the hub holds it.
+    pub fn subscriber_counts(&self, topic: &Topic) -> Option<(usize, usize)> {
+        let entry = self.topics.get(topic).map(|e| e.clone())?;
+        let state = lock(&entry.state);
+        let patterns_only = (state.subscribers.values())
+            .filter(|s| s.reasons.iter().all(|r| r.pattern.as_str() != topic.as_str()))
+            .count();
+        Some((state.subscribers.len(), patterns_only))
+    }
+
+    /// Queues a `join`/`leave` `frame` of another node's member for the local watchers of
+    /// `topic`, under the topic's lock like its updates.
+    pub fn presence_event(&self, topic: &Topic, frame: &bytes::Bytes) {
+        let Some(entry) = self.topics.get(topic).map(|e| e.clone()) else {
+            return;
+        };
+        let state = lock(&entry.state);
+        if !state.removed {
+            self.presence.remote(topic, frame);
         }
     }
 
