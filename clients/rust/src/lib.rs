@@ -117,12 +117,14 @@
 #![warn(missing_docs)]
 
 mod client;
+mod command;
 mod connection;
 mod delta;
 mod error;
 mod http;
 mod message;
 mod options;
+mod presence;
 mod subscriptions;
 mod url;
 
@@ -131,6 +133,7 @@ pub use error::{BoxError, Error, Result};
 pub use http::{HttpPublisher, Outgoing};
 pub use message::{Event, SubscriptionState};
 pub use options::{Backoff, ClientOptions, SubscribeOptions, TokenProvider};
+pub use presence::{Member, Presence};
 /// The wire types and pattern matching, shared with the server (crate `tickwire-proto`).
 pub use tickwire_proto::{pattern_matches, Kind, Position, Published, Subscribed, Unsubscribed, Update};
 
