@@ -232,7 +232,7 @@ impl Client {
     /// one) across the cluster, listed up to the server's `presence.max_members`, and their
     /// exact count (`{"op":"presence"}`, docs/presence.md). Needs the right to subscribe to
     /// the topic ([`Error::Server`] `forbidden` otherwise), and the topic under the server's
-    /// `presence.patterns`.
+    /// `presence.patterns` (`bad_request` otherwise).
     ///
     /// To follow the list, subscribe with [`SubscribeOptions::presence_events`] and apply
     /// [`Event::Join`] and [`Event::Leave`] to this answer. A join that happens between the

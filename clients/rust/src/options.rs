@@ -304,10 +304,11 @@ pub struct SubscribeOptions {
     pub delta: bool,
     /// Asks for `join` and `leave` frames of the topic's members (`"presence_events":true`),
     /// delivered as [`Event::Join`](crate::Event::Join) and [`Event::Leave`](crate::Event::Leave)
-    /// after the subscription is confirmed, in order with the topic's updates. Only for topics
-    /// under the server's `presence.patterns` and subscriptions the ACL allows; the server
-    /// refuses the others. Joins and leaves that happen while the client is disconnected are
-    /// not replayed: query [`Client::presence`](crate::Client::presence) again after
+    /// after the subscription is confirmed (the subscriber's own join included), in order with
+    /// the topic's updates. Every topic of the request must be exact and under the server's
+    /// `presence.patterns`, or the whole subscribe is refused (`bad_request`). Joins and leaves
+    /// that happen while the client is disconnected are not replayed: query
+    /// [`Client::presence`](crate::Client::presence) again after
     /// [`Event::Open`](crate::Event::Open) to catch up.
     pub presence_events: bool,
 }
