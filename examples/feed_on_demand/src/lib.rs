@@ -8,11 +8,13 @@
 //! backend copies: the upstream subscription for a symbol lives exactly as long as its audience.
 //!
 //! Layout: `signature` (the HMAC check), `feeds` (the publishing tasks and the event rules),
-//! this file (the HTTP receiver, [`serve`]); `main.rs` only reads the command line.
+//! `occupied` (the topics already occupied at start), this file (the HTTP receiver,
+//! [`serve`], and [`App::catch_up`]); `main.rs` only reads the command line.
 
 #![forbid(unsafe_code)]
 
 pub mod feeds;
+pub mod occupied;
 pub mod signature;
 
 use std::convert::Infallible;
@@ -59,6 +61,9 @@ pub struct Config {
 
 /// The receiver's state: the signing key and the feeds.
 pub struct App {
+    tickwire: String,
+    api_key: Option<String>,
+    prefix: String,
     key: ring::hmac::Key,
     path: String,
     feeds: Feeds,
@@ -68,14 +73,30 @@ impl App {
     /// Fails when `config.tickwire` is not an `http://` or `https://` URL.
     pub fn new(config: Config) -> Result<App, tickwire_client::Error> {
         let mut publisher = HttpPublisher::new(&config.tickwire)?.timeout(Duration::from_secs(5));
-        if let Some(key) = config.api_key {
+        if let Some(key) = config.api_key.clone() {
             publisher = publisher.token_provider(TokenProvider::fixed(key));
         }
         Ok(App {
+            tickwire: config.tickwire,
+            api_key: config.api_key,
+            prefix: config.prefix.clone(),
             key: signature::key(&config.secret),
             path: config.path,
             feeds: Feeds::new(publisher, config.prefix, config.interval),
         })
+    }
+
+    /// Starts the feeds of the topics tickwire reports occupied now; returns how many it
+    /// started. Call it once [`serve`] listens, so that no event falls between the two: an
+    /// event applied before the list arrives is newer than the list, and wins (the list is
+    /// applied as events at `ts` 0).
+    pub async fn catch_up(&self) -> Result<usize, String> {
+        let topics = occupied::occupied(&self.tickwire, self.api_key.as_deref(), &self.prefix).await?;
+        let started = topics
+            .iter()
+            .filter(|t| self.feeds.apply("occupied", t, 0) == Outcome::Started)
+            .count();
+        Ok(started)
     }
 
     /// The topics being published now, sorted.

@@ -74,5 +74,12 @@ async fn main() {
     let shutdown = async {
         let _ = tokio::signal::ctrl_c().await;
     };
-    serve(listener, app, shutdown).await;
+    let serving = tokio::spawn(serve(listener, app.clone(), shutdown));
+    match app.catch_up().await {
+        Ok(started) => tracing::info!(started, "feeds of the topics already occupied started"),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot list the occupied topics: feeds start with the next occupied event")
+        }
+    }
+    let _ = serving.await;
 }
