@@ -43,7 +43,9 @@
 //!   place publications are counted, and a connection's subscribe/unsubscribe sequences; `broker`: the seam, an enum of `memory` (the hub
 //!   assigns seqs; the `Idempotency-Key` ledger) and `redis` (Redis assigns and stores; its
 //!   `commands`, the wanted `interest`, the pub/sub `link`, the Lua script `publish.lua`);
-//!   `idempotency`: `Idempotency-Key` digests and the in-memory ledger.
+//!   `idempotency`: `Idempotency-Key` digests and the in-memory ledger; `presence`: presence
+//!   rooms, subscriber counts and occupied topics as clients and the API see them, and the
+//!   events (`occupied`/`vacated` with the vacate delay, `join`/`leave`) each emitted once.
 //! - `pubsub`: local fan-out. `hub`: seqs, last values and fan-out (its header holds the lock
 //!   order), with `hub::topics` (the registry), `hub::subscribe` (subscribe with catch-up),
 //!   `hub::mirror` (a broker's publications) and `hub::fanout` (a publication to the outboxes:
@@ -52,7 +54,9 @@
 //!   recovery; `patterns`: the token trie of pattern subscriptions; `names`: the topics' names,
 //!   in one ordered token trie (the listing, in name order, and the topics a pattern matches); `idmap`: a topic's
 //!   subscribers by connection id, one pointer while empty; `throttle`: a subscription's max
-//!   rate and delta terms (its `Gate`) and the node's one queue of held-back deliveries.
+//!   rate and delta terms (its `Gate`) and the node's one queue of held-back deliveries;
+//!   `presence`: this node's presence rooms (members, `join`/`leave` frames), occupied topics
+//!   and the changes for the layers above, kept where subscriptions are added and removed.
 //! - `auth`: who a client is. `auth` itself: anonymous, JWT or API key; `jwt`: verifying and
 //!   minting tokens; `jwks`: the fetched key set, kept fresh; `keyset`: verification keys and
 //!   reading a JWKS (below both `jwt` and `jwks`); `apikey`: publishers' keys as SHA-256
@@ -83,6 +87,8 @@
 //!   start-up summary line.
 //! - `metrics`: the Prometheus registry and every metric.
 //! - `feed`: the built-in simulated price feed.
+//! - `webhooks`: `[[webhooks]]` delivery: a bounded queue and one task per endpoint, signed
+//!   POSTs, retries with backoff (below `cluster`, which decides what to send).
 //! - `swap`: the snapshot-and-replace cell that makes keys and certificates swappable.
 //! - `sync`: taking `std::sync` locks without poisoning (`lock`, `read`, `write`).
 //!
@@ -106,6 +112,7 @@ mod swap;
 mod sync;
 pub mod topic;
 mod transport;
+mod webhooks;
 
 // Paths kept for the binary and tests (they predate the folders).
 pub use auth::{apikey, jwt};

@@ -131,6 +131,25 @@ pub struct Metrics {
     pub jwks_keys: IntGauge,
     /// Reloads (SIGHUP or a changed file): [error, ok].
     config_reloads: [IntCounter; 2],
+    /// Members of presence rooms on this node.
+    pub presence_members: IntGauge,
+    pub presence_changes_dropped: IntCounter,
+    /// Topics this node's occupancy events count as occupied (cluster-wide in a cluster).
+    pub occupied_topics: IntGauge,
+    /// `tickwire_webhook_requests_total{event,result}`.
+    webhook_requests: IntCounterVec,
+    pub webhook_queue_dropped: IntCounter,
+}
+
+/// The `result` of one webhook request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WebhookResult {
+    /// A 2xx response.
+    Ok,
+    /// Another status: retried while attempts remain.
+    Status,
+    /// No response (connection refused, timeout).
+    Error,
 }
 
 fn reg<C: Collector + Clone + 'static>(registry: &Registry, c: C) -> prometheus::Result<C> {
@@ -234,7 +253,31 @@ impl Metrics {
             &["result"],
         )?;
         let config_reloads = ["error", "ok"].map(|r| config_reloads.with_label_values(&[r]));
+        let webhook_requests = counter_vec(
+            "tickwire_webhook_requests_total",
+            "Webhook requests sent, by event and result (ok: 2xx; status: another status; error: no \
+             response).",
+            &["event", "result"],
+        )?;
         Ok(Metrics {
+            presence_members: gauge(
+                "tickwire_presence_members",
+                "Members of presence rooms (presence.patterns) connected to this node.",
+            )?,
+            presence_changes_dropped: counter(
+                "tickwire_presence_changes_dropped_total",
+                "Joins and leaves not passed on to the cluster and webhooks because their queue was full.",
+            )?,
+            occupied_topics: gauge(
+                "tickwire_occupied_topics",
+                "Topics occupied (a subscriber anywhere in the cluster), as this node's occupancy \
+                 events count them (a vacated topic leaves after occupancy.vacate_delay).",
+            )?,
+            webhook_requests,
+            webhook_queue_dropped: counter(
+                "tickwire_webhook_queue_dropped_total",
+                "Webhook events dropped because their endpoint's queue was full.",
+            )?,
             history_messages: gauge(
                 "tickwire_history_messages",
                 "Publications held in topic histories.",
@@ -364,6 +407,15 @@ impl Metrics {
 
     pub fn config_reload(&self, ok: bool) {
         self.config_reloads[usize::from(ok)].inc();
+    }
+
+    pub fn webhook_request(&self, event: &str, result: WebhookResult) {
+        let result = match result {
+            WebhookResult::Ok => "ok",
+            WebhookResult::Status => "status",
+            WebhookResult::Error => "error",
+        };
+        self.webhook_requests.with_label_values(&[event, result]).inc();
     }
 
     pub fn disconnected(&self, reason: Disconnect) {

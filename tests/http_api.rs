@@ -285,11 +285,23 @@ async fn unknown_topic_is_404() {
     let (status, body) = get_json(addr, "/api/v1/topics/nope.nothing").await;
     assert_http_error(status, &body, 404, None);
 
-    // A topic with subscribers but no publication has no value either.
+    // A topic with subscribers but no publication has no value, only its subscribers (issue
+    // 20: a publisher feeding watched topics asks before it ever published).
     let mut ws = connect(addr).await;
     subscribe(&mut ws, 1, &["nope.later"]).await;
     let (status, body) = get_json(addr, "/api/v1/topics/nope.later").await;
-    assert_http_error(status, &body, 404, None);
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        body,
+        json!({"topic": "nope.later", "subscribers": 1, "pattern_subscribers": 0})
+    );
+    drop(ws);
+    eventually(
+        "the topic without value or subscribers is 404 again",
+        std::time::Duration::from_secs(5),
+        || async { get_json(addr, "/api/v1/topics/nope.later").await.0 == 404 },
+    )
+    .await;
 
     publish(addr, "nope.later", json!(1)).await;
     let (status, body) = get_json(addr, "/api/v1/topics/nope.later").await;

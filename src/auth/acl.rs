@@ -8,6 +8,8 @@
 use std::sync::Arc;
 use std::time::SystemTime;
 
+use serde_json::value::RawValue;
+
 use crate::topic::{Pattern, Topic};
 
 /// What one client may do. Cheap to clone: connections of the same kind share the lists.
@@ -98,4 +100,7 @@ pub struct Identity {
     pub acl: Acl,
     /// When the connection must close unless the token is refreshed (exp plus leeway).
     pub expires: Option<SystemTime>,
+    /// The token's `info` claim (what presence shows of the client); `None` for anonymous
+    /// clients and tokens without one.
+    pub info: Option<Arc<RawValue>>,
 }

@@ -18,14 +18,15 @@ use base64::Engine;
 use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header};
 use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
 
 use crate::auth::acl::Acl;
 use crate::auth::acl::Identity;
 use crate::auth::jwks::Remote;
 use crate::auth::keyset::{jwks, validation, Key};
 use crate::protocol::error::AuthError;
-use crate::settings::JwtSettings;
 use crate::settings::SettingsError;
+use crate::settings::{JwtSettings, MAX_MEMBER_INFO_BYTES};
 use crate::topic::Pattern;
 
 /// Shortest accepted HS256 secret: RFC 7518 §3.2 asks for a key as long as the hash.
@@ -58,6 +59,10 @@ struct Claims {
     subscribe: Vec<String>,
     #[serde(default)]
     publish: Vec<String>,
+    /// What presence shows of the member (docs/presence.md): any JSON, at most
+    /// `MAX_MEMBER_INFO_BYTES`; only ever from the signed token, never from the client.
+    #[serde(default)]
+    info: Option<Box<RawValue>>,
 }
 
 fn read(key: &'static str, path: &Path) -> Result<Vec<u8>, SettingsError> {
@@ -179,10 +184,19 @@ impl Verifier {
         if SystemTime::now() >= expires {
             return Err(AuthError::Expired);
         }
+        // `null` is no info; a larger claim would make every member of a room cost more.
+        let info = claims.info.filter(|i| i.get() != "null");
+        if info
+            .as_ref()
+            .is_some_and(|i| i.get().len() > MAX_MEMBER_INFO_BYTES)
+        {
+            return Err(AuthError::BadClaim("info".to_string()));
+        }
         Ok(Identity {
             subject: Some(claims.sub),
             acl,
             expires: Some(expires),
+            info: info.map(Arc::from),
         })
     }
 }

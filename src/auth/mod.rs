@@ -109,6 +109,7 @@ impl Auth {
                 subject: None,
                 acl: acl.clone(),
                 expires: None,
+                info: None,
             }),
             Subscribers::Jwt(verifier) => {
                 let token = bearer(headers)

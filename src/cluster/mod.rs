@@ -1,7 +1,8 @@
 //! What publishers and sessions go through: the [`node`], which counts publications and hands
 //! them to the [`broker`] (the seam: [`memory`], one node whose hub assigns seqs, or
 //! [`redis`], a cluster's Redis with the hub as a mirror), and the `Idempotency-Key` ledger of
-//! HTTP publishes ([`idempotency`]).
+//! HTTP publishes ([`idempotency`]); presence and occupancy for the whole cluster, and the
+//! events that go to the webhooks ([`presence`]).
 //!
 //! Depends on `pubsub` and below; the broker delivers between nodes, the hub within one.
 //! Imports point node → broker → memory/redis → idempotency.
@@ -10,4 +11,5 @@ pub mod broker;
 pub mod idempotency;
 mod memory;
 pub mod node;
+pub mod presence;
 mod redis;

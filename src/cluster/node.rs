@@ -13,16 +13,18 @@ use std::time::Duration;
 
 use crate::cluster::broker::Broker;
 use crate::cluster::idempotency::IdempotencyKey;
+use crate::cluster::presence::Presence;
 use crate::cluster::redis::BrokerError;
 use crate::metrics::{Metrics, Source};
 use crate::protocol::error::RequestError;
 use bytes::Bytes;
 
-use crate::protocol::{Data, Position};
+use crate::protocol::{new_epoch, Data, Position};
 use crate::pubsub::hub::{HistoryPage, Hub, Publication, Subscribed, Subscriber, TopicPage};
 use crate::pubsub::outbox::Outbox;
+use crate::pubsub::presence::Joining;
 use crate::pubsub::throttle::Terms;
-use crate::settings::Settings;
+use crate::settings::{patterns, Settings};
 use crate::topic::{Pattern, Topic};
 
 /// Why the node could not start: bad topic rules, or a broker that cannot be set up.
@@ -37,6 +39,7 @@ pub enum StartError {
 pub struct Node {
     hub: Arc<Hub>,
     broker: Broker,
+    presence: Arc<Presence>,
     metrics: Arc<Metrics>,
     /// `http.idempotency_window`; zero: keys are ignored.
     idempotency_window: Duration,
@@ -49,14 +52,25 @@ impl Node {
     pub fn start(settings: &Settings, metrics: Arc<Metrics>) -> Result<Node, StartError> {
         let mirrored = Broker::mirrors(settings.broker.kind);
         let (rules, bounds) = (settings.topic_rules()?, settings.topic_bounds());
-        let hub = Arc::new(Hub::new(rules, bounds, metrics.clone(), mirrored));
+        let rooms = patterns(
+            "presence.patterns",
+            settings.presence.patterns.iter().map(String::as_str),
+        )?;
+        let hub = Hub::new(rules, bounds, metrics.clone(), mirrored).with_presence(rooms);
+        let hub = Arc::new(hub);
         let broker = Broker::start(settings, hub.clone(), metrics.clone())?;
+        // This node's name in member ids: random, so ids stay unique across a cluster and
+        // across restarts.
+        let name = new_epoch();
+        let presence = Arc::new(Presence::new(settings, hub.clone(), name, metrics.clone()));
+        tokio::spawn(presence.clone().run());
         // One task releases every delivery a max rate held back, for the whole node.
         let pacing = hub.clone();
         tokio::spawn(async move { pacing.pace().await });
         Ok(Node {
             hub,
             broker,
+            presence,
             metrics,
             idempotency_window: settings.http.idempotency_window,
         })
@@ -64,6 +78,11 @@ impl Node {
 
     pub fn hub(&self) -> &Arc<Hub> {
         &self.hub
+    }
+
+    /// Presence rooms, subscriber counts and occupancy, cluster-wide.
+    pub fn presence(&self) -> &Presence {
+        &self.presence
     }
 
     /// Whether the node can serve publishes and new subscriptions.
@@ -177,7 +196,9 @@ impl Node {
     /// the frame `reply` makes of the outcome, followed on success by the catch-up (recovered
     /// publications from the `since` positions, or snapshots), ahead of every update published
     /// meanwhile, so that nothing is lost or repeated around a snapshot. A failure is returned
-    /// after its reply is queued.
+    /// after its reply is queued. With `joining`, its exact subscriptions to presence rooms
+    /// seat it as a member.
+    #[allow(clippy::too_many_arguments)]
     pub async fn subscribe(
         &self,
         who: &Subscriber,
@@ -185,6 +206,7 @@ impl Node {
         new: &[Pattern],
         since: &HashMap<Topic, Position>,
         terms: Terms,
+        joining: Option<Joining>,
         reply: impl FnOnce(Result<&Subscribed, &RequestError>) -> Bytes,
     ) -> Result<(), RequestError> {
         // In a cluster: listen to the new topics' channels and load their state first.
@@ -195,7 +217,7 @@ impl Node {
         // Updates published while the hub registers us wait behind the reply and the catch-up
         // frames (see `Hub::subscribe`).
         let cork = who.outbox.cork();
-        let mut job = match self.hub.subscribing(who, patterns, since, terms) {
+        let mut job = match self.hub.subscribing(who, patterns, since, terms, joining) {
             Ok(job) => job,
             Err(e) => {
                 cork.uncork(std::iter::once((reply(Err(&e)), None)));
@@ -272,8 +294,9 @@ mod tests {
         let patterns = [Pattern::parse("p.*").unwrap()];
         let since = HashMap::new();
         {
-            let subscribe =
-                node.subscribe(&who, &patterns, &patterns, &since, Terms::PLAIN, |_| Bytes::new());
+            let subscribe = node.subscribe(&who, &patterns, &patterns, &since, Terms::PLAIN, None, |_| {
+                Bytes::new()
+            });
             tokio::pin!(subscribe);
             let first = futures_util::poll!(subscribe.as_mut());
             assert!(first.is_pending(), "3 slices' worth of topics yield in between");

@@ -103,6 +103,8 @@ impl RequestError {
 pub enum Action {
     Subscribe,
     Publish,
+    /// Who is in a room, and its `join`/`leave` frames: allowed exactly where subscribing is.
+    Presence,
 }
 
 impl std::fmt::Display for Action {
@@ -110,6 +112,7 @@ impl std::fmt::Display for Action {
         f.write_str(match self {
             Action::Subscribe => "subscribe to",
             Action::Publish => "publish to",
+            Action::Presence => "see the presence of",
         })
     }
 }

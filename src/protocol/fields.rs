@@ -35,6 +35,8 @@ pub(super) struct Envelope<'a> {
     pub(super) max_rate: Option<&'a RawValue>,
     #[serde(borrow)]
     pub(super) delta: Option<&'a RawValue>,
+    #[serde(borrow)]
+    pub(super) presence_events: Option<&'a RawValue>,
 }
 
 /// Makes `"data": null` count as present (null is a valid payload), unlike a plain `Option`.

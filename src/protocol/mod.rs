@@ -50,6 +50,12 @@ pub enum Request {
         max_rate: Option<f64>,
         /// Updates may come as Fossil deltas (`"delta":"fossil"`).
         delta: bool,
+        /// `join`/`leave` frames for the presence rooms among `topics`.
+        presence_events: bool,
+    },
+    /// Who is in a presence room.
+    Presence {
+        topic: Topic,
     },
     Unsubscribe(Vec<Pattern>),
     Publish {
@@ -91,6 +97,10 @@ fn request(env: &Envelope<'_>, max_topics: usize) -> Result<Request, RequestErro
             since: since(env.since)?,
             max_rate: max_rate(env.max_rate)?,
             delta: delta(env.delta)?,
+            presence_events: flag(env.presence_events, "presence_events")?,
+        }),
+        "presence" => Ok(Request::Presence {
+            topic: topic(env.topic)?,
         }),
         "unsubscribe" => Ok(Request::Unsubscribe(patterns(env.topics, max_topics).map_err(
             |e| match e {
@@ -142,6 +152,11 @@ fn delta(raw: Option<&RawValue>) -> Result<bool, RequestError> {
         Ok(kind) if &*kind == "fossil" => Ok(true),
         _ => Err(bad("field `delta` must be \"fossil\" (the only delta format)")),
     }
+}
+
+fn flag(raw: Option<&RawValue>, name: &str) -> Result<bool, RequestError> {
+    let Some(raw) = raw else { return Ok(false) };
+    serde_json::from_str::<bool>(raw.get()).map_err(|_| bad(format!("field `{name}` must be true or false")))
 }
 
 /// Longest accepted epoch in a `since` position; real ones are much shorter.
@@ -214,6 +229,14 @@ pub enum Reply<'a> {
     Pong {
         #[serde(skip_serializing_if = "Option::is_none")]
         id: Option<i64>,
+    },
+    /// A presence room: up to `presence.max_members` members, and how many there are.
+    Presence {
+        #[serde(skip_serializing_if = "Option::is_none")]
+        id: Option<i64>,
+        topic: &'a Topic,
+        members: &'a [&'a RawValue],
+        count: usize,
     },
     /// A refreshed token was accepted; `dropped` are the subscriptions it no longer allows.
     Authed {
@@ -405,7 +428,9 @@ mod tests {
                 Ok(v)
             }
             Ok(Request::Unsubscribe(topics)) => Ok(topics.iter().map(|p| p.as_str().into()).collect()),
-            Ok(Request::Publish { topic, .. }) => Ok(vec![topic.as_str().into()]),
+            Ok(Request::Publish { topic, .. }) | Ok(Request::Presence { topic }) => {
+                Ok(vec![topic.as_str().into()])
+            }
             Ok(Request::Auth { token }) => Ok(vec![token]),
             Ok(Request::Ping) => Ok(vec!["ping".into()]),
             Err(e) => Err(e.code()),

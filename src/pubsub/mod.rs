@@ -3,7 +3,9 @@
 //! ([`history`]), the trie that finds the pattern subscriptions matching a topic
 //! ([`patterns`]) and the names of the topics, in order and by token, which find the topics
 //! matching a pattern ([`names`]); a topic's subscribers, keyed by connection ([`idmap`]); the
-//! max rate of a subscription and the node's one queue of held-back deliveries ([`throttle`]).
+//! max rate of a subscription and the node's one queue of held-back deliveries ([`throttle`]);
+//! the members of presence rooms and the occupied topics, kept where subscriptions are added
+//! and removed ([`presence`]).
 //!
 //! Knows nothing of sockets or of other nodes; depends only on `protocol`, `topic`, `settings`
 //! and `metrics`.
@@ -14,4 +16,5 @@ mod idmap;
 pub mod names;
 pub mod outbox;
 pub mod patterns;
+pub mod presence;
 pub mod throttle;

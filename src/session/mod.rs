@@ -16,7 +16,10 @@
 mod ratelimit;
 
 use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 use std::time::SystemTime;
+
+use serde_json::value::RawValue;
 
 use crate::app::App;
 use crate::auth::acl::Identity;
@@ -25,6 +28,7 @@ use crate::protocol::disconnect::Disconnect;
 use crate::protocol::error::{Action, RequestError};
 use crate::protocol::{parse_request, Data, Position, Reply, Request};
 use crate::pubsub::hub::{Subscribed, Subscriber};
+use crate::pubsub::presence::{Joining, Member};
 use crate::pubsub::throttle::{Interval, Terms};
 use crate::topic::{Pattern, Topic};
 
@@ -51,6 +55,9 @@ pub struct Session<'a, E> {
     expiry: &'a E,
     subscriptions: HashSet<Pattern>,
     limit: RateLimit,
+    /// The connection as a presence member, made at its first exact subscription to a room
+    /// (and again after a token refresh, for the rooms it joins from then on).
+    member: Option<Arc<Member>>,
 }
 
 impl<'a, E: Expiry> Session<'a, E> {
@@ -65,6 +72,7 @@ impl<'a, E: Expiry> Session<'a, E> {
             expiry,
             subscriptions: HashSet::new(),
             limit: RateLimit::new(server.requests_per_second, server.request_burst),
+            member: None,
         }
     }
 
@@ -86,10 +94,12 @@ impl<'a, E: Expiry> Session<'a, E> {
                 since,
                 max_rate,
                 delta,
+                presence_events,
             }) => {
                 // Its reply, queued, says how it went.
-                let _ = self.subscribe(id, topics, since, max_rate, delta).await;
+                let _ = (self.subscribe(id, topics, since, max_rate, delta, presence_events)).await;
             }
+            Ok(Request::Presence { topic }) => self.presence(id, topic).await,
             Ok(Request::Unsubscribe(topics)) => self.unsubscribe(id, &topics).await,
             Ok(Request::Publish { topic, data }) => self.publish(id, topic, data).await,
             Ok(Request::Auth { token }) => self.auth(id, &token).await,
@@ -99,7 +109,8 @@ impl<'a, E: Expiry> Session<'a, E> {
     }
 
     /// Subscribes to `topics` (recovering from the `since` positions, at most `max_rate`
-    /// updates a second per topic, as deltas if `delta` and deltas are enabled), replying `subscribed` followed by the catch-up, or an
+    /// updates a second per topic, as deltas if `delta` and deltas are enabled, with `join` and
+    /// `leave` frames if `presence_events`), replying `subscribed` followed by the catch-up, or an
     /// error, which is returned too: the whole subscribe request, ACL and limits included. A
     /// transport whose client cannot send calls it directly, and may turn a refusal into its
     /// own answer.
@@ -110,10 +121,32 @@ impl<'a, E: Expiry> Session<'a, E> {
         since: HashMap<Topic, Position>,
         max_rate: Option<f64>,
         delta: bool,
+        presence_events: bool,
     ) -> Result<(), RequestError> {
         if let Some(denied) = self.identity.acl.first_unreadable(&topics) {
             return self.refuse(id, RequestError::forbidden(Action::Subscribe, denied));
         }
+        let presence = self.app.node.presence();
+        if presence_events {
+            let not_room = topics
+                .iter()
+                .find(|t| t.as_exact().is_none_or(|topic| !presence.covers(&topic)));
+            if let Some(t) = not_room {
+                let e = RequestError::BadRequest(format!(
+                    "presence_events needs exact topics matching presence.patterns: {:?} is not one",
+                    t.as_str()
+                ));
+                return self.refuse(id, e);
+            }
+        }
+        // Only a subscription that can seat the connection somewhere makes it a member.
+        let rooms = topics
+            .iter()
+            .any(|t| t.as_exact().is_some_and(|topic| presence.covers(&topic)));
+        let joining = rooms.then(|| Joining {
+            member: self.member().clone(),
+            events: presence_events,
+        });
         let interval = match max_rate.map(Interval::from_rate) {
             None => Interval::NONE,
             Some(Some(interval)) => interval,
@@ -156,7 +189,7 @@ impl<'a, E: Expiry> Session<'a, E> {
             interval,
             delta: delta && self.app.settings.delta.enabled,
         };
-        let subscribed = (self.app.node).subscribe(self.who, &unique, &new, &since, terms, reply);
+        let subscribed = (self.app.node).subscribe(self.who, &unique, &new, &since, terms, joining, reply);
         subscribed.await?;
         self.subscriptions.extend(topics);
         Ok(())
@@ -195,6 +228,43 @@ impl<'a, E: Expiry> Session<'a, E> {
         }
     }
 
+    /// The connection as a presence member (see `member`).
+    fn member(&mut self) -> &Arc<Member> {
+        let (presence, who, identity) = (self.app.node.presence(), self.who.id, &self.identity);
+        self.member.get_or_insert_with(|| {
+            presence.member(who, identity.subject.as_deref(), identity.info.as_deref())
+        })
+    }
+
+    /// Replies with who is in `topic`'s room: for a client that may subscribe to it.
+    async fn presence(&mut self, id: Option<i64>, topic: Topic) {
+        let pattern = Pattern::parse(topic.as_str()).expect("a topic is an exact pattern");
+        if !self.identity.acl.may_subscribe(&pattern) {
+            let e = RequestError::forbidden(Action::Presence, &topic);
+            return self.reply(Reply::error(id, &e));
+        }
+        let presence = self.app.node.presence();
+        if !presence.covers(&topic) {
+            let e = RequestError::BadRequest(format!(
+                "{:?} is not a presence room (presence.patterns)",
+                topic.as_str()
+            ));
+            return self.reply(Reply::error(id, &e));
+        }
+        match presence.room(&topic).await {
+            Ok(room) => {
+                let members: Vec<&RawValue> = room.members.iter().map(|m| m.json()).collect();
+                self.reply(Reply::Presence {
+                    id,
+                    topic: &topic,
+                    members: &members,
+                    count: room.count,
+                })
+            }
+            Err(e) => self.reply(Reply::error(id, &e)),
+        }
+    }
+
     async fn auth(&mut self, id: Option<i64>, token: &str) {
         match self.refresh(token).await {
             Ok(dropped) => self.reply(Reply::Authed {
@@ -222,6 +292,7 @@ impl<'a, E: Expiry> Session<'a, E> {
         }
         self.expiry.expire_at(identity.expires);
         self.identity = identity;
+        self.member = None;
         Ok(dropped)
     }
 

@@ -39,3 +39,4 @@ pub(crate) use pem::pem_certificates;
 pub(crate) use rules::patterns;
 pub use rules::TopicRules;
 pub use sections::*;
+pub use validate::WEBHOOK_EVENTS;

@@ -47,6 +47,10 @@ pub struct Settings {
     pub compression: CompressionSettings,
     pub log: LogSettings,
     pub broker: BrokerSettings,
+    pub presence: PresenceSettings,
+    pub occupancy: OccupancySettings,
+    /// `[[webhooks]]`: where occupancy and presence events are POSTed (docs/presence.md).
+    pub webhooks: Vec<WebhookSettings>,
     /// The `--config` file these were loaded from: a reload (SIGHUP, or the file changing)
     /// reads it again for `auth.api_keys`.
     #[serde(skip)]
@@ -419,3 +423,67 @@ pub enum LogFormat {
 }
 
 settings_enum!(LogFormat { Text => "text", Json => "json" });
+
+/// Who is in a room (docs/presence.md).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct PresenceSettings {
+    /// Topics whose exact subscribers are members; empty: presence is off.
+    pub patterns: Vec<String>,
+    /// Most members a `presence` reply lists (`count` is always exact).
+    pub max_members: usize,
+    /// A cluster node refreshes its members in Redis every third of this; a node that stops
+    /// has its members expire (and `leave`) within it.
+    #[serde(with = "duration")]
+    pub ttl: Duration,
+}
+
+/// Most `presence.max_members`: a reply of this many members is about 2 MB.
+pub const MAX_PRESENCE_MEMBERS: usize = 10_000;
+/// Largest JWT `info` claim a member carries, in bytes of JSON: what bounds a member's memory.
+pub const MAX_MEMBER_INFO_BYTES: usize = 1024;
+
+/// `occupied` / `vacated` events (docs/presence.md).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct OccupancySettings {
+    /// A topic that loses its last subscriber is `vacated` only if it stays empty this long.
+    #[serde(with = "duration")]
+    pub vacate_delay: Duration,
+}
+
+/// One `[[webhooks]]` endpoint.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookSettings {
+    /// `http://host[:port]/path`.
+    pub url: String,
+    /// Any of `occupied`, `vacated`, `join`, `leave`.
+    pub events: Vec<String>,
+    /// Only events of topics matching one of these; empty: every topic.
+    #[serde(default)]
+    pub topics: Vec<String>,
+    /// HMAC-SHA256 key of the `X-Tickwire-Signature` header.
+    pub secret: Secret,
+    /// Tries per event (the first included), with exponential backoff between them.
+    #[serde(default = "default_webhook_attempts")]
+    pub max_attempts: u32,
+    /// Longest wait for one request's response.
+    #[serde(default = "default_webhook_timeout", with = "duration")]
+    pub timeout: Duration,
+    /// Events waiting for this endpoint; more are dropped, counted and logged.
+    #[serde(default = "default_webhook_queue")]
+    pub queue: usize,
+}
+
+fn default_webhook_attempts() -> u32 {
+    5
+}
+
+fn default_webhook_timeout() -> Duration {
+    Duration::from_secs(5)
+}
+
+fn default_webhook_queue() -> usize {
+    1000
+}

@@ -13,7 +13,7 @@ use crate::settings::sections::{Secret, DEFAULTS_TOML};
 
 /// The keys that hold lists of tables: an empty default list cannot say so itself, and the
 /// environment cannot set them.
-pub(crate) const TABLE_LISTS: [&str; 3] = ["queue.policies", "history.policies", "auth.api_keys"];
+pub(crate) const TABLE_LISTS: [&str; 4] = ["queue.policies", "history.policies", "auth.api_keys", "webhooks"];
 
 /// The compiled-in defaults as a tree.
 pub(crate) fn defaults() -> &'static Table {

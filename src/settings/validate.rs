@@ -9,10 +9,11 @@ use std::time::Duration;
 
 use crate::settings::error::{Problem, SettingsError};
 use crate::settings::origin::valid_origin;
+use crate::settings::rules::patterns;
 use crate::settings::sections::Policy;
 use crate::settings::sections::{
     AuthMode, BrokerKind, Settings, FRAME_ENVELOPE_BYTES, MAX_HISTORY_SIZE, MAX_IDEMPOTENCY_KEYS,
-    MAX_IDEMPOTENCY_WINDOW, MAX_JWT_LEEWAY, MIN_IDLE_TTL,
+    MAX_IDEMPOTENCY_WINDOW, MAX_JWT_LEEWAY, MAX_PRESENCE_MEMBERS, MIN_IDLE_TTL,
 };
 use crate::topic::Topic;
 use tickwire_proto::rate::{MAX_RATE, MIN_RATE};
@@ -64,6 +65,7 @@ impl Settings {
         self.check_auth(&mut c);
         self.check_edge(&mut c);
         self.check_broker(&mut c);
+        self.check_presence(&mut c);
         c.result(self.topic_rules());
         c.0
     }
@@ -334,6 +336,66 @@ impl Settings {
         );
     }
 
+    fn check_presence(&self, c: &mut Checks) {
+        let p = &self.presence;
+        c.result(patterns(
+            "presence.patterns",
+            p.patterns.iter().map(String::as_str),
+        ));
+        c.check(
+            (1..=MAX_PRESENCE_MEMBERS).contains(&p.max_members),
+            "presence.max_members",
+            &format!("must be between 1 and {MAX_PRESENCE_MEMBERS}"),
+        );
+        c.check(
+            (Duration::from_secs(3)..=Duration::from_secs(3600)).contains(&p.ttl),
+            "presence.ttl",
+            "must be between 3s and 1h",
+        );
+        c.check(
+            self.occupancy.vacate_delay <= Duration::from_secs(3600),
+            "occupancy.vacate_delay",
+            "must be at most 1h",
+        );
+        for (i, w) in self.webhooks.iter().enumerate() {
+            let mut problems = Vec::new();
+            if !valid_webhook_url(&w.url) {
+                problems.push(format!("url {:?} must be http://host[:port][/path]", w.url));
+            }
+            if w.events.is_empty() {
+                problems.push("events must name at least one event".to_string());
+            }
+            for e in &w.events {
+                if !WEBHOOK_EVENTS.contains(&e.as_str()) {
+                    problems.push(format!(
+                        "unknown event {e:?} (expected one of {WEBHOOK_EVENTS:?})"
+                    ));
+                }
+            }
+            if let Err(e) = patterns("webhooks", w.topics.iter().map(String::as_str)) {
+                problems.push(format!("topics: {e}"));
+            }
+            if !w.secret.is_set() {
+                problems.push("secret must be set (it signs every request)".to_string());
+            }
+            if !(1..=20).contains(&w.max_attempts) {
+                problems.push("max_attempts must be between 1 and 20".to_string());
+            }
+            if !(Duration::from_millis(100)..=Duration::from_secs(60)).contains(&w.timeout) {
+                problems.push("timeout must be between 100ms and 60s".to_string());
+            }
+            if !(1..=1_000_000).contains(&w.queue) {
+                problems.push("queue must be between 1 and 1000000".to_string());
+            }
+            if !problems.is_empty() {
+                c.0.push(SettingsError::invalid(
+                    "webhooks",
+                    format!("entry {i}: {}", problems.join("; ")),
+                ));
+            }
+        }
+    }
+
     fn check_broker(&self, c: &mut Checks) {
         let b = &self.broker;
         let url = b.redis_url.expose();
@@ -378,4 +440,15 @@ impl Settings {
             "reconnect_min must be at least 1ms and reconnect_max at least reconnect_min",
         );
     }
+}
+
+/// The events a `[[webhooks]]` entry may ask for.
+pub const WEBHOOK_EVENTS: [&str; 4] = ["occupied", "vacated", "join", "leave"];
+
+/// `http://host[:port][/path]`, which is all the webhook client speaks.
+fn valid_webhook_url(url: &str) -> bool {
+    url.starts_with("http://")
+        && url
+            .parse::<hyper::Uri>()
+            .is_ok_and(|u| u.host().is_some_and(|h| !h.is_empty()))
 }

@@ -60,6 +60,7 @@ use crate::pubsub::idmap::IdMap;
 use crate::pubsub::names::TopicNames;
 use crate::pubsub::outbox::{Outbox, TopicKey};
 use crate::pubsub::patterns::PatternIndex;
+use crate::pubsub::presence::Presence;
 use crate::pubsub::throttle::{Gate, Interval, Pacer, Terms};
 use crate::settings::{Policy, TopicBounds, TopicRules};
 use crate::sync::lock;
@@ -208,6 +209,8 @@ pub struct Hub {
     pacer: Pacer<Topic>,
     /// Measures how long topics have been idle.
     clock: Clock,
+    /// Presence rooms and occupied topics, changed where subscriptions are added and removed.
+    presence: Presence,
 }
 
 /// The coarse clock of a topic's last use: 100 ms ticks since the hub started, in a `u32` (13.6
@@ -442,6 +445,7 @@ impl TopicState {
 impl Hub {
     /// A hub that assigns seqs itself (`mirrored` false) or mirrors a broker's topics.
     pub fn new(rules: TopicRules, bounds: TopicBounds, metrics: Arc<Metrics>, mirrored: bool) -> Hub {
+        let metrics_for_presence = metrics.clone();
         Hub {
             topics: DashMap::new(),
             names: Mutex::default(),
@@ -461,7 +465,18 @@ impl Hub {
             clock: Clock {
                 start: Instant::now(),
             },
+            presence: Presence::new(Vec::new(), metrics_for_presence),
         }
+    }
+
+    /// The hub with presence rooms on the topics matching `patterns`.
+    pub fn with_presence(mut self, patterns: Vec<Pattern>) -> Hub {
+        self.presence = Presence::new(patterns, self.metrics.clone());
+        self
+    }
+
+    pub fn presence(&self) -> &Presence {
+        &self.presence
     }
 
     pub fn rules(&self) -> &TopicRules {

@@ -7,6 +7,7 @@ use std::sync::atomic::Ordering;
 use crate::protocol::error::RequestError;
 use crate::protocol::{now_ms, Position};
 use crate::pubsub::outbox::TopicKey;
+use crate::pubsub::presence::Joining;
 use crate::pubsub::throttle::Terms;
 use crate::settings::Policy;
 use crate::sync::{lock, write};
@@ -50,7 +51,7 @@ impl Hub {
         since: &HashMap<Topic, Position>,
         terms: Terms,
     ) -> Result<Subscribed, RequestError> {
-        let mut job = self.subscribing(who, subscriptions, since, terms)?;
+        let mut job = self.subscribing(who, subscriptions, since, terms, None)?;
         for sub in subscriptions {
             job.add(sub);
             while !job.run(usize::MAX) {}
@@ -62,13 +63,15 @@ impl Hub {
     /// them (every step leaves the hub consistent, and no lock is held between steps): the
     /// exact topics are reserved here, all or none; then each subscription is [added]
     /// (`Subscribing::add`) and [run](`Subscribing::run`) to the end in slices; then
-    /// [`Subscribing::finish`] gives what [`Hub::subscribe`] returns.
+    /// [`Subscribing::finish`] gives what [`Hub::subscribe`] returns. With `joining`, an exact
+    /// subscription to a presence room seats the connection as a member.
     pub fn subscribing<'a>(
         &'a self,
         who: &'a Subscriber,
         subscriptions: &[Pattern],
         since: &'a HashMap<Topic, Position>,
         terms: Terms,
+        joining: Option<Joining>,
     ) -> Result<Subscribing<'a>, RequestError> {
         let exact: Vec<Topic> = subscriptions.iter().filter_map(Pattern::as_exact).collect();
         self.reserve(&exact)?;
@@ -77,6 +80,7 @@ impl Hub {
             who,
             since,
             terms,
+            joining,
             now: now_ms(),
             seen: HashSet::new(),
             out: Subscribed::default(),
@@ -99,7 +103,7 @@ impl Hub {
             if let Some(topic) = sub.as_exact() {
                 let entry = self.topics.get(&topic).map(|e| e.clone());
                 if let Some(entry) = entry {
-                    if lock(&entry.state).remove(who, sub, self.mirrored) {
+                    if self.remove_reason(&topic, &entry, who, sub) {
                         idle.push(topic);
                     }
                 }
@@ -118,7 +122,7 @@ impl Hub {
                     let Some(entry) = self.topics.get(topic).map(|e| e.clone()) else {
                         continue;
                     };
-                    if lock(&entry.state).remove(who, sub, self.mirrored) {
+                    if self.remove_reason(topic, &entry, who, sub) {
                         idle.push(topic.clone());
                     }
                 }
@@ -132,6 +136,22 @@ impl Hub {
             self.remove_if(&topic, |state| state.is_idle(self.mirrored));
         }
         work
+    }
+
+    /// Drops `who`'s subscription `sub` from `topic`: its seat in a presence room when `sub` is
+    /// exact, and the topic's occupancy when it was the last subscriber. Returns whether the
+    /// topic is left idle.
+    fn remove_reason(&self, topic: &Topic, entry: &TopicEntry, who: ClientId, sub: &Pattern) -> bool {
+        let mut state = lock(&entry.state);
+        let had = !state.subscribers.is_empty();
+        let idle = state.remove(who, sub, self.mirrored);
+        if sub.as_str() == topic.as_str() && self.presence.covers(topic) {
+            self.presence.leave(topic, who);
+        }
+        if had && state.subscribers.is_empty() {
+            self.presence.occupancy(topic, false);
+        }
+        idle
     }
 }
 
@@ -237,6 +257,8 @@ struct CatchUp<'a> {
     since: &'a HashMap<Topic, Position>,
     /// What the request asked for: max rate, deltas.
     terms: Terms,
+    /// The connection as a member of the presence rooms it subscribes to exactly.
+    joining: Option<Joining>,
     /// Milliseconds since the Unix epoch, for history's TTL.
     now: u64,
     /// Topics (by key) already answered for: a topic two subscriptions match is caught up once.
@@ -248,7 +270,17 @@ impl CatchUp<'_> {
     /// Registers the subscriber on `topic` for `reason`, then, the first time the request meets
     /// the topic, records its position and the frames that bring the client up to date.
     fn add(&mut self, topic: &Topic, entry: &TopicEntry, state: &mut TopicState, reason: &Pattern) {
+        let was_empty = state.subscribers.is_empty();
         let fresh = state.add(self.who, reason, self.terms);
+        let presence = &self.hub.presence;
+        if was_empty {
+            presence.occupancy(topic, true);
+        }
+        if let Some(joining) = &self.joining {
+            if reason.as_str() == topic.as_str() && presence.covers(topic) {
+                presence.join(topic, joining, &self.who.outbox);
+            }
+        }
         // Past the cap only what `since` names (bounded by the request's size) is caught up;
         // nor is a skipped topic remembered, so the request holds no more than the cap either.
         let full = self.out.positions.len() >= self.hub.bounds.max_catch_up_topics;

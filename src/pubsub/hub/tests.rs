@@ -205,7 +205,7 @@ async fn pattern_subscribe_in_slices_misses_and_repeats_nothing() {
     let who = hub.new_subscriber(Arc::new(Outbox::new(1 << 20)));
     let since = HashMap::new();
     let subs = pats(&["p.*"]);
-    let mut job = hub.subscribing(&who, &subs, &since, Terms::PLAIN).unwrap();
+    let mut job = hub.subscribing(&who, &subs, &since, Terms::PLAIN, None).unwrap();
     job.add(&subs[0]);
     assert!(!job.run(4), "10 topics take three slices of 4");
     hub.publish(&topic("p.new"), data("2"));

@@ -69,6 +69,9 @@ impl Hub {
             };
             state.add(&who, pattern, *terms);
         });
+        if !state.subscribers.is_empty() {
+            self.presence.occupancy(topic, true);
+        }
         let entry = Arc::new(TopicEntry {
             key: self.next_key.fetch_add(1, Ordering::Relaxed),
             state: Mutex::new(state),
@@ -224,6 +227,17 @@ impl Hub {
             topics,
             next: next.flatten(),
         }
+    }
+
+    /// Local subscribers of `topic` (connections receiving it), and how many of them through
+    /// patterns only, if the hub holds it.
+    pub fn subscriber_counts(&self, topic: &Topic) -> Option<(usize, usize)> {
+        let entry = self.topics.get(topic).map(|e| e.clone())?;
+        let state = lock(&entry.state);
+        let patterns_only = (state.subscribers.values())
+            .filter(|s| s.reasons.iter().all(|r| r.pattern.as_str() != topic.as_str()))
+            .count();
+        Some((state.subscribers.len(), patterns_only))
     }
 
     /// Local subscribers of `topic`, if the hub holds it.

@@ -1,6 +1,7 @@
 //! The HTTP API: `POST /api/v1/publish` (with `Idempotency-Key`), the topic listing and one
 //! topic's state (`/api/v1/topics`, `/api/v1/topics/{topic}`) and its history
-//! (`/api/v1/topics/{topic}/history`).
+//! (`/api/v1/topics/{topic}/history`), the occupied topics (`/api/v1/topics?occupied=true`)
+//! and a presence room (`/api/v1/topics/{topic}/presence`).
 
 use hyper::body::Incoming;
 use hyper::header::{HeaderMap, HeaderName, HeaderValue};
@@ -117,11 +118,23 @@ pub(super) async fn list_topics(query: &str, app: &App) -> Result<Response<Body>
         /// Pass as `after` for the next page; null on the last one.
         next: Option<Topic>,
     }
-    let (mut after, mut limit) = (None, DEFAULT_TOPIC_PAGE);
+    #[derive(Serialize)]
+    struct Occupied {
+        topics: Vec<Topic>,
+        next: Option<Topic>,
+    }
+    let (mut after, mut limit, mut occupied) = (None, DEFAULT_TOPIC_PAGE, false);
     for pair in query.split('&').filter(|p| !p.is_empty()) {
         let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
         let bad = |what: &str| RequestError::BadRequest(format!("query parameter `{key}` must be {what}"));
         match key {
+            "occupied" => {
+                occupied = match value {
+                    "true" => true,
+                    "false" => false,
+                    _ => return Err(bad("true or false")),
+                }
+            }
             "limit" => {
                 limit = value.parse().map_err(|_| bad("an integer from 1 to 1000"))?;
                 if !(1..=MAX_TOPIC_PAGE).contains(&limit) {
@@ -136,6 +149,10 @@ pub(super) async fn list_topics(query: &str, app: &App) -> Result<Response<Body>
                 )))
             }
         }
+    }
+    if occupied {
+        let (topics, next) = app.node.presence().occupied(after.as_ref(), limit).await?;
+        return Ok(json(StatusCode::OK, &Occupied { topics, next }));
     }
     let page = app.node.list(after.as_ref(), limit).await?;
     let topics = (page.topics.into_iter())
@@ -154,21 +171,58 @@ pub(super) async fn list_topics(query: &str, app: &App) -> Result<Response<Body>
     ))
 }
 
+/// A topic's last publication and its subscribers, cluster-wide; 404 for a topic with
+/// neither. A topic with subscribers but no publication yet has no `seq`, `ts` or `data`.
 pub(super) async fn get_topic(name: &str, app: &App) -> Result<Response<Body>, RequestError> {
     #[derive(Serialize)]
-    struct Last<'a> {
+    struct State<'a> {
         topic: &'a Topic,
-        seq: u64,
-        ts: u64,
-        data: &'a RawValue,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        seq: Option<u64>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        ts: Option<u64>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        data: Option<&'a RawValue>,
+        subscribers: usize,
+        pattern_subscribers: usize,
     }
     let topic = Topic::parse(name).map_err(|e| RequestError::invalid_topic(name, e))?;
-    let p = (app.node.last(&topic).await?).ok_or_else(|| RequestError::TopicNotFound(name.to_string()))?;
-    let body = Last {
-        topic: &p.topic,
-        seq: p.seq,
-        ts: p.ts,
-        data: &p.data,
+    let last = app.node.last(&topic).await?;
+    let subscribers = app.node.presence().subscribers(&topic).await?;
+    if last.is_none() && subscribers.total == 0 {
+        return Err(RequestError::TopicNotFound(name.to_string()));
+    }
+    let body = State {
+        topic: last.as_ref().map_or(&topic, |p| &p.topic),
+        seq: last.as_ref().map(|p| p.seq),
+        ts: last.as_ref().map(|p| p.ts),
+        data: last.as_ref().map(|p| &*p.data),
+        subscribers: subscribers.total,
+        pattern_subscribers: subscribers.patterns,
+    };
+    Ok(json(StatusCode::OK, &body))
+}
+
+/// Who is in a presence room: `{"topic","members","count"}`, as the `presence` op answers.
+pub(super) async fn get_presence(name: &str, app: &App) -> Result<Response<Body>, RequestError> {
+    #[derive(Serialize)]
+    struct Room<'a> {
+        topic: &'a Topic,
+        members: Vec<&'a RawValue>,
+        count: usize,
+    }
+    let topic = Topic::parse(name).map_err(|e| RequestError::invalid_topic(name, e))?;
+    let presence = app.node.presence();
+    if !presence.covers(&topic) {
+        return Err(RequestError::BadRequest(format!(
+            "{name:?} is not a presence room (presence.patterns)"
+        )));
+    }
+    let room = presence.room(&topic).await?;
+    let body = Room {
+        topic: &topic,
+        members: room.members.iter().map(|m| m.json()).collect(),
+        count: room.count,
     };
     Ok(json(StatusCode::OK, &body))
 }

@@ -21,7 +21,7 @@ use crate::protocol::error::RequestError;
 use crate::transport::proxy::PeerAddrs;
 use crate::transport::ws::Endpoint;
 
-use self::api::{get_history, get_topic, list_topics, publish, reader};
+use self::api::{get_history, get_presence, get_topic, list_topics, publish, reader};
 pub use self::body::Body;
 use self::body::{error, text};
 use self::upgrade::upgrade;
@@ -46,6 +46,7 @@ fn route_of(path: &str) -> &'static str {
         "/api/v1/publish" => "publish",
         "/api/v1/topics" => "topics",
         p if history_topic(p).is_some() => "history",
+        p if presence_topic(p).is_some() => "presence",
         p if p.starts_with("/api/v1/topics/") => "topic",
         "/metrics" => "metrics",
         "/healthz" => "healthz",
@@ -59,6 +60,12 @@ fn route_of(path: &str) -> &'static str {
 /// `/api/v1/topics/history` is the topic named `history`, not its history.
 fn history_topic(path: &str) -> Option<&str> {
     let name = path.strip_prefix("/api/v1/topics/")?.strip_suffix("/history")?;
+    (!name.is_empty()).then_some(name)
+}
+
+/// The topic of a `/api/v1/topics/{topic}/presence` path (as `history_topic`).
+fn presence_topic(path: &str) -> Option<&str> {
+    let name = path.strip_prefix("/api/v1/topics/")?.strip_suffix("/presence")?;
     (!name.is_empty()).then_some(name)
 }
 
@@ -100,6 +107,10 @@ pub async fn handle(
                 let name = history_topic(&path).unwrap_or_default();
                 get_history(name, req.uri().query().unwrap_or(""), &app).await
             }
+            Err(e) => Err(e),
+        },
+        (&Method::GET, "presence") => match reader(&req, &app) {
+            Ok(()) => get_presence(presence_topic(&path).unwrap_or_default(), &app).await,
             Err(e) => Err(e),
         },
         (&Method::GET, "metrics") => Ok(metrics(&app)),

@@ -136,7 +136,7 @@ fn run(
         let watchdog = Watchdog::new(identity.expires);
         let mut session = Session::new(&app, &who, identity, &watchdog);
         // Boxed: a subscribe's future is far larger than what the stream keeps afterwards.
-        let subscribed = Box::pin(session.subscribe(None, topics, since, max_rate, delta)).await;
+        let subscribed = Box::pin(session.subscribe(None, topics, since, max_rate, delta, false)).await;
         let refused = subscribed.is_err();
         if answer.send(subscribed).is_err() || refused {
             // Nobody will read it: the request went away while subscribing, or was refused.
