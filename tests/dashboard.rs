@@ -3,9 +3,12 @@
 mod common;
 
 use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::Duration;
 
 use common::*;
 use serde_json::{json, Value};
+use tokio::net::TcpListener;
 
 const DASHBOARD: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/dashboards/tickwire.json");
 
@@ -68,14 +71,41 @@ fn token_extraction() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_metric_the_dashboard_queries_is_exported() {
-    let server = start("").await;
+    // A webhook receiver (the feed_on_demand example, which answers 200 to any signed event),
+    // so that `tickwire_webhook_requests_total{event,result}` gets a label set.
+    let receiver = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let receiver_addr = receiver.local_addr().unwrap();
+    let server = start(&format!(
+        "[[webhooks]]\nurl = \"http://{receiver_addr}/webhook\"\nevents = [\"occupied\"]\nsecret = \"dash\"\n"
+    ))
+    .await;
     let addr = server.addr;
-    // Exercise every labelled family at least once: HTTP publish, WS subscribe + delivery, a
-    // scrape (labelled HTTP families only appear once a route has been used).
+    let app = feed_on_demand::App::new(feed_on_demand::Config {
+        tickwire: format!("http://{addr}"),
+        api_key: None,
+        secret: b"dash".to_vec(),
+        path: "/webhook".into(),
+        prefix: "feed.".into(),
+        interval: Duration::from_secs(1),
+    })
+    .unwrap();
+    tokio::spawn(feed_on_demand::serve(
+        receiver,
+        Arc::new(app),
+        std::future::pending(),
+    ));
+    // Exercise every labelled family at least once: HTTP publish, WS subscribe + delivery (and
+    // the topic's `occupied` webhook), a scrape (labelled HTTP families only appear once a route
+    // has been used).
     let mut ws = connect(addr).await;
     subscribe(&mut ws, 1, &["dash.x"]).await;
     publish(addr, "dash.x", json!(1)).await;
     assert_update(&recv_json(&mut ws).await, "dash.x");
+    let webhook = [("event", "occupied"), ("result", "ok")];
+    wait_metric(addr, "tickwire_webhook_requests_total", &webhook, "1", |v| {
+        v == 1.0
+    })
+    .await;
     scrape(addr).await;
     let exported = scrape(addr).await.names();
 
