@@ -823,6 +823,32 @@ class SseSocket {
     this._reply(reply);
   }
 
+  /**
+   * A stream carries no `join`/`leave`, but a subscribe with `presence_events` must be refused
+   * here as the server refuses it over WebSocket (a pattern, or a topic that is no presence
+   * room: `bad_request`), or a subscription accepted over SSE would be refused by the
+   * re-subscription after a switch to WebSocket, and lost. The rooms are asked with the
+   * presence endpoint; an answer other than 400 (401 with API keys, the server down) refuses
+   * nothing, and the stream's own subscribe decides.
+   * @param {string[]} topics @returns {Promise<{code: string, message: string}|null>}
+   */
+  async _presenceRefusal(topics) {
+    for (const t of topics) {
+      if (t.split('.').some((token) => token === '*' || token === '>')) {
+        return { code: 'bad_request', message: `presence_events needs exact topics matching presence.patterns: ${JSON.stringify(t)} is not one` };
+      }
+      try {
+        const r = await fetch(this.client._httpUrl(`/api/v1/topics/${encodeURIComponent(t)}/presence`),
+          { headers: this.token ? { Authorization: `Bearer ${this.token}` } : {}, cache: 'no-store' });
+        if (r.status === 400) {
+          const { error = {} } = await r.json().catch(() => ({}));
+          return { code: error.code || 'bad_request', message: error.message || `${t} is not a presence room` };
+        }
+      } catch { /* the stream's own request will tell */ }
+    }
+    return null;
+  }
+
   _group(frame) {
     const opts = {};
     if (frame.max_rate != null) opts.max_rate = frame.max_rate;
@@ -834,6 +860,10 @@ class SseSocket {
   }
 
   async _subscribe(frame) {
+    if (frame.presence_events) {
+      const refusal = await this._presenceRefusal(frame.topics);
+      if (refusal) return this._reply({ type: 'error', id: frame.id, ...refusal });
+    }
     const g = this._group(frame);
     const before = g.topics;
     const since = new Set(Object.keys(frame.since || {}));
