@@ -12,4 +12,4 @@ pub mod idempotency;
 mod memory;
 pub mod node;
 pub mod presence;
-mod redis;
+pub(crate) mod redis;

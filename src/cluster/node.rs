@@ -62,7 +62,7 @@ impl Node {
         // This node's name in member ids: random, so ids stay unique across a cluster and
         // across restarts.
         let name = new_epoch();
-        let presence = Arc::new(Presence::new(settings, hub.clone(), name, metrics.clone()));
+        let presence = Arc::new(Presence::new(settings, hub.clone(), name, metrics.clone())?);
         tokio::spawn(presence.clone().run());
         // One task releases every delivery a max rate held back, for the whole node.
         let pacing = hub.clone();

@@ -21,12 +21,14 @@ use std::time::Duration;
 use serde_json::value::RawValue;
 use tokio::time::Instant;
 
+use crate::cluster::redis::presence::{self as redis_presence, ClusterPresence, Emit};
+use crate::cluster::redis::BrokerError;
 use crate::metrics::Metrics;
 use crate::protocol::error::RequestError;
 use crate::protocol::now_ms;
 use crate::pubsub::hub::{ClientId, Hub};
 use crate::pubsub::presence::{Change, Member};
-use crate::settings::Settings;
+use crate::settings::{BrokerKind, Settings};
 use crate::topic::Topic;
 use crate::webhooks::{Event, EventKind, Webhooks};
 
@@ -53,19 +55,39 @@ pub struct Presence {
     max_members: usize,
     vacate_delay: Duration,
     webhooks: Webhooks,
+    /// In a cluster: the Redis part, which has the last word on everything here.
+    cluster: Option<Arc<ClusterPresence>>,
     metrics: Arc<Metrics>,
 }
 
 impl Presence {
-    pub fn new(settings: &Settings, hub: Arc<Hub>, node: Arc<str>, metrics: Arc<Metrics>) -> Presence {
-        Presence {
+    pub fn new(
+        settings: &Settings,
+        hub: Arc<Hub>,
+        node: Arc<str>,
+        metrics: Arc<Metrics>,
+    ) -> Result<Presence, BrokerError> {
+        let cluster = match settings.broker.kind {
+            BrokerKind::Memory => None,
+            BrokerKind::Redis => {
+                let client = redis_presence::client(settings)?;
+                Some(Arc::new(ClusterPresence::new(
+                    settings,
+                    client,
+                    node.clone(),
+                    metrics.clone(),
+                )))
+            }
+        };
+        Ok(Presence {
             hub,
             node,
+            cluster,
             max_members: settings.presence.max_members,
             vacate_delay: settings.occupancy.vacate_delay,
             webhooks: Webhooks::start(&settings.webhooks, metrics.clone()),
             metrics,
-        }
+        })
     }
 
     /// Whether `topic` is a presence room.
@@ -82,6 +104,13 @@ impl Presence {
 
     /// Who is in `topic`'s room: at most `presence.max_members` listed, the count exact.
     pub async fn room(&self, topic: &Topic) -> Result<Room, RequestError> {
+        if let Some(cluster) = &self.cluster {
+            let room = cluster.room(topic, self.max_members).await?;
+            return Ok(Room {
+                members: room.members,
+                count: room.count,
+            });
+        }
         let page = self.hub.presence().members(topic, self.max_members);
         Ok(Room {
             members: page.members,
@@ -91,6 +120,10 @@ impl Presence {
 
     /// How many connections receive `topic`, cluster-wide.
     pub async fn subscribers(&self, topic: &Topic) -> Result<Subscribers, RequestError> {
+        if let Some(cluster) = &self.cluster {
+            let (total, patterns) = cluster.subscribers(topic).await?;
+            return Ok(Subscribers { total, patterns });
+        }
         let (total, patterns) = self.hub.subscriber_counts(topic).unwrap_or((0, 0));
         Ok(Subscribers { total, patterns })
     }
@@ -102,7 +135,10 @@ impl Presence {
         after: Option<&Topic>,
         limit: usize,
     ) -> Result<(Vec<Topic>, Option<Topic>), RequestError> {
-        let (page, more) = self.hub.presence().occupied(after, limit);
+        let (page, more) = match &self.cluster {
+            Some(cluster) => cluster.occupied(after, limit).await?,
+            None => self.hub.presence().occupied(after, limit),
+        };
         let next = more.then(|| page.last().cloned()).flatten();
         Ok((page, next))
     }
@@ -111,8 +147,13 @@ impl Presence {
     /// the vacate delay) and presence, each once. In a cluster the Redis part decides which
     /// node emits; here, this one.
     pub async fn run(self: Arc<Self>) {
+        if let Some(cluster) = &self.cluster {
+            let this = self.clone();
+            let emit: Emit = Arc::new(move |kind, topic, member| this.emit(kind, topic, member));
+            return cluster.clone().run(self.hub.clone(), emit).await;
+        }
         let presence = self.hub.presence();
-        presence.track();
+        presence.track(false);
         let mut occupancy = Occupancy::default();
         loop {
             let wake = occupancy.next_deadline();

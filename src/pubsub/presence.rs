@@ -35,6 +35,8 @@ pub type ClientId = u64;
 #[derive(Debug)]
 pub struct Member {
     pub client: ClientId,
+    /// `client` as the JSON shows it, unique in the cluster (the member's key in Redis).
+    pub shown: Box<str>,
     json: Box<RawValue>,
 }
 
@@ -56,7 +58,17 @@ impl Member {
         .expect("serializing strings and raw JSON cannot fail");
         Member {
             client,
+            shown: shown_client.into(),
             json: RawValue::from_string(json).expect("serde_json wrote valid JSON"),
+        }
+    }
+
+    /// A member of another node, as Redis holds it (`shown` its client, `json` the whole).
+    pub fn stored(shown: &str, json: Box<RawValue>) -> Member {
+        Member {
+            client: 0,
+            shown: shown.into(),
+            json,
         }
     }
 
@@ -123,6 +135,11 @@ pub struct Presence {
     /// Whether someone reads [`Presence::take`] (the node's presence task): otherwise nothing
     /// is queued.
     tracked: AtomicBool,
+    /// Every change of a topic's subscriber count is marked, not only to and from zero (a
+    /// cluster node keeps its counts in Redis).
+    all_counts: AtomicBool,
+    /// Changes were dropped ([`MAX_CHANGES`]): the reader must resync what it keeps elsewhere.
+    lost: AtomicBool,
     wake: tokio::sync::Notify,
     metrics: Arc<Metrics>,
 }
@@ -136,6 +153,8 @@ impl Presence {
             occupied: Mutex::default(),
             pending: Mutex::default(),
             tracked: AtomicBool::new(false),
+            all_counts: AtomicBool::new(false),
+            lost: AtomicBool::new(false),
             wake: tokio::sync::Notify::new(),
             metrics,
         }
@@ -146,9 +165,16 @@ impl Presence {
         self.patterns.iter().any(|p| p.matches(topic))
     }
 
-    /// From now on changes are queued for [`Presence::take`].
-    pub fn track(&self) {
+    /// From now on changes are queued for [`Presence::take`]; with `all_counts`, every
+    /// change of a subscriber count, not only the transitions.
+    pub fn track(&self, all_counts: bool) {
+        self.all_counts.store(all_counts, Ordering::Release);
         self.tracked.store(true, Ordering::Release);
+    }
+
+    /// Whether changes were dropped since the last call (the queue was full).
+    pub fn lost_changes(&self) -> bool {
+        self.lost.swap(false, Ordering::AcqRel)
     }
 
     /// Seats `joining` in `topic`'s room (under the topic's lock), or updates whether it wants
@@ -174,14 +200,7 @@ impl Presence {
         }
         self.metrics.presence_members.inc();
         if room.watchers > 0 {
-            let frame = event_frame("join", topic, &joining.member);
-            room.seats
-                .values()
-                .filter_map(|s| s.events.as_ref())
-                .for_each(|o| {
-                    // A watcher that cannot take it is ended as a slow consumer by its outbox.
-                    let _ = o.push(frame.clone());
-                });
+            push_watchers(&room, &event_frame("join", topic, joining.member.json()));
         }
         drop(room);
         self.queue(Change::Join(topic.clone(), joining.member.clone()));
@@ -199,14 +218,7 @@ impl Presence {
         room.watchers -= usize::from(seat.events.is_some());
         self.metrics.presence_members.dec();
         if room.watchers > 0 {
-            let frame = event_frame("leave", topic, &seat.member);
-            room.seats
-                .values()
-                .filter_map(|s| s.events.as_ref())
-                .for_each(|o| {
-                    // A watcher that cannot take it is ended as a slow consumer by its outbox.
-                    let _ = o.push(frame.clone());
-                });
+            push_watchers(&room, &event_frame("leave", topic, seat.member.json()));
         }
         let empty = room.seats.is_empty();
         drop(room);
@@ -214,6 +226,34 @@ impl Presence {
             self.rooms.remove_if(topic, |_, r| r.seats.is_empty());
         }
         self.queue(Change::Leave(topic.clone(), seat.member));
+    }
+
+    /// A member of another node joined or left (`frame`): for the local watchers of `topic`
+    /// (under its lock, so it takes its place among the updates).
+    pub(crate) fn remote(&self, topic: &Topic, frame: &Bytes) {
+        if let Some(room) = self.rooms.get(topic) {
+            if room.watchers > 0 {
+                push_watchers(&room, frame);
+            }
+        }
+    }
+
+    /// Every local member of every room, collected one room at a time: what a cluster node
+    /// writes to Redis when it must resync.
+    pub fn all_members(&self) -> Vec<(Topic, Arc<Member>)> {
+        let rooms: Vec<Topic> = self.rooms.iter().map(|r| r.key().clone()).collect();
+        let mut all = Vec::new();
+        for topic in rooms {
+            if let Some(room) = self.rooms.get(&topic) {
+                all.extend(room.seats.values().map(|s| (topic.clone(), s.member.clone())));
+            }
+        }
+        all
+    }
+
+    /// Every locally occupied topic, for the same resync.
+    pub fn all_occupied(&self) -> Vec<Topic> {
+        lock(&self.occupied).iter().cloned().collect()
     }
 
     /// Up to `limit` of `topic`'s local members, and how many there are.
@@ -235,16 +275,18 @@ impl Presence {
         }
     }
 
-    /// `topic` has its first local subscriber (`true`) or lost its last one (under its lock).
-    pub(crate) fn occupancy(&self, topic: &Topic, occupied: bool) {
-        {
+    /// `topic`'s local subscriber count went from `before` to `after` (under its lock).
+    pub(crate) fn counted(&self, topic: &Topic, before: usize, after: usize) {
+        let transition = (before == 0) != (after == 0);
+        if transition {
             let mut set = lock(&self.occupied);
-            match occupied {
+            match after > 0 {
                 true => set.insert(topic.clone()),
                 false => set.remove(topic),
             };
         }
-        if self.tracked.load(Ordering::Acquire) {
+        let wanted = transition || (before != after && self.all_counts.load(Ordering::Acquire));
+        if wanted && self.tracked.load(Ordering::Acquire) {
             lock(&self.pending).occupancy.insert(topic.clone());
             self.wake.notify_one();
         }
@@ -269,7 +311,9 @@ impl Presence {
         let mut pending = lock(&self.pending);
         if pending.changes.len() >= MAX_CHANGES {
             drop(pending);
+            self.lost.store(true, Ordering::Release);
             self.metrics.presence_changes_dropped.inc();
+            self.wake.notify_one();
             return;
         }
         pending.changes.push_back(change);
@@ -295,8 +339,15 @@ impl Presence {
     }
 }
 
+fn push_watchers(room: &Room, frame: &Bytes) {
+    for outbox in room.seats.values().filter_map(|s| s.events.as_ref()) {
+        // A watcher that cannot take it is ended as a slow consumer by its outbox.
+        let _ = outbox.push(frame.clone());
+    }
+}
+
 /// A `join` or `leave` frame.
-pub fn event_frame(kind: &'static str, topic: &Topic, member: &Member) -> Bytes {
+pub fn event_frame(kind: &'static str, topic: &Topic, member: &RawValue) -> Bytes {
     #[derive(Serialize)]
     struct Event<'a> {
         #[serde(rename = "type")]
@@ -304,9 +355,5 @@ pub fn event_frame(kind: &'static str, topic: &Topic, member: &Member) -> Bytes 
         topic: &'a Topic,
         member: &'a RawValue,
     }
-    wire::json_frame(&Event {
-        kind,
-        topic,
-        member: member.json(),
-    })
+    wire::json_frame(&Event { kind, topic, member })
 }

@@ -276,3 +276,45 @@ fn history_policies_are_indexed_and_capped() {
         .expect_err("256 policies are refused");
     assert!(e.to_string().contains("at most 255 policies"), "{e}");
 }
+
+#[test]
+fn presence_occupancy_and_webhooks_are_checked() {
+    let s = Settings::from_toml("").unwrap();
+    assert!(s.presence.patterns.is_empty() && s.webhooks.is_empty());
+    assert_eq!(s.presence.max_members, 1000);
+    assert_eq!(s.presence.ttl, Duration::from_secs(30));
+    assert_eq!(s.occupancy.vacate_delay, Duration::from_secs(5));
+
+    let ok =
+        "[[webhooks]]\nurl = \"http://127.0.0.1:9/h\"\nevents = [\"occupied\", \"leave\"]\nsecret = \"s\"\n";
+    let s = Settings::from_toml(ok).unwrap();
+    let w = &s.webhooks[0];
+    assert_eq!(
+        (w.max_attempts, w.timeout, w.queue),
+        (5, Duration::from_secs(5), 1000)
+    );
+    assert!(!format!("{w:?}").contains("\"s\""), "the secret is not printed");
+
+    let bad = "[presence]\npatterns = [\"chat..x\"]\nmax_members = 0\nttl = \"1s\"\n\
+               [occupancy]\nvacate_delay = \"2h\"\n";
+    let keys: Vec<String> = problems(bad).into_iter().map(|p| p.key).collect();
+    for key in [
+        "presence.patterns",
+        "presence.max_members",
+        "presence.ttl",
+        "occupancy.vacate_delay",
+    ] {
+        assert!(keys.contains(&key.to_string()), "{key} in {keys:?}");
+    }
+    let bad = "[[webhooks]]\nurl = \"https://x/h\"\nevents = [\"joined\"]\ntopics = [\"a..b\"]\nsecret = \"\"\nqueue = 0\n";
+    let p = problems(bad);
+    let p = p.iter().find(|p| p.key == "webhooks").expect("webhooks refused");
+    for part in ["entry 0", "http://", "\"joined\"", "topics", "secret", "queue"] {
+        assert!(p.message.contains(part), "{part}: {p}");
+    }
+    let p = problems("[[webhooks]]\nurl = \"http://a/\"\nevents = [\"join\"]\nsecret = \"s\"\nretries = 3\n");
+    assert!(
+        p.iter().any(|p| p.key.starts_with("webhooks")),
+        "unknown key: {p:?}"
+    );
+}

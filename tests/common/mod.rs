@@ -32,6 +32,8 @@ pub mod time;
 #[allow(dead_code)]
 pub mod tls;
 #[allow(dead_code)]
+pub mod webhook;
+#[allow(dead_code)]
 pub mod ws;
 
 #[allow(unused_imports)]

@@ -25,12 +25,14 @@
 //!
 //! Files: this one holds the broker's state and what the node asks of it (its errors become
 //! the [`RequestError`]s clients see here); `commands`: the publish script and the reads;
-//! `interest`: what local clients want; `link`: the pub/sub link task. The Lua script is
-//! `publish.lua`.
+//! `interest`: what local clients want; `link`: the pub/sub link task; `presence`: the
+//! cluster's presence rooms, subscriber counts and occupancy (its script `presence.lua`). The
+//! publish script is `publish.lua`.
 
 mod commands;
 mod interest;
 mod link;
+pub mod presence;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
@@ -118,6 +120,22 @@ pub struct RedisBroker {
     commands: mpsc::Sender<Command>,
 }
 
+/// A Redis client for `settings.redis_url` (TLS with `redis_ca_file` when set).
+fn client(settings: &BrokerSettings) -> Result<Client, BrokerError> {
+    let url = settings.redis_url.expose();
+    Ok(match &settings.redis_ca_file {
+        Some(ca) => {
+            let root_cert = std::fs::read(ca).map_err(|e| BrokerError::CaFile(ca.clone(), e))?;
+            let certs = redis::TlsCertificates {
+                client_tls: None,
+                root_cert: Some(root_cert),
+            };
+            Client::build_with_tls(url, certs)?
+        }
+        None => Client::open(url)?,
+    })
+}
+
 /// The edge's view of a broker failure, logged once here with its detail.
 fn unavailable(e: BrokerError) -> RequestError {
     if let BrokerError::TooManyTopics(max) = e {
@@ -139,18 +157,7 @@ impl RedisBroker {
         hub: Arc<Hub>,
         metrics: Arc<Metrics>,
     ) -> Result<Arc<RedisBroker>, BrokerError> {
-        let url = settings.redis_url.expose();
-        let client = match &settings.redis_ca_file {
-            Some(ca) => {
-                let root_cert = std::fs::read(ca).map_err(|e| BrokerError::CaFile(ca.clone(), e))?;
-                let certs = redis::TlsCertificates {
-                    client_tls: None,
-                    root_cert: Some(root_cert),
-                };
-                Client::build_with_tls(url, certs)?
-            }
-            None => Client::open(url)?,
-        };
+        let client = client(settings)?;
         let (commands, queue) = mpsc::channel(COMMAND_QUEUE);
         let broker = Arc::new(RedisBroker {
             client,

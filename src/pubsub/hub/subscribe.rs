@@ -143,14 +143,12 @@ impl Hub {
     /// topic is left idle.
     fn remove_reason(&self, topic: &Topic, entry: &TopicEntry, who: ClientId, sub: &Pattern) -> bool {
         let mut state = lock(&entry.state);
-        let had = !state.subscribers.is_empty();
+        let before = state.subscribers.len();
         let idle = state.remove(who, sub, self.mirrored);
         if sub.as_str() == topic.as_str() && self.presence.covers(topic) {
             self.presence.leave(topic, who);
         }
-        if had && state.subscribers.is_empty() {
-            self.presence.occupancy(topic, false);
-        }
+        self.presence.counted(topic, before, state.subscribers.len());
         idle
     }
 }
@@ -270,12 +268,10 @@ impl CatchUp<'_> {
     /// Registers the subscriber on `topic` for `reason`, then, the first time the request meets
     /// the topic, records its position and the frames that bring the client up to date.
     fn add(&mut self, topic: &Topic, entry: &TopicEntry, state: &mut TopicState, reason: &Pattern) {
-        let was_empty = state.subscribers.is_empty();
+        let before = state.subscribers.len();
         let fresh = state.add(self.who, reason, self.terms);
         let presence = &self.hub.presence;
-        if was_empty {
-            presence.occupancy(topic, true);
-        }
+        presence.counted(topic, before, state.subscribers.len());
         if let Some(joining) = &self.joining {
             if reason.as_str() == topic.as_str() && presence.covers(topic) {
                 presence.join(topic, joining, &self.who.outbox);

@@ -70,7 +70,7 @@ impl Hub {
             state.add(&who, pattern, *terms);
         });
         if !state.subscribers.is_empty() {
-            self.presence.occupancy(topic, true);
+            self.presence.counted(topic, 0, state.subscribers.len());
         }
         let entry = Arc::new(TopicEntry {
             key: self.next_key.fetch_add(1, Ordering::Relaxed),
@@ -238,6 +238,18 @@ impl Hub {
             .filter(|s| s.reasons.iter().all(|r| r.pattern.as_str() != topic.as_str()))
             .count();
         Some((state.subscribers.len(), patterns_only))
+    }
+
+    /// Queues a `join`/`leave` `frame` of another node's member for the local watchers of
+    /// `topic`, under the topic's lock like its updates.
+    pub fn presence_event(&self, topic: &Topic, frame: &bytes::Bytes) {
+        let Some(entry) = self.topics.get(topic).map(|e| e.clone()) else {
+            return;
+        };
+        let state = lock(&entry.state);
+        if !state.removed {
+            self.presence.remote(topic, frame);
+        }
     }
 
     /// Local subscribers of `topic`, if the hub holds it.
