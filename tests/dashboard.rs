@@ -3,12 +3,9 @@
 mod common;
 
 use std::collections::BTreeSet;
-use std::sync::Arc;
-use std::time::Duration;
 
 use common::*;
 use serde_json::{json, Value};
-use tokio::net::TcpListener;
 
 const DASHBOARD: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/dashboards/tickwire.json");
 
@@ -71,29 +68,15 @@ fn token_extraction() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_metric_the_dashboard_queries_is_exported() {
-    // A webhook receiver (the feed_on_demand example, which answers 200 to any signed event),
-    // so that `tickwire_webhook_requests_total{event,result}` gets a label set.
-    let receiver = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let receiver_addr = receiver.local_addr().unwrap();
+    // A webhook receiver, so that `tickwire_webhook_requests_total{event,result}` gets a
+    // label set.
+    let receiver = common::webhook::Receiver::start(&[]).await;
     let server = start(&format!(
-        "[[webhooks]]\nurl = \"http://{receiver_addr}/webhook\"\nevents = [\"occupied\"]\nsecret = \"dash\"\n"
+        "[[webhooks]]\nurl = \"http://{}/hook\"\nevents = [\"occupied\"]\nsecret = \"dash\"\n",
+        receiver.addr
     ))
     .await;
     let addr = server.addr;
-    let app = feed_on_demand::App::new(feed_on_demand::Config {
-        tickwire: format!("http://{addr}"),
-        api_key: None,
-        secret: b"dash".to_vec(),
-        path: "/webhook".into(),
-        prefix: "feed.".into(),
-        interval: Duration::from_secs(1),
-    })
-    .unwrap();
-    tokio::spawn(feed_on_demand::serve(
-        receiver,
-        Arc::new(app),
-        std::future::pending(),
-    ));
     // Exercise every labelled family at least once: HTTP publish, WS subscribe + delivery (and
     // the topic's `occupied` webhook), a scrape (labelled HTTP families only appear once a route
     // has been used).
