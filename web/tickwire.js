@@ -11,7 +11,8 @@
 // here, so the application always gets full `data`. `transport: "sse"` carries the same
 // requests over `EventSource` and HTTP (see SseSocket below); `"auto"` (the default) falls back
 // to it when WebSocket fails to open twice in a row, and tries WebSocket again later.
-// See docs/web.md and docs/protocol.md §4.1, §4.5.
+// Presence: `presence(topic)` and `presenceEvents` subscriptions with `join`/`leave` events.
+// See docs/web.md and docs/protocol.md §4.1, §4.5, §4.7.
 
 /** @typedef {{type: 'update'|'snapshot', topic: string, seq: number, ts: number, data: *}} Update
  *  `ts`: milliseconds since the Unix epoch (server clock); `data`: the payload, always whole */

@@ -75,6 +75,15 @@
 //! with `delta`, or a new delta subscription overlapping a plain one) costs one such round per
 //! topic: the client kept no data for the first delta to apply to.
 //!
+//! # Presence
+//!
+//! For topics under the server's `presence.patterns`, [`Client::presence`] answers who is there
+//! ([`Presence`]: [`Member`]s and their exact count), and a subscription made with
+//! [`SubscribeOptions::presence_events`] delivers [`Event::Join`] and [`Event::Leave`] in order
+//! with the topic's updates (callbacks `on_join`/`on_leave`). The client keeps no member list
+//! and does not replay the joins and leaves of a disconnection: after [`Event::Open`], ask
+//! [`Client::presence`] again.
+//!
 //! # Refused subscriptions
 //!
 //! A subscribe the server refuses with a transient error (`unavailable`: a cluster node that has
