@@ -25,7 +25,7 @@ use tracing::{info, warn};
 
 mod cli;
 
-use cli::{run_client, PublishArgs, SubscribeArgs};
+use cli::{run_client, PresenceArgs, PublishArgs, SubscribeArgs};
 
 /// `--version`: the crate version, the commit and the build date (from `build.rs`).
 const VERSION: &str = concat!(
@@ -103,6 +103,9 @@ enum Command {
     /// Publish over the HTTP API: one message from the arguments, or, without TOPIC and DATA,
     /// NDJSON lines `{"topic":..,"data":..}` from stdin, sent in batches.
     Publish(PublishArgs),
+    /// Who is in a presence room, cluster-wide, over the HTTP API: one JSON line
+    /// `{"topic","members","count"}` (at most presence.max_members members listed; count exact).
+    Presence(PresenceArgs),
     /// Print a shell completion script, e.g. `tickwire completions bash >
     /// /etc/bash_completion.d/tickwire`.
     Completions {
@@ -119,6 +122,7 @@ fn main() -> ExitCode {
     let (check_only, config) = match cli.command {
         Command::Subscribe(args) => return run_client(cli::subscribe::run(args)),
         Command::Publish(args) => return run_client(cli::publish::run(args)),
+        Command::Presence(args) => return run_client(cli::presence::run(args)),
         Command::HashKey { name, publish } => return hash_key(&name, &publish),
         Command::Completions { shell } => return completions(&shell),
         Command::Man => return man(),

@@ -308,3 +308,76 @@ async fn the_topic_api_counts_subscribers_and_lists_occupied_topics() {
     let (status, body) = get_json(addr, "/api/v1/topics?occupied=maybe").await;
     assert_http_error(status, &body, 400, Some("bad_request"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_prints_a_room() {
+    let keys = tickwire::apikey::generate().unwrap();
+    let toml = format!(
+        "{ROOMS}[[auth.api_keys]]\nname = \"ops\"\nsha256 = \"{}\"\npublish = [\"x.>\"]\n",
+        keys.sha256
+    );
+    let server = start(&toml).await;
+    let mut ws = connect(server.addr).await;
+    subscribe(&mut ws, 1, &["chat.cli"]).await;
+    let url = format!("http://{}", server.addr);
+    let run = |args: Vec<String>| {
+        tokio::task::spawn_blocking(move || {
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            run_tickwire(&args, &[])
+        })
+    };
+    let key = keys.key.clone();
+    let o = run(vec![
+        "presence".into(),
+        "--url".into(),
+        url.clone(),
+        "--api-key".into(),
+        key,
+        "chat.cli".into(),
+    ])
+    .await
+    .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let room: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(
+        (room["topic"].clone(), room["count"].clone()),
+        (json!("chat.cli"), json!(1))
+    );
+    assert_eq!(room["members"][0]["user"], "anonymous");
+
+    let o = run(vec!["presence".into(), "--url".into(), url, "chat.cli".into()])
+        .await
+        .unwrap();
+    assert_eq!(o.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(stderr.contains("--api-key"), "{stderr}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_presence_reply_fits_the_connections_queue() {
+    // 40 members of ~1 KiB info each: 40 KiB, more than half of a 64 KiB queue.
+    let toml = format!(
+        "{JWT_TOML}{ROOMS}max_members = 100\n[queue]\nmax_bytes = 65536\n\
+         [server]\nmax_message_bytes = 16384\n[http]\nmax_message_bytes = 16384\n"
+    );
+    let server = start(&toml).await;
+    let info = json!({"bio": "x".repeat(1000)});
+    let mut members_ws = Vec::new();
+    for i in 0..40 {
+        let mut ws = member(server.addr, &format!("u{i}"), &["chat.>"], Some(info.clone())).await;
+        subscribe(&mut ws, 1, &["chat.big"]).await;
+        members_ws.push(ws);
+    }
+    let reply = request(
+        &mut members_ws[0],
+        json!({"op": "presence", "id": 1, "topic": "chat.big"}),
+    )
+    .await;
+    assert_eq!(reply["count"], 40);
+    let listed = reply["members"].as_array().unwrap().len();
+    assert!((25..=32).contains(&listed), "{listed} listed within 32 KiB");
+    assert_usable(&mut members_ws[0], 2).await;
+    // Over HTTP the list is bounded by max_members only.
+    let (_, body) = get_json(server.addr, "/api/v1/topics/chat.big/presence").await;
+    assert_eq!(body["members"].as_array().unwrap().len(), 40);
+}

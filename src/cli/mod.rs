@@ -2,6 +2,7 @@
 //! `tickwire-client` crate: their arguments, how a failure maps to an exit code, and Ctrl-C.
 //! Private to the binary; the server never depends on it.
 
+pub(crate) mod presence;
 pub(crate) mod publish;
 mod sse;
 pub(crate) mod subscribe;
@@ -90,6 +91,18 @@ pub(crate) struct PublishArgs {
     pub(crate) topic: Option<String>,
     /// The payload: any JSON value, e.g. '{"text":"hi"}'.
     pub(crate) data: Option<String>,
+}
+
+#[derive(Args)]
+pub(crate) struct PresenceArgs {
+    #[command(flatten)]
+    pub(crate) server: ServerArgs,
+    /// An API key (`Authorization: Bearer`), needed once the server has `auth.api_keys`.
+    #[arg(long = "api-key", value_name = "KEY")]
+    pub(crate) api_key: Option<String>,
+    /// The presence room, e.g. `chat.lobby` (a topic matching the server's presence.patterns).
+    #[arg(value_name = "TOPIC")]
+    pub(crate) topic: String,
 }
 
 /// Why a client command failed, and its exit code.

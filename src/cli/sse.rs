@@ -420,8 +420,9 @@ impl Parser {
     }
 }
 
-/// Where the stream is: parsed once, connected to on every (re)connect.
-struct Endpoint {
+/// Where the stream is (or another GET of the HTTP API): parsed once, connected to on every
+/// (re)connect.
+pub(super) struct Endpoint {
     url: String,
     host: String,
     port: u16,
@@ -431,7 +432,7 @@ struct Endpoint {
 }
 
 impl Endpoint {
-    fn parse(url: &str) -> Result<Endpoint, Error> {
+    pub(super) fn parse(url: &str) -> Result<Endpoint, Error> {
         let invalid = |reason: String| Error::InvalidUrl {
             url: url.to_string(),
             reason,
@@ -464,6 +465,17 @@ impl Endpoint {
 
     /// One GET of the stream. A non-200 answer is the server's refusal, read from its error body.
     async fn open(&self, token: Option<&str>, last_id: Option<&str>) -> Result<Response<Incoming>, Error> {
+        self.get(token, last_id, "text/event-stream").await
+    }
+
+    /// One GET accepting `accept`, with `token` as `Authorization: Bearer`; a non-200 answer
+    /// is the server's refusal, read from its error body.
+    pub(super) async fn get(
+        &self,
+        token: Option<&str>,
+        last_id: Option<&str>,
+        accept: &str,
+    ) -> Result<Response<Incoming>, Error> {
         let connect_err = |source: tickwire_client::BoxError| Error::Connect {
             url: self.url.clone(),
             source,
@@ -483,7 +495,7 @@ impl Endpoint {
             .map_err(connect_err)?;
             let mut request = Request::get(self.path_and_query.as_str())
                 .header(HOST, self.authority.as_str())
-                .header(ACCEPT, "text/event-stream")
+                .header(ACCEPT, accept)
                 .header(USER_AGENT, concat!("tickwire/", env!("CARGO_PKG_VERSION")));
             if let Some(token) = token {
                 request = request.header(AUTHORIZATION, format!("Bearer {token}"));

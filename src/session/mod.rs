@@ -253,7 +253,19 @@ impl<'a, E: Expiry> Session<'a, E> {
         }
         match presence.room(&topic).await {
             Ok(room) => {
-                let members: Vec<&RawValue> = room.members.iter().map(|m| m.json()).collect();
+                // A reply must fit the connection's queue (replies are never conflated): the
+                // listed members stop at half of it, `count` stays exact.
+                let mut budget = self.app.settings.queue.max_bytes / 2;
+                let members: Vec<&RawValue> = (room.members.iter())
+                    .map(|m| m.json())
+                    .take_while(|m| match budget.checked_sub(m.get().len() + 1) {
+                        Some(left) => {
+                            budget = left;
+                            true
+                        }
+                        None => false,
+                    })
+                    .collect();
                 self.reply(Reply::Presence {
                     id,
                     topic: &topic,

@@ -25,7 +25,6 @@ use futures_util::StreamExt;
 use redis::aio::MultiplexedConnection;
 use redis::{AsyncConnectionConfig, Client, Script};
 use serde_json::value::RawValue;
-use tokio::sync::Mutex as AsyncMutex;
 use tracing::{debug, warn};
 
 use crate::metrics::Metrics;
@@ -33,6 +32,7 @@ use crate::protocol::error::RequestError;
 use crate::pubsub::hub::Hub;
 use crate::pubsub::presence::{event_frame, Change, Member};
 use crate::settings::Settings;
+use crate::sync::{read, write};
 use crate::topic::Topic;
 use crate::webhooks::EventKind;
 
@@ -55,8 +55,9 @@ pub struct ClusterPresence {
     ttl: Duration,
     vacate_delay: Duration,
     script: Script,
-    /// The command connection, made at first use and again after a failure.
-    conn: AsyncMutex<Option<MultiplexedConnection>>,
+    /// The command connection, made at first use and again after a failure (two tasks may
+    /// make one at once; the last one stays, harmlessly). No lock is held while connecting.
+    conn: std::sync::RwLock<Option<MultiplexedConnection>>,
     metrics: Arc<Metrics>,
 }
 
@@ -81,7 +82,7 @@ impl ClusterPresence {
             ttl: settings.presence.ttl,
             vacate_delay: settings.occupancy.vacate_delay,
             script: Script::new(PRESENCE_LUA),
-            conn: AsyncMutex::new(None),
+            conn: std::sync::RwLock::new(None),
             metrics,
         }
     }
@@ -91,8 +92,7 @@ impl ClusterPresence {
     }
 
     async fn connection(&self) -> Result<MultiplexedConnection, BrokerError> {
-        let mut conn = self.conn.lock().await;
-        if let Some(c) = &*conn {
+        if let Some(c) = &*read(&self.conn) {
             return Ok(c.clone());
         }
         let config = AsyncConnectionConfig::new()
@@ -102,7 +102,7 @@ impl ClusterPresence {
             .client
             .get_multiplexed_async_connection_with_config(&config)
             .await?;
-        *conn = Some(made.clone());
+        *write(&self.conn) = Some(made.clone());
         Ok(made)
     }
 
@@ -137,7 +137,7 @@ impl ClusterPresence {
             Err(_) => Err(BrokerError::Timeout(self.timeout)),
         };
         if result.is_err() {
-            *self.conn.lock().await = None;
+            *write(&self.conn) = None;
         }
         result
     }

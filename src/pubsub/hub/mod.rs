@@ -23,7 +23,9 @@
 //! Locks, always taken in this order and never held across an await:
 //! pattern index → topic map shard → topic state → outbox, and the name index and the creation
 //! epoch innermost (each only ever taken under a map shard, or alone, and never together); the
-//! pacer's queue of held-back deliveries is taken under a topic's state, or alone. A
+//! pacer's queue of held-back deliveries is taken under a topic's state, or alone. Presence
+//! (`pubsub::presence`) takes a room's map shard under a topic's state and before the
+//! outboxes, and its occupied set and change queue innermost. A
 //! publication is encoded once and
 //! pushed to every outbox while its topic's lock is held, which is what keeps per-topic order,
 //! makes snapshots race-free (no update lost or repeated around a snapshot) and guarantees that
