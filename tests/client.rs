@@ -9,6 +9,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use common::client::{expect_quiet, next, options, until, ws_url};
 use common::documents::{next_document, publish_text, Rng};
 use common::jwt::{claims, token as sign_token, JWT_TOML};
 use common::proxy::Proxy;
@@ -23,57 +24,6 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
-
-/// Options for tests: fast reconnects.
-fn options() -> ClientOptions {
-    ClientOptions::default()
-        .reconnect(Backoff {
-            initial: Duration::from_millis(20),
-            max: Duration::from_millis(100),
-            factor: 2.0,
-            max_attempts: None,
-        })
-        .request_timeout(Duration::from_secs(5))
-}
-
-fn ws_url(addr: SocketAddr) -> String {
-    format!("ws://{addr}/ws")
-}
-
-/// The next event, panicking on timeout or end of stream.
-async fn next(events: &mut Events) -> Event {
-    match tokio::time::timeout(RECV_TIMEOUT, events.recv()).await {
-        Ok(Some(event)) => event,
-        Ok(None) => panic!("event stream ended"),
-        Err(_) => panic!("no event within {RECV_TIMEOUT:?}"),
-    }
-}
-
-/// Reads events up to and including the first one `stop` accepts; returns them all.
-async fn until(events: &mut Events, what: &str, mut stop: impl FnMut(&Event) -> bool) -> Vec<Event> {
-    let mut seen = Vec::new();
-    let deadline = tokio::time::Instant::now() + RECV_TIMEOUT;
-    loop {
-        match tokio::time::timeout_at(deadline, events.recv()).await {
-            Ok(Some(event)) => {
-                let done = stop(&event);
-                seen.push(event);
-                if done {
-                    return seen;
-                }
-            }
-            Ok(None) => panic!("event stream ended while waiting for {what}; saw {seen:?}"),
-            Err(_) => panic!("timed out waiting for {what}; saw {seen:?}"),
-        }
-    }
-}
-
-/// Asserts that no event arrives for a while.
-async fn expect_quiet(events: &mut Events) {
-    if let Ok(event) = tokio::time::timeout(SILENCE, events.recv()).await {
-        panic!("expected no event, got {event:?}");
-    }
-}
 
 fn is_delivery(event: &Event, topic: &str, seq: u64) -> bool {
     matches!(event, Event::Update(u) | Event::Snapshot(u) if u.topic == topic && u.seq == seq)

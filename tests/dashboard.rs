@@ -68,14 +68,27 @@ fn token_extraction() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_metric_the_dashboard_queries_is_exported() {
-    let server = start("").await;
+    // A webhook receiver, so that `tickwire_webhook_requests_total{event,result}` gets a
+    // label set.
+    let receiver = common::webhook::Receiver::start(&[]).await;
+    let server = start(&format!(
+        "[[webhooks]]\nurl = \"http://{}/hook\"\nevents = [\"occupied\"]\nsecret = \"dash\"\n",
+        receiver.addr
+    ))
+    .await;
     let addr = server.addr;
-    // Exercise every labelled family at least once: HTTP publish, WS subscribe + delivery, a
-    // scrape (labelled HTTP families only appear once a route has been used).
+    // Exercise every labelled family at least once: HTTP publish, WS subscribe + delivery (and
+    // the topic's `occupied` webhook), a scrape (labelled HTTP families only appear once a route
+    // has been used).
     let mut ws = connect(addr).await;
     subscribe(&mut ws, 1, &["dash.x"]).await;
     publish(addr, "dash.x", json!(1)).await;
     assert_update(&recv_json(&mut ws).await, "dash.x");
+    let webhook = [("event", "occupied"), ("result", "ok")];
+    wait_metric(addr, "tickwire_webhook_requests_total", &webhook, "1", |v| {
+        v == 1.0
+    })
+    .await;
     scrape(addr).await;
     let exported = scrape(addr).await.names();
 

@@ -11,7 +11,8 @@
 // here, so the application always gets full `data`. `transport: "sse"` carries the same
 // requests over `EventSource` and HTTP (see SseSocket below); `"auto"` (the default) falls back
 // to it when WebSocket fails to open twice in a row, and tries WebSocket again later.
-// See docs/web.md and docs/protocol.md §4.1, §4.5.
+// Presence: `presence(topic)` and `presenceEvents` subscriptions with `join`/`leave` events.
+// See docs/web.md and docs/protocol.md §4.1, §4.5, §4.7.
 
 /** @typedef {{type: 'update'|'snapshot', topic: string, seq: number, ts: number, data: *}} Update
  *  `ts`: milliseconds since the Unix epoch (server clock); `data`: the payload, always whole */
@@ -38,6 +39,8 @@
  * @property {(code: number, reason: string) => void} [onClose]
  * @property {(err: Error) => void} [onError]
  * @property {(topics: string[], state: 'retrying'|'subscribed'|'failed', info: SubscriptionInfo) => void} [onSubscription]
+ * @property {(topic: string, member: Member) => void} [onJoin]  a member joined a topic subscribed with `presenceEvents`
+ * @property {(topic: string, member: Member) => void} [onLeave]  a member left it
  * @property {Backoff|false} [subscribeRetry]  backoff between retries of a subscribe refused with
  *   `unavailable` or `rate_limited` (default 500 ms growing x2 up to 30 s, full jitter); false: never retry
  * @property {typeof WebSocket} [WebSocket]  WebSocket implementation (default: globalThis.WebSocket)
@@ -54,6 +57,19 @@
  * @typedef {Object} SubscribeOptions
  * @property {number} [maxRate]  at most this many updates a second per topic (0.01 to 1000); the newest always arrives
  * @property {boolean} [delta]  updates may come as Fossil deltas of the previous data (applied here: `data` is always whole)
+ * @property {boolean} [presenceEvents]  `join` and `leave` events for the topic's members (docs/presence.md)
+ */
+
+/** A member of a topic under the server's `presence.patterns`: a connection with an exact
+ * subscription to it (docs/presence.md).
+ * @typedef {{client: string, user: string, info: *}} Member
+ *  `client`: the connection's id; `user`: the token's `sub`, or "anonymous"; `info`: the
+ *  token's `info` claim, or null. Nothing in it comes from the client itself.
+ */
+
+/** The answer to `presence(topic)`.
+ * @typedef {{topic: string, members: Member[], count: number}} Presence
+ *  `members`: at most `presence.max_members` (default 1,000); `count`: exact, cluster-wide
  */
 
 /**
@@ -104,7 +120,8 @@ const STABLE_MS = 5000;
  * Events (EventTarget): `open`, `message` (detail: Update), `reset` (detail: {topic}),
  * `close` (detail: {code, reason}), `error` (detail: Error), `status` (detail: status string),
  * `subscription` (detail: SubscriptionInfo) for subscriptions the client retries on its own,
- * `transport` (detail: 'websocket'|'sse') when a connection opens over another transport.
+ * `transport` (detail: 'websocket'|'sse') when a connection opens over another transport,
+ * `join` and `leave` (detail: {topic, member}) for subscriptions made with `presenceEvents`.
  */
 export class TickwireClient extends EventTarget {
   /**
@@ -261,9 +278,9 @@ export class TickwireClient extends EventTarget {
   }
 
   /** An HTTP URL on the server of `this.url`: `path` in place of its last segment (`/ws`), or
-   * the `sseUrl`/`publishUrl` option. @param {'/sse'|'/api/v1/publish'} path */
+   * the `sseUrl`/`publishUrl` option. @param {string} path  `/sse`, `/api/v1/publish`, `/api/v1/topics/…` */
   _httpUrl(path) {
-    const given = path === '/sse' ? this.options.sseUrl : this.options.publishUrl;
+    const given = path === '/sse' ? this.options.sseUrl : path === '/api/v1/publish' ? this.options.publishUrl : null;
     const base = typeof location !== 'undefined' ? location.href : undefined;
     if (given) return new URL(given, base).toString();
     const u = new URL(this.url, base);
@@ -549,6 +566,10 @@ export class TickwireClient extends EventTarget {
       this._emit('message', msg, msg);
       return;
     }
+    if (msg.type === 'join' || msg.type === 'leave') {
+      // In order with the topic's updates, as the server sent them; no list is kept here.
+      return this._emit(msg.type, { topic: msg.topic, member: msg.member }, msg.topic, msg.member);
+    }
     const r = msg.id != null ? this._pending.get(msg.id) : undefined;
     const err = msg.type === 'error' ? new TickwireError(msg.code, msg.message) : null;
     if (!r) {
@@ -652,10 +673,11 @@ export class TickwireClient extends EventTarget {
    * background (see `subscribeRetry`), reported by `subscription` events; `unsubscribe` stops it.
    * The options are kept with the subscriptions and sent again with every re-subscribe;
    * subscribing again to a held subscription replaces them. A `maxRate` out of bounds rejects
-   * at once with code `bad_request`.
+   * at once with code `bad_request`. `presenceEvents` asks for `join`/`leave` events of the
+   * topics' members (exact topics under the server's `presence.patterns`).
    * @param {string|string[]} topics @param {SubscribeOptions} [options] @returns {Promise<Object>}
    */
-  subscribe(topics, { maxRate, delta } = {}) {
+  subscribe(topics, { maxRate, delta, presenceEvents } = {}) {
     const opts = {};
     if (maxRate != null) {
       if (!(typeof maxRate === 'number' && maxRate >= 0.01 && maxRate <= 1000)) {
@@ -664,6 +686,7 @@ export class TickwireClient extends EventTarget {
       opts.max_rate = maxRate;
     }
     if (delta) opts.delta = 'fossil';
+    if (presenceEvents) opts.presence_events = true;
     return this._request({ op: 'subscribe', topics: [].concat(topics), ...opts }, 'subscribe', opts);
   }
 
@@ -680,6 +703,19 @@ export class TickwireClient extends EventTarget {
    * @param {string} topic @param {*} data @returns {Promise<Object>} */
   publish(topic, data) {
     return this._request({ op: 'publish', topic, data: data === undefined ? null : data }, 'publish');
+  }
+
+  /**
+   * Who is in `topic`: resolves with the `presence` reply ({topic, members, count}), rejects
+   * with a TickwireError (`forbidden` without the right to subscribe to the topic). Members are
+   * listed up to the server's `presence.max_members`; `count` is exact. A query in flight when
+   * the connection drops is sent again on the next one. To follow the list, subscribe with
+   * `presenceEvents` first and apply `join`/`leave` by `member.client`; after a reconnect
+   * (`open`), query again: joins and leaves meanwhile are not replayed.
+   * @param {string} topic @returns {Promise<Presence>}
+   */
+  presence(topic) {
+    return this._request({ op: 'presence', topic }, 'presence');
   }
 
   /** Closes the connection for good (code 1000); no reconnect. */
@@ -735,6 +771,7 @@ class SseSocket {
     if (this.readyState !== 1) return;
     const frame = JSON.parse(text);
     if (frame.op === 'publish') return this._publish(frame);
+    if (frame.op === 'presence') return this._presence(frame);
     if (frame.op !== 'subscribe' && frame.op !== 'unsubscribe') {
       return this._reply({ type: 'error', id: frame.id, code: 'bad_request', message: `${frame.op} is not available over SSE` });
     }
@@ -768,6 +805,51 @@ class SseSocket {
     this._reply(reply);
   }
 
+  /** `presence` over HTTP: `GET /api/v1/topics/{topic}/presence`, the token as bearer (without
+   * one it answers only while the server has no API key, as the other topic endpoints). */
+  async _presence(frame) {
+    const headers = {};
+    if (this.token) headers.Authorization = `Bearer ${this.token}`;
+    const url = this.client._httpUrl(`/api/v1/topics/${encodeURIComponent(frame.topic)}/presence`);
+    let reply;
+    try {
+      const r = await fetch(url, { headers, cache: 'no-store' });
+      const body = await r.json().catch(() => ({}));
+      reply = r.ok
+        ? { type: 'presence', id: frame.id, topic: body.topic ?? frame.topic, members: body.members || [], count: body.count ?? 0 }
+        : { type: 'error', id: frame.id, code: body.error?.code || 'unavailable', message: body.error?.message || `HTTP ${r.status}` };
+    } catch (e) {
+      reply = { type: 'error', id: frame.id, code: 'disconnected', message: `presence over HTTP failed: ${e.message}` };
+    }
+    this._reply(reply);
+  }
+
+  /**
+   * A stream carries no `join`/`leave`, but a subscribe with `presence_events` must be refused
+   * here as the server refuses it over WebSocket (a pattern, or a topic that is no presence
+   * room: `bad_request`), or a subscription accepted over SSE would be refused by the
+   * re-subscription after a switch to WebSocket, and lost. The rooms are asked with the
+   * presence endpoint; an answer other than 400 (401 with API keys, the server down) refuses
+   * nothing, and the stream's own subscribe decides.
+   * @param {string[]} topics @returns {Promise<{code: string, message: string}|null>}
+   */
+  async _presenceRefusal(topics) {
+    for (const t of topics) {
+      if (t.split('.').some((token) => token === '*' || token === '>')) {
+        return { code: 'bad_request', message: `presence_events needs exact topics matching presence.patterns: ${JSON.stringify(t)} is not one` };
+      }
+      try {
+        const r = await fetch(this.client._httpUrl(`/api/v1/topics/${encodeURIComponent(t)}/presence`),
+          { headers: this.token ? { Authorization: `Bearer ${this.token}` } : {}, cache: 'no-store' });
+        if (r.status === 400) {
+          const { error = {} } = await r.json().catch(() => ({}));
+          return { code: error.code || 'bad_request', message: error.message || `${t} is not a presence room` };
+        }
+      } catch { /* the stream's own request will tell */ }
+    }
+    return null;
+  }
+
   _group(frame) {
     const opts = {};
     if (frame.max_rate != null) opts.max_rate = frame.max_rate;
@@ -779,6 +861,10 @@ class SseSocket {
   }
 
   async _subscribe(frame) {
+    if (frame.presence_events) {
+      const refusal = await this._presenceRefusal(frame.topics);
+      if (refusal) return this._reply({ type: 'error', id: frame.id, ...refusal });
+    }
     const g = this._group(frame);
     const before = g.topics;
     const since = new Set(Object.keys(frame.since || {}));

@@ -124,6 +124,7 @@ async fn start(args: &SubscribeArgs, target: &Target, url: &str) -> Result<Sourc
     let subscribe = SubscribeOptions {
         max_rate: args.max_rate,
         delta: args.delta,
+        ..SubscribeOptions::default()
     };
     match client.subscribe_with(args.topics.clone(), subscribe).await {
         Ok(_) => {}

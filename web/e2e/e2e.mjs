@@ -387,6 +387,7 @@ try {
       TICKWIRE__AUTH__MODE: 'jwt',
       TICKWIRE__AUTH__JWT__HS256_SECRET: secret,
       TICKWIRE__FEED__ENABLED: 'false',
+      TICKWIRE__PRESENCE__PATTERNS: 'chat.>', // for (p)
     },
   });
   children.push(jwtNode);
@@ -435,6 +436,53 @@ try {
   await member.waitForFunction(() => document.querySelector('#rows tr[data-symbol="E2E"] td.last').textContent === '202.00', null, { timeout: 5000 });
   assert.equal(await member.isHidden('#auth'), true);
   log(`(j) JWT mode with ?token=: connected, hint "${hint.slice(0, 40)}…", then live updates (E2E 101 -> 202)`);
+
+  // (p) Presence in the chat (the JWT server has presence.patterns = ["chat.>"]): alice and bob,
+  // each with a token of their own, see each other in "online" and as join/leave lines. The
+  // main server has no presence room, so (c), (e) and (h) above ran the page's fallback.
+  const chatToken = (sub) => {
+    const r = spawnSync(TICKWIRE_BIN, ['token', '--sub', sub, '--subscribe', 'chat.>', '--publish', 'chat.>', '--ttl', '1h'],
+      { env: { ...process.env, TICKWIRE_JWT_SECRET: secret }, encoding: 'utf8' });
+    assert.equal(r.status, 0, r.stderr);
+    return r.stdout.trim();
+  };
+  const online = (page) => page.$$eval('#online .member', (els) => els.map((e) => e.textContent));
+  const presenceLines = (page) => page.$$eval('li.notice.presence', (els) => els.map((e) => e.textContent));
+  const whoRoom = `who${Date.now()}`;
+  const alicePres = await context.newPage();
+  watch(alicePres, 'alice (presence)');
+  await alicePres.goto(`${jwtBase}/chat?room=${whoRoom}&token=${encodeURIComponent(chatToken('alice'))}`);
+  await alicePres.waitForSelector(`li.notice:has-text("joined chat.${whoRoom}")`, { timeout: 10000 });
+  await alicePres.waitForFunction(() => document.querySelector('#online-count').textContent === 'online (1):', null, { timeout: 5000 });
+  assert.deepEqual(await online(alicePres), ['alice']);
+  const bobPres = await context.newPage();
+  watch(bobPres, 'bob (presence)');
+  await bobPres.goto(`${jwtBase}/chat?room=${whoRoom}&token=${encodeURIComponent(chatToken('bob'))}`);
+  await bobPres.waitForFunction(() => document.querySelector('#online-count').textContent === 'online (2):', null, { timeout: 10000 });
+  assert.deepEqual(await online(bobPres), ['alice', 'bob'], 'bob sees alice, who was there first');
+  await alicePres.waitForSelector('li.notice.presence:has-text("bob joined")', { timeout: 5000 });
+  await alicePres.waitForFunction(() => document.querySelector('#online-count').textContent === 'online (2):', null, { timeout: 5000 });
+  assert.deepEqual(await online(alicePres), ['alice', 'bob'], 'alice sees bob join');
+  assert.deepEqual(await presenceLines(bobPres), [], 'no line for those already there, nor for bob himself');
+  await bobPres.close(); // the WebSocket goes with the page
+  await alicePres.waitForSelector('li.notice.presence:has-text("bob left")', { timeout: 5000 });
+  await alicePres.waitForFunction(() => document.querySelector('#online-count').textContent === 'online (1):', null, { timeout: 5000 });
+  assert.deepEqual(await online(alicePres), ['alice'], 'bob gone from alice\'s list');
+  assert.deepEqual(await presenceLines(alicePres), ['bob joined', 'bob left']);
+  log('(p) presence: alice saw "bob joined" and "bob left" and her online list follow; bob saw alice on arrival');
+  // Over SSE: carol's stream makes her a member, and her list comes from the HTTP endpoint.
+  const carolPres = await context.newPage();
+  watch(carolPres, 'carol (presence over SSE)');
+  await carolPres.goto(`${jwtBase}/chat?room=${whoRoom}&transport=sse&token=${encodeURIComponent(chatToken('carol'))}`);
+  await carolPres.waitForFunction(() => document.querySelector('#online-count').textContent === 'online (2):', null, { timeout: 10000 });
+  assert.equal(await carolPres.textContent('#status'), 'connected (SSE)');
+  assert.deepEqual(await online(carolPres), ['alice', 'carol']);
+  await alicePres.waitForSelector('li.notice.presence:has-text("carol joined")', { timeout: 5000 });
+  await carolPres.close();
+  await alicePres.waitForSelector('li.notice.presence:has-text("carol left")', { timeout: 5000 });
+  assert.deepEqual(await online(alicePres), ['alice']);
+  log('(p) over SSE: carol is a member, her list [alice, carol] from GET …/presence; alice saw her join and leave');
+  await alicePres.close();
 
   // (k) Subscribe options in the browser client: a page subscribes to doc.* with {delta: true}
   // and to rate.e2e with {maxRate: 2}; random documents published over HTTP arrive whole, each

@@ -7,9 +7,13 @@
 //!
 //! Uses the callback API. `chat.>` topics use the server's `queue` policy and history, so after
 //! a dropped connection the messages missed meanwhile are replayed, in order, exactly once.
+//!
+//! When the server's `presence.patterns` cover the room (`presence.patterns = ["chat.>"]`), it
+//! prints who is there on joining and a line for each join and leave (docs/presence.md);
+//! otherwise the room is joined without them.
 
 use serde::{Deserialize, Serialize};
-use tickwire_client::{Client, ClientOptions, Kind};
+use tickwire_client::{Client, ClientOptions, Kind, SubscribeOptions};
 use tokio::io::AsyncBufReadExt;
 
 #[derive(Serialize, Deserialize)]
@@ -37,9 +41,21 @@ async fn main() -> Result<(), tickwire_client::Error> {
         .on_reset(|topic| eprintln!("* {topic}: some messages were lost"))
         .on_close(|code, reason| eprintln!("* disconnected ({code} {reason})"))
         .on_error(|e| eprintln!("* {e}"))
+        .on_join(|_, member| eprintln!("* {} joined ({})", member.user, member.client))
+        .on_leave(|_, member| eprintln!("* {} left ({})", member.user, member.client))
         .connect()
         .await?;
-    client.subscribe([topic.clone()]).await?;
+    let with_presence = SubscribeOptions::default().presence_events(true);
+    match client.subscribe_with([topic.clone()], with_presence).await {
+        Ok(_) => {
+            let here = client.presence(topic.as_str()).await?;
+            let users: Vec<&str> = here.members.iter().map(|m| m.user.as_str()).collect();
+            eprintln!("* {} here: {}", here.count, users.join(", "));
+        }
+        // Not a presence room on this server: join without who-is-there.
+        Err(e) if e.code() == Some("bad_request") => drop(client.subscribe([topic.clone()]).await?),
+        Err(e) => return Err(e),
+    }
     eprintln!("* joined {topic} as {nick}; type messages, Ctrl-D to leave");
 
     let mut lines = tokio::io::BufReader::new(tokio::io::stdin()).lines();

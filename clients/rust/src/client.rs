@@ -11,10 +11,12 @@ use serde::Serialize;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
-use crate::connection::{self, Command, Reply, Shared, Task};
+use crate::command::{Command, Reply};
+use crate::connection::{self, Shared, Task};
 use crate::error::{Error, Result};
 use crate::message::{Event, Published, Subscribed, SubscriptionState, Unsubscribed, Update};
 use crate::options::{ClientOptions, SubscribeOptions};
+use crate::presence::{Member, Presence};
 use crate::url::check_scheme;
 
 /// A connection to a tickwire server that reconnects by itself.
@@ -22,10 +24,10 @@ use crate::url::check_scheme;
 /// Cheap to clone; every clone drives the same connection. The connection closes when
 /// [`Client::close`] is called or the last clone is dropped.
 ///
-/// Requests (`subscribe`, `unsubscribe`, `publish`) are matched with their reply by `id` and
+/// Requests (`subscribe`, `unsubscribe`, `publish`, `presence`) are matched with their reply by `id` and
 /// wait at most [`ClientOptions::request_timeout`], which includes waiting for a reconnect:
 /// a request made while disconnected is sent once the connection is back. A subscribe or
-/// unsubscribe in flight when the connection drops is sent again; a publish in flight fails
+/// unsubscribe (or presence query) in flight when the connection drops is sent again; a publish in flight fails
 /// with [`Error::Disconnected`] because it may or may not have been carried out.
 #[derive(Clone)]
 pub struct Client {
@@ -226,6 +228,30 @@ impl Client {
         })
     }
 
+    /// Who is in `topic` now: its members (a connection with an exact subscription to it is
+    /// one) across the cluster, listed up to the server's `presence.max_members`, and their
+    /// exact count (`{"op":"presence"}`, docs/presence.md). Needs the right to subscribe to
+    /// the topic ([`Error::Server`] `forbidden` otherwise), and the topic under the server's
+    /// `presence.patterns` (`bad_request` otherwise).
+    ///
+    /// To follow the list, subscribe with [`SubscribeOptions::presence_events`] and apply
+    /// [`Event::Join`] and [`Event::Leave`] to this answer. A join that happens between the
+    /// subscribe and this answer may be both in the answer and an event: apply joins by
+    /// [`Member::client`], not by counting.
+    ///
+    /// ```no_run
+    /// # async fn run(client: tickwire_client::Client) -> Result<(), tickwire_client::Error> {
+    /// use tickwire_client::SubscribeOptions;
+    /// client.subscribe_with(["chat.lobby"], SubscribeOptions::default().presence_events(true)).await?;
+    /// let here = client.presence("chat.lobby").await?;
+    /// println!("{} online: {:?}", here.count, here.members.iter().map(|m| &m.user).collect::<Vec<_>>());
+    /// # Ok(()) }
+    /// ```
+    pub async fn presence(&self, topic: impl Into<String>) -> Result<Presence> {
+        let topic = topic.into();
+        self.request(|reply| Command::Presence { topic, reply }).await
+    }
+
     /// Closes the connection (close code 1000), stops reconnecting, and waits until the last
     /// event (`Close`) has been handed over and, with callbacks, handled.
     ///
@@ -287,6 +313,8 @@ struct Callbacks {
     on_close: Option<Callback2<u16, String>>,
     on_error: Option<Callback<Error>>,
     on_subscription: Option<Callback2<Vec<String>, SubscriptionState>>,
+    on_join: Option<Callback2<String, Member>>,
+    on_leave: Option<Callback2<String, Member>>,
 }
 
 impl Callbacks {
@@ -301,6 +329,8 @@ impl Callbacks {
                 Event::Subscription { topics, state } => {
                     self.on_subscription.as_mut().map(|f| f(topics, state))
                 }
+                Event::Join { topic, member } => self.on_join.as_mut().map(|f| f(topic, member)),
+                Event::Leave { topic, member } => self.on_leave.as_mut().map(|f| f(topic, member)),
             };
         }
     }
@@ -385,6 +415,19 @@ impl ClientBuilder {
         f: impl FnMut(Vec<String>, SubscriptionState) + Send + 'static,
     ) -> ClientBuilder {
         self.callbacks.on_subscription = Some(Box::new(f));
+        self
+    }
+
+    /// Called with the topic and the member when someone joins a topic subscribed with
+    /// [`SubscribeOptions::presence_events`] (see [`Event::Join`]).
+    pub fn on_join(mut self, f: impl FnMut(String, Member) + Send + 'static) -> ClientBuilder {
+        self.callbacks.on_join = Some(Box::new(f));
+        self
+    }
+
+    /// Called when someone leaves such a topic (see [`Event::Leave`]).
+    pub fn on_leave(mut self, f: impl FnMut(String, Member) + Send + 'static) -> ClientBuilder {
+        self.callbacks.on_leave = Some(Box::new(f));
         self
     }
 

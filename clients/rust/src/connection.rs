@@ -23,10 +23,9 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
-use serde_json::value::RawValue;
 use tickwire_proto::{close, code, pattern_matches};
 use tokio::net::TcpStream;
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
@@ -35,6 +34,7 @@ use tokio_tungstenite::tungstenite::{self, Message};
 use tokio_tungstenite::{Connector, MaybeTlsStream, WebSocketStream};
 use tracing::debug;
 
+use crate::command::{Command, Reply};
 use crate::delta::Bases;
 use crate::error::{Error, Result};
 use crate::message::{
@@ -42,12 +42,12 @@ use crate::message::{
     Unsubscribed, Update,
 };
 use crate::options::{default_tls, ClientOptions, SubscribeOptions};
+use crate::presence::Presence;
 use crate::subscriptions::Subscriptions;
 use crate::url::with_token;
 
 /// The client's WebSocket: tokio-tungstenite over TCP or rustls.
 pub type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
-pub(crate) type Reply<T> = oneshot::Sender<Result<T>>;
 
 /// Size at which re-subscribe requests are split between patterns.
 const BATCH_BYTES: usize = 32 << 10;
@@ -68,47 +68,6 @@ const STABLE_AFTER: Duration = Duration::from_secs(1);
 /// request may succeed later (Redis back, rate limit refilled).
 fn transient(code: &str) -> bool {
     code == code::UNAVAILABLE || code == code::RATE_LIMITED
-}
-
-/// A request from a [`Client`](crate::Client) handle.
-pub(crate) enum Command {
-    Subscribe {
-        topics: Vec<String>,
-        options: SubscribeOptions,
-        reply: Reply<Subscribed>,
-    },
-    Unsubscribe {
-        topics: Vec<String>,
-        reply: Reply<Unsubscribed>,
-    },
-    Publish {
-        topic: String,
-        data: Box<RawValue>,
-        /// `None` for fire-and-forget publishes: errors become [`Event::Error`].
-        reply: Option<Reply<Published>>,
-    },
-}
-
-impl Command {
-    fn abandoned(&self) -> bool {
-        match self {
-            Command::Subscribe { reply, .. } => reply.is_closed(),
-            Command::Unsubscribe { reply, .. } => reply.is_closed(),
-            Command::Publish { reply, .. } => reply.as_ref().is_some_and(|r| r.is_closed()),
-        }
-    }
-
-    fn fail(self, error: Error) {
-        match self {
-            Command::Subscribe { reply, .. } => drop(reply.send(Err(error))),
-            Command::Unsubscribe { reply, .. } => drop(reply.send(Err(error))),
-            Command::Publish { reply, .. } => {
-                if let Some(reply) = reply {
-                    let _ = reply.send(Err(error));
-                }
-            }
-        }
-    }
 }
 
 /// State shared between the task and the handles.
@@ -164,6 +123,10 @@ enum Pending {
     },
     Publish {
         reply: Option<Reply<Published>>,
+    },
+    Presence {
+        topic: String,
+        reply: Reply<Presence>,
     },
 }
 
@@ -604,6 +567,7 @@ impl Task {
             }
             Command::Unsubscribe { topics, .. } => Request::unsubscribe(id, topics).encode(),
             Command::Publish { topic, data, .. } => Request::publish(id, topic, data).encode(),
+            Command::Presence { topic, .. } => Request::presence(id, topic).encode(),
         };
         if let Command::Unsubscribe { topics, .. } = &cmd {
             self.cancel_retries(topics);
@@ -621,6 +585,7 @@ impl Task {
             },
             Command::Unsubscribe { topics, reply } => Pending::Unsubscribe { topics, reply },
             Command::Publish { reply, .. } => Pending::Publish { reply },
+            Command::Presence { topic, reply } => Pending::Presence { topic, reply },
         };
         self.pending.insert(id, pending);
         send(ws, Message::text(text)).await
@@ -851,6 +816,7 @@ impl Task {
                 Pending::Unsubscribe { topics, reply } => {
                     self.replay.push(Command::Unsubscribe { topics, reply })
                 }
+                Pending::Presence { topic, reply } => self.replay.push(Command::Presence { topic, reply }),
                 Pending::Publish { reply: Some(reply) } => drop(reply.send(Err(Error::Disconnected))),
                 // The re-subscription of the next connection asks for what these asked for.
                 Pending::Publish { reply: None }
@@ -925,6 +891,24 @@ impl Task {
                 }
                 other => self.mismatch(other, "published").await,
             },
+            Frame::Presence(id, presence) => match self.take_pending(id) {
+                Some(Pending::Presence { reply, .. }) => drop(reply.send(Ok(presence))),
+                other => self.mismatch(other, "presence").await,
+            },
+            Frame::Join(c) => {
+                self.emit(Event::Join {
+                    topic: c.topic,
+                    member: c.member,
+                })
+                .await
+            }
+            Frame::Leave(c) => {
+                self.emit(Event::Leave {
+                    topic: c.topic,
+                    member: c.member,
+                })
+                .await
+            }
             Frame::Pong => {}
             Frame::Error { id, code, message } => self.on_error_reply(id, code, message).await,
         }
@@ -945,6 +929,7 @@ impl Task {
             Pending::Subscribe { reply, .. } => drop(reply.send(Err(e()))),
             Pending::Unsubscribe { reply, .. } => drop(reply.send(Err(e()))),
             Pending::Publish { reply: Some(reply) } => drop(reply.send(Err(e()))),
+            Pending::Presence { reply, .. } => drop(reply.send(Err(e()))),
             Pending::Resync { topic } => drop(self.resyncing.remove(&topic)),
             Pending::Publish { reply: None } | Pending::Resubscribe { .. } | Pending::Retry { .. } => {}
         }
@@ -978,6 +963,7 @@ impl Task {
                 unclaimed
             }
             Some(Pending::Unsubscribe { reply, .. }) => reply.send(Err(error())).err().and_then(Result::err),
+            Some(Pending::Presence { reply, .. }) => reply.send(Err(error())).err().and_then(Result::err),
             Some(Pending::Publish { reply: Some(reply) }) => {
                 reply.send(Err(error())).err().and_then(Result::err)
             }
@@ -1231,6 +1217,7 @@ async fn closed_by_server(mut ws: Ws, frame: Option<CloseFrame>) -> End {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::value::RawValue;
 
     fn task() -> Task {
         let (_commands_tx, commands) = mpsc::channel(1);

@@ -75,6 +75,15 @@
 //! with `delta`, or a new delta subscription overlapping a plain one) costs one such round per
 //! topic: the client kept no data for the first delta to apply to.
 //!
+//! # Presence
+//!
+//! For topics under the server's `presence.patterns`, [`Client::presence`] answers who is there
+//! ([`Presence`]: [`Member`]s and their exact count), and a subscription made with
+//! [`SubscribeOptions::presence_events`] delivers [`Event::Join`] and [`Event::Leave`] in order
+//! with the topic's updates (callbacks `on_join`/`on_leave`). The client keeps no member list
+//! and does not replay the joins and leaves of a disconnection: after [`Event::Open`], ask
+//! [`Client::presence`] again.
+//!
 //! # Refused subscriptions
 //!
 //! A subscribe the server refuses with a transient error (`unavailable`: a cluster node that has
@@ -117,12 +126,14 @@
 #![warn(missing_docs)]
 
 mod client;
+mod command;
 mod connection;
 mod delta;
 mod error;
 mod http;
 mod message;
 mod options;
+mod presence;
 mod subscriptions;
 mod url;
 
@@ -138,6 +149,7 @@ pub use error::{BoxError, Error, Result};
 pub use http::{HttpPublisher, Outgoing};
 pub use message::{Event, SubscriptionState};
 pub use options::{Backoff, ClientOptions, SubscribeOptions, TokenProvider};
+pub use presence::{Member, Presence};
 /// The wire types and pattern matching, shared with the server (crate `tickwire-proto`).
 pub use tickwire_proto::{pattern_matches, Kind, Position, Published, Subscribed, Unsubscribed, Update};
 

@@ -12,6 +12,7 @@ pub use tickwire_proto::{Kind, Position, Published, Subscribed, Unsubscribed, Up
 
 use crate::error::Error;
 use crate::options::SubscribeOptions;
+use crate::presence::{Change, Member, Presence};
 
 /// What happens on a client, in order: the stream [`Events`](crate::Events) yields, and what
 /// the [`ClientBuilder`](crate::ClientBuilder) callbacks receive.
@@ -55,6 +56,22 @@ pub enum Event {
         topics: Vec<String>,
         /// Their new state.
         state: SubscriptionState,
+    },
+    /// `member` joined `topic`: a `join` frame of a subscription made with
+    /// [`SubscribeOptions::presence_events`], in order with the topic's updates.
+    Join {
+        /// The topic.
+        topic: String,
+        /// Who joined.
+        member: Member,
+    },
+    /// `member` left `topic` (unsubscribed, disconnected, or its node stopped answering for
+    /// `presence.ttl`); see [`Event::Join`].
+    Leave {
+        /// The topic.
+        topic: String,
+        /// Who left.
+        member: Member,
     },
 }
 
@@ -103,6 +120,9 @@ pub(crate) struct Request<'a> {
     /// `"fossil"`, the only delta format, when the subscription asks for deltas.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub delta: Option<&'static str>,
+    /// `true` when the subscription asks for `join` and `leave` frames; absent otherwise.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub presence_events: Option<bool>,
 }
 
 impl<'a> Request<'a> {
@@ -116,6 +136,7 @@ impl<'a> Request<'a> {
             since: None,
             max_rate: None,
             delta: None,
+            presence_events: None,
         }
     }
 
@@ -130,6 +151,7 @@ impl<'a> Request<'a> {
             since: (!since.is_empty()).then_some(since),
             max_rate: options.max_rate,
             delta: options.delta.then_some("fossil"),
+            presence_events: options.presence_events.then_some(true),
             ..Request::new("subscribe", id)
         }
     }
@@ -146,6 +168,13 @@ impl<'a> Request<'a> {
             topic: Some(topic),
             data: Some(data),
             ..Request::new("publish", id)
+        }
+    }
+
+    pub fn presence(id: i64, topic: &'a str) -> Request<'a> {
+        Request {
+            topic: Some(topic),
+            ..Request::new("presence", id)
         }
     }
 
@@ -169,6 +198,9 @@ pub(crate) enum Frame {
     Delivery(Update),
     /// An `update` carrying a delta in place of its `data`.
     Delta(DeltaUpdate),
+    Presence(Option<i64>, Presence),
+    Join(Change),
+    Leave(Change),
 }
 
 /// An `update` frame of a `"delta":"fossil"` subscription whose `delta` turns the topic's
@@ -214,6 +246,9 @@ impl Frame {
             "unsubscribed" => Frame::Unsubscribed(id, serde_json::from_str(text).map_err(bad)?),
             "published" => Frame::Published(id, serde_json::from_str(text).map_err(bad)?),
             "pong" => Frame::Pong,
+            "presence" => Frame::Presence(id, serde_json::from_str(text).map_err(bad)?),
+            "join" => Frame::Join(serde_json::from_str(text).map_err(bad)?),
+            "leave" => Frame::Leave(serde_json::from_str(text).map_err(bad)?),
             "error" => {
                 let ErrorBody { code, message } = serde_json::from_str(text).map_err(bad)?;
                 Frame::Error { id, code, message }
@@ -243,6 +278,11 @@ mod tests {
         assert_eq!(
             Request::subscribe(1, &topics, &none, options).encode(),
             r#"{"op":"subscribe","id":1,"topics":["a.*"],"max_rate":0.5,"delta":"fossil"}"#
+        );
+        let options = SubscribeOptions::default().presence_events(true);
+        assert_eq!(
+            Request::subscribe(1, &topics, &none, options).encode(),
+            r#"{"op":"subscribe","id":1,"topics":["a.*"],"presence_events":true}"#
         );
         let since = BTreeMap::from([(
             "a.b".to_string(),

@@ -285,7 +285,7 @@ impl ClientOptions {
 /// use tickwire_client::SubscribeOptions;
 ///
 /// let options = SubscribeOptions::default().max_rate(4.0).delta(true);
-/// assert_eq!(options, SubscribeOptions { max_rate: Some(4.0), delta: true });
+/// assert_eq!(options, SubscribeOptions { max_rate: Some(4.0), delta: true, presence_events: false });
 /// ```
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct SubscribeOptions {
@@ -302,6 +302,15 @@ pub struct SubscribeOptions {
     /// reports [`Error::Delta`](crate::Error::Delta) and asks the server for the topic's full
     /// data again (see the crate docs).
     pub delta: bool,
+    /// Asks for `join` and `leave` frames of the topic's members (`"presence_events":true`),
+    /// delivered as [`Event::Join`](crate::Event::Join) and [`Event::Leave`](crate::Event::Leave)
+    /// after the subscription is confirmed (the subscriber's own join included), in order with
+    /// the topic's updates. Every topic of the request must be exact and under the server's
+    /// `presence.patterns`, or the whole subscribe is refused (`bad_request`). Joins and leaves
+    /// that happen while the client is disconnected are not replayed: query
+    /// [`Client::presence`](crate::Client::presence) again after
+    /// [`Event::Open`](crate::Event::Open) to catch up.
+    pub presence_events: bool,
 }
 
 impl SubscribeOptions {
@@ -314,6 +323,12 @@ impl SubscribeOptions {
     /// Sets [`Self::delta`].
     pub fn delta(mut self, on: bool) -> SubscribeOptions {
         self.delta = on;
+        self
+    }
+
+    /// Sets [`Self::presence_events`].
+    pub fn presence_events(mut self, on: bool) -> SubscribeOptions {
+        self.presence_events = on;
         self
     }
 
@@ -382,7 +397,7 @@ mod tests {
         for ok in [None, Some(0.01), Some(4.0), Some(1000.0)] {
             let options = SubscribeOptions {
                 max_rate: ok,
-                delta: false,
+                ..SubscribeOptions::default()
             };
             assert!(options.check().is_ok(), "{ok:?}");
         }
