@@ -182,8 +182,10 @@ pub fn topic_seq(api: &HttpEndpoint, topic: &str) -> anyhow::Result<u64> {
     match status {
         404 => Ok(0),
         200 => {
+            // A topic with subscribers but no publication answers without `seq` (issue 20).
             #[derive(serde::Deserialize)]
             struct Last {
+                #[serde(default)]
                 seq: u64,
             }
             let last: Last = serde_json::from_slice(&body).with_context(|| {
