@@ -244,7 +244,11 @@ fn tick_is_too_small_for_deltas() -> anyhow::Result<()> {
     assert!(plain.bytes.data_per_delivery < 128.0);
     assert_eq!(delta.bytes.delta_frames, 0);
     assert_eq!(delta.bytes.wire_bytes, delta.bytes.full_wire_bytes);
-    assert_eq!(delta.bytes.wire_per_delivery, plain.bytes.wire_per_delivery);
+    // The two runs publish for the same time, but not always the same number of times on a
+    // busy machine, and a longer run has longer seqs and timestamps in its frames: close, not
+    // equal (172.3966 against 172.3933 B was seen).
+    let (a, b) = (delta.bytes.wire_per_delivery, plain.bytes.wire_per_delivery);
+    assert!((a - b).abs() <= 0.01 * b, "{a} against {b}");
     Ok(())
 }
 
