@@ -109,4 +109,7 @@ mod transport;
 
 // Paths kept for the binary and tests (they predate the folders).
 pub use auth::{apikey, jwt};
+/// Test hook of the cluster's bounded receive path (tests/cluster_receive.rs).
+#[doc(hidden)]
+pub use cluster::broker::pause_redis_links;
 pub use transport::listener as server;

@@ -98,6 +98,9 @@ pub struct BrokerSettings {
     pub reconnect_min: Duration,
     #[serde(with = "duration")]
     pub reconnect_max: Duration,
+    /// Channel messages waiting for the link, at most; past it they are dropped and their
+    /// topics resynchronised.
+    pub receive_queue: usize,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]

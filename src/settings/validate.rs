@@ -382,5 +382,10 @@ impl Settings {
             "broker.reconnect_max",
             "reconnect_min must be at least 1ms and reconnect_max at least reconnect_min",
         );
+        c.check(
+            (1..=1_000_000).contains(&b.receive_queue),
+            "broker.receive_queue",
+            "must be 1 to 1000000",
+        );
     }
 }

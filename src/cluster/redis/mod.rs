@@ -25,19 +25,23 @@
 //!
 //! Files: this one holds the broker's state and what the node asks of it (its errors become
 //! the [`RequestError`]s clients see here); `commands`: the publish script and the reads;
-//! `interest`: what local clients want; `link`: the pub/sub link task. The Lua script is
+//! `interest`: what local clients want; `inbox`: the bounded queue between the pub/sub
+//! connection and the link; `link`: the pub/sub link task. The Lua script is
 //! `publish.lua`.
 
 mod commands;
+mod inbox;
 mod interest;
 mod link;
+
+pub use inbox::pause;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use redis::aio::MultiplexedConnection;
-use redis::{Client, Script};
+use redis::{Client, ConnectionInfo, IntoConnectionInfo, ProtocolVersion, Script};
 use thiserror::Error;
 use tokio::sync::{mpsc, watch, Notify};
 use tracing::warn;
@@ -102,6 +106,10 @@ pub enum Published {
 
 pub struct RedisBroker {
     client: Client,
+    /// The same server over RESP3, for the pub/sub connection: its messages come as pushes
+    /// the [`inbox::Inbox`] can refuse without waiting (the RESP2 pub/sub stream of the client
+    /// library queues them without bound).
+    pubsub_client: Client,
     prefix: String,
     settings: BrokerSettings,
     /// `http.idempotency_window`, how long Redis keeps a publish's key.
@@ -116,6 +124,8 @@ pub struct RedisBroker {
     broken: Notify,
     interest: Mutex<Interest>,
     commands: mpsc::Sender<Command>,
+    /// Topics whose messages the inbox dropped, for the link to resynchronise.
+    drops: Arc<inbox::Drops>,
 }
 
 /// The edge's view of a broker failure, logged once here with its detail.
@@ -131,6 +141,21 @@ fn unavailable(e: BrokerError) -> RequestError {
     })
 }
 
+/// A client for `info`, trusting `broker.redis_ca_file` when set.
+fn open_client(info: ConnectionInfo, settings: &BrokerSettings) -> Result<Client, BrokerError> {
+    Ok(match &settings.redis_ca_file {
+        Some(ca) => {
+            let root_cert = std::fs::read(ca).map_err(|e| BrokerError::CaFile(ca.clone(), e))?;
+            let certs = redis::TlsCertificates {
+                client_tls: None,
+                root_cert: Some(root_cert),
+            };
+            Client::build_with_tls(info, certs)?
+        }
+        None => Client::open(info)?,
+    })
+}
+
 impl RedisBroker {
     /// Creates the broker and its link task; the node serves (not ready) until Redis answers.
     pub fn start(
@@ -139,21 +164,14 @@ impl RedisBroker {
         hub: Arc<Hub>,
         metrics: Arc<Metrics>,
     ) -> Result<Arc<RedisBroker>, BrokerError> {
-        let url = settings.redis_url.expose();
-        let client = match &settings.redis_ca_file {
-            Some(ca) => {
-                let root_cert = std::fs::read(ca).map_err(|e| BrokerError::CaFile(ca.clone(), e))?;
-                let certs = redis::TlsCertificates {
-                    client_tls: None,
-                    root_cert: Some(root_cert),
-                };
-                Client::build_with_tls(url, certs)?
-            }
-            None => Client::open(url)?,
-        };
+        let info = settings.redis_url.expose().into_connection_info()?;
+        let client = open_client(info.clone(), settings)?;
+        let resp3 = info.redis_settings().clone().set_protocol(ProtocolVersion::RESP3);
+        let pubsub_client = open_client(info.set_redis_settings(resp3), settings)?;
         let (commands, queue) = mpsc::channel(COMMAND_QUEUE);
         let broker = Arc::new(RedisBroker {
             client,
+            pubsub_client,
             prefix: settings.prefix.clone(),
             settings: settings.clone(),
             idempotency_window,
@@ -165,6 +183,7 @@ impl RedisBroker {
             broken: Notify::new(),
             interest: Mutex::default(),
             commands,
+            drops: Arc::default(),
         });
         broker.metrics.broker_up.set(0);
         tokio::spawn(broker.clone().link(queue));
