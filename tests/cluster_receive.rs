@@ -28,15 +28,6 @@ const DATA_BYTES: usize = 8 * 1024;
 /// Messages per HTTP batch (under http.max_body_bytes).
 const BATCH: usize = 100;
 
-fn rss_bytes() -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").expect("/proc/self/status");
-    let kb = (status.lines())
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-        .expect("VmRSS in /proc/self/status");
-    kb * 1024
-}
-
 /// Publishes `n` messages of `bytes` each to `topic` through the node, in batches.
 async fn flood(addr: std::net::SocketAddr, topic: &str, n: usize, bytes: usize) {
     let filler = "x".repeat(bytes);

@@ -387,5 +387,29 @@ impl Settings {
             "broker.receive_queue",
             "must be 1 to 1000000",
         );
+        let sentinel = &b.sentinel;
+        if !sentinel.master_name.is_empty() || !sentinel.urls.is_empty() {
+            c.check(
+                b.kind == BrokerKind::Redis,
+                "broker.sentinel",
+                "is only used with broker.kind = \"redis\"",
+            );
+            c.check(
+                !sentinel.master_name.is_empty() && !sentinel.urls.is_empty(),
+                "broker.sentinel",
+                "needs both master_name and at least one url",
+            );
+        }
+        for url in &sentinel.urls {
+            c.check(
+                url.starts_with("redis://")
+                    && !url.contains('@')
+                    && redis::Client::open(url.as_str()).is_ok(),
+                "broker.sentinel.urls",
+                &format!(
+                    "{url:?} must be redis://host:port (sentinels with TLS or a password are not supported)"
+                ),
+            );
+        }
     }
 }

@@ -15,7 +15,7 @@ use serde_json::value::RawValue;
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
-use crate::protocol::Position;
+use crate::protocol::{new_epoch, Position};
 use crate::pubsub::hub::{Applied, Remote, Stored};
 use crate::settings::BrokerSubscribe;
 use crate::sync::{lock, write};
@@ -98,10 +98,21 @@ impl RedisBroker {
         let config = AsyncConnectionConfig::new()
             .set_connection_timeout(Some(timeout))
             .set_response_timeout(Some(timeout));
-        let conn = self
-            .client
+        let clients = self.target.resolve(&self.settings).await?;
+        let mut conn = (clients.commands)
             .get_multiplexed_async_connection_with_config(&config)
             .await?;
+        if self.target.is_sentinel() {
+            // A sentinel may still name a primary that was just demoted or not yet promoted.
+            let role: Vec<redis::Value> = self.round_trip(redis::cmd("ROLE").query_async(&mut conn)).await?;
+            let role = match role.first() {
+                Some(redis::Value::BulkString(b)) => String::from_utf8_lossy(b).into_owned(),
+                other => format!("{other:?}"),
+            };
+            if role != "master" {
+                return Err(BrokerError::NotPrimary(role));
+            }
+        }
         let (inbox, inbound) = Inbox::new(
             self.settings.receive_queue,
             self.drops.clone(),
@@ -112,7 +123,7 @@ impl RedisBroker {
             inbox.push(info);
             Ok::<(), ()>(())
         });
-        let mut pubsub = (self.pubsub_client)
+        let mut pubsub = (clients.pubsub)
             .get_multiplexed_async_connection_with_config(&config)
             .await?;
         if self.settings.subscribe == BrokerSubscribe::All {
@@ -155,16 +166,35 @@ impl RedisBroker {
     }
 
     /// Brings mirrored topics up to Redis: what they missed, or a reset when the stream they
-    /// follow is gone (new epoch) or no longer reaches back far enough.
+    /// follow is gone (new epoch) or no longer reaches back far enough. A stream that went
+    /// *back* (Redis lost publications this node delivered, e.g. a failover to a replica that
+    /// had not received them) gets a new epoch in Redis first, so that everybody resets.
     async fn catch_up(&self, positions: &[(Topic, Position)]) -> Result<(), BrokerError> {
-        let after: Vec<(Topic, u64)> = positions.iter().map(|(t, p)| (t.clone(), p.seq)).collect();
+        // From the delivered position itself, to compare it with what Redis holds there.
+        let after: Vec<(Topic, u64)> = (positions.iter())
+            .map(|(t, p)| (t.clone(), p.seq.saturating_sub(1)))
+            .collect();
         let stored = self.load(&after).await?;
         let mut restarted = Vec::new();
         for ((topic, position), stored) in positions.iter().zip(stored) {
             // Unknown to Redis: it lost the topic, and the next publication starts a new
             // epoch, which resets the mirror when it arrives.
             let Some(stored) = stored else { continue };
-            if stored.epoch == position.epoch || position.seq == 0 {
+            if stored.epoch == position.epoch && position.seq > 0 && self.diverged(topic, position, &stored) {
+                warn!(
+                    topic = topic.as_str(),
+                    seq = position.seq,
+                    stored = stored.seq,
+                    "Redis lost publications this node delivered; starting a new epoch"
+                );
+                let mut call = self.rebase.prepare_invoke();
+                call.key(self.meta_key(topic))
+                    .arg(&*position.epoch)
+                    .arg(&*new_epoch());
+                let mut conn = self.connection()?;
+                self.round_trip(call.invoke_async::<i64>(&mut conn)).await?;
+                restarted.push((topic.clone(), 0));
+            } else if stored.epoch == position.epoch || position.seq == 0 {
                 self.hub.mirror(topic, &stored);
             } else {
                 restarted.push((topic.clone(), 0));
@@ -179,6 +209,27 @@ impl RedisBroker {
             }
         }
         Ok(())
+    }
+
+    /// Whether Redis's `stored` stream (same epoch, loaded from `position`) no longer holds
+    /// what this node delivered at `position`: fewer publications, or another one at its seq.
+    fn diverged(&self, topic: &Topic, position: &Position, stored: &Stored) -> bool {
+        if stored.seq < position.seq {
+            return true;
+        }
+        let Some(delivered) = self.hub.last(topic).filter(|p| p.seq == position.seq) else {
+            return false;
+        };
+        let differs = |ts: u64, data: &str| ts != delivered.ts || data != delivered.data.get();
+        if stored.seq == position.seq {
+            return stored
+                .last
+                .as_ref()
+                .is_some_and(|(ts, data)| differs(*ts, data.get()));
+        }
+        (stored.entries.iter())
+            .find(|e| e.seq == position.seq)
+            .is_some_and(|e| differs(e.ts, e.data.get()))
     }
 
     /// Serves a connected link until it fails; returns why.

@@ -26,13 +26,15 @@
 //! Files: this one holds the broker's state and what the node asks of it (its errors become
 //! the [`RequestError`]s clients see here); `commands`: the publish script and the reads;
 //! `interest`: what local clients want; `inbox`: the bounded queue between the pub/sub
-//! connection and the link; `link`: the pub/sub link task. The Lua script is
-//! `publish.lua`.
+//! connection and the link; `link`: the pub/sub link task; `sentinel`: which server to connect
+//! to (fixed, or the primary Redis Sentinel names). The Lua scripts are `publish.lua` and
+//! `rebase.lua`.
 
 mod commands;
 mod inbox;
 mod interest;
 mod link;
+mod sentinel;
 
 pub use inbox::pause;
 
@@ -41,7 +43,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use redis::aio::MultiplexedConnection;
-use redis::{Client, ConnectionInfo, IntoConnectionInfo, ProtocolVersion, Script};
+use redis::Script;
 use thiserror::Error;
 use tokio::sync::{mpsc, watch, Notify};
 use tracing::warn;
@@ -72,6 +74,10 @@ pub enum BrokerError {
     Corrupt { key: String, what: &'static str },
     #[error("Redis holds limits.max_topics = {0} topics: new topics are refused")]
     TooManyTopics(usize),
+    #[error("no sentinel names a primary for {0:?}")]
+    NoPrimary(String),
+    #[error("the server the sentinels name is not a primary (role {0:?}): a failover is under way")]
+    NotPrimary(String),
 }
 
 /// The error code [`PUBLISH_LUA`] refuses a batch with when its new topics do not fit.
@@ -92,6 +98,8 @@ const LOAD_CHUNK: usize = 256;
 /// anything is written.
 // In its own file so that it reads (and lints) as Lua; the bytes are the script.
 const PUBLISH_LUA: &str = include_str!("publish.lua");
+/// Starts a new epoch for a topic whose stream Redis lost part of (see `link::catch_up`).
+const REBASE_LUA: &str = include_str!("rebase.lua");
 
 /// What the publish script did.
 #[derive(Debug, PartialEq, Eq)]
@@ -105,11 +113,8 @@ pub enum Published {
 }
 
 pub struct RedisBroker {
-    client: Client,
-    /// The same server over RESP3, for the pub/sub connection: its messages come as pushes
-    /// the [`inbox::Inbox`] can refuse without waiting (the RESP2 pub/sub stream of the client
-    /// library queues them without bound).
-    pubsub_client: Client,
+    /// Where Redis is; resolved again on every connect.
+    target: sentinel::Target,
     prefix: String,
     settings: BrokerSettings,
     /// `http.idempotency_window`, how long Redis keeps a publish's key.
@@ -117,6 +122,7 @@ pub struct RedisBroker {
     hub: Arc<Hub>,
     metrics: Arc<Metrics>,
     script: Script,
+    rebase: Script,
     /// The command connection; `None` while Redis is unreachable.
     conn: RwLock<Option<MultiplexedConnection>>,
     up: AtomicBool,
@@ -141,21 +147,6 @@ fn unavailable(e: BrokerError) -> RequestError {
     })
 }
 
-/// A client for `info`, trusting `broker.redis_ca_file` when set.
-fn open_client(info: ConnectionInfo, settings: &BrokerSettings) -> Result<Client, BrokerError> {
-    Ok(match &settings.redis_ca_file {
-        Some(ca) => {
-            let root_cert = std::fs::read(ca).map_err(|e| BrokerError::CaFile(ca.clone(), e))?;
-            let certs = redis::TlsCertificates {
-                client_tls: None,
-                root_cert: Some(root_cert),
-            };
-            Client::build_with_tls(info, certs)?
-        }
-        None => Client::open(info)?,
-    })
-}
-
 impl RedisBroker {
     /// Creates the broker and its link task; the node serves (not ready) until Redis answers.
     pub fn start(
@@ -164,20 +155,17 @@ impl RedisBroker {
         hub: Arc<Hub>,
         metrics: Arc<Metrics>,
     ) -> Result<Arc<RedisBroker>, BrokerError> {
-        let info = settings.redis_url.expose().into_connection_info()?;
-        let client = open_client(info.clone(), settings)?;
-        let resp3 = info.redis_settings().clone().set_protocol(ProtocolVersion::RESP3);
-        let pubsub_client = open_client(info.set_redis_settings(resp3), settings)?;
+        let target = sentinel::Target::new(settings)?;
         let (commands, queue) = mpsc::channel(COMMAND_QUEUE);
         let broker = Arc::new(RedisBroker {
-            client,
-            pubsub_client,
+            target,
             prefix: settings.prefix.clone(),
             settings: settings.clone(),
             idempotency_window,
             hub,
             metrics,
             script: Script::new(PUBLISH_LUA),
+            rebase: Script::new(REBASE_LUA),
             conn: RwLock::new(None),
             up: AtomicBool::new(false),
             broken: Notify::new(),
@@ -228,7 +216,14 @@ impl RedisBroker {
         };
         if let Err(e) = &result {
             let gone = match e {
-                BrokerError::Redis(e) => e.is_io_error() || e.is_connection_dropped() || e.is_timeout(),
+                // READONLY: the server was demoted to a replica (a Sentinel failover); the
+                // reconnect asks the sentinels for the new primary.
+                BrokerError::Redis(e) => {
+                    e.is_io_error()
+                        || e.is_connection_dropped()
+                        || e.is_timeout()
+                        || e.code() == Some("READONLY")
+                }
                 BrokerError::Timeout(_) => true,
                 _ => false,
             };
