@@ -42,7 +42,9 @@
 //! - `cluster`: what publishers and sessions go through. `node`: the hub and the broker, the one
 //!   place publications are counted, and a connection's subscribe/unsubscribe sequences; `broker`: the seam, an enum of `memory` (the hub
 //!   assigns seqs; the `Idempotency-Key` ledger) and `redis` (Redis assigns and stores; its
-//!   `commands`, the wanted `interest`, the pub/sub `link`, the Lua script `publish.lua`);
+//!   `commands`, the wanted `interest`, the pub/sub `link` fed by the bounded `inbox`, the
+//!   server to use (fixed or found by Redis Sentinel) in `sentinel`, the Lua scripts
+//!   `publish.lua` and `rebase.lua`);
 //!   `idempotency`: `Idempotency-Key` digests and the in-memory ledger.
 //! - `pubsub`: local fan-out. `hub`: seqs, last values and fan-out (its header holds the lock
 //!   order), with `hub::topics` (the registry), `hub::subscribe` (subscribe with catch-up),
