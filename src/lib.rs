@@ -42,10 +42,13 @@
 //! - `cluster`: what publishers and sessions go through. `node`: the hub and the broker, the one
 //!   place publications are counted, and a connection's subscribe/unsubscribe sequences; `broker`: the seam, an enum of `memory` (the hub
 //!   assigns seqs; the `Idempotency-Key` ledger) and `redis` (Redis assigns and stores; its
-//!   `commands`, the wanted `interest`, the pub/sub `link`, the Lua script `publish.lua`);
-//!   `idempotency`: `Idempotency-Key` digests and the in-memory ledger; `presence`: presence
-//!   rooms, subscriber counts and occupied topics as clients and the API see them, and the
-//!   events (`occupied`/`vacated` with the vacate delay, `join`/`leave`) each emitted once.
+//!   `commands`, the wanted `interest`, the pub/sub `link` fed by the bounded `inbox`, the
+//!   server to use (fixed or found by Redis Sentinel) in `sentinel`, the Lua scripts
+//!   `publish.lua` and `rebase.lua`, and the cluster's share of presence (`presence`,
+//!   `presence.lua`); `idempotency`: `Idempotency-Key` digests and the in-memory ledger;
+//!   `presence`: presence rooms, subscriber counts and occupied topics as clients and the API
+//!   see them, and the events (`occupied`/`vacated` with the vacate delay, `join`/`leave`)
+//!   each emitted once.
 //! - `pubsub`: local fan-out. `hub`: seqs, last values and fan-out (its header holds the lock
 //!   order), with `hub::topics` (the registry), `hub::subscribe` (subscribe with catch-up),
 //!   `hub::mirror` (a broker's publications) and `hub::fanout` (a publication to the outboxes:
@@ -116,4 +119,7 @@ mod webhooks;
 
 // Paths kept for the binary and tests (they predate the folders).
 pub use auth::{apikey, jwt};
+/// Test hook of the cluster's bounded receive path (tests/cluster_receive.rs).
+#[doc(hidden)]
+pub use cluster::broker::pause_redis_links;
 pub use transport::listener as server;

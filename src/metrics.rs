@@ -123,6 +123,7 @@ pub struct Metrics {
     pub broker_up: IntGauge,
     pub broker_publish_duration: Histogram,
     pub broker_reconnects: IntCounter,
+    pub broker_receive_dropped: IntCounter,
     pub idempotent_replays: IntCounter,
     pub idempotency_keys: IntGauge,
     pub idempotency_bytes: IntGauge,
@@ -358,6 +359,11 @@ impl Metrics {
             broker_reconnects: counter(
                 "tickwire_broker_reconnects_total",
                 "Times the connection to the cluster broker was re-established after being lost.",
+            )?,
+            broker_receive_dropped: counter(
+                "tickwire_broker_receive_dropped_total",
+                "Messages from the cluster broker dropped because broker.receive_queue was full; \
+                 their topics are resynchronised (caught up, or reset with a snapshot).",
             )?,
             idempotent_replays: counter(
                 "tickwire_http_idempotent_replays_total",

@@ -28,6 +28,11 @@ use crate::pubsub::hub::{HistoryPage, Hub, Publication, TopicPage};
 use crate::settings::{BrokerKind, Settings};
 use crate::topic::{Pattern, Topic};
 
+/// Test hook: `true` stops every Redis link of this process from taking messages off its
+/// receive queue (a stalled node, for the bounded receive path's test), `false` resumes them.
+#[doc(hidden)]
+pub use crate::cluster::redis::pause as pause_redis_links;
+
 pub enum Broker {
     Memory(MemoryBroker),
     Redis(Arc<RedisBroker>),

@@ -21,7 +21,7 @@ use std::time::Duration;
 use serde_json::value::RawValue;
 use tokio::time::Instant;
 
-use crate::cluster::redis::presence::{self as redis_presence, ClusterPresence, Emit};
+use crate::cluster::redis::presence::{ClusterPresence, Emit};
 use crate::cluster::redis::BrokerError;
 use crate::metrics::Metrics;
 use crate::protocol::error::RequestError;
@@ -69,15 +69,11 @@ impl Presence {
     ) -> Result<Presence, BrokerError> {
         let cluster = match settings.broker.kind {
             BrokerKind::Memory => None,
-            BrokerKind::Redis => {
-                let client = redis_presence::client(settings)?;
-                Some(Arc::new(ClusterPresence::new(
-                    settings,
-                    client,
-                    node.clone(),
-                    metrics.clone(),
-                )))
-            }
+            BrokerKind::Redis => Some(Arc::new(ClusterPresence::new(
+                settings,
+                node.clone(),
+                metrics.clone(),
+            )?)),
         };
         Ok(Presence {
             hub,

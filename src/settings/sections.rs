@@ -102,6 +102,19 @@ pub struct BrokerSettings {
     pub reconnect_min: Duration,
     #[serde(with = "duration")]
     pub reconnect_max: Duration,
+    /// Channel messages waiting for the link, at most; past it they are dropped and their
+    /// topics resynchronised.
+    pub receive_queue: usize,
+    pub sentinel: SentinelSettings,
+}
+
+/// Redis Sentinel discovery of the broker's primary; unused while `master_name` is empty.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct SentinelSettings {
+    pub master_name: String,
+    /// `redis://host:port` of each sentinel, asked in order.
+    pub urls: Vec<String>,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]

@@ -319,3 +319,33 @@ fn presence_occupancy_and_webhooks_are_checked() {
         "unknown key: {p:?}"
     );
 }
+
+#[test]
+fn broker_sentinel_and_receive_queue_are_checked() {
+    let ok = Settings::from_toml(
+        "[broker]\nkind = \"redis\"\nsentinel = { master_name = \"m\", urls = [\"redis://127.0.0.1:26379\"] }",
+    )
+    .unwrap();
+    assert_eq!(ok.broker.sentinel.master_name, "m");
+    assert_eq!(ok.broker.receive_queue, 10_000);
+    let keys = |toml: &str| -> Vec<String> { problems(toml).into_iter().map(|p| p.key).collect() };
+    assert_eq!(
+        keys("[broker]\nkind = \"redis\"\nsentinel = { master_name = \"m\" }"),
+        ["broker.sentinel"],
+        "a master name needs sentinels"
+    );
+    assert_eq!(
+        keys("[broker]\nsentinel = { master_name = \"m\", urls = [\"redis://127.0.0.1:26379\"] }"),
+        ["broker.sentinel"],
+        "only with kind = \"redis\""
+    );
+    assert_eq!(
+        keys("[broker]\nkind = \"redis\"\nsentinel = { master_name = \"m\", urls = [\"redis://:pw@h:26379\"] }"),
+        ["broker.sentinel.urls"],
+        "no password to the sentinels (it would be printed)"
+    );
+    assert_eq!(
+        keys("[broker]\nkind = \"redis\"\nreceive_queue = 0"),
+        ["broker.receive_queue"]
+    );
+}

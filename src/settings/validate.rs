@@ -444,6 +444,35 @@ impl Settings {
             "broker.reconnect_max",
             "reconnect_min must be at least 1ms and reconnect_max at least reconnect_min",
         );
+        c.check(
+            (1..=1_000_000).contains(&b.receive_queue),
+            "broker.receive_queue",
+            "must be 1 to 1000000",
+        );
+        let sentinel = &b.sentinel;
+        if !sentinel.master_name.is_empty() || !sentinel.urls.is_empty() {
+            c.check(
+                b.kind == BrokerKind::Redis,
+                "broker.sentinel",
+                "is only used with broker.kind = \"redis\"",
+            );
+            c.check(
+                !sentinel.master_name.is_empty() && !sentinel.urls.is_empty(),
+                "broker.sentinel",
+                "needs both master_name and at least one url",
+            );
+        }
+        for url in &sentinel.urls {
+            c.check(
+                url.starts_with("redis://")
+                    && !url.contains('@')
+                    && redis::Client::open(url.as_str()).is_ok(),
+                "broker.sentinel.urls",
+                &format!(
+                    "{url:?} must be redis://host:port (sentinels with TLS or a password are not supported)"
+                ),
+            );
+        }
     }
 }
 

@@ -18,6 +18,8 @@ pub struct RedisServer {
     password: Option<String>,
     /// Serves TLS only (no plain port), with this PEM certificate and key.
     tls: Option<(PathBuf, PathBuf)>,
+    /// More command-line arguments (e.g. `--replicaof`).
+    extra: Vec<String>,
 }
 
 impl RedisServer {
@@ -37,7 +39,18 @@ impl RedisServer {
             persist,
             password: password.map(str::to_string),
             tls: None,
+            extra: Vec::new(),
         };
+        server.restart();
+        server
+    }
+
+    /// A fresh server replicating `primary`.
+    pub fn start_replica_of(primary: &RedisServer) -> RedisServer {
+        let mut server = RedisServer::start(false);
+        server.extra = ["--replicaof", "127.0.0.1", &primary.port.to_string()]
+            .map(str::to_string)
+            .to_vec();
         server.restart();
         server
     }
@@ -77,6 +90,16 @@ impl RedisServer {
         }
     }
 
+    /// Sends `signal` (`STOP`, `CONT`, …) to the process.
+    pub fn signal(&self, signal: &str) {
+        let child = self.child.as_ref().expect("redis-server is running");
+        let status = Command::new("kill")
+            .args([&format!("-{signal}"), &child.id().to_string()])
+            .status()
+            .expect("kill(1)");
+        assert!(status.success(), "kill -{signal} redis-server");
+    }
+
     /// Starts the process again on the same port, waiting until it answers.
     pub fn restart(&mut self) {
         self.kill();
@@ -99,6 +122,7 @@ impl RedisServer {
             .arg(&self.dir)
             .args(self.password.iter().flat_map(|p| ["--requirepass", p.as_str()]))
             .args(self.tls_args())
+            .args(&self.extra)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -165,6 +189,134 @@ impl RedisServer {
 impl Drop for RedisServer {
     fn drop(&mut self) {
         self.kill();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Redis Sentinel on loopback: a primary, one replica and three sentinels (quorum 2) that
+/// monitor it as `master_name`, with a 1 s down-after so that a test's failover takes seconds.
+pub struct SentinelSet {
+    pub master_name: &'static str,
+    pub primary: RedisServer,
+    pub replica: RedisServer,
+    /// Sentinel processes and their ports.
+    sentinels: Vec<(Child, u16)>,
+    dir: PathBuf,
+}
+
+impl SentinelSet {
+    /// Starts everything and waits until every sentinel sees the replica and the other two
+    /// sentinels (what a failover needs).
+    pub fn start() -> SentinelSet {
+        let master_name = "tw";
+        let primary = RedisServer::start(false);
+        let replica = RedisServer::start_replica_of(&primary);
+        let dir = std::env::temp_dir().join(format!(
+            "tickwire-sentinel-{}-{}",
+            std::process::id(),
+            free_port()
+        ));
+        std::fs::create_dir_all(&dir).expect("sentinel test dir");
+        let mut sentinels = Vec::new();
+        for i in 0..3 {
+            let port = free_port();
+            let conf = dir.join(format!("sentinel-{i}.conf"));
+            let text = format!(
+                "port {port}\nbind 127.0.0.1\ndir {}\nsentinel monitor {master_name} 127.0.0.1 {} 2\n\
+                 sentinel down-after-milliseconds {master_name} 1000\n\
+                 sentinel failover-timeout {master_name} 5000\nsentinel parallel-syncs {master_name} 1\n",
+                dir.display(),
+                primary.port
+            );
+            std::fs::write(&conf, text).expect("sentinel config");
+            let child = Command::new("redis-server")
+                .arg(&conf)
+                .arg("--sentinel")
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("redis-server must be installed (it runs the sentinels too)");
+            sentinels.push((child, port));
+        }
+        let set = SentinelSet {
+            master_name,
+            primary,
+            replica,
+            sentinels,
+            dir,
+        };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let ready = set.sentinel_ports().iter().all(|&port| {
+                let master = sentinel_cli(port, &["SENTINEL", "MASTER", master_name]);
+                field(&master, "num-slaves") == Some("1")
+                    && field(&master, "num-other-sentinels") == Some("2")
+            });
+            if ready {
+                return set;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the sentinels did not discover each other and the replica within 20 s"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    pub fn sentinel_ports(&self) -> Vec<u16> {
+        self.sentinels.iter().map(|(_, port)| *port).collect()
+    }
+
+    /// `[broker]` settings for a node finding the primary through these sentinels.
+    pub fn broker_toml(&self, prefix: &str) -> String {
+        let urls: Vec<String> = (self.sentinel_ports().iter())
+            .map(|p| format!("\"redis://127.0.0.1:{p}\""))
+            .collect();
+        format!(
+            "{}sentinel = {{ master_name = \"{}\", urls = [{}] }}\n",
+            self.primary.broker_toml(prefix),
+            self.master_name,
+            urls.join(", ")
+        )
+    }
+
+    /// The primary's port as the first sentinel names it.
+    pub fn primary_port(&self) -> Option<u16> {
+        let out = sentinel_cli(
+            self.sentinels[0].1,
+            &["SENTINEL", "GET-MASTER-ADDR-BY-NAME", self.master_name],
+        );
+        out.lines().nth(1).and_then(|p| p.trim().parse().ok())
+    }
+}
+
+/// `redis-cli` against a sentinel.
+fn sentinel_cli(port: u16, args: &[&str]) -> String {
+    let out = Command::new("redis-cli")
+        .args(["-h", "127.0.0.1", "-p", &port.to_string()])
+        .args(args)
+        .output()
+        .expect("redis-cli must be installed with redis-server");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The value after `name` in redis-cli's one-item-per-line output of a flat map.
+fn field<'a>(out: &'a str, name: &str) -> Option<&'a str> {
+    let mut lines = out.lines();
+    while let Some(line) = lines.next() {
+        if line.trim() == name {
+            return lines.next().map(str::trim);
+        }
+    }
+    None
+}
+
+impl Drop for SentinelSet {
+    fn drop(&mut self) {
+        for (child, _) in &mut self.sentinels {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }

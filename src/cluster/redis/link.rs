@@ -1,26 +1,27 @@
 //! The link: the one task that owns the Redis pub/sub connection. It applies subscription
 //! changes in the order they were made, hands channel messages to the hub (resolving gaps and
-//! topics new to this node), pings, and on any failure reconnects with backoff, re-subscribes
+//! topics new to this node; resynchronising topics whose messages the bounded inbox dropped),
+//! pings, and on any failure reconnects with backoff, re-subscribes
 //! everything still wanted and catches every mirrored topic up.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures_util::StreamExt;
 use rand::Rng;
-use redis::aio::{PubSubSink, PubSubStream};
+use redis::aio::MultiplexedConnection;
 use redis::AsyncConnectionConfig;
 use serde_json::value::RawValue;
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
-use crate::protocol::Position;
+use crate::protocol::{new_epoch, Position};
 use crate::pubsub::hub::{Applied, Remote, Stored};
 use crate::settings::BrokerSubscribe;
 use crate::sync::{lock, write};
 use crate::topic::{Pattern, Topic};
 
+use super::inbox::{self, Inbound, Inbox};
 use super::interest::{glob, Command};
 use super::{BrokerError, RedisBroker, LOAD_CHUNK};
 
@@ -55,13 +56,13 @@ impl RedisBroker {
         let mut connected_before = false;
         loop {
             let failure = match self.connect().await {
-                Ok((sink, stream)) => {
+                Ok((pubsub, inbound)) => {
                     if connected_before {
                         self.metrics.broker_reconnects.inc();
                     }
                     connected_before = true;
                     let since = std::time::Instant::now();
-                    let reason = self.serve(sink, stream, &mut queue).await;
+                    let reason = self.serve(pubsub, inbound, &mut queue).await;
                     self.set_down();
                     warn!(error = %reason, "lost Redis; reconnecting");
                     // A link that held for a while earns an immediate retry; one that fails
@@ -90,38 +91,60 @@ impl RedisBroker {
         *write(&self.conn) = None;
     }
 
-    /// Opens both connections and subscribes to everything local clients want.
-    async fn connect(&self) -> Result<(PubSubSink, PubSubStream), BrokerError> {
+    /// Opens both connections and subscribes to everything local clients want; returns the
+    /// pub/sub connection and the queue its messages arrive on.
+    async fn connect(&self) -> Result<(MultiplexedConnection, mpsc::Receiver<Inbound>), BrokerError> {
         let timeout = self.settings.timeout;
         let config = AsyncConnectionConfig::new()
             .set_connection_timeout(Some(timeout))
             .set_response_timeout(Some(timeout));
-        let conn = self
-            .client
+        let clients = self.target.resolve(&self.settings).await?;
+        let mut conn = (clients.commands)
             .get_multiplexed_async_connection_with_config(&config)
             .await?;
-        let pubsub = match tokio::time::timeout(timeout, self.client.get_async_pubsub()).await {
-            Ok(pubsub) => pubsub?,
-            Err(_) => return Err(BrokerError::Timeout(timeout)),
-        };
-        let (mut sink, stream) = pubsub.split();
+        if self.target.is_sentinel() {
+            // A sentinel may still name a primary that was just demoted or not yet promoted.
+            let role: Vec<redis::Value> = self.round_trip(redis::cmd("ROLE").query_async(&mut conn)).await?;
+            let role = match role.first() {
+                Some(redis::Value::BulkString(b)) => String::from_utf8_lossy(b).into_owned(),
+                other => format!("{other:?}"),
+            };
+            if role != "master" {
+                return Err(BrokerError::NotPrimary(role));
+            }
+        }
+        let (inbox, inbound) = Inbox::new(
+            self.settings.receive_queue,
+            self.drops.clone(),
+            self.channel_prefix(),
+            self.metrics.clone(),
+        );
+        let config = config.set_push_sender(move |info| {
+            inbox.push(info);
+            Ok::<(), ()>(())
+        });
+        let mut pubsub = (clients.pubsub)
+            .get_multiplexed_async_connection_with_config(&config)
+            .await?;
         if self.settings.subscribe == BrokerSubscribe::All {
-            sink.psubscribe(format!("{}*", self.channel_prefix())).await?;
+            pubsub.psubscribe(format!("{}*", self.channel_prefix())).await?;
         } else {
             let wanted = lock(&self.interest).all();
             let (exact, patterns): (Vec<_>, Vec<_>) = wanted.iter().partition(|p| p.as_exact().is_some());
             for chunk in exact.chunks(SUBSCRIBE_CHUNK) {
                 let channels: Vec<String> = chunk.iter().map(|p| self.channel(p)).collect();
-                sink.subscribe(channels).await?;
+                pubsub.subscribe(channels).await?;
             }
             for chunk in patterns.chunks(SUBSCRIBE_CHUNK) {
                 let globs: Vec<String> = chunk.iter().map(|p| self.channel(p)).collect();
-                sink.psubscribe(globs).await?;
+                pubsub.psubscribe(globs).await?;
             }
         }
         // Anything wanted meanwhile had its Subscribe queued and is subscribed again, harmlessly.
         lock(&self.interest).set_live();
         *write(&self.conn) = Some(conn);
+        // Whatever the inbox dropped before is covered by the catch-up below.
+        self.drops.take();
         // Subscribed first, then caught up: whatever was published meanwhile arrives either
         // in the stream read below or as a channel message after it (then a duplicate).
         let positions = self.hub.positions();
@@ -131,7 +154,7 @@ impl RedisBroker {
         self.up.store(true, Ordering::Release);
         self.metrics.broker_up.set(1);
         info!(topics = positions.len(), "connected to Redis");
-        Ok((sink, stream))
+        Ok((pubsub, inbound))
     }
 
     /// The channel (or channel pattern) of a subscription.
@@ -143,16 +166,35 @@ impl RedisBroker {
     }
 
     /// Brings mirrored topics up to Redis: what they missed, or a reset when the stream they
-    /// follow is gone (new epoch) or no longer reaches back far enough.
+    /// follow is gone (new epoch) or no longer reaches back far enough. A stream that went
+    /// *back* (Redis lost publications this node delivered, e.g. a failover to a replica that
+    /// had not received them) gets a new epoch in Redis first, so that everybody resets.
     async fn catch_up(&self, positions: &[(Topic, Position)]) -> Result<(), BrokerError> {
-        let after: Vec<(Topic, u64)> = positions.iter().map(|(t, p)| (t.clone(), p.seq)).collect();
+        // From the delivered position itself, to compare it with what Redis holds there.
+        let after: Vec<(Topic, u64)> = (positions.iter())
+            .map(|(t, p)| (t.clone(), p.seq.saturating_sub(1)))
+            .collect();
         let stored = self.load(&after).await?;
         let mut restarted = Vec::new();
         for ((topic, position), stored) in positions.iter().zip(stored) {
             // Unknown to Redis: it lost the topic, and the next publication starts a new
             // epoch, which resets the mirror when it arrives.
             let Some(stored) = stored else { continue };
-            if stored.epoch == position.epoch || position.seq == 0 {
+            if stored.epoch == position.epoch && position.seq > 0 && self.diverged(topic, position, &stored) {
+                warn!(
+                    topic = topic.as_str(),
+                    seq = position.seq,
+                    stored = stored.seq,
+                    "Redis lost publications this node delivered; starting a new epoch"
+                );
+                let mut call = self.rebase.prepare_invoke();
+                call.key(self.meta_key(topic))
+                    .arg(&*position.epoch)
+                    .arg(&*new_epoch());
+                let mut conn = self.connection()?;
+                self.round_trip(call.invoke_async::<i64>(&mut conn)).await?;
+                restarted.push((topic.clone(), 0));
+            } else if stored.epoch == position.epoch || position.seq == 0 {
                 self.hub.mirror(topic, &stored);
             } else {
                 restarted.push((topic.clone(), 0));
@@ -169,19 +211,46 @@ impl RedisBroker {
         Ok(())
     }
 
+    /// Whether Redis's `stored` stream (same epoch, loaded from `position`) no longer holds
+    /// what this node delivered at `position`: fewer publications, or another one at its seq.
+    fn diverged(&self, topic: &Topic, position: &Position, stored: &Stored) -> bool {
+        if stored.seq < position.seq {
+            return true;
+        }
+        let Some(delivered) = self.hub.last(topic).filter(|p| p.seq == position.seq) else {
+            return false;
+        };
+        let differs = |ts: u64, data: &str| ts != delivered.ts || data != delivered.data.get();
+        if stored.seq == position.seq {
+            return stored
+                .last
+                .as_ref()
+                .is_some_and(|(ts, data)| differs(*ts, data.get()));
+        }
+        (stored.entries.iter())
+            .find(|e| e.seq == position.seq)
+            .is_some_and(|e| differs(e.ts, e.data.get()))
+    }
+
     /// Serves a connected link until it fails; returns why.
     async fn serve(
         &self,
-        mut sink: PubSubSink,
-        mut stream: PubSubStream,
+        mut pubsub: MultiplexedConnection,
+        mut inbound: mpsc::Receiver<Inbound>,
         queue: &mut mpsc::Receiver<Command>,
     ) -> BrokerError {
         let mut ping = tokio::time::interval(PING_EVERY);
         let prefix = self.channel_prefix();
         loop {
             tokio::select! {
-                msg = stream.next() => {
-                    let Some(msg) = msg else { return BrokerError::Down };
+                // Not biased: under a flood messages are always ready, and subscription changes
+                // and pings must still get their turn. Any order is correct: messages apply by
+                // seq, so one that a resync already covered is a duplicate.
+                msg = async { inbox::unpaused().await; inbound.recv().await } => {
+                    let msg = match msg {
+                        Some(Inbound::Message(msg)) => msg,
+                        Some(Inbound::Closed) | None => return BrokerError::Down,
+                    };
                     let topic = msg.get_channel_name().strip_prefix(&prefix).and_then(|t| Topic::parse(t).ok());
                     let (Some(topic), Some(remote)) = (topic, parse_remote(msg.get_payload_bytes())) else {
                         debug!(channel = msg.get_channel_name(), "ignoring a malformed channel message");
@@ -191,16 +260,21 @@ impl RedisBroker {
                         return e;
                     }
                 }
+                () = self.drops.wake.notified() => {
+                    if let Err(e) = self.resync().await {
+                        return e;
+                    }
+                }
                 command = queue.recv() => {
                     let result = match command {
                         Some(Command::Subscribe(pattern, live)) => {
-                            let r = self.listen(&mut sink, &pattern, true).await;
+                            let r = self.listen(&mut pubsub, &pattern, true).await;
                             if r.is_ok() {
                                 live.send_replace(true);
                             }
                             r
                         }
-                        Some(Command::Unsubscribe(pattern)) => self.listen(&mut sink, &pattern, false).await,
+                        Some(Command::Unsubscribe(pattern)) => self.listen(&mut pubsub, &pattern, false).await,
                         None => return BrokerError::Down,
                     };
                     if let Err(e) = result {
@@ -208,8 +282,7 @@ impl RedisBroker {
                     }
                 }
                 _ = ping.tick() => {
-                    // Subscribed, Redis answers PING with an array: any answer proves the link.
-                    if let Err(e) = self.round_trip(sink.ping::<redis::Value>()).await {
+                    if let Err(e) = self.round_trip(redis::cmd("PING").query_async::<redis::Value>(&mut pubsub)).await {
                         return e;
                     }
                 }
@@ -218,15 +291,56 @@ impl RedisBroker {
         }
     }
 
-    async fn listen(&self, sink: &mut PubSubSink, pattern: &Pattern, on: bool) -> Result<(), BrokerError> {
+    /// Brings the topics whose messages the inbox dropped back up to Redis, as a reconnect
+    /// does: what they missed from the stream, or an explicit reset when it no longer reaches
+    /// back. A dropped topic this node does not mirror yet but a pattern covers is loaded whole.
+    async fn resync(&self) -> Result<(), BrokerError> {
+        let missed = self.drops.take();
+        if missed.is_empty() {
+            return Ok(());
+        }
+        let mut positions = Vec::new();
+        let mut unknown = Vec::new();
+        if missed.all {
+            positions = self.hub.positions();
+        } else {
+            for topic in missed.topics {
+                match self.hub.position(&topic) {
+                    Some(position) => positions.push((topic, position)),
+                    None if self.wanted(&topic) => unknown.push((topic, 0)),
+                    None => {}
+                }
+            }
+        }
+        info!(
+            topics = positions.len() + unknown.len(),
+            "receive queue overflowed; resynchronising"
+        );
+        for chunk in positions.chunks(LOAD_CHUNK) {
+            self.catch_up(chunk).await?;
+        }
+        for (topic, stored) in unknown.iter().zip(self.load(&unknown).await?) {
+            if let Some(stored) = stored {
+                self.hub.mirror(&topic.0, &stored);
+            }
+        }
+        Ok(())
+    }
+
+    async fn listen(
+        &self,
+        pubsub: &mut MultiplexedConnection,
+        pattern: &Pattern,
+        on: bool,
+    ) -> Result<(), BrokerError> {
         let channel = self.channel(pattern);
         let exact = pattern.as_exact().is_some();
         let work = async {
             match (exact, on) {
-                (true, true) => sink.subscribe(&channel).await,
-                (true, false) => sink.unsubscribe(&channel).await,
-                (false, true) => sink.psubscribe(&channel).await,
-                (false, false) => sink.punsubscribe(&channel).await,
+                (true, true) => pubsub.subscribe(&channel).await,
+                (true, false) => pubsub.unsubscribe(&channel).await,
+                (false, true) => pubsub.psubscribe(&channel).await,
+                (false, false) => pubsub.punsubscribe(&channel).await,
             }
         };
         self.round_trip(work).await

@@ -25,21 +25,27 @@
 //!
 //! Files: this one holds the broker's state and what the node asks of it (its errors become
 //! the [`RequestError`]s clients see here); `commands`: the publish script and the reads;
-//! `interest`: what local clients want; `link`: the pub/sub link task; `presence`: the
-//! cluster's presence rooms, subscriber counts and occupancy (its script `presence.lua`). The
-//! publish script is `publish.lua`.
+//! `interest`: what local clients want; `inbox`: the bounded queue between the pub/sub
+//! connection and the link; `link`: the pub/sub link task; `sentinel`: which server to connect
+//! to (fixed, or the primary Redis Sentinel names); `presence`: the cluster's presence rooms,
+//! subscriber counts and occupancy (its script `presence.lua`, its server found the same way as
+//! the link's). The Lua scripts are `publish.lua` and `rebase.lua`.
 
 mod commands;
+mod inbox;
 mod interest;
 mod link;
 pub mod presence;
+mod sentinel;
+
+pub use inbox::pause;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use redis::aio::MultiplexedConnection;
-use redis::{Client, Script};
+use redis::Script;
 use thiserror::Error;
 use tokio::sync::{mpsc, watch, Notify};
 use tracing::warn;
@@ -70,6 +76,10 @@ pub enum BrokerError {
     Corrupt { key: String, what: &'static str },
     #[error("Redis holds limits.max_topics = {0} topics: new topics are refused")]
     TooManyTopics(usize),
+    #[error("no sentinel names a primary for {0:?}")]
+    NoPrimary(String),
+    #[error("the server the sentinels name is not a primary (role {0:?}): a failover is under way")]
+    NotPrimary(String),
 }
 
 /// The error code [`PUBLISH_LUA`] refuses a batch with when its new topics do not fit.
@@ -90,6 +100,8 @@ const LOAD_CHUNK: usize = 256;
 /// anything is written.
 // In its own file so that it reads (and lints) as Lua; the bytes are the script.
 const PUBLISH_LUA: &str = include_str!("publish.lua");
+/// Starts a new epoch for a topic whose stream Redis lost part of (see `link::catch_up`).
+const REBASE_LUA: &str = include_str!("rebase.lua");
 
 /// What the publish script did.
 #[derive(Debug, PartialEq, Eq)]
@@ -103,7 +115,8 @@ pub enum Published {
 }
 
 pub struct RedisBroker {
-    client: Client,
+    /// Where Redis is; resolved again on every connect.
+    target: sentinel::Target,
     prefix: String,
     settings: BrokerSettings,
     /// `http.idempotency_window`, how long Redis keeps a publish's key.
@@ -111,6 +124,7 @@ pub struct RedisBroker {
     hub: Arc<Hub>,
     metrics: Arc<Metrics>,
     script: Script,
+    rebase: Script,
     /// The command connection; `None` while Redis is unreachable.
     conn: RwLock<Option<MultiplexedConnection>>,
     up: AtomicBool,
@@ -118,22 +132,8 @@ pub struct RedisBroker {
     broken: Notify,
     interest: Mutex<Interest>,
     commands: mpsc::Sender<Command>,
-}
-
-/// A Redis client for `settings.redis_url` (TLS with `redis_ca_file` when set).
-fn client(settings: &BrokerSettings) -> Result<Client, BrokerError> {
-    let url = settings.redis_url.expose();
-    Ok(match &settings.redis_ca_file {
-        Some(ca) => {
-            let root_cert = std::fs::read(ca).map_err(|e| BrokerError::CaFile(ca.clone(), e))?;
-            let certs = redis::TlsCertificates {
-                client_tls: None,
-                root_cert: Some(root_cert),
-            };
-            Client::build_with_tls(url, certs)?
-        }
-        None => Client::open(url)?,
-    })
+    /// Topics whose messages the inbox dropped, for the link to resynchronise.
+    drops: Arc<inbox::Drops>,
 }
 
 /// The edge's view of a broker failure, logged once here with its detail.
@@ -157,21 +157,23 @@ impl RedisBroker {
         hub: Arc<Hub>,
         metrics: Arc<Metrics>,
     ) -> Result<Arc<RedisBroker>, BrokerError> {
-        let client = client(settings)?;
+        let target = sentinel::Target::new(settings)?;
         let (commands, queue) = mpsc::channel(COMMAND_QUEUE);
         let broker = Arc::new(RedisBroker {
-            client,
+            target,
             prefix: settings.prefix.clone(),
             settings: settings.clone(),
             idempotency_window,
             hub,
             metrics,
             script: Script::new(PUBLISH_LUA),
+            rebase: Script::new(REBASE_LUA),
             conn: RwLock::new(None),
             up: AtomicBool::new(false),
             broken: Notify::new(),
             interest: Mutex::default(),
             commands,
+            drops: Arc::default(),
         });
         broker.metrics.broker_up.set(0);
         tokio::spawn(broker.clone().link(queue));
@@ -216,7 +218,14 @@ impl RedisBroker {
         };
         if let Err(e) = &result {
             let gone = match e {
-                BrokerError::Redis(e) => e.is_io_error() || e.is_connection_dropped() || e.is_timeout(),
+                // READONLY: the server was demoted to a replica (a Sentinel failover); the
+                // reconnect asks the sentinels for the new primary.
+                BrokerError::Redis(e) => {
+                    e.is_io_error()
+                        || e.is_connection_dropped()
+                        || e.is_timeout()
+                        || e.code() == Some("READONLY")
+                }
                 BrokerError::Timeout(_) => true,
                 _ => false,
             };

@@ -23,7 +23,7 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use redis::aio::MultiplexedConnection;
-use redis::{AsyncConnectionConfig, Client, Script};
+use redis::{AsyncConnectionConfig, Script};
 use serde_json::value::RawValue;
 use tracing::{debug, warn};
 
@@ -31,11 +31,12 @@ use crate::metrics::Metrics;
 use crate::protocol::error::RequestError;
 use crate::pubsub::hub::Hub;
 use crate::pubsub::presence::{event_frame, Change, Member};
-use crate::settings::Settings;
+use crate::settings::{BrokerSettings, Settings};
 use crate::sync::{read, write};
 use crate::topic::Topic;
 use crate::webhooks::EventKind;
 
+use super::sentinel::Target;
 use super::{unavailable, BrokerError};
 
 const PRESENCE_LUA: &str = include_str!("presence.lua");
@@ -48,7 +49,10 @@ pub type Emit = Arc<dyn Fn(EventKind, Topic, Option<Box<RawValue>>) + Send + Syn
 const BATCH: usize = 2048;
 
 pub struct ClusterPresence {
-    client: Client,
+    /// The broker's Redis, resolved again on every (re)connect (so a Sentinel failover is
+    /// followed here as by the link).
+    target: Target,
+    broker: BrokerSettings,
     prefix: String,
     node: Arc<str>,
     timeout: Duration,
@@ -70,12 +74,12 @@ pub struct StoredRoom {
 impl ClusterPresence {
     pub fn new(
         settings: &Settings,
-        client: Client,
         node: Arc<str>,
         metrics: Arc<Metrics>,
-    ) -> ClusterPresence {
-        ClusterPresence {
-            client,
+    ) -> Result<ClusterPresence, BrokerError> {
+        Ok(ClusterPresence {
+            target: Target::new(&settings.broker)?,
+            broker: settings.broker.clone(),
             prefix: settings.broker.prefix.clone(),
             node,
             timeout: settings.broker.timeout,
@@ -84,7 +88,7 @@ impl ClusterPresence {
             script: Script::new(PRESENCE_LUA),
             conn: std::sync::RwLock::new(None),
             metrics,
-        }
+        })
     }
 
     fn key(&self, topic: &Topic, kind: &str) -> String {
@@ -98,8 +102,9 @@ impl ClusterPresence {
         let config = AsyncConnectionConfig::new()
             .set_connection_timeout(Some(self.timeout))
             .set_response_timeout(Some(self.timeout));
-        let made = self
-            .client
+        let clients = self.target.resolve(&self.broker).await?;
+        let made = clients
+            .commands
             .get_multiplexed_async_connection_with_config(&config)
             .await?;
         *write(&self.conn) = Some(made.clone());
@@ -376,7 +381,8 @@ impl ClusterPresence {
         let mut delay = Duration::from_millis(50);
         loop {
             let result: Result<(), BrokerError> = async {
-                let mut pubsub = self.client.get_async_pubsub().await?;
+                let clients = self.target.resolve(&self.broker).await?;
+                let mut pubsub = clients.commands.get_async_pubsub().await?;
                 pubsub.subscribe(&channel).await?;
                 delay = Duration::from_millis(50);
                 let mut messages = pubsub.on_message();
@@ -422,9 +428,4 @@ enum RoundTrip<'a> {
     Cmd(&'a redis::Cmd),
     Pipe(&'a redis::Pipeline),
     Script(&'static str, Vec<String>),
-}
-
-/// A Redis client for `settings.broker` (TLS with its CA file when set).
-pub fn client(settings: &Settings) -> Result<Client, BrokerError> {
-    super::client(&settings.broker)
 }
