@@ -43,15 +43,17 @@ async fn dropped(addr: std::net::SocketAddr) -> u64 {
     metric_value(addr, "tickwire_broker_receive_dropped_total").await as u64
 }
 
-/// Waits until the node has dropped `n` messages in all.
+/// Waits until the node has dropped `n` messages in all, or one more: whether the paused link
+/// was already waiting for a message (and took one out of the queue) when the pause began is a
+/// race (6,063 against 6,062 was seen in CI).
 async fn wait_dropped(addr: std::net::SocketAddr, n: u64) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     loop {
         let now = dropped(addr).await;
-        if now == n {
+        if now == n || now == n + 1 {
             return;
         }
-        assert!(now < n, "dropped {now} messages, expected {n}");
+        assert!(now < n, "dropped {now} messages, expected {n} (or one more)");
         assert!(
             tokio::time::Instant::now() < deadline,
             "dropped {now} of {n} expected"
