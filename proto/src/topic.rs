@@ -103,8 +103,12 @@ impl Pattern {
 
     /// The concrete topic this subscription names, when it has no wildcard.
     pub fn as_exact(&self) -> Option<Topic> {
-        let wild = self.0.split('.').any(|t| t == "*" || t == ">");
-        (!wild).then(|| Topic(self.0.clone()))
+        self.is_exact().then(|| Topic(self.0.clone()))
+    }
+
+    /// Whether the subscription has no wildcard (names one topic).
+    pub fn is_exact(&self) -> bool {
+        !self.0.split('.').any(|t| t == "*" || t == ">")
     }
 
     /// Whether every topic `other` can match is also matched by `self`: the test an ACL pattern

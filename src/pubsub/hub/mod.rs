@@ -258,6 +258,8 @@ struct TopicState {
     /// dropped whenever the last value changes. Boxed: most topics of a node with many never
     /// get one, and an empty `Option<Bytes>` is 32 bytes on every topic.
     snapshot: Option<Box<Snapshot>>,
+    /// Its tally: the subscribers with an exact subscription (the others receive the topic
+    /// through patterns only), for the cluster's subscriber counts without a walk.
     subscribers: IdMap<Subscription>,
     /// When the topic was last used (its last publication, its creation, its last load from
     /// the broker), in [`Ticks`] of the hub's clock: an idle topic is dropped `idle_ttl` after
@@ -353,9 +355,11 @@ impl TopicState {
             Subscription::new(who.outbox.clone())
         });
         let fresh = sub.reasons.is_empty();
+        let mut exact = 0;
         match sub.reasons.iter_mut().find(|r| r.pattern == *reason) {
             Some(known) => known.terms = terms,
             None => {
+                exact = i32::from(reason.is_exact());
                 // Allocated at the exact size (a `Vec` grown by a push would take room for four
                 // and leave the rest as a fragment when shrunk).
                 let new = Reason {
@@ -380,6 +384,7 @@ impl TopicState {
                 gate.forget_sent();
             }
         }
+        self.subscribers.add_tally(exact);
         fresh
     }
 
@@ -387,11 +392,16 @@ impl TopicState {
     fn remove(&mut self, id: ClientId, reason: &Pattern, mirrored: bool) -> bool {
         let cap = self.cap;
         if let Some(sub) = self.subscribers.get_mut(id) {
+            let mut exact = 0;
             if sub.reasons.iter().any(|r| r.pattern == *reason) {
+                exact = i32::from(reason.is_exact());
                 let mut reasons = Vec::with_capacity(sub.reasons.len() - 1);
                 reasons.extend(sub.reasons.iter().filter(|r| r.pattern != *reason).cloned());
                 sub.reasons = reasons.into_boxed_slice();
             }
+            // Before the entry may go, with the table and its tally, when it was the last.
+            self.subscribers.add_tally(-exact);
+            let sub = self.subscribers.get_mut(id).expect("found above");
             let change = match sub.reasons.is_empty() {
                 true => {
                     let gone = self.subscribers.remove(id).expect("found above");
@@ -420,9 +430,7 @@ impl TopicState {
     /// Created and never used: no publication, no exact subscriber (pattern subscribers are
     /// re-materialized if the topic comes back).
     fn unused(&self) -> bool {
-        self.seq == 0
-            && self.history.last().is_none()
-            && (self.subscribers.values()).all(|s| s.reasons.iter().all(|r| r.pattern.as_exact().is_none()))
+        self.seq == 0 && self.history.last().is_none() && self.subscribers.tally() == 0
     }
 
     /// The `snapshot` frame of the last value, if there is one (see `snapshot`), for a client

@@ -379,3 +379,41 @@ fn the_idle_clock_is_never_early() {
         "before the start"
     );
 }
+
+/// The counts the cluster reports (`subscribers`, `pattern_subscribers`) follow every add and
+/// remove, a connection with both kinds counting as exact.
+#[tokio::test]
+async fn subscriber_counts_split_exact_from_pattern_only() {
+    let hub = hub();
+    let t = topic("prices.A");
+    hub.publish(&t, data("1"));
+    let both = hub.new_subscriber(Arc::new(Outbox::new(1 << 20)));
+    let wild = hub.new_subscriber(Arc::new(Outbox::new(1 << 20)));
+    hub.subscribe(&both, &pats(&["prices.A", "prices.*"]), &HashMap::new())
+        .unwrap();
+    hub.subscribe(&wild, &pats(&["prices.>", "prices.*"]), &HashMap::new())
+        .unwrap();
+    assert_eq!(hub.subscriber_counts(&t), Some((2, 1)));
+    // Subscribing again to what it has changes nothing.
+    hub.subscribe(&both, &pats(&["prices.A"]), &HashMap::new())
+        .unwrap();
+    assert_eq!(hub.subscriber_counts(&t), Some((2, 1)));
+    hub.unsubscribe(both.id, &pats(&["prices.A"]));
+    assert_eq!(
+        hub.subscriber_counts(&t),
+        Some((2, 2)),
+        "only its pattern is left"
+    );
+    hub.subscribe(&wild, &pats(&["prices.A"]), &HashMap::new())
+        .unwrap();
+    assert_eq!(hub.subscriber_counts(&t), Some((2, 1)));
+    hub.unsubscribe(both.id, &pats(&["prices.*"]));
+    hub.unsubscribe(wild.id, &pats(&["prices.>", "prices.*"]));
+    assert_eq!(hub.subscriber_counts(&t), Some((1, 0)));
+    hub.unsubscribe(wild.id, &pats(&["prices.A"]));
+    assert_eq!(hub.subscriber_counts(&t), Some((0, 0)));
+    // The table went with its last entry; a new exact subscriber starts the count again.
+    hub.subscribe(&both, &pats(&["prices.A"]), &HashMap::new())
+        .unwrap();
+    assert_eq!(hub.subscriber_counts(&t), Some((1, 0)));
+}

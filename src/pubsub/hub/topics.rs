@@ -242,10 +242,8 @@ impl Hub {
     pub fn subscriber_counts(&self, topic: &Topic) -> Option<(usize, usize)> {
         let entry = self.topics.get(topic).map(|e| e.clone())?;
         let state = lock(&entry.state);
-        let patterns_only = (state.subscribers.values())
-            .filter(|s| s.reasons.iter().all(|r| r.pattern.as_str() != topic.as_str()))
-            .count();
-        Some((state.subscribers.len(), patterns_only))
+        let total = state.subscribers.len();
+        Some((total, total - state.subscribers.tally() as usize))
     }
 
     /// Queues a `join`/`leave` `frame` of another node's member for the local watchers of
