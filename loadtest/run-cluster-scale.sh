@@ -1,11 +1,14 @@
 #!/usr/bin/env bash
 # Where the cluster's ceiling is on one machine (issue 21, docs/benchmarks.md#cluster): 1, 2 and 4
 # tickwire nodes on one redis-server, one topic, CONNS subscribers spread evenly over the nodes
-# (`--subscribe-urls`), one HTTP publisher on node A at RATE msg/s. Per run: deliveries/s, loss,
-# p50/p99, CPU of the tickwire nodes (together) and of redis-server from /proc over the run, Redis
-# commands and network bytes per publication from INFO. Traffic on loopback only.
+# (`--subscribe-urls`), one HTTP publisher on node A at each rate of RATES msg/s. Per run:
+# deliveries/s, loss, p50/p99, CPU of the tickwire nodes (together) and of redis-server from /proc
+# over the run, Redis commands and network bytes per publication from INFO. Then the publish
+# ingest through the broker: one `tickwire-loadtest publish` per node at once (single messages,
+# then batches of 100, over 100 topics, each mode its own phase), their msg/s summed, with the CPU of
+# the nodes and of Redis over the phase. Traffic on loopback only.
 #
-#   loadtest/run-cluster-scale.sh        # NODES="1 2 4" CONNS=10000 RATE=20 DURATION=10s
+#   loadtest/run-cluster-scale.sh    # NODES="1 2 4" CONNS=10000 RATES="20 100 200" DURATION=10s
 #
 # Needs redis-server; starts its own on $REDIS_PORT (no persistence) and stops everything it
 # started on exit.
@@ -13,7 +16,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 NODES=${NODES:-"1 2 4"}
 CONNS=${CONNS:-10000}
-RATE=${RATE:-20}
+RATES=${RATES:-${RATE:-"20 100 200"}}
+INGEST=${INGEST:-1}
 DURATION=${DURATION:-10s}
 REDIS_PORT=${REDIS_PORT:-18590}
 BASE=${BASE:-18591}
@@ -51,23 +55,24 @@ for n in $NODES; do
         for _ in $(seq 100); do curl -sf "http://127.0.0.1:$port/readyz" > /dev/null && break; sleep 0.1; done
     done
     list=$(IFS=,; echo "${urls[*]}")
-    info commandstats > "$OUT/commands-$n.before"
-    in0=$(info stats | awk -F: '/^total_net_input_bytes/ {print $2}')
-    out0=$(info stats | awk -F: '/^total_net_output_bytes/ {print $2}')
-    t0=$(cpu "${nodes[@]}"); r0=$(cpu "$redis"); s0=$(date +%s.%N)
-    target/release/tickwire-loadtest fanout --url "ws://127.0.0.1:$BASE/ws" --subscribe-urls "$list" \
-        --connections "$CONNS" --rate "$RATE" --duration "$DURATION" --warmup 3s \
-        --source-ips 127.0.0.1-127.0.0.32 --quiet --topic-prefix "bench.scale$n." --label "nodes-$n" \
-        --json > "$OUT/nodes-$n.json"
-    t1=$(cpu "${nodes[@]}"); r1=$(cpu "$redis"); s1=$(date +%s.%N)
-    info commandstats > "$OUT/commands-$n.after"
-    in1=$(info stats | awk -F: '/^total_net_input_bytes/ {print $2}')
-    out1=$(info stats | awk -F: '/^total_net_output_bytes/ {print $2}')
-    python3 - "$OUT/nodes-$n.json" "$n" "$((t1 - t0))" "$((r1 - r0))" "$s0" "$s1" \
-        "$OUT/commands-$n" "$((in1 - in0))" "$((out1 - out0))" "$(getconf CLK_TCK)" <<'PY'
+    for rate in $RATES; do
+        info commandstats > "$OUT/commands-$n-$rate.before"
+        in0=$(info stats | awk -F: '/^total_net_input_bytes/ {print $2}')
+        out0=$(info stats | awk -F: '/^total_net_output_bytes/ {print $2}')
+        t0=$(cpu "${nodes[@]}"); r0=$(cpu "$redis"); s0=$(date +%s.%N)
+        target/release/tickwire-loadtest fanout --url "ws://127.0.0.1:$BASE/ws" --subscribe-urls "$list" \
+            --connections "$CONNS" --rate "$rate" --duration "$DURATION" --warmup 3s \
+            --source-ips 127.0.0.1-127.0.0.32 --quiet --topic-prefix "bench.scale$n.r$rate." --label "nodes-$n-rate-$rate" \
+            --json > "$OUT/nodes-$n-rate-$rate.json"
+        t1=$(cpu "${nodes[@]}"); r1=$(cpu "$redis"); s1=$(date +%s.%N)
+        info commandstats > "$OUT/commands-$n-$rate.after"
+        in1=$(info stats | awk -F: '/^total_net_input_bytes/ {print $2}')
+        out1=$(info stats | awk -F: '/^total_net_output_bytes/ {print $2}')
+        python3 - "$OUT/nodes-$n-rate-$rate.json" "$n" "$rate" "$((t1 - t0))" "$((r1 - r0))" "$s0" "$s1" \
+            "$OUT/commands-$n-$rate" "$((in1 - in0))" "$((out1 - out0))" "$(getconf CLK_TCK)" <<'PY'
 import json, sys
 r = json.load(open(sys.argv[1]))
-n, tw, rd, s0, s1, commands, bin_, bout, hz = sys.argv[2:]
+n, rate, tw, rd, s0, s1, commands, bin_, bout, hz = sys.argv[2:]
 def calls(path):
     out = {}
     for line in open(path):
@@ -80,12 +85,39 @@ diff = {k: v - before.get(k, 0) for k, v in after.items() if v - before.get(k, 0
 secs = float(s1) - float(s0)
 pubs = max(r["publish"]["confirmed"], 1)
 l, d, g = r["latency_ms"], r["deliveries"], r["gaps"]
-print(f'nodes {n}: deliveries/s {d["deliveries_per_s"]:>9,.0f}  shortfall {d["shortfall_in_window_pct"]:5.2f} %  '
+print(f'nodes {n}, rate {rate}: deliveries/s {d["deliveries_per_s"]:>9,.0f}  shortfall {d["shortfall_in_window_pct"]:5.2f} %  '
       f'lost {g["lost"]}  out of order {g["out_of_order"]}  p50 {l["p50"]:6.1f} ms  p99 {l["p99"]:6.1f} ms  '
       f'CPU over the run ({secs:.1f} s): tickwire {int(tw) / int(hz) / secs * 100:4.0f} %  redis {int(rd) / int(hz) / secs * 100:3.0f} %  '
       f'per publication ({pubs}): {int(bin_) / pubs:,.0f} B in, {int(bout) / pubs:,.0f} B out to Redis; '
       f'commands over the run: ' + ", ".join(f"{k} {v}" for k, v in sorted(diff.items(), key=lambda kv: -kv[1])))
 PY
+    done
+    for mode in $([ "$INGEST" = 1 ] && echo single batch); do
+        ingest=()
+        t0=$(cpu "${nodes[@]}"); r0=$(cpu "$redis"); s0=$(date +%s.%N)
+        for i in $(seq 0 $((n - 1))); do
+            target/release/tickwire-loadtest publish --url "ws://127.0.0.1:$((BASE + i))/ws" --mode "$mode" \
+                --topics 100 --topic-prefix "bench.ingest$n.$i." --concurrency 4 --duration "$DURATION" \
+                --warmup 2s --quiet --json > "$OUT/ingest-$n-$mode-$i.json" 2> /dev/null &
+            ingest+=($!)
+        done
+        wait "${ingest[@]}"
+        t1=$(cpu "${nodes[@]}"); r1=$(cpu "$redis"); s1=$(date +%s.%N)
+        python3 - "$n" "$mode" "$((t1 - t0))" "$((r1 - r0))" "$s0" "$s1" "$(getconf CLK_TCK)" \
+            "$OUT"/ingest-"$n"-"$mode"-*.json <<'PY'
+import json, sys
+n, mode, tw, rd, s0, s1, hz = sys.argv[1:8]
+secs, hz = float(s1) - float(s0), int(hz)
+runs = [r for p in sys.argv[8:] for r in json.load(open(p))["runs"]]
+total = sum(r["messages_per_s"] for r in runs)
+errors = sum(r["errors"] for r in runs)
+p99 = max(r["latency_ms"]["p99"] for r in runs)
+tw_s, rd_s = int(tw) / hz, int(rd) / hz
+print(f'nodes {n}: publish ingest ({mode}, one publisher per node): {total:,.0f} msg/s, {errors} errors, '
+      f'worst request p99 {p99:.1f} ms; CPU over the phase ({secs:.1f} s, warmup included): '
+      f'tickwire {tw_s / secs * 100:.0f} %, redis {rd_s / secs * 100:.0f} % of one core')
+PY
+    done
     cleanup
     pids=()
     sleep 0.5
