@@ -105,6 +105,7 @@ mod cluster;
 mod feed;
 pub mod logging;
 mod metrics;
+mod outbound;
 pub mod prepare;
 pub mod protocol;
 mod pubsub;
