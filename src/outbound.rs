@@ -168,19 +168,6 @@ impl Client {
         body: Bytes,
         read_body: Option<usize>,
     ) -> Result<Response, OutboundError> {
-        match tokio::time::timeout(self.timeout, self.exchange(method, headers, body, read_body)).await {
-            Ok(result) => result,
-            Err(_) => Err(OutboundError::Timeout(self.timeout)),
-        }
-    }
-
-    async fn exchange(
-        &self,
-        method: Method,
-        headers: &[(HeaderName, &str)],
-        body: Bytes,
-        read_body: Option<usize>,
-    ) -> Result<Response, OutboundError> {
         let to = &self.to;
         let mut request = Request::builder()
             .method(method)
@@ -192,6 +179,18 @@ impl Client {
         }
         let request = (request.body(Full::new(body)))
             .map_err(|e| OutboundError::Url(format!("cannot make a request of it: {e}")))?;
+        match tokio::time::timeout(self.timeout, self.connect_and_exchange(request, read_body)).await {
+            Ok(result) => result,
+            Err(_) => Err(OutboundError::Timeout(self.timeout)),
+        }
+    }
+
+    async fn connect_and_exchange(
+        &self,
+        request: Request<Full<Bytes>>,
+        read_body: Option<usize>,
+    ) -> Result<Response, OutboundError> {
+        let to = &self.to;
         let tcp = TcpStream::connect((to.host.as_str(), to.port))
             .await
             .map_err(OutboundError::Connect)?;
