@@ -93,6 +93,7 @@ async fn a_stalled_node_drops_other_nodes_joins_past_its_queue_and_queries_stay_
         drops == least || drops == least + 1,
         "dropped {drops} of {JOINS} notifications, queue {QUEUE}"
     );
+    eprintln!("stalled presence listener: {JOINS} joins, queue {QUEUE}, {drops} dropped");
     // The stalled node's query reads Redis: every member is there.
     let (status, room) = get_json(node.addr, "/api/v1/topics/chat.room/presence").await;
     assert_eq!((status, room["count"].clone()), (200, json!(JOINS + 2)), "{room}");

@@ -1,5 +1,6 @@
-//! The JWT key set fetched from `auth.jwt.jwks_url`: fetching it over HTTPS, keeping it fresh,
-//! and keeping the last good set when a fetch fails.
+//! The JWT key set fetched from `auth.jwt.jwks_url`: fetching it over HTTPS (the server's one
+//! HTTP client, `outbound`, shared with the webhooks), keeping it fresh, and keeping the last
+//! good set when a fetch fails.
 //!
 //! One task per server fetches: at start, every `auth.jwt.jwks_refresh`, and when a token names
 //! a `kid` the set lacks (an IdP that rotated its keys). Unknown-kid fetches are rate-limited
