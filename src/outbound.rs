@@ -93,6 +93,7 @@ impl Destination {
 }
 
 /// What a request got back. The body is read only from a 2xx answer, and only when asked.
+#[derive(Debug)]
 pub struct Response {
     pub status: StatusCode,
     pub body: Bytes,
@@ -249,6 +250,70 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpListener;
+
+    /// A loopback server that reads one request head and answers `status` with `body_len`
+    /// bytes, or never answers when `status` is 0.
+    async fn server(status: u16, body_len: usize) -> String {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/x", listener.local_addr().unwrap());
+        tokio::spawn(async move {
+            while let Ok((mut tcp, _)) = listener.accept().await {
+                tokio::spawn(async move {
+                    let mut head = Vec::new();
+                    let mut buf = [0u8; 1024];
+                    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match tcp.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => head.extend_from_slice(&buf[..n]),
+                        }
+                    }
+                    if status == 0 {
+                        tokio::time::sleep(Duration::from_secs(60)).await;
+                        return;
+                    }
+                    let answer = format!(
+                        "HTTP/1.1 {status} X\r\ncontent-length: {body_len}\r\n\r\n{}",
+                        "b".repeat(body_len)
+                    );
+                    let _ = tcp.write_all(answer.as_bytes()).await;
+                });
+            }
+        });
+        url
+    }
+
+    async fn client(url: &str) -> Client {
+        Client::new(Destination::parse(url).unwrap(), None, Duration::from_millis(300)).await
+    }
+
+    #[tokio::test]
+    async fn the_body_is_capped_read_only_from_a_2xx_and_the_whole_exchange_is_timed() {
+        let c = client(&server(200, 2048).await).await;
+        let ok = c.send(Method::GET, &[], Bytes::new(), Some(4096)).await.unwrap();
+        assert_eq!((ok.status.as_u16(), ok.body.len()), (200, 2048));
+        let capped = c.send(Method::GET, &[], Bytes::new(), Some(1024)).await;
+        assert!(matches!(capped, Err(OutboundError::TooLarge(1024))), "{capped:?}");
+        let unread = c
+            .send(Method::POST, &[], Bytes::from_static(b"{}"), None)
+            .await
+            .unwrap();
+        assert_eq!((unread.status.as_u16(), unread.body.len()), (200, 0));
+
+        let c = client(&server(500, 2048).await).await;
+        let refused = c.send(Method::GET, &[], Bytes::new(), Some(1024)).await.unwrap();
+        assert_eq!((refused.status.as_u16(), refused.body.len()), (500, 0));
+
+        let c = client(&server(0, 0).await).await;
+        let silent = c.send(Method::GET, &[], Bytes::new(), Some(1024)).await;
+        assert!(matches!(silent, Err(OutboundError::Timeout(_))), "{silent:?}");
+        assert!(!c.trusts_nothing());
+        let none = Destination::parse("https://127.0.0.1:9/").unwrap();
+        assert!(Client::new(none, Some(&[]), Duration::from_secs(1))
+            .await
+            .trusts_nothing());
+    }
 
     #[test]
     fn urls_are_taken_apart() {
