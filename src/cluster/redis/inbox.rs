@@ -182,7 +182,6 @@ impl Inbox {
     }
 
     fn dropped(&self, msg: &Msg) {
-        self.metrics.broker_receive_dropped.inc();
         match &self.overflow {
             Overflow::Resync {
                 drops,
@@ -191,9 +190,11 @@ impl Inbox {
                 let topic =
                     (msg.get_channel_name().strip_prefix(channel_prefix)).and_then(|t| Topic::parse(t).ok());
                 lock(&drops.missed).add(topic);
+                self.metrics.broker_receive_dropped.inc();
                 drops.wake.notify_one();
             }
             Overflow::Count(burst) => {
+                self.metrics.broker_receive_dropped.inc();
                 if burst.0.fetch_add(1, Ordering::Relaxed) == 0 {
                     warn!(
                         channel = msg.get_channel_name(),
