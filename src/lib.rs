@@ -10,8 +10,8 @@
 //!
 //! Folders by concern; dependencies point one way, down this list (edge → session → cluster →
 //! pubsub → protocol/topic), and `.ci/module-cycles.py` fails CI on any import cycle between
-//! modules. `auth` depends only on `settings`, `topic`/`protocol` types, `swap` and `metrics`;
-//! `settings` only on `topic`.
+//! modules. `auth` depends only on `settings`, `topic`/`protocol` types, `swap`, `metrics` and
+//! `outbound`; `settings` only on `topic`.
 //!
 //! - [`transport`]: the edge, everything that knows about sockets.
 //!   - `listener`: the TCP accept loops, TLS handshakes, graceful drain, fd limit; `serve`.
@@ -45,7 +45,7 @@
 //!   `commands`, the wanted `interest`, the pub/sub `link` fed by the bounded `inbox`, the
 //!   server to use (fixed or found by Redis Sentinel) in `sentinel`, the Lua scripts
 //!   `publish.lua` and `rebase.lua`, and the cluster's share of presence (`presence`,
-//!   `presence.lua`); `idempotency`: `Idempotency-Key` digests and the in-memory ledger;
+//!   `presence.lua`; its channel listener reads through a bounded `inbox` too); `idempotency`: `Idempotency-Key` digests and the in-memory ledger;
 //!   `presence`: presence rooms, subscriber counts and occupied topics as clients and the API
 //!   see them, and the events (`occupied`/`vacated` with the vacate delay, `join`/`leave`)
 //!   each emitted once.
@@ -92,6 +92,8 @@
 //! - `feed`: the built-in simulated price feed.
 //! - `webhooks`: `[[webhooks]]` delivery: a bounded queue and one task per endpoint, signed
 //!   POSTs, retries with backoff (below `cluster`, which decides what to send).
+//! - `outbound`: the one outbound HTTP client (`http://` and `https://`, a timeout, a capped
+//!   response body), below both `auth::jwks` and `webhooks`.
 //! - `swap`: the snapshot-and-replace cell that makes keys and certificates swappable.
 //! - `sync`: taking `std::sync` locks without poisoning (`lock`, `read`, `write`).
 //!
@@ -105,6 +107,7 @@ mod cluster;
 mod feed;
 pub mod logging;
 mod metrics;
+mod outbound;
 pub mod prepare;
 pub mod protocol;
 mod pubsub;

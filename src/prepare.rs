@@ -1,6 +1,6 @@
 //! The one step that turns plain [`Settings`] into the runtime objects they describe: the
 //! authenticator (ACLs parsed, JWT and API key files read), the trusted proxies and the TLS
-//! acceptor (certificate and key read).
+//! acceptor (certificate and key read); the webhooks' CA files are read to be checked.
 //!
 //! `Settings::load` only parses and checks values, so configuration stays data and `settings`
 //! depends on nothing above it. `serve`, `check-config` and a reload all go through here, so a
@@ -27,6 +27,13 @@ pub fn prepare(settings: &Settings) -> Result<Prepared, SettingsError> {
     let auth = Auth::from_settings(&settings.auth)?;
     let tls = tls::acceptor(&settings.tls)?;
     let proxies = TrustedProxies::new(settings.trusted_proxies()?);
+    // Read here to be refused before start-up; each webhook's task reads its file again.
+    for (i, w) in settings.webhooks.iter().enumerate() {
+        if let Some(ca) = &w.ca_file {
+            crate::settings::pem_certificates("webhooks", ca)
+                .map_err(|e| e.prefixed(&format!("entry {i}: ca_file ")))?;
+        }
+    }
     Ok(Prepared { auth, proxies, tls })
 }
 
@@ -80,6 +87,11 @@ mod tests {
                 "server.allowed_origins",
             ),
             ("[tls]\ncert = \"/nonexistent/cert.pem\"", "tls.key"),
+            (
+                "[[webhooks]]\nurl = \"https://h/\"\nevents = [\"join\"]\nsecret = \"s\"\n\
+                 ca_file = \"/etc/hosts\"",
+                "webhooks",
+            ),
             (
                 "[tls]\ncert = \"/nonexistent/c.pem\"\nkey = \"/nonexistent/k.pem\"",
                 "tls.cert",

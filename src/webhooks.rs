@@ -3,6 +3,9 @@
 //! `X-Tickwire-Signature: sha256=<hex HMAC-SHA256 of the body>`, to every endpoint that asked
 //! for that event and topic.
 //!
+//! Requests go through the server's one HTTP client (`outbound`): `http://`, or `https://`
+//! verified against the system's roots or the entry's `ca_file`.
+//!
 //! Each endpoint has its own bounded queue (`queue` events) and one task that delivers in
 //! order, one request at a time, retrying a failure (no response within `timeout`, or a status
 //! other than 2xx) with exponential backoff up to `max_attempts` tries. A full queue drops the
@@ -10,23 +13,22 @@
 //! is down costs at most its queue in memory. Which node sends an event is decided above
 //! (`cluster::presence`): this module sends what it is given.
 
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::Full;
-use hyper::header::{CONTENT_TYPE, HOST, USER_AGENT};
-use hyper::{Request, Uri};
-use hyper_util::rt::TokioIo;
+use hyper::header::{HeaderName, CONTENT_TYPE};
+use hyper::Method;
 use ring::hmac;
 use serde::Serialize;
 use serde_json::value::RawValue;
-use tokio::net::TcpStream;
 use tokio::sync::mpsc;
-use tracing::{debug, warn};
+use tracing::{debug, error, warn};
 
 use crate::metrics::{Metrics, WebhookResult};
+use crate::outbound::{self, Destination};
 use crate::settings::WebhookSettings;
 use crate::topic::{Pattern, Topic};
 
@@ -36,6 +38,9 @@ pub const SIGNATURE: &str = "x-tickwire-signature";
 /// First wait before a retry; doubled after each failed try, up to [`MAX_BACKOFF`].
 const FIRST_BACKOFF: Duration = Duration::from_millis(250);
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
+
+/// The key of an entry's CA file, in messages.
+const CA_KEY: &str = "webhooks.ca_file";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum EventKind {
@@ -148,7 +153,8 @@ impl Webhooks {
                     events[kind as usize] = true;
                 }
                 let delivery = Delivery {
-                    uri: s.url.parse().expect("settings validate webhook URLs"),
+                    url: s.url.clone(),
+                    ca_file: s.ca_file.clone(),
                     key: hmac::Key::new(hmac::HMAC_SHA256, s.secret.expose().as_bytes()),
                     timeout: s.timeout,
                     max_attempts: s.max_attempts,
@@ -208,7 +214,8 @@ impl Endpoint {
 
 /// One endpoint's delivery task.
 struct Delivery {
-    uri: Uri,
+    url: String,
+    ca_file: Option<PathBuf>,
     key: hmac::Key,
     timeout: Duration,
     max_attempts: u32,
@@ -217,66 +224,73 @@ struct Delivery {
 
 impl Delivery {
     async fn run(self, mut queue: mpsc::Receiver<Arc<Event>>) {
+        // Without a client the queue closes: `send` counts what it can no longer queue.
+        let Some(client) = self.client().await else {
+            return;
+        };
         while let Some(event) = queue.recv().await {
             let signature = signature(&self.key, event.body());
+            let headers = [
+                (CONTENT_TYPE, "application/json"),
+                (HeaderName::from_static(SIGNATURE), signature.as_str()),
+            ];
             let mut backoff = FIRST_BACKOFF;
             for attempt in 1..=self.max_attempts {
-                let result = match tokio::time::timeout(self.timeout, self.post(&event, &signature)).await {
-                    Ok(Ok(status)) if (200..300).contains(&status) => WebhookResult::Ok,
-                    Ok(Ok(status)) => {
-                        debug!(uri = %self.uri, status, attempt, "webhook refused");
-                        WebhookResult::Status
-                    }
-                    Ok(Err(e)) => {
-                        debug!(uri = %self.uri, error = %e, attempt, "webhook failed");
-                        WebhookResult::Error
-                    }
-                    Err(_) => {
-                        debug!(uri = %self.uri, attempt, "webhook timed out");
-                        WebhookResult::Error
-                    }
+                let sent = client
+                    .send(Method::POST, &headers, event.body().clone(), None)
+                    .await;
+                let (result, why) = match sent {
+                    Ok(r) if r.status.is_success() => (WebhookResult::Ok, String::new()),
+                    Ok(r) => (
+                        WebhookResult::Status,
+                        format!("answered HTTP {}", r.status.as_u16()),
+                    ),
+                    Err(e) => (WebhookResult::Error, e.to_string()),
                 };
                 self.metrics.webhook_request(event.kind.name(), result);
                 if result == WebhookResult::Ok {
                     break;
                 }
                 if attempt == self.max_attempts {
-                    warn!(uri = %self.uri, event = event.kind.name(), topic = %event.topic, attempts = attempt, "webhook given up");
+                    warn!(url = %self.url, event = event.kind.name(), topic = %event.topic, attempts = attempt, error = %why, "webhook given up");
                     break;
                 }
+                debug!(url = %self.url, attempt, error = %why, "webhook failed; retrying");
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(MAX_BACKOFF);
             }
         }
     }
 
-    /// One POST over a fresh connection; the response's status.
-    async fn post(
-        &self,
-        event: &Event,
-        signature: &str,
-    ) -> Result<u16, Box<dyn std::error::Error + Send + Sync>> {
-        let host = self.uri.host().ok_or("no host")?;
-        let host = host.trim_start_matches('[').trim_end_matches(']');
-        let port = self.uri.port_u16().unwrap_or(80);
-        let tcp = TcpStream::connect((host, port)).await?;
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp)).await?;
-        let path = self.uri.path_and_query().map_or("/", |p| p.as_str());
-        let authority = self.uri.authority().map_or(host, |a| a.as_str());
-        let request = Request::post(path)
-            .header(HOST, authority)
-            .header(CONTENT_TYPE, "application/json")
-            .header(USER_AGENT, concat!("tickwire/", env!("CARGO_PKG_VERSION")))
-            .header(SIGNATURE, signature)
-            .body(Full::new(event.body().clone()))?;
-        let mut conn = std::pin::pin!(conn);
-        let exchange = sender.send_request(request);
-        let mut exchange = std::pin::pin!(exchange);
-        // The connection is driven here, so the caller's timeout drops it too.
-        let response = tokio::select! {
-            r = &mut exchange => r?,
-            _ = &mut conn => exchange.await?,
+    /// The endpoint's client, trusting `ca_file` when set. A CA file that cannot be read any
+    /// more (settings checked it at start-up) trusts nothing: every request fails, counted.
+    async fn client(&self) -> Option<outbound::Client> {
+        let to = match Destination::parse(&self.url) {
+            Ok(to) => to,
+            Err(e) => {
+                error!(url = %self.url, error = %e, "webhook URL unusable: its events are dropped");
+                return None;
+            }
         };
-        Ok(response.status().as_u16())
+        let ca = match self.ca_file.clone() {
+            None => None,
+            Some(path) => {
+                let read =
+                    tokio::task::spawn_blocking(move || crate::settings::pem_certificates(CA_KEY, &path))
+                        .await;
+                let read = read
+                    .map_err(|e| e.to_string())
+                    .and_then(|r| r.map_err(|e| e.to_string()));
+                Some(read.unwrap_or_else(|e| {
+                    error!(url = %self.url, error = %e, "webhook CA file unreadable: every request to it fails");
+                    Vec::new()
+                }))
+            }
+        };
+        let client = outbound::Client::new(to, ca.as_deref(), self.timeout).await;
+        if client.trusts_nothing() && self.ca_file.is_none() {
+            error!(url = %self.url, "no trusted root certificates: set this webhook's ca_file");
+        }
+        Some(client)
     }
 }

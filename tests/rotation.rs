@@ -20,10 +20,6 @@ use hyper_util::rt::TokioIo;
 use jsonwebtoken::{Algorithm, EncodingKey};
 use serde_json::{json, Value};
 use tokio::net::{TcpListener, TcpStream};
-use tokio_rustls::rustls::pki_types::pem::PemObject;
-use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
-use tokio_rustls::rustls::ServerConfig;
-use tokio_rustls::TlsAcceptor;
 
 /// Reloads follow file changes within the watch interval (2 s); a loaded machine gets slack.
 const ROTATION_WAIT: Duration = Duration::from_secs(15);
@@ -76,22 +72,11 @@ struct Idp {
 
 impl Idp {
     async fn start(answer: Answer) -> Idp {
-        let Certificate {
-            cert_pem, key_pem, ..
-        } = certificate();
+        let cert = certificate();
         let dir = scratch("idp");
         let ca_file = dir.join("ca.pem");
-        std::fs::write(&ca_file, &cert_pem).unwrap();
-        let chain = vec![CertificateDer::from_pem_slice(cert_pem.as_bytes()).unwrap()];
-        let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).unwrap();
-        let provider = Arc::new(tokio_rustls::rustls::crypto::ring::default_provider());
-        let config = ServerConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_no_client_auth()
-            .with_single_cert(chain, key)
-            .unwrap();
-        let acceptor = TlsAcceptor::from(Arc::new(config));
+        std::fs::write(&ca_file, &cert.cert_pem).unwrap();
+        let acceptor = cert.acceptor();
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("https://{}/.well-known/jwks.json", listener.local_addr().unwrap());
         let answer = Arc::new(Mutex::new(answer));

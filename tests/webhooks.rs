@@ -1,7 +1,8 @@
 //! Occupancy events and `[[webhooks]]` on one node (issue 20), with a real HTTP receiver on
 //! loopback: `occupied`/`vacated` once per transition with the vacate delay, `join`/`leave` with
-//! the member, the signature checked by the receiver, a retry after a 500, and the bounded queue
-//! of an endpoint that is down.
+//! the member, the signature checked by the receiver, a retry after a 500, the bounded queue
+//! of an endpoint that is down, and `https://` receivers: trusted through a private CA's
+//! `ca_file`, or refused (a CA not trusted, the system's roots) and counted as errors.
 
 mod common;
 
@@ -206,4 +207,108 @@ async fn an_endpoint_that_is_down_holds_at_most_its_queue() {
         ),
         None
     );
+}
+
+/// `ca_file = <path>` of a fresh file holding `pem`.
+fn ca_file_toml(name: &str, pem: &str) -> String {
+    let file = scratch(name).join("ca.pem");
+    std::fs::write(&file, pem).unwrap();
+    format!("ca_file = \"{}\"", file.display())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_https_receiver_trusted_through_ca_file_gets_the_signed_body() {
+    let ca = private_ca("tickwire webhook test CA");
+    let receiver = Receiver::start_https(&[], &ca.server).await;
+    let url = receiver.url("/secure");
+    assert!(url.starts_with("https://127.0.0.1:"), "{url}");
+    let toml = hook_toml(&url, &["occupied"], &ca_file_toml("hook-ca", &ca.ca_pem));
+    let server = start(&toml).await;
+    let mut a = connect(server.addr).await;
+    subscribe(&mut a, 1, &["t.secure"]).await;
+    eventually("the hook over HTTPS", Duration::from_secs(5), || async {
+        receiver.hooks().len() == 1
+    })
+    .await;
+    let hook = &receiver.hooks()[0];
+    assert_eq!(hook.path, "/secure");
+    assert!(hook.signed_with(SECRET), "bad signature {:?}", hook.signature);
+    assert_eq!(
+        (hook.json()["event"].clone(), hook.json()["topic"].clone()),
+        (json!("occupied"), json!("t.secure"))
+    );
+    assert_eq!(receiver.refused_handshakes(), 0);
+    assert_eq!(
+        scrape(server.addr).await.value(
+            "tickwire_webhook_requests_total",
+            &[("event", "occupied"), ("result", "ok")]
+        ),
+        1.0
+    );
+}
+
+/// Two `https://` receivers the server must not trust: one whose certificate chains to another
+/// CA than the entry's `ca_file`, one checked against the system's roots (no `ca_file`). Every
+/// try fails at the handshake, is counted as an error and logged; nothing reaches a receiver,
+/// and the server (a real process, so that its log can be read) keeps serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_https_receiver_that_is_not_trusted_gets_nothing() {
+    let (trusted, other) = (private_ca("trusted CA"), private_ca("other CA"));
+    let wrong_ca = Receiver::start_https(&[], &other.server).await;
+    let system = Receiver::start_https(&[], &other.server).await;
+    let toml = format!(
+        "{}{}",
+        hook_toml(
+            &wrong_ca.url("/a"),
+            &["occupied"],
+            &format!(
+                "max_attempts = 2\n{}",
+                ca_file_toml("hook-trusted", &trusted.ca_pem)
+            )
+        ),
+        hook_toml(&system.url("/b"), &["occupied"], "max_attempts = 2")
+    );
+    let config = scratch("hook-untrusted").join("tickwire.toml");
+    std::fs::write(&config, toml).unwrap();
+    let mut server = ServerProcess::start_with_args(&["--config", config.to_str().unwrap()], &[]).await;
+    let mut a = connect(server.addr).await;
+    subscribe(&mut a, 1, &["t.untrusted"]).await;
+    let addr = server.addr;
+    let errors = move || async move {
+        (scrape(addr).await)
+            .get(
+                "tickwire_webhook_requests_total",
+                &[("event", "occupied"), ("result", "error")],
+            )
+            .unwrap_or(0.0)
+    };
+    eventually(
+        "two tries per receiver, failed",
+        Duration::from_secs(10),
+        || async { errors().await == 4.0 },
+    )
+    .await;
+    eventually("both given up, logged", Duration::from_secs(5), || async {
+        server.logs().matches("webhook given up").count() == 2
+    })
+    .await;
+    let logs = server.logs();
+    assert!(logs.contains("invalid peer certificate"), "{logs}");
+    assert!(wrong_ca.hooks().is_empty() && system.hooks().is_empty());
+    assert_eq!(
+        (wrong_ca.refused_handshakes(), system.refused_handshakes()),
+        (2, 2)
+    );
+    let s = scrape(server.addr).await;
+    assert_eq!(
+        s.get(
+            "tickwire_webhook_requests_total",
+            &[("event", "occupied"), ("result", "ok")]
+        ),
+        None
+    );
+    assert!(server.child.try_wait().unwrap().is_none(), "the server runs on");
+    assert_eq!(http_get(server.addr, "/healthz").await.status, 200);
+    assert_usable(&mut a, 2).await;
+    assert_eq!(errors().await, 4.0, "no more tries");
 }

@@ -1,5 +1,6 @@
-//! The JWT key set fetched from `auth.jwt.jwks_url`: fetching it over HTTPS, keeping it fresh,
-//! and keeping the last good set when a fetch fails.
+//! The JWT key set fetched from `auth.jwt.jwks_url`: fetching it over HTTPS (the server's one
+//! HTTP client, `outbound`, shared with the webhooks), keeping it fresh, and keeping the last
+//! good set when a fetch fails.
 //!
 //! One task per server fetches: at start, every `auth.jwt.jwks_refresh`, and when a token names
 //! a `kid` the set lacks (an IdP that rotated its keys). Unknown-kid fetches are rate-limited
@@ -17,22 +18,18 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Empty, Limited};
-use hyper::header::{ACCEPT, HOST, USER_AGENT};
-use hyper::{Request, StatusCode, Uri};
-use hyper_util::rt::TokioIo;
-use rustls::pki_types::{CertificateDer, ServerName};
-use rustls::{ClientConfig, RootCertStore};
-use tokio::net::TcpStream;
+use hyper::header::ACCEPT;
+use hyper::{Method, StatusCode};
+use rustls::pki_types::CertificateDer;
 use tokio::sync::{watch, Notify};
 use tokio::task::JoinHandle;
-use tokio_rustls::TlsConnector;
 use tracing::{debug, error, info, warn};
 
 use thiserror::Error;
 
 use crate::auth::keyset::{self, Key};
 use crate::metrics::Metrics;
+use crate::outbound::{self, Destination, OutboundError};
 use crate::settings::JwtSettings;
 use crate::settings::SettingsError;
 use crate::swap::Swap;
@@ -40,18 +37,11 @@ use crate::swap::Swap;
 /// Why fetching `auth.jwt.jwks_url` failed; the last good key set stays in use.
 #[derive(Debug, Error)]
 pub enum JwksError {
-    #[error("cannot connect: {0}")]
-    Connect(std::io::Error),
-    #[error("TLS: {0}")]
-    Tls(std::io::Error),
-    #[error("HTTP: {0}")]
-    Http(#[from] hyper::Error),
+    /// No answer: connection, TLS, HTTP, a body over [`MAX_BODY_BYTES`], the timeout.
+    #[error(transparent)]
+    Fetch(#[from] OutboundError),
     #[error("answered HTTP {0}, expected 200")]
     Status(u16),
-    #[error("body larger than {0} bytes")]
-    TooLarge(usize),
-    #[error("no answer within {0:?}")]
-    Timeout(std::time::Duration),
     #[error("not a usable key set: {0}")]
     KeySet(String),
 }
@@ -68,21 +58,10 @@ pub const RETRY_AFTER_ERROR: Duration = Duration::from_secs(30);
 const URL_KEY: &str = "auth.jwt.jwks_url";
 const CA_KEY: &str = "auth.jwt.jwks_ca_file";
 
-/// Where the set is fetched from.
-struct Endpoint {
-    /// Without brackets for an IPv6 literal: what TCP connects to and TLS verifies.
-    host: String,
-    port: u16,
-    server_name: ServerName<'static>,
-    /// The `Host` header.
-    authority: String,
-    path: String,
-}
-
 /// The fetched key set and what keeps it fresh.
 pub struct Remote {
     url: String,
-    endpoint: Endpoint,
+    endpoint: Destination,
     /// `jwks_ca_file`'s certificates; `None` trusts the system's roots.
     ca: Option<Vec<CertificateDer<'static>>>,
     refresh: Duration,
@@ -110,28 +89,10 @@ impl Remote {
     /// [`start`]: Remote::start
     pub fn new(s: &JwtSettings) -> Result<Remote, SettingsError> {
         let url = s.jwks_url.trim();
-        let uri: Uri = url
-            .parse()
-            .map_err(|e| SettingsError::invalid(URL_KEY, format!("not a URL: {e}")))?;
-        if uri.scheme_str() != Some("https") {
+        if !url.starts_with("https://") {
             return Err(SettingsError::invalid(URL_KEY, "must start with https://"));
         }
-        let authority = uri
-            .authority()
-            .ok_or_else(|| SettingsError::invalid(URL_KEY, "has no host"))?;
-        if authority.as_str().contains('@') {
-            return Err(SettingsError::invalid(URL_KEY, "must not carry credentials"));
-        }
-        let host = authority.host().trim_start_matches('[').trim_end_matches(']');
-        let server_name = ServerName::try_from(host.to_string())
-            .map_err(|_| SettingsError::invalid(URL_KEY, "has no valid host name"))?;
-        let endpoint = Endpoint {
-            host: host.to_string(),
-            server_name,
-            port: authority.port_u16().unwrap_or(443),
-            authority: authority.as_str().to_string(),
-            path: uri.path_and_query().map_or("/", |p| p.as_str()).to_string(),
-        };
+        let endpoint = Destination::parse(url).map_err(|e| SettingsError::invalid(URL_KEY, e.to_string()))?;
         let ca = match &s.jwks_ca_file {
             None => None,
             Some(path) => Some(crate::settings::pem_certificates(CA_KEY, path)?),
@@ -209,14 +170,13 @@ impl Remote {
     }
 
     async fn run(self: Arc<Self>, metrics: Arc<Metrics>) {
-        let tls = self.connector().await;
+        let client = outbound::Client::new(self.endpoint.clone(), self.ca.as_deref(), FETCH_TIMEOUT).await;
+        if client.trusts_nothing() {
+            error!(url = %self.url, "no trusted root certificates: set {CA_KEY}");
+        }
         loop {
             self.attempts.lock().unwrap_or_else(|e| e.into_inner()).in_flight = true;
-            let fetched = match tokio::time::timeout(FETCH_TIMEOUT, self.fetch(&tls)).await {
-                Ok(r) => r,
-                Err(_) => Err(JwksError::Timeout(FETCH_TIMEOUT)),
-            };
-            let next = match fetched {
+            let next = match self.fetch(&client).await {
                 Ok(keys) => {
                     let kids = |k: &[Key]| k.iter().map(|k| k.kid.clone()).collect::<Vec<_>>();
                     let changed = kids(&keys) != kids(&self.keys());
@@ -250,70 +210,14 @@ impl Remote {
         }
     }
 
-    /// The TLS client: `jwks_ca_file`'s roots, or the system's (read off the runtime).
-    async fn connector(&self) -> TlsConnector {
-        let mut roots = RootCertStore::empty();
-        match &self.ca {
-            Some(certs) => {
-                roots.add_parsable_certificates(certs.iter().cloned());
-            }
-            None => {
-                let native = tokio::task::spawn_blocking(rustls_native_certs::load_native_certs).await;
-                if let Ok(native) = native {
-                    roots.add_parsable_certificates(native.certs);
-                }
-            }
+    /// One GET of the URL, parsed into keys.
+    async fn fetch(&self, client: &outbound::Client) -> Result<Vec<Key>, JwksError> {
+        let headers = [(ACCEPT, "application/json")];
+        let response = (client.send(Method::GET, &headers, Bytes::new(), Some(MAX_BODY_BYTES))).await?;
+        if response.status != StatusCode::OK {
+            return Err(JwksError::Status(response.status.as_u16()));
         }
-        if roots.is_empty() {
-            error!(url = %self.url, "no trusted root certificates: set auth.jwt.jwks_ca_file");
-        }
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let mut config = ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .expect("the ring provider supports the default protocol versions")
-            .with_root_certificates(roots)
-            .with_no_client_auth();
-        config.alpn_protocols = vec![b"http/1.1".to_vec()];
-        TlsConnector::from(Arc::new(config))
-    }
-
-    /// One GET of the URL over a fresh connection, parsed into keys.
-    async fn fetch(&self, tls: &TlsConnector) -> Result<Vec<Key>, JwksError> {
-        let e = &self.endpoint;
-        let tcp = TcpStream::connect((e.host.as_str(), e.port))
-            .await
-            .map_err(JwksError::Connect)?;
-        let stream = tls
-            .connect(e.server_name.clone(), tcp)
-            .await
-            .map_err(JwksError::Tls)?;
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
-        let request = Request::get(e.path.as_str())
-            .header(HOST, e.authority.as_str())
-            .header(ACCEPT, "application/json")
-            .header(USER_AGENT, concat!("tickwire/", env!("CARGO_PKG_VERSION")))
-            .body(Empty::<Bytes>::new())
-            .map_err(|err| JwksError::KeySet(format!("bad request: {err}")))?;
-        let exchange = async {
-            let response = sender.send_request(request).await?;
-            if response.status() != StatusCode::OK {
-                return Err(JwksError::Status(response.status().as_u16()));
-            }
-            match Limited::new(response.into_body(), MAX_BODY_BYTES).collect().await {
-                Ok(body) => Ok(body.to_bytes()),
-                Err(err) => match err.downcast::<hyper::Error>() {
-                    Ok(err) => Err(JwksError::Http(*err)),
-                    Err(_) => Err(JwksError::TooLarge(MAX_BODY_BYTES)),
-                },
-            }
-        };
-        let mut conn = std::pin::pin!(conn);
-        let mut exchange = std::pin::pin!(exchange);
-        // The connection is driven here, not in a spawned task, so a timeout drops it too.
-        let body = tokio::select! {
-            r = &mut exchange => r?,
-            _ = &mut conn => exchange.await?,
-        };
+        let body = response.body;
         let keys = keyset::jwks(URL_KEY, &body).map_err(|err| match err {
             SettingsError::Invalid { message, .. } => JwksError::KeySet(message),
             other => JwksError::KeySet(other.to_string()),

@@ -476,8 +476,12 @@ pub struct OccupancySettings {
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct WebhookSettings {
-    /// `http://host[:port]/path`.
+    /// `http://host[:port]/path` or `https://…`.
     pub url: String,
+    /// PEM CA certificate(s) an `https://` url's certificate must chain to; `None` (empty)
+    /// trusts the system's roots.
+    #[serde(default, with = "optional_path")]
+    pub ca_file: Option<PathBuf>,
     /// Any of `occupied`, `vacated`, `join`, `leave`.
     pub events: Vec<String>,
     /// Only events of topics matching one of these; empty: every topic.

@@ -307,11 +307,32 @@ fn presence_occupancy_and_webhooks_are_checked() {
     ] {
         assert!(keys.contains(&key.to_string()), "{key} in {keys:?}");
     }
-    let bad = "[[webhooks]]\nurl = \"https://x/h\"\nevents = [\"joined\"]\ntopics = [\"a..b\"]\nsecret = \"\"\nqueue = 0\n";
+    // https:// too, with or without a CA file (read by `prepare`).
+    let https = "[[webhooks]]\nurl = \"https://hooks.example/h\"\nevents = [\"join\"]\nsecret = \"s\"\n";
+    assert!(Settings::from_toml(https).unwrap().webhooks[0].ca_file.is_none());
+    let s = Settings::from_toml(&format!("{https}ca_file = \"/etc/ca.pem\"\n")).unwrap();
+    assert_eq!(
+        s.webhooks[0].ca_file.as_deref(),
+        Some(std::path::Path::new("/etc/ca.pem"))
+    );
+
+    let bad = "[[webhooks]]\nurl = \"ftp://x/h\"\nevents = [\"joined\"]\ntopics = [\"a..b\"]\nsecret = \"\"\nqueue = 0\n";
     let p = problems(bad);
     let p = p.iter().find(|p| p.key == "webhooks").expect("webhooks refused");
     for part in ["entry 0", "http://", "\"joined\"", "topics", "secret", "queue"] {
         assert!(p.message.contains(part), "{part}: {p}");
+    }
+    for (url, why) in [
+        ("http://u:p@a/", "http://"),
+        (
+            "http://a/\"\nca_file = \"/etc/ca.pem",
+            "ca_file is only used with an https:// url",
+        ),
+    ] {
+        let p = problems(&format!(
+            "[[webhooks]]\nurl = \"{url}\"\nevents = [\"join\"]\nsecret = \"s\"\n"
+        ));
+        assert!(p.iter().any(|p| p.message.contains(why)), "{url}: {p:?}");
     }
     let p = problems("[[webhooks]]\nurl = \"http://a/\"\nevents = [\"join\"]\nsecret = \"s\"\nretries = 3\n");
     assert!(

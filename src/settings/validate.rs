@@ -365,7 +365,14 @@ impl Settings {
         for (i, w) in self.webhooks.iter().enumerate() {
             let mut problems = Vec::new();
             if !valid_webhook_url(&w.url) {
-                problems.push(format!("url {:?} must be http://host[:port][/path]", w.url));
+                problems.push(format!(
+                    "url {:?} must be http://host[:port][/path] or https://…",
+                    w.url
+                ));
+            }
+            // The file itself is read by `prepare`.
+            if w.ca_file.is_some() && !w.url.starts_with("https://") {
+                problems.push("ca_file is only used with an https:// url".to_string());
             }
             if w.events.is_empty() {
                 problems.push("events must name at least one event".to_string());
@@ -479,9 +486,10 @@ impl Settings {
 /// The events a `[[webhooks]]` entry may ask for.
 pub const WEBHOOK_EVENTS: [&str; 4] = ["occupied", "vacated", "join", "leave"];
 
-/// `http://host[:port][/path]`, which is all the webhook client speaks.
+/// `http[s]://host[:port][/path]`, which is what the webhook client (`outbound`) speaks.
 fn valid_webhook_url(url: &str) -> bool {
-    url.starts_with("http://")
+    (url.starts_with("http://") || url.starts_with("https://"))
+        && !url.contains('@')
         && url
             .parse::<hyper::Uri>()
             .is_ok_and(|u| u.host().is_some_and(|h| !h.is_empty()))

@@ -84,12 +84,18 @@ impl ServerProcess {
     /// Starts `tickwire serve` on 127.0.0.1:<free port> with the feed off and `env` on top,
     /// and waits until `/healthz` answers (on `TICKWIRE__ADMIN__LISTEN` when `env` sets it).
     pub async fn start(env: &[(&str, &str)]) -> ServerProcess {
+        ServerProcess::start_with_args(&[], env).await
+    }
+
+    /// [`start`](ServerProcess::start) with more arguments after `serve` (`--config FILE`).
+    pub async fn start_with_args(args: &[&str], env: &[(&str, &str)]) -> ServerProcess {
         let port = free_port();
         let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
         let log = std::env::temp_dir().join(format!("tickwire-test-{}-{port}.log", std::process::id()));
         let log_file = std::fs::File::create(&log).expect("create log file");
         let mut cmd = tickwire_command();
         cmd.arg("serve")
+            .args(args)
             .env("TICKWIRE__SERVER__LISTEN", addr.to_string())
             .env("TICKWIRE__FEED__ENABLED", "false")
             .stdin(std::process::Stdio::null())

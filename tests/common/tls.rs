@@ -8,9 +8,10 @@ use std::sync::Arc;
 
 use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
-use tokio_rustls::rustls::pki_types::{CertificateDer, ServerName};
-use tokio_rustls::rustls::{ClientConfig, RootCertStore};
-use tokio_rustls::TlsConnector;
+use tokio_rustls::rustls::pki_types::pem::PemObject;
+use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use tokio_rustls::rustls::{ClientConfig, RootCertStore, ServerConfig};
+use tokio_rustls::{TlsAcceptor, TlsConnector};
 
 use super::time::RECV_TIMEOUT;
 
@@ -40,7 +41,49 @@ pub fn certificate() -> Certificate {
     }
 }
 
+/// A private CA (only its certificate is handed out) and a server certificate it signed, for
+/// `localhost` and 127.0.0.1: what a client trusts through a CA file.
+pub struct PrivateCa {
+    pub ca_pem: String,
+    pub server: Certificate,
+}
+
+pub fn private_ca(name: &str) -> PrivateCa {
+    let ca_key = rcgen::KeyPair::generate().expect("CA key");
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("CA params");
+    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    params.distinguished_name.push(rcgen::DnType::CommonName, name);
+    let ca = params.self_signed(&ca_key).expect("CA certificate");
+    let key = rcgen::KeyPair::generate().expect("server key");
+    let names = vec!["localhost".to_string(), "127.0.0.1".to_string()];
+    let server = (rcgen::CertificateParams::new(names).expect("server params"))
+        .signed_by(&key, &ca, &ca_key)
+        .expect("server certificate");
+    PrivateCa {
+        ca_pem: ca.pem(),
+        server: Certificate {
+            cert_pem: server.pem(),
+            key_pem: key.serialize_pem(),
+            der: server.der().clone(),
+        },
+    }
+}
+
 impl Certificate {
+    /// A TLS acceptor serving this certificate (HTTP/1.1 servers of the tests).
+    pub fn acceptor(&self) -> TlsAcceptor {
+        let chain = vec![CertificateDer::from_pem_slice(self.cert_pem.as_bytes()).unwrap()];
+        let key = PrivateKeyDer::from_pem_slice(self.key_pem.as_bytes()).unwrap();
+        let provider = Arc::new(tokio_rustls::rustls::crypto::ring::default_provider());
+        let config = ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(chain, key)
+            .unwrap();
+        TlsAcceptor::from(Arc::new(config))
+    }
+
     /// Writes `cert.pem` and `key.pem` into `dir` (replacing what is there: a rotation).
     pub fn write(&self, dir: &Path) {
         std::fs::write(dir.join("cert.pem"), &self.cert_pem).unwrap();

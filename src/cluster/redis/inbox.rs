@@ -6,13 +6,20 @@
 //! history still holds what was dropped, an explicit reset otherwise), exactly as after a
 //! reconnect. Memory on the way in is bounded by the queue, never by how far the node is behind.
 //!
+//! The presence listener (`presence`) takes the other nodes' joins and leaves through the same
+//! kind of inbox ([`Inbox::counting`]): what does not fit is only counted, in a [`Burst`] and
+//! the same metric, since those notifications are frames for watchers, not state (a presence
+//! query reads Redis).
+//!
 //! Also the process-wide test hook [`pause`], which stands in for a stalled event loop.
 
 use std::collections::HashSet;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, LazyLock, Mutex};
 
 use redis::{Msg, PushInfo, PushKind};
 use tokio::sync::{mpsc, watch, Notify};
+use tracing::warn;
 
 use crate::metrics::Metrics;
 use crate::sync::lock;
@@ -66,6 +73,33 @@ impl Drops {
     }
 }
 
+/// Messages a [counting](Inbox::counting) inbox dropped since its reader last caught up: the
+/// reader ends a burst with [`Burst::take`], the inbox logs the first drop of each.
+#[derive(Default)]
+pub(super) struct Burst(AtomicU64);
+
+impl Burst {
+    /// Ends the burst: how many were dropped in it.
+    pub(super) fn take(&self) -> u64 {
+        match self.0.load(Ordering::Relaxed) {
+            0 => 0,
+            _ => self.0.swap(0, Ordering::Relaxed),
+        }
+    }
+}
+
+/// What becomes of a message that does not fit.
+enum Overflow {
+    /// The link's: its topic is recorded as missed, for the link to resynchronise.
+    Resync {
+        drops: Arc<Drops>,
+        /// `P:c:`, to name the topic of a dropped message.
+        channel_prefix: String,
+    },
+    /// Counted only: nothing can be fetched again.
+    Count(Arc<Burst>),
+}
+
 /// What the reader hands the link.
 pub(super) enum Inbound {
     Message(Msg),
@@ -77,9 +111,7 @@ pub(super) enum Inbound {
 /// never wait.
 pub(super) struct Inbox {
     queue: mpsc::Sender<Inbound>,
-    drops: Arc<Drops>,
-    /// `P:c:`, to name the topic of a dropped message.
-    channel_prefix: String,
+    overflow: Overflow,
     metrics: Arc<Metrics>,
 }
 
@@ -91,13 +123,29 @@ impl Inbox {
         channel_prefix: String,
         metrics: Arc<Metrics>,
     ) -> (Inbox, mpsc::Receiver<Inbound>) {
+        let overflow = Overflow::Resync {
+            drops,
+            channel_prefix,
+        };
+        Inbox::with(capacity, overflow, metrics)
+    }
+
+    /// An inbox that only counts what does not fit: in `burst`, and in the metric.
+    pub(super) fn counting(
+        capacity: usize,
+        burst: Arc<Burst>,
+        metrics: Arc<Metrics>,
+    ) -> (Inbox, mpsc::Receiver<Inbound>) {
+        Inbox::with(capacity, Overflow::Count(burst), metrics)
+    }
+
+    fn with(capacity: usize, overflow: Overflow, metrics: Arc<Metrics>) -> (Inbox, mpsc::Receiver<Inbound>) {
         // One slot more than asked, so that `Closed` always fits once the queue is otherwise
         // bounded by messages (the reader sends nothing after it).
         let (queue, rx) = mpsc::channel(capacity + 1);
         let inbox = Inbox {
             queue,
-            drops,
-            channel_prefix,
+            overflow,
             metrics,
         };
         (inbox, rx)
@@ -110,7 +158,9 @@ impl Inbox {
                 // The link also learns it from the queue's end or its next ping; the wake makes
                 // sure it does not wait for either when the queue is full.
                 let _ = self.queue.try_send(Inbound::Closed);
-                self.drops.wake.notify_one();
+                if let Overflow::Resync { drops, .. } = &self.overflow {
+                    drops.wake.notify_one();
+                }
                 return;
             }
             // Subscription confirmations: their replies already went to the command's caller.
@@ -132,18 +182,34 @@ impl Inbox {
     }
 
     fn dropped(&self, msg: &Msg) {
-        let topic =
-            (msg.get_channel_name().strip_prefix(&self.channel_prefix)).and_then(|t| Topic::parse(t).ok());
-        lock(&self.drops.missed).add(topic);
-        self.metrics.broker_receive_dropped.inc();
-        self.drops.wake.notify_one();
+        match &self.overflow {
+            Overflow::Resync {
+                drops,
+                channel_prefix,
+            } => {
+                let topic =
+                    (msg.get_channel_name().strip_prefix(channel_prefix)).and_then(|t| Topic::parse(t).ok());
+                lock(&drops.missed).add(topic);
+                self.metrics.broker_receive_dropped.inc();
+                drops.wake.notify_one();
+            }
+            Overflow::Count(burst) => {
+                self.metrics.broker_receive_dropped.inc();
+                if burst.0.fetch_add(1, Ordering::Relaxed) == 0 {
+                    warn!(
+                        channel = msg.get_channel_name(),
+                        "receive queue full: dropping this channel's messages until the node catches up"
+                    );
+                }
+            }
+        }
     }
 }
 
-/// Test hook: while `true`, every Redis link in this process stops taking messages from its
-/// receive queue, as if the node's event loop were stalled; the connection's reader keeps
-/// reading, so the queue's bound is what holds memory. Used by `tests/cluster_receive.rs`;
-/// never set by the server itself.
+/// Test hook: while `true`, every Redis link and presence listener in this process stops taking
+/// messages from its receive queue, as if the node's event loop were stalled; the connection's
+/// reader keeps reading, so the queue's bound is what holds memory. Used by
+/// `tests/cluster_receive.rs` and `tests/presence_receive.rs`; never set by the server itself.
 static PAUSED: LazyLock<watch::Sender<bool>> = LazyLock::new(|| watch::Sender::new(false));
 
 pub fn pause(paused: bool) {
@@ -181,5 +247,41 @@ mod tests {
         let mut unreadable = Missed::default();
         unreadable.add(None);
         assert!(unreadable.all);
+    }
+
+    fn message(channel: &str, payload: &str) -> PushInfo {
+        let bulk = |s: &str| redis::Value::BulkString(s.as_bytes().to_vec());
+        PushInfo {
+            kind: PushKind::Message,
+            data: vec![bulk(channel), bulk(payload)],
+        }
+    }
+
+    #[test]
+    fn a_counting_inbox_keeps_its_capacity_and_counts_the_rest_per_burst() {
+        let metrics = Arc::new(Metrics::new().unwrap());
+        let burst = Arc::new(Burst::default());
+        let (inbox, mut rx) = Inbox::counting(3, burst.clone(), metrics.clone());
+        for i in 0..10 {
+            inbox.push(message("P:presence", &i.to_string()));
+        }
+        assert_eq!((rx.len(), burst.take(), burst.take()), (3, 7, 0));
+        assert_eq!(metrics.broker_receive_dropped.get(), 7);
+        // The connection's end still fits, after the kept messages, in order.
+        inbox.push(PushInfo {
+            kind: PushKind::Disconnection,
+            data: Vec::new(),
+        });
+        let mut got = Vec::new();
+        while let Ok(inbound) = rx.try_recv() {
+            got.push(match inbound {
+                Inbound::Message(msg) => msg.get_payload::<String>().unwrap(),
+                Inbound::Closed => "closed".to_string(),
+            });
+        }
+        assert_eq!(got, ["0", "1", "2", "closed"]);
+        // Room again: a new burst starts only when the queue is full again.
+        inbox.push(message("P:presence", "10"));
+        assert_eq!((rx.len(), burst.take()), (1, 0));
     }
 }

@@ -21,11 +21,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures_util::StreamExt;
 use redis::aio::MultiplexedConnection;
 use redis::{AsyncConnectionConfig, Script};
 use serde_json::value::RawValue;
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
 use crate::metrics::Metrics;
 use crate::protocol::error::RequestError;
@@ -36,6 +35,7 @@ use crate::sync::{read, write};
 use crate::topic::Topic;
 use crate::webhooks::EventKind;
 
+use super::inbox::{self, Burst, Inbound, Inbox};
 use super::sentinel::Target;
 use super::{unavailable, BrokerError};
 
@@ -47,6 +47,9 @@ pub type Emit = Arc<dyn Fn(EventKind, Topic, Option<Box<RawValue>>) + Send + Syn
 /// Changes written per script call, at most: a storm of subscribes becomes several calls of
 /// bounded size rather than one huge one.
 const BATCH: usize = 2048;
+
+/// How often the listener checks its channel connection is alive.
+const PING_EVERY: Duration = Duration::from_secs(5);
 
 pub struct ClusterPresence {
     /// The broker's Redis, resolved again on every (re)connect (so a Sentinel failover is
@@ -375,24 +378,55 @@ impl ClusterPresence {
     }
 
     /// Queues the joins and leaves of other nodes' members for this node's watchers, from the
-    /// `P:presence` channel, reconnecting after a failure.
+    /// `P:presence` channel, reconnecting after a failure. Messages come through a bounded
+    /// inbox (`broker.receive_queue`, RESP3 pushes, as the link's do): a node that cannot keep
+    /// up drops notifications, counted in `tickwire_broker_receive_dropped_total` and logged
+    /// once per burst, rather than buffering them without bound.
     async fn listen(self: Arc<Self>, hub: Arc<Hub>) {
         let channel = format!("{}:presence", self.prefix);
+        let burst = Arc::new(Burst::default());
         let mut delay = Duration::from_millis(50);
         loop {
             let result: Result<(), BrokerError> = async {
                 let clients = self.target.resolve(&self.broker).await?;
-                let mut pubsub = clients.commands.get_async_pubsub().await?;
+                let (inbox, mut inbound) =
+                    Inbox::counting(self.broker.receive_queue, burst.clone(), self.metrics.clone());
+                let config = AsyncConnectionConfig::new()
+                    .set_connection_timeout(Some(self.timeout))
+                    .set_response_timeout(Some(self.timeout))
+                    .set_push_sender(move |info| {
+                        inbox.push(info);
+                        Ok::<(), ()>(())
+                    });
+                let mut pubsub = (clients.pubsub)
+                    .get_multiplexed_async_connection_with_config(&config)
+                    .await?;
                 pubsub.subscribe(&channel).await?;
                 delay = Duration::from_millis(50);
-                let mut messages = pubsub.on_message();
-                while let Some(message) = messages.next().await {
-                    let Ok(text) = message.get_payload::<String>() else {
-                        continue;
-                    };
-                    self.remote(&hub, &text);
+                let mut ping = tokio::time::interval(PING_EVERY);
+                loop {
+                    tokio::select! {
+                        msg = async { inbox::unpaused().await; inbound.recv().await } => {
+                            let Some(Inbound::Message(msg)) = msg else {
+                                return Err(BrokerError::Down);
+                            };
+                            if let Ok(text) = msg.get_payload::<String>() {
+                                self.remote(&hub, &text);
+                            }
+                            // Caught up: whatever was dropped ends here.
+                            if inbound.is_empty() {
+                                let dropped = burst.take();
+                                if dropped > 0 {
+                                    info!(dropped, "presence: caught up; other nodes' joins and leaves were dropped meanwhile");
+                                }
+                            }
+                        }
+                        // Bounded by the connection's response timeout (`broker.timeout`).
+                        _ = ping.tick() => {
+                            redis::cmd("PING").query_async::<redis::Value>(&mut pubsub).await?;
+                        }
+                    }
                 }
-                Err(BrokerError::Down)
             }
             .await;
             if let Err(e) = result {
