@@ -137,9 +137,7 @@ pub fn run(
         app.metrics.disconnected(reason);
         debug!(addr = %addr, proxy = addr.proxy.map(tracing::field::display), client = who.id, reason = reason.label(), "connection closed");
         let Some(socket) = socket else {
-            (app.node)
-                .unsubscribe(&who, &subscriptions, &subscriptions)
-                .await;
+            (app.node).unsubscribe(&who, &subscriptions, &subscriptions).await;
             // We closed, or answered the client's close: keep reading until the client closes
             // its side, so unread bytes do not turn our close into a reset that could destroy
             // what the client has not read yet.

@@ -25,7 +25,11 @@ const KEEP_FRAMES: usize = 1024;
 /// Writes everything the outbox hands over until it ends, then closes the socket. Returns the
 /// socket instead when the connection ended with no close frame to send (the client went away,
 /// or the socket failed): nothing is left to write, and the caller disposes of it.
-pub(super) async fn write_loop<W: AsyncWrite + Unpin>(mut socket: W, outbox: &Outbox, metrics: &Metrics) -> Option<W> {
+pub(super) async fn write_loop<W: AsyncWrite + Unpin>(
+    mut socket: W,
+    outbox: &Outbox,
+    metrics: &Metrics,
+) -> Option<W> {
     let mut frames: Vec<Bytes> = Vec::new();
     loop {
         match outbox.next(&mut frames).await {
