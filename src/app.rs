@@ -1,5 +1,5 @@
 //! The state every connection handler shares: the node (hub and broker), settings, metrics, authentication, the
-//! trusted proxies, the drain signal, the connection counts that enforce
+//! trusted proxies, the drain signal, the reaper, the connection counts that enforce
 //! `server.max_connections` and `limits.max_connections_per_ip` (per client address, as
 //! [`crate::transport::proxy`] determines it behind a trusted proxy), and the request body budget that
 //! enforces `http.max_inflight_body_bytes`.
@@ -16,6 +16,7 @@ use tokio_util::task::TaskTracker;
 use crate::auth::Auth;
 use crate::cluster::node::Node;
 use crate::metrics::{Metrics, Transport};
+use crate::reaper::Reaper;
 use crate::settings::Settings;
 use crate::transport::proxy::TrustedProxies;
 
@@ -30,6 +31,8 @@ pub struct App {
     pub drain: CancellationToken,
     /// Every connection task; the drain waits for them.
     pub tasks: TaskTracker,
+    /// Where departed connections are torn down.
+    pub reaper: Reaper,
     open: AtomicUsize,
     /// Open connections (WebSocket and SSE) per client address; an address leaves the map at zero, so
     /// its size is bounded by the open connections.
@@ -111,6 +114,7 @@ impl App {
             proxies,
             drain: CancellationToken::new(),
             tasks: TaskTracker::new(),
+            reaper: Reaper::start(tokio::runtime::Handle::current()),
             open: AtomicUsize::new(0),
             per_ip: DashMap::new(),
             body_bytes: AtomicUsize::new(0),

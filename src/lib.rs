@@ -37,7 +37,10 @@
 //! - `session`: one client's protocol state machine, whatever transport carries it: its
 //!   requests (ACL, subscriptions, publish, token refresh), every reply queued on its outbox;
 //!   `session::ratelimit`: the request token bucket. It imports nothing from `transport`.
-//! - `app`: the state every connection handler shares (node, auth, metrics, connection limits).
+//! - `app`: the state every connection handler shares (node, auth, metrics, connection limits,
+//!   the reaper).
+//! - `reaper`: tears down connections whose client went away, on a low-priority thread, so a
+//!   reconnect storm serves the clients coming back first.
 //! - `reload`: rotating certificates and keys without a restart (SIGHUP, file changes).
 //! - `cluster`: what publishers and sessions go through. `node`: the hub and the broker, the one
 //!   place publications are counted, and a connection's subscribe/unsubscribe sequences; `broker`: the seam, an enum of `memory` (the hub
@@ -111,6 +114,7 @@ mod outbound;
 pub mod prepare;
 pub mod protocol;
 mod pubsub;
+mod reaper;
 mod reload;
 mod session;
 pub mod settings;

@@ -4,6 +4,7 @@ mod common;
 
 use common::*;
 use serde_json::json;
+use std::time::Duration;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn subscribe_gets_snapshot_then_updates() {
@@ -670,4 +671,49 @@ async fn topics_per_connection_are_bounded() {
     )
     .await;
     assert_eq!(reply["type"], "subscribed", "{reply}");
+}
+
+/// Clients that vanish (their TCP connection closed without a close frame, as when a network
+/// drops them all at once) are torn down off the connection tasks, by the reaper: they leave
+/// every topic (exact and pattern), their places are given back at once, and the server keeps
+/// delivering to the clients that stayed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_that_vanish_leave_their_topics() {
+    let server = start("").await;
+    let addr = server.addr;
+    publish(addr, "gone.a", json!(1)).await;
+    let mut stays = connect(addr).await;
+    subscribe(&mut stays, 1, &["gone.a"]).await;
+    let _ = recv_until_silence(&mut stays, Duration::from_millis(100)).await;
+    let mut vanishing = Vec::new();
+    for i in 0..40 {
+        let mut ws = connect(addr).await;
+        subscribe(&mut ws, 1, &[if i % 2 == 0 { "gone.a" } else { "gone.*" }]).await;
+        vanishing.push(ws);
+    }
+    let (_, topic) = get_json(addr, "/api/v1/topics/gone.a").await;
+    assert_eq!(
+        (topic["subscribers"].clone(), topic["pattern_subscribers"].clone()),
+        (json!(41), json!(20))
+    );
+    // Dropped without a close frame: the socket just closes.
+    drop(vanishing);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_, topic) = get_json(addr, "/api/v1/topics/gone.a").await;
+        let connections = metric_value(addr, r#"tickwire_connections{transport="ws"}"#).await;
+        if topic["subscribers"] == json!(1) && connections == 1.0 {
+            assert_eq!(topic["pattern_subscribers"], json!(0), "{topic}");
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "still {topic} and {connections} connections 10 s after the clients vanished"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(metric_value(addr, "tickwire_subscriptions").await, 1.0);
+    publish(addr, "gone.a", json!(2)).await;
+    let update = recv_json(&mut stays).await;
+    assert_eq!(assert_update(&update, "gone.a"), 2);
 }

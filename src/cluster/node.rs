@@ -321,6 +321,14 @@ impl Node {
         self.release(held);
         self.metrics.subscriptions.sub(held.len() as i64);
     }
+
+    /// [`Node::unsubscribe`] in one go, for a thread off the runtime (the reaper), where a long
+    /// walk keeps no other task waiting.
+    pub fn unsubscribe_blocking(&self, who: &Subscriber, patterns: &[Pattern], held: &[Pattern]) {
+        self.hub.unsubscribe(who.id, patterns);
+        self.release(held);
+        self.metrics.subscriptions.sub(held.len() as i64);
+    }
 }
 
 #[cfg(test)]

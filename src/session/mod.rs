@@ -318,6 +318,12 @@ impl<'a, E: Expiry> Session<'a, E> {
         Err(e)
     }
 
+    /// The subscriptions the client still holds, for a transport that ends them elsewhere
+    /// (the reaper, through [`Node::unsubscribe_blocking`]).
+    pub fn into_subscriptions(mut self) -> Vec<Pattern> {
+        self.subscriptions.drain().collect()
+    }
+
     /// Ends every subscription the client still holds: for the transport, once the connection
     /// has ended.
     pub async fn close(mut self) {

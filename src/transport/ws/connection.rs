@@ -35,6 +35,7 @@ use crate::protocol::deflate::{self, Negotiated};
 use crate::protocol::disconnect::Disconnect;
 use crate::protocol::wire::{self, FrameReader};
 use crate::pubsub::outbox::Outbox;
+use crate::reaper::Remains;
 use crate::session::{Expiry, Session};
 use crate::transport::proxy::ClientAddr;
 
@@ -106,12 +107,16 @@ pub fn run(
             outbox: &outbox,
             watchdog: Watchdog::new(identity.expires),
         };
+        // What the session still holds when it ends, and the socket when nothing is left to
+        // write on it: both go to the reaper.
+        let mut subscriptions = Vec::new();
+        let mut socket = None;
         let serve = async {
             match endpoint {
                 Endpoint::Requests => {
                     let mut session = Session::new(&app, &who, identity, &connection.watchdog);
                     connection.serve(&mut reader, &mut session).await;
-                    session.close().await;
+                    subscriptions = session.into_subscriptions();
                 }
                 Endpoint::Echo => {
                     let level = settings.compression.level;
@@ -126,14 +131,31 @@ pub fn run(
         // The writer runs beside the reader in this task (a task of its own would cost an idle
         // connection another few hundred bytes); each waits on its own, so neither stalls the
         // other, and a delivery polls only the writer.
-        join(serve, write_loop(write, &outbox, &app.metrics)).await;
-        // Keep reading until the client closes its side, so unread bytes do not turn our close
-        // into a reset that could destroy what the client has not read yet.
-        tokio::time::timeout(CLOSE_LINGER, drain(&mut reader)).await.ok();
+        let write = async { socket = write_loop(write, &outbox, &app.metrics).await };
+        join(serve, write).await;
         let reason = outbox.reason().unwrap_or(Disconnect::Error);
         app.metrics.disconnected(reason);
         debug!(addr = %addr, proxy = addr.proxy.map(tracing::field::display), client = who.id, reason = reason.label(), "connection closed");
+        let Some(socket) = socket else {
+            (app.node).unsubscribe(&who, &subscriptions, &subscriptions).await;
+            // We closed, or answered the client's close: keep reading until the client closes
+            // its side, so unread bytes do not turn our close into a reset that could destroy
+            // what the client has not read yet.
+            tokio::time::timeout(CLOSE_LINGER, drain(&mut reader)).await.ok();
+            drop(slot);
+            return;
+        };
+        // The client went away (or the socket broke): nothing to send, nothing to wait for.
         drop(slot);
+        let remains = Remains {
+            node: app.node.clone(),
+            who,
+            subscriptions,
+            socket: Box::new((socket, reader)),
+        };
+        if let Err(remains) = app.reaper.bury(remains, app.tasks.token()) {
+            remains.dispose_here().await;
+        }
     }
 }
 

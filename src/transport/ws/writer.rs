@@ -22,8 +22,14 @@ const CLOSE_GRACE: Duration = Duration::from_secs(5);
 /// The writer's frame list, grown past this many entries by a burst, is released instead of kept.
 const KEEP_FRAMES: usize = 1024;
 
-/// Writes everything the outbox hands over until it ends, then closes the socket.
-pub(super) async fn write_loop<W: AsyncWrite + Unpin>(mut socket: W, outbox: &Outbox, metrics: &Metrics) {
+/// Writes everything the outbox hands over until it ends, then closes the socket. Returns the
+/// socket instead when the connection ended with no close frame to send (the client went away,
+/// or the socket failed): nothing is left to write, and the caller disposes of it.
+pub(super) async fn write_loop<W: AsyncWrite + Unpin>(
+    mut socket: W,
+    outbox: &Outbox,
+    metrics: &Metrics,
+) -> Option<W> {
     let mut frames: Vec<Bytes> = Vec::new();
     loop {
         match outbox.next(&mut frames).await {
@@ -32,7 +38,7 @@ pub(super) async fn write_loop<W: AsyncWrite + Unpin>(mut socket: W, outbox: &Ou
                 if let Err(e) = write(&mut socket, &frames, outbox).await {
                     debug!(error = %e, "write failed");
                     outbox.close(Disconnect::Error);
-                    return;
+                    return None;
                 }
                 if let Some(oldest) = oldest {
                     metrics.delivery_latency.observe(oldest.elapsed().as_secs_f64());
@@ -46,16 +52,18 @@ pub(super) async fn write_loop<W: AsyncWrite + Unpin>(mut socket: W, outbox: &Ou
             }
             // Boxed, like a stalled write: a connection carries the grace timer only when
             // it needs one.
-            Next::End(close) => return Box::pin(finish(socket, close)).await,
+            Next::End(None) => return Some(socket),
+            Next::End(Some(close)) => {
+                Box::pin(finish(socket, close)).await;
+                return None;
+            }
         }
     }
 }
 
-/// Writes the close frame, if any, and shuts the socket down, each within `CLOSE_GRACE`.
-async fn finish<W: AsyncWrite + Unpin>(mut socket: W, close: Option<Bytes>) {
-    if let Some(close) = close {
-        let _ = tokio::time::timeout(CLOSE_GRACE, socket.write_all(&close)).await;
-    }
+/// Writes the close frame and shuts the socket down, each within `CLOSE_GRACE`.
+async fn finish<W: AsyncWrite + Unpin>(mut socket: W, close: Bytes) {
+    let _ = tokio::time::timeout(CLOSE_GRACE, socket.write_all(&close)).await;
     let _ = tokio::time::timeout(CLOSE_GRACE, socket.shutdown()).await;
 }
 
