@@ -19,23 +19,8 @@ REDIS_PORT=${REDIS_PORT:-18490}
 A=${A:-18491}
 B=${B:-18492}
 OUT=${OUT:-target/bench-results/cluster-$(date +%Y%m%d-%H%M%S)}
-mkdir -p "$OUT"
-cargo build --release -q -p tickwire -p tickwire-loadtest
-for v in $(env | grep -o '^TICKWIRE__[A-Za-z0-9_]*' || true); do unset "$v"; done
-ulimit -n 20000
-pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2> /dev/null || true; done; wait 2> /dev/null || true; }
-trap cleanup EXIT
-
-node() { # PORT KIND
-    TICKWIRE__SERVER__LISTEN=127.0.0.1:$1 TICKWIRE__FEED__ENABLED=false TICKWIRE__LOG__LEVEL=warn \
-    TICKWIRE__LIMITS__MAX_CONNECTIONS_PER_IP=0 TICKWIRE__BROKER__KIND=$2 \
-    TICKWIRE__BROKER__REDIS_URL=redis://127.0.0.1:$REDIS_PORT target/release/tickwire serve &
-    pids+=($!)
-    for _ in $(seq 100); do curl -sf "http://127.0.0.1:$1/readyz" > /dev/null && return; sleep 0.1; done
-    echo "node on $1 not ready" >&2; exit 1
-}
-stop_all() { cleanup; pids=(); sleep 0.5; }
+# shellcheck source=loadtest/cluster-lib.sh
+source loadtest/cluster-lib.sh
 
 run() { # NAME SUB_PORT PUB_PORT
     target/release/tickwire-loadtest fanout --url "ws://127.0.0.1:$2/ws" \
@@ -51,15 +36,13 @@ print(f'{r["label"]:7} deliveries/s {d["deliveries_per_s"]:>10,.0f}  shortfall {
 PY
 }
 
-node "$A" memory
+start_node "$A" memory
 run single "$A" "$A"
 stop_all
 
-redis-server --bind 127.0.0.1 --port "$REDIS_PORT" --save "" --appendonly no > "$OUT/redis.log" 2>&1 &
-pids+=($!)
-for _ in $(seq 50); do redis-cli -p "$REDIS_PORT" ping 2> /dev/null | grep -q PONG && break; sleep 0.1; done
-node "$A" redis
-node "$B" redis
+start_redis "$REDIS_PORT" "$OUT/redis.log"
+start_node "$A" redis "$REDIS_PORT"
+start_node "$B" redis "$REDIS_PORT"
 run local "$B" "$B"
 run cross "$B" "$A"
 echo "results in $OUT" >&2

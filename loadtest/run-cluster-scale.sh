@@ -22,13 +22,8 @@ DURATION=${DURATION:-10s}
 REDIS_PORT=${REDIS_PORT:-18590}
 BASE=${BASE:-18591}
 OUT=${OUT:-target/bench-results/cluster-scale-$(date +%Y%m%d-%H%M%S)}
-mkdir -p "$OUT"
-cargo build --release -q -p tickwire -p tickwire-loadtest
-for v in $(env | grep -o '^TICKWIRE__[A-Za-z0-9_]*' || true); do unset "$v"; done
-ulimit -n 20000
-pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2> /dev/null || true; done; wait 2> /dev/null || true; }
-trap cleanup EXIT
+# shellcheck source=loadtest/cluster-lib.sh
+source loadtest/cluster-lib.sh
 
 cpu() { # PID...: utime+stime of the processes, in clock ticks
     local t=0
@@ -38,21 +33,15 @@ cpu() { # PID...: utime+stime of the processes, in clock ticks
 info() { redis-cli -p "$REDIS_PORT" info "$1" | tr -d '\r'; }
 
 for n in $NODES; do
-    redis-server --bind 127.0.0.1 --port "$REDIS_PORT" --save "" --appendonly no > "$OUT/redis-$n.log" 2>&1 &
-    redis=$!
-    pids=($redis)
-    for _ in $(seq 50); do redis-cli -p "$REDIS_PORT" ping 2> /dev/null | grep -q PONG && break; sleep 0.1; done
+    start_redis "$REDIS_PORT" "$OUT/redis-$n.log"
+    redis=$started
     nodes=()
     urls=()
     for i in $(seq 0 $((n - 1))); do
         port=$((BASE + i))
-        TICKWIRE__SERVER__LISTEN=127.0.0.1:$port TICKWIRE__FEED__ENABLED=false TICKWIRE__LOG__LEVEL=warn \
-        TICKWIRE__LIMITS__MAX_CONNECTIONS_PER_IP=0 TICKWIRE__BROKER__KIND=redis \
-        TICKWIRE__BROKER__REDIS_URL=redis://127.0.0.1:$REDIS_PORT target/release/tickwire serve &
-        nodes+=($!)
-        pids+=($!)
+        start_node "$port" redis "$REDIS_PORT"
+        nodes+=("$started")
         urls+=("ws://127.0.0.1:$port/ws")
-        for _ in $(seq 100); do curl -sf "http://127.0.0.1:$port/readyz" > /dev/null && break; sleep 0.1; done
     done
     list=$(IFS=,; echo "${urls[*]}")
     for rate in $RATES; do
@@ -118,8 +107,6 @@ print(f'nodes {n}: publish ingest ({mode}, one publisher per node): {total:,.0f}
       f'tickwire {tw_s / secs * 100:.0f} %, redis {rd_s / secs * 100:.0f} % of one core')
 PY
     done
-    cleanup
-    pids=()
-    sleep 0.5
+    stop_all
 done
 echo "results in $OUT" >&2
