@@ -18,6 +18,8 @@ use crate::metrics::Metrics;
 use crate::sync::lock;
 use crate::topic::Topic;
 
+use super::shards::Channels;
+
 /// Missed topics remembered by name, at most; past it the link resynchronises every topic it
 /// mirrors (one load per topic, which is what a reconnect costs anyway).
 const MISSED_TOPICS: usize = 10_000;
@@ -78,8 +80,8 @@ pub(super) enum Inbound {
 pub(super) struct Inbox {
     queue: mpsc::Sender<Inbound>,
     drops: Arc<Drops>,
-    /// `P:c:`, to name the topic of a dropped message.
-    channel_prefix: String,
+    /// To name the topic of a dropped message.
+    channels: Channels,
     metrics: Arc<Metrics>,
 }
 
@@ -88,7 +90,7 @@ impl Inbox {
     pub(super) fn new(
         capacity: usize,
         drops: Arc<Drops>,
-        channel_prefix: String,
+        channels: Channels,
         metrics: Arc<Metrics>,
     ) -> (Inbox, mpsc::Receiver<Inbound>) {
         // One slot more than asked, so that `Closed` always fits once the queue is otherwise
@@ -97,7 +99,7 @@ impl Inbox {
         let inbox = Inbox {
             queue,
             drops,
-            channel_prefix,
+            channels,
             metrics,
         };
         (inbox, rx)
@@ -132,8 +134,7 @@ impl Inbox {
     }
 
     fn dropped(&self, msg: &Msg) {
-        let topic =
-            (msg.get_channel_name().strip_prefix(&self.channel_prefix)).and_then(|t| Topic::parse(t).ok());
+        let topic = self.channels.topic(msg.get_channel_name());
         lock(&self.drops.missed).add(topic);
         self.metrics.broker_receive_dropped.inc();
         self.drops.wake.notify_one();

@@ -1,0 +1,272 @@
+//! tickwire nodes on a real Redis Cluster (`broker.kind = "redis-cluster"`): three primaries
+//! and three replicas started by the test on free loopback ports. Publications cross nodes and
+//! shards, a pattern subscription learns of topics created after it, the seq stays global under
+//! concurrent publishers, a client recovers on another node, an HTTP batch spans slots, and a
+//! primary killed mid-stream fails over to its replica with publishing resumed and no silent
+//! gap for subscribers.
+
+mod common;
+
+use std::collections::{BTreeMap, HashSet};
+use std::time::{Duration, Instant};
+
+use common::redis::RedisCluster;
+use common::*;
+use serde_json::{json, Value};
+
+/// Names from `candidates` whose topics live on `n` different shards (their primaries' ports).
+fn on_different_shards(rc: &RedisCluster, prefix: &str, stem: &str, n: usize) -> Vec<(String, u16)> {
+    let mut out: Vec<(String, u16)> = Vec::new();
+    for i in 0..200 {
+        let topic = format!("{stem}{i}");
+        let port = rc.primary_of(&format!("{prefix}:{{{topic}}}:m")).port;
+        if out.iter().all(|(_, p)| *p != port) {
+            out.push((topic, port));
+        }
+        if out.len() == n {
+            return out;
+        }
+    }
+    panic!("no {n} topics on different shards among 200 names");
+}
+
+/// Reads messages until `n` data messages (update or snapshot) arrived.
+async fn recv_data(ws: &mut Ws, n: usize) -> Vec<Value> {
+    let mut out = Vec::new();
+    while out.len() < n {
+        let v = recv_json_within(ws, Duration::from_secs(10)).await;
+        if v["type"] == "update" || v["type"] == "snapshot" {
+            out.push(v);
+        }
+    }
+    out
+}
+
+fn by_topic(messages: &[Value]) -> BTreeMap<String, Vec<u64>> {
+    let mut out: BTreeMap<String, Vec<u64>> = BTreeMap::new();
+    for v in messages {
+        let topic = v["topic"].as_str().unwrap().to_string();
+        out.entry(topic).or_default().push(v["seq"].as_u64().unwrap());
+    }
+    out
+}
+
+/// Polls `/readyz` until it answers `status`, for at most `within`.
+async fn wait_readyz(addr: std::net::SocketAddr, status: u16, within: Duration) {
+    let deadline = Instant::now() + within;
+    while http_get(addr, "/readyz").await.status != status {
+        assert!(
+            Instant::now() < deadline,
+            "/readyz did not answer {status} within {within:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn nodes_share_topics_across_shards() {
+    let rc = RedisCluster::start();
+    let config = rc.broker_toml("rc");
+    let (a, b) = (start(&config).await, start(&config).await);
+    wait_ready(a.addr).await;
+    wait_ready(b.addr).await;
+
+    // Three topics, one per shard (asserted through the cluster's own slot map).
+    let spread = on_different_shards(&rc, "rc", "s.", 3);
+    let ports: HashSet<u16> = spread.iter().map(|(_, p)| *p).collect();
+    assert_eq!(ports.len(), 3, "the topics live on three shards: {spread:?}");
+    let topics: Vec<&str> = spread.iter().map(|(t, _)| t.as_str()).collect();
+
+    let mut ws = connect(b.addr).await;
+    let mut wanted = topics.clone();
+    wanted.push("px.*");
+    subscribe(&mut ws, 1, &wanted).await;
+
+    for t in &topics {
+        assert_eq!(publish(a.addr, t, json!(format!("{t} 1"))).await, 1);
+    }
+    // One HTTP batch spanning the three slots, a topic twice: per-topic order kept.
+    let seqs = publish_batch(
+        a.addr,
+        &[
+            (topics[0], json!(2)),
+            (topics[1], json!(2)),
+            (topics[2], json!(2)),
+            (topics[0], json!(3)),
+        ],
+    )
+    .await;
+    assert_eq!(seqs, vec![2, 2, 2, 3]);
+    let got = recv_data(&mut ws, 7).await;
+    let seen = by_topic(&got);
+    assert_eq!(seen[topics[0]], vec![1, 2, 3], "{got:?}");
+    assert_eq!(seen[topics[1]], vec![1, 2], "{got:?}");
+    assert_eq!(seen[topics[2]], vec![1, 2], "{got:?}");
+    assert!(got.iter().all(|v| v["type"] == "update"), "{got:?}");
+    // The stored state really is on the shard the slot map names.
+    let owner = rc.nodes.iter().find(|n| n.port == spread[0].1).unwrap();
+    assert_eq!(
+        owner
+            .cli(&["HGET", &format!("rc:{{{}}}:m", topics[0]), "s"])
+            .trim(),
+        "3"
+    );
+
+    // Topics created after the pattern subscription, on two shards, reach it from seq 1.
+    let fresh = on_different_shards(&rc, "rc", "px.n", 2);
+    for (t, _) in &fresh {
+        assert_eq!(publish(a.addr, t, json!("first")).await, 1);
+        assert_eq!(publish(a.addr, t, json!("second")).await, 2);
+    }
+    let got = recv_data(&mut ws, 4).await;
+    let seen = by_topic(&got);
+    for (t, _) in &fresh {
+        assert_eq!(seen.get(t.as_str()), Some(&vec![1, 2]), "{t}: {got:?}");
+    }
+    expect_silence(&mut ws, Duration::from_millis(300)).await;
+
+    // Concurrent publishers on both nodes: one global seq, no duplicate, no gap.
+    let hot = topics[1];
+    let publishers = [a.addr, b.addr].map(|addr| {
+        let hot = hot.to_string();
+        tokio::spawn(async move {
+            let mut seqs = Vec::new();
+            for i in 0..50 {
+                seqs.push(publish(addr, &hot, json!(i)).await);
+            }
+            seqs
+        })
+    });
+    let mut all = Vec::new();
+    for p in publishers {
+        all.extend(p.await.unwrap());
+    }
+    all.sort_unstable();
+    assert_eq!(all, (3..=102).collect::<Vec<u64>>(), "acknowledged seqs");
+    let got = recv_data(&mut ws, 100).await;
+    assert_eq!(
+        by_topic(&got)[hot],
+        (3..=102).collect::<Vec<u64>>(),
+        "delivered in seq order"
+    );
+
+    // A client moving to the other node recovers from its position without a gap.
+    let mut first = connect(a.addr).await;
+    let reply = request(
+        &mut first,
+        json!({"op": "subscribe", "id": 1, "topics": [topics[2]]}),
+    )
+    .await;
+    let (seq, epoch) = position(&reply, topics[2]);
+    assert_eq!(seq, 2);
+    drop(first);
+    for i in 3..=5 {
+        publish(b.addr, topics[2], json!(i)).await;
+    }
+    let mut moved = connect(b.addr).await;
+    let reply = subscribe_since(&mut moved, 2, &[topics[2]], json!({ topics[2]: pos(2, &epoch) })).await;
+    assert_eq!(reply["recovered"][topics[2]], true, "{reply}");
+    let got = recv_data(&mut moved, 3).await;
+    assert!(got.iter().all(|v| v["type"] == "update"), "{got:?}");
+    assert_eq!(by_topic(&got)[topics[2]], vec![3, 4, 5]);
+
+    // The topic listing covers every shard's topics.
+    let (status, page) = get_json(a.addr, "/api/v1/topics?limit=100").await;
+    assert_eq!(status, 200, "{page}");
+    let listed = page.to_string();
+    for t in topics
+        .iter()
+        .copied()
+        .chain(fresh.iter().map(|(t, _)| t.as_str()))
+    {
+        assert!(listed.contains(&format!("\"{t}\"")), "{t} listed: {page}");
+    }
+    a.stop().await.unwrap();
+    b.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_primary_failover_resumes_publishing_without_a_silent_gap() {
+    let rc = RedisCluster::start();
+    let config = rc.broker_toml("fo");
+    let (a, b) = (start(&config).await, start(&config).await);
+    wait_ready(a.addr).await;
+    wait_ready(b.addr).await;
+    let topic = "fo.prices";
+    let mut ws = connect(b.addr).await;
+    subscribe(&mut ws, 1, &[topic]).await;
+    for i in 1..=5 {
+        assert_eq!(publish(a.addr, topic, json!(i)).await, i);
+    }
+    let mut got = recv_data(&mut ws, 5).await;
+    let key = format!("fo:{{{topic}}}:m");
+    let primary = rc.primary_of(&key);
+    let replica = rc.replica_of(primary);
+    let (primary_port, replica_port) = (primary.port, replica.port);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    // A replica answers reads of its shard only after READONLY, so compare replication offsets.
+    let offset = |node: &common::redis::RedisServer| {
+        let info = node.cli(&["INFO", "replication"]);
+        (info.lines())
+            .find_map(|l| l.strip_prefix("master_repl_offset:"))
+            .map(|o| o.trim().to_string())
+    };
+    while offset(replica) != offset(primary) {
+        assert!(
+            Instant::now() < deadline,
+            "the replica did not catch up within 10 s"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    let mut rc = rc;
+    let killed = Instant::now();
+    rc.nodes
+        .iter_mut()
+        .find(|n| n.port == primary_port)
+        .unwrap()
+        .kill();
+    // Publishing resumes once the replica is promoted; until then a publish fails (503).
+    let mut next = 6;
+    while next <= 8 {
+        assert!(
+            killed.elapsed() < Duration::from_secs(20),
+            "publishing did not resume within 20 s"
+        );
+        let (status, body) =
+            post_json(a.addr, "/api/v1/publish", &json!({"topic": topic, "data": next})).await;
+        if status == 200 {
+            let seq = body["seq"].as_u64().unwrap();
+            assert!(
+                seq == next || seq == 1,
+                "seq {seq} after the failover: continues, or a new epoch"
+            );
+            next += 1;
+        } else {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    let resumed = killed.elapsed();
+    eprintln!("primary killed -> publishing resumed in {resumed:?}");
+    assert_eq!(rc.primary_of(&key).port, replica_port, "the replica was promoted");
+    wait_readyz(b.addr, 200, Duration::from_secs(20)).await;
+
+    got.extend(recv_data(&mut ws, 3).await);
+    // Either every seq once in order, or an explicit reset (a snapshot in a new epoch).
+    let seqs: Vec<(String, u64)> = (got.iter())
+        .map(|v| {
+            (
+                v["type"].as_str().unwrap().to_string(),
+                v["seq"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    let updates: Vec<(String, u64)> = (1..=8).map(|i| ("update".to_string(), i)).collect();
+    assert!(
+        seqs == updates || seqs.iter().any(|(kind, _)| kind == "snapshot"),
+        "no silent gap across the failover: {seqs:?}"
+    );
+    expect_silence(&mut ws, Duration::from_millis(300)).await;
+    a.stop().await.unwrap();
+    b.stop().await.unwrap();
+}
