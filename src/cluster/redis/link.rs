@@ -394,17 +394,17 @@ impl RedisBroker {
         }
         let all = self.settings.subscribe == BrokerSubscribe::All;
         match (pattern.as_exact(), on) {
-            (Some(topic), true) => sharded.add(pubsub, &self.channels, [topic]).await.map(drop),
+            (Some(topic), true) => Ok(sharded.add(pubsub, &self.channels, [topic]).await.map(drop)?),
             (None, true) => {
                 let topics = self.topics_matching(pattern).await?;
-                sharded.add(pubsub, &self.channels, topics).await.map(drop)
+                Ok(sharded.add(pubsub, &self.channels, topics).await.map(drop)?)
             }
             (Some(topic), false) if all || self.wanted(&topic) => Ok(()),
-            (Some(topic), false) => sharded.remove(pubsub, &self.channels, vec![topic]).await,
+            (Some(topic), false) => Ok(sharded.remove(pubsub, &self.channels, vec![topic]).await?),
             (None, false) if all => Ok(()),
             (None, false) => {
                 let gone = sharded.unwanted(|t| self.wanted(t));
-                sharded.remove(pubsub, &self.channels, gone).await
+                Ok(sharded.remove(pubsub, &self.channels, gone).await?)
             }
         }
     }

@@ -164,7 +164,10 @@ impl RedisBroker {
         let target = sentinel::Target::new(settings)?;
         let cluster = settings.kind == BrokerKind::RedisCluster;
         let seeds = if cluster {
-            Some(Seeds::new(settings)?)
+            let certs = (settings.redis_ca_file.as_ref())
+                .map(|ca| std::fs::read(ca).map_err(|e| BrokerError::CaFile(ca.clone(), e)))
+                .transpose()?;
+            Some(Seeds::new(settings, certs)?)
         } else {
             None
         };

@@ -23,8 +23,6 @@ use redis::{Cmd, IntoConnectionInfo, Pipeline, ProtocolVersion, RedisFuture, Red
 use crate::settings::BrokerSettings;
 use crate::topic::Topic;
 
-use super::BrokerError;
-
 /// Subscription commands in flight at once while (re)subscribing many sharded channels.
 const SUBSCRIBE_CONCURRENCY: usize = 64;
 
@@ -150,14 +148,11 @@ pub(super) struct Seeds {
 }
 
 impl Seeds {
-    pub(super) fn new(settings: &BrokerSettings) -> Result<Seeds, BrokerError> {
+    /// `certs`: the PEM of `broker.redis_ca_file`, read by the caller.
+    pub(super) fn new(settings: &BrokerSettings, certs: Option<Vec<u8>>) -> RedisResult<Seeds> {
         let nodes = (settings.redis_cluster_urls.iter())
             .map(|u| u.expose().into_connection_info())
             .collect::<Result<Vec<_>, _>>()?;
-        let certs = match &settings.redis_ca_file {
-            Some(ca) => Some(std::fs::read(ca).map_err(|e| BrokerError::CaFile(ca.clone(), e))?),
-            None => None,
-        };
         Ok(Seeds { nodes, certs })
     }
 
@@ -180,7 +175,7 @@ impl Seeds {
         &self,
         settings: &BrokerSettings,
         push: impl redis::aio::AsyncPushSender,
-    ) -> Result<(Conn, Conn), BrokerError> {
+    ) -> RedisResult<(Conn, Conn)> {
         let commands = self.builder(settings).build()?.get_async_connection().await?;
         let pubsub = (self.builder(settings))
             .use_protocol(ProtocolVersion::RESP3)
@@ -210,17 +205,17 @@ impl Sharded {
         pubsub: &Conn,
         channels: &Channels,
         topics: impl IntoIterator<Item = Topic>,
-    ) -> Result<Vec<Topic>, BrokerError> {
+    ) -> RedisResult<Vec<Topic>> {
         let fresh: Vec<Topic> = (topics.into_iter())
             .filter(|t| !self.topics.contains(t))
             .collect::<HashSet<_>>()
             .into_iter()
             .collect();
-        stream::iter(fresh.iter().map(Ok::<_, BrokerError>))
+        stream::iter(fresh.iter().map(Ok))
             .try_for_each_concurrent(SUBSCRIBE_CONCURRENCY, |topic| {
                 let mut pubsub = pubsub.clone();
                 let channel = channels.of(topic.as_str());
-                async move { Ok(pubsub.listen(&channel, true, true).await?) }
+                async move { pubsub.listen(&channel, true, true).await }
             })
             .await?;
         self.topics.extend(fresh.iter().cloned());
@@ -238,12 +233,12 @@ impl Sharded {
         pubsub: &Conn,
         channels: &Channels,
         topics: Vec<Topic>,
-    ) -> Result<(), BrokerError> {
-        stream::iter(topics.iter().map(Ok::<_, BrokerError>))
+    ) -> RedisResult<()> {
+        stream::iter(topics.iter().map(Ok))
             .try_for_each_concurrent(SUBSCRIBE_CONCURRENCY, |topic| {
                 let mut pubsub = pubsub.clone();
                 let channel = channels.of(topic.as_str());
-                async move { Ok(pubsub.listen(&channel, true, false).await?) }
+                async move { pubsub.listen(&channel, true, false).await }
             })
             .await?;
         for topic in &topics {
