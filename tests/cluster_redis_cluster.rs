@@ -51,25 +51,36 @@ fn by_topic(messages: &[Value]) -> BTreeMap<String, Vec<u64>> {
     out
 }
 
-/// Polls `/readyz` until it answers `status`, for at most `within`.
-async fn wait_readyz(addr: std::net::SocketAddr, status: u16, within: Duration) {
-    let deadline = Instant::now() + within;
-    while http_get(addr, "/readyz").await.status != status {
-        assert!(
-            Instant::now() < deadline,
-            "/readyz did not answer {status} within {within:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
+/// Two tickwire nodes on `config`, both ready.
+async fn two_nodes(config: &str) -> (TestServer, TestServer) {
+    let (a, b) = (start(config).await, start(config).await);
+    wait_ready(a.addr).await;
+    wait_ready(b.addr).await;
+    (a, b)
+}
+
+/// Two nodes on a fresh cluster and a client of the second subscribed to `topic`, which got
+/// seqs 1 to 5 published through the first; returns the nodes, the client and what it got.
+async fn five_published(
+    rc: &RedisCluster,
+    prefix: &str,
+    topic: &str,
+) -> (TestServer, TestServer, Ws, Vec<Value>) {
+    let (a, b) = two_nodes(&rc.broker_toml(prefix)).await;
+    let mut ws = connect(b.addr).await;
+    subscribe(&mut ws, 1, &[topic]).await;
+    for i in 1..=5 {
+        assert_eq!(publish(a.addr, topic, json!(i)).await, i);
     }
+    let got = recv_data(&mut ws, 5).await;
+    (a, b, ws, got)
 }
 
 #[tokio::test]
 async fn nodes_share_topics_across_shards() {
     let rc = RedisCluster::start();
     let config = rc.broker_toml("rc");
-    let (a, b) = (start(&config).await, start(&config).await);
-    wait_ready(a.addr).await;
-    wait_ready(b.addr).await;
+    let (a, b) = two_nodes(&config).await;
 
     // Three topics, one per shard (asserted through the cluster's own slot map).
     let spread = on_different_shards(&rc, "rc", "s.", 3);
@@ -188,36 +199,13 @@ async fn nodes_share_topics_across_shards() {
 #[tokio::test]
 async fn a_primary_failover_resumes_publishing_without_a_silent_gap() {
     let rc = RedisCluster::start();
-    let config = rc.broker_toml("fo");
-    let (a, b) = (start(&config).await, start(&config).await);
-    wait_ready(a.addr).await;
-    wait_ready(b.addr).await;
     let topic = "fo.prices";
-    let mut ws = connect(b.addr).await;
-    subscribe(&mut ws, 1, &[topic]).await;
-    for i in 1..=5 {
-        assert_eq!(publish(a.addr, topic, json!(i)).await, i);
-    }
-    let mut got = recv_data(&mut ws, 5).await;
+    let (a, b, mut ws, mut got) = five_published(&rc, "fo", topic).await;
     let key = format!("fo:{{{topic}}}:m");
     let primary = rc.primary_of(&key);
     let replica = rc.replica_of(primary);
     let (primary_port, replica_port) = (primary.port, replica.port);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    // A replica answers reads of its shard only after READONLY, so compare replication offsets.
-    let offset = |node: &common::redis::RedisServer| {
-        let info = node.cli(&["INFO", "replication"]);
-        (info.lines())
-            .find_map(|l| l.strip_prefix("master_repl_offset:"))
-            .map(|o| o.trim().to_string())
-    };
-    while offset(replica) != offset(primary) {
-        assert!(
-            Instant::now() < deadline,
-            "the replica did not catch up within 10 s"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    rc.wait_replicated(primary_port, replica_port);
 
     let mut rc = rc;
     let killed = Instant::now();
@@ -274,43 +262,17 @@ async fn a_primary_failover_resumes_publishing_without_a_silent_gap() {
 #[tokio::test]
 async fn publications_lost_in_a_failover_reset_subscribers_explicitly() {
     let rc = RedisCluster::start();
-    let config = rc.broker_toml("lost");
-    let (a, b) = (start(&config).await, start(&config).await);
-    wait_ready(a.addr).await;
-    wait_ready(b.addr).await;
     let topic = "lost.prices";
-    let mut ws = connect(b.addr).await;
-    subscribe(&mut ws, 1, &[topic]).await;
-    for i in 1..=5 {
-        publish(a.addr, topic, json!(i)).await;
-    }
-    let mut got = recv_data(&mut ws, 5).await;
+    let (a, b, mut ws, mut got) = five_published(&rc, "lost", topic).await;
     let key = format!("lost:{{{topic}}}:m");
     let primary_port = rc.primary_of(&key).port;
     let replica_port = rc.replica_of(rc.primary_of(&key)).port;
     let mut rc = rc;
-    let offset = |rc: &RedisCluster, port: u16| {
-        let node = rc.nodes.iter().find(|n| n.port == port).unwrap();
-        let info = node.cli(&["INFO", "replication"]);
-        (info.lines())
-            .find_map(|l| l.strip_prefix("master_repl_offset:"))
-            .map(|o| o.trim().to_string())
-    };
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while offset(&rc, replica_port) != offset(&rc, primary_port) {
-        assert!(
-            Instant::now() < deadline,
-            "the replica did not catch up within 10 s"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    rc.wait_replicated(primary_port, replica_port);
     // The replica misses 6 and 7, which the primary acknowledges and publishes before it dies:
     // asynchronous replication loses them (stopped, the replica cannot reconnect meanwhile).
-    fn node(rc: &mut RedisCluster, port: u16) -> &mut common::redis::RedisServer {
-        rc.nodes.iter_mut().find(|n| n.port == port).unwrap()
-    }
-    node(&mut rc, replica_port).signal("STOP");
-    node(&mut rc, primary_port).cli(&["CLIENT", "KILL", "TYPE", "replica"]);
+    rc.node(replica_port).signal("STOP");
+    rc.node(primary_port).cli(&["CLIENT", "KILL", "TYPE", "replica"]);
     publish(a.addr, topic, json!(6)).await;
     publish(a.addr, topic, json!(7)).await;
     got.extend(recv_data(&mut ws, 2).await);
@@ -319,8 +281,8 @@ async fn publications_lost_in_a_failover_reset_subscribers_explicitly() {
         (1..=7).collect::<Vec<_>>(),
         "6 and 7 were delivered before the failover"
     );
-    node(&mut rc, primary_port).kill();
-    node(&mut rc, replica_port).signal("CONT");
+    rc.node(primary_port).kill();
+    rc.node(replica_port).signal("CONT");
 
     // The subscriber is told: a snapshot of what the promoted replica holds, in a new epoch.
     let reset = recv_json_within(&mut ws, Duration::from_secs(25)).await;

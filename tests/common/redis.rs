@@ -30,6 +30,10 @@ impl RedisServer {
 
     /// A fresh server that requires `password` (AUTH) when given.
     pub fn start_with(persist: bool, password: Option<&str>) -> RedisServer {
+        Self::launch(persist, password, &[])
+    }
+
+    fn launch(persist: bool, password: Option<&str>, extra: &[&str]) -> RedisServer {
         let dir = std::env::temp_dir().join(format!("tickwire-redis-{}-{}", std::process::id(), free_port()));
         std::fs::create_dir_all(&dir).expect("redis test dir");
         let mut server = RedisServer {
@@ -39,7 +43,7 @@ impl RedisServer {
             persist,
             password: password.map(str::to_string),
             tls: None,
-            extra: Vec::new(),
+            extra: extra.iter().map(|a| a.to_string()).collect(),
         };
         server.restart();
         server
@@ -47,19 +51,7 @@ impl RedisServer {
 
     /// A fresh server run with `extra` arguments from its first start.
     pub fn start_args(extra: &[&str]) -> RedisServer {
-        let dir = std::env::temp_dir().join(format!("tickwire-redis-{}-{}", std::process::id(), free_port()));
-        std::fs::create_dir_all(&dir).expect("redis test dir");
-        let mut server = RedisServer {
-            port: free_port(),
-            child: None,
-            dir,
-            persist: false,
-            password: None,
-            tls: None,
-            extra: extra.iter().map(|a| a.to_string()).collect(),
-        };
-        server.restart();
-        server
+        Self::launch(false, None, extra)
     }
 
     /// A fresh server replicating `primary`.
@@ -432,6 +424,39 @@ impl RedisCluster {
                 lines.next() == Some("slave") && lines.nth(1) == Some(port.as_str())
             })
             .expect("the primary has a replica")
+    }
+
+    /// Waits until the replica on `replica_port` has everything its primary on `primary_port`
+    /// wrote (equal replication offsets: a replica answers reads of its slots only after
+    /// READONLY).
+    pub fn wait_replicated(&self, primary_port: u16, replica_port: u16) {
+        let offset = |port: u16| {
+            let node = self
+                .nodes
+                .iter()
+                .find(|n| n.port == port)
+                .expect("a node on that port");
+            let info = node.cli(&["INFO", "replication"]);
+            (info.lines())
+                .find_map(|l| l.strip_prefix("master_repl_offset:"))
+                .map(|o| o.trim().to_string())
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while offset(replica_port) != offset(primary_port) {
+            assert!(
+                Instant::now() < deadline,
+                "the replica did not catch up within 10 s"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// The node on `port`.
+    pub fn node(&mut self, port: u16) -> &mut RedisServer {
+        self.nodes
+            .iter_mut()
+            .find(|n| n.port == port)
+            .expect("a node on that port")
     }
 
     /// Nodes whose process runs.

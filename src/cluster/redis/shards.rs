@@ -211,13 +211,7 @@ impl Sharded {
             .collect::<HashSet<_>>()
             .into_iter()
             .collect();
-        stream::iter(fresh.iter().map(Ok))
-            .try_for_each_concurrent(SUBSCRIBE_CONCURRENCY, |topic| {
-                let mut pubsub = pubsub.clone();
-                let channel = channels.of(topic.as_str());
-                async move { pubsub.listen(&channel, true, true).await }
-            })
-            .await?;
+        each(pubsub, channels, &fresh, true).await?;
         self.topics.extend(fresh.iter().cloned());
         Ok(fresh)
     }
@@ -234,18 +228,24 @@ impl Sharded {
         channels: &Channels,
         topics: Vec<Topic>,
     ) -> RedisResult<()> {
-        stream::iter(topics.iter().map(Ok))
-            .try_for_each_concurrent(SUBSCRIBE_CONCURRENCY, |topic| {
-                let mut pubsub = pubsub.clone();
-                let channel = channels.of(topic.as_str());
-                async move { pubsub.listen(&channel, true, false).await }
-            })
-            .await?;
+        each(pubsub, channels, &topics, false).await?;
         for topic in &topics {
             self.topics.remove(topic);
         }
         Ok(())
     }
+}
+
+/// `SSUBSCRIBE`s (`on`) or `SUNSUBSCRIBE`s the channel of each topic, a bounded number at a
+/// time: a cluster takes one slot per command, so one topic per command.
+async fn each(pubsub: &Conn, channels: &Channels, topics: &[Topic], on: bool) -> RedisResult<()> {
+    stream::iter(topics.iter().map(Ok))
+        .try_for_each_concurrent(SUBSCRIBE_CONCURRENCY, |topic| {
+            let mut pubsub = pubsub.clone();
+            let channel = channels.of(topic.as_str());
+            async move { pubsub.listen(&channel, true, on).await }
+        })
+        .await
 }
 
 #[cfg(test)]
