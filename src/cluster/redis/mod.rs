@@ -23,11 +23,16 @@
 //! backoff, re-subscribes everything still wanted and catches every mirrored topic up.
 //! Publishes and loads use a separate multiplexed connection, shared by all tasks.
 //!
+//! On a Redis Cluster (`broker.kind = "redis-cluster"`) the same code runs with the channel
+//! `P:c:{T}` in its topic's slot, `SPUBLISH`/`SSUBSCRIBE`, a batch published per slot and new
+//! topics announced on `P:new` (see `shards`).
+//!
 //! Files: this one holds the broker's state and what the node asks of it (its errors become
 //! the [`RequestError`]s clients see here); `commands`: the publish script and the reads;
 //! `interest`: what local clients want; `inbox`: the bounded queue between the pub/sub
 //! connection and the link; `link`: the pub/sub link task; `sentinel`: which server to connect
-//! to (fixed, or the primary Redis Sentinel names); `presence`: the cluster's presence rooms,
+//! to (fixed, or the primary Redis Sentinel names); `shards`: the connection to one server or a
+//! Redis Cluster, channel names and what only a cluster needs; `presence`: the cluster's presence rooms,
 //! subscriber counts and occupancy (its script `presence.lua`, its server found the same way as
 //! the link's). The Lua scripts are `publish.lua` and `rebase.lua`.
 
