@@ -181,6 +181,24 @@ async fn nodes_share_topics_across_shards() {
     assert!(got.iter().all(|v| v["type"] == "update"), "{got:?}");
     assert_eq!(by_topic(&got)[topics[2]], vec![3, 4, 5]);
 
+    // A node receiving everything (`subscribe = "all"`: every topic's sharded channel, and new
+    // topics as they are announced) serves an existing topic and one created after it started.
+    let c = start(&format!("{config}subscribe = \"all\"\n")).await;
+    wait_ready(c.addr).await;
+    let mut everything = connect(c.addr).await;
+    subscribe(&mut everything, 1, &[topics[0], "late.topic"]).await;
+    publish(a.addr, topics[0], json!("to all")).await;
+    publish(b.addr, "late.topic", json!("new")).await;
+    let got = recv_data(&mut everything, 3).await;
+    let seen = by_topic(&got);
+    assert_eq!(
+        seen[topics[0]],
+        vec![3, 4],
+        "the snapshot, then the update: {got:?}"
+    );
+    assert_eq!(seen["late.topic"], vec![1], "{got:?}");
+    c.stop().await.unwrap();
+
     // The topic listing covers every shard's topics.
     let (status, page) = get_json(a.addr, "/api/v1/topics?limit=100").await;
     assert_eq!(status, 200, "{page}");

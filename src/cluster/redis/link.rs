@@ -350,23 +350,36 @@ impl RedisBroker {
             // A dropped `P:new` announcement names no topic: look for new topics again.
             self.subscribe_sharded(pubsub, sharded).await?;
         }
-        let mut positions = Vec::new();
-        let mut unknown = Vec::new();
         if missed.all {
-            positions = self.hub.positions();
-        } else {
-            for topic in missed.topics {
-                match self.hub.position(&topic) {
-                    Some(position) => positions.push((topic, position)),
-                    None if self.wanted(&topic) => unknown.push((topic, 0)),
-                    None => {}
-                }
+            let positions = self.hub.positions();
+            info!(
+                topics = positions.len(),
+                "receive queue overflowed; resynchronising"
+            );
+            for chunk in positions.chunks(LOAD_CHUNK) {
+                self.catch_up(chunk).await?;
             }
+            return Ok(());
         }
         info!(
-            topics = positions.len() + unknown.len(),
+            topics = missed.topics.len(),
             "receive queue overflowed; resynchronising"
         );
+        self.bring_up(missed.topics).await
+    }
+
+    /// Brings `topics` up to Redis: a mirrored one caught up from its position, one a local
+    /// client wants but the hub does not hold loaded whole, the others left alone.
+    async fn bring_up(&self, topics: impl IntoIterator<Item = Topic>) -> Result<(), BrokerError> {
+        let mut positions = Vec::new();
+        let mut unknown = Vec::new();
+        for topic in topics {
+            match self.hub.position(&topic) {
+                Some(position) => positions.push((topic, position)),
+                None if self.wanted(&topic) => unknown.push((topic, 0)),
+                None => {}
+            }
+        }
         for chunk in positions.chunks(LOAD_CHUNK) {
             self.catch_up(chunk).await?;
         }
@@ -410,7 +423,7 @@ impl RedisBroker {
     }
 
     /// Cluster: `SSUBSCRIBE`s every topic local clients want (with `subscribe = "all"`, every
-    /// topic of the set) not held yet, and loads the new ones a client waits for.
+    /// topic of the set) not held yet, and loads the new ones a local client waits for.
     async fn subscribe_sharded(&self, pubsub: &Conn, sharded: &mut Sharded) -> Result<(), BrokerError> {
         let mut topics = Vec::new();
         let patterns = match self.settings.subscribe {
@@ -424,7 +437,10 @@ impl RedisBroker {
             }
         }
         let fresh = sharded.add(pubsub, &self.channels, topics).await?;
-        self.load_unmirrored(fresh).await
+        // Newly held and not mirrored: what was published before is read from Redis now (both
+        // callers then catch every mirrored topic up).
+        self.bring_up(fresh.into_iter().filter(|t| !self.hub.has(t)))
+            .await
     }
 
     /// Cluster: a topic just created somewhere; held and loaded if a local client wants it.
@@ -434,22 +450,7 @@ impl RedisBroker {
             return Ok(());
         }
         let fresh = sharded.add(pubsub, &self.channels, [topic]).await?;
-        self.load_unmirrored(fresh).await
-    }
-
-    /// Loads the topics local clients want that the hub does not mirror yet (their channels
-    /// are held already, so nothing published after the load is missed).
-    async fn load_unmirrored(&self, topics: Vec<Topic>) -> Result<(), BrokerError> {
-        let wanted: Vec<(Topic, u64)> = (topics.into_iter())
-            .filter(|t| !self.hub.has(t) && self.wanted(t))
-            .map(|t| (t, 0))
-            .collect();
-        for (topic, stored) in wanted.iter().zip(self.load(&wanted).await?) {
-            if let Some(stored) = stored {
-                self.hub.mirror(&topic.0, &stored);
-            }
-        }
-        Ok(())
+        self.bring_up(fresh).await
     }
 
     /// Hands one channel message to the hub, resolving gaps and topics new to this node.
