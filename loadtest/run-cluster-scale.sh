@@ -6,16 +6,21 @@
 # commands and network bytes per publication from INFO. Traffic on loopback only.
 #
 #   loadtest/run-cluster-scale.sh        # NODES="1 2 4" CONNS=10000 RATE=20 DURATION=10s
+#   REDIS=cluster loadtest/run-cluster-scale.sh   # the same on a 3-shard Redis Cluster
 #
-# Needs redis-server; starts its own on $REDIS_PORT (no persistence) and stops everything it
-# started on exit.
+# Needs redis-server; starts its own on $REDIS_PORT (no persistence), or with REDIS=cluster a
+# Redis Cluster of $SHARDS primaries without replicas on $REDIS_PORT and up
+# (broker.kind = "redis-cluster"; CPU, commands and bytes are summed over the shards), and stops
+# everything it started on exit.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 NODES=${NODES:-"1 2 4"}
 CONNS=${CONNS:-10000}
 RATE=${RATE:-20}
 DURATION=${DURATION:-10s}
-REDIS_PORT=${REDIS_PORT:-18590}
+REDIS=${REDIS:-single}
+SHARDS=${SHARDS:-3}
+REDIS_PORT=${REDIS_PORT:-18580}
 BASE=${BASE:-18591}
 OUT=${OUT:-target/bench-results/cluster-scale-$(date +%Y%m%d-%H%M%S)}
 mkdir -p "$OUT"
@@ -31,20 +36,36 @@ cpu() { # PID...: utime+stime of the processes, in clock ticks
     for p in "$@"; do t=$((t + $(awk '{print $14 + $15}' "/proc/$p/stat"))); done
     echo "$t"
 }
-info() { redis-cli -p "$REDIS_PORT" info "$1" | tr -d '\r'; }
+ports=("$REDIS_PORT")
+[ "$REDIS" = cluster ] && ports=($(seq "$REDIS_PORT" $((REDIS_PORT + SHARDS - 1))))
+info() { for p in "${ports[@]}"; do redis-cli -p "$p" info "$1" | tr -d '\r'; done; }
+sum() { awk -F: -v k="$1" '$1 == k {t += $2} END {print t + 0}'; }
 
 for n in $NODES; do
-    redis-server --bind 127.0.0.1 --port "$REDIS_PORT" --save "" --appendonly no > "$OUT/redis-$n.log" 2>&1 &
-    redis=$!
-    pids=($redis)
-    for _ in $(seq 50); do redis-cli -p "$REDIS_PORT" ping 2> /dev/null | grep -q PONG && break; sleep 0.1; done
+    redis=()
+    for p in "${ports[@]}"; do
+        extra=()
+        [ "$REDIS" = cluster ] && extra=(--cluster-enabled yes --cluster-config-file "nodes-$n-$p.conf" --dir "$OUT")
+        redis-server --bind 127.0.0.1 --port "$p" --save "" --appendonly no "${extra[@]}" > "$OUT/redis-$n-$p.log" 2>&1 &
+        redis+=($!)
+    done
+    pids=("${redis[@]}")
+    for p in "${ports[@]}"; do
+        for _ in $(seq 50); do redis-cli -p "$p" ping 2> /dev/null | grep -q PONG && break; sleep 0.1; done
+    done
+    broker=(TICKWIRE__BROKER__KIND=redis TICKWIRE__BROKER__REDIS_URL=redis://127.0.0.1:$REDIS_PORT)
+    if [ "$REDIS" = cluster ]; then
+        redis-cli --cluster create $(printf '127.0.0.1:%s ' "${ports[@]}") --cluster-replicas 0 --cluster-yes > "$OUT/create-$n.log"
+        for _ in $(seq 100); do redis-cli -p "$REDIS_PORT" cluster info | grep -q cluster_state:ok && break; sleep 0.1; done
+        broker=(TICKWIRE__BROKER__KIND=redis-cluster
+            TICKWIRE__BROKER__REDIS_CLUSTER_URLS=$(printf 'redis://127.0.0.1:%s,' "${ports[@]}" | sed 's/,$//'))
+    fi
     nodes=()
     urls=()
     for i in $(seq 0 $((n - 1))); do
         port=$((BASE + i))
         TICKWIRE__SERVER__LISTEN=127.0.0.1:$port TICKWIRE__FEED__ENABLED=false TICKWIRE__LOG__LEVEL=warn \
-        TICKWIRE__LIMITS__MAX_CONNECTIONS_PER_IP=0 TICKWIRE__BROKER__KIND=redis \
-        TICKWIRE__BROKER__REDIS_URL=redis://127.0.0.1:$REDIS_PORT target/release/tickwire serve &
+        TICKWIRE__LIMITS__MAX_CONNECTIONS_PER_IP=0 env "${broker[@]}" target/release/tickwire serve &
         nodes+=($!)
         pids+=($!)
         urls+=("ws://127.0.0.1:$port/ws")
@@ -52,35 +73,35 @@ for n in $NODES; do
     done
     list=$(IFS=,; echo "${urls[*]}")
     info commandstats > "$OUT/commands-$n.before"
-    in0=$(info stats | awk -F: '/^total_net_input_bytes/ {print $2}')
-    out0=$(info stats | awk -F: '/^total_net_output_bytes/ {print $2}')
-    t0=$(cpu "${nodes[@]}"); r0=$(cpu "$redis"); s0=$(date +%s.%N)
+    in0=$(info stats | sum total_net_input_bytes)
+    out0=$(info stats | sum total_net_output_bytes)
+    t0=$(cpu "${nodes[@]}"); r0=$(cpu "${redis[@]}"); s0=$(date +%s.%N)
     target/release/tickwire-loadtest fanout --url "ws://127.0.0.1:$BASE/ws" --subscribe-urls "$list" \
         --connections "$CONNS" --rate "$RATE" --duration "$DURATION" --warmup 3s \
         --source-ips 127.0.0.1-127.0.0.32 --quiet --topic-prefix "bench.scale$n." --label "nodes-$n" \
         --json > "$OUT/nodes-$n.json"
-    t1=$(cpu "${nodes[@]}"); r1=$(cpu "$redis"); s1=$(date +%s.%N)
+    t1=$(cpu "${nodes[@]}"); r1=$(cpu "${redis[@]}"); s1=$(date +%s.%N)
     info commandstats > "$OUT/commands-$n.after"
-    in1=$(info stats | awk -F: '/^total_net_input_bytes/ {print $2}')
-    out1=$(info stats | awk -F: '/^total_net_output_bytes/ {print $2}')
+    in1=$(info stats | sum total_net_input_bytes)
+    out1=$(info stats | sum total_net_output_bytes)
     python3 - "$OUT/nodes-$n.json" "$n" "$((t1 - t0))" "$((r1 - r0))" "$s0" "$s1" \
-        "$OUT/commands-$n" "$((in1 - in0))" "$((out1 - out0))" "$(getconf CLK_TCK)" <<'PY'
+        "$OUT/commands-$n" "$((in1 - in0))" "$((out1 - out0))" "$(getconf CLK_TCK)" "$REDIS" <<'PY'
 import json, sys
 r = json.load(open(sys.argv[1]))
-n, tw, rd, s0, s1, commands, bin_, bout, hz = sys.argv[2:]
+n, tw, rd, s0, s1, commands, bin_, bout, hz, redis = sys.argv[2:]
 def calls(path):
     out = {}
     for line in open(path):
         if line.startswith("cmdstat_"):
             name, rest = line[8:].split(":", 1)
-            out[name] = int(rest.split(",")[0].split("=")[1])
+            out[name] = out.get(name, 0) + int(rest.split(",")[0].split("=")[1])
     return out
 before, after = calls(commands + ".before"), calls(commands + ".after")
 diff = {k: v - before.get(k, 0) for k, v in after.items() if v - before.get(k, 0) > 0}
 secs = float(s1) - float(s0)
 pubs = max(r["publish"]["confirmed"], 1)
 l, d, g = r["latency_ms"], r["deliveries"], r["gaps"]
-print(f'nodes {n}: deliveries/s {d["deliveries_per_s"]:>9,.0f}  shortfall {d["shortfall_in_window_pct"]:5.2f} %  '
+print(f'{redis}, nodes {n}: deliveries/s {d["deliveries_per_s"]:>9,.0f}  shortfall {d["shortfall_in_window_pct"]:5.2f} %  '
       f'lost {g["lost"]}  out of order {g["out_of_order"]}  p50 {l["p50"]:6.1f} ms  p99 {l["p99"]:6.1f} ms  '
       f'CPU over the run ({secs:.1f} s): tickwire {int(tw) / int(hz) / secs * 100:4.0f} %  redis {int(rd) / int(hz) / secs * 100:3.0f} %  '
       f'per publication ({pubs}): {int(bin_) / pubs:,.0f} B in, {int(bout) / pubs:,.0f} B out to Redis; '
