@@ -199,6 +199,29 @@ async fn nodes_share_topics_across_shards() {
     assert_eq!(seen["late.topic"], vec![1], "{got:?}");
     c.stop().await.unwrap();
 
+    // A keyed batch spanning two shards, retried on the other node: replayed, not republished
+    // (each slot's group keeps its own `Idempotency-Key` record).
+    let keyed = on_different_shards(&rc, "rc", "idem.", 2);
+    let body = json!({"messages": [
+        {"topic": keyed[0].0, "data": "x"},
+        {"topic": keyed[1].0, "data": "y"},
+    ]})
+    .to_string();
+    let headers = [
+        ("Content-Type", "application/json"),
+        ("Idempotency-Key", "batch-1"),
+    ];
+    let first = http_request(a.addr, "POST", "/api/v1/publish", &headers, Some(body.as_bytes())).await;
+    let again = http_request(b.addr, "POST", "/api/v1/publish", &headers, Some(body.as_bytes())).await;
+    assert_eq!((first.status, again.status), (200, 200), "{:?}", first.json());
+    assert_eq!(first.header("Idempotent-Replayed"), None);
+    assert_eq!(again.header("Idempotent-Replayed"), Some("true"));
+    assert_eq!(first.json()["results"], again.json()["results"]);
+    for (t, _) in &keyed {
+        let stored = get_topic(a.addr, t).await.expect("the topic exists");
+        assert_eq!(stored["seq"], 1, "published once: {stored}");
+    }
+
     // The topic listing covers every shard's topics.
     let (status, page) = get_json(a.addr, "/api/v1/topics?limit=100").await;
     assert_eq!(status, 200, "{page}");
