@@ -13,25 +13,29 @@ trap cleanup EXIT
 # Stops everything started so far.
 stop_all() { cleanup; pids=(); sleep 0.5; }
 
-# start_redis PORT LOG: a redis-server without persistence; its pid in $started.
+# start_redis PORT LOG [ARG...]: a redis-server without persistence (and ARGs); its pid in
+# $started.
 start_redis() {
-    redis-server --bind 127.0.0.1 --port "$1" --save "" --appendonly no > "$2" 2>&1 &
+    local port=$1 log=$2
+    shift 2
+    redis-server --bind 127.0.0.1 --port "$port" --save "" --appendonly no "$@" > "$log" 2>&1 &
     started=$!
     pids+=("$started")
-    for _ in $(seq 50); do redis-cli -p "$1" ping 2> /dev/null | grep -q PONG && return; sleep 0.1; done
-    echo "redis-server on $1 did not answer" >&2
+    for _ in $(seq 50); do redis-cli -p "$port" ping 2> /dev/null | grep -q PONG && return; sleep 0.1; done
+    echo "redis-server on $port did not answer" >&2
     exit 1
 }
 
-# start_node PORT KIND [REDIS_PORT]: a tickwire node (no feed, no per-address limit), waited for
-# until ready; its pid in $started.
+# start_node PORT [VAR=VALUE...]: a tickwire node (no feed, no per-address limit) with the
+# broker settings given as environment assignments, waited for until ready; its pid in $started.
 start_node() {
-    TICKWIRE__SERVER__LISTEN=127.0.0.1:$1 TICKWIRE__FEED__ENABLED=false TICKWIRE__LOG__LEVEL=warn \
-    TICKWIRE__LIMITS__MAX_CONNECTIONS_PER_IP=0 TICKWIRE__BROKER__KIND=$2 \
-    TICKWIRE__BROKER__REDIS_URL=redis://127.0.0.1:${3:-6379} target/release/tickwire serve &
+    local port=$1
+    shift
+    env TICKWIRE__SERVER__LISTEN="127.0.0.1:$port" TICKWIRE__FEED__ENABLED=false TICKWIRE__LOG__LEVEL=warn \
+        TICKWIRE__LIMITS__MAX_CONNECTIONS_PER_IP=0 "$@" target/release/tickwire serve &
     started=$!
     pids+=("$started")
-    for _ in $(seq 100); do curl -sf "http://127.0.0.1:$1/readyz" > /dev/null && return; sleep 0.1; done
-    echo "node on $1 not ready" >&2
+    for _ in $(seq 100); do curl -sf "http://127.0.0.1:$port/readyz" > /dev/null && return; sleep 0.1; done
+    echo "node on $port not ready" >&2
     exit 1
 }

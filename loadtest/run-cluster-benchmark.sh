@@ -36,13 +36,14 @@ print(f'{r["label"]:7} deliveries/s {d["deliveries_per_s"]:>10,.0f}  shortfall {
 PY
 }
 
-start_node "$A" memory
+start_node "$A" TICKWIRE__BROKER__KIND=memory
 run single "$A" "$A"
 stop_all
 
 start_redis "$REDIS_PORT" "$OUT/redis.log"
-start_node "$A" redis "$REDIS_PORT"
-start_node "$B" redis "$REDIS_PORT"
+redis=(TICKWIRE__BROKER__KIND=redis TICKWIRE__BROKER__REDIS_URL=redis://127.0.0.1:$REDIS_PORT)
+start_node "$A" "${redis[@]}"
+start_node "$B" "${redis[@]}"
 run local "$B" "$B"
 run cross "$B" "$A"
 echo "results in $OUT" >&2

@@ -46,7 +46,8 @@
 //!   place publications are counted, and a connection's subscribe/unsubscribe sequences; `broker`: the seam, an enum of `memory` (the hub
 //!   assigns seqs; the `Idempotency-Key` ledger) and `redis` (Redis assigns and stores; its
 //!   `commands`, the wanted `interest`, the pub/sub `link` fed by the bounded `inbox`, the
-//!   server to use (fixed or found by Redis Sentinel) in `sentinel`, the Lua scripts
+//!   server to use (fixed or found by Redis Sentinel) in `sentinel`, what differs on a Redis
+//!   Cluster (the connection, sharded channels, per-slot batches) in `shards`, the Lua scripts
 //!   `publish.lua` and `rebase.lua`, and the cluster's share of presence (`presence`,
 //!   `presence.lua`; its channel listener reads through a bounded `inbox` too); `idempotency`: `Idempotency-Key` digests and the in-memory ledger;
 //!   `presence`: presence rooms, subscriber counts and occupied topics as clients and the API

@@ -41,6 +41,7 @@ pub fn starting(settings: &Settings) {
     let broker = match settings.broker.kind {
         BrokerKind::Memory => "memory",
         BrokerKind::Redis => "redis",
+        BrokerKind::RedisCluster => "redis-cluster",
     };
     let admin = settings.admin.listen.map(|a| a.to_string());
     info!(

@@ -15,18 +15,6 @@ fn seqs_of(messages: &[Value]) -> Vec<u64> {
     messages.iter().map(|v| v["seq"].as_u64().unwrap()).collect()
 }
 
-/// Polls `/readyz` until it answers `status`, for at most `within`.
-async fn wait_readyz(addr: std::net::SocketAddr, status: u16, within: Duration) {
-    let deadline = Instant::now() + within;
-    while http_get(addr, "/readyz").await.status != status {
-        assert!(
-            Instant::now() < deadline,
-            "/readyz did not answer {status} within {within:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 #[tokio::test]
 async fn nodes_follow_a_sentinel_failover_without_a_silent_gap() {
     let set = SentinelSet::start();

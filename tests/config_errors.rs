@@ -289,3 +289,60 @@ fn an_invalid_rust_log_exits_2_naming_it_and_the_directive() {
     assert_eq!(o.status.code(), Some(0), "stderr: {}", text(&o.stderr));
     assert!(text(&o.stdout).contains("level = \"warn,tickwire=debug\""));
 }
+
+#[test]
+fn redis_cluster_settings_are_checked_by_check_config() {
+    let seeds = "redis://127.0.0.1:7000,redis://127.0.0.1:7001";
+    let o = run_tickwire(
+        &["check-config"],
+        &[
+            ("TICKWIRE__BROKER__KIND", "redis-cluster"),
+            ("TICKWIRE__BROKER__REDIS_CLUSTER_URLS", seeds),
+        ],
+    );
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+    let o = run_tickwire(&["check-config"], &[("TICKWIRE__BROKER__KIND", "redis-cluster")]);
+    refused(&o, &["`broker.redis_cluster_urls`", "at least one seed node"]);
+    let o = run_tickwire(
+        &["check-config"],
+        &[
+            ("TICKWIRE__BROKER__KIND", "redis-cluster"),
+            ("TICKWIRE__BROKER__REDIS_CLUSTER_URLS", "http://127.0.0.1:7000"),
+        ],
+    );
+    refused(&o, &["`broker.redis_cluster_urls`", "redis[s]://"]);
+    let o = run_tickwire(
+        &["check-config"],
+        &[("TICKWIRE__BROKER__REDIS_CLUSTER_URLS", seeds)],
+    );
+    refused(
+        &o,
+        &[
+            "`broker.redis_cluster_urls`",
+            "only used with broker.kind = \"redis-cluster\"",
+        ],
+    );
+    let o = run_tickwire(
+        &["check-config"],
+        &[
+            ("TICKWIRE__BROKER__KIND", "redis-cluster"),
+            ("TICKWIRE__BROKER__REDIS_CLUSTER_URLS", seeds),
+            ("TICKWIRE__PRESENCE__PATTERNS", "chat.*"),
+        ],
+    );
+    refused(&o, &["`broker.kind`", "need broker.kind = \"redis\""]);
+    // A seed with a password is never printed back.
+    let o = run_tickwire(
+        &["check-config"],
+        &[
+            ("TICKWIRE__BROKER__KIND", "redis-cluster"),
+            (
+                "TICKWIRE__BROKER__REDIS_CLUSTER_URLS",
+                "redis://:s3cret@127.0.0.1:7000",
+            ),
+        ],
+    );
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+    let printed = format!("{}{}", text(&o.stdout), text(&o.stderr));
+    assert!(!printed.contains("s3cret"), "{printed}");
+}

@@ -2,8 +2,8 @@
 //! learns of everybody else's. The node talks to a [`Broker`] and never asks which one it is.
 //!
 //! - [`Broker::Memory`] (`broker.kind = "memory"`): one node; the hub assigns and stores.
-//! - [`Broker::Redis`] (`"redis"`): Redis assigns and stores; the hub mirrors what local
-//!   clients need.
+//! - [`Broker::Redis`] (`"redis"`, `"redis-cluster"`): Redis (one server or a Redis Cluster)
+//!   assigns and stores; the hub mirrors what local clients need.
 //!
 //! An enum, not a trait object: the set of brokers is closed and known at build time, and a
 //! `match` is static dispatch the compiler can inline (a `dyn Broker` would also need boxed
@@ -41,7 +41,7 @@ pub enum Broker {
 impl Broker {
     /// Whether `kind`'s hub mirrors topics whose seqs are assigned elsewhere.
     pub fn mirrors(kind: BrokerKind) -> bool {
-        kind == BrokerKind::Redis
+        matches!(kind, BrokerKind::Redis | BrokerKind::RedisCluster)
     }
 
     /// The broker `broker.kind` names, feeding `hub`; a Redis broker starts its link task
@@ -49,7 +49,7 @@ impl Broker {
     pub fn start(settings: &Settings, hub: Arc<Hub>, metrics: Arc<Metrics>) -> Result<Broker, BrokerError> {
         Ok(match settings.broker.kind {
             BrokerKind::Memory => Broker::Memory(MemoryBroker::start(settings, hub, &metrics)),
-            BrokerKind::Redis => {
+            BrokerKind::Redis | BrokerKind::RedisCluster => {
                 let window = settings.http.idempotency_window;
                 Broker::Redis(RedisBroker::start(&settings.broker, window, hub, metrics)?)
             }

@@ -68,7 +68,9 @@ impl Presence {
         metrics: Arc<Metrics>,
     ) -> Result<Presence, BrokerError> {
         let cluster = match settings.broker.kind {
-            BrokerKind::Memory => None,
+            // Presence and webhooks are refused with "redis-cluster" (settings check), so its
+            // occupancy counts are this node's, as on one node.
+            BrokerKind::Memory | BrokerKind::RedisCluster => None,
             BrokerKind::Redis => Some(Arc::new(ClusterPresence::new(
                 settings,
                 node.clone(),

@@ -55,6 +55,10 @@ impl Settings {
         let hidden = [
             ("auth.jwt.hs256_secret", self.auth.jwt.hs256_secret.is_set()),
             ("broker.redis_url", self.broker.redis_url.url_has_password()),
+            (
+                "broker.redis_cluster_urls",
+                (self.broker.redis_cluster_urls.iter()).any(|u| u.url_has_password()),
+            ),
         ];
         let hidden = hidden
             .into_iter()

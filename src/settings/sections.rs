@@ -68,9 +68,11 @@ pub enum BrokerKind {
     Memory,
     /// Nodes share seqs, last values and history through Redis.
     Redis,
+    /// The same through a Redis Cluster, with sharded pub/sub (docs/cluster.md "Redis Cluster").
+    RedisCluster,
 }
 
-settings_enum!(BrokerKind { Memory => "memory", Redis => "redis" });
+settings_enum!(BrokerKind { Memory => "memory", Redis => "redis", RedisCluster => "redis-cluster" });
 
 /// Which Redis channels a node listens to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -90,6 +92,10 @@ pub struct BrokerSettings {
     /// May carry a password: never printed then.
     #[serde(skip_serializing_if = "Secret::url_has_password")]
     pub redis_url: Secret,
+    /// Seed nodes of a Redis Cluster (`kind = "redis-cluster"`); may carry a password: the
+    /// list is never printed then.
+    #[serde(skip_serializing_if = "any_has_password")]
+    pub redis_cluster_urls: Vec<Secret>,
     /// PEM CA certificate(s) that a `rediss://` server's certificate must chain to; `None`
     /// (empty) trusts the system's roots.
     #[serde(with = "optional_path")]
@@ -106,6 +112,10 @@ pub struct BrokerSettings {
     /// topics resynchronised.
     pub receive_queue: usize,
     pub sentinel: SentinelSettings,
+}
+
+fn any_has_password(urls: &[Secret]) -> bool {
+    urls.iter().any(Secret::url_has_password)
 }
 
 /// Redis Sentinel discovery of the broker's primary; unused while `master_name` is empty.

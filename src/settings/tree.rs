@@ -85,6 +85,14 @@ pub(crate) fn shown(key: &str, value: &Value) -> String {
     let hidden = match value.as_str() {
         Some(s) if key.starts_with("auth.jwt.hs256_secret") => !s.is_empty(),
         Some(s) if key.starts_with("broker.redis_url") => Secret(s.to_string()).url_has_password(),
+        // A seed list, or one of its URLs (an environment variable gives the list as text).
+        _ if key.starts_with("broker.redis_cluster_urls") => {
+            let urls = value.as_array().map_or_else(|| vec![value.clone()], Clone::clone);
+            (urls.iter()).any(|u| {
+                u.as_str()
+                    .is_none_or(|s| Secret(s.to_string()).url_has_password())
+            })
+        }
         _ => false,
     };
     if hidden {

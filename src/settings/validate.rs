@@ -411,21 +411,61 @@ impl Settings {
     fn check_broker(&self, c: &mut Checks) {
         let b = &self.broker;
         let url = b.redis_url.expose();
+        let redis = b.kind == BrokerKind::Redis;
         c.check(
-            b.kind == BrokerKind::Memory || url.starts_with("redis://") || url.starts_with("rediss://"),
+            !redis || url.starts_with("redis://") || url.starts_with("rediss://"),
             "broker.redis_url",
             "must start with redis:// or rediss://",
         );
         c.check(
-            b.kind == BrokerKind::Memory || redis::Client::open(url).is_ok(),
+            !redis || redis::Client::open(url).is_ok(),
             "broker.redis_url",
             "is not a valid Redis URL (redis[s]://[:password@]host[:port][/db])",
         );
-        if let (BrokerKind::Redis, Some(ca)) = (b.kind, &b.redis_ca_file) {
+        let cluster = b.kind == BrokerKind::RedisCluster;
+        let seeds: Vec<&str> = b.redis_cluster_urls.iter().map(|u| u.expose()).collect();
+        if cluster {
             c.check(
-                url.starts_with("rediss://"),
+                !seeds.is_empty(),
+                "broker.redis_cluster_urls",
+                "needs at least one seed node with broker.kind = \"redis-cluster\"",
+            );
+            for seed in &seeds {
+                c.check(
+                    (seed.starts_with("redis://") || seed.starts_with("rediss://"))
+                        && redis::Client::open(*seed).is_ok(),
+                    "broker.redis_cluster_urls",
+                    "each must be a Redis URL redis[s]://[:password@]host:port",
+                );
+            }
+            let tls = seeds.iter().filter(|s| s.starts_with("rediss://")).count();
+            c.check(
+                tls == 0 || tls == seeds.len(),
+                "broker.redis_cluster_urls",
+                "must all use redis:// or all rediss://",
+            );
+            c.check(
+                self.presence.patterns.is_empty() && self.webhooks.is_empty(),
+                "broker.kind",
+                "\"redis-cluster\" has no presence or webhooks yet: presence.patterns and [[webhooks]] need broker.kind = \"redis\"",
+            );
+        } else {
+            c.check(
+                seeds.is_empty(),
+                "broker.redis_cluster_urls",
+                "is only used with broker.kind = \"redis-cluster\"",
+            );
+        }
+        let tls = if cluster {
+            seeds.first().is_some_and(|s| s.starts_with("rediss://"))
+        } else {
+            url.starts_with("rediss://")
+        };
+        if let (BrokerKind::Redis | BrokerKind::RedisCluster, Some(ca)) = (b.kind, &b.redis_ca_file) {
+            c.check(
+                tls,
                 "broker.redis_ca_file",
-                "is only used with a rediss:// broker.redis_url",
+                "is only used with a rediss:// broker.redis_url (or redis_cluster_urls)",
             );
             c.check(
                 std::fs::read(ca).is_ok(),

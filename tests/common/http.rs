@@ -257,6 +257,16 @@ pub async fn wait_ready(addr: SocketAddr) {
     .await;
 }
 
+/// Polls `/readyz` until it answers `status`, for at most `within` (a cluster node losing and
+/// finding its Redis again).
+pub async fn wait_readyz(addr: SocketAddr, status: u16, within: Duration) {
+    let what = format!("{addr} /readyz {status}");
+    eventually(&what, within, || async move {
+        http_get(addr, "/readyz").await.status == status
+    })
+    .await;
+}
+
 /// Asserts an HTTP API error: `want_status` and the `{"error": {"code", "message"}}` body, with
 /// `code` when given.
 #[track_caller]

@@ -30,6 +30,10 @@ impl RedisServer {
 
     /// A fresh server that requires `password` (AUTH) when given.
     pub fn start_with(persist: bool, password: Option<&str>) -> RedisServer {
+        Self::launch(persist, password, &[])
+    }
+
+    fn launch(persist: bool, password: Option<&str>, extra: &[&str]) -> RedisServer {
         let dir = std::env::temp_dir().join(format!("tickwire-redis-{}-{}", std::process::id(), free_port()));
         std::fs::create_dir_all(&dir).expect("redis test dir");
         let mut server = RedisServer {
@@ -39,10 +43,15 @@ impl RedisServer {
             persist,
             password: password.map(str::to_string),
             tls: None,
-            extra: Vec::new(),
+            extra: extra.iter().map(|a| a.to_string()).collect(),
         };
         server.restart();
         server
+    }
+
+    /// A fresh server run with `extra` arguments from its first start.
+    pub fn start_args(extra: &[&str]) -> RedisServer {
+        Self::launch(false, None, extra)
     }
 
     /// A fresh server replicating `primary`.
@@ -318,5 +327,140 @@ impl Drop for SentinelSet {
             let _ = child.wait();
         }
         let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A Redis Cluster on loopback: three primaries and one replica each (`redis-cli --cluster
+/// create … --cluster-replicas 1`), a 1 s node timeout so that a test's failover takes seconds.
+/// Every process is killed on drop.
+pub struct RedisCluster {
+    pub nodes: Vec<RedisServer>,
+}
+
+impl RedisCluster {
+    /// Starts six nodes, joins them and waits until every node says `cluster_state:ok`.
+    pub fn start() -> RedisCluster {
+        let args = [
+            "--cluster-enabled",
+            "yes",
+            "--cluster-config-file",
+            "nodes.conf",
+            "--cluster-node-timeout",
+            "1000",
+        ];
+        let nodes: Vec<RedisServer> = (0..6).map(|_| RedisServer::start_args(&args)).collect();
+        let addrs: Vec<String> = nodes.iter().map(|n| format!("127.0.0.1:{}", n.port)).collect();
+        let out = Command::new("redis-cli")
+            .arg("--cluster")
+            .arg("create")
+            .args(&addrs)
+            .args(["--cluster-replicas", "1", "--cluster-yes"])
+            .output()
+            .expect("redis-cli must be installed with redis-server");
+        assert!(
+            out.status.success(),
+            "redis-cli --cluster create failed: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        let cluster = RedisCluster { nodes };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !(cluster.nodes.iter()).all(|n| n.cli(&["CLUSTER", "INFO"]).contains("cluster_state:ok")) {
+            assert!(
+                Instant::now() < deadline,
+                "the cluster did not reach cluster_state:ok within 20 s"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        cluster
+    }
+
+    /// `[broker]` settings for a tickwire node on this cluster, seeded with every node.
+    pub fn broker_toml(&self, prefix: &str) -> String {
+        let urls: Vec<String> = (self.nodes.iter()).map(|n| format!("\"{}\"", n.url())).collect();
+        format!(
+            "[broker]\nkind = \"redis-cluster\"\nredis_cluster_urls = [{}]\nprefix = \"{prefix}\"\n\
+             reconnect_min = \"20ms\"\nreconnect_max = \"200ms\"\n",
+            urls.join(", ")
+        )
+    }
+
+    /// The primary serving `key`'s slot now: the live node whose own `CLUSTER NODES` line
+    /// lists a slot range holding it.
+    pub fn primary_of(&self, key: &str) -> &RedisServer {
+        let slot: u16 = (self
+            .live()
+            .next()
+            .expect("a live node")
+            .cli(&["CLUSTER", "KEYSLOT", key]))
+        .trim()
+        .parse()
+        .expect("CLUSTER KEYSLOT answers a number");
+        self.live()
+            .find(|n| {
+                let nodes = n.cli(&["CLUSTER", "NODES"]);
+                let Some(me) = nodes.lines().find(|l| l.contains("myself")) else {
+                    return false;
+                };
+                me.contains("master")
+                    && me.split_whitespace().skip(8).any(|range| {
+                        let mut ends = range.split('-').map(|p| p.parse::<u16>().ok());
+                        match (ends.next().flatten(), ends.next()) {
+                            (Some(a), Some(Some(b))) => (a..=b).contains(&slot),
+                            (Some(a), None) => a == slot,
+                            _ => false,
+                        }
+                    })
+            })
+            .expect("a primary serves the slot")
+    }
+
+    /// The replica of `primary`.
+    pub fn replica_of(&self, primary: &RedisServer) -> &RedisServer {
+        let port = format!("{}", primary.port);
+        self.live()
+            .find(|n| {
+                let role = n.cli(&["ROLE"]);
+                let mut lines = role.lines();
+                lines.next() == Some("slave") && lines.nth(1) == Some(port.as_str())
+            })
+            .expect("the primary has a replica")
+    }
+
+    /// Waits until the replica on `replica_port` has everything its primary on `primary_port`
+    /// wrote (equal replication offsets: a replica answers reads of its slots only after
+    /// READONLY).
+    pub fn wait_replicated(&self, primary_port: u16, replica_port: u16) {
+        let offset = |port: u16| {
+            let node = self
+                .nodes
+                .iter()
+                .find(|n| n.port == port)
+                .expect("a node on that port");
+            let info = node.cli(&["INFO", "replication"]);
+            (info.lines())
+                .find_map(|l| l.strip_prefix("master_repl_offset:"))
+                .map(|o| o.trim().to_string())
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while offset(replica_port) != offset(primary_port) {
+            assert!(
+                Instant::now() < deadline,
+                "the replica did not catch up within 10 s"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// The node on `port`.
+    pub fn node(&mut self, port: u16) -> &mut RedisServer {
+        self.nodes
+            .iter_mut()
+            .find(|n| n.port == port)
+            .expect("a node on that port")
+    }
+
+    /// Nodes whose process runs.
+    pub fn live(&self) -> impl Iterator<Item = &RedisServer> {
+        self.nodes.iter().filter(|n| n.child.is_some())
     }
 }

@@ -25,6 +25,8 @@ use crate::metrics::Metrics;
 use crate::sync::lock;
 use crate::topic::Topic;
 
+use super::shards::Channels;
+
 /// Missed topics remembered by name, at most; past it the link resynchronises every topic it
 /// mirrors (one load per topic, which is what a reconnect costs anyway).
 const MISSED_TOPICS: usize = 10_000;
@@ -93,8 +95,8 @@ enum Overflow {
     /// The link's: its topic is recorded as missed, for the link to resynchronise.
     Resync {
         drops: Arc<Drops>,
-        /// `P:c:`, to name the topic of a dropped message.
-        channel_prefix: String,
+        /// To name the topic of a dropped message.
+        channels: Channels,
     },
     /// Counted only: nothing can be fetched again.
     Count(Arc<Burst>),
@@ -120,13 +122,10 @@ impl Inbox {
     pub(super) fn new(
         capacity: usize,
         drops: Arc<Drops>,
-        channel_prefix: String,
+        channels: Channels,
         metrics: Arc<Metrics>,
     ) -> (Inbox, mpsc::Receiver<Inbound>) {
-        let overflow = Overflow::Resync {
-            drops,
-            channel_prefix,
-        };
+        let overflow = Overflow::Resync { drops, channels };
         Inbox::with(capacity, overflow, metrics)
     }
 
@@ -183,12 +182,8 @@ impl Inbox {
 
     fn dropped(&self, msg: &Msg) {
         match &self.overflow {
-            Overflow::Resync {
-                drops,
-                channel_prefix,
-            } => {
-                let topic =
-                    (msg.get_channel_name().strip_prefix(channel_prefix)).and_then(|t| Topic::parse(t).ok());
+            Overflow::Resync { drops, channels } => {
+                let topic = channels.topic(msg.get_channel_name());
                 lock(&drops.missed).add(topic);
                 self.metrics.broker_receive_dropped.inc();
                 drops.wake.notify_one();

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rand::Rng;
-use redis::aio::MultiplexedConnection;
+use redis::aio::AsyncPushSender;
 use redis::AsyncConnectionConfig;
 use serde_json::value::RawValue;
 use tokio::sync::mpsc;
@@ -23,7 +23,16 @@ use crate::topic::{Pattern, Topic};
 
 use super::inbox::{self, Inbound, Inbox};
 use super::interest::{glob, Command};
+use super::shards::{Conn, Sharded};
 use super::{BrokerError, RedisBroker, LOAD_CHUNK};
+
+/// A connected link: what `serve` runs on.
+struct Live {
+    pubsub: Conn,
+    inbound: mpsc::Receiver<Inbound>,
+    /// The sharded channels held (cluster only).
+    sharded: Sharded,
+}
 
 /// Channels per SUBSCRIBE when re-subscribing after a reconnect.
 const SUBSCRIBE_CHUNK: usize = 1000;
@@ -56,13 +65,13 @@ impl RedisBroker {
         let mut connected_before = false;
         loop {
             let failure = match self.connect().await {
-                Ok((pubsub, inbound)) => {
+                Ok(live) => {
                     if connected_before {
                         self.metrics.broker_reconnects.inc();
                     }
                     connected_before = true;
                     let since = std::time::Instant::now();
-                    let reason = self.serve(pubsub, inbound, &mut queue).await;
+                    let reason = self.serve(live, &mut queue).await;
                     self.set_down();
                     warn!(error = %reason, "lost Redis; reconnecting");
                     // A link that held for a while earns an immediate retry; one that fails
@@ -92,8 +101,58 @@ impl RedisBroker {
     }
 
     /// Opens both connections and subscribes to everything local clients want; returns the
-    /// pub/sub connection and the queue its messages arrive on.
-    async fn connect(&self) -> Result<(MultiplexedConnection, mpsc::Receiver<Inbound>), BrokerError> {
+    /// pub/sub connection, the queue its messages arrive on and (cluster) the sharded channels.
+    async fn connect(&self) -> Result<Live, BrokerError> {
+        let (inbox, inbound) = Inbox::new(
+            self.settings.receive_queue,
+            self.drops.clone(),
+            self.channels.clone(),
+            self.metrics.clone(),
+        );
+        let push = move |info| {
+            inbox.push(info);
+            Ok::<(), ()>(())
+        };
+        let mut sharded = Sharded::default();
+        let pubsub = match &self.seeds {
+            Some(seeds) => {
+                let (conn, mut pubsub) = seeds.connect(&self.settings, push).await?;
+                // The topic scans below read the set through it.
+                *write(&self.conn) = Some(conn);
+                let announcements = self.new_topics_channel();
+                self.round_trip(pubsub.subscribe(&announcements)).await?;
+                self.subscribe_sharded(&pubsub, &mut sharded).await?;
+                pubsub
+            }
+            None => {
+                let (conn, pubsub) = self.connect_single(push).await?;
+                *write(&self.conn) = Some(conn);
+                pubsub
+            }
+        };
+        // Anything wanted meanwhile had its Subscribe queued and is subscribed again, harmlessly.
+        lock(&self.interest).set_live();
+        // Whatever the inbox dropped before is covered by the catch-up below.
+        self.drops.take();
+        // Subscribed first, then caught up: whatever was published meanwhile arrives either
+        // in the stream read below or as a channel message after it (then a duplicate).
+        let positions = self.hub.positions();
+        for chunk in positions.chunks(LOAD_CHUNK) {
+            self.catch_up(chunk).await?;
+        }
+        self.up.store(true, Ordering::Release);
+        self.metrics.broker_up.set(1);
+        info!(topics = positions.len(), "connected to Redis");
+        Ok(Live {
+            pubsub,
+            inbound,
+            sharded,
+        })
+    }
+
+    /// One server's connections (the primary's, with Sentinel), subscribed to every channel
+    /// and channel pattern local clients want.
+    async fn connect_single(&self, push: impl AsyncPushSender) -> Result<(Conn, Conn), BrokerError> {
         let timeout = self.settings.timeout;
         let config = AsyncConnectionConfig::new()
             .set_connection_timeout(Some(timeout))
@@ -113,21 +172,12 @@ impl RedisBroker {
                 return Err(BrokerError::NotPrimary(role));
             }
         }
-        let (inbox, inbound) = Inbox::new(
-            self.settings.receive_queue,
-            self.drops.clone(),
-            self.channel_prefix(),
-            self.metrics.clone(),
-        );
-        let config = config.set_push_sender(move |info| {
-            inbox.push(info);
-            Ok::<(), ()>(())
-        });
+        let config = config.set_push_sender(push);
         let mut pubsub = (clients.pubsub)
             .get_multiplexed_async_connection_with_config(&config)
             .await?;
         if self.settings.subscribe == BrokerSubscribe::All {
-            pubsub.psubscribe(format!("{}*", self.channel_prefix())).await?;
+            pubsub.psubscribe(self.channels.of("*")).await?;
         } else {
             let wanted = lock(&self.interest).all();
             let (exact, patterns): (Vec<_>, Vec<_>) = wanted.iter().partition(|p| p.as_exact().is_some());
@@ -140,28 +190,14 @@ impl RedisBroker {
                 pubsub.psubscribe(globs).await?;
             }
         }
-        // Anything wanted meanwhile had its Subscribe queued and is subscribed again, harmlessly.
-        lock(&self.interest).set_live();
-        *write(&self.conn) = Some(conn);
-        // Whatever the inbox dropped before is covered by the catch-up below.
-        self.drops.take();
-        // Subscribed first, then caught up: whatever was published meanwhile arrives either
-        // in the stream read below or as a channel message after it (then a duplicate).
-        let positions = self.hub.positions();
-        for chunk in positions.chunks(LOAD_CHUNK) {
-            self.catch_up(chunk).await?;
-        }
-        self.up.store(true, Ordering::Release);
-        self.metrics.broker_up.set(1);
-        info!(topics = positions.len(), "connected to Redis");
-        Ok((pubsub, inbound))
+        Ok((Conn::Single(conn), Conn::Single(pubsub)))
     }
 
     /// The channel (or channel pattern) of a subscription.
     fn channel(&self, pattern: &Pattern) -> String {
         match pattern.as_exact() {
-            Some(topic) => format!("{}{}", self.channel_prefix(), topic.as_str()),
-            None => format!("{}{}", self.channel_prefix(), glob(pattern)),
+            Some(topic) => self.channels.of(topic.as_str()),
+            None => self.channels.of(&glob(pattern)),
         }
     }
 
@@ -233,14 +269,14 @@ impl RedisBroker {
     }
 
     /// Serves a connected link until it fails; returns why.
-    async fn serve(
-        &self,
-        mut pubsub: MultiplexedConnection,
-        mut inbound: mpsc::Receiver<Inbound>,
-        queue: &mut mpsc::Receiver<Command>,
-    ) -> BrokerError {
+    async fn serve(&self, live: Live, queue: &mut mpsc::Receiver<Command>) -> BrokerError {
+        let Live {
+            mut pubsub,
+            mut inbound,
+            mut sharded,
+        } = live;
         let mut ping = tokio::time::interval(PING_EVERY);
-        let prefix = self.channel_prefix();
+        let announcements = self.new_topics_channel();
         loop {
             tokio::select! {
                 // Not biased: under a flood messages are always ready, and subscription changes
@@ -251,7 +287,16 @@ impl RedisBroker {
                         Some(Inbound::Message(msg)) => msg,
                         Some(Inbound::Closed) | None => return BrokerError::Down,
                     };
-                    let topic = msg.get_channel_name().strip_prefix(&prefix).and_then(|t| Topic::parse(t).ok());
+                    if msg.get_channel_name() == announcements {
+                        let topic = std::str::from_utf8(msg.get_payload_bytes()).ok().and_then(|t| Topic::parse(t).ok());
+                        if let Some(topic) = topic {
+                            if let Err(e) = self.new_topic(&pubsub, &mut sharded, topic).await {
+                                return e;
+                            }
+                        }
+                        continue;
+                    }
+                    let topic = self.channels.topic(msg.get_channel_name());
                     let (Some(topic), Some(remote)) = (topic, parse_remote(msg.get_payload_bytes())) else {
                         debug!(channel = msg.get_channel_name(), "ignoring a malformed channel message");
                         continue;
@@ -261,20 +306,22 @@ impl RedisBroker {
                     }
                 }
                 () = self.drops.wake.notified() => {
-                    if let Err(e) = self.resync().await {
+                    if let Err(e) = self.resync(&pubsub, &mut sharded).await {
                         return e;
                     }
                 }
                 command = queue.recv() => {
                     let result = match command {
                         Some(Command::Subscribe(pattern, live)) => {
-                            let r = self.listen(&mut pubsub, &pattern, true).await;
+                            let r = self.listen(&mut pubsub, &mut sharded, &pattern, true).await;
                             if r.is_ok() {
                                 live.send_replace(true);
                             }
                             r
                         }
-                        Some(Command::Unsubscribe(pattern)) => self.listen(&mut pubsub, &pattern, false).await,
+                        Some(Command::Unsubscribe(pattern)) => {
+                            self.listen(&mut pubsub, &mut sharded, &pattern, false).await
+                        }
                         None => return BrokerError::Down,
                     };
                     if let Err(e) = result {
@@ -294,28 +341,45 @@ impl RedisBroker {
     /// Brings the topics whose messages the inbox dropped back up to Redis, as a reconnect
     /// does: what they missed from the stream, or an explicit reset when it no longer reaches
     /// back. A dropped topic this node does not mirror yet but a pattern covers is loaded whole.
-    async fn resync(&self) -> Result<(), BrokerError> {
+    async fn resync(&self, pubsub: &Conn, sharded: &mut Sharded) -> Result<(), BrokerError> {
         let missed = self.drops.take();
         if missed.is_empty() {
             return Ok(());
         }
-        let mut positions = Vec::new();
-        let mut unknown = Vec::new();
+        if missed.all && pubsub.is_cluster() {
+            // A dropped `P:new` announcement names no topic: look for new topics again.
+            self.subscribe_sharded(pubsub, sharded).await?;
+        }
         if missed.all {
-            positions = self.hub.positions();
-        } else {
-            for topic in missed.topics {
-                match self.hub.position(&topic) {
-                    Some(position) => positions.push((topic, position)),
-                    None if self.wanted(&topic) => unknown.push((topic, 0)),
-                    None => {}
-                }
+            let positions = self.hub.positions();
+            info!(
+                topics = positions.len(),
+                "receive queue overflowed; resynchronising"
+            );
+            for chunk in positions.chunks(LOAD_CHUNK) {
+                self.catch_up(chunk).await?;
             }
+            return Ok(());
         }
         info!(
-            topics = positions.len() + unknown.len(),
+            topics = missed.topics.len(),
             "receive queue overflowed; resynchronising"
         );
+        self.bring_up(missed.topics).await
+    }
+
+    /// Brings `topics` up to Redis: a mirrored one caught up from its position, one a local
+    /// client wants but the hub does not hold loaded whole, the others left alone.
+    async fn bring_up(&self, topics: impl IntoIterator<Item = Topic>) -> Result<(), BrokerError> {
+        let mut positions = Vec::new();
+        let mut unknown = Vec::new();
+        for topic in topics {
+            match self.hub.position(&topic) {
+                Some(position) => positions.push((topic, position)),
+                None if self.wanted(&topic) => unknown.push((topic, 0)),
+                None => {}
+            }
+        }
         for chunk in positions.chunks(LOAD_CHUNK) {
             self.catch_up(chunk).await?;
         }
@@ -327,23 +391,66 @@ impl RedisBroker {
         Ok(())
     }
 
+    /// Applies one subscription change; on a cluster, to the sharded channels of the topics
+    /// it covers (a pattern's, found in the topic set).
     async fn listen(
         &self,
-        pubsub: &mut MultiplexedConnection,
+        pubsub: &mut Conn,
+        sharded: &mut Sharded,
         pattern: &Pattern,
         on: bool,
     ) -> Result<(), BrokerError> {
-        let channel = self.channel(pattern);
-        let exact = pattern.as_exact().is_some();
-        let work = async {
-            match (exact, on) {
-                (true, true) => pubsub.subscribe(&channel).await,
-                (true, false) => pubsub.unsubscribe(&channel).await,
-                (false, true) => pubsub.psubscribe(&channel).await,
-                (false, false) => pubsub.punsubscribe(&channel).await,
+        if !pubsub.is_cluster() {
+            let channel = self.channel(pattern);
+            let exact = pattern.as_exact().is_some();
+            return self.round_trip(pubsub.listen(&channel, exact, on)).await;
+        }
+        let all = self.settings.subscribe == BrokerSubscribe::All;
+        match (pattern.as_exact(), on) {
+            (Some(topic), true) => Ok(sharded.add(pubsub, &self.channels, [topic]).await.map(drop)?),
+            (None, true) => {
+                let topics = self.topics_matching(pattern).await?;
+                Ok(sharded.add(pubsub, &self.channels, topics).await.map(drop)?)
             }
+            (Some(topic), false) if all || self.wanted(&topic) => Ok(()),
+            (Some(topic), false) => Ok(sharded.remove(pubsub, &self.channels, vec![topic]).await?),
+            (None, false) if all => Ok(()),
+            (None, false) => {
+                let gone = sharded.unwanted(|t| self.wanted(t));
+                Ok(sharded.remove(pubsub, &self.channels, gone).await?)
+            }
+        }
+    }
+
+    /// Cluster: `SSUBSCRIBE`s every topic local clients want (with `subscribe = "all"`, every
+    /// topic of the set) not held yet, and loads the new ones a local client waits for.
+    async fn subscribe_sharded(&self, pubsub: &Conn, sharded: &mut Sharded) -> Result<(), BrokerError> {
+        let mut topics = Vec::new();
+        let patterns = match self.settings.subscribe {
+            BrokerSubscribe::All => vec![Pattern::parse(">").map_err(|_| BrokerError::Down)?],
+            BrokerSubscribe::Interest => lock(&self.interest).all(),
         };
-        self.round_trip(work).await
+        for pattern in patterns {
+            match pattern.as_exact() {
+                Some(topic) => topics.push(topic),
+                None => topics.extend(self.topics_matching(&pattern).await?),
+            }
+        }
+        let fresh = sharded.add(pubsub, &self.channels, topics).await?;
+        // Newly held and not mirrored: what was published before is read from Redis now (both
+        // callers then catch every mirrored topic up).
+        self.bring_up(fresh.into_iter().filter(|t| !self.hub.has(t)))
+            .await
+    }
+
+    /// Cluster: a topic just created somewhere; held and loaded if a local client wants it.
+    async fn new_topic(&self, pubsub: &Conn, sharded: &mut Sharded, topic: Topic) -> Result<(), BrokerError> {
+        let all = self.settings.subscribe == BrokerSubscribe::All;
+        if sharded.has(&topic) || !(all || self.wanted(&topic)) {
+            return Ok(());
+        }
+        let fresh = sharded.add(pubsub, &self.channels, [topic]).await?;
+        self.bring_up(fresh).await
     }
 
     /// Hands one channel message to the hub, resolving gaps and topics new to this node.

@@ -23,11 +23,16 @@
 //! backoff, re-subscribes everything still wanted and catches every mirrored topic up.
 //! Publishes and loads use a separate multiplexed connection, shared by all tasks.
 //!
+//! On a Redis Cluster (`broker.kind = "redis-cluster"`) the same code runs with the channel
+//! `P:c:{T}` in its topic's slot, `SPUBLISH`/`SSUBSCRIBE`, a batch published per slot and new
+//! topics announced on `P:new` (see `shards`).
+//!
 //! Files: this one holds the broker's state and what the node asks of it (its errors become
 //! the [`RequestError`]s clients see here); `commands`: the publish script and the reads;
 //! `interest`: what local clients want; `inbox`: the bounded queue between the pub/sub
 //! connection and the link; `link`: the pub/sub link task; `sentinel`: which server to connect
-//! to (fixed, or the primary Redis Sentinel names); `presence`: the cluster's presence rooms,
+//! to (fixed, or the primary Redis Sentinel names); `shards`: the connection to one server or a
+//! Redis Cluster, channel names and what only a cluster needs; `presence`: the cluster's presence rooms,
 //! subscriber counts and occupancy (its script `presence.lua`, its server found the same way as
 //! the link's). The Lua scripts are `publish.lua` and `rebase.lua`.
 
@@ -37,6 +42,7 @@ mod interest;
 mod link;
 pub mod presence;
 mod sentinel;
+mod shards;
 
 pub use inbox::pause;
 
@@ -44,7 +50,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
-use redis::aio::MultiplexedConnection;
 use redis::Script;
 use thiserror::Error;
 use tokio::sync::{mpsc, watch, Notify};
@@ -55,11 +60,12 @@ use crate::metrics::Metrics;
 use crate::protocol::error::RequestError;
 use crate::protocol::Data;
 use crate::pubsub::hub::{HistoryPage, Hub, Publication, TopicInfo, TopicPage};
-use crate::settings::{BrokerSettings, BrokerSubscribe};
+use crate::settings::{BrokerKind, BrokerSettings, BrokerSubscribe};
 use crate::sync::{lock, read};
 use crate::topic::{Pattern, Topic};
 
 use interest::{Command, Interest, Want};
+use shards::{Channels, Conn, Seeds};
 
 /// Why the Redis broker could not do what was asked.
 #[derive(Debug, Error)]
@@ -117,6 +123,9 @@ pub enum Published {
 pub struct RedisBroker {
     /// Where Redis is; resolved again on every connect.
     target: sentinel::Target,
+    /// The seed nodes, when Redis is a Redis Cluster (then `target` is unused).
+    seeds: Option<Seeds>,
+    channels: Channels,
     prefix: String,
     settings: BrokerSettings,
     /// `http.idempotency_window`, how long Redis keeps a publish's key.
@@ -126,7 +135,7 @@ pub struct RedisBroker {
     script: Script,
     rebase: Script,
     /// The command connection; `None` while Redis is unreachable.
-    conn: RwLock<Option<MultiplexedConnection>>,
+    conn: RwLock<Option<Conn>>,
     up: AtomicBool,
     /// Tells the link a command failed in a way that means the connection is gone.
     broken: Notify,
@@ -158,9 +167,20 @@ impl RedisBroker {
         metrics: Arc<Metrics>,
     ) -> Result<Arc<RedisBroker>, BrokerError> {
         let target = sentinel::Target::new(settings)?;
+        let cluster = settings.kind == BrokerKind::RedisCluster;
+        let seeds = if cluster {
+            let certs = (settings.redis_ca_file.as_ref())
+                .map(|ca| std::fs::read(ca).map_err(|e| BrokerError::CaFile(ca.clone(), e)))
+                .transpose()?;
+            Some(Seeds::new(settings, certs)?)
+        } else {
+            None
+        };
         let (commands, queue) = mpsc::channel(COMMAND_QUEUE);
         let broker = Arc::new(RedisBroker {
             target,
+            seeds,
+            channels: Channels::new(&settings.prefix, cluster),
             prefix: settings.prefix.clone(),
             settings: settings.clone(),
             idempotency_window,
@@ -196,11 +216,12 @@ impl RedisBroker {
         format!("{}:topics", self.prefix)
     }
 
-    fn channel_prefix(&self) -> String {
-        format!("{}:c:", self.prefix)
+    /// The broadcast channel announcing new topics on a cluster (see `shards`).
+    fn new_topics_channel(&self) -> String {
+        format!("{}:new", self.prefix)
     }
 
-    fn connection(&self) -> Result<MultiplexedConnection, BrokerError> {
+    fn connection(&self) -> Result<Conn, BrokerError> {
         let conn = read(&self.conn);
         conn.clone().ok_or(BrokerError::Down)
     }
