@@ -3,7 +3,7 @@
 //! shards, a pattern subscription learns of topics created after it, the seq stays global under
 //! concurrent publishers, a client recovers on another node, an HTTP batch spans slots, and a
 //! primary killed mid-stream fails over to its replica with publishing resumed and no silent
-//! gap for subscribers.
+//! gap for subscribers, and a topic whose slot moves to another shard keeps its subscribers.
 
 mod common;
 
@@ -346,4 +346,50 @@ async fn publications_lost_in_a_failover_reset_subscribers_explicitly() {
     expect_silence(&mut ws, Duration::from_millis(300)).await;
     a.stop().await.unwrap();
     b.stop().await.unwrap();
+}
+
+/// A topic's slot moved to another shard (as `redis-cli --cluster reshard` moves slots): Redis
+/// unsubscribes the node from the topic's sharded channel, and the node subscribes again where
+/// the slot went, catching up what was published in between; its client sees every seq.
+#[tokio::test]
+async fn a_topic_whose_slot_moves_keeps_its_subscribers() {
+    let rc = RedisCluster::start();
+    let (prefix, topic) = ("rs", "reshard.t");
+    let (a, _b, mut ws, got) = five_published(&rc, prefix, topic).await;
+    assert_eq!(by_topic(&got)[topic], vec![1, 2, 3, 4, 5]);
+
+    let key = format!("{prefix}:{{{topic}}}:m");
+    let src = rc.primary_of(&key);
+    let slot = src.cli(&["CLUSTER", "KEYSLOT", &key]).trim().to_string();
+    let dst = (rc.live())
+        .find(|n| n.port != src.port && n.cli(&["ROLE"]).lines().next() == Some("master"))
+        .expect("another primary");
+    let id = |n: &common::redis::RedisServer| n.cli(&["CLUSTER", "MYID"]).trim().to_string();
+    let (src_id, dst_id) = (id(src), id(dst));
+    dst.cli(&["CLUSTER", "SETSLOT", &slot, "IMPORTING", &src_id]);
+    src.cli(&["CLUSTER", "SETSLOT", &slot, "MIGRATING", &dst_id]);
+    let keys = src.cli(&["CLUSTER", "GETKEYSINSLOT", &slot, "1000"]);
+    let keys: Vec<&str> = keys.lines().map(str::trim).filter(|k| !k.is_empty()).collect();
+    assert!(keys.len() >= 2, "the topic's keys are in its slot: {keys:?}");
+    let port = dst.port.to_string();
+    let mut migrate = vec!["MIGRATE", "127.0.0.1", &port, "", "0", "5000", "KEYS"];
+    migrate.extend(keys.iter().copied());
+    let moved = src.cli(&migrate);
+    assert!(moved.contains("OK"), "MIGRATE: {moved}");
+    for node in [dst, src] {
+        node.cli(&["CLUSTER", "SETSLOT", &slot, "NODE", &dst_id]);
+    }
+    for node in rc
+        .live()
+        .filter(|n| n.cli(&["ROLE"]).lines().next() == Some("master"))
+    {
+        node.cli(&["CLUSTER", "SETSLOT", &slot, "NODE", &dst_id]);
+    }
+    assert_eq!(rc.primary_of(&key).port, dst.port, "the slot moved");
+
+    for i in 6..=8 {
+        assert_eq!(publish(a.addr, topic, json!(i)).await, i);
+    }
+    let got = recv_data(&mut ws, 3).await;
+    assert_eq!(by_topic(&got)[topic], vec![6, 7, 8], "{got:?}");
 }

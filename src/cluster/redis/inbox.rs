@@ -64,7 +64,11 @@ impl Missed {
 #[derive(Default)]
 pub(super) struct Drops {
     missed: Mutex<Missed>,
-    /// Wakes the link when a topic was missed or the connection closed.
+    /// Sharded channels Redis unsubscribed the node from (on a cluster, when their slot moved to
+    /// another shard), for the link to subscribe again where the slot went; also our own
+    /// `SUNSUBSCRIBE`s' confirmations, which the link recognises as no longer held.
+    unsubscribed: Mutex<Missed>,
+    /// Wakes the link when a topic was missed or unsubscribed, or the connection closed.
     pub(super) wake: Notify,
 }
 
@@ -72,6 +76,11 @@ impl Drops {
     /// Takes what was missed so far.
     pub(super) fn take(&self) -> Missed {
         std::mem::take(&mut *lock(&self.missed))
+    }
+
+    /// Takes the sharded channels unsubscribed so far.
+    pub(super) fn take_unsubscribed(&self) -> Missed {
+        std::mem::take(&mut *lock(&self.unsubscribed))
     }
 }
 
@@ -162,7 +171,21 @@ impl Inbox {
                 }
                 return;
             }
-            // Subscription confirmations: their replies already went to the command's caller.
+            PushKind::SUnsubscribe => {
+                if let Overflow::Resync { drops, channels } = &self.overflow {
+                    let topic = match info.data.first() {
+                        Some(redis::Value::BulkString(name)) => {
+                            std::str::from_utf8(name).ok().and_then(|n| channels.topic(n))
+                        }
+                        _ => None,
+                    };
+                    lock(&drops.unsubscribed).add(topic);
+                    drops.wake.notify_one();
+                }
+                return;
+            }
+            // Other subscription confirmations: their replies already went to the command's
+            // caller.
             _ => return,
         }
         let Some(msg) = Msg::from_push_info(info) else {

@@ -132,8 +132,10 @@ impl RedisBroker {
         };
         // Anything wanted meanwhile had its Subscribe queued and is subscribed again, harmlessly.
         lock(&self.interest).set_live();
-        // Whatever the inbox dropped before is covered by the catch-up below.
+        // Whatever the inbox dropped before is covered by the catch-up below, and every channel
+        // is subscribed again.
         self.drops.take();
+        self.drops.take_unsubscribed();
         // Subscribed first, then caught up: whatever was published meanwhile arrives either
         // in the stream read below or as a channel message after it (then a duplicate).
         let positions = self.hub.positions();
@@ -342,6 +344,7 @@ impl RedisBroker {
     /// does: what they missed from the stream, or an explicit reset when it no longer reaches
     /// back. A dropped topic this node does not mirror yet but a pattern covers is loaded whole.
     async fn resync(&self, pubsub: &Conn, sharded: &mut Sharded) -> Result<(), BrokerError> {
+        self.follow_slots(pubsub, sharded).await?;
         let missed = self.drops.take();
         if missed.is_empty() {
             return Ok(());
@@ -366,6 +369,31 @@ impl RedisBroker {
             "receive queue overflowed; resynchronising"
         );
         self.bring_up(missed.topics).await
+    }
+
+    /// Cluster: subscribes again, where their slots are now, to the sharded channels Redis
+    /// unsubscribed the node from while it still held them (a slot moved to another shard:
+    /// without this the node would silently stop receiving those topics), and catches them up
+    /// with what was published in between. Confirmations of our own `SUNSUBSCRIBE`s name
+    /// topics no longer held, and are passed over.
+    async fn follow_slots(&self, pubsub: &Conn, sharded: &mut Sharded) -> Result<(), BrokerError> {
+        let unsubscribed = self.drops.take_unsubscribed();
+        if unsubscribed.is_empty() || !pubsub.is_cluster() {
+            return Ok(());
+        }
+        let lost = match unsubscribed.all {
+            true => sharded.forget(|_| true),
+            false => sharded.forget(|t| unsubscribed.topics.contains(t)),
+        };
+        if lost.is_empty() {
+            return Ok(());
+        }
+        info!(
+            topics = lost.len(),
+            "Redis unsubscribed sharded channels (a slot moved): subscribing again"
+        );
+        let held = sharded.add(pubsub, &self.channels, lost).await?;
+        self.bring_up(held).await
     }
 
     /// Brings `topics` up to Redis: a mirrored one caught up from its position, one a local

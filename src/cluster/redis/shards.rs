@@ -216,6 +216,16 @@ impl Sharded {
         Ok(fresh)
     }
 
+    /// Stops counting as held the topics `which` picks (Redis already unsubscribed them);
+    /// returns them.
+    pub(super) fn forget(&mut self, which: impl Fn(&Topic) -> bool) -> Vec<Topic> {
+        let gone: Vec<Topic> = self.topics.iter().filter(|t| which(t)).cloned().collect();
+        for topic in &gone {
+            self.topics.remove(topic);
+        }
+        gone
+    }
+
     /// The held topics `wanted` says no local client wants any more.
     pub(super) fn unwanted(&self, wanted: impl Fn(&Topic) -> bool) -> Vec<Topic> {
         self.topics.iter().filter(|t| !wanted(t)).cloned().collect()
