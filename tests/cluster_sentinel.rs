@@ -149,13 +149,7 @@ async fn publications_lost_in_a_failover_reset_subscribers_explicitly() {
     assert_eq!(set.primary_port(), Some(set.replica.port));
 
     // The subscriber is told: a snapshot of what the new primary holds, in a new epoch.
-    let reset = recv_json_within(&mut ws, Duration::from_secs(10)).await;
-    assert_eq!(reset["type"], "snapshot", "{reset}");
-    assert_eq!((&reset["seq"], &reset["data"]), (&json!(5), &json!(5)), "{reset}");
-    let epoch = reset["epoch"]
-        .as_str()
-        .expect("the reset carries the new epoch")
-        .to_string();
+    let epoch = recv_reset(&mut ws, Duration::from_secs(10), 5, &json!(5)).await;
     // New publications continue the new epoch; nothing is taken for the lost 6 and 7.
     assert_eq!(publish(a.addr, "ha.lost", json!("six again")).await, 6);
     let next = recv_json(&mut ws).await;

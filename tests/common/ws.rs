@@ -125,6 +125,17 @@ pub async fn recv_json_within(ws: &mut Ws, wait: Duration) -> Value {
     }
 }
 
+/// Waits (at most `wait`) for the explicit reset a broker that lost publications sends: a
+/// `snapshot` of `seq` with `data`, in a new epoch; returns that epoch.
+pub async fn recv_reset(ws: &mut Ws, wait: Duration, seq: u64, data: &Value) -> String {
+    let reset = recv_json_within(ws, wait).await;
+    assert_eq!(reset["type"], "snapshot", "{reset}");
+    assert_eq!((&reset["seq"], &reset["data"]), (&json!(seq), data), "{reset}");
+    let epoch = (reset["epoch"].as_str()).expect("the reset carries the new epoch");
+    assert!(!epoch.is_empty(), "{reset}");
+    epoch.to_string()
+}
+
 /// Asserts nothing (no data message, no close) arrives within `wait`.
 pub async fn expect_silence(ws: &mut Ws, wait: Duration) {
     match next_incoming(ws, wait).await {

@@ -116,7 +116,15 @@ pub fn run(
                 Endpoint::Requests => {
                     let mut session = Session::new(&app, &who, identity, &connection.watchdog);
                     connection.serve(&mut reader, &mut session).await;
-                    subscriptions = session.into_subscriptions();
+                    match outbox.reason() {
+                        // The client left: its subscriptions may go to the reaper with the socket.
+                        Some(Disconnect::ClientClose | Disconnect::Error) => {
+                            subscriptions = session.into_subscriptions()
+                        }
+                        // We close it: its subscriptions end now, while the writer still has
+                        // the close frame to write (up to `CLOSE_GRACE` to a stalled client).
+                        _ => session.close().await,
+                    }
                 }
                 Endpoint::Echo => {
                     let level = settings.compression.level;
@@ -137,6 +145,7 @@ pub fn run(
         app.metrics.disconnected(reason);
         debug!(addr = %addr, proxy = addr.proxy.map(tracing::field::display), client = who.id, reason = reason.label(), "connection closed");
         let Some(socket) = socket else {
+            // Left over only when the client's close was answered, or a write failed.
             (app.node).unsubscribe(&who, &subscriptions, &subscriptions).await;
             // We closed, or answered the client's close: keep reading until the client closes
             // its side, so unread bytes do not turn our close into a reset that could destroy
