@@ -25,8 +25,10 @@
 #   idle (ours): N=10000, N=19000
 #   connect N=10000, publish
 #   topics N=10000 (100,000 topics, 50 subscriptions each, 5 of them patterns), its one-topic
-#   fan-out baseline at the same delivery rate, reconnect N=10000 (issue 16; compared with the
-#   connect run above)
+#   fan-out baseline at the same delivery rate, then the reconnect storm N=10000 (issue 16),
+#   each server's connect and reconnect in ABBA order: rawstorm, tickwire (its connect is the
+#   one above), tickwire-b, rawstorm-b. rawstorm (loadtest/src/bin/rawstorm.rs) is the storm's
+#   reference: the socket work of a storm and nothing else (no hub, no history, no delivery)
 #   bandwidth N=10000 (issue 18): tick, book, doc, each plain, with deltas, compressed
 #   (permessage-deflate) and both (tick only compressed: too small for deltas); then tick with a
 #   max rate
@@ -37,6 +39,8 @@
 #   RAWFAN_PORT   rawfan's port (default 19010; away from 9010, where peerbench's own scripts
 #                 start rawfan). A start refuses a port something already listens on.
 #   RAWFAN        1 (default) runs the rawfan part; 0 skips it (and the peerbench idle runs)
+#   RAWSTORM_PORT rawstorm's port (default 19020)
+#   RAWSTORM      1 (default) runs the storm's reference, rawstorm; 0 skips it
 #   SOURCE_IPS    client source addresses (default 127.0.0.1-127.0.0.32: tickwire allows 1,000
 #                 connections per address by default, and the idle run holds 19,000)
 #   PEERBENCH     peerbench binary (default /tmp/pb-target/release/peerbench; built from
@@ -84,6 +88,9 @@ RAWFAN=${RAWFAN:-1}
 RAWFAN_PORT=${RAWFAN_PORT:-19010}
 RAWFAN_ADDR=127.0.0.1:$RAWFAN_PORT
 RAWFAN_URL=ws://$RAWFAN_ADDR/ws
+RAWSTORM=${RAWSTORM:-1}
+RAWSTORM_PORT=${RAWSTORM_PORT:-19020}
+RAWSTORM_ADDR=127.0.0.1:$RAWSTORM_PORT
 SOURCE_IPS=${SOURCE_IPS:-127.0.0.1-127.0.0.32}
 PEERBENCH=${PEERBENCH:-/tmp/pb-target/release/peerbench}
 RAWFAN_BIN=${RAWFAN_BIN:-$(dirname "$PEERBENCH")/rawfan}
@@ -106,6 +113,7 @@ TOPICS_R=${TOPICS_R:-20000}
 STORM_T=${STORM_T:-1000}
 STORM_R=${STORM_R:-500}
 LT=$ROOT/target/release/tickwire-loadtest
+RAWSTORM_BIN=$ROOT/target/release/rawstorm
 SERVER=$ROOT/target/release/tickwire
 
 log() { printf '\n== %s\n' "$*" >&2; }
@@ -185,9 +193,11 @@ stop_pid() {
 
 SERVER_PID=
 RAWFAN_PID=
+RAWSTORM_PID=
 stop_server() { stop_pid "$SERVER_PID"; SERVER_PID=; }
 stop_rawfan() { stop_pid "$RAWFAN_PID"; RAWFAN_PID=; }
-trap 'stop_server; stop_rawfan' EXIT
+stop_rawstorm() { stop_pid "$RAWSTORM_PID"; RAWSTORM_PID=; }
+trap 'stop_server; stop_rawfan; stop_rawstorm' EXIT
 
 # port_free PORT: nothing listens on it. A server of someone else's on our port would answer the
 # readiness check and be measured in place of ours, so every start checks first.
@@ -242,6 +252,13 @@ start_rawfan() {
     wait_up rawfan "$RAWFAN_PID" "$RAWFAN_PORT" "http://$RAWFAN_ADDR/stats" "$OUT/rawfan-$1.log"
 }
 
+start_rawstorm() {
+    check_port "$RAWSTORM_PORT" RAWSTORM_PORT
+    "$RAWSTORM_BIN" "$RAWSTORM_ADDR" > "$OUT/rawstorm-$1.log" 2>&1 &
+    RAWSTORM_PID=$!
+    wait_up rawstorm "$RAWSTORM_PID" "$RAWSTORM_PORT" "http://$RAWSTORM_ADDR/healthz" "$OUT/rawstorm-$1.log"
+}
+
 # Percent of all cores busy over one second.
 busy_pct() {
     local a b
@@ -272,6 +289,22 @@ ours() {
     fi
     cat "$OUT/$name.txt" >&2
     stop_server
+}
+
+# raw NAME ARGS...: one run of tickwire-loadtest against a fresh rawstorm (NAME ends in
+# -rawstorm: the report keeps those runs apart as the storm's reference).
+raw() {
+    local name=$1; shift
+    wait_quiet
+    start_rawstorm "$name"
+    log "$name: tickwire-loadtest $* (rawstorm)"
+    echo "tickwire-loadtest $* --url ws://$RAWSTORM_ADDR/ws --source-ips $SOURCE_IPS --label $name --json" >> "$OUT/commands.txt"
+    if ! "$LT" "$@" --url "ws://$RAWSTORM_ADDR/ws" --source-ips "$SOURCE_IPS" --label "$name" --json --quiet \
+        > "$OUT/$name.json" 2> "$OUT/$name.txt"; then
+        echo "run $name failed:" >&2
+    fi
+    cat "$OUT/$name.txt" >&2
+    stop_rawstorm
 }
 
 # pb SERVER NAME N R: one peerbench run against a fresh SERVER (tickwire or rawfan), saved as
@@ -381,8 +414,19 @@ if [[ -n $base_rate ]]; then
 else
     echo "no topics result: skipping its baseline" >&2
 fi
-ours "reconnect-n$N_BIG" reconnect -n "$N_BIG" -t "$STORM_T" -k 2 --patterns 1 --group 10 -r "$STORM_R" \
-    --before 3s --after 2s --drain "${DRAIN}s"
+STORM=(reconnect -n "$N_BIG" -t "$STORM_T" -k 2 --patterns 1 --group 10 -r "$STORM_R" --before 3s --after 2s
+    --drain "${DRAIN}s")
+if [[ $RAWSTORM == 1 ]]; then
+    raw "connect-n$N_BIG-rawstorm" connect -n "$N_BIG"
+    raw "reconnect-n$N_BIG-rawstorm" "${STORM[@]}"
+fi
+ours "reconnect-n$N_BIG" "${STORM[@]}"
+if [[ $RAWSTORM == 1 ]]; then
+    ours "connect-n$N_BIG-b" connect -n "$N_BIG"
+    ours "reconnect-n$N_BIG-b" "${STORM[@]}"
+    raw "connect-n$N_BIG-rawstorm-b" connect -n "$N_BIG"
+    raw "reconnect-n$N_BIG-rawstorm-b" "${STORM[@]}"
+fi
 # Issue 18 (about 3 minutes): bytes per delivery of each payload shape plain, with deltas,
 # compressed (--deflate: permessage-deflate) and both (the report sets each against plain), and
 # the max rate: at most R updates a second, the newest last. Tick data is under both thresholds

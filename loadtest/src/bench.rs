@@ -206,6 +206,9 @@ pub struct Results {
     /// `topics` and `reconnect` runs (issue 16).
     pub topics: Vec<Value>,
     pub reconnect: Vec<Value>,
+    /// `connect` and `reconnect` runs against rawstorm, the storm's reference (labels with
+    /// `-rawstorm`): kept out of tickwire's tables.
+    pub storm_reference: Vec<Value>,
     /// `bandwidth` runs (issue 18).
     pub bandwidth: Vec<Value>,
     pub machine: Option<Value>,
@@ -239,6 +242,11 @@ pub fn load(dir: &Path) -> anyhow::Result<Results> {
         };
         if name == "machine.json" {
             r.machine = Some(v);
+            continue;
+        }
+        let label = v.get("label").and_then(Value::as_str).unwrap_or_default();
+        if label.contains("-rawstorm") {
+            r.storm_reference.push(v);
             continue;
         }
         match v.get("scenario").and_then(Value::as_str) {
@@ -993,7 +1001,7 @@ pub fn markdown(r: &Results, svg_name: &str) -> String {
         })
         .collect();
     crate::scale::topics_markdown(&r.topics, &baselines, &mut o);
-    crate::scale::reconnect_markdown(&r.reconnect, &r.connect, &mut o);
+    crate::scale::reconnect_markdown(&r.reconnect, &r.connect, &r.storm_reference, &mut o);
     crate::bench_bandwidth::markdown(&r.bandwidth, &mut o);
 
     if !r.commands.trim().is_empty() {

@@ -136,25 +136,55 @@ pub fn topics_markdown(runs: &[Value], baselines: &[Baseline], o: &mut String) {
     let _ = writeln!(o);
 }
 
-/// The `reconnect` table (nothing when there is no run).
-pub fn reconnect_markdown(runs: &[Value], connect: &[Value], o: &mut String) {
+/// The `connect` run to set a `reconnect` run against: the one labelled alike
+/// (`reconnect-n10000-b` and `connect-n10000-b`), else the first of as many clients.
+fn connect_of<'a>(run: &Value, connect: &'a [Value]) -> Option<&'a Value> {
+    let conns = n(run, &["params", "connections"]);
+    let label = run.get("label").and_then(Value::as_str).unwrap_or_default();
+    let twin = label
+        .strip_prefix("reconnect")
+        .map(|rest| format!("connect{rest}"));
+    let label_of = |c: &Value| c.get("label").and_then(Value::as_str).map(str::to_owned);
+    (twin.and_then(|t| {
+        connect
+            .iter()
+            .find(|c| label_of(c).as_deref() == Some(t.as_str()))
+    }))
+    .or_else(|| connect.iter().find(|c| n(c, &["params", "connections"]) == conns))
+}
+
+/// The `reconnect` table (nothing when there is no run): tickwire's runs, then those against
+/// the reference (`reference`: rawstorm's `connect` and `reconnect` runs), which does the
+/// socket work of a storm and nothing else, so its ratio is the least this machine allows.
+pub fn reconnect_markdown(runs: &[Value], connect: &[Value], reference: &[Value], o: &mut String) {
     if runs.is_empty() {
         return;
     }
     let _ = writeln!(o, "### Reconnect storm (issue 16)\n");
     let _ = writeln!(
         o,
-        "| N | streams/conn | R msg/s | all back in | `connect` of N | ratio | recovered / reset / failed | \
+        "| server | N | streams/conn | R msg/s | all back in | `connect` of N | ratio | recovered / reset / failed | \
          gaps | duplicates | reconnect handshake p99 | live p99 during storm | `/healthz` max | \
          CPU server | RSS peak | listen overflows / drops |"
     );
-    let _ = writeln!(o, "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+    let _ = writeln!(
+        o,
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+    );
+    let ref_runs: Vec<&Value> = (reference.iter())
+        .filter(|v| v.get("scenario").and_then(Value::as_str) == Some("reconnect"))
+        .collect();
+    let ref_connects: Vec<Value> = (reference.iter())
+        .filter(|v| v.get("scenario").and_then(Value::as_str) == Some("connect"))
+        .cloned()
+        .collect();
     let mut verdicts = Vec::new();
-    for v in runs {
+    let (mut ours_s, mut ref_s, mut ref_ratios) = (Vec::new(), Vec::new(), Vec::new());
+    let rows = (runs.iter().map(|v| (v, false))).chain(ref_runs.iter().map(|v| (*v, true)));
+    for (v, is_ref) in rows {
         let conns = n(v, &["params", "connections"]);
         let storm_s = f(v, &["storm", "seconds"]).unwrap_or(f64::NAN);
-        let connect_s = (connect.iter())
-            .find(|c| n(c, &["params", "connections"]) == conns)
+        let connect_s = connect_of(v, if is_ref { &ref_connects } else { connect })
             .and_then(|c| f(c, &["connect", "seconds"]));
         let ratio = connect_s.map(|c| storm_s / c.max(1e-9));
         let gaps = n(v, &["gaps", "conflated"]) + n(v, &["gaps", "lost"]);
@@ -164,9 +194,12 @@ pub fn reconnect_markdown(runs: &[Value], connect: &[Value], o: &mut String) {
         let streams = f(v, &["gaps", "expected"]).and(Some(
             n(v, &["storm", "topics_recovered"]) + n(v, &["storm", "topics_reset"]),
         ));
+        // The reference delivers nothing: its gap and delivery columns would mean nothing.
+        let delivered = |s: String| if is_ref { "-".to_string() } else { s };
         let _ = writeln!(
             o,
-            "| {} | {} | {} | {:.2} s | {} | {} | {} / {} / {} | {} | {} | {} ms | {} ms | {} ms | {} | {} | {} / {} |",
+            "| {} | {} | {} | {} | {:.2} s | {} | {} | {} / {} / {} | {} | {} | {} ms | {} | {} ms | {} | {} | {} / {} |",
+            if is_ref { "rawstorm (reference)" } else { "tickwire" },
             thousands(conns),
             streams.map_or("-".into(), |s| format!("{:.0}", s as f64 / conns.max(1) as f64)),
             thousands(n(v, &["params", "rate"])),
@@ -176,16 +209,22 @@ pub fn reconnect_markdown(runs: &[Value], connect: &[Value], o: &mut String) {
             thousands(n(v, &["storm", "recovered"])),
             thousands(n(v, &["storm", "reset"])),
             thousands(n(v, &["storm", "failed"])),
-            thousands(gaps),
-            thousands(n(v, &["gaps", "out_of_order"])),
+            delivered(thousands(gaps)),
+            delivered(thousands(n(v, &["gaps", "out_of_order"]))),
             ms(f(v, &["rehandshake_ms", "p99"])),
-            ms(f(v, &["storm_delivery_ms", "p99"])),
+            delivered(format!("{} ms", ms(f(v, &["storm_delivery_ms", "p99"])))),
             ms(healthz),
             f(v, &["server", "cpu_pct"]).map_or("-".into(), |c| format!("{c:.0} %")),
             mib(f(v, &["server", "rss_peak"])),
             overflows.map_or("-".into(), |x| x.to_string()),
             drops.map_or("-".into(), |x| x.to_string()),
         );
+        if is_ref {
+            ref_s.push(storm_s);
+            ref_ratios.extend(ratio);
+            continue;
+        }
+        ours_s.push(storm_s);
         let all_back = n(v, &["storm", "failed"]) == 0 && n(v, &["storm", "reset"]) == 0;
         verdicts.push(format!(
             "back in ≤ {STORM_RATIO_TARGET}× the `connect` time, every client recovered with no gap or \
@@ -207,10 +246,30 @@ pub fn reconnect_markdown(runs: &[Value], connect: &[Value], o: &mut String) {
          connection was back, to it, while others were still reconnecting. `/healthz` on a new \
          connection every ~20 ms during the storm. Listen overflows / drops: the kernel's \
          `TcpExt` counters over the storm (the whole machine). `connect of N`: the `connect` \
-         scenario's time for as many clients, same run.\n"
+         scenario's time for as many clients against the same server, same run. *rawstorm*: the \
+         storm's reference (`loadtest/src/bin/rawstorm.rs`): it accepts, upgrades, answers each \
+         subscribe with positions and `recovered` and closes a socket whose client left, with \
+         no hub, history or delivery: the socket work every server must do, and nothing else.\n"
     );
     for v in verdicts {
         let _ = writeln!(o, "- Targets: {v}.");
+    }
+    let mean = |xs: &[f64]| (!xs.is_empty()).then(|| xs.iter().sum::<f64>() / xs.len() as f64);
+    if let Some(r) = mean(&ref_ratios) {
+        let _ = writeln!(
+            o,
+            "- The reference's own ratio: {r:.2} (the least any server reaches on this machine and \
+             client)."
+        );
+    }
+    if let (Some(a), Some(b)) = (mean(&ours_s), mean(&ref_s)) {
+        let _ = writeln!(
+            o,
+            "- tickwire's storm against the reference's: {:.2}× its time (means of {} and {} runs).",
+            a / b.max(1e-9),
+            ours_s.len(),
+            ref_s.len()
+        );
     }
     let _ = writeln!(o);
 }
@@ -254,10 +313,48 @@ mod tests {
             json!({"params":{"connections":100},"connect":{"seconds":1.0}}),
         ];
         let mut o = String::new();
-        reconnect_markdown(&[run], &connect, &mut o);
+        reconnect_markdown(&[run], &connect, &[], &mut o);
         assert!(o.contains("| 1.20 |"), "{o}");
         assert!(
             o.contains("duplicate: **met**; `/healthz` < 100 ms: **met**; no listen-queue overflow: **met**"),
+            "{o}"
+        );
+    }
+
+    #[test]
+    fn storm_rows_pair_each_server_with_its_own_connect_run() {
+        let storm = |label: &str, secs: f64| {
+            json!({"scenario":"reconnect","label":label,"params":{"connections":100,"rate":10.0},
+                "storm":{"seconds":secs,"recovered":100,"reset":0,"failed":0},
+                "gaps":{"conflated":0,"lost":7,"out_of_order":0},
+                "server":{"healthz_max_ms":12.0,"listen_overflows":0,"listen_drops":0}})
+        };
+        let connect = |label: &str, secs: f64| json!({"scenario":"connect","label":label,"params":{"connections":100},"connect":{"seconds":secs}});
+        let ours = [storm("reconnect-n100-b", 3.0)];
+        let our_connects = [connect("connect-n100", 9.0), connect("connect-n100-b", 2.0)];
+        let reference = [
+            connect("connect-n100-rawstorm", 1.0),
+            storm("reconnect-n100-rawstorm", 1.6),
+            connect("connect-n100-rawstorm-b", 0.5),
+            storm("reconnect-n100-rawstorm-b", 1.0),
+        ];
+        let mut o = String::new();
+        reconnect_markdown(&ours, &our_connects, &reference, &mut o);
+        // tickwire against its `-b` connect (3.0 / 2.0), each reference run against its own.
+        assert!(
+            o.contains("| tickwire | 100 |") && o.contains("| 2.00 s | 1.50 |"),
+            "{o}"
+        );
+        assert!(
+            o.contains("| 1.00 s | 1.60 |") && o.contains("| 0.50 s | 2.00 |"),
+            "{o}"
+        );
+        // The reference delivers nothing: its lost updates are not shown as gaps.
+        assert!(o.contains("| 1.60 | 100 / 0 / 0 | - | - |"), "{o}");
+        assert!(o.contains("- Targets: back in ≤ 1.5× the `connect` time, every client recovered with no gap or duplicate: **missed**"), "{o}");
+        assert!(o.contains("The reference's own ratio: 1.80"), "{o}");
+        assert!(
+            o.contains("3.00 / 1.30 = ") || o.contains("2.31× its time"),
             "{o}"
         );
     }
