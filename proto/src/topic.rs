@@ -56,10 +56,34 @@ fn check_length(s: &str) -> Result<(), TopicError> {
     Ok(())
 }
 
+/// Whether every token of `s` is non-empty and made of token characters only: a valid topic,
+/// in one pass over the bytes. The token-by-token checks below say what is wrong otherwise;
+/// this is the common case without them (callgrind: ~790 instructions a parse for a name of
+/// four tokens, most of it the split, on every name of a reconnecting client's `since`).
+fn plain_tokens(s: &str) -> bool {
+    let mut token = 0;
+    for &b in s.as_bytes() {
+        if b == b'.' {
+            if token == 0 {
+                return false;
+            }
+            token = 0;
+        } else if is_token_char(b) {
+            token += 1;
+        } else {
+            return false;
+        }
+    }
+    token > 0
+}
+
 impl Topic {
     /// Validates a concrete topic name.
     pub fn parse(s: &str) -> Result<Topic, TopicError> {
         check_length(s)?;
+        if plain_tokens(s) {
+            return Ok(Topic(s.into()));
+        }
         for token in s.split('.') {
             if token == "*" || token == ">" {
                 return Err(TopicError::Wildcard);
@@ -82,6 +106,9 @@ impl Pattern {
     /// Validates a subscription: a concrete topic or a pattern with `*` / `>`.
     pub fn parse(s: &str) -> Result<Pattern, TopicError> {
         check_length(s)?;
+        if plain_tokens(s) {
+            return Ok(Pattern(s.into()));
+        }
         let mut tokens = s.split('.').peekable();
         while let Some(token) = tokens.next() {
             match token {
@@ -107,8 +134,14 @@ impl Pattern {
     }
 
     /// Whether the subscription has no wildcard (names one topic).
+    ///
+    /// A byte test, not a walk over the tokens: `*` and `>` are not token characters, so in a
+    /// validated pattern they only ever stand as whole tokens. On the hub's paths for every
+    /// (topic, subscription) a subscribe or unsubscribe touches (callgrind: ~380 instructions
+    /// a call by tokens, for a name of four).
+    #[inline]
     pub fn is_exact(&self) -> bool {
-        !self.0.split('.').any(|t| t == "*" || t == ">")
+        !self.0.bytes().any(|b| b == b'*' || b == b'>')
     }
 
     /// Whether every topic `other` can match is also matched by `self`: the test an ACL pattern
@@ -265,6 +298,43 @@ mod tests {
         assert!(Topic::parse(&"x".repeat(256)).is_ok());
     }
 
+    /// The one-pass check agrees with the token-by-token rules on every short string over the
+    /// characters that matter, topics and patterns alike, errors included.
+    #[test]
+    fn the_fast_check_agrees_with_the_token_rules() {
+        fn by_tokens(s: &str, wildcards: bool) -> Result<(), TopicError> {
+            check_length(s)?;
+            let tokens: Vec<&str> = s.split('.').collect();
+            for (i, token) in tokens.iter().enumerate() {
+                match *token {
+                    "*" if wildcards => {}
+                    ">" if wildcards && i + 1 == tokens.len() => {}
+                    ">" if wildcards => return Err(TopicError::TailWildcard),
+                    "*" | ">" => return Err(TopicError::Wildcard),
+                    t if !t.is_empty() && t.bytes().all(is_token_char) => {}
+                    t => return Err(TopicError::Token(t.to_string())),
+                }
+            }
+            Ok(())
+        }
+        let alphabet = ['a', 'Z', '9', '-', '_', ':', '.', '*', '>', ' ', 'é'];
+        let mut strings = vec![String::new()];
+        for _ in 0..4 {
+            let longer: Vec<String> = (strings.iter())
+                .flat_map(|s| alphabet.iter().map(move |c| format!("{s}{c}")))
+                .collect();
+            strings.extend(longer);
+        }
+        strings.sort();
+        strings.dedup();
+        for s in &strings {
+            let topic = Topic::parse(s).map(|t| t.as_str().to_owned());
+            assert_eq!(topic.map(|_| ()), by_tokens(s, false), "topic {s:?}");
+            let pattern = Pattern::parse(s).map(|p| p.as_str().to_owned());
+            assert_eq!(pattern.map(|_| ()), by_tokens(s, true), "pattern {s:?}");
+        }
+    }
+
     #[test]
     fn pattern_validation() {
         for ok in ["a", "*", ">", "a.*", "a.>", "*.b.>", "a.*.c"] {
@@ -401,5 +471,19 @@ mod tests {
     fn exact_patterns() {
         assert_eq!(Pattern::parse("a.b").unwrap().as_exact().unwrap().as_str(), "a.b");
         assert!(Pattern::parse("a.*").unwrap().as_exact().is_none());
+        // The byte test agrees with the tokens: wildcards only as whole tokens, anywhere.
+        for (p, exact) in [
+            ("a", true),
+            ("a-b:c_d.e", true),
+            ("*", false),
+            (">", false),
+            ("a.*.c", false),
+            ("*.b", false),
+            ("a.b.>", false),
+        ] {
+            let pattern = Pattern::parse(p).unwrap();
+            let by_tokens = !p.split('.').any(|t| t == "*" || t == ">");
+            assert_eq!((pattern.is_exact(), by_tokens), (exact, exact), "{p}");
+        }
     }
 }

@@ -266,6 +266,14 @@ impl Node {
         let limit = self.hub.bounds().max_topics_per_connection;
         let over = || RequestError::TopicsPerConnection(limit);
         let mut total = who.outbox.topics();
+        // No walk when the request would fit even if each pattern matched every topic of the
+        // node: the common case, and then the walks are a subscribe's most costly part after
+        // the registration itself (a reconnect storm makes thousands at once).
+        let patterns = new.iter().filter(|p| !p.is_exact()).count();
+        let topics = self.hub.topic_count();
+        if total + (new.len() - patterns) + patterns.saturating_mul(topics) <= limit {
+            return Ok(());
+        }
         // Patterns and topics walked since the last yield: a request of many narrow patterns
         // is as much work as one wide one.
         let mut work = 0;

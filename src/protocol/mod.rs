@@ -19,7 +19,7 @@ use serde::Serialize;
 use serde_json::value::RawValue;
 
 use crate::protocol::error::RequestError;
-use crate::protocol::fields::{bad, envelope, field, topic, Envelope, Text};
+use crate::protocol::fields::{bad, envelope, field, topic, Entries, Envelope, Text};
 use crate::topic::{Pattern, Topic};
 
 /// A publication's payload: any JSON value, kept as its original text.
@@ -163,18 +163,33 @@ fn flag(raw: Option<&RawValue>, name: &str) -> Result<bool, RequestError> {
 const MAX_EPOCH_BYTES: usize = 64;
 
 fn since(raw: Option<&RawValue>) -> Result<HashMap<Topic, Position>, RequestError> {
+    /// A position as it arrives, its epoch still in the request text.
+    #[derive(serde::Deserialize)]
+    struct At<'a> {
+        seq: u64,
+        #[serde(borrow)]
+        epoch: Text<'a>,
+    }
     let Some(raw) = raw else { return Ok(HashMap::new()) };
     let expected = "an object of {\"seq\": integer, \"epoch\": string} by topic";
-    let positions: HashMap<Text<'_>, Position> = field(Some(raw), "since", expected)?;
-    (positions.into_iter())
-        .map(|(name, position)| {
-            let topic = Topic::parse(&name).map_err(|e| RequestError::invalid_topic(&name, e))?;
-            if position.epoch.len() > MAX_EPOCH_BYTES {
-                return Err(bad(format!("epoch longer than {MAX_EPOCH_BYTES} bytes")));
-            }
-            Ok((topic, position))
-        })
-        .collect()
+    let Entries(entries): Entries<At> = field(Some(raw), "since", expected)?;
+    let mut since = HashMap::with_capacity(entries.len());
+    // Topics created together share an epoch, so a client's positions mostly name one or a
+    // few: each is allocated once, not once per topic.
+    let mut last: Option<Arc<str>> = None;
+    for (name, at) in entries {
+        let topic = Topic::parse(&name).map_err(|e| RequestError::invalid_topic(&name, e))?;
+        if at.epoch.len() > MAX_EPOCH_BYTES {
+            return Err(bad(format!("epoch longer than {MAX_EPOCH_BYTES} bytes")));
+        }
+        let epoch = match &last {
+            Some(epoch) if **epoch == *at.epoch => epoch.clone(),
+            _ => last.insert(Arc::from(&*at.epoch)).clone(),
+        };
+        // A name given twice: the last position counts, as JSON parsers commonly read it.
+        since.insert(topic, Position { seq: at.seq, epoch });
+    }
+    Ok(since)
 }
 
 /// Parses an HTTP publish body: one `{"topic","data"}` or a batch `{"messages":[...]}`.
@@ -262,7 +277,28 @@ impl Reply<'_> {
     }
 
     pub fn frame(&self) -> Bytes {
-        wire::json_frame(self)
+        wire::json_frame_sized(self, self.size_hint())
+    }
+
+    /// About the reply's length: a `subscribed` reply names every topic it matched (hundreds of
+    /// bytes for a reconnecting client), the others are short.
+    fn size_hint(&self) -> usize {
+        match self {
+            Reply::Subscribed {
+                topics,
+                positions,
+                recovered,
+                ..
+            } => {
+                let names = |n: &str| n.len() + 4;
+                64 + topics.iter().map(|p| names(p.as_str())).sum::<usize>()
+                    + (positions.iter())
+                        .map(|(t, p)| names(t.as_str()) + p.epoch.len() + 28)
+                        .sum::<usize>()
+                    + recovered.keys().map(|t| names(t.as_str()) + 6).sum::<usize>()
+            }
+            _ => 128,
+        }
     }
 }
 
@@ -306,6 +342,19 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+        // Positions of one epoch share it; a name given twice keeps its last position.
+        let (_, r) = parse_request(
+            r#"{"op":"subscribe","topics":["a.*"],"since":{"a.b":{"seq":4,"epoch":"x"},
+                "a.c":{"seq":5,"epoch":"x"},"a.b":{"seq":7,"epoch":"x"},"a.d":{"seq":6,"epoch":"y"}}}"#,
+            10,
+        );
+        let Ok(Request::Subscribe { since, .. }) = r else {
+            panic!("{r:?}")
+        };
+        let at = |t: &str| since[&Topic::parse(t).unwrap()].clone();
+        let seqs = ["a.b", "a.c", "a.d"].map(|t| (at(t).seq, at(t).epoch.to_string()));
+        assert_eq!(seqs, [(7, "x".into()), (5, "x".into()), (6, "y".into())]);
+        assert!(Arc::ptr_eq(&at("a.b").epoch, &at("a.c").epoch));
         let (_, r) = parse_request(r#"{"op":"subscribe","topics":["a.b"],"delta":"fossil"}"#, 10);
         assert!(matches!(r, Ok(Request::Subscribe { delta: true, .. })), "{r:?}");
         for bad in ["true", "\"xdelta\"", "1"] {
@@ -567,5 +616,42 @@ mod tests {
         }
         .frame();
         assert_eq!(&f[2..], br#"{"type":"authed","id":5,"dropped":["a.*"]}"#);
+    }
+
+    /// A reconnecting client's `subscribed` reply fits the buffer it starts in.
+    #[test]
+    fn a_subscribed_reply_fits_its_first_buffer() {
+        let topics = [
+            Pattern::parse("bench.rc.t17").unwrap(),
+            Pattern::parse("bench.rc.g3.*").unwrap(),
+        ];
+        let mut positions = BTreeMap::new();
+        let mut recovered = BTreeMap::new();
+        for i in 0..11 {
+            let t = Topic::parse(&format!("bench.rc.g3.t{i}")).unwrap();
+            positions.insert(
+                t.clone(),
+                Position {
+                    seq: 1_000_000 + i,
+                    epoch: "k3Jd9sQ0".into(),
+                },
+            );
+            recovered.insert(t, i % 2 == 0);
+        }
+        let reply = Reply::Subscribed {
+            id: Some(12),
+            topics: &topics,
+            positions: &positions,
+            recovered: &recovered,
+            truncated: false,
+        };
+        let json = serde_json::to_vec(&reply).unwrap();
+        assert!(
+            json.len() <= reply.size_hint(),
+            "{} > {}",
+            json.len(),
+            reply.size_hint()
+        );
+        assert!(reply.size_hint() < 2 * json.len(), "a guess, not a waste");
     }
 }

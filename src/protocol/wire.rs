@@ -32,7 +32,13 @@ pub const HEAD_ROOM: usize = 10;
 
 /// Encodes `value` as JSON inside a final, unmasked text frame.
 pub fn json_frame<T: Serialize + ?Sized>(value: &T) -> Bytes {
-    let mut buf = Vec::with_capacity(128);
+    json_frame_sized(value, 128)
+}
+
+/// [`json_frame`] into a buffer that starts with room for `capacity` bytes of JSON (a good
+/// guess saves growing it step by step, each step a copy).
+pub fn json_frame_sized<T: Serialize + ?Sized>(value: &T, capacity: usize) -> Bytes {
+    let mut buf = Vec::with_capacity(HEAD_ROOM + capacity);
     buf.resize(HEAD_ROOM, 0);
     serde_json::to_writer(&mut buf, value).expect("serializing to a Vec cannot fail");
     finish_frame(buf, OpCode::Text, false)

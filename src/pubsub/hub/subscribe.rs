@@ -2,10 +2,12 @@
 //! a snapshot), and unsubscribing.
 
 use std::collections::{HashMap, HashSet};
+use std::hash::BuildHasherDefault;
 use std::sync::atomic::Ordering;
 
 use crate::protocol::error::RequestError;
 use crate::protocol::{now_ms, Position};
+use crate::pubsub::idmap::IdHasher;
 use crate::pubsub::outbox::TopicKey;
 use crate::pubsub::presence::Joining;
 use crate::pubsub::throttle::Terms;
@@ -82,7 +84,7 @@ impl Hub {
             terms,
             joining,
             now: now_ms(),
-            seen: HashSet::new(),
+            seen: HashSet::default(),
             out: Subscribed::default(),
         };
         Ok(Subscribing {
@@ -266,7 +268,8 @@ struct CatchUp<'a> {
     /// Milliseconds since the Unix epoch, for history's TTL.
     now: u64,
     /// Topics (by key) already answered for: a topic two subscriptions match is caught up once.
-    seen: HashSet<TopicKey>,
+    /// Keys are handed out by the hub, so a multiply hashes them (no keyed hash needed).
+    seen: HashSet<TopicKey, BuildHasherDefault<IdHasher>>,
     out: Subscribed,
 }
 
