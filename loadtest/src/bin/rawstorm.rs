@@ -19,7 +19,9 @@ use std::io;
 use std::sync::{Arc, Mutex};
 
 use base64::Engine;
-use serde_json::{json, Map, Value};
+use std::fmt::Write as _;
+
+use serde_json::{json, Value};
 use sha1::{Digest, Sha1};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
@@ -72,6 +74,7 @@ fn main() -> io::Result<()> {
 }
 
 async fn connection(mut s: TcpStream, topics: Shared) {
+    // Buffers on the heap, never arrays in the future: a task's future is moved when spawned.
     let mut buf = Vec::with_capacity(1024);
     let Some(end) = read_until_head(&mut s, &mut buf).await else {
         return;
@@ -113,11 +116,11 @@ async fn connection(mut s: TcpStream, topics: Shared) {
         if len > MAX {
             return;
         }
+        rest.reserve(len.saturating_sub(rest.len()));
         while rest.len() < len {
-            let mut chunk = [0u8; 8192];
-            match s.read(&mut chunk).await {
+            match s.read_buf(&mut rest).await {
                 Ok(0) | Err(_) => return,
-                Ok(n) => rest.extend_from_slice(&chunk[..n]),
+                Ok(_) => {}
             }
         }
         match serde_json::from_slice::<Value>(&rest[..len]) {
@@ -143,10 +146,10 @@ async fn read_until_head(s: &mut TcpStream, buf: &mut Vec<u8>) -> Option<usize> 
         if buf.len() > MAX {
             return None;
         }
-        let mut chunk = [0u8; 4096];
-        match s.read(&mut chunk).await {
+        buf.reserve(1024);
+        match s.read_buf(buf).await {
             Ok(0) | Err(_) => return None,
-            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            Ok(_) => {}
         }
     }
 }
@@ -183,9 +186,9 @@ fn publish(v: &Value, topics: &Shared) -> String {
 
 /// Reads client frames until the stream ends, answering subscribes.
 async fn websocket(mut s: TcpStream, mut buf: Vec<u8>, topics: &Shared) {
-    let mut chunk = vec![0u8; 4096];
+    let mut at = 0;
     loop {
-        while let Some((opcode, payload, used)) = frame(&buf) {
+        while let Some((opcode, payload, used)) = frame(&buf[at..]) {
             if opcode == 1 {
                 if let Some(reply) = subscribed(&payload, topics) {
                     if s.write_all(&server_frame(reply.as_bytes())).await.is_err() {
@@ -193,14 +196,19 @@ async fn websocket(mut s: TcpStream, mut buf: Vec<u8>, topics: &Shared) {
                     }
                 }
             }
-            buf.drain(..used);
+            at += used;
+        }
+        if at == buf.len() {
+            buf.clear();
+            at = 0;
         }
         if buf.len() > MAX {
             return;
         }
-        match s.read(&mut chunk).await {
+        buf.reserve(1024);
+        match s.read_buf(&mut buf).await {
             Ok(0) | Err(_) => return,
-            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            Ok(_) => {}
         }
     }
 }
@@ -241,46 +249,94 @@ fn server_frame(payload: &[u8]) -> Vec<u8> {
     f
 }
 
+/// A subscribe as the load tool sends it (names without escapes, which it never writes).
+#[derive(serde::Deserialize)]
+struct Subscribe<'a> {
+    op: &'a str,
+    id: Option<i64>,
+    #[serde(borrow)]
+    topics: Vec<&'a str>,
+    /// Each topic of `since`, and whether its epoch is ours.
+    #[serde(default, borrow, deserialize_with = "since")]
+    since: Option<Vec<(&'a str, bool)>>,
+}
+
+#[derive(serde::Deserialize)]
+struct At<'a> {
+    #[allow(dead_code)]
+    seq: u64,
+    epoch: &'a str,
+}
+
+/// `since`'s object, entry by entry.
+fn since<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Vec<(&'de str, bool)>>, D::Error> {
+    struct Entries;
+    impl<'de> serde::de::Visitor<'de> for Entries {
+        type Value = Vec<(&'de str, bool)>;
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("an object of positions")
+        }
+        fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+            let mut out = Vec::new();
+            while let Some((name, at)) = map.next_entry::<&'de str, At<'de>>()? {
+                out.push((name, at.epoch == EPOCH));
+            }
+            Ok(out)
+        }
+    }
+    d.deserialize_map(Entries).map(Some)
+}
+
 fn subscribed(payload: &[u8], topics: &Shared) -> Option<String> {
-    let req: Value = serde_json::from_slice(payload).ok()?;
-    if req.get("op")?.as_str()? != "subscribe" {
+    let req: Subscribe<'_> = serde_json::from_slice(payload).ok()?;
+    if req.op != "subscribe" {
         return None;
     }
-    let names = req.get("topics")?.as_array()?;
-    let since = req.get("since").and_then(Value::as_object);
-    let mut positions = Map::new();
+    // Written by hand, `type` first as the server writes it (the load tool classifies messages
+    // by their prefix); names need no escaping (the tool writes none that would).
+    let mut reply = String::with_capacity(256 + 64 * req.topics.len());
+    reply.push_str(r#"{"type":"subscribed","topics":["#);
+    for (i, name) in req.topics.iter().enumerate() {
+        if i > 0 {
+            reply.push(',');
+        }
+        reply.push('"');
+        reply.push_str(name);
+        reply.push('"');
+    }
+    reply.push_str(r#"],"positions":{"#);
     {
         let t = topics.lock().unwrap_or_else(|e| e.into_inner());
-        let mut position = |name: &str| {
+        let mut first = true;
+        let mut position = |name: &str, reply: &mut String| {
             let seq = t.seq.get(name).copied().unwrap_or(0);
-            positions.insert(name.to_owned(), json!({"seq": seq, "epoch": EPOCH}));
+            if !std::mem::take(&mut first) {
+                reply.push(',');
+            }
+            let _ = write!(reply, r#""{name}":{{"seq":{seq},"epoch":"{EPOCH}"}}"#);
         };
-        for name in names.iter().filter_map(Value::as_str) {
+        for name in &req.topics {
             match name.strip_suffix(".*") {
-                Some(prefix) => (t.by_prefix.get(prefix).into_iter().flatten()).for_each(|n| position(n)),
-                None => position(name),
+                Some(prefix) => {
+                    (t.by_prefix.get(prefix).into_iter().flatten()).for_each(|n| position(n, &mut reply))
+                }
+                None => position(name, &mut reply),
             }
         }
     }
-    // `type` first, as the server writes it (the load tool classifies messages by their prefix).
-    let mut reply = format!(
-        r#"{{"type":"subscribed","topics":{},"positions":{}"#,
-        Value::from(names.clone()),
-        Value::Object(positions)
-    );
-    if let Some(id) = req.get("id") {
-        reply.push_str(&format!(r#","id":{id}"#));
+    reply.push('}');
+    if let Some(id) = req.id {
+        let _ = write!(reply, r#","id":{id}"#);
     }
-    if let Some(since) = since {
-        let recovered: Map<String, Value> = (since.iter())
-            .map(|(name, p)| {
-                (
-                    name.clone(),
-                    Value::Bool(p.get("epoch").and_then(Value::as_str) == Some(EPOCH)),
-                )
-            })
-            .collect();
-        reply.push_str(&format!(r#","recovered":{}"#, Value::Object(recovered)));
+    if let Some(since) = &req.since {
+        reply.push_str(r#","recovered":{"#);
+        for (i, (name, ours)) in since.iter().enumerate() {
+            if i > 0 {
+                reply.push(',');
+            }
+            let _ = write!(reply, r#""{name}":{ours}"#);
+        }
+        reply.push('}');
     }
     reply.push('}');
     Some(reply)
