@@ -249,6 +249,9 @@ fn server_frame(payload: &[u8]) -> Vec<u8> {
     f
 }
 
+/// Each topic of a `since`, and whether its epoch is ours.
+type Recovered<'a> = Vec<(&'a str, bool)>;
+
 /// A subscribe as the load tool sends it (names without escapes, which it never writes).
 #[derive(serde::Deserialize)]
 struct Subscribe<'a> {
@@ -258,7 +261,7 @@ struct Subscribe<'a> {
     topics: Vec<&'a str>,
     /// Each topic of `since`, and whether its epoch is ours.
     #[serde(default, borrow, deserialize_with = "since")]
-    since: Option<Vec<(&'a str, bool)>>,
+    since: Option<Recovered<'a>>,
 }
 
 #[derive(serde::Deserialize)]
@@ -269,10 +272,10 @@ struct At<'a> {
 }
 
 /// `since`'s object, entry by entry.
-fn since<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Vec<(&'de str, bool)>>, D::Error> {
+fn since<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Recovered<'de>>, D::Error> {
     struct Entries;
     impl<'de> serde::de::Visitor<'de> for Entries {
-        type Value = Vec<(&'de str, bool)>;
+        type Value = Recovered<'de>;
         fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
             f.write_str("an object of positions")
         }
