@@ -276,36 +276,29 @@ wait_quiet() {
     done
 }
 
-# ours NAME ARGS...: one run of tickwire-loadtest against a fresh server.
-ours() {
-    local name=$1; shift
+# lt START STOP URL NAME ARGS...: one run of tickwire-loadtest against a server started fresh by
+# START (and stopped by STOP), saved as NAME.json.
+lt() {
+    local start=$1 stop=$2 url=$3 name=$4
+    shift 4
     wait_quiet
-    start_server "$name"
+    "$start" "$name"
     log "$name: tickwire-loadtest $*"
-    echo "tickwire-loadtest $* --url $URL --source-ips $SOURCE_IPS --label $name --json" >> "$OUT/commands.txt"
-    if ! "$LT" "$@" --url "$URL" --source-ips "$SOURCE_IPS" --label "$name" --json --quiet \
+    echo "tickwire-loadtest $* --url $url --source-ips $SOURCE_IPS --label $name --json" >> "$OUT/commands.txt"
+    if ! "$LT" "$@" --url "$url" --source-ips "$SOURCE_IPS" --label "$name" --json --quiet \
         > "$OUT/$name.json" 2> "$OUT/$name.txt"; then
         echo "run $name failed:" >&2
     fi
     cat "$OUT/$name.txt" >&2
-    stop_server
+    "$stop"
 }
 
-# raw NAME ARGS...: one run of tickwire-loadtest against a fresh rawstorm (NAME ends in
-# -rawstorm: the report keeps those runs apart as the storm's reference).
-raw() {
-    local name=$1; shift
-    wait_quiet
-    start_rawstorm "$name"
-    log "$name: tickwire-loadtest $* (rawstorm)"
-    echo "tickwire-loadtest $* --url ws://$RAWSTORM_ADDR/ws --source-ips $SOURCE_IPS --label $name --json" >> "$OUT/commands.txt"
-    if ! "$LT" "$@" --url "ws://$RAWSTORM_ADDR/ws" --source-ips "$SOURCE_IPS" --label "$name" --json --quiet \
-        > "$OUT/$name.json" 2> "$OUT/$name.txt"; then
-        echo "run $name failed:" >&2
-    fi
-    cat "$OUT/$name.txt" >&2
-    stop_rawstorm
-}
+# ours NAME ARGS...: one run against a fresh tickwire.
+ours() { lt start_server stop_server "$URL" "$@"; }
+
+# raw NAME ARGS...: one run against a fresh rawstorm (NAME contains -rawstorm: the report keeps
+# those runs apart as the storm's reference).
+raw() { lt start_rawstorm stop_rawstorm "ws://$RAWSTORM_ADDR/ws" "$@"; }
 
 # pb SERVER NAME N R: one peerbench run against a fresh SERVER (tickwire or rawfan), saved as
 # NAME.peerbench.json (tickwire) or NAME.rawfan.json (rawfan), the last line of its output.
