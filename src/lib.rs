@@ -39,8 +39,8 @@
 //!   `session::ratelimit`: the request token bucket. It imports nothing from `transport`.
 //! - `app`: the state every connection handler shares (node, auth, metrics, connection limits,
 //!   the reaper).
-//! - `reaper`: tears down connections whose client went away, on a low-priority thread, so a
-//!   reconnect storm serves the clients coming back first.
+//! - `reaper`: tears down connections whose client went away, on a thread of its own, so in a
+//!   reconnect storm that work does not queue in the runtime ahead of the clients coming back.
 //! - `reload`: rotating certificates and keys without a restart (SIGHUP, file changes).
 //! - `cluster`: what publishers and sessions go through. `node`: the hub and the broker, the one
 //!   place publications are counted, and a connection's subscribe/unsubscribe sequences; `broker`: the seam, an enum of `memory` (the hub

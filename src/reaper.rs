@@ -49,26 +49,16 @@ impl Remains {
     /// Leaves every topic (no delivery is queued for the client after this), then closes the
     /// socket. Off the runtime: the walk over a connection's topics runs in one go.
     fn dispose(self) {
-        let Remains {
-            node,
-            who,
-            subscriptions,
-            socket,
-        } = self;
-        node.unsubscribe_blocking(&who, &subscriptions, &subscriptions);
-        drop(socket);
+        (self.node).unsubscribe_blocking(&self.who, &self.subscriptions, &self.subscriptions);
+        drop(self.socket);
     }
 
     /// The same, in the connection's own task (the reaper had no room).
     pub async fn dispose_here(self) {
-        let Remains {
-            node,
-            who,
-            subscriptions,
-            socket,
-        } = self;
-        node.unsubscribe(&who, &subscriptions, &subscriptions).await;
-        drop(socket);
+        (self.node)
+            .unsubscribe(&self.who, &self.subscriptions, &self.subscriptions)
+            .await;
+        drop(self.socket);
     }
 }
 

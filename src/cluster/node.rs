@@ -271,7 +271,9 @@ impl Node {
         // the registration itself (a reconnect storm makes thousands at once).
         let patterns = new.iter().filter(|p| !p.is_exact()).count();
         let topics = self.hub.topic_count();
-        if total + (new.len() - patterns) + patterns.saturating_mul(topics) <= limit {
+        let worst =
+            (total.saturating_add(new.len() - patterns)).saturating_add(patterns.saturating_mul(topics));
+        if worst <= limit {
             return Ok(());
         }
         // Patterns and topics walked since the last yield: a request of many narrow patterns
@@ -326,14 +328,18 @@ impl Node {
                 tokio::task::yield_now().await;
             }
         }
-        self.release(held);
-        self.metrics.subscriptions.sub(held.len() as i64);
+        self.let_go(held);
     }
 
     /// [`Node::unsubscribe`] in one go, for a thread off the runtime (the reaper), where a long
     /// walk keeps no other task waiting.
     pub fn unsubscribe_blocking(&self, who: &Subscriber, patterns: &[Pattern], held: &[Pattern]) {
         self.hub.unsubscribe(who.id, patterns);
+        self.let_go(held);
+    }
+
+    /// After an unsubscribe: releases and uncounts the subscriptions `held`.
+    fn let_go(&self, held: &[Pattern]) {
         self.release(held);
         self.metrics.subscriptions.sub(held.len() as i64);
     }

@@ -399,17 +399,15 @@ impl TopicState {
                 reasons.extend(sub.reasons.iter().filter(|r| r.pattern != *reason).cloned());
                 sub.reasons = reasons.into_boxed_slice();
             }
+            // `None`: the subscription goes with its last reason.
+            let regated = (!sub.reasons.is_empty()).then(|| sub.regate(id, cap, self.seq));
             // Before the entry may go, with the table and its tally, when it was the last.
             self.subscribers.add_tally(-exact);
-            let sub = self.subscribers.get_mut(id).expect("found above");
-            let change = match sub.reasons.is_empty() {
-                true => {
-                    let gone = self.subscribers.remove(id).expect("found above");
-                    self.special -= u32::from(gone.outbox.deflate().is_some());
-                    -i32::from(gone.gate.is_some())
-                }
-                false => sub.regate(id, cap, self.seq),
-            };
+            let change = regated.unwrap_or_else(|| {
+                let gone = self.subscribers.remove(id).expect("found above");
+                self.special -= u32::from(gone.outbox.deflate().is_some());
+                -i32::from(gone.gate.is_some())
+            });
             self.special = self.special.saturating_add_signed(change);
         }
         self.is_idle(mirrored)
